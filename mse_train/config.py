@@ -1,0 +1,341 @@
+"""Load a YAML config, apply `--set` overrides, validate all of it, resolve paths.
+
+Every problem is collected and reported in one ConfigError, each naming the key, the
+file and line, and the fix, before any data is read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mse_train import schema, yamlio
+from mse_train.errors import ConfigError
+from mse_train.schema import Config
+
+KeyPath = yamlio.KeyPath
+
+
+def load(path: Path, overrides: Sequence[str] = ()) -> Config:
+    """Read, override, validate and resolve a config file."""
+    doc = yamlio.read(path)
+    return from_document(doc, path.resolve().parent, overrides, default_name=path.stem)
+
+
+def from_document(
+    doc: yamlio.Document, base: Path, overrides: Sequence[str] = (), default_name: str = "run"
+) -> Config:
+    """Validate a parsed document; relative paths are taken from `base`."""
+    if doc.data is None:
+        raise ConfigError(
+            f"{doc.source}: the config is empty",
+            [
+                "write at least `data: {train: FILE.csv, target: COLUMN}`; "
+                "`mse-train init DATA.csv --target COLUMN` writes a starter config"
+            ],
+        )
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            f"{doc.source}: the config must be a mapping of keys to values, not a {_kind(doc.data)}",
+            ["start with `data:` on the first line, keys indented below it"],
+        )
+    data = doc.data
+    set_paths = set()
+    for text in overrides:
+        key_path = _apply_override(data, text)
+        set_paths.add(key_path)
+
+    def where(loc: KeyPath) -> str:
+        for path in set_paths:
+            n = min(len(path), len(loc))
+            if n and path[:n] == loc[:n]:
+                return f"--set {'.'.join(map(str, path))}"
+        return doc.where(loc)
+
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc = _user_loc(error["loc"], data)
+            problems.append(_describe(error, loc, data, where))
+    problems.extend(_cross_checks(data, where))
+    problems.sort(key=_line_of)
+    if problems or config is None:
+        count = len(problems)
+        raise ConfigError(f"{doc.source}: {count} problem{'s' if count != 1 else ''} in the config", problems)
+    return _resolve(config, base, default_name)
+
+
+def _resolve(config: Config, base: Path, default_name: str) -> Config:
+    """Fill derived defaults and make paths absolute, so the saved config reruns as is."""
+    config = config.model_copy(deep=True)
+    data = config.data
+    data.train = str((base / data.train).resolve())
+    if data.val is not None:
+        data.val = str((base / data.val).resolve())
+    if data.standardize_target is None:
+        data.standardize_target = data.standardize
+    out = config.output.dir if config.output.dir is not None else f"runs/{default_name}"
+    config.output.dir = str((base / out).resolve())
+    if isinstance(config.optimizer, schema.AdamConfig) and config.optimizer.weight_decay is None:
+        config.optimizer.weight_decay = 0.01 if config.optimizer.name == "adamw" else 0.0
+    if isinstance(config.scheduler, schema.CosineScheduler) and config.scheduler.t_max is None:
+        config.scheduler.t_max = config.train.epochs
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML, in schema order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data (for checkpoints and comparisons)."""
+    return config.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------ overrides
+def _apply_override(data: dict[str, Any], text: str) -> KeyPath:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE", ["for example `--set optimizer.lr=0.1`"])
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"--set {text!r}: empty part in key path {key!r}")
+    value = yamlio.parse_value(raw, f"--set {key}")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None or (isinstance(child, str) and part in schema.TAG_KEYS):
+            # `optimizer: adam` shorthand or a missing section: open it up.
+            child = {schema.TAG_KEYS[part]: child} if isinstance(child, str) else {}
+            node[part] = child
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(f"--set {key}: `{prefix}` holds a {_kind(child)}, not a section of keys")
+        node = child
+    node[parts[-1]] = value
+    return tuple(parts)
+
+
+# ----------------------------------------------------------------------- reporting
+def _user_loc(loc: tuple[int | str, ...], data: Any) -> KeyPath:
+    """Drop pydantic's union tag from an error location, keeping the user's keys."""
+    if (
+        len(loc) >= 2
+        and loc[0] in schema.VARIANTS
+        and loc[1] in schema.VARIANTS[str(loc[0])]
+        and not (isinstance(data.get(loc[0]), dict) and loc[1] in data[loc[0]])
+    ):
+        return (loc[0], *loc[2:])
+    return tuple(loc)
+
+
+def _section_model(section: KeyPath, data: Any) -> type[BaseModel] | None:
+    """The model class that holds the keys of `section` (a path of keys)."""
+    if not section:
+        return Config
+    head = str(section[0])
+    if head in schema.VARIANTS:
+        node = data.get(head) if isinstance(data, dict) else None
+        tag = node.get(schema.TAG_KEYS[head]) if isinstance(node, dict) else None
+        model = schema.VARIANTS[head].get(str(tag if tag is not None else schema.TAG_DEFAULTS[head]))
+    else:
+        field = Config.model_fields.get(head)
+        model = _first_model(field.annotation) if field else None
+    for part in section[1:]:
+        field = model.model_fields.get(str(part)) if model else None
+        model = _first_model(field.annotation) if field else None
+    return model
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: Any, loc: KeyPath, data: Any, where: Any) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    place = where(loc)
+    if kind == "extra_forbidden":
+        model = _section_model(loc[:-1], data)
+        valid = list(model.model_fields) if model else []
+        key = str(loc[-1])
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        section = str(loc[0])
+        if len(loc) == 2 and section in schema.TAG_KEYS and not close:
+            tag_key = schema.TAG_KEYS[section]
+            node = data.get(section)
+            chosen = node.get(tag_key) if isinstance(node, dict) else None
+            chosen = chosen or schema.TAG_DEFAULTS[section]
+            owners = [t for t, m in schema.VARIANTS[section].items() if key in m.model_fields]
+            if owners:
+                return (
+                    f"{place}: `{dotted}` does not apply to {section}.{tag_key} {chosen!r}; "
+                    f"set `{section}.{tag_key}: {owners[0]}` or remove it "
+                    f"({key} applies to {', '.join(owners)})"
+                )
+        hint = f"; did you mean `{close[0]}`?" if close else "."
+        valid_text = f" Valid keys here: {', '.join(valid)}." if valid else ""
+        return f"{place}: unknown key `{dotted}`{hint}{valid_text}"
+    if kind == "missing":
+        parent = ".".join(map(str, loc[:-1])) or "the top level"
+        return f"{place}: `{dotted}` is required; add it under `{parent}`"
+    if kind in ("union_tag_invalid",):
+        section = str(loc[-1]) if loc else ""
+        tag_key = schema.TAG_KEYS.get(section, "name")
+        tags = list(schema.VARIANTS.get(section, {}))
+        tag = str(ctx.get("tag"))
+        close = difflib.get_close_matches(tag, tags, n=1, cutoff=0.5)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        place = where((*loc, tag_key))
+        return f"{place}: `{dotted}.{tag_key}` is {tag!r}, which is not one of: {', '.join(tags)}{hint}"
+    if kind == "union_tag_not_found":
+        return f"{place}: `{dotted}` must be a section of keys, got {_show(value)}"
+    if kind == "literal_error":
+        options = [
+            o.strip().strip("'") for o in str(ctx.get("expected", "")).replace(" or ", ", ").split(",")
+        ]
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        return f"{place}: `{dotted}` is {_show(value)}, which is not one of: {', '.join(options)}{hint}"
+    if kind in (
+        "float_type",
+        "int_type",
+        "bool_type",
+        "string_type",
+        "list_type",
+        "tuple_type",
+        "dict_type",
+        "model_type",
+        "model_attributes_type",
+        "int_from_float",
+        "float_parsing",
+        "int_parsing",
+    ):
+        expected = {
+            "float_type": "a number",
+            "int_type": "a whole number",
+            "int_from_float": "a whole number",
+            "bool_type": "true or false",
+            "string_type": "a text value",
+            "list_type": "a list",
+            "tuple_type": "a list",
+            "dict_type": "a section of keys",
+            "model_type": "a section of keys",
+            "model_attributes_type": "a section of keys",
+            "float_parsing": "a number",
+            "int_parsing": "a whole number",
+        }[kind]
+        fix = ""
+        if isinstance(value, str) and kind in ("float_type", "int_type"):
+            if _looks_numeric(value):
+                fix = f"; write it without quotes: {value.strip()}"
+            else:
+                fix = "; write a number, e.g. 10"
+        if isinstance(value, float) and kind == "int_type":
+            fix = f"; write a whole number, e.g. {int(value) if math.isfinite(value) else 10}"
+        if isinstance(value, (int, float)) and kind == "string_type":
+            fix = f'; quote it: "{value}"'
+        return f"{place}: `{dotted}` must be {expected}, got {_show(value)}{fix}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[
+            kind
+        ]
+        bound = next(iter(ctx.values()), "?")
+        return f"{place}: `{dotted}` must be {op} {bound}, got {_show(value)}"
+    if kind == "finite_number":
+        return f"{place}: `{dotted}` must be a finite number, got {_show(value)}"
+    if kind in ("too_short", "too_long"):
+        message = str(error["msg"]).lower().replace("list should", "should").replace("tuple should", "should")
+        return f"{place}: `{dotted}` {message}"
+    if kind == "string_pattern_mismatch" and loc[-1:] == ("device",):
+        return f"{place}: `{dotted}` is {_show(value)}; use auto, cpu, cuda or cuda:N"
+    return f"{place}: `{dotted}`: {error['msg']}, got {_show(value)}"
+
+
+def _cross_checks(data: dict[str, Any], where: Any) -> list[str]:
+    """Problems that involve more than one key."""
+    problems: list[str] = []
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return problems
+    fraction = section.get("val_fraction")
+    if section.get("val") is not None and isinstance(fraction, (int, float)) and fraction > 0:
+        problems.append(
+            f"{where(('data', 'val_fraction'))}: give either `data.val` (a file) or "
+            "`data.val_fraction` (a share of train rows), not both"
+        )
+    target = section.get("target")
+    targets = [target] if isinstance(target, str) else target if isinstance(target, list) else []
+    features = section.get("features")
+    if isinstance(features, list):
+        for name in targets:
+            if name in features:
+                problems.append(
+                    f"{where(('data', 'features'))}: `{name}` is the target and cannot also be "
+                    "a feature; remove it from `data.features`"
+                )
+        dupes = sorted({f for f in features if isinstance(f, str) and features.count(f) > 1})
+        if dupes:
+            problems.append(f"{where(('data', 'features'))}: listed twice: {', '.join(dupes)}")
+    dupes = sorted({t for t in targets if isinstance(t, str) and targets.count(t) > 1})
+    if dupes:
+        problems.append(f"{where(('data', 'target'))}: listed twice: {', '.join(dupes)}")
+    categorical = section.get("categorical")
+    if isinstance(categorical, list):
+        for name in targets:
+            if name in categorical:
+                problems.append(
+                    f"{where(('data', 'categorical'))}: `{name}` is a target; targets must be "
+                    "numeric, remove it from `data.categorical`"
+                )
+    return problems
+
+
+def _line_of(problem: str) -> tuple[int, str]:
+    """Sort key: problems in the order of their lines, --set ones last."""
+    head = problem.split(": ", 1)[0]
+    _, _, line = head.rpartition(", line ")
+    return (int(line) if line.isdigit() else 10**9, problem)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    return {list: "list", str: "text value", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a section of keys"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

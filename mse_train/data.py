@@ -1,0 +1,139 @@
+"""CSV files -> float32 arrays for training and evaluation, plus the fitted preprocessing.
+
+Order matters for honesty: rows are split into train and validation first, and every
+statistic (means, standard deviations, fill values, category lists) comes from the
+training rows alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mse_train import preprocess, table
+from mse_train.errors import DataError
+from mse_train.preprocess import Preprocessor
+from mse_train.schema import DataConfig
+
+
+@dataclass
+class Split:
+    """Inputs and (scaled) targets of one set of rows, float32, C-contiguous."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Prepared:
+    train: Split
+    val: Split | None
+    pre: Preprocessor
+    digests: dict[str, str]  # file path -> sha256, so a resume can tell the data changed
+    notes: list[str] = field(default_factory=list)
+
+
+def feature_names(cfg: DataConfig, header: list[str], targets: list[str], path: Path) -> list[str]:
+    """`data.features`, or every named column except the targets."""
+    if cfg.features is not None:
+        return list(cfg.features)
+    unnamed = [i + 1 for i, name in enumerate(header) if not name]
+    if unnamed:
+        raise DataError(
+            f"{path}, line 1: column(s) {', '.join(map(str, unnamed))} have no name in the header",
+            ["name them, or list the columns to use in `data.features`"],
+        )
+    features = [name for name in header if name not in targets]
+    if not features:
+        raise DataError(f"{path}: no feature columns: the file holds only the target(s)")
+    return features
+
+
+def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
+    """Read, clean, split and preprocess the training (and validation) data."""
+    train_path = Path(cfg.train)
+    header = table.read_header(train_path, cfg.delimiter)
+    features = feature_names(cfg, header, targets, train_path)
+    table.check_columns(train_path, header, features, "feature")
+    table.check_columns(train_path, header, targets, "target")
+    unknown = [c for c in cfg.categorical if c not in features]
+    if unknown:
+        raise DataError(
+            f"`data.categorical` names column(s) that are not features: {', '.join(unknown)}",
+            ["list only feature columns there"],
+        )
+    train = table.read(
+        train_path, [*features, *targets], cfg.categorical, infer_from=features, delimiter=cfg.delimiter
+    )
+    train, notes = preprocess.handle_missing(train, features, targets, cfg.missing)
+    digests = {str(train_path): train.digest}
+
+    n = train.n_rows
+    if cfg.val is not None:
+        val_path = Path(cfg.val)
+        val = table.read(
+            val_path, [*features, *targets], train.categorical, infer_from=(), delimiter=cfg.delimiter
+        )
+        val, val_notes = preprocess.handle_missing(val, features, targets, cfg.missing)
+        notes += val_notes
+        digests[str(val_path)] = val.digest
+        train_rows = None
+    elif cfg.val_fraction > 0:
+        n_val = round(n * cfg.val_fraction)
+        if n_val < 1 or n - n_val < 1:
+            raise DataError(
+                f"{train_path}: {n} row(s) are too few to hold out `data.val_fraction: "
+                f"{cfg.val_fraction}` ({n_val} validation, {n - n_val} training)",
+                ["use more rows, a different val_fraction, or set it to 0"],
+            )
+        order = np.random.default_rng(seed).permutation(n)
+        train_rows = order[: n - n_val]
+    else:
+        train_rows = None
+
+    pre = preprocess.fit(
+        train,
+        train_rows,
+        features,
+        targets,
+        standardize=cfg.standardize,
+        standardize_target=bool(cfg.standardize_target),
+        missing=cfg.missing,
+        unknown_category=cfg.unknown_category,
+        max_categories=cfg.max_categories,
+    )
+    x = pre.features_array(train)
+    y = pre.targets_array(train.frame)
+    if cfg.val is not None:
+        return Prepared(
+            Split(x, y), Split(pre.features_array(val), pre.targets_array(val.frame)), pre, digests, notes
+        )
+    if train_rows is None:
+        return Prepared(Split(x, y), None, pre, digests, notes)
+    # One gather puts train rows first and validation rows after; both are then views.
+    x, y = x[order], y[order]
+    cut = len(train_rows)
+    return Prepared(Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes)
+
+
+def prepare_eval(
+    path: Path, pre: Preprocessor, delimiter: str, with_targets: bool = True
+) -> tuple[table.Table, Split, list[str]]:
+    """Read a CSV with the columns a checkpoint was trained on and preprocess it the same way."""
+    header = table.read_header(path, delimiter)
+    targets = pre.target_names if with_targets else []
+    table.check_columns(path, header, pre.features, "feature the model was trained on")
+    table.check_columns(path, header, targets, "target")
+    data = table.read(
+        path, [*pre.features, *targets], pre.categorical_names, infer_from=(), delimiter=delimiter
+    )
+    policy = pre.missing
+    data, notes = preprocess.handle_missing(data, pre.features, targets, policy)
+    x = pre.features_array(data)
+    y = pre.targets_array(data.frame) if with_targets else np.empty((len(x), 0), np.float32)
+    return data, Split(x, y), notes

@@ -1,0 +1,263 @@
+"""Learned preprocessing: missing values, one-hot categories, standardisation.
+
+Everything here is fitted on training rows only, stored in the checkpoint as plain
+data, and applied the same way by training, `eval` and `predict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mse_train.errors import DataError
+from mse_train.table import Table
+
+MISSING_CATEGORY = "(missing)"  # the category an empty cell gets under mean/median
+_EXAMPLES = 5
+
+
+@dataclass
+class NumericColumn:
+    name: str
+    mean: float = 0.0
+    std: float = 1.0
+    fill: float | None = None  # mean/median of training rows, when missing cells are filled
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    categories: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TargetColumn:
+    name: str
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class Preprocessor:
+    """What turns CSV columns into model inputs and targets, and back."""
+
+    features: list[str]
+    numeric: list[NumericColumn]
+    categorical: list[CategoricalColumn]
+    targets: list[TargetColumn]
+    missing: str = "error"
+    unknown_category: str = "error"
+
+    @property
+    def input_names(self) -> list[str]:
+        """Model inputs in order: numeric features, then one column per category."""
+        names = [c.name for c in self.numeric]
+        for col in self.categorical:
+            names += [f"{col.name}={cat}" for cat in col.categories]
+        return names
+
+    @property
+    def target_names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    @property
+    def categorical_names(self) -> list[str]:
+        return [c.name for c in self.categorical]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        return cls(
+            features=list(data["features"]),
+            numeric=[NumericColumn(**c) for c in data["numeric"]],
+            categorical=[CategoricalColumn(**c) for c in data["categorical"]],
+            targets=[TargetColumn(**t) for t in data["targets"]],
+            missing=str(data["missing"]),
+            unknown_category=str(data["unknown_category"]),
+        )
+
+    # ------------------------------------------------------------------ transform
+    def features_array(self, table: Table, frame: pd.DataFrame | None = None) -> np.ndarray:
+        """float32 (rows, inputs): filled, standardised numbers, then one-hot blocks."""
+        frame = table.frame if frame is None else frame
+        block = frame[[c.name for c in self.numeric]].to_numpy(dtype=np.float32, copy=True)
+        if self.missing in ("mean", "median") and len(self.numeric):
+            fills = np.array(
+                [[c.fill if c.fill is not None else np.nan for c in self.numeric]], dtype=np.float32
+            )
+            np.copyto(block, np.broadcast_to(fills, block.shape), where=np.isnan(block))
+        if len(self.numeric):
+            block -= np.array([c.mean for c in self.numeric], dtype=np.float32)
+            block /= np.array([c.std for c in self.numeric], dtype=np.float32)
+        if not self.categorical:
+            return block
+        parts = [block] + [self._one_hot(table, frame, col) for col in self.categorical]
+        return np.concatenate(parts, axis=1)
+
+    def _one_hot(self, table: Table, frame: pd.DataFrame, col: CategoricalColumn) -> np.ndarray:
+        values = frame[col.name]
+        if self.missing in ("mean", "median"):
+            values = values.fillna(MISSING_CATEGORY)
+        codes = pd.Categorical(values, categories=col.categories).codes.astype(np.int64)
+        unknown = np.flatnonzero((codes < 0) & values.notna().to_numpy())
+        if len(unknown) and self.unknown_category == "error":
+            seen = pd.unique(values.iloc[unknown])
+            lines = table.line_of(frame.index.to_numpy()[unknown[:_EXAMPLES]])
+            shown = ", ".join(repr(v) for v in seen[:_EXAMPLES])
+            raise DataError(
+                f"{table.path}, column `{col.name}`: {len(unknown)} row(s) hold categories "
+                "that training never saw",
+                [
+                    f"values: {shown}{' ...' if len(seen) > _EXAMPLES else ''}; first at line(s) "
+                    f"{', '.join(map(str, lines))}",
+                    f"known categories: {', '.join(col.categories[:20])}"
+                    + (" ..." if len(col.categories) > 20 else ""),
+                    "fix the values, or train with `data.unknown_category: ignore` (all-zero encoding)",
+                ],
+            )
+        out = np.zeros((len(codes), len(col.categories)), dtype=np.float32)
+        known = codes >= 0
+        out[np.flatnonzero(known), codes[known]] = 1.0
+        return out
+
+    def targets_array(self, frame: pd.DataFrame) -> np.ndarray:
+        """float32 (rows, targets), standardised when training scaled the targets."""
+        y = frame[self.target_names].to_numpy(dtype=np.float32, copy=True)
+        y -= np.array([t.mean for t in self.targets], dtype=np.float32)
+        y /= np.array([t.std for t in self.targets], dtype=np.float32)
+        return y
+
+    def unscale_targets(self, y: np.ndarray) -> np.ndarray:
+        """Model outputs back in each target's own units (float64)."""
+        mean = np.array([t.mean for t in self.targets])
+        std = np.array([t.std for t in self.targets])
+        return y.astype(np.float64) * std + mean
+
+
+def fit(
+    table: Table,
+    rows: np.ndarray | None,
+    features: Sequence[str],
+    targets: Sequence[str],
+    *,
+    standardize: bool,
+    standardize_target: bool,
+    missing: str,
+    unknown_category: str,
+    max_categories: int,
+) -> Preprocessor:
+    """Fit on the given training rows of `table` (all rows when `rows` is None)."""
+    frame = table.frame
+
+    def column(name: str) -> np.ndarray:
+        values = frame[name].to_numpy()
+        return values if rows is None else values[rows]
+
+    numeric: list[NumericColumn] = []
+    categorical: list[CategoricalColumn] = []
+    problems = []
+    for name in features:
+        if name in table.categorical:
+            values = pd.Series(column(name))
+            if missing in ("mean", "median"):
+                values = values.fillna(MISSING_CATEGORY)
+            cats = sorted({str(v) for v in values.dropna().unique()})
+            if missing in ("mean", "median") and MISSING_CATEGORY not in cats:
+                cats.append(MISSING_CATEGORY)
+            if len(cats) > max_categories:
+                problems.append(
+                    f"column `{name}` has {len(cats)} distinct values in the training rows, more than "
+                    f"`data.max_categories` ({max_categories}); drop it from `data.features` if it is "
+                    "an ID, or raise `data.max_categories`"
+                )
+            categorical.append(CategoricalColumn(name, cats))
+            continue
+        values = column(name).astype(np.float64)
+        observed = values[~np.isnan(values)]
+        if len(observed) == 0:
+            problems.append(f"column `{name}` has no values in the training rows")
+            continue
+        spec = NumericColumn(name)
+        if missing in ("mean", "median"):
+            spec.fill = float(observed.mean() if missing == "mean" else np.median(observed))
+        if standardize:
+            spec.mean, spec.std = _mean_std(observed)
+        numeric.append(spec)
+    target_specs = []
+    for name in targets:
+        values = column(name).astype(np.float64)
+        spec = TargetColumn(name)
+        if standardize_target:
+            spec.mean, spec.std = _mean_std(values[~np.isnan(values)])
+        target_specs.append(spec)
+    if problems:
+        raise DataError(f"{table.path}: cannot prepare the features", problems)
+    return Preprocessor(list(features), numeric, categorical, target_specs, missing, unknown_category)
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    mean = float(values.mean())
+    std = float(values.std())
+    # A constant column carries no information; dividing by 1 keeps it finite.
+    return mean, std if std > 0 and np.isfinite(std) else 1.0
+
+
+def handle_missing(
+    table: Table, features: Sequence[str], targets: Sequence[str], policy: str
+) -> tuple[Table, list[str]]:
+    """Apply the missing-value policy to rows; return the table to use and notes to show.
+
+    Rows with an empty target are dropped under any policy but `error`; features are
+    dropped (`drop`) or left for `features_array` to fill (`mean`, `median`).
+    """
+    frame = table.frame
+    notes: list[str] = []
+    empty = frame.isna()
+    target_empty = empty[list(targets)].to_numpy().any(axis=1) if targets else np.zeros(len(frame), bool)
+    feature_empty = empty[list(features)].to_numpy().any(axis=1)
+    if not target_empty.any() and not feature_empty.any():
+        return table, notes
+    if policy == "error":
+        problems = []
+        for name in [*targets, *features]:
+            rows = np.flatnonzero(empty[name].to_numpy())
+            if len(rows):
+                lines = table.line_of(rows[:_EXAMPLES])
+                more = " ..." if len(rows) > _EXAMPLES else ""
+                role = "target" if name in targets else "feature"
+                problems.append(
+                    f"column `{name}` ({role}): {len(rows)} empty cell(s), at line(s) "
+                    f"{', '.join(map(str, lines))}{more}"
+                )
+        problems.append(
+            "fill them in, or set `data.missing` to drop (skip those rows), mean or median "
+            "(fill features from the training rows); rows with an empty target are then dropped"
+        )
+        raise DataError(f"{table.path}: empty cells (counted as empty: blank, NA, NaN, null, ...)", problems)
+    drop = target_empty.copy()
+    if target_empty.any():
+        notes.append(f"{table.path.name}: dropped {int(target_empty.sum())} row(s) with an empty target")
+    if policy == "drop":
+        drop |= feature_empty
+        only_features = int((feature_empty & ~target_empty).sum())
+        if only_features:
+            notes.append(f"{table.path.name}: dropped {only_features} row(s) with an empty feature")
+    elif feature_empty.any():
+        notes.append(
+            f"{table.path.name}: filled {int(empty[list(features)].to_numpy().sum())} empty feature "
+            f"cell(s) with the training rows' {policy}"
+        )
+    if drop.any():
+        kept = frame.loc[~drop]
+        if len(kept) == 0:
+            raise DataError(f"{table.path}: no rows left after dropping rows with empty cells")
+        table = Table(
+            table.path, table.header, kept, table.categorical, table._digest, table._lines, table.delimiter
+        )
+    return table, notes

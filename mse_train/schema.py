@@ -1,0 +1,398 @@
+"""The config schema: every key, its type, its default, its range and its meaning.
+
+This is the public contract of a YAML config. Choices that change which keys apply
+(model type, init scheme, optimizer, scheduler) are tagged unions, so a key that does
+not belong to the chosen variant is an error rather than silently ignored. Numbers are
+strict: `"10"` is not `10`. The README's config reference is generated from this file.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+)
+
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict(), Field(min_length=1)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+Fraction = Annotated[Float, Field(ge=0, lt=1)]
+PositiveInt = Annotated[Int, Field(ge=1)]
+
+# Which key picks the variant of each tagged section, and the variant when it is left out.
+TAG_KEYS = {"model": "type", "init": "scheme", "optimizer": "name", "scheduler": "name"}
+TAG_DEFAULTS = {"model": "linear", "init": "default", "optimizer": "sgd", "scheduler": "none"}
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _shorthand(section: str) -> BeforeValidator:
+    """Let `optimizer: adam` stand for `optimizer: {name: adam}`."""
+    key = TAG_KEYS[section]
+
+    def expand(value: Any) -> Any:
+        return {key: value} if isinstance(value, str) else value
+
+    return BeforeValidator(expand)
+
+
+def _tagged(section: str) -> Discriminator:
+    """Pick a union member by the section's tag key, with its default when left out."""
+    key, default = TAG_KEYS[section], TAG_DEFAULTS[section]
+
+    def tag(value: Any) -> Any:
+        if isinstance(value, dict):
+            return value.get(key, default)
+        return getattr(value, key, None)
+
+    return Discriminator(tag)
+
+
+# ---------------------------------------------------------------------------- data
+class DataConfig(Section):
+    train: Str = Field(description="CSV with the training rows; relative to the YAML file's folder.")
+    target: Str | Annotated[list[Str], Field(min_length=1)] = Field(
+        description="Column to predict, or a list of columns for several targets."
+    )
+    val: Str | None = Field(None, description="Optional CSV with validation rows (same columns as train).")
+    val_fraction: Fraction = Field(
+        0.0, description="Hold out this share of train rows for validation, shuffled with `seed`."
+    )
+    features: list[Str] | None = Field(
+        None, description="Input columns; null = every column except the target(s)."
+    )
+    categorical: list[Str] = Field(
+        [], description="Columns to one-hot encode even if they hold numbers (e.g. integer codes)."
+    )
+    max_categories: PositiveInt = Field(
+        100, description="A categorical column with more distinct values than this is an error."
+    )
+    unknown_category: Literal["error", "ignore"] = Field(
+        "error",
+        description="A category at eval/predict time that training never saw: error, or "
+        "ignore (encode as all zeros).",
+    )
+    missing: Literal["error", "drop", "mean", "median"] = Field(
+        "error",
+        description="Empty cells: error; drop the row; or fill features with the training "
+        "rows' mean/median. Rows with an empty target are dropped unless `error`.",
+    )
+    standardize: Bool = Field(
+        True, description="Z-score numeric features with statistics of the training rows only."
+    )
+    standardize_target: Bool | None = Field(
+        None,
+        description="Z-score each target with training-row statistics; null = same as "
+        "`standardize`. Predictions and eval metrics are always in the target's own units.",
+    )
+    delimiter: Annotated[str, Strict(), Field(min_length=1, max_length=1)] = Field(
+        ",", description="Field separator of the CSV files."
+    )
+
+
+# --------------------------------------------------------------------------- model
+Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu"]
+
+
+class LinearModel(Section):
+    type: Literal["linear"] = Field("linear", description="A single `nn.Linear` layer.")
+
+
+class MLPModel(Section):
+    type: Literal["mlp"] = Field(description="Hidden layers with an activation, then a linear head.")
+    hidden: Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+        [64, 64], description="Widths of the hidden layers."
+    )
+    activation: Activation = Field("relu", description="Activation after each hidden layer.")
+    dropout: Fraction = Field(0.0, description="Dropout probability after each hidden activation.")
+
+
+ModelConfig = Annotated[
+    Annotated[LinearModel, Tag("linear")] | Annotated[MLPModel, Tag("mlp")],
+    _tagged("model"),
+    _shorthand("model"),
+]
+
+
+# ---------------------------------------------------------------------------- init
+Bias = Literal["default", "zeros"]
+BIAS_DESCRIPTION = "Bias init: default (PyTorch's own) or zeros."
+
+
+class DefaultInit(Section):
+    scheme: Literal["default"] = Field("default", description="PyTorch's own init.")
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+class XavierInit(Section):
+    scheme: Literal["xavier_normal", "xavier_uniform"]
+    gain: PositiveFloat = Field(1.0, description="Scale factor (`nn.init.calculate_gain`).")
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+class KaimingInit(Section):
+    scheme: Literal["kaiming_normal", "kaiming_uniform"]
+    a: NonNegFloat = Field(0.0, description="Negative slope of the rectifier (leaky_relu).")
+    mode: Literal["fan_in", "fan_out"] = Field("fan_in", description="Preserve variance forward or backward.")
+    nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid", "selu"] = Field(
+        "relu", description="The activation the gain is computed for."
+    )
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+class NormalInit(Section):
+    scheme: Literal["normal"]
+    mean: Float = Field(0.0, description="Mean of the normal distribution.")
+    std: PositiveFloat = Field(1.0, description="Standard deviation.")
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+class TruncNormalInit(Section):
+    scheme: Literal["trunc_normal"]
+    mean: Float = Field(0.0, description="Mean of the normal distribution.")
+    std: PositiveFloat = Field(1.0, description="Standard deviation.")
+    a: Float = Field(-2.0, description="Lower cut-off.")
+    b: Float = Field(2.0, description="Upper cut-off.")
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+class UniformInit(Section):
+    scheme: Literal["uniform"]
+    a: Float = Field(0.0, description="Lower bound.")
+    b: Float = Field(1.0, description="Upper bound.")
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+class ZerosInit(Section):
+    scheme: Literal["zeros"]
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+class OrthogonalInit(Section):
+    scheme: Literal["orthogonal"]
+    gain: PositiveFloat = Field(1.0, description="Scale factor.")
+    bias: Bias = Field("default", description=BIAS_DESCRIPTION)
+
+
+InitConfig = Annotated[
+    Annotated[DefaultInit, Tag("default")]
+    | Annotated[XavierInit, Tag("xavier_normal")]
+    | Annotated[XavierInit, Tag("xavier_uniform")]
+    | Annotated[KaimingInit, Tag("kaiming_normal")]
+    | Annotated[KaimingInit, Tag("kaiming_uniform")]
+    | Annotated[NormalInit, Tag("normal")]
+    | Annotated[TruncNormalInit, Tag("trunc_normal")]
+    | Annotated[UniformInit, Tag("uniform")]
+    | Annotated[ZerosInit, Tag("zeros")]
+    | Annotated[OrthogonalInit, Tag("orthogonal")],
+    _tagged("init"),
+    _shorthand("init"),
+]
+
+
+# ----------------------------------------------------------------------- optimizer
+WEIGHT_DECAY = "Decoupled/L2 decay applied by the optimizer to every parameter."
+
+
+class SGDConfig(Section):
+    name: Literal["sgd"] = Field("sgd", description="`torch.optim.SGD`.")
+    lr: PositiveFloat = Field(0.01, description="Learning rate.")
+    momentum: NonNegFloat = Field(0.0, description="Momentum factor.")
+    dampening: NonNegFloat = Field(0.0, description="Dampening for momentum.")
+    nesterov: Bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+    weight_decay: NonNegFloat = Field(0.0, description=WEIGHT_DECAY)
+
+
+class AdamConfig(Section):
+    name: Literal["adam", "adamw"] = Field(description="`torch.optim.Adam` / `AdamW`.")
+    lr: PositiveFloat = Field(0.001, description="Learning rate.")
+    betas: tuple[Fraction, Fraction] = Field((0.9, 0.999), description="Averaging coefficients.")
+    eps: PositiveFloat = Field(1e-8, description="Added to the denominator.")
+    weight_decay: NonNegFloat | None = Field(
+        None, description="Weight decay; null = PyTorch's default (adam 0, adamw 0.01)."
+    )
+    amsgrad: Bool = Field(False, description="Use the AMSGrad variant.")
+
+
+class RMSpropConfig(Section):
+    name: Literal["rmsprop"] = Field(description="`torch.optim.RMSprop`.")
+    lr: PositiveFloat = Field(0.01, description="Learning rate.")
+    alpha: Fraction = Field(0.99, description="Smoothing constant.")
+    eps: PositiveFloat = Field(1e-8, description="Added to the denominator.")
+    momentum: NonNegFloat = Field(0.0, description="Momentum factor.")
+    centered: Bool = Field(False, description="Normalise by an estimate of the gradient's variance.")
+    weight_decay: NonNegFloat = Field(0.0, description=WEIGHT_DECAY)
+
+
+class LBFGSConfig(Section):
+    name: Literal["lbfgs"] = Field(description="`torch.optim.LBFGS` (best with full batches).")
+    lr: PositiveFloat = Field(1.0, description="Step length scale.")
+    max_iter: PositiveInt = Field(20, description="Iterations per optimizer step (one per batch).")
+    history_size: PositiveInt = Field(100, description="Update history kept.")
+    line_search: Literal["strong_wolfe", "none"] = Field(
+        "strong_wolfe", description="Line search; `none` uses fixed steps."
+    )
+    tolerance_grad: PositiveFloat = Field(1e-7, description="Stop when the gradient is this small.")
+    tolerance_change: PositiveFloat = Field(1e-9, description="Stop when the loss changes less.")
+
+
+OptimizerConfig = Annotated[
+    Annotated[SGDConfig, Tag("sgd")]
+    | Annotated[AdamConfig, Tag("adam")]
+    | Annotated[AdamConfig, Tag("adamw")]
+    | Annotated[RMSpropConfig, Tag("rmsprop")]
+    | Annotated[LBFGSConfig, Tag("lbfgs")],
+    _tagged("optimizer"),
+    _shorthand("optimizer"),
+]
+
+
+# ----------------------------------------------------------------------- scheduler
+class NoScheduler(Section):
+    name: Literal["none"] = Field("none", description="Constant learning rate.")
+
+
+class StepScheduler(Section):
+    name: Literal["step"] = Field(description="`StepLR`: multiply lr by gamma every step_size epochs.")
+    step_size: PositiveInt = Field(10, description="Epochs between decays.")
+    gamma: PositiveFloat = Field(0.1, description="Decay factor.")
+
+
+class MultiStepScheduler(Section):
+    name: Literal["multistep"] = Field(description="`MultiStepLR`: decay at given epochs.")
+    milestones: Annotated[list[PositiveInt], Field(min_length=1)] = Field(
+        description="Epochs at which lr is multiplied by gamma."
+    )
+    gamma: PositiveFloat = Field(0.1, description="Decay factor.")
+
+
+class ExponentialScheduler(Section):
+    name: Literal["exponential"] = Field(description="`ExponentialLR`: lr *= gamma every epoch.")
+    gamma: PositiveFloat = Field(0.95, description="Decay factor per epoch.")
+
+
+class CosineScheduler(Section):
+    name: Literal["cosine"] = Field(description="`CosineAnnealingLR` from lr down to eta_min.")
+    t_max: PositiveInt | None = Field(None, description="Epochs of one half cosine; null = train.epochs.")
+    eta_min: NonNegFloat = Field(0.0, description="Lowest learning rate.")
+
+
+class PlateauScheduler(Section):
+    name: Literal["plateau"] = Field(
+        description="`ReduceLROnPlateau` on val loss (train loss without validation)."
+    )
+    factor: Annotated[Float, Field(gt=0, lt=1)] = Field(0.1, description="Decay factor.")
+    patience: Annotated[Int, Field(ge=0)] = Field(
+        10, description="Epochs without improvement before decaying."
+    )
+    threshold: NonNegFloat = Field(1e-4, description="Relative improvement that counts.")
+    min_lr: NonNegFloat = Field(0.0, description="Lower bound on the learning rate.")
+
+
+SchedulerConfig = Annotated[
+    Annotated[NoScheduler, Tag("none")]
+    | Annotated[StepScheduler, Tag("step")]
+    | Annotated[MultiStepScheduler, Tag("multistep")]
+    | Annotated[ExponentialScheduler, Tag("exponential")]
+    | Annotated[CosineScheduler, Tag("cosine")]
+    | Annotated[PlateauScheduler, Tag("plateau")],
+    _tagged("scheduler"),
+    _shorthand("scheduler"),
+]
+
+
+# ---------------------------------------------------------------- the rest, and all
+class RegularizationConfig(Section):
+    l1: NonNegFloat = Field(
+        0.0, description="Coefficient on sum |w| over weights (not biases), added to the loss."
+    )
+    l2: NonNegFloat = Field(
+        0.0, description="Coefficient on sum w^2 over weights (not biases), added to the loss."
+    )
+
+
+class LossConfig(Section):
+    reduction: Literal["mean", "sum"] = Field(
+        "mean", description="`nn.MSELoss` reduction; sum is the old `size_average=False`."
+    )
+
+
+class EarlyStoppingConfig(Section):
+    patience: PositiveInt = Field(20, description="Epochs without improvement before stopping.")
+    min_delta: NonNegFloat = Field(0.0, description="Smallest decrease that counts as improvement.")
+
+
+class TrainConfig(Section):
+    epochs: PositiveInt = Field(100, description="Passes over the training rows.")
+    batch_size: PositiveInt | None = Field(None, description="Rows per step; null = all rows in one batch.")
+    shuffle: Bool = Field(True, description="Reshuffle rows every epoch (mini-batches only).")
+    device: Annotated[str, Strict(), Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = Field(
+        "auto", description="auto (cuda when available), cpu, cuda or cuda:N."
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="Stop when val loss (train loss without validation) stops improving."
+    )
+
+
+class OutputConfig(Section):
+    dir: Str | None = Field(
+        None,
+        description="Run folder, relative to the YAML file's folder; null = runs/<config name>. "
+        "`--output-dir` overrides.",
+    )
+    checkpoint_every: Annotated[Int, Field(ge=0)] = Field(
+        0, description="Also write last.pt (and best.pt) every N epochs; 0 = only at the end."
+    )
+    plot: Bool = Field(True, description="Write loss.png at the end of the run.")
+    tensorboard: Bool = Field(False, description="Write TensorBoard scalars (needs the tensorboard extra).")
+
+
+class Config(Section):
+    seed: Annotated[Int, Field(ge=0)] = Field(
+        0, description="Seeds init, shuffling, dropout and the validation split."
+    )
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=LinearModel)
+    init: InitConfig = Field(default_factory=DefaultInit)
+    optimizer: OptimizerConfig = Field(default_factory=SGDConfig)
+    scheduler: SchedulerConfig = Field(default_factory=NoScheduler)
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @property
+    def targets(self) -> list[str]:
+        """The target column(s) as a list."""
+        target = self.data.target
+        return [target] if isinstance(target, str) else list(target)
+
+
+def _variants(annotation: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> model class of a tagged-union section."""
+    found: dict[str, type[BaseModel]] = {}
+    for member in typing.get_args(annotation):
+        model, *meta = typing.get_args(member)
+        found.update({m.tag: model for m in meta if isinstance(m, Tag)})
+    return found
+
+
+# section -> tag -> model class, e.g. VARIANTS["optimizer"]["adam"] is AdamConfig.
+VARIANTS: dict[str, dict[str, type[BaseModel]]] = {
+    section: _variants(Config.model_fields[section].annotation) for section in TAG_KEYS
+}

@@ -1,0 +1,403 @@
+"""Read a CSV file into columns, fast when it is clean and precise when it is not.
+
+The fast path is pandas' C parser straight into float32. It never checks that every
+row has as many fields as the header, and it fills short rows with NaN, so whenever a
+file has a missing cell, a parse error or a non-number, a slower pass with the csv
+module finds the exact line, column and value to report. Clean files never pay for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mse_train.errors import DataError
+
+# Cells that mean "no value". Stated in the README; kept small so that real categories
+# such as "none" or "n" stay categories.
+MISSING_VALUES = (
+    "",
+    "NA",
+    "N/A",
+    "n/a",
+    "NaN",
+    "nan",
+    "-NaN",
+    "-nan",
+    "NULL",
+    "null",
+    "None",
+    "#N/A",
+    "<NA>",
+)
+_MISSING = frozenset(MISSING_VALUES)
+_EXAMPLES = 5  # cells quoted in a message before "and N more"
+_SNIFF_ROWS = 1000  # rows read as text to guess which columns hold categories
+
+
+@dataclass
+class Table:
+    """The columns of one CSV file that a run needs.
+
+    `frame` holds numeric columns as float32 (NaN where missing) and categorical ones as
+    Python strings (NaN where missing), in the order asked for.
+    """
+
+    path: Path
+    header: list[str]
+    frame: pd.DataFrame
+    categorical: list[str]
+    _digest: _Digest | None = field(default=None, repr=False)
+    _lines: np.ndarray | None = field(default=None, repr=False)
+    delimiter: str = ","
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the file's bytes, computed alongside parsing."""
+        if self._digest is None:
+            self._digest = _Digest(self.path)
+        return self._digest.result()
+
+    def line_of(self, rows: np.ndarray) -> list[int]:
+        """File line numbers (1-based) of data rows, counted as the parser counts them."""
+        if self._lines is None:
+            self._lines = _scan(self.path, self.header, self.delimiter, {}).lines
+        return [int(self._lines[r]) for r in rows]
+
+
+class _Digest:
+    """sha256 of a file computed in a thread; hashlib releases the GIL on big blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self._value = ""
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+        except OSError as exc:
+            self._error = exc
+        self._value = h.hexdigest()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise DataError(f"cannot read: {self._error}")
+        return self._value
+
+
+# ---------------------------------------------------------------------- the header
+def read_header(path: Path, delimiter: str = ",") -> list[str]:
+    """Column names of a CSV file, with errors for a missing, empty or odd file."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found", ["check `data.train`/`data.val` or the path given"])
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a CSV file")
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise DataError(f"{path}: the file is empty (0 bytes)", ["write a header line and data rows"])
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+            header = next((row for row in reader if row), None)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (bad byte at offset {exc.start})",
+            ["save the file as UTF-8 CSV"],
+        ) from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: cannot parse the header: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    if header is None:
+        raise DataError(f"{path}: the file holds only blank lines", ["write a header line and data rows"])
+    header = [name.strip() for name in header]
+    seen: dict[str, int] = {}
+    dupes = []
+    for index, name in enumerate(header, start=1):
+        if name in seen and name:
+            dupes.append(f"`{name}` is column {seen[name]} and column {index}")
+        seen.setdefault(name, index)
+    if dupes:
+        raise DataError(f"{path}, line 1: duplicate column names", [*dupes, "give every column its own name"])
+    return header
+
+
+def check_columns(path: Path, header: Sequence[str], wanted: Sequence[str], role: str) -> None:
+    """Error naming every column in `wanted` that the header lacks, with the closest name."""
+    problems = []
+    for name in wanted:
+        if name not in header:
+            close = difflib.get_close_matches(name, [h for h in header if h], n=1, cutoff=0.6)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            problems.append(f"`{name}` ({role}) is not a column{hint}")
+    if problems:
+        shown = ", ".join(header) if len(header) <= 30 else ", ".join(header[:30]) + ", ..."
+        raise DataError(
+            f"{path}: missing column{'s' if len(problems) > 1 else ''}",
+            [*problems, f"columns in the file: {shown}"],
+        )
+
+
+# ----------------------------------------------------------------------- reading
+def read(
+    path: Path,
+    columns: Sequence[str],
+    categorical: Sequence[str] = (),
+    *,
+    infer_from: Sequence[str] = (),
+    delimiter: str = ",",
+) -> Table:
+    """Read `columns` of a CSV file.
+
+    `categorical` columns are read as text. A column in `infer_from` whose values are
+    mostly not numbers is categorical too; a column of numbers with a few stray words
+    is an error naming the cells. Every other column must hold numbers.
+    """
+    header = read_header(path, delimiter)
+    check_columns(path, header, columns, "needed")
+    digest = _Digest(path)
+    text_cols = set(categorical)
+    inferable = set(infer_from) - text_cols
+    if inferable:
+        text_cols |= _sniff_text_columns(path, [c for c in columns if c in inferable], delimiter)
+    frame, scan = _parse(path, header, columns, text_cols, delimiter)
+    if scan is not None and inferable:
+        # The full pass found text in columns the first rows showed as numbers.
+        wordy = {c for c in scan.bad_cells if c in inferable and scan.mostly_text(c)}
+        if wordy:
+            text_cols |= wordy
+            frame, scan = _parse(path, header, columns, text_cols, delimiter)
+    if scan is not None:
+        scan.raise_bad_numbers(path, inferable)
+    for name in sorted(text_cols & inferable):
+        _check_mostly_text(path, header, frame, name, delimiter)
+    if len(frame) == 0:
+        raise DataError(f"{path}: has a header but no data rows", ["add rows below the header"])
+    table = Table(path, header, frame, [c for c in columns if c in text_cols], digest, None, delimiter)
+    _check_cells(table)
+    return table
+
+
+def _sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> set[str]:
+    """Columns whose first rows hold a value that is not a number."""
+    try:
+        head = pd.read_csv(
+            path,
+            usecols=list(columns),
+            nrows=_SNIFF_ROWS,
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,
+            skipinitialspace=True,
+            sep=delimiter,
+            encoding="utf-8",
+        )
+    except Exception:
+        return set()
+    found = set()
+    for name in columns:
+        values = head[name]
+        values = values[~values.isin(_MISSING)]
+        if pd.to_numeric(values, errors="coerce").isna().any():
+            found.add(name)
+    return found
+
+
+def _parse(
+    path: Path, header: list[str], columns: Sequence[str], text_cols: set[str], delimiter: str
+) -> tuple[pd.DataFrame, _Scan | None]:
+    """pandas' C parser into float32; on any trouble, a scan that says what and where."""
+    dtypes = {c: (object if c in text_cols else np.float32) for c in columns}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path,
+                usecols=list(columns),
+                dtype=dtypes,
+                keep_default_na=False,
+                na_values=list(MISSING_VALUES),
+                index_col=False,
+                skipinitialspace=True,
+                sep=delimiter,
+                encoding="utf-8",
+                engine="c",
+                on_bad_lines="error",
+            )
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: not UTF-8 text (bad byte at offset {exc.start})", ["save the file as UTF-8 CSV"]
+        ) from None
+    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning):
+        scan = _scan(path, header, delimiter, {c: c not in text_cols for c in columns})
+        scan.raise_bad_rows(path)
+        if scan.bad_cells:
+            return pd.DataFrame(), scan
+        raise DataError(f"{path}: cannot be parsed as CSV", ["check quoting and the delimiter"]) from None
+    frame = frame[list(columns)]  # usecols keeps file order; we want the order asked for
+    if frame.isna().to_numpy().any():
+        # A short row looks exactly like empty cells to pandas: tell them apart.
+        _scan(path, header, delimiter, {}).raise_bad_rows(path)
+    return frame, None
+
+
+def _check_mostly_text(path: Path, header: list[str], frame: pd.DataFrame, name: str, delimiter: str) -> None:
+    values = frame[name]
+    present = values.notna()
+    numeric = pd.to_numeric(values[present], errors="coerce").notna()
+    if numeric.sum() * 2 > present.sum():
+        rows = np.flatnonzero(present.to_numpy())[~numeric.to_numpy()]
+        lines = _scan(path, header, delimiter, {}).lines
+        cells = [f"line {lines[r]}: {values.iloc[r]!r}" for r in rows[:_EXAMPLES]]
+        more = f" and {len(rows) - _EXAMPLES} more" if len(rows) > _EXAMPLES else ""
+        raise DataError(
+            f"{path}, column `{name}`: mostly numbers, but {len(rows)} cell(s) are not",
+            [
+                ", ".join(cells) + more,
+                f"fix those cells, or list `{name}` in `data.categorical` to treat every value as a category",
+            ],
+        )
+
+
+def _check_cells(table: Table) -> None:
+    """Infinite numbers are never usable: name where they are."""
+    problems = []
+    for name in table.frame.columns:
+        if name in table.categorical:
+            continue
+        values = table.frame[name].to_numpy()
+        bad = np.flatnonzero(np.isinf(values))
+        if len(bad):
+            lines = table.line_of(bad[:_EXAMPLES])
+            more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
+            problems.append(
+                f"column `{name}`: {len(bad)} infinite value(s) at line(s) {', '.join(map(str, lines))}{more}"
+            )
+    if problems:
+        raise DataError(
+            f"{table.path}: infinite values",
+            [*problems, "replace them with finite numbers, or leave the cells empty"],
+        )
+
+
+# ------------------------------------------------------------------- the slow pass
+@dataclass
+class _Scan:
+    lines: np.ndarray
+    bad_rows: list[tuple[int, int]]  # (line, fields)
+    n_fields: int
+    bad_cells: dict[str, list[tuple[int, str]]]  # column -> [(line, value)]
+    bad_counts: dict[str, int]
+    numeric_counts: dict[str, int]
+
+    def mostly_text(self, name: str) -> bool:
+        return self.bad_counts.get(name, 0) >= self.numeric_counts.get(name, 0)
+
+    def raise_bad_rows(self, path: Path) -> None:
+        if not self.bad_rows:
+            return
+        shown = [f"line {line}: {n} field{'s' if n != 1 else ''}" for line, n in self.bad_rows[:_EXAMPLES]]
+        more = f" and {len(self.bad_rows) - _EXAMPLES} more" if len(self.bad_rows) > _EXAMPLES else ""
+        raise DataError(
+            f"{path}: {len(self.bad_rows)} row(s) do not have {self.n_fields} fields like the header",
+            ["; ".join(shown) + more, "give every row one value per column (an empty cell is `,,`)"],
+        )
+
+    def raise_bad_numbers(self, path: Path, may_be_categorical: set[str]) -> None:
+        problems = []
+        for name, cells in self.bad_cells.items():
+            shown = ", ".join(f"line {line}: {value!r}" for line, value in cells)
+            more = self.bad_counts[name] - len(cells)
+            problems.append(f"column `{name}`: not a number at {shown}{f' and {more} more' if more else ''}")
+        if problems:
+            fix = "fix those cells"
+            if may_be_categorical & set(self.bad_cells):
+                fix += ", or list the column in `data.categorical` to treat its values as categories"
+            raise DataError(f"{path}: non-numeric values in numeric columns", [*problems, fix])
+
+
+def _scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool]) -> _Scan:
+    """Walk the file with the csv module: field counts, lines, cells that are not numbers."""
+    positions = {name: header.index(name) for name, is_num in numeric.items() if is_num}
+    lines: list[int] = []
+    bad_rows: list[tuple[int, int]] = []
+    bad_cells: dict[str, list[tuple[int, str]]] = {}
+    bad_counts: dict[str, int] = {}
+    numeric_counts = dict.fromkeys(positions, 0)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+        seen_header = False
+        for row in reader:
+            if not row:
+                continue  # blank lines are skipped, as pandas does
+            if not seen_header:
+                seen_header = True
+                continue
+            line = reader.line_num
+            lines.append(line)
+            if len(row) != len(header):
+                bad_rows.append((line, len(row)))
+                continue
+            for name, index in positions.items():
+                value = row[index]
+                if value in _MISSING:
+                    continue
+                try:
+                    float(value)
+                except ValueError:
+                    count = bad_counts.get(name, 0)
+                    if count < _EXAMPLES:
+                        bad_cells.setdefault(name, []).append((line, value))
+                    bad_counts[name] = count + 1
+                else:
+                    numeric_counts[name] += 1
+    return _Scan(
+        np.asarray(lines, dtype=np.int64), bad_rows, len(header), bad_cells, bad_counts, numeric_counts
+    )
+
+
+def iter_text_chunks(path: Path, delimiter: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The whole file as text, chunk by chunk, cells exactly as written (for predict)."""
+    header = read_header(path, delimiter)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            reader = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                index_col=False,
+                skipinitialspace=True,
+                sep=delimiter,
+                encoding="utf-8",
+                chunksize=chunk_rows,
+            )
+            with reader:
+                for chunk in reader:
+                    if chunk.isna().to_numpy().any():  # only short rows leave NaN in text
+                        _scan(path, header, delimiter, {}).raise_bad_rows(path)
+                    yield chunk
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning):
+        _scan(path, header, delimiter, {}).raise_bad_rows(path)
+        raise DataError(f"{path}: cannot be parsed as CSV", ["check quoting and the delimiter"]) from None

@@ -1,0 +1,126 @@
+"""Read YAML the way people mean it, and remember where every key was written.
+
+PyYAML follows YAML 1.1, which reads `1e-3` as a string and keeps the last of two
+duplicate keys without a word. This loader reads `1e-3` as a number, refuses duplicate
+keys, and returns the line of every key so that errors can point at it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mse_train.errors import ConfigError
+
+KeyPath = tuple[str | int, ...]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader plus YAML 1.2 floats (`1e-3`, `1E5`) without a dot."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+            |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+            |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+            |[-+]?\.(?:inf|Inf|INF)
+            |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+class Document:
+    """A parsed YAML document: its data and the 1-based line of each key path."""
+
+    def __init__(self, data: Any, lines: dict[KeyPath, int], source: str) -> None:
+        self.data = data
+        self.lines = lines
+        self.source = source
+
+    def where(self, path: KeyPath) -> str:
+        """`file, line N` for the deepest part of `path` that was written in the file."""
+        for end in range(len(path), 0, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return f"{self.source}, line {line}"
+        return self.source
+
+
+def parse(text: str, source: str) -> Document:
+    """Parse one YAML document; raise ConfigError naming the line on any problem."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Document(None, {}, source)
+        lines: dict[KeyPath, int] = {}
+        problems: list[str] = []
+        _walk(node, (), lines, problems, source)
+        if problems:
+            raise ConfigError(f"{source}: duplicate keys", problems)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(
+            f"{source}{line}: YAML syntax error: {what}",
+            ["check indentation, colons and quotes around that place"],
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: YAML error: {exc}") from None
+    finally:
+        loader.dispose()
+    return Document(data, lines, source)
+
+
+def _walk(
+    node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], problems: list[str], source: str
+) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                dotted = ".".join(str(p) for p in (*path, key))
+                problems.append(
+                    f"{source}, line {line}: `{dotted}` is given twice (first at line "
+                    f"{seen[key]}); keep one of them"
+                )
+            seen[key] = line
+            lines[(*path, key)] = line
+            _walk(value_node, (*path, key), lines, problems, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            _walk(item, (*path, index), lines, problems, source)
+
+
+def read(path: Path) -> Document:
+    """Read and parse a YAML file, with clear errors for a missing or unreadable one."""
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found", ["check the path"])
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte {exc.start})", ["save the config as UTF-8"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, str(path))
+
+
+def parse_value(text: str, source: str) -> Any:
+    """Parse the value part of a `--set key=value` override as YAML."""
+    return parse(text, source).data
