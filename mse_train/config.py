@@ -261,6 +261,7 @@ def _describe(error: Any, loc: KeyPath, data: Any, where: Any) -> str:
             kind
         ]
         bound = next(iter(ctx.values()), "?")
+        bound = f"{bound:g}" if isinstance(bound, (int, float)) else bound
         return f"{place}: `{dotted}` must be {op} {bound}, got {_show(value)}"
     if kind == "finite_number":
         return f"{place}: `{dotted}` must be a finite number, got {_show(value)}"

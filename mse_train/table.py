@@ -68,7 +68,7 @@ class Table:
     def digest(self) -> str:
         """sha256 of the file's bytes, computed alongside parsing."""
         if self._digest is None:
-            self._digest = _Digest(self.path)
+            self._digest = _Digest(self.path, self.delimiter)
         return self._digest.result()
 
     def line_of(self, rows: np.ndarray) -> list[int]:
@@ -79,20 +79,31 @@ class Table:
 
 
 class _Digest:
-    """sha256 of a file computed in a thread; hashlib releases the GIL on big blocks."""
+    """One pass over the file's bytes in a thread: sha256, and delimiter and quote counts.
 
-    def __init__(self, path: Path) -> None:
+    hashlib and numpy release the GIL on big blocks, so this overlaps with parsing.
+    The counts catch rows with extra fields, which pandas drops silently when it reads
+    only some of the columns.
+    """
+
+    def __init__(self, path: Path, delimiter: str = ",") -> None:
         self._value = ""
+        self.delimiters = 0
+        self.quotes = 0
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(path, delimiter), daemon=True)
         self._thread.start()
 
-    def _run(self, path: Path) -> None:
+    def _run(self, path: Path, delimiter: str) -> None:
         h = hashlib.sha256()
+        sep, quote = ord(delimiter), ord('"')
         try:
             with open(path, "rb") as f:
                 while block := f.read(1 << 22):
                     h.update(block)
+                    data = np.frombuffer(block, dtype=np.uint8)
+                    self.delimiters += int(np.count_nonzero(data == sep))
+                    self.quotes += int(np.count_nonzero(data == quote))
         except OSError as exc:
             self._error = exc
         self._value = h.hexdigest()
@@ -174,7 +185,7 @@ def read(
     """
     header = read_header(path, delimiter)
     check_columns(path, header, columns, "needed")
-    digest = _Digest(path)
+    digest = _Digest(path, delimiter)
     text_cols = set(categorical)
     inferable = set(infer_from) - text_cols
     if inferable:
@@ -192,6 +203,13 @@ def read(
         _check_mostly_text(path, header, frame, name, delimiter)
     if len(frame) == 0:
         raise DataError(f"{path}: has a header but no data rows", ["add rows below the header"])
+    digest.result()
+    if len(columns) < len(header):
+        # Reading only some columns, pandas ignores extra fields in a row; with no quotes
+        # in the file, the delimiter count tells whether any row has them.
+        expected = (len(header) - 1) * (len(frame) + 1)
+        if digest.quotes or digest.delimiters != expected:
+            _scan(path, header, delimiter, {}).raise_bad_rows(path)
     table = Table(path, header, frame, [c for c in columns if c in text_cols], digest, None, delimiter)
     _check_cells(table)
     return table
@@ -232,7 +250,7 @@ def _parse(
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(
                 path,
-                usecols=list(columns),
+                usecols=list(columns) if len(columns) < len(header) else None,
                 dtype=dtypes,
                 keep_default_na=False,
                 na_values=list(MISSING_VALUES),

@@ -1,0 +1,225 @@
+"""`mse-train run` and `eval` end to end, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from conftest import CONFIGS, DATA, read_json, read_metrics, run_process, write_config, write_csv
+
+
+def test_article_example_learns_y_equals_2x(cli, tmp_path):
+    out = tmp_path / "linear"
+    result = cli("run", CONFIGS / "linear.yaml", "--output-dir", out)
+    assert result.code == 0, result
+    scored = cli("eval", out / "best.pt", DATA / "linear.csv", "--json")
+    assert scored.code == 0, scored
+    metrics = json.loads(scored.stdout)
+    assert metrics["mse"] < 1e-3
+    assert metrics["n"] == 3
+    weights = torch.load(out / "best.pt", weights_only=True)["weights"]
+    assert abs(weights["weight"].item() - 2.0) < 0.05
+    rows = read_metrics(out / "metrics.csv")
+    assert len(rows) == 500
+
+
+def test_article_steplr_setting_stalls_as_documented(cli, tmp_path):
+    out = tmp_path / "steplr"
+    assert cli("run", CONFIGS / "linear_steplr.yaml", "--output-dir", out, "-q").code == 0
+    rows = read_metrics(out / "metrics.csv")
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == lrs[9] == 0.01  # StepLR: 10x smaller every 10 epochs
+    assert math.isclose(lrs[10], 1e-3) and math.isclose(lrs[20], 1e-4)
+    assert float(rows[-1]["train_loss"]) > 0.1  # and the fit never gets there
+
+
+def test_run_writes_every_output(cli, small_config, tmp_path):
+    cfg = small_config(data={"val_fraction": 0.25}, train={"epochs": 7})
+    result = cli("run", cfg)
+    assert result.code == 0, result
+    out = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss,val_loss,lr")
+    rows = read_metrics(out / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 8))
+    assert all(r["val_loss"] != "" for r in rows)
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "completed"
+    assert summary["epochs_run"] == 7
+    best_val = min(float(r["val_loss"]) for r in rows)
+    assert summary["best"]["val_loss"] == best_val
+    assert summary["best"]["epoch"] == next(int(r["epoch"]) for r in rows if float(r["val_loss"]) == best_val)
+    assert {"torch", "mse_train", "python"} <= set(summary["versions"])
+    assert summary["wall_seconds"] > 0
+    assert summary["rows"] == {"train": 150, "val": 50}
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == summary["best"]["epoch"]
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 7
+
+
+def test_checkpoint_describes_itself(cli, small_config, tmp_path):
+    assert cli("run", small_config(), "-q").code == 0
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["model"]["type"] == "linear"
+    assert ckpt["model"]["n_inputs"] == 3
+    assert ckpt["preprocess"]["features"] == ["x0", "x1", "x2"]
+    assert [t["name"] for t in ckpt["preprocess"]["targets"]] == ["y"]
+    assert all("mean" in c and "std" in c for c in ckpt["preprocess"]["numeric"])
+    training = ckpt["training"]
+    assert {"optimizer", "scheduler", "progress", "rng", "history"} <= set(training)
+    assert training["progress"]["epoch"] == 5
+    assert {"torch", "shuffle", "numpy", "python"} <= set(training["rng"])
+
+
+def test_no_validation_leaves_val_loss_empty_and_best_follows_train_loss(cli, small_config, tmp_path):
+    assert cli("run", small_config(), "-q").code == 0
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert all(r["val_loss"] == "" for r in rows)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    losses = [float(r["train_loss"]) for r in rows]
+    assert best["epoch"] == losses.index(min(losses)) + 1
+
+
+def test_same_config_and_seed_give_identical_losses(cli, small_config, tmp_path):
+    cfg = small_config(
+        data={"val_fraction": 0.2},
+        model={"type": "mlp", "hidden": [8], "dropout": 0.2},
+        train={"epochs": 4, "batch_size": 16},
+    )
+    assert cli("run", cfg, "-q", "-o", tmp_path / "a").code == 0
+    assert cli("run", cfg, "-q", "-o", tmp_path / "b").code == 0
+    a, b = read_metrics(tmp_path / "a" / "metrics.csv"), read_metrics(tmp_path / "b" / "metrics.csv")
+    assert [(r["train_loss"], r["val_loss"]) for r in a] == [(r["train_loss"], r["val_loss"]) for r in b]
+    assert cli("run", cfg, "-q", "-o", tmp_path / "c", "--set", "seed=1").code == 0
+    c = read_metrics(tmp_path / "c" / "metrics.csv")
+    assert [r["train_loss"] for r in a] != [r["train_loss"] for r in c]
+
+
+def test_resolved_config_reruns_the_same_run(cli, small_config, tmp_path):
+    cfg = small_config(model="mlp", train={"epochs": 3, "batch_size": 50})
+    assert cli("run", cfg, "-q").code == 0
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["optimizer"] == {"name": "adam", "lr": 0.05, "betas": [0.9, 0.999], "eps": 1e-08,
+                                     "weight_decay": 0.0, "amsgrad": False}
+    assert resolved["model"]["hidden"] == [64, 64]
+    assert Path(resolved["data"]["train"]).is_absolute()
+    again = shutil.copy(tmp_path / "run" / "config.yaml", tmp_path / "again.yaml")
+    assert cli("run", again, "-q", "-o", tmp_path / "rerun").code == 0
+    first = read_metrics(tmp_path / "run" / "metrics.csv")
+    second = read_metrics(tmp_path / "rerun" / "metrics.csv")
+    assert [r["train_loss"] for r in first] == [r["train_loss"] for r in second]
+
+
+def test_paths_are_relative_to_the_config_folder(cli, tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    shutil.copy(DATA / "linear.csv", folder / "data" / "points.csv")
+    write_config(folder / "cfg.yaml", {
+        "data": {"train": "data/points.csv", "target": "y", "standardize": False},
+        "train": {"epochs": 2}, "output": {"dir": "out", "plot": False},
+    })
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli("run", folder / "cfg.yaml", "-q").code == 0
+    assert (folder / "out" / "last.pt").is_file()
+    assert not (elsewhere / "out").exists()
+
+
+def test_eval_reads_columns_by_name_in_any_order(cli, small_config, table, tmp_path):
+    assert cli("run", small_config(), "-q").code == 0
+    lines = table.read_text().splitlines()
+    header = lines[0].split(",")
+    order = [3, 2, 0, 1]  # y, x2, x0, x1
+    shuffled = [",".join(["note", *[header[i] for i in order]])]
+    for line in lines[1:]:
+        cells = line.split(",")
+        shuffled.append(",".join(["hello", *[cells[i] for i in order]]))
+    (tmp_path / "shuffled.csv").write_text("\n".join(shuffled) + "\n")
+    a = json.loads(cli("eval", tmp_path / "run" / "best.pt", table, "--json").stdout)
+    b = json.loads(cli("eval", tmp_path / "run" / "best.pt", tmp_path / "shuffled.csv", "--json").stdout)
+    assert a == b
+    assert set(a) == {"mse", "rmse", "mae", "r2", "n"}
+    assert math.isclose(a["rmse"], math.sqrt(a["mse"]))
+
+
+def test_eval_table_shows_every_metric(cli, small_config, table, tmp_path):
+    assert cli("run", small_config(), "-q").code == 0
+    result = cli("eval", tmp_path / "run" / "best.pt", table)
+    assert result.code == 0
+    for word in ("MSE", "RMSE", "MAE", "R²", "200"):
+        assert word in result.stdout
+
+
+def test_validation_file(cli, small_config, tmp_path):
+    header, _ = ["x0", "x1", "x2", "y"], None
+    write_csv(tmp_path / "val.csv", header, [[0.1, 0.2, 0.3, 1.0], [1, 2, 3, 4], [0, 0, 0, 0.5]])
+    assert cli("run", small_config(data={"val": str(tmp_path / "val.csv")}), "-q").code == 0
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["rows"] == {"train": 200, "val": 3}
+    assert summary["best"]["watched"] == "val_loss"
+
+
+def test_existing_run_is_never_clobbered(cli, small_config, tmp_path):
+    cfg = small_config()
+    assert cli("run", cfg, "-q").code == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    again = cli("run", cfg, "-q")
+    assert again.code == 2
+    assert "already holds a run" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert cli("run", cfg, "-q", "--overwrite", "--set", "train.epochs=2").code == 0
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 2
+
+
+def test_progress_lines_when_not_a_terminal_and_quiet(cli, small_config):
+    result = cli("run", small_config(train={"epochs": 30}))
+    assert result.code == 0
+    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert lines[0].startswith("epoch 1/30") and lines[-1].startswith("epoch 30/30")
+    assert 2 < len(lines) < 30  # now and then, not every epoch
+    assert "\x1b[" not in result.stdout  # no bar, no escape codes
+    quiet = cli("run", small_config(train={"epochs": 30}), "-q", "--overwrite")
+    assert quiet.code == 0 and quiet.stdout == ""
+
+
+def test_run_json_prints_only_the_summary(cli, small_config):
+    result = cli("run", small_config(), "--json")
+    assert result.code == 0
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed"
+
+
+def test_help_and_version(cli):
+    for args in (["--help"], ["run", "--help"], ["eval", "--help"], ["predict", "--help"]):
+        result = cli(*args)
+        assert result.code == 0, args
+        assert "Usage" in result.stdout
+    version = cli("--version")
+    assert version.code == 0 and version.stdout.startswith("mse-train ")
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from mse_train.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, 'pandas' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False False"
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    result = run_process("--version")
+    assert result.returncode == 0 and result.stdout.startswith("mse-train ")
