@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -130,7 +131,12 @@ def run(
             cfg.output.dir = str(output_dir.resolve())
         console = Console(stderr=as_json, highlight=False, soft_wrap=True)
         reporter = _Progress(console, quiet)
-        options = recipe.Options(resume, force, overwrite, config_path=str(config_file))
+        again = ["mse-train", "run", str(config_file)]
+        for item in overrides or []:
+            again += ["--set", item]
+        if output_dir is not None:
+            again += ["--output-dir", str(output_dir)]
+        options = recipe.Options(resume, force, overwrite, shlex.join([*again, "--resume"]))
         summary = recipe.run(cfg, options, reporter)
         if as_json:
             sys.stdout.write(json.dumps(summary) + "\n")

@@ -35,6 +35,13 @@ def atomic_open(path: Path) -> Iterator[IO[bytes]]:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files a killed process left behind (they were never complete)."""
+    for stale in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     """Atomically replace `path` with `data`, turning OS errors into a SaveError."""
     try:

@@ -45,7 +45,7 @@ class Options:
     resume: bool = False
     force: bool = False  # resume even though config (beyond epochs) or data changed
     overwrite: bool = False  # replace a previous run in the same folder
-    config_path: str = "CONFIG"  # as the user typed it, for the resume hint
+    resume_command: str = "mse-train run CONFIG --resume"  # shown when interrupted
 
 
 def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
@@ -81,6 +81,7 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
 
     if options.overwrite and not resumed:
         _clear_previous_run(out)
+    fsio.remove_stale_temporaries(out)
     saver = _Saver(out, cfg, prepared, model)
     fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
     reporter.start(
@@ -120,7 +121,7 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
     if status == "interrupted":
         raise TrainingInterrupted(
             f"interrupted at epoch {loop.progress.epoch + 1}; {out / 'last.pt'} holds the state",
-            [f"continue with: mse-train run {options.config_path} --resume"],
+            [f"continue with: {options.resume_command}"],
         )
     if status == "diverged":
         epoch = loop.progress.epoch + 1
@@ -242,7 +243,7 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
 
 
 def _restore(loop: train.Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
-    state = ckpt[checkpoint.K_TRAINING]
+    state = {**ckpt[checkpoint.K_TRAINING], "model": ckpt[checkpoint.K_WEIGHTS]}
     old = ckpt[checkpoint.K_CONFIG]
     new = config.to_dict(cfg)
     try:

@@ -49,7 +49,10 @@ def run_process(*args: Any, timeout: float = 120, **kwargs: Any) -> subprocess.C
     """`python -m mse_train ARGS...` in a real process."""
     return subprocess.run(
         [sys.executable, "-m", "mse_train", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, **kwargs,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
     )
 
 
@@ -57,7 +60,11 @@ def start_process(*args: Any, **kwargs: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "mse_train", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
     )
 
 
@@ -83,7 +90,9 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def linear_rows(n: int, n_features: int = 3, noise: float = 0.1, seed: int = 0) -> tuple[list[str], np.ndarray]:
+def linear_rows(
+    n: int, n_features: int = 3, noise: float = 0.1, seed: int = 0
+) -> tuple[list[str], np.ndarray]:
     """A table y = X w + b + noise, as (header, array with y last)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, n_features)) * np.arange(1, n_features + 1)

@@ -16,10 +16,14 @@ from conftest import DATA, write_config
 
 @pytest.fixture
 def trained(cli, tmp_path):
-    cfg = write_config(tmp_path / "cfg.yaml", {
-        "data": {"train": str(DATA / "linear.csv"), "target": "y", "standardize": False},
-        "train": {"epochs": 3}, "output": {"dir": str(tmp_path / "run"), "plot": False},
-    })
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "data": {"train": str(DATA / "linear.csv"), "target": "y", "standardize": False},
+            "train": {"epochs": 3},
+            "output": {"dir": str(tmp_path / "run"), "plot": False},
+        },
+    )
     assert cli("run", cfg, "-q").code == 0
     return tmp_path / "run" / "best.pt"
 

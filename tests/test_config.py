@@ -30,22 +30,34 @@ def check(cli, tmp_path, text: str, *expected: str, extra: tuple[str, ...] = ())
 
 
 def test_unknown_key_suggests_the_closest_name(cli, tmp_path):
-    check(cli, tmp_path, GOOD_DATA + "optimzer:\n  lr: 0.1\n", "line 4", "`optimzer`", "did you mean `optimizer`?")
+    check(
+        cli,
+        tmp_path,
+        GOOD_DATA + "optimzer:\n  lr: 0.1\n",
+        "line 4",
+        "`optimzer`",
+        "did you mean `optimizer`?",
+    )
 
 
 def test_unknown_nested_key(cli, tmp_path):
-    check(cli, tmp_path, GOOD_DATA + "train:\n  epoch: 3\n", "line 5", "`train.epoch`", "did you mean `epochs`?")
+    check(
+        cli, tmp_path, GOOD_DATA + "train:\n  epoch: 3\n", "line 5", "`train.epoch`", "did you mean `epochs`?"
+    )
 
 
 def test_every_problem_in_one_message(cli, tmp_path):
     err = check(
-        cli, tmp_path,
-        GOOD_DATA + "train:\n  epochs: \"ten\"\n  batch_size: 0\noptimizer:\n  lr: -1\nloss:\n  reduction: meen\n",
+        cli,
+        tmp_path,
+        GOOD_DATA
+        + 'train:\n  epochs: "ten"\n  batch_size: 0\noptimizer:\n  lr: -1\nloss:\n  reduction: meen\n',
         "problems in the config",
         "`train.epochs` must be a whole number, got 'ten'",
         "`train.batch_size` must be >= 1, got 0",
         "`optimizer.lr` must be > 0, got -1",
-        "`loss.reduction` is 'meen'", "did you mean `mean`?",
+        "`loss.reduction` is 'meen'",
+        "did you mean `mean`?",
     )
     assert "4 problems" in err
 
@@ -57,7 +69,7 @@ def test_every_problem_in_one_message(cli, tmp_path):
         ("optimizer:\n  lr: 0\n", "`optimizer.lr` must be > 0"),
         ("train:\n  epochs: 0\n", "`train.epochs` must be >= 1"),
         ("train:\n  epochs: 2.5\n", "`train.epochs` must be a whole number, got 2.5"),
-        ("train:\n  epochs: \"10\"\n", "write it without quotes: 10"),
+        ('train:\n  epochs: "10"\n', "write it without quotes: 10"),
         ("data2: 1\n", "unknown key `data2`"),
         ("scheduler:\n  name: step\n  gamma: 0\n", "`scheduler.gamma` must be > 0"),
         ("scheduler:\n  name: step\n  gamma: -0.5\n", "`scheduler.gamma` must be > 0"),
@@ -70,8 +82,14 @@ def test_every_problem_in_one_message(cli, tmp_path):
         ("init:\n  scheme: xavier\n", "did you mean `xavier_normal`?"),
         ("optimizer:\n  name: adamm\n", "did you mean `adam`?"),
         ("model:\n  type: linear\n  hidden: [8]\n", "set `model.type: mlp` or remove it"),
-        ("scheduler:\n  step_size: 10\n", "does not apply to scheduler.name 'none'; set `scheduler.name: step`"),
-        ("optimizer:\n  name: adam\n  momentum: 0.9\n", "`optimizer.momentum` does not apply to optimizer.name 'adam'"),
+        (
+            "scheduler:\n  step_size: 10\n",
+            "does not apply to scheduler.name 'none'; set `scheduler.name: step`",
+        ),
+        (
+            "optimizer:\n  name: adam\n  momentum: 0.9\n",
+            "`optimizer.momentum` does not apply to optimizer.name 'adam'",
+        ),
         ("optimizer:\n  name: lbfgs\n  weight_decay: 0.1\n", "`optimizer.weight_decay` does not apply"),
         ("init:\n  scheme: normal\n  gain: 2\n", "`init.gain` does not apply"),
         ("train:\n  early_stopping:\n    patience: 0\n", "`train.early_stopping.patience` must be >= 1"),
@@ -109,7 +127,13 @@ def test_scientific_notation_is_a_number(cli, tmp_path):
 
 
 def test_duplicate_keys_are_refused(cli, tmp_path):
-    check(cli, tmp_path, GOOD_DATA + "optimizer:\n  lr: 0.1\n  lr: 0.2\n", "line 6", "`optimizer.lr` is given twice (first at line 5)")
+    check(
+        cli,
+        tmp_path,
+        GOOD_DATA + "optimizer:\n  lr: 0.1\n  lr: 0.2\n",
+        "line 6",
+        "`optimizer.lr` is given twice (first at line 5)",
+    )
 
 
 def test_yaml_syntax_error_names_the_line(cli, tmp_path):
@@ -129,7 +153,14 @@ def test_missing_config_file(cli, tmp_path):
 
 
 def test_set_overrides_are_validated_like_the_file(cli, tmp_path):
-    err = check(cli, tmp_path, GOOD_DATA, "--set optimizer.lrr", "did you mean `lr`?", extra=("--set", "optimizer.lrr=0.1"))
+    err = check(
+        cli,
+        tmp_path,
+        GOOD_DATA,
+        "--set optimizer.lrr",
+        "did you mean `lr`?",
+        extra=("--set", "optimizer.lrr=0.1"),
+    )
     assert "line" not in err.split("--set")[1].split("\n")[0]
     check(cli, tmp_path, GOOD_DATA, "expected KEY=VALUE", extra=("--set", "optimizer.lr"))
 
@@ -137,8 +168,19 @@ def test_set_overrides_are_validated_like_the_file(cli, tmp_path):
 def test_set_override_lands_in_resolved_config(cli, tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_text(GOOD_DATA + "output:\n  plot: false\n")
-    result = cli("run", path, "-o", tmp_path / "out", "-q", "--set", "optimizer.lr=0.05", "-s", "train.epochs=2",
-                 "--set", "model={type: mlp, hidden: [4]}")
+    result = cli(
+        "run",
+        path,
+        "-o",
+        tmp_path / "out",
+        "-q",
+        "--set",
+        "optimizer.lr=0.05",
+        "-s",
+        "train.epochs=2",
+        "--set",
+        "model={type: mlp, hidden: [4]}",
+    )
     assert result.code == 0, result
     text = (tmp_path / "out" / "config.yaml").read_text()
     assert "lr: 0.05" in text and "epochs: 2" in text and "- 4" in text

@@ -11,10 +11,14 @@ def run_on(cli, tmp_path, text: str | bytes, *expected: str, target="y", extra_d
         path.write_bytes(text)
     else:
         path.write_text(text)
-    cfg = write_config(tmp_path / "cfg.yaml", {
-        "data": {"train": str(path), "target": target, **(extra_data or {})},
-        "train": {"epochs": 1}, "output": {"dir": str(tmp_path / "out"), "plot": False},
-    })
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "data": {"train": str(path), "target": target, **(extra_data or {})},
+            "train": {"epochs": 1},
+            "output": {"dir": str(tmp_path / "out"), "plot": False},
+        },
+    )
     result = cli("run", cfg, "-q")
     assert result.code == code, result
     for fragment in expected:
@@ -94,8 +98,22 @@ def test_duplicate_column_names(cli, tmp_path):
 
 
 def test_configured_column_missing_suggests_closest(cli, tmp_path):
-    run_on(cli, tmp_path, "price,size\n1,2\n", "`prices` (target) is not a column", "did you mean `price`?", target="prices")
-    run_on(cli, tmp_path, "price,size\n1,2\n", "`sise` (feature)", extra_data={"features": ["sise"]}, target="price")
+    run_on(
+        cli,
+        tmp_path,
+        "price,size\n1,2\n",
+        "`prices` (target) is not a column",
+        "did you mean `price`?",
+        target="prices",
+    )
+    run_on(
+        cli,
+        tmp_path,
+        "price,size\n1,2\n",
+        "`sise` (feature)",
+        extra_data={"features": ["sise"]},
+        target="price",
+    )
 
 
 def test_too_few_rows_for_the_validation_split(cli, tmp_path):
@@ -105,10 +123,14 @@ def test_too_few_rows_for_the_validation_split(cli, tmp_path):
 def test_failed_run_leaves_previous_results_alone(cli, tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("x,y\n1,2\n2,4\n3,6\n")
-    cfg = write_config(tmp_path / "cfg.yaml", {
-        "data": {"train": str(good), "target": "y"}, "train": {"epochs": 2},
-        "output": {"dir": str(tmp_path / "out"), "plot": False},
-    })
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "data": {"train": str(good), "target": "y"},
+            "train": {"epochs": 2},
+            "output": {"dir": str(tmp_path / "out"), "plot": False},
+        },
+    )
     assert cli("run", cfg, "-q").code == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     good.write_text("x,y\n1,2\n2\n")
@@ -121,10 +143,14 @@ def test_failed_run_leaves_previous_results_alone(cli, tmp_path):
 def test_eval_csv_missing_a_trained_column(cli, tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("a,b,y\n1,2,3\n2,3,5\n3,4,7\n")
-    cfg = write_config(tmp_path / "cfg.yaml", {
-        "data": {"train": str(good), "target": "y"}, "train": {"epochs": 2},
-        "output": {"dir": str(tmp_path / "out"), "plot": False},
-    })
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "data": {"train": str(good), "target": "y"},
+            "train": {"epochs": 2},
+            "output": {"dir": str(tmp_path / "out"), "plot": False},
+        },
+    )
     assert cli("run", cfg, "-q").code == 0
     (tmp_path / "other.csv").write_text("a,y\n1,3\n")
     result = cli("eval", tmp_path / "out" / "best.pt", tmp_path / "other.csv")
@@ -137,9 +163,13 @@ def test_output_folder_that_cannot_be_written(cli, tmp_path):
     good.write_text("x,y\n1,2\n2,4\n")
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    cfg = write_config(tmp_path / "cfg.yaml", {
-        "data": {"train": str(good), "target": "y"}, "output": {"dir": str(blocker / "run")},
-    })
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "data": {"train": str(good), "target": "y"},
+            "output": {"dir": str(blocker / "run")},
+        },
+    )
     result = cli("run", cfg)
     assert result.code == 2
     assert "the output folder cannot be written" in result.stderr

@@ -109,8 +109,14 @@ def test_resolved_config_reruns_the_same_run(cli, small_config, tmp_path):
     cfg = small_config(model="mlp", train={"epochs": 3, "batch_size": 50})
     assert cli("run", cfg, "-q").code == 0
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert resolved["optimizer"] == {"name": "adam", "lr": 0.05, "betas": [0.9, 0.999], "eps": 1e-08,
-                                     "weight_decay": 0.0, "amsgrad": False}
+    assert resolved["optimizer"] == {
+        "name": "adam",
+        "lr": 0.05,
+        "betas": [0.9, 0.999],
+        "eps": 1e-08,
+        "weight_decay": 0.0,
+        "amsgrad": False,
+    }
     assert resolved["model"]["hidden"] == [64, 64]
     assert Path(resolved["data"]["train"]).is_absolute()
     again = shutil.copy(tmp_path / "run" / "config.yaml", tmp_path / "again.yaml")
@@ -124,10 +130,14 @@ def test_paths_are_relative_to_the_config_folder(cli, tmp_path, monkeypatch):
     folder = tmp_path / "project"
     (folder / "data").mkdir(parents=True)
     shutil.copy(DATA / "linear.csv", folder / "data" / "points.csv")
-    write_config(folder / "cfg.yaml", {
-        "data": {"train": "data/points.csv", "target": "y", "standardize": False},
-        "train": {"epochs": 2}, "output": {"dir": "out", "plot": False},
-    })
+    write_config(
+        folder / "cfg.yaml",
+        {
+            "data": {"train": "data/points.csv", "target": "y", "standardize": False},
+            "train": {"epochs": 2},
+            "output": {"dir": "out", "plot": False},
+        },
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -176,7 +186,9 @@ def test_existing_run_is_never_clobbered(cli, small_config, tmp_path):
     before = (tmp_path / "run" / "last.pt").read_bytes()
     again = cli("run", cfg, "-q")
     assert again.code == 2
-    assert "already holds a run" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
+    assert (
+        "already holds a run" in again.stderr and "--resume" in again.stderr and "--overwrite" in again.stderr
+    )
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert cli("run", cfg, "-q", "--overwrite", "--set", "train.epochs=2").code == 0
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 2
