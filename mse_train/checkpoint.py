@@ -73,7 +73,7 @@ def save(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write atomically: the previous file stays whole until the new one is complete."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    fsio.write_bytes(path, buffer.getbuffer())
+    fsio.write_bytes(path, buffer.getvalue())
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def _typed(
     delimiter: str,
 ) -> pd.DataFrame:
     """Text cells -> float32 for numeric columns, strings for categories, NaN when empty."""
-    out = {}
+    out: dict[str, Any] = {}
     for name in numeric:
         text = chunk[name]
         empty = text.isin(table.MISSING_VALUES).to_numpy()

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-InitFn = Callable[[torch.Tensor, Any], None]
+InitFn = Callable[[torch.Tensor, Any], object]
 
 SCHEMES: dict[str, InitFn] = {
     "xavier_normal": lambda w, c: nn.init.xavier_normal_(w, gain=c.gain),

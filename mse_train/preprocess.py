@@ -137,7 +137,8 @@ class Preprocessor:
         """Model outputs back in each target's own units (float64)."""
         mean = np.array([t.mean for t in self.targets])
         std = np.array([t.std for t in self.targets])
-        return y.astype(np.float64) * std + mean
+        out: np.ndarray = y.astype(np.float64) * std + mean
+        return out
 
 
 def fit(
@@ -178,8 +179,8 @@ def fit(
                 )
             categorical.append(CategoricalColumn(name, cats))
             continue
-        values = column(name).astype(np.float64)
-        observed = values[~np.isnan(values)]
+        numbers = column(name).astype(np.float64)
+        observed = numbers[~np.isnan(numbers)]
         if len(observed) == 0:
             problems.append(f"column `{name}` has no values in the training rows")
             continue
@@ -191,11 +192,11 @@ def fit(
         numeric.append(spec)
     target_specs = []
     for name in targets:
-        values = column(name).astype(np.float64)
-        spec = TargetColumn(name)
+        numbers = column(name).astype(np.float64)
+        target = TargetColumn(name)
         if standardize_target:
-            spec.mean, spec.std = _mean_std(values[~np.isnan(values)])
-        target_specs.append(spec)
+            target.mean, target.std = _mean_std(numbers[~np.isnan(numbers)])
+        target_specs.append(target)
     if problems:
         raise DataError(f"{table.path}: cannot prepare the features", problems)
     return Preprocessor(list(features), numeric, categorical, target_specs, missing, unknown_category)
@@ -254,7 +255,7 @@ def handle_missing(
             f"cell(s) with the training rows' {policy}"
         )
     if drop.any():
-        kept = frame.loc[~drop]
+        kept = frame.iloc[np.flatnonzero(~drop)]
         if len(kept) == 0:
             raise DataError(f"{table.path}: no rows left after dropping rows with empty cells")
         table = Table(

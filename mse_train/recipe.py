@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -30,14 +30,33 @@ from mse_train.schema import Config
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json", "loss.png")
 
 
-class Reporter:
-    """Receives progress; the CLI shows it. The defaults do nothing."""
+class Reporter(Protocol):
+    """Receives progress; the CLI shows it."""
 
     def start(self, info: dict[str, Any]) -> None: ...
     def note(self, text: str) -> None: ...
     def epoch(self, record: train.EpochRecord, total: int) -> None: ...
     def batch(self, done: int, total: int) -> None: ...
     def finish(self) -> None: ...
+
+
+class Silent:
+    """A Reporter that shows nothing."""
+
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+    def epoch(self, record: train.EpochRecord, total: int) -> None:
+        pass
+
+    def batch(self, done: int, total: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 @dataclass
@@ -373,7 +392,7 @@ class _StopFlag:
 def _stop_on_signals() -> Iterator[_StopFlag]:
     """First SIGINT/SIGTERM: finish the batch and save. A second SIGINT stops at once."""
     stop = _StopFlag()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if stop.flag and signum == signal.SIGINT:

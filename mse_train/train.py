@@ -209,15 +209,15 @@ class Loop:
         def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
             out = self.model(xb)
-            mse = self.loss_fn(out, yb)
+            mse: torch.Tensor = self.loss_fn(out, yb)
             pen = self.penalty() if self.penalty is not None else None
             total = mse if pen is None else mse + pen
-            total.backward()
+            total.backward()  # type: ignore[no-untyped-call]
             if not first:
                 first.extend([out.detach(), mse.detach(), None if pen is None else pen.detach()])
             return total
 
-        self.optimizer.step(closure)  # type: ignore[no-untyped-call]
+        self.optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS takes a tensor-returning closure
         out, mse, pen = first
         assert out is not None and mse is not None
         return out, mse, pen
@@ -384,7 +384,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
     """Every RNG the run touches, as tensors and plain numbers (weights_only-safe)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),

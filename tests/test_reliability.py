@@ -114,13 +114,13 @@ def test_interrupt_inside_an_epoch_keeps_the_position(tmp_path, busy_table, monk
 
     monkeypatch.setattr(train.Loop, "_step", step)
     with pytest.raises(TrainingInterrupted):
-        recipe.run(cfg, recipe.Options(), recipe.Reporter())
+        recipe.run(cfg, recipe.Options(), recipe.Silent())
     monkeypatch.setattr(train.Loop, "_step", real_step)
     progress = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["training"]["progress"]
     assert (progress["epoch"], progress["batch"]) == (1, 40 - 38)  # 38 batches of 64 per epoch
-    recipe.run(cfg, recipe.Options(resume=True), recipe.Reporter())
+    recipe.run(cfg, recipe.Options(resume=True), recipe.Silent())
     cfg.output.dir = str(tmp_path / "b")
-    recipe.run(cfg, recipe.Options(), recipe.Reporter())
+    recipe.run(cfg, recipe.Options(), recipe.Silent())
     assert same_weights(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
 
