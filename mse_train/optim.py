@@ -16,10 +16,16 @@ Penalty = Callable[[], torch.Tensor]
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.name`, with its own settings."""
+    """The optimizer named by `cfg.name`, with its own settings.
+
+    SGD, Adam and AdamW use PyTorch's fused implementation where it exists: one kernel
+    for all parameters instead of several per tensor, 20-30% off a small model's step on
+    CPU (bench/results.md), with the same update rule.
+    """
     name = cfg.name
     if name == "sgd":
-        return torch.optim.SGD(
+        return _fused_if_possible(
+            torch.optim.SGD,
             params,
             lr=cfg.lr,
             momentum=cfg.momentum,
@@ -28,8 +34,8 @@ def build_optimizer(params: list[nn.Parameter], cfg: Any) -> torch.optim.Optimiz
             weight_decay=cfg.weight_decay,
         )
     if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(
+        return _fused_if_possible(
+            torch.optim.Adam if name == "adam" else torch.optim.AdamW,
             params,
             lr=cfg.lr,
             betas=tuple(cfg.betas),
@@ -58,6 +64,14 @@ def build_optimizer(params: list[nn.Parameter], cfg: Any) -> torch.optim.Optimiz
             tolerance_change=cfg.tolerance_change,
         )
     raise AssertionError(f"unknown optimizer {name!r}")  # the schema allows no other
+
+
+def _fused_if_possible(cls: Any, params: list[nn.Parameter], **settings: Any) -> torch.optim.Optimizer:
+    try:
+        optimizer: torch.optim.Optimizer = cls(params, fused=True, **settings)
+    except (RuntimeError, TypeError, ValueError):  # an older torch, or a device without the kernel
+        optimizer = cls(params, **settings)
+    return optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> Scheduler | None:

@@ -104,7 +104,7 @@ class Preprocessor:
         values = frame[col.name]
         if self.missing in ("mean", "median"):
             values = values.fillna(MISSING_CATEGORY)
-        codes = pd.Categorical(values, categories=col.categories).codes.astype(np.int64)
+        codes = pd.Index(col.categories).get_indexer(values).astype(np.int64)  # -1: unknown or empty
         unknown = np.flatnonzero((codes < 0) & values.notna().to_numpy())
         if len(unknown) and self.unknown_category == "error":
             seen = pd.unique(values.iloc[unknown])
@@ -258,7 +258,5 @@ def handle_missing(
         kept = frame.iloc[np.flatnonzero(~drop)]
         if len(kept) == 0:
             raise DataError(f"{table.path}: no rows left after dropping rows with empty cells")
-        table = Table(
-            table.path, table.header, kept, table.categorical, table._digest, table._lines, table.delimiter
-        )
+        table = table.with_frame(kept)
     return table, notes

@@ -69,8 +69,36 @@ class Options:
 
 def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
     """Train as configured; returns the summary written to summary.json."""
-    started = time.perf_counter()
     out = Path(str(cfg.output.dir))
+    status, summary, history = _train(cfg, options, reporter, out)
+    # The tables, model and optimizer are gone by now, so matplotlib does not add to the peak.
+    data.release_freed_memory()
+    if cfg.output.plot and history:
+        from mse_train import plots  # matplotlib costs ~0.3 s; import only when plotting
+
+        plots.write_loss_plot(out / "loss.png", history, summary["best"]["epoch"] or 0)
+    if status == "interrupted":
+        raise TrainingInterrupted(
+            f"interrupted at epoch {len(history) + 1}; {out / 'last.pt'} holds the state",
+            [f"continue with: {options.resume_command}"],
+        )
+    if status == "diverged":
+        raise TrainingDiverged(
+            f"training diverged at epoch {len(history) + 1}: the loss or a weight became NaN or infinite",
+            [
+                f"last.pt and best.pt keep the last finite state (epoch {len(history)})",
+                "lower optimizer.lr, set data.standardize: true, or add gradient-friendly "
+                "regularization; with loss.reduction: sum, the lr must shrink as rows grow",
+            ],
+        )
+    return summary
+
+
+def _train(
+    cfg: Config, options: Options, reporter: Reporter, out: Path
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """Prepare, build, train and save; returns the status, the summary and the history."""
+    started = time.perf_counter()
     resumed = _check_output(out, options)
     fsio.ensure_writable_dir(out)
     prepared = data.prepare(cfg.data, cfg.targets, cfg.seed)
@@ -79,29 +107,14 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
     resume_from = _load_resume(out, cfg, prepared.digests, options) if resumed else None
     device = _setup_device(cfg.train.device)
 
-    train.seed_everything(cfg.seed)
-    model = _setup_model(cfg, prepared, device)
-    optimizer = optim.build_optimizer(list(model.parameters()), cfg.optimizer)
-    scheduler = optim.build_scheduler(optimizer, cfg.scheduler)
-    penalty = optim.build_penalty(model, cfg.regularization)
-    loop = train.Loop(
-        model,
-        optimizer,
-        scheduler,
-        penalty,
-        train=_tensors(prepared.train, device),
-        val=_tensors(prepared.val, device) if prepared.val is not None else None,
-        settings=_settings(cfg, prepared),
-        seed=cfg.seed,
-    )
+    loop = build_loop(cfg, prepared, device)
     if resume_from is not None:
         _restore(loop, resume_from, cfg, options.force)
-    loop.last_good = loop.snapshot()
 
     if options.overwrite and not resumed:
         _clear_previous_run(out)
     fsio.remove_stale_temporaries(out)
-    saver = _Saver(out, cfg, prepared, model)
+    saver = _Saver(out, cfg, prepared)
     fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
     reporter.start(
         {
@@ -128,34 +141,32 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
         status = loop.run(on_epoch, should_stop=stop.requested, on_batch=reporter.batch)
     reporter.finish()
 
-    snapshot = loop.last_good if status == "diverged" else None
-    saver.checkpoint(loop, snapshot)
-    summary = _summary(cfg, loop, status, time.perf_counter() - started, prepared, device, snapshot)
-    metrics.write_json(out / "summary.json", summary)
-    if cfg.output.plot and loop.history:
-        from mse_train import plots  # matplotlib costs ~0.4 s; import only when plotting
-
-        plots.write_loss_plot(out / "loss.png", loop.history, loop.progress.best_epoch)
-
-    if status == "interrupted":
-        raise TrainingInterrupted(
-            f"interrupted at epoch {loop.progress.epoch + 1}; {out / 'last.pt'} holds the state",
-            [f"continue with: {options.resume_command}"],
-        )
     if status == "diverged":
-        epoch = loop.progress.epoch + 1
-        raise TrainingDiverged(
-            f"training diverged at epoch {epoch}: the loss or a weight became NaN or infinite",
-            [
-                f"last.pt and best.pt keep the last finite state (epoch {epoch - 1})",
-                "lower optimizer.lr, set data.standardize: true, or add gradient-friendly "
-                "regularization; with loss.reduction: sum, the lr must shrink as rows grow",
-            ],
-        )
-    return summary
+        loop.rollback()
+    saver.checkpoint(loop)
+    summary = _summary(cfg, loop, status, time.perf_counter() - started, prepared, device)
+    metrics.write_json(out / "summary.json", summary)
+    return status, summary, loop.history
 
 
 # --------------------------------------------------------------------- setup
+def build_loop(cfg: Config, prepared: data.Prepared, device: torch.device) -> train.Loop:
+    """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
+    train.seed_everything(cfg.seed)
+    model = _setup_model(cfg, prepared, device)
+    optimizer = optim.build_optimizer(list(model.parameters()), cfg.optimizer)
+    return train.Loop(
+        model,
+        optimizer,
+        optim.build_scheduler(optimizer, cfg.scheduler),
+        optim.build_penalty(model, cfg.regularization),
+        train=_tensors(prepared.train, device),
+        val=_tensors(prepared.val, device) if prepared.val is not None else None,
+        settings=_settings(cfg, prepared),
+        seed=cfg.seed,
+    )
+
+
 def _check_output(out: Path, options: Options) -> bool:
     """Refuse to mix runs in one folder; True when resuming."""
     present = [name for name in RUN_FILES if (out / name).exists()]
@@ -285,7 +296,7 @@ def _restore(loop: train.Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -
 class _Saver:
     """Writes last.pt, best.pt and metrics.csv for one run."""
 
-    def __init__(self, out: Path, cfg: Config, prepared: data.Prepared, model: torch.nn.Module) -> None:
+    def __init__(self, out: Path, cfg: Config, prepared: data.Prepared) -> None:
         self.out = out
         self.cfg = config.to_dict(cfg)
         self.prepared = prepared
@@ -295,9 +306,9 @@ class _Saver:
         )
         self._best_written: int | None = None
 
-    def checkpoint(self, loop: train.Loop, snapshot: dict[str, Any] | None = None) -> None:
+    def checkpoint(self, loop: train.Loop) -> None:
         """metrics.csv, then best.pt if it changed, then last.pt: each atomically."""
-        state = loop.state_dict(snapshot)
+        state = loop.state_dict()
         progress = state["progress"]
         best = {"epoch": progress["best_epoch"], "loss": progress["best_loss"]}
         self.metrics.write(state["history"])
@@ -340,9 +351,8 @@ def _summary(
     seconds: float,
     prepared: data.Prepared,
     device: torch.device,
-    snapshot: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    history = loop.history if snapshot is None else loop.history[: snapshot["progress"]["epoch"]]
+    history = loop.history
     final = history[-1] if history else {}
     best_epoch = loop.progress.best_epoch
     best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,7 @@ class Table:
     header: list[str]
     frame: pd.DataFrame
     categorical: list[str]
-    _digest: _Digest | None = field(default=None, repr=False)
+    _digest: Digest | None = field(default=None, repr=False)
     _lines: np.ndarray | None = field(default=None, repr=False)
     delimiter: str = ","
 
@@ -65,11 +66,22 @@ class Table:
         return len(self.frame)
 
     @property
-    def digest(self) -> str:
-        """sha256 of the file's bytes, computed alongside parsing."""
+    def hasher(self) -> Digest:
+        """The file's sha256, being computed in the background since the parse ended."""
         if self._digest is None:
-            self._digest = _Digest(self.path, self.delimiter)
-        return self._digest.result()
+            self._digest = Digest(self.path, self.delimiter)
+        return self._digest
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the file's bytes (waits for the background pass)."""
+        return self.hasher.result()
+
+    def with_frame(self, frame: pd.DataFrame) -> Table:
+        """The same file with some rows left out (line numbers stay those of the file)."""
+        return Table(
+            self.path, self.header, frame, self.categorical, self._digest, self._lines, self.delimiter
+        )
 
     def line_of(self, rows: np.ndarray) -> list[int]:
         """File line numbers (1-based) of data rows, counted as the parser counts them."""
@@ -78,32 +90,36 @@ class Table:
         return [int(self._lines[r]) for r in rows]
 
 
-class _Digest:
-    """One pass over the file's bytes in a thread: sha256, and delimiter and quote counts.
+class Digest:
+    """sha256 of a file, computed in a thread; `result()` waits for it.
 
-    hashlib and numpy release the GIL on big blocks, so this overlaps with parsing.
-    The counts catch rows with extra fields, which pandas drops silently when it reads
-    only some of the columns.
+    One pass over the file's bytes in a thread: sha256, and optionally delimiter and
+    quote counts.
+
+    hashlib and numpy release the GIL on big blocks, so the pass overlaps with other
+    work. The counts catch rows with extra fields, which pandas drops silently when it
+    reads only some of the columns.
     """
 
-    def __init__(self, path: Path, delimiter: str = ",") -> None:
+    def __init__(self, path: Path, delimiter: str = ",", count: bool = False) -> None:
         self._value = ""
         self.delimiters = 0
         self.quotes = 0
         self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, args=(path, delimiter), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(path, delimiter, count), daemon=True)
         self._thread.start()
 
-    def _run(self, path: Path, delimiter: str) -> None:
+    def _run(self, path: Path, delimiter: str, count: bool) -> None:
         h = hashlib.sha256()
         sep, quote = ord(delimiter), ord('"')
         try:
             with open(path, "rb") as f:
                 while block := f.read(1 << 22):
                     h.update(block)
-                    data = np.frombuffer(block, dtype=np.uint8)
-                    self.delimiters += int(np.count_nonzero(data == sep))
-                    self.quotes += int(np.count_nonzero(data == quote))
+                    if count:
+                        data = np.frombuffer(block, dtype=np.uint8)
+                        self.delimiters += int(np.count_nonzero(data == sep))
+                        self.quotes += int(np.count_nonzero(data == quote))
         except OSError as exc:
             self._error = exc
         self._value = h.hexdigest()
@@ -185,7 +201,10 @@ def read(
     """
     header = read_header(path, delimiter)
     check_columns(path, header, columns, "needed")
-    digest = _Digest(path, delimiter)
+    # Reading only some columns needs the delimiter count, so it runs alongside the parse;
+    # otherwise the hash is only needed later, and runs while the data is prepared.
+    subset = len(columns) < len(header)
+    digest = Digest(path, delimiter, count=True) if subset else None
     text_cols = set(categorical)
     inferable = set(infer_from) - text_cols
     if inferable:
@@ -203,13 +222,15 @@ def read(
         _check_mostly_text(path, header, frame, name, delimiter)
     if len(frame) == 0:
         raise DataError(f"{path}: has a header but no data rows", ["add rows below the header"])
-    digest.result()
-    if len(columns) < len(header):
-        # Reading only some columns, pandas ignores extra fields in a row; with no quotes
-        # in the file, the delimiter count tells whether any row has them.
+    if digest is not None:
+        # pandas ignores extra fields in a row when it reads only some columns; with no
+        # quotes in the file, the delimiter count tells whether any row has them.
+        digest.result()
         expected = (len(header) - 1) * (len(frame) + 1)
         if digest.quotes or digest.delimiters != expected:
             _scan(path, header, delimiter, {}).raise_bad_rows(path)
+    else:
+        digest = Digest(path, delimiter)
     table = Table(path, header, frame, [c for c in columns if c in text_cols], digest, None, delimiter)
     _check_cells(table)
     return table
@@ -243,24 +264,32 @@ def _sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> s
 def _parse(
     path: Path, header: list[str], columns: Sequence[str], text_cols: set[str], delimiter: str
 ) -> tuple[pd.DataFrame, _Scan | None]:
-    """pandas' C parser into float32; on any trouble, a scan that says what and where."""
-    dtypes = {c: (object if c in text_cols else np.float32) for c in columns}
+    """pandas' C parser into float32; on any trouble, a scan that says what and where.
+
+    Without `usecols`, pandas (3.1+) parses a large file on all cores. Leading spaces
+    after a delimiter are skipped only when a first attempt fails on them: skipping them
+    always costs a third of the parse time.
+    """
+    options: dict[str, Any] = {
+        "usecols": list(columns) if len(columns) < len(header) else None,
+        "names": header,  # stripped names; the file's own header line is skipped
+        "header": 0,
+        "dtype": {c: (object if c in text_cols else np.float32) for c in columns},
+        "keep_default_na": False,
+        "na_values": list(MISSING_VALUES),
+        "index_col": False,
+        "sep": delimiter,
+        "encoding": "utf-8",
+        "engine": "c",
+        "on_bad_lines": "error",
+    }
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(
-                path,
-                usecols=list(columns) if len(columns) < len(header) else None,
-                dtype=dtypes,
-                keep_default_na=False,
-                na_values=list(MISSING_VALUES),
-                index_col=False,
-                skipinitialspace=True,
-                sep=delimiter,
-                encoding="utf-8",
-                engine="c",
-                on_bad_lines="error",
-            )
+            try:
+                frame = pd.read_csv(path, **options)
+            except ValueError:
+                frame = pd.read_csv(path, skipinitialspace=True, **options)
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{path}: not UTF-8 text (bad byte at offset {exc.start})", ["save the file as UTF-8 CSV"]
@@ -272,7 +301,14 @@ def _parse(
             return pd.DataFrame(), scan
         raise DataError(f"{path}: cannot be parsed as CSV", ["check quoting and the delimiter"]) from None
     frame = frame[list(columns)]  # usecols keeps file order; we want the order asked for
-    if frame.isna().to_numpy().any():
+    empty = False
+    for name in columns:
+        if name in text_cols:
+            frame[name] = frame[name].str.strip()
+            empty = empty or bool(frame[name].isna().any())
+        else:
+            empty = empty or not np.isfinite(frame[name].to_numpy()).all()  # NaN (or inf)
+    if empty:
         # A short row looks exactly like empty cells to pandas: tell them apart.
         _scan(path, header, delimiter, {}).raise_bad_rows(path)
     return frame, None
@@ -376,7 +412,7 @@ def _scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool
                 bad_rows.append((line, len(row)))
                 continue
             for name, index in positions.items():
-                value = row[index]
+                value = row[index].strip()
                 if value in _MISSING:
                     continue
                 try:

@@ -19,13 +19,14 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mse_train import snapshot
 from mse_train.optim import Penalty, Scheduler
 
 EVAL_CHUNK = 65536  # rows per forward pass when evaluating
@@ -113,11 +114,16 @@ class Loop:
         self.shuffle.manual_seed(seed)
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []
-        self.best_weights: dict[str, torch.Tensor] | None = None
-        self.last_good: dict[str, Any] | None = None  # state at the end of the last finite epoch
+        self.best = snapshot.ModelCopy(model)  # weights of the best epoch so far
+        self._good_model = snapshot.ModelCopy(model)  # the last finite epoch, for rollback()
+        self._good_optimizer = snapshot.OptimizerCopy(optimizer)
+        self._good: tuple[Any, ...] | None = None
         self._lbfgs = isinstance(optimizer, torch.optim.LBFGS)
         self._multi = len(settings.target_names) > 1
-        self._params = [p for p in model.parameters()]
+        self._params: list[torch.Tensor] = list(model.parameters())
+        self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._batch_weights: torch.Tensor | None = None
+        self._zero = torch.zeros((), device=self.device)
 
     # ------------------------------------------------------------------ the loop
     def run(
@@ -127,6 +133,7 @@ class Loop:
         on_batch: Callable[[int, int], None] | None = None,
     ) -> str:
         """Train until `settings.epochs`; returns completed, early_stopped, interrupted or diverged."""
+        self._mark_good()
         while self.progress.epoch < self.settings.epochs and not self.progress.stopped_early:
             started = time.perf_counter() - self.progress.partial_seconds
             if not self._train_epoch(should_stop, on_batch, started):
@@ -156,11 +163,12 @@ class Loop:
             self.shuffle.set_state(p.epoch_start_shuffle)
         if n_batches > 1 and self.settings.shuffle:
             order = torch.randperm(n, generator=self.shuffle).to(self.device, non_blocking=True)
-            x, y = x[order], y[order]
+            x, y = self._shuffled(order)
         losses = list(p.partial_losses.unbind()) if p.partial_losses is not None else []
         penalties = list(p.partial_penalties.unbind()) if p.partial_penalties is not None else []
         sq = list(p.partial_sq.unbind()) if p.partial_sq is not None else []
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         last_report = time.perf_counter()
         for b in range(p.batch, n_batches):
             xb, yb = x[b * size : (b + 1) * size], y[b * size : (b + 1) * size]
@@ -185,6 +193,15 @@ class Loop:
         p.partial_penalties = torch.stack(penalties) if penalties else None
         p.partial_sq = torch.stack(sq) if sq else None
         return True
+
+    def _shuffled(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training table in `order`, gathered into buffers reused every epoch."""
+        if self._gathered is None:
+            self._gathered = (torch.empty_like(self.train_x), torch.empty_like(self.train_y))
+        x, y = self._gathered
+        torch.index_select(self.train_x, 0, order, out=x)
+        torch.index_select(self.train_y, 0, order, out=y)
+        return x, y
 
     def _step(
         self, xb: torch.Tensor, yb: torch.Tensor
@@ -226,7 +243,8 @@ class Loop:
         """Read the epoch's numbers (one sync), validate, step the scheduler, keep score."""
         p = self.progress
         train_loss, penalty, per_target = self._epoch_losses()
-        param_sum = torch.stack([q.detach().sum() for q in self._params]).sum()
+        with torch.no_grad():  # a NaN or inf weight makes this sum non-finite
+            param_sum = torch.stack(torch._foreach_norm(self._params)).sum()
         val_loss, val_sq = self._validate()
         numbers = torch.stack([train_loss, penalty, param_sum, val_loss]).tolist()
         train_value, pen_value, param_value, val_value = numbers
@@ -245,7 +263,7 @@ class Loop:
         improved = watched < p.best_loss
         if improved:
             p.best_loss, p.best_epoch = watched, p.epoch
-            self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best.capture()
         if self.settings.patience is not None:
             if watched < p.stop_best - self.settings.min_delta:
                 p.stop_best, p.stop_bad = watched, 0
@@ -265,7 +283,7 @@ class Loop:
             improved=improved,
         )
         self.history.append(record.row())
-        self.last_good = self.snapshot()
+        self._mark_good()
         return record
 
     def _epoch_losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -276,23 +294,22 @@ class Loop:
         n = len(self.train_x)
         if self.settings.reduction == "sum":
             train = losses.sum()
+        elif len(losses) == 1:
+            train = losses[0]
         else:
-            size = min(self.settings.batch_size or n, n)
-            weights = torch.full((len(losses),), float(size), device=losses.device)
-            weights[-1] = n - size * (len(losses) - 1)
-            train = (losses * weights).sum() / n
-        penalty = (
-            p.partial_penalties.mean()
-            if p.partial_penalties is not None
-            else torch.zeros((), device=losses.device)
-        )
+            if self._batch_weights is None:  # rows per batch, over all rows: the same every epoch
+                size = min(self.settings.batch_size or n, n)
+                weights = torch.full((len(losses),), size / n, device=losses.device)
+                weights[-1] = (n - size * (len(losses) - 1)) / n
+                self._batch_weights = weights
+            train = (losses * self._batch_weights).sum()
+        penalty = p.partial_penalties.mean() if p.partial_penalties is not None else self._zero
         per_target = p.partial_sq.sum(0) if p.partial_sq is not None else None
         return train, penalty, per_target
 
-    @torch.inference_mode()
     def _validate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.val is None:
-            return torch.zeros((), device=self.device), None
+            return self._zero, None
         x, y = self.val
         sq = per_target_sse(self.model, x, y)
         loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / y.numel()
@@ -320,24 +337,58 @@ class Loop:
         return out
 
     # ----------------------------------------------------------------- state
-    def snapshot(self) -> dict[str, Any]:
-        """A deep copy of the resumable state (without history)."""
-        return copy.deepcopy(self._state())
+    @property
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """Weights of the best epoch so far, or None before the first epoch ends."""
+        return self.best.state_dict()
 
-    def _state(self) -> dict[str, Any]:
+    def _mark_good(self) -> None:
+        """Remember the current state as the last finite one, to roll back to on divergence."""
+        self._good_model.capture()
+        self._good_optimizer.capture()
+        scheduler = None
+        if self.scheduler is not None:
+            scheduler = {
+                k: list(v) if isinstance(v, list) else v for k, v in self.scheduler.state_dict().items()
+            }
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        # The RNG states and the progress' tensors are fresh objects, never changed in place.
+        self._good = (
+            scheduler,
+            copy.copy(self.progress),
+            torch.get_rng_state(),
+            self.shuffle.get_state(),
+            cuda,
+        )
+
+    def rollback(self) -> None:
+        """Return to the end of the last finite epoch (after a divergence)."""
+        assert self._good is not None
+        scheduler, progress, rng, shuffle, cuda = self._good
+        self._good_model.restore()
+        self._good_optimizer.restore()
+        if self.scheduler is not None and scheduler is not None:
+            self.scheduler.load_state_dict(scheduler)
+        self.progress = copy.copy(progress)
+        torch.set_rng_state(rng)
+        self.shuffle.set_state(shuffle)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+        del self.history[progress.epoch :]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a checkpoint needs to continue exactly (weights under "model")."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "progress": asdict(self.progress),
-            "rng": rng_state(self.shuffle, self.device),
+            "progress": {f.name: getattr(self.progress, f.name) for f in fields(self.progress)},
+            "rng": {**rng, **idle_rng_state()},
+            "history": list(self.history),
         }
-
-    def state_dict(self, snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Everything a checkpoint needs to continue exactly: live state, or a snapshot's."""
-        state = dict(snapshot) if snapshot is not None else self._state()
-        state["history"] = list(self.history[: state["progress"]["epoch"]])
-        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -347,7 +398,6 @@ class Loop:
         self.progress = Progress(**state["progress"])
         self.history = list(state["history"])
         set_rng_state(state["rng"], self.shuffle, self.device)
-        self.last_good = self.snapshot()
 
 
 def per_target_sse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -382,13 +432,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Every RNG the run touches, as tensors and plain numbers (weights_only-safe)."""
+def idle_rng_state() -> dict[str, Any]:
+    """Python's and NumPy's global generators, as tensors and plain numbers (weights_only-safe)."""
     _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "shuffle": shuffle.get_state(),
+    return {
         "numpy": {
             "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             "pos": int(pos),
@@ -397,9 +445,6 @@ def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
         },
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
     }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
 
 
 def set_rng_state(state: dict[str, Any], shuffle: torch.Generator, device: torch.device) -> None:
