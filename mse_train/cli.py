@@ -332,6 +332,133 @@ def predict(
     _guard(debug, work)
 
 
+# ----------------------------------------------------------- config tools
+@app.command("config")
+def config_cmd(config_file: ConfigPath, overrides: Overrides = None, debug: Debug = False) -> None:
+    """Print the resolved config: every default filled in, paths made absolute."""
+
+    def work() -> None:
+        from mse_train import config
+
+        sys.stdout.write(config.to_yaml(config.load(config_file, overrides or [])))
+
+    _guard(debug, work)
+
+
+@app.command()
+def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug = False) -> None:
+    """Check the config and the CSV files it names (columns, types, cells) without training."""
+
+    def work() -> None:
+        from mse_train import config, data
+
+        cfg = config.load(config_file, overrides or [])
+        prepared = data.prepare(cfg.data, cfg.targets, cfg.seed)
+        console = Console(highlight=False)
+        for note in prepared.notes:
+            console.print(Text(f"note: {note}", style="yellow"))
+        table = RichTable(title=f"{config_file}: ok")
+        for column in ("column", "role", "kind"):
+            table.add_column(column)
+        pre = prepared.pre
+        for col in pre.numeric:
+            table.add_row(col.name, "feature", "numeric")
+        for cat in pre.categorical:
+            table.add_row(cat.name, "feature", f"categorical, {len(cat.categories)} categories")
+        for target in pre.targets:
+            table.add_row(target.name, "target", "numeric")
+        console.print(table)
+        val = len(prepared.val) if prepared.val is not None else 0
+        console.print(
+            f"{len(prepared.train)} training rows, {val} validation rows, "
+            f"{prepared.train.x.shape[1]} model inputs; the run folder would be {cfg.output.dir}"
+        )
+
+    _guard(debug, work)
+
+
+@app.command()
+def init(
+    csv_file: Annotated[
+        Path, typer.Argument(metavar="CSV", help="The table to train on.", show_default=False)
+    ],
+    target: Annotated[
+        list[str],
+        typer.Option("--target", "-t", help="Column to predict (repeat for several).", show_default=False),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the config.")] = Path(
+        "config.yaml"
+    ),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    delimiter: Annotated[str, typer.Option(help="Field separator of the CSV.")] = ",",
+    debug: Debug = False,
+) -> None:
+    """Write a commented starter config for CSV, every section present."""
+
+    def work() -> None:
+        from mse_train import fsio, starter
+        from mse_train.errors import OutputError
+
+        if output.exists() and not force:
+            raise OutputError(f"{output}: already exists", ["choose another name with -o, or pass --force"])
+        fsio.write_text(output, starter.render(csv_file, target, output, delimiter))
+        _stderr().print(f"wrote {output}; check it with: mse-train validate {output}")
+
+    _guard(debug, work)
+
+
+# ------------------------------------------------------------------- plots
+@app.command()
+def plot(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN_DIR...", help="Run folders (holding metrics.csv).", show_default=False),
+    ],
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output",
+            "-o",
+            help="PNG to write; default RUN_DIR/loss.png for one run, compare.png for several.",
+        ),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Plot loss curves: one run's loss.png again, or several runs overlaid to compare."""
+
+    def work() -> None:
+        from mse_train import metrics, plots
+        from mse_train.errors import UserError
+
+        runs = []
+        for folder in run_dirs:
+            path = folder / "metrics.csv"
+            if not path.is_file():
+                raise UserError(
+                    f"{folder}: no metrics.csv here", ["point at a folder written by `mse-train run`"]
+                )
+            history = metrics.read_history(path)
+            if not history:
+                raise UserError(f"{path}: holds no epochs yet")
+            runs.append((folder.name or str(folder), history))
+        if len(runs) == 1:
+            target = output or run_dirs[0] / "loss.png"
+            best = _best_epoch(runs[0][1])
+            plots.write_loss_plot(target, runs[0][1], best)
+        else:
+            target = output or Path("compare.png")
+            plots.write_comparison(target, runs)
+        _stderr().print(f"wrote {target}")
+
+    _guard(debug, work)
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> int:
+    key = "val_loss" if history[0].get("val_loss") is not None else "train_loss"
+    best = min(history, key=lambda row: row[key] if row[key] is not None else float("inf"))
+    return int(best["epoch"])
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

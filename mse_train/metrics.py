@@ -62,5 +62,14 @@ def _cell(value: Any) -> Any:
     return value
 
 
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.csv, numbers as floats (empty cells as None)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [
+            {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     fsio.write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

@@ -104,7 +104,7 @@ class Preprocessor:
         values = frame[col.name]
         if self.missing in ("mean", "median"):
             values = values.fillna(MISSING_CATEGORY)
-        codes = pd.Index(col.categories).get_indexer(values).astype(np.int64)  # -1: unknown or empty
+        codes = pd.Index(col.categories).get_indexer(pd.Index(values)).astype(np.int64)  # -1: unknown/empty
         unknown = np.flatnonzero((codes < 0) & values.notna().to_numpy())
         if len(unknown) and self.unknown_category == "error":
             seen = pd.unique(values.iloc[unknown])

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mse_train import __version__, checkpoint, config, data, fsio, init, metrics, models, optim, train
+from mse_train import __version__, checkpoint, config, data, fsio, init, metrics, models, optim, tblog, train
 from mse_train.errors import CheckpointError, OutputError, TrainingDiverged, TrainingInterrupted
 from mse_train.schema import Config
 
@@ -100,6 +100,8 @@ def _train(
     """Prepare, build, train and save; returns the status, the summary and the history."""
     started = time.perf_counter()
     resumed = _check_output(out, options)
+    if cfg.output.tensorboard:
+        tblog.check_available()
     fsio.ensure_writable_dir(out)
     prepared = data.prepare(cfg.data, cfg.targets, cfg.seed)
     for text in prepared.notes:
@@ -129,8 +131,12 @@ def _train(
         }
     )
 
+    scalars = tblog.Scalars(out) if cfg.output.tensorboard else None
+
     def on_epoch(record: train.EpochRecord) -> None:
         reporter.epoch(record, cfg.train.epochs)
+        if scalars is not None:
+            scalars.epoch(record.row())
         every = cfg.output.checkpoint_every
         if every and record.epoch % every == 0:
             saver.checkpoint(loop)
@@ -140,6 +146,8 @@ def _train(
     with _stop_on_signals() as stop:
         status = loop.run(on_epoch, should_stop=stop.requested, on_batch=reporter.batch)
     reporter.finish()
+    if scalars is not None:
+        scalars.close()
 
     if status == "diverged":
         loop.rollback()

@@ -208,7 +208,7 @@ def read(
     text_cols = set(categorical)
     inferable = set(infer_from) - text_cols
     if inferable:
-        text_cols |= _sniff_text_columns(path, [c for c in columns if c in inferable], delimiter)
+        text_cols |= sniff_text_columns(path, [c for c in columns if c in inferable], delimiter)
     frame, scan = _parse(path, header, columns, text_cols, delimiter)
     if scan is not None and inferable:
         # The full pass found text in columns the first rows showed as numbers.
@@ -236,7 +236,7 @@ def read(
     return table
 
 
-def _sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> set[str]:
+def sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> set[str]:
     """Columns whose first rows hold a value that is not a number."""
     try:
         head = pd.read_csv(

@@ -1,0 +1,96 @@
+"""`mse-train init`: a commented starter config for a table, every section present."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mse_train import table
+from mse_train.errors import DataError
+
+
+def render(csv_path: Path, targets: list[str], config_path: Path, delimiter: str = ",") -> str:
+    """The text of a starter config for `csv_path`, to be saved at `config_path`."""
+    header = table.read_header(csv_path, delimiter)
+    table.check_columns(csv_path, header, targets, "target")
+    unnamed = [i + 1 for i, name in enumerate(header) if not name]
+    if unnamed:
+        raise DataError(
+            f"{csv_path}, line 1: column(s) {', '.join(map(str, unnamed))} have no name",
+            ["name every column in the header first"],
+        )
+    features = [name for name in header if name not in targets]
+    if not features:
+        raise DataError(f"{csv_path}: no columns left for features besides the target(s)")
+    text_columns = sorted(table.sniff_text_columns(csv_path, features, delimiter))
+    train = os.path.relpath(csv_path.resolve(), config_path.resolve().parent)
+    target = targets[0] if len(targets) == 1 else targets
+
+    def flow(value: object) -> str:
+        return json.dumps(value, ensure_ascii=False)  # JSON is YAML: quoting stays exact
+
+    categorical_note = (
+        f"    # these hold text, so they are one-hot encoded: {', '.join(text_columns)}"
+        if text_columns
+        else "    # columns of integer codes to one-hot encode, e.g. [zip_code]"
+    )
+    return f"""\
+# Starter config for {csv_path.name}, written by `mse-train init`.
+# Every section is here with its default; change what you need, delete what you don't.
+# Check it with `mse-train validate {config_path.name}`, train with `mse-train run {config_path.name}`.
+# All keys: the README's config reference.
+seed: 0                       # seeds init, shuffling, dropout and the validation split
+
+data:
+  train: {flow(train)}              # relative to this file's folder
+  target: {flow(target)}
+  features: {flow(features)}
+  categorical: {flow(text_columns)}
+{categorical_note}
+  val_fraction: 0.2           # hold out 20% of the rows to choose the best epoch
+  standardize: true           # z-score numeric features (and targets) on training rows
+  missing: error              # empty cells: error | drop | mean | median
+  unknown_category: error     # a category unseen in training: error | ignore
+  max_categories: 100
+  delimiter: {flow(delimiter)}
+
+model:
+  type: mlp                   # linear | mlp
+  hidden: [64, 64]
+  activation: relu            # relu | tanh | sigmoid | gelu | leaky_relu | elu
+  dropout: 0.0
+
+init:
+  scheme: default             # default | xavier_normal | xavier_uniform | kaiming_normal | ...
+  bias: default               # default | zeros
+
+optimizer:
+  name: adam                  # sgd | adam | adamw | rmsprop | lbfgs
+  lr: 0.001
+  weight_decay: 0.0
+
+scheduler:
+  name: none                  # none | step | multistep | exponential | cosine | plateau
+
+regularization:
+  l1: 0.0                     # added to the loss: l1 * sum|w| over weights
+  l2: 0.0                     # added to the loss: l2 * sum w^2 over weights
+
+loss:
+  reduction: mean             # mean | sum
+
+train:
+  epochs: 200
+  batch_size: 64              # null = all rows in one batch
+  device: auto                # auto | cpu | cuda
+  early_stopping:
+    patience: 20              # stop after 20 epochs without a better val loss
+    min_delta: 0.0
+
+output:
+  dir: runs/{config_path.stem}
+  checkpoint_every: 0         # also write last.pt every N epochs (0 = only at the end)
+  plot: true                  # loss.png
+  tensorboard: false          # needs: pip install 'mse-train[tensorboard]'
+"""
