@@ -235,9 +235,10 @@ def _print_run_summary(console: Console, summary: dict[str, Any]) -> None:
         + (f", val_loss {_fmt(final['val_loss'])}" if final["val_loss"] is not None else "")
         + f"; best {watched} {_fmt(best[watched])} at epoch {best['epoch']}"
     )
-    out = summary["output_dir"]
-    console.print(f"wrote {out}/{{best.pt,last.pt,metrics.csv,summary.json,config.yaml}}")
-    console.print(f"score it: mse-train eval {_relative(out)}/best.pt DATA.csv")
+    out = _relative(summary["output_dir"])
+    console.print(f"wrote {out}/: best.pt, last.pt, metrics.csv, summary.json, config.yaml, loss.png")
+    scored = summary["data"]["val"] or summary["data"]["train"]
+    console.print(f"score it: mse-train eval {out}/best.pt {_relative(scored)}")
 
 
 def _fmt(value: Any) -> str:

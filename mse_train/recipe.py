@@ -386,6 +386,7 @@ def _summary(
         "device": str(device),
         "wall_seconds": round(seconds, 3),
         "output_dir": str(cfg.output.dir),
+        "data": {"train": cfg.data.train, "val": cfg.data.val},
         "notes": prepared.notes,
         "versions": {
             "mse_train": __version__,

@@ -162,7 +162,10 @@ class Loop:
             assert p.epoch_start_shuffle is not None
             self.shuffle.set_state(p.epoch_start_shuffle)
         if n_batches > 1 and self.settings.shuffle:
-            order = torch.randperm(n, generator=self.shuffle).to(self.device, non_blocking=True)
+            # int32 indices: half the work of the default int64 for the same permutation size
+            order = torch.randperm(n, generator=self.shuffle, dtype=torch.int32).to(
+                self.device, non_blocking=True
+            )
             x, y = self._shuffled(order)
         losses = list(p.partial_losses.unbind()) if p.partial_losses is not None else []
         penalties = list(p.partial_penalties.unbind()) if p.partial_penalties is not None else []
@@ -170,8 +173,9 @@ class Loop:
         if not self.model.training:
             self.model.train()
         last_report = time.perf_counter()
+        x_batches, y_batches = torch.split(x, size), torch.split(y, size)  # views, made in one call
         for b in range(p.batch, n_batches):
-            xb, yb = x[b * size : (b + 1) * size], y[b * size : (b + 1) * size]
+            xb, yb = x_batches[b], y_batches[b]
             out, mse, pen = self._step(xb, yb)
             losses.append(mse)
             if pen is not None:

@@ -235,3 +235,43 @@ def test_help_does_not_import_torch():
 def test_python_dash_m_entry_point(tmp_path):
     result = run_process("--version")
     assert result.returncode == 0 and result.stdout.startswith("mse-train ")
+
+
+def test_progress_bar_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from mse_train.cli import _Progress
+    from mse_train.train import EpochRecord
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=100)
+    progress = _Progress(console, quiet=False)
+    progress.start(
+        {
+            "out": "runs/x",
+            "device": "cpu",
+            "rows": 10,
+            "val_rows": 2,
+            "inputs": 3,
+            "targets": ["y"],
+            "epochs": 4,
+            "from_epoch": 0,
+        }
+    )
+    assert progress.bar is not None
+    for epoch in range(1, 5):
+        progress.epoch(EpochRecord(epoch, 1.0 / epoch, 2.0 / epoch, 0.01, None, 0.1), 4)
+    progress.finish()
+    text = buffer.getvalue()
+    assert "4/4" in text and "train 0.25" in text and "val 0.5" in text and "lr 0.01" in text
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {train: x.csv}\n")
+    plain = run_process("run", bad)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
+    debug = run_process("run", bad, "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
