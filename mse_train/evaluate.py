@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mse_train import checkpoint, data, fsio, preprocess, table, train
+from mse_train import checkpoint, csvscan, data, fsio, preprocess, table, train
 from mse_train.errors import DataError
 from mse_train.preprocess import Preprocessor
 
@@ -161,7 +161,7 @@ def _typed(
     out: dict[str, Any] = {}
     for name in numeric:
         text = chunk[name]
-        empty = text.isin(table.MISSING_VALUES).to_numpy()
+        empty = text.isin(csvscan.MISSING_VALUES).to_numpy()
         values = pd.to_numeric(text.where(~empty), errors="coerce").to_numpy(dtype=np.float32)
         bad = np.flatnonzero(np.isnan(values) & ~empty)
         if len(bad) == 0:
@@ -173,5 +173,5 @@ def _typed(
         out[name] = values
     for name in categorical:
         text = chunk[name]
-        out[name] = text.where(~text.isin(table.MISSING_VALUES))
+        out[name] = text.where(~text.isin(csvscan.MISSING_VALUES))
     return pd.DataFrame(out)

@@ -8,22 +8,32 @@ atomically in the run folder. Progress goes to a Reporter; nothing here prints.
 from __future__ import annotations
 
 import platform
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mse_train import __version__, checkpoint, config, data, fsio, init, metrics, models, optim, tblog, train
-from mse_train.errors import CheckpointError, OutputError, TrainingDiverged, TrainingInterrupted
+from mse_train import (
+    __version__,
+    checkpoint,
+    config,
+    data,
+    fsio,
+    init,
+    metrics,
+    models,
+    optim,
+    resume,
+    rng,
+    stopping,
+    tblog,
+    train,
+)
+from mse_train.errors import OutputError, TrainingDiverged, TrainingInterrupted
 from mse_train.schema import Config
 
 # What a run folder holds; a folder holding any of these is a previous run.
@@ -106,12 +116,12 @@ def _train(
     prepared = data.prepare(cfg.data, cfg.targets, cfg.seed)
     for text in prepared.notes:
         reporter.note(text)
-    resume_from = _load_resume(out, cfg, prepared.digests, options) if resumed else None
+    resume_from = resume.load(out, cfg, prepared.digests, options.force) if resumed else None
     device = _setup_device(cfg.train.device)
 
     loop = build_loop(cfg, prepared, device)
     if resume_from is not None:
-        _restore(loop, resume_from, cfg, options.force)
+        resume.restore(loop, resume_from, cfg, options.force)
 
     if options.overwrite and not resumed:
         _clear_previous_run(out)
@@ -143,7 +153,7 @@ def _train(
         else:
             saver.metrics.maybe_write(loop.history)
 
-    with _stop_on_signals() as stop:
+    with stopping.on_signals() as stop:
         status = loop.run(on_epoch, should_stop=stop.requested, on_batch=reporter.batch)
     reporter.finish()
     if scalars is not None:
@@ -160,7 +170,7 @@ def _train(
 # --------------------------------------------------------------------- setup
 def build_loop(cfg: Config, prepared: data.Prepared, device: torch.device) -> train.Loop:
     """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
-    train.seed_everything(cfg.seed)
+    rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optim.build_optimizer(list(model.parameters()), cfg.optimizer)
     return train.Loop(
@@ -238,66 +248,6 @@ def _settings(cfg: Config, prepared: data.Prepared) -> train.Settings:
         patience=stop.patience if stop else None,
         min_delta=stop.min_delta if stop else 0.0,
     )
-
-
-# -------------------------------------------------------------------- resume
-def _load_resume(out: Path, cfg: Config, digests: dict[str, str], options: Options) -> dict[str, Any]:
-    path = out / "last.pt"
-    ckpt = checkpoint.load(path)
-    if ckpt.get(checkpoint.K_TRAINING) is None:
-        raise CheckpointError(f"{path}: holds no training state to resume from")
-    changes = _config_changes(ckpt[checkpoint.K_CONFIG], config.to_dict(cfg))
-    old_digests = ckpt.get(checkpoint.K_DIGESTS, {})
-    data_changes = [
-        f"{p} changed since the run started (its sha256 differs)"
-        for p, d in digests.items()
-        if old_digests.get(p) != d
-    ]
-    if (changes or data_changes) and not options.force:
-        raise CheckpointError(
-            f"{path}: cannot resume: the run was made with other settings or data",
-            [
-                *changes,
-                *data_changes,
-                "only train.epochs may change on --resume; add --force to resume anyway, "
-                "or start a new run in another folder",
-            ],
-        )
-    return ckpt
-
-
-def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if path == "train.epochs":
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _config_changes(a, b, path + ".")
-        elif a != b:
-            changes.append(f"{path}: {a!r} in the run, {b!r} now")
-    return changes
-
-
-def _restore(loop: train.Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
-    state = {**ckpt[checkpoint.K_TRAINING], "model": ckpt[checkpoint.K_WEIGHTS]}
-    old = ckpt[checkpoint.K_CONFIG]
-    new = config.to_dict(cfg)
-    try:
-        if force:
-            # Keep weights and progress; settings that changed start from the new config.
-            if old.get("optimizer") != new["optimizer"]:
-                state = {**state, "optimizer": loop.optimizer.state_dict()}
-            if old.get("scheduler") != new["scheduler"]:
-                state = {**state, "scheduler": None}
-        loop.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(
-            f"{cfg.output.dir}/last.pt: its training state does not fit this config "
-            f"({str(exc).splitlines()[0]})",
-            ["the model shape must stay the same to resume; start a new run instead"],
-        ) from None
 
 
 # ------------------------------------------------------------------- saving
@@ -396,33 +346,3 @@ def _summary(
             "pandas": pd.__version__,
         },
     }
-
-
-# ------------------------------------------------------------------- signals
-class _StopFlag:
-    def __init__(self) -> None:
-        self.flag = False
-
-    def requested(self) -> bool:
-        return self.flag
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[_StopFlag]:
-    """First SIGINT/SIGTERM: finish the batch and save. A second SIGINT stops at once."""
-    stop = _StopFlag()
-    previous: dict[signal.Signals, Any] = {}
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.flag and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop.flag = True
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -21,27 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mse_train import csvscan
+from mse_train.csvscan import EXAMPLES as _EXAMPLES
+from mse_train.csvscan import MISSING, MISSING_VALUES, Scan
 from mse_train.errors import DataError
 
-# Cells that mean "no value". Stated in the README; kept small so that real categories
-# such as "none" or "n" stay categories.
-MISSING_VALUES = (
-    "",
-    "NA",
-    "N/A",
-    "n/a",
-    "NaN",
-    "nan",
-    "-NaN",
-    "-nan",
-    "NULL",
-    "null",
-    "None",
-    "#N/A",
-    "<NA>",
-)
-_MISSING = frozenset(MISSING_VALUES)
-_EXAMPLES = 5  # cells quoted in a message before "and N more"
 _SNIFF_ROWS = 1000  # rows read as text to guess which columns hold categories
 
 
@@ -86,7 +70,7 @@ class Table:
     def line_of(self, rows: np.ndarray) -> list[int]:
         """File line numbers (1-based) of data rows, counted as the parser counts them."""
         if self._lines is None:
-            self._lines = _scan(self.path, self.header, self.delimiter, {}).lines
+            self._lines = csvscan.scan(self.path, self.header, self.delimiter, {}).lines
         return [int(self._lines[r]) for r in rows]
 
 
@@ -209,15 +193,15 @@ def read(
     inferable = set(infer_from) - text_cols
     if inferable:
         text_cols |= sniff_text_columns(path, [c for c in columns if c in inferable], delimiter)
-    frame, scan = _parse(path, header, columns, text_cols, delimiter)
-    if scan is not None and inferable:
+    frame, found = _parse(path, header, columns, text_cols, delimiter)
+    if found is not None and inferable:
         # The full pass found text in columns the first rows showed as numbers.
-        wordy = {c for c in scan.bad_cells if c in inferable and scan.mostly_text(c)}
+        wordy = {c for c in found.bad_cells if c in inferable and found.mostly_text(c)}
         if wordy:
             text_cols |= wordy
-            frame, scan = _parse(path, header, columns, text_cols, delimiter)
-    if scan is not None:
-        scan.raise_bad_numbers(path, inferable)
+            frame, found = _parse(path, header, columns, text_cols, delimiter)
+    if found is not None:
+        found.raise_bad_numbers(path, inferable)
     for name in sorted(text_cols & inferable):
         _check_mostly_text(path, header, frame, name, delimiter)
     if len(frame) == 0:
@@ -228,7 +212,7 @@ def read(
         digest.result()
         expected = (len(header) - 1) * (len(frame) + 1)
         if digest.quotes or digest.delimiters != expected:
-            _scan(path, header, delimiter, {}).raise_bad_rows(path)
+            csvscan.scan(path, header, delimiter, {}).raise_bad_rows(path)
     else:
         digest = Digest(path, delimiter)
     table = Table(path, header, frame, [c for c in columns if c in text_cols], digest, None, delimiter)
@@ -255,7 +239,7 @@ def sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> se
     found = set()
     for name in columns:
         values = head[name]
-        values = values[~values.isin(_MISSING)]
+        values = values[~values.isin(MISSING)]
         if pd.to_numeric(values, errors="coerce").isna().any():
             found.add(name)
     return found
@@ -263,7 +247,7 @@ def sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> se
 
 def _parse(
     path: Path, header: list[str], columns: Sequence[str], text_cols: set[str], delimiter: str
-) -> tuple[pd.DataFrame, _Scan | None]:
+) -> tuple[pd.DataFrame, Scan | None]:
     """pandas' C parser into float32; on any trouble, a scan that says what and where.
 
     Without `usecols`, pandas (3.1+) parses a large file on all cores. Leading spaces
@@ -295,10 +279,10 @@ def _parse(
             f"{path}: not UTF-8 text (bad byte at offset {exc.start})", ["save the file as UTF-8 CSV"]
         ) from None
     except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning):
-        scan = _scan(path, header, delimiter, {c: c not in text_cols for c in columns})
-        scan.raise_bad_rows(path)
-        if scan.bad_cells:
-            return pd.DataFrame(), scan
+        found = csvscan.scan(path, header, delimiter, {c: c not in text_cols for c in columns})
+        found.raise_bad_rows(path)
+        if found.bad_cells:
+            return pd.DataFrame(), found
         raise DataError(f"{path}: cannot be parsed as CSV", ["check quoting and the delimiter"]) from None
     frame = frame[list(columns)]  # usecols keeps file order; we want the order asked for
     empty = False
@@ -310,7 +294,7 @@ def _parse(
             empty = empty or not np.isfinite(frame[name].to_numpy()).all()  # NaN (or inf)
     if empty:
         # A short row looks exactly like empty cells to pandas: tell them apart.
-        _scan(path, header, delimiter, {}).raise_bad_rows(path)
+        csvscan.scan(path, header, delimiter, {}).raise_bad_rows(path)
     return frame, None
 
 
@@ -320,7 +304,7 @@ def _check_mostly_text(path: Path, header: list[str], frame: pd.DataFrame, name:
     numeric = pd.to_numeric(values[present], errors="coerce").notna()
     if numeric.sum() * 2 > present.sum():
         rows = np.flatnonzero(present.to_numpy())[~numeric.to_numpy()]
-        lines = _scan(path, header, delimiter, {}).lines
+        lines = csvscan.scan(path, header, delimiter, {}).lines
         cells = [f"line {lines[r]}: {values.iloc[r]!r}" for r in rows[:_EXAMPLES]]
         more = f" and {len(rows) - _EXAMPLES} more" if len(rows) > _EXAMPLES else ""
         raise DataError(
@@ -353,82 +337,6 @@ def _check_cells(table: Table) -> None:
         )
 
 
-# ------------------------------------------------------------------- the slow pass
-@dataclass
-class _Scan:
-    lines: np.ndarray
-    bad_rows: list[tuple[int, int]]  # (line, fields)
-    n_fields: int
-    bad_cells: dict[str, list[tuple[int, str]]]  # column -> [(line, value)]
-    bad_counts: dict[str, int]
-    numeric_counts: dict[str, int]
-
-    def mostly_text(self, name: str) -> bool:
-        return self.bad_counts.get(name, 0) >= self.numeric_counts.get(name, 0)
-
-    def raise_bad_rows(self, path: Path) -> None:
-        if not self.bad_rows:
-            return
-        shown = [f"line {line}: {n} field{'s' if n != 1 else ''}" for line, n in self.bad_rows[:_EXAMPLES]]
-        more = f" and {len(self.bad_rows) - _EXAMPLES} more" if len(self.bad_rows) > _EXAMPLES else ""
-        raise DataError(
-            f"{path}: {len(self.bad_rows)} row(s) do not have {self.n_fields} fields like the header",
-            ["; ".join(shown) + more, "give every row one value per column (an empty cell is `,,`)"],
-        )
-
-    def raise_bad_numbers(self, path: Path, may_be_categorical: set[str]) -> None:
-        problems = []
-        for name, cells in self.bad_cells.items():
-            shown = ", ".join(f"line {line}: {value!r}" for line, value in cells)
-            more = self.bad_counts[name] - len(cells)
-            problems.append(f"column `{name}`: not a number at {shown}{f' and {more} more' if more else ''}")
-        if problems:
-            fix = "fix those cells"
-            if may_be_categorical & set(self.bad_cells):
-                fix += ", or list the column in `data.categorical` to treat its values as categories"
-            raise DataError(f"{path}: non-numeric values in numeric columns", [*problems, fix])
-
-
-def _scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool]) -> _Scan:
-    """Walk the file with the csv module: field counts, lines, cells that are not numbers."""
-    positions = {name: header.index(name) for name, is_num in numeric.items() if is_num}
-    lines: list[int] = []
-    bad_rows: list[tuple[int, int]] = []
-    bad_cells: dict[str, list[tuple[int, str]]] = {}
-    bad_counts: dict[str, int] = {}
-    numeric_counts = dict.fromkeys(positions, 0)
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
-        seen_header = False
-        for row in reader:
-            if not row:
-                continue  # blank lines are skipped, as pandas does
-            if not seen_header:
-                seen_header = True
-                continue
-            line = reader.line_num
-            lines.append(line)
-            if len(row) != len(header):
-                bad_rows.append((line, len(row)))
-                continue
-            for name, index in positions.items():
-                value = row[index].strip()
-                if value in _MISSING:
-                    continue
-                try:
-                    float(value)
-                except ValueError:
-                    count = bad_counts.get(name, 0)
-                    if count < _EXAMPLES:
-                        bad_cells.setdefault(name, []).append((line, value))
-                    bad_counts[name] = count + 1
-                else:
-                    numeric_counts[name] += 1
-    return _Scan(
-        np.asarray(lines, dtype=np.int64), bad_rows, len(header), bad_cells, bad_counts, numeric_counts
-    )
-
-
 def iter_text_chunks(path: Path, delimiter: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The whole file as text, chunk by chunk, cells exactly as written (for predict)."""
     header = read_header(path, delimiter)
@@ -448,10 +356,10 @@ def iter_text_chunks(path: Path, delimiter: str, chunk_rows: int) -> Iterator[pd
             with reader:
                 for chunk in reader:
                     if chunk.isna().to_numpy().any():  # only short rows leave NaN in text
-                        _scan(path, header, delimiter, {}).raise_bad_rows(path)
+                        csvscan.scan(path, header, delimiter, {}).raise_bad_rows(path)
                     yield chunk
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning):
-        _scan(path, header, delimiter, {}).raise_bad_rows(path)
+        csvscan.scan(path, header, delimiter, {}).raise_bad_rows(path)
         raise DataError(f"{path}: cannot be parsed as CSV", ["check quoting and the delimiter"]) from None

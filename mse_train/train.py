@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from mse_train import snapshot
+from mse_train import rng, snapshot
 from mse_train.optim import Penalty, Scheduler
 
 EVAL_CHUNK = 65536  # rows per forward pass when evaluating
@@ -382,15 +380,15 @@ class Loop:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint needs to continue exactly (weights under "model")."""
-        rng: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        generators: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            generators["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "progress": {f.name: getattr(self.progress, f.name) for f in fields(self.progress)},
-            "rng": {**rng, **idle_rng_state()},
+            "rng": {**generators, **rng.idle_state()},
             "history": list(self.history),
         }
 
@@ -401,7 +399,7 @@ class Loop:
             self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
         self.history = list(state["history"])
-        set_rng_state(state["rng"], self.shuffle, self.device)
+        rng.set_state(state["rng"], self.shuffle, self.device)
 
 
 def per_target_sse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -426,39 +424,3 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             if len(x)
             else model(x)
         )
-
-
-# ------------------------------------------------------------------------- RNG
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def idle_rng_state() -> dict[str, Any]:
-    """Python's and NumPy's global generators, as tensors and plain numbers (weights_only-safe)."""
-    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    version, internal, gauss_next = random.getstate()
-    return {
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "gauss": float(gauss),
-        },
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-
-
-def set_rng_state(state: dict[str, Any], shuffle: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
-    npy = state["numpy"]
-    np.random.set_state(
-        ("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
-    )
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)

@@ -1,0 +1,114 @@
+"""The slow, exact pass over a CSV file: what is wrong, on which line, in which column.
+
+pandas' fast parser says only that something failed (or fills a short row with NaN
+without a word); this walks the file with the csv module, counting lines as a text
+editor does, and collects the rows with the wrong number of fields and the cells that
+are not numbers. It runs only when the fast path found a problem.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mse_train.errors import DataError
+
+# Cells that mean "no value". Stated in the README; kept small so that real categories
+# such as "none" or "n" stay categories.
+MISSING_VALUES = (
+    "",
+    "NA",
+    "N/A",
+    "n/a",
+    "NaN",
+    "nan",
+    "-NaN",
+    "-nan",
+    "NULL",
+    "null",
+    "None",
+    "#N/A",
+    "<NA>",
+)
+MISSING = frozenset(MISSING_VALUES)
+EXAMPLES = 5  # cells quoted in a message before "and N more"
+
+
+@dataclass
+class Scan:
+    """What the slow pass found."""
+
+    lines: np.ndarray
+    bad_rows: list[tuple[int, int]]  # (line, fields)
+    n_fields: int
+    bad_cells: dict[str, list[tuple[int, str]]]  # column -> [(line, value)]
+    bad_counts: dict[str, int]
+    numeric_counts: dict[str, int]
+
+    def mostly_text(self, name: str) -> bool:
+        return self.bad_counts.get(name, 0) >= self.numeric_counts.get(name, 0)
+
+    def raise_bad_rows(self, path: Path) -> None:
+        if not self.bad_rows:
+            return
+        shown = [f"line {line}: {n} field{'s' if n != 1 else ''}" for line, n in self.bad_rows[:EXAMPLES]]
+        more = f" and {len(self.bad_rows) - EXAMPLES} more" if len(self.bad_rows) > EXAMPLES else ""
+        raise DataError(
+            f"{path}: {len(self.bad_rows)} row(s) do not have {self.n_fields} fields like the header",
+            ["; ".join(shown) + more, "give every row one value per column (an empty cell is `,,`)"],
+        )
+
+    def raise_bad_numbers(self, path: Path, may_be_categorical: set[str]) -> None:
+        problems = []
+        for name, cells in self.bad_cells.items():
+            shown = ", ".join(f"line {line}: {value!r}" for line, value in cells)
+            more = self.bad_counts[name] - len(cells)
+            problems.append(f"column `{name}`: not a number at {shown}{f' and {more} more' if more else ''}")
+        if problems:
+            fix = "fix those cells"
+            if may_be_categorical & set(self.bad_cells):
+                fix += ", or list the column in `data.categorical` to treat its values as categories"
+            raise DataError(f"{path}: non-numeric values in numeric columns", [*problems, fix])
+
+
+def scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool]) -> Scan:
+    """Walk the file with the csv module: field counts, lines, cells that are not numbers."""
+    positions = {name: header.index(name) for name, is_num in numeric.items() if is_num}
+    lines: list[int] = []
+    bad_rows: list[tuple[int, int]] = []
+    bad_cells: dict[str, list[tuple[int, str]]] = {}
+    bad_counts: dict[str, int] = {}
+    numeric_counts = dict.fromkeys(positions, 0)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+        seen_header = False
+        for row in reader:
+            if not row:
+                continue  # blank lines are skipped, as pandas does
+            if not seen_header:
+                seen_header = True
+                continue
+            line = reader.line_num
+            lines.append(line)
+            if len(row) != len(header):
+                bad_rows.append((line, len(row)))
+                continue
+            for name, index in positions.items():
+                value = row[index].strip()
+                if value in MISSING:
+                    continue
+                try:
+                    float(value)
+                except ValueError:
+                    count = bad_counts.get(name, 0)
+                    if count < EXAMPLES:
+                        bad_cells.setdefault(name, []).append((line, value))
+                    bad_counts[name] = count + 1
+                else:
+                    numeric_counts[name] += 1
+    return Scan(
+        np.asarray(lines, dtype=np.int64), bad_rows, len(header), bad_cells, bad_counts, numeric_counts
+    )

@@ -1,0 +1,39 @@
+"""Ctrl-C and SIGTERM: ask the loop to stop after the current batch, so it can save."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.flag = False
+
+    def requested(self) -> bool:
+        return self.flag
+
+
+@contextmanager
+def on_signals() -> Iterator[StopFlag]:
+    """First SIGINT/SIGTERM: finish the batch and save. A second SIGINT stops at once."""
+    stop = StopFlag()
+    previous: dict[signal.Signals, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.flag and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.flag = True
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
