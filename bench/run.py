@@ -276,10 +276,13 @@ def main() -> None:
     for rows in rows_sweep:
         x, y = make_arrays(rows)
         for batch in batches:
-            epochs = 3 if rows <= 100_000 else 1
+            # Enough epochs per measurement for ~0.1 s or more of stepping; full-batch steps
+            # move tens of MB through the allocator and vary more, so they get more rounds.
+            epochs = {10_000: 3, 100_000: 3}.get(rows, 1) * (10 if batch is None and rows < 1_000_000 else 1)
+            rounds = ROUNDS + 2 if batch is None else ROUNDS
             mse_train_loop(x, y, batch, 1)  # warm up allocator and threads
             ours = fixed = bare = loader = 0.0
-            for _ in range(ROUNDS):  # interleaved; the best round of each, as timeit does
+            for _ in range(rounds):  # interleaved; the best round of each, as timeit does
                 ours_s = mse_train_loop(x, y, batch, epochs)
                 ours = max(ours, rows * epochs / ours_s)
                 fixed = max(fixed, rows * epochs / mse_train_loop(x, y, batch, epochs, shuffle=False))

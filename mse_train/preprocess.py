@@ -179,32 +179,36 @@ def fit(
                 )
             categorical.append(CategoricalColumn(name, cats))
             continue
-        numbers = column(name).astype(np.float64)
-        observed = numbers[~np.isnan(numbers)]
+        observed = _observed(column(name))
         if len(observed) == 0:
             problems.append(f"column `{name}` has no values in the training rows")
             continue
         spec = NumericColumn(name)
         if missing in ("mean", "median"):
-            spec.fill = float(observed.mean() if missing == "mean" else np.median(observed))
+            spec.fill = float(observed.mean(dtype=np.float64) if missing == "mean" else np.median(observed))
         if standardize:
             spec.mean, spec.std = _mean_std(observed)
         numeric.append(spec)
     target_specs = []
     for name in targets:
-        numbers = column(name).astype(np.float64)
         target = TargetColumn(name)
         if standardize_target:
-            target.mean, target.std = _mean_std(numbers[~np.isnan(numbers)])
+            target.mean, target.std = _mean_std(_observed(column(name)))
         target_specs.append(target)
     if problems:
         raise DataError(f"{table.path}: cannot prepare the features", problems)
     return Preprocessor(list(features), numeric, categorical, target_specs, missing, unknown_category)
 
 
+def _observed(values: np.ndarray) -> np.ndarray:
+    """The non-empty values (no copy when there are no empty cells)."""
+    empty = np.isnan(values)
+    return values[~empty] if empty.any() else values
+
+
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
-    mean = float(values.mean())
-    std = float(values.std())
+    mean = float(values.mean(dtype=np.float64))  # float64 sums: float32 ones drift on big tables
+    std = float(values.std(dtype=np.float64))
     # A constant column carries no information; dividing by 1 keeps it finite.
     return mean, std if std > 0 and np.isfinite(std) else 1.0
 

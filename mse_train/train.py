@@ -397,7 +397,13 @@ class Loop:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.progress = Progress(**state["progress"])
+        progress = Progress(**state["progress"])
+        # Checkpoints load onto the CPU; an unfinished epoch's losses go back to the device.
+        for name in ("partial_losses", "partial_penalties", "partial_sq"):
+            value = getattr(progress, name)
+            if value is not None:
+                setattr(progress, name, value.to(self.device))
+        self.progress = progress
         self.history = list(state["history"])
         rng.set_state(state["rng"], self.shuffle, self.device)
 
