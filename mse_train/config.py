@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -152,21 +151,11 @@ def _section_model(section: KeyPath, data: Any) -> type[BaseModel] | None:
         model = schema.VARIANTS[head].get(str(tag if tag is not None else schema.TAG_DEFAULTS[head]))
     else:
         field = Config.model_fields.get(head)
-        model = _first_model(field.annotation) if field else None
+        model = schema.model_in(field.annotation) if field else None
     for part in section[1:]:
         field = model.model_fields.get(str(part)) if model else None
-        model = _first_model(field.annotation) if field else None
+        model = schema.model_in(field.annotation) if field else None
     return model
-
-
-def _first_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _first_model(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _describe(error: Any, loc: KeyPath, data: Any, where: Any) -> str:

@@ -46,10 +46,10 @@ class Prepared:
         return {path: hasher.result() for path, hasher in self.hashers.items()}
 
 
-def feature_names(cfg: DataConfig, header: list[str], targets: list[str], path: Path) -> list[str]:
-    """`data.features`, or every named column except the targets."""
-    if cfg.features is not None:
-        return list(cfg.features)
+def feature_names(features: list[str] | None, header: list[str], targets: list[str], path: Path) -> list[str]:
+    """`data.features` when given, or else every named column except the targets."""
+    if features is not None:
+        return list(features)
     unnamed = [i + 1 for i, name in enumerate(header) if not name]
     if unnamed:
         raise DataError(
@@ -66,7 +66,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     """Read, clean, split and preprocess the training (and validation) data."""
     train_path = Path(cfg.train)
     header = table.read_header(train_path, cfg.delimiter)
-    features = feature_names(cfg, header, targets, train_path)
+    features = feature_names(cfg.features, header, targets, train_path)
     table.check_columns(train_path, header, features, "feature")
     table.check_columns(train_path, header, targets, "target")
     unknown = [c for c in cfg.categorical if c not in features]

@@ -29,7 +29,7 @@ def render() -> str:
         if name in schema.TAG_KEYS:
             lines += _tagged_section(name)
             continue
-        model = _model_of(field.annotation)
+        model = schema.model_in(field.annotation)
         if model is None:
             lines += [f"### `{name}`", "", _table([(name, field)], prefix=""), ""]
             continue
@@ -104,16 +104,6 @@ def _choices(annotation: Any) -> list[str]:
         if found:
             return found
     return []
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def splice(text: str, reference: str) -> str:

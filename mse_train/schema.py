@@ -383,6 +383,17 @@ class Config(Section):
         return [target] if isinstance(target, str) else list(target)
 
 
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The first config section class inside a field's type (e.g. `X | None` -> X)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _variants(annotation: Any) -> dict[str, type[BaseModel]]:
     """Tag -> model class of a tagged-union section."""
     found: dict[str, type[BaseModel]] = {}

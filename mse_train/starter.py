@@ -6,23 +6,14 @@ import json
 import os
 from pathlib import Path
 
-from mse_train import table
-from mse_train.errors import DataError
+from mse_train import data, table
 
 
 def render(csv_path: Path, targets: list[str], config_path: Path, delimiter: str = ",") -> str:
     """The text of a starter config for `csv_path`, to be saved at `config_path`."""
     header = table.read_header(csv_path, delimiter)
     table.check_columns(csv_path, header, targets, "target")
-    unnamed = [i + 1 for i, name in enumerate(header) if not name]
-    if unnamed:
-        raise DataError(
-            f"{csv_path}, line 1: column(s) {', '.join(map(str, unnamed))} have no name",
-            ["name every column in the header first"],
-        )
-    features = [name for name in header if name not in targets]
-    if not features:
-        raise DataError(f"{csv_path}: no columns left for features besides the target(s)")
+    features = data.feature_names(None, header, targets, csv_path)
     text_columns = sorted(table.sniff_text_columns(csv_path, features, delimiter))
     train = os.path.relpath(csv_path.resolve(), config_path.resolve().parent)
     target = targets[0] if len(targets) == 1 else targets

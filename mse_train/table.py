@@ -27,6 +27,14 @@ from mse_train.csvscan import MISSING, MISSING_VALUES, Scan
 from mse_train.errors import DataError
 
 _SNIFF_ROWS = 1000  # rows read as text to guess which columns hold categories
+# Every cell as the text written in the file (sniffing categories, and predict's output).
+_AS_TEXT: dict[str, Any] = {
+    "dtype": str,
+    "keep_default_na": False,
+    "index_col": False,
+    "skipinitialspace": True,
+    "encoding": "utf-8",
+}
 
 
 @dataclass
@@ -223,17 +231,7 @@ def read(
 def sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> set[str]:
     """Columns whose first rows hold a value that is not a number."""
     try:
-        head = pd.read_csv(
-            path,
-            usecols=list(columns),
-            nrows=_SNIFF_ROWS,
-            dtype=str,
-            keep_default_na=False,
-            index_col=False,
-            skipinitialspace=True,
-            sep=delimiter,
-            encoding="utf-8",
-        )
+        head = pd.read_csv(path, usecols=list(columns), nrows=_SNIFF_ROWS, sep=delimiter, **_AS_TEXT)
     except Exception:
         return set()
     found = set()
@@ -343,16 +341,7 @@ def iter_text_chunks(path: Path, delimiter: str, chunk_rows: int) -> Iterator[pd
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            reader = pd.read_csv(
-                path,
-                dtype=str,
-                keep_default_na=False,
-                index_col=False,
-                skipinitialspace=True,
-                sep=delimiter,
-                encoding="utf-8",
-                chunksize=chunk_rows,
-            )
+            reader = pd.read_csv(path, sep=delimiter, chunksize=chunk_rows, **_AS_TEXT)
             with reader:
                 for chunk in reader:
                     if chunk.isna().to_numpy().any():  # only short rows leave NaN in text
