@@ -173,3 +173,15 @@ def test_output_folder_that_cannot_be_written(cli, tmp_path):
     result = cli("run", cfg)
     assert result.code == 2
     assert "the output folder cannot be written" in result.stderr
+
+
+def test_spaces_after_delimiters_and_in_the_header_are_fine(cli, tmp_path):
+    run_on(cli, tmp_path, "x, y\n1, 2\n 2,4\n3 , 6\n", code=0)
+    assert (tmp_path / "out" / "last.pt").is_file()
+
+
+def test_semicolon_delimiter(cli, tmp_path):
+    run_on(cli, tmp_path, "x;y\n1;2\n2;4\n3;6\n", code=0, extra_data={"delimiter": ";"})
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    run_on(cli, wrong, "x;y\n1;2\n2;4\n", "`y` (target) is not a column", "columns in the file: x;y")
