@@ -14,7 +14,14 @@ def render(csv_path: Path, targets: list[str], config_path: Path, delimiter: str
     header = table.read_header(csv_path, delimiter)
     table.check_columns(csv_path, header, targets, "target")
     features = data.feature_names(None, header, targets, csv_path)
-    text_columns = sorted(table.sniff_text_columns(csv_path, features, delimiter))
+    text, empty = table.sniff(csv_path, [*features, *targets], delimiter)
+    text_columns = sorted(text & set(features))
+    missing = "mean" if empty else "error"
+    missing_note = (
+        f"# empty cells in the first rows of: {', '.join(sorted(empty))}; error | drop | mean | median"
+        if empty
+        else "# empty cells: error | drop | mean | median"
+    )
     train = os.path.relpath(csv_path.resolve(), config_path.resolve().parent)
     target = targets[0] if len(targets) == 1 else targets
 
@@ -41,7 +48,7 @@ data:
 {categorical_note}
   val_fraction: 0.2           # hold out 20% of the rows to choose the best epoch
   standardize: true           # z-score numeric features (and targets) on training rows
-  missing: error              # empty cells: error | drop | mean | median
+  missing: {missing}               {missing_note}
   unknown_category: error     # a category unseen in training: error | ignore
   max_categories: 100
   delimiter: {flow(delimiter)}

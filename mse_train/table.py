@@ -230,17 +230,24 @@ def read(
 
 def sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> set[str]:
     """Columns whose first rows hold a value that is not a number."""
+    return sniff(path, columns, delimiter)[0]
+
+
+def sniff(path: Path, columns: Sequence[str], delimiter: str) -> tuple[set[str], set[str]]:
+    """Columns whose first rows hold text, and columns whose first rows hold empty cells."""
     try:
         head = pd.read_csv(path, usecols=list(columns), nrows=_SNIFF_ROWS, sep=delimiter, **_AS_TEXT)
     except Exception:
-        return set()
-    found = set()
+        return set(), set()  # the full read that follows reports what is wrong, precisely
+    text, empty = set(), set()
     for name in columns:
         values = head[name]
-        values = values[~values.isin(MISSING)]
-        if pd.to_numeric(values, errors="coerce").isna().any():
-            found.add(name)
-    return found
+        missing = values.isin(MISSING)
+        if missing.any():
+            empty.add(name)
+        if pd.to_numeric(values[~missing], errors="coerce").isna().any():
+            text.add(name)
+    return text, empty
 
 
 def _parse(

@@ -170,3 +170,14 @@ def test_linear_example_validates(cli):
     result = cli("validate", CONFIGS / "linear.yaml")
     assert result.code == 0 and "3 training rows" in result.stdout
     assert (DATA / "linear.csv").is_file()
+
+
+def test_init_on_a_table_with_empty_cells_fills_them(cli, tmp_path):
+    out = tmp_path / "penguins.yaml"
+    assert cli("init", DATA / "penguins.csv", "-t", "body_mass_g", "-o", out).code == 0
+    parsed = yaml.safe_load(out.read_text())
+    assert parsed["data"]["missing"] == "mean"
+    assert parsed["data"]["categorical"] == ["island", "sex", "species"]
+    result = cli("validate", out)
+    assert result.code == 0, result
+    assert "dropped 2 row(s) with an empty target" in result.stdout
