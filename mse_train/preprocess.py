@@ -233,7 +233,7 @@ def handle_missing(
         for name in [*targets, *features]:
             rows = np.flatnonzero(empty[name].to_numpy())
             if len(rows):
-                lines = table.line_of(rows[:_EXAMPLES])
+                lines = table.line_of(frame.index.to_numpy()[rows[:_EXAMPLES]])
                 more = " ..." if len(rows) > _EXAMPLES else ""
                 role = "target" if name in targets else "feature"
                 problems.append(

@@ -53,7 +53,6 @@ class EpochRecord:
     penalty: float | None
     seconds: float
     per_target: dict[str, float] = field(default_factory=dict)
-    improved: bool = False
 
     def row(self) -> dict[str, Any]:
         return {
@@ -262,8 +261,7 @@ class Loop:
                 self.scheduler.step()
         p.epoch += 1
         extra = self._per_target(per_target, val_sq)
-        improved = watched < p.best_loss
-        if improved:
+        if watched < p.best_loss:
             p.best_loss, p.best_epoch = watched, p.epoch
             self.best.capture()
         if self.settings.patience is not None:
@@ -282,7 +280,6 @@ class Loop:
             penalty=pen_value if self.penalty is not None else None,
             seconds=time.perf_counter() - started,
             per_target=extra,
-            improved=improved,
         )
         self.history.append(record.row())
         self._mark_good()

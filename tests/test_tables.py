@@ -276,3 +276,15 @@ def test_shipped_penguin_configs(cli, tmp_path, name):
     assert "dropped 2 row(s) with an empty target" in result.stdout or name == "penguins_multi.yaml"
     scored = json.loads(cli("eval", out / "best.pt", DATA / "penguins.csv", "--json").stdout)
     assert scored["r2"] > 0.5
+
+
+def test_predict_names_the_file_line_of_an_empty_cell_in_a_later_chunk(cli, tmp_path, monkeypatch):
+    table = categorical_table(tmp_path / "t.csv")
+    assert cli("run", config(tmp_path, table), "-q").code == 0
+    rows = [[1.0, "Good", 2] for _ in range(150)]
+    rows[130][0] = ""  # data row 131: file line 132, in the third chunk of 64
+    new = write_csv(tmp_path / "new.csv", ["size", "cut", "grade"], rows)
+    monkeypatch.setattr(evaluate, "PREDICT_CHUNK_ROWS", 64)
+    result = cli("predict", tmp_path / "run" / "best.pt", new)
+    assert result.code == 2
+    assert "`size` (feature): 1 empty cell(s), at line(s) 132" in result.stderr
