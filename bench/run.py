@@ -409,21 +409,6 @@ def lbfgs_report(folder: Path) -> str:
     w, *_ = np.linalg.lstsq(design, table[:, 8], rcond=None)
     optimum = float(np.mean((design @ w - table[:, 8]) ** 2))
     exe = str(Path(sys.executable).with_name("mse-train"))
-    out = folder / "lbfgs-run"
-    run_process(
-        [
-            exe,
-            "run",
-            str(ROOT / "configs" / "linear_regression.yaml"),
-            "-q",
-            "-o",
-            str(out),
-            "--set",
-            f"data.train={path}",
-            "--set",
-            "data.target=y",
-        ]
-    )
     reached = None
     for epochs in range(1, 21):
         # evaluate the checkpoint after each number of epochs by re-running short

@@ -120,18 +120,24 @@ def test_too_few_rows_for_the_validation_split(cli, tmp_path):
     run_on(cli, tmp_path, "x,y\n1,2\n2,4\n", "too few to hold out", extra_data={"val_fraction": 0.1})
 
 
-def test_failed_run_leaves_previous_results_alone(cli, tmp_path):
-    good = tmp_path / "good.csv"
-    good.write_text("x,y\n1,2\n2,4\n3,6\n")
+def train_on(cli, tmp_path, table):
+    """A finished 2-epoch run on `table` in tmp_path/out; returns its config."""
     cfg = write_config(
         tmp_path / "cfg.yaml",
         {
-            "data": {"train": str(good), "target": "y"},
+            "data": {"train": str(table), "target": "y"},
             "train": {"epochs": 2},
             "output": {"dir": str(tmp_path / "out"), "plot": False},
         },
     )
     assert cli("run", cfg, "-q").code == 0
+    return cfg
+
+
+def test_failed_run_leaves_previous_results_alone(cli, tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("x,y\n1,2\n2,4\n3,6\n")
+    cfg = train_on(cli, tmp_path, good)
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     good.write_text("x,y\n1,2\n2\n")
     result = cli("run", cfg, "-q", "--overwrite")
@@ -143,15 +149,7 @@ def test_failed_run_leaves_previous_results_alone(cli, tmp_path):
 def test_eval_csv_missing_a_trained_column(cli, tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("a,b,y\n1,2,3\n2,3,5\n3,4,7\n")
-    cfg = write_config(
-        tmp_path / "cfg.yaml",
-        {
-            "data": {"train": str(good), "target": "y"},
-            "train": {"epochs": 2},
-            "output": {"dir": str(tmp_path / "out"), "plot": False},
-        },
-    )
-    assert cli("run", cfg, "-q").code == 0
+    train_on(cli, tmp_path, good)
     (tmp_path / "other.csv").write_text("a,y\n1,3\n")
     result = cli("eval", tmp_path / "out" / "best.pt", tmp_path / "other.csv")
     assert result.code == 2

@@ -28,6 +28,22 @@ def badly_conditioned(path: Path) -> Path:
     return write_csv(path, ["a", "b", "c", "y"], np.column_stack([a, b, c, y]).round(7).tolist())
 
 
+def run_ols(cli, table: Path, target: str, out: Path, *more: str):
+    """`mse-train run configs/linear_regression.yaml` pointed at `table`."""
+    return cli(
+        "run",
+        CONFIGS / "linear_regression.yaml",
+        "-q",
+        "-o",
+        out,
+        "--set",
+        f"data.train={table}",
+        "--set",
+        f"data.target={target}",
+        *more,
+    )
+
+
 def optimum_mse(path: Path, target: str) -> float:
     table = np.genfromtxt(path, delimiter=",", names=True)
     names = [n for n in table.dtype.names if n != target]
@@ -47,17 +63,7 @@ def optimum_mse(path: Path, target: str) -> float:
 def test_shipped_linear_regression_reaches_the_least_squares_optimum(cli, tmp_path, make, tolerance):
     table, target = (make(tmp_path / "t.csv"), "y") if make else (DATA / "diabetes.csv", "progression")
     out = tmp_path / "run"
-    result = cli(
-        "run",
-        CONFIGS / "linear_regression.yaml",
-        "-q",
-        "-o",
-        out,
-        "--set",
-        f"data.train={table}",
-        "--set",
-        f"data.target={target}",
-    )
+    result = run_ols(cli, table, target, out)
     assert result.code == 0, result
     assert len(read_metrics(out / "metrics.csv")) <= 20  # L-BFGS: a handful of epochs
     scored = json.loads(cli("eval", out / "best.pt", table, "--json").stdout)
@@ -68,16 +74,11 @@ def test_shipped_linear_regression_reaches_the_least_squares_optimum(cli, tmp_pa
 def test_minibatch_sgd_with_standardisation_gets_within_1_percent(cli, tmp_path):
     table = well_conditioned(tmp_path / "t.csv")
     out = tmp_path / "run"
-    result = cli(
-        "run",
-        CONFIGS / "linear_regression.yaml",
-        "-q",
-        "-o",
+    result = run_ols(
+        cli,
+        table,
+        "y",
         out,
-        "--set",
-        f"data.train={table}",
-        "--set",
-        "data.target=y",
         "--set",
         "optimizer={name: sgd, lr: 0.05, momentum: 0.9}",
         "--set",

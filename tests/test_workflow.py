@@ -9,25 +9,18 @@ import pytest
 import yaml
 from PIL import Image
 
+from mse_train.schema import Config
+
 from conftest import DATA, read_metrics, write_config, write_csv
+
+SECTIONS = set(Config.model_fields)  # seed, data, model, ..., output
 
 
 def test_config_prints_the_resolved_config_with_overrides(cli, small_config):
     result = cli("config", small_config(), "--set", "optimizer.lr=0.5", "--set", "model=mlp")
     assert result.code == 0, result
     resolved = yaml.safe_load(result.stdout)
-    assert set(resolved) == {
-        "seed",
-        "data",
-        "model",
-        "init",
-        "optimizer",
-        "scheduler",
-        "regularization",
-        "loss",
-        "train",
-        "output",
-    }
+    assert set(resolved) == SECTIONS
     assert resolved["optimizer"]["lr"] == 0.5 and resolved["model"]["hidden"] == [64, 64]
     assert Path(resolved["data"]["train"]).is_absolute()
 
@@ -79,18 +72,7 @@ def test_init_writes_a_starter_config_that_validates_and_runs(cli, tmp_path, mon
     text = (tmp_path / "starter.yaml").read_text()
     assert text.count("#") > 20  # commented
     parsed = yaml.safe_load(text)
-    assert set(parsed) == {
-        "seed",
-        "data",
-        "model",
-        "init",
-        "optimizer",
-        "scheduler",
-        "regularization",
-        "loss",
-        "train",
-        "output",
-    }
+    assert set(parsed) == SECTIONS
     assert parsed["data"]["train"] == "data/shop.csv"
     assert parsed["data"]["features"] == ["size", "cut"] and parsed["data"]["categorical"] == ["cut"]
     assert cli("validate", "starter.yaml").code == 0
