@@ -38,7 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mse_train import config as config_module  # noqa: E402
-from mse_train import data, optim, preprocess, recipe, schema, yamlio  # noqa: E402
+from mse_train import recipe  # noqa: E402
+from mse_train.config import schema, yamlio  # noqa: E402
+from mse_train.data import prepare, preprocess  # noqa: E402
+from mse_train.training import optimizers  # noqa: E402
 
 FEATURES = 16
 HIDDEN = [64, 64]
@@ -89,7 +92,7 @@ def mse_train_loop(
         [],
         [preprocess.TargetColumn("y")],
     )
-    prepared = data.Prepared(data.Split(x, y), None, pre, {})
+    prepared = prepare.Prepared(prepare.Split(x, y), None, pre, {})
     loop = recipe.build_loop(cfg, prepared, torch.device("cpu"))
     started = time.perf_counter()
     loop.run(lambda record: None)
@@ -106,7 +109,7 @@ def build_model_and_optimizer() -> tuple[torch.nn.Module, torch.optim.Optimizer]
         width = hidden
     model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
     cfg = schema.AdamConfig(name="adam", lr=LR, weight_decay=0.0)
-    return model, optim.build_optimizer(list(model.parameters()), cfg)
+    return model, optimizers.build_optimizer(list(model.parameters()), cfg)
 
 
 def bare_loop(x: np.ndarray, y: np.ndarray, batch: int | None, epochs: int) -> tuple[float, int]:
@@ -188,7 +191,7 @@ def ingest_child(path: str, how: str) -> dict[str, float]:
     """Run in a child: load the CSV one way; report seconds and memory above the baseline."""
     import pandas as pd
 
-    from mse_train import table
+    from mse_train.data import table
 
     baseline = _rss_hwm()
     started = time.perf_counter()
@@ -201,7 +204,7 @@ def ingest_child(path: str, how: str) -> dict[str, float]:
         arrays_bytes = loaded.frame.memory_usage(index=False).sum()
     seconds = time.perf_counter() - started
     if how == "mse-train":
-        loaded.digest  # noqa: B018 - the sha256 runs in the background after the parse; wait for it
+        loaded.hasher.result()  # the sha256 runs in the background after the parse; wait for it
     return {
         "seconds": seconds,
         "with_hash": time.perf_counter() - started,

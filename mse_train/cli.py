@@ -24,7 +24,9 @@ from rich.text import Text
 from mse_train import __version__
 
 if TYPE_CHECKING:
-    from mse_train import train
+    from mse_train.outputs.summary import Summary
+    from mse_train.recipe import RunInfo
+    from mse_train.training.records import EpochRecord
 
 app = typer.Typer(
     name="mse-train",
@@ -158,17 +160,17 @@ class _Progress:
         self._printed_at = 0.0
         self._total = 0
 
-    def start(self, info: dict[str, Any]) -> None:
+    def start(self, info: RunInfo) -> None:
         if self.quiet:
             return
-        start = info["from_epoch"]
+        start = info.from_epoch
         resumed = f", resuming after epoch {start}" if start else ""
-        val = f" + {info['val_rows']} val" if info["val_rows"] else ""
+        val = f" + {info.val_rows} val" if info.val_rows else ""
         self.console.print(
-            f"training on {info['rows']} rows{val}, {info['inputs']} inputs -> "
-            f"{', '.join(info['targets'])} | device {info['device']}{resumed} | {info['out']}"
+            f"training on {info.rows} rows{val}, {info.inputs} inputs -> "
+            f"{', '.join(info.targets)} | device {info.device}{resumed} | {info.out}"
         )
-        self._total = info["epochs"]
+        self._total = info.epochs
         if self.live:
             from rich.progress import (
                 BarColumn,
@@ -190,13 +192,13 @@ class _Progress:
                 transient=False,
             )
             self.bar.start()
-            self.task = self.bar.add_task("train", total=info["epochs"], completed=start, losses="")
+            self.task = self.bar.add_task("train", total=info.epochs, completed=start, losses="")
 
     def note(self, text: str) -> None:
         if not self.quiet:
             self.console.print(Text(f"note: {text}", style="yellow"))
 
-    def epoch(self, record: train.EpochRecord, total: int) -> None:
+    def epoch(self, record: EpochRecord, total: int) -> None:
         if self.quiet:
             return
         losses = f"train {record.train_loss:.4g}"
@@ -226,7 +228,7 @@ class _Progress:
             self.bar = None
 
 
-def _print_run_summary(console: Console, summary: dict[str, Any]) -> None:
+def _print_run_summary(console: Console, summary: Summary) -> None:
     best, final = summary["best"], summary["final"]
     watched = best["watched"]
     console.print(
@@ -271,7 +273,7 @@ def eval_(
     """Score a checkpoint on a CSV: MSE, RMSE, MAE and R² in the target's own units."""
 
     def work() -> None:
-        from mse_train import evaluate
+        from mse_train.use import evaluate
 
         report = evaluate.evaluate(checkpoint_file, csv_file, device)
         if as_json:
@@ -324,9 +326,9 @@ def predict(
     """Write CSV's rows with a <target>_pred column per target appended."""
 
     def work() -> None:
-        from mse_train import evaluate
+        from mse_train.use import predict as predicting
 
-        rows = evaluate.predict(checkpoint_file, csv_file, output, device)
+        rows = predicting.predict(checkpoint_file, csv_file, output, device)
         if output is not None:
             _stderr().print(f"wrote {rows} rows with predictions to {output}")
 
@@ -351,10 +353,11 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
     """Check the config and the CSV files it names (columns, types, cells) without training."""
 
     def work() -> None:
-        from mse_train import config, data
+        from mse_train import config
+        from mse_train.data import prepare
 
         cfg = config.load(config_file, overrides or [])
-        prepared = data.prepare(cfg.data, cfg.targets, cfg.seed)
+        prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
         console = Console(highlight=False)
         for note in prepared.notes:
             console.print(Text(f"note: {note}", style="yellow"))
@@ -397,12 +400,18 @@ def init(
     """Write a commented starter config for CSV, every section present."""
 
     def work() -> None:
-        from mse_train import fsio, starter
+        from mse_train.config import starter
+        from mse_train.data import prepare
         from mse_train.errors import OutputError
+        from mse_train.outputs import fsio
 
         if output.exists() and not force:
             raise OutputError(f"{output}: already exists", ["choose another name with -o, or pass --force"])
-        fsio.write_text(output, starter.render(csv_file, target, output, delimiter))
+        table = prepare.sketch(csv_file, target, delimiter)
+        text = starter.render(
+            csv_file, table.features, target, table.text_columns, table.empty_columns, output, delimiter
+        )
+        fsio.write_text(output, text)
         _stderr().print(f"wrote {output}; check it with: mse-train validate {output}")
 
     _guard(debug, work)
@@ -428,8 +437,8 @@ def plot(
     """Plot loss curves: one run's loss.png again, or several runs overlaid to compare."""
 
     def work() -> None:
-        from mse_train import metrics, plots
         from mse_train.errors import UserError
+        from mse_train.outputs import metrics, plots
 
         runs = []
         for folder in run_dirs:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+EXAMPLES = 5  # items quoted in a message before "and N more"
+
 
 class MseTrainError(Exception):
     """Base of every error the tool reports without a traceback."""
@@ -47,6 +49,10 @@ class OutputError(UserError):
     """The output folder cannot be used (not writable, holds another run, ...)."""
 
 
+class EnvironmentProblem(UserError):
+    """This machine lacks something the settings ask for: a GPU, an optional package."""
+
+
 class SaveError(MseTrainError):
     """Writing an output failed (disk full, ...); the previous file is intact."""
 
@@ -63,3 +69,14 @@ class TrainingInterrupted(MseTrainError):
     """SIGINT or SIGTERM stopped training after a checkpoint was written."""
 
     exit_code = 130
+
+
+def examples(items: Sequence[object], total: int | None = None, sep: str = ", ") -> str:
+    """The first EXAMPLES items joined by commas, then "and N more" for the rest.
+
+    `total` is the full count when `items` holds only the first few.
+    """
+    total = len(items) if total is None else total
+    shown = sep.join(str(item) for item in items[:EXAMPLES])
+    more = total - min(len(items), EXAMPLES)
+    return f"{shown} and {more} more" if more > 0 else shown

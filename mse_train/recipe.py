@@ -1,51 +1,54 @@
 """`mse-train run`: setup -> train -> save, reading top to bottom.
 
-The config is already validated (config.py). Here the data is prepared, the model,
-optimizer, scheduler and penalty are built, the loop runs, and every output lands
-atomically in the run folder. Progress goes to a Reporter; nothing here prints.
+The config is already validated (config/). Here the data is prepared (data/), the model,
+optimizer, scheduler and penalty are built (models/, training/), the loop runs, and every
+output lands atomically in the run folder (outputs/). Progress goes to a Reporter;
+nothing here prints.
 """
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-import pandas as pd
 import torch
 
-from mse_train import (
-    __version__,
-    checkpoint,
-    config,
-    data,
-    fsio,
-    init,
-    metrics,
-    models,
-    optim,
-    resume,
-    rng,
-    stopping,
-    tblog,
-    train,
-)
-from mse_train.errors import OutputError, TrainingDiverged, TrainingInterrupted
-from mse_train.schema import Config
+from mse_train import config, runtime
+from mse_train.config import Config
+from mse_train.data import prepare
+from mse_train.data.prepare import Prepared, Split
+from mse_train.errors import TrainingDiverged, TrainingInterrupted
+from mse_train.models import init, networks
+from mse_train.outputs import fsio, metrics, resume, run_folder, summary, tensorboard_log
+from mse_train.outputs.summary import Summary
+from mse_train.training import optimizers, rng, signals
+from mse_train.training.loop import Loop
+from mse_train.training.records import EpochRecord, Settings, Status
+from mse_train.training.step import build_penalty
 
-# What a run folder holds; a folder holding any of these is a previous run.
-RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json", "loss.png")
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run is about to do, for the reporter's first line."""
+
+    out: str
+    device: str
+    rows: int
+    val_rows: int
+    inputs: int
+    targets: list[str]
+    epochs: int
+    from_epoch: int  # completed epochs before this call (non-zero when resuming)
 
 
 class Reporter(Protocol):
     """Receives progress; the CLI shows it."""
 
-    def start(self, info: dict[str, Any]) -> None: ...
+    def start(self, info: RunInfo) -> None: ...
     def note(self, text: str) -> None: ...
-    def epoch(self, record: train.EpochRecord, total: int) -> None: ...
+    def epoch(self, record: EpochRecord, total: int) -> None: ...
     def batch(self, done: int, total: int) -> None: ...
     def finish(self) -> None: ...
 
@@ -53,13 +56,13 @@ class Reporter(Protocol):
 class Silent:
     """A Reporter that shows nothing."""
 
-    def start(self, info: dict[str, Any]) -> None:
+    def start(self, info: RunInfo) -> None:
         pass
 
     def note(self, text: str) -> None:
         pass
 
-    def epoch(self, record: train.EpochRecord, total: int) -> None:
+    def epoch(self, record: EpochRecord, total: int) -> None:
         pass
 
     def batch(self, done: int, total: int) -> None:
@@ -77,22 +80,22 @@ class Options:
     resume_command: str = "mse-train run CONFIG --resume"  # shown when interrupted
 
 
-def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
+def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
     """Train as configured; returns the summary written to summary.json."""
     out = Path(str(cfg.output.dir))
-    status, summary, history = _train(cfg, options, reporter, out)
+    status, result, history = _train(cfg, options, reporter, out)
     # The tables, model and optimizer are gone by now, so matplotlib does not add to the peak.
-    data.release_freed_memory()
+    runtime.release_freed_memory()
     if cfg.output.plot and history:
-        from mse_train import plots  # matplotlib costs ~0.3 s; import only when plotting
+        from mse_train.outputs import plots  # matplotlib costs ~0.3 s; import only when plotting
 
-        plots.write_loss_plot(out / "loss.png", history, summary["best"]["epoch"] or 0)
-    if status == "interrupted":
+        plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0)
+    if status is Status.INTERRUPTED:
         raise TrainingInterrupted(
             f"interrupted at epoch {len(history) + 1}; {out / 'last.pt'} holds the state",
             [f"continue with: {options.resume_command}"],
         )
-    if status == "diverged":
+    if status is Status.DIVERGED:
         raise TrainingDiverged(
             f"training diverged at epoch {len(history) + 1}: the loss or a weight became NaN or infinite",
             [
@@ -101,49 +104,49 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> dict[str, Any]:
                 "regularization; with loss.reduction: sum, the lr must shrink as rows grow",
             ],
         )
-    return summary
+    return result
 
 
 def _train(
     cfg: Config, options: Options, reporter: Reporter, out: Path
-) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Status, Summary, list[dict[str, float | None]]]:
     """Prepare, build, train and save; returns the status, the summary and the history."""
     started = time.perf_counter()
-    resumed = _check_output(out, options)
+    resumed = run_folder.check(out, options.resume, options.overwrite)
     if cfg.output.tensorboard:
-        tblog.check_available()
+        tensorboard_log.check_available()
     fsio.ensure_writable_dir(out)
-    prepared = data.prepare(cfg.data, cfg.targets, cfg.seed)
+    prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
     for text in prepared.notes:
         reporter.note(text)
     resume_from = resume.load(out, cfg, prepared.digests, options.force) if resumed else None
-    device = _setup_device(cfg.train.device)
+    device = runtime.resolve_device(cfg.train.device)
 
     loop = build_loop(cfg, prepared, device)
     if resume_from is not None:
         resume.restore(loop, resume_from, cfg, options.force)
 
     if options.overwrite and not resumed:
-        _clear_previous_run(out)
+        run_folder.clear_previous_run(out)
     fsio.remove_stale_temporaries(out)
-    saver = _Saver(out, cfg, prepared)
+    saver = run_folder.Saver(out, cfg, prepared)
     fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
     reporter.start(
-        {
-            "out": str(out),
-            "device": str(device),
-            "rows": len(prepared.train),
-            "val_rows": len(prepared.val) if prepared.val is not None else 0,
-            "inputs": prepared.train.x.shape[1],
-            "targets": cfg.targets,
-            "epochs": cfg.train.epochs,
-            "from_epoch": loop.progress.epoch,
-        }
+        RunInfo(
+            out=str(out),
+            device=str(device),
+            rows=len(prepared.train),
+            val_rows=len(prepared.val) if prepared.val is not None else 0,
+            inputs=prepared.train.x.shape[1],
+            targets=cfg.targets,
+            epochs=cfg.train.epochs,
+            from_epoch=loop.progress.epoch,
+        )
     )
 
-    scalars = tblog.Scalars(out) if cfg.output.tensorboard else None
+    scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard else None
 
-    def on_epoch(record: train.EpochRecord) -> None:
+    def on_epoch(record: EpochRecord) -> None:
         reporter.epoch(record, cfg.train.epochs)
         if scalars is not None:
             scalars.epoch(record.row())
@@ -153,31 +156,41 @@ def _train(
         else:
             saver.metrics.maybe_write(loop.history)
 
-    with stopping.on_signals() as stop:
+    with signals.on_signals() as stop:
         status = loop.run(on_epoch, should_stop=stop.requested, on_batch=reporter.batch)
     reporter.finish()
     if scalars is not None:
         scalars.close()
 
-    if status == "diverged":
+    if status is Status.DIVERGED:
         loop.rollback()
     saver.checkpoint(loop)
-    summary = _summary(cfg, loop, status, time.perf_counter() - started, prepared, device)
-    metrics.write_json(out / "summary.json", summary)
-    return status, summary, loop.history
+    result = summary.build(
+        cfg,
+        status,
+        loop.history,
+        loop.progress.best_epoch,
+        time.perf_counter() - started,
+        {"train": len(prepared.train), "val": len(prepared.val) if prepared.val is not None else 0},
+        prepared.pre.input_names,
+        device,
+        prepared.notes,
+    )
+    metrics.write_json(out / "summary.json", dict(result))
+    return status, result, loop.history
 
 
 # --------------------------------------------------------------------- setup
-def build_loop(cfg: Config, prepared: data.Prepared, device: torch.device) -> train.Loop:
+def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
     """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
-    optimizer = optim.build_optimizer(list(model.parameters()), cfg.optimizer)
-    return train.Loop(
+    optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)
+    return Loop(
         model,
         optimizer,
-        optim.build_scheduler(optimizer, cfg.scheduler),
-        optim.build_penalty(model, cfg.regularization),
+        optimizers.build_scheduler(optimizer, cfg.scheduler),
+        build_penalty(model, cfg.regularization),
         train=_tensors(prepared.train, device),
         val=_tensors(prepared.val, device) if prepared.val is not None else None,
         settings=_settings(cfg, prepared),
@@ -185,60 +198,19 @@ def build_loop(cfg: Config, prepared: data.Prepared, device: torch.device) -> tr
     )
 
 
-def _check_output(out: Path, options: Options) -> bool:
-    """Refuse to mix runs in one folder; True when resuming."""
-    present = [name for name in RUN_FILES if (out / name).exists()]
-    if options.resume:
-        if not (out / "last.pt").exists():
-            raise OutputError(
-                f"{out}: nothing to resume: no last.pt in the run folder",
-                ["run without --resume to start, or point --output-dir at the run to continue"],
-            )
-        return True
-    if present and not options.overwrite:
-        raise OutputError(
-            f"{out}: already holds a run ({', '.join(present)})",
-            [
-                "continue it with --resume, replace it with --overwrite, or choose another "
-                "folder with --output-dir"
-            ],
-        )
-    return False
-
-
-def _clear_previous_run(out: Path) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-
-
-def _setup_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise OutputError(
-                f"train.device is {name!r} but no CUDA GPU is available to torch {torch.__version__}",
-                ["use `device: auto` or `cpu`, or install a CUDA build of torch"],
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OutputError(f"train.device is {name!r} but only {torch.cuda.device_count()} GPU(s) exist")
-    return device
-
-
-def _setup_model(cfg: Config, prepared: data.Prepared, device: torch.device) -> torch.nn.Module:
-    model = models.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1])
+def _setup_model(cfg: Config, prepared: Prepared, device: torch.device) -> torch.nn.Module:
+    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1])
     init.apply(model, cfg.init)
     return model.to(device)
 
 
-def _tensors(split: data.Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(split.x).to(device), torch.from_numpy(split.y).to(device)
 
 
-def _settings(cfg: Config, prepared: data.Prepared) -> train.Settings:
+def _settings(cfg: Config, prepared: Prepared) -> Settings:
     stop = cfg.train.early_stopping
-    return train.Settings(
+    return Settings(
         epochs=cfg.train.epochs,
         batch_size=cfg.train.batch_size,
         shuffle=cfg.train.shuffle,
@@ -248,101 +220,3 @@ def _settings(cfg: Config, prepared: data.Prepared) -> train.Settings:
         patience=stop.patience if stop else None,
         min_delta=stop.min_delta if stop else 0.0,
     )
-
-
-# ------------------------------------------------------------------- saving
-class _Saver:
-    """Writes last.pt, best.pt and metrics.csv for one run."""
-
-    def __init__(self, out: Path, cfg: Config, prepared: data.Prepared) -> None:
-        self.out = out
-        self.cfg = config.to_dict(cfg)
-        self.prepared = prepared
-        self.model_spec = models.spec(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1])
-        self.metrics = metrics.MetricsFile(
-            out / "metrics.csv", metrics.columns_for(cfg.targets, prepared.val is not None)
-        )
-        self._best_written: int | None = None
-
-    def checkpoint(self, loop: train.Loop) -> None:
-        """metrics.csv, then best.pt if it changed, then last.pt: each atomically."""
-        state = loop.state_dict()
-        progress = state["progress"]
-        best = {"epoch": progress["best_epoch"], "loss": progress["best_loss"]}
-        self.metrics.write(state["history"])
-        if loop.best_weights is not None and progress["best_epoch"] != self._best_written:
-            checkpoint.save(
-                self.out / "best.pt",
-                checkpoint.build(
-                    "best",
-                    progress["best_epoch"],
-                    self.model_spec,
-                    loop.best_weights,
-                    self.prepared.pre,
-                    self.cfg,
-                    self.prepared.digests,
-                    best,
-                ),
-            )
-            self._best_written = progress["best_epoch"]
-        weights = state.pop("model")
-        checkpoint.save(
-            self.out / "last.pt",
-            checkpoint.build(
-                "last",
-                progress["epoch"],
-                self.model_spec,
-                weights,
-                self.prepared.pre,
-                self.cfg,
-                self.prepared.digests,
-                best,
-                training=state,
-            ),
-        )
-
-
-def _summary(
-    cfg: Config,
-    loop: train.Loop,
-    status: str,
-    seconds: float,
-    prepared: data.Prepared,
-    device: torch.device,
-) -> dict[str, Any]:
-    history = loop.history
-    final = history[-1] if history else {}
-    best_epoch = loop.progress.best_epoch
-    best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}
-    return {
-        "status": status,
-        "epochs_run": len(history),
-        "epochs_configured": cfg.train.epochs,
-        "final": {
-            "epoch": final.get("epoch"),
-            "train_loss": final.get("train_loss"),
-            "val_loss": final.get("val_loss"),
-        },
-        "best": {
-            "epoch": best.get("epoch"),
-            "train_loss": best.get("train_loss"),
-            "val_loss": best.get("val_loss"),
-            "watched": "val_loss" if prepared.val is not None else "train_loss",
-        },
-        "loss_units": "standardised targets" if cfg.data.standardize_target else "target units",
-        "rows": {"train": len(prepared.train), "val": len(prepared.val) if prepared.val is not None else 0},
-        "inputs": prepared.pre.input_names,
-        "targets": cfg.targets,
-        "device": str(device),
-        "wall_seconds": round(seconds, 3),
-        "output_dir": str(cfg.output.dir),
-        "data": {"train": cfg.data.train, "val": cfg.data.val},
-        "notes": prepared.notes,
-        "versions": {
-            "mse_train": __version__,
-            "torch": str(torch.__version__),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "pandas": pd.__version__,
-        },
-    }

@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
-from mse_train import config, init, models, optim, schema, yamlio
+from mse_train import config
+from mse_train.config import schema, yamlio
+from mse_train.models import init, networks
+from mse_train.training import optimizers
 
 from conftest import read_metrics
 
@@ -21,7 +24,7 @@ def test_every_optimizer_trains(cli, small_config, tmp_path, name):
     assert losses[-1] < losses[0]
     document = yamlio.Document({"data": {"train": "x", "target": "y"}, "optimizer": {"name": name}}, {}, "t")
     resolved = config.from_document(document, tmp_path)
-    kind = type(optim.build_optimizer([torch.nn.Parameter(torch.zeros(2))], resolved.optimizer))
+    kind = type(optimizers.build_optimizer([torch.nn.Parameter(torch.zeros(2))], resolved.optimizer))
     assert kind.__name__.lower() == name
 
 
@@ -60,7 +63,7 @@ def _layer(scheme: dict, bias: str = "default") -> torch.nn.Linear:
     cfg = schema.Config.model_validate(
         {"data": {"train": "x", "target": "y"}, "init": {**scheme, "bias": bias}, "model": "mlp"}
     )
-    model = models.build(cfg.model, 64, 1)
+    model = networks.build(cfg.model, 64, 1)
     init.apply(model, cfg.init)
     return model[2]  # the 64 x 64 hidden layer
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from mse_train import checkpoint, evaluate
+from mse_train.outputs import checkpoint
+from mse_train.use import evaluate
 
 from conftest import DATA, read_metrics, start_process, write_config, write_csv
 
@@ -98,12 +99,13 @@ def test_signal_mid_run_saves_and_resume_is_bit_identical(cli, tmp_path, busy_ta
 
 def test_interrupt_inside_an_epoch_keeps_the_position(tmp_path, busy_table, monkeypatch):
     """SIGINT lands on a known batch (the 40th step, inside epoch 2); the run goes on from there."""
-    from mse_train import config, recipe, train
+    from mse_train import config, recipe
     from mse_train.errors import TrainingInterrupted
+    from mse_train.training.step import Step
 
     cfg = config.load(everything_in_play(tmp_path, busy_table, epochs=3))
     cfg.output.dir = str(tmp_path / "a")
-    real_step = train.Loop._step
+    real_step = Step.__call__
     steps = {"n": 0}
 
     def step(self, xb, yb):
@@ -112,10 +114,10 @@ def test_interrupt_inside_an_epoch_keeps_the_position(tmp_path, busy_table, monk
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, xb, yb)
 
-    monkeypatch.setattr(train.Loop, "_step", step)
+    monkeypatch.setattr(Step, "__call__", step)
     with pytest.raises(TrainingInterrupted):
         recipe.run(cfg, recipe.Options(), recipe.Silent())
-    monkeypatch.setattr(train.Loop, "_step", real_step)
+    monkeypatch.setattr(Step, "__call__", real_step)
     progress = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["training"]["progress"]
     assert (progress["epoch"], progress["batch"]) == (1, 40 - 38)  # 38 batches of 64 per epoch
     recipe.run(cfg, recipe.Options(resume=True), recipe.Silent())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mse_train import evaluate
+from mse_train.use import predict
 
 from conftest import CONFIGS, DATA, read_metrics, write_config, write_csv
 
@@ -77,11 +77,11 @@ def test_unseen_category_ignored_is_encoded_as_zeros(cli, tmp_path):
     new = write_csv(tmp_path / "new.csv", ["size", "cut", "grade", "price"], [[1.0, "Premium", 2, 6.0]])
     assert cli("eval", tmp_path / "run" / "best.pt", new, "--json").code == 0
     ckpt = tmp_path / "run" / "best.pt"
-    from mse_train import checkpoint
+    from mse_train.outputs import checkpoint
 
     data = checkpoint.load(ckpt)
     pre = checkpoint.preprocessor(ckpt, data)
-    from mse_train import table as table_module
+    from mse_train.data import table as table_module
 
     loaded = table_module.read(new, pre.features, pre.categorical_names)
     x = pre.features_array(loaded)
@@ -233,7 +233,7 @@ def test_predict_matches_eval_and_keeps_the_rows(cli, tmp_path, monkeypatch):
     table = categorical_table(tmp_path / "t.csv")
     assert cli("run", config(tmp_path, table), "-q").code == 0
     scored = json.loads(cli("eval", tmp_path / "run" / "best.pt", table, "--json").stdout)
-    monkeypatch.setattr(evaluate, "PREDICT_CHUNK_ROWS", 64)  # several chunks
+    monkeypatch.setattr(predict, "CHUNK_ROWS", 64)  # several chunks
     out = tmp_path / "pred.csv"
     result = cli("predict", tmp_path / "run" / "best.pt", table, "-o", out)
     assert result.code == 0, result
@@ -284,7 +284,7 @@ def test_predict_names_the_file_line_of_an_empty_cell_in_a_later_chunk(cli, tmp_
     rows = [[1.0, "Good", 2] for _ in range(150)]
     rows[130][0] = ""  # data row 131: file line 132, in the third chunk of 64
     new = write_csv(tmp_path / "new.csv", ["size", "cut", "grade"], rows)
-    monkeypatch.setattr(evaluate, "PREDICT_CHUNK_ROWS", 64)
+    monkeypatch.setattr(predict, "CHUNK_ROWS", 64)
     result = cli("predict", tmp_path / "run" / "best.pt", new)
     assert result.code == 2
     assert "`size` (feature): 1 empty cell(s), at line(s) 132" in result.stderr

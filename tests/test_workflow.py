@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from mse_train.schema import Config
+from mse_train.config.schema import Config
 
 from conftest import DATA, read_metrics, write_config, write_csv
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mse_train import fsio
+from mse_train.outputs import fsio
 
 BASE_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "penalty", "seconds"]
 REFRESH_SECONDS = 5.0  # how often metrics.csv is refreshed between checkpoints

@@ -11,7 +11,7 @@ from typing import Any
 # The Figure API renders with Agg and never opens a window; skipping pyplot saves import time.
 from matplotlib.figure import Figure
 
-from mse_train import fsio
+from mse_train.outputs import fsio
 
 SIZE = (8.0, 5.0)  # inches; at DPI 100 -> 800 x 500 pixels
 DPI = 100

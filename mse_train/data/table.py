@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
-import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mse_train import csvscan
-from mse_train.csvscan import EXAMPLES as _EXAMPLES
-from mse_train.csvscan import MISSING, MISSING_VALUES, Scan
-from mse_train.errors import DataError
+from mse_train.data import csvscan
+from mse_train.data.csvscan import MISSING, MISSING_VALUES, Scan
+from mse_train.data.digest import Digest
+from mse_train.errors import EXAMPLES, DataError, examples
 
 _SNIFF_ROWS = 1000  # rows read as text to guess which columns hold categories
 # Every cell as the text written in the file (sniffing categories, and predict's output).
@@ -64,11 +62,6 @@ class Table:
             self._digest = Digest(self.path, self.delimiter)
         return self._digest
 
-    @property
-    def digest(self) -> str:
-        """sha256 of the file's bytes (waits for the background pass)."""
-        return self.hasher.result()
-
     def with_frame(self, frame: pd.DataFrame) -> Table:
         """The same file with some rows left out (line numbers stay those of the file)."""
         return Table(
@@ -82,45 +75,11 @@ class Table:
         return [int(self._lines[r]) for r in rows]
 
 
-class Digest:
-    """sha256 of a file, computed in a thread; `result()` waits for it.
-
-    One pass over the file's bytes in a thread: sha256, and optionally delimiter and
-    quote counts.
-
-    hashlib and numpy release the GIL on big blocks, so the pass overlaps with other
-    work. The counts catch rows with extra fields, which pandas drops silently when it
-    reads only some of the columns.
-    """
-
-    def __init__(self, path: Path, delimiter: str = ",", count: bool = False) -> None:
-        self._value = ""
-        self.delimiters = 0
-        self.quotes = 0
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, args=(path, delimiter, count), daemon=True)
-        self._thread.start()
-
-    def _run(self, path: Path, delimiter: str, count: bool) -> None:
-        h = hashlib.sha256()
-        sep, quote = ord(delimiter), ord('"')
-        try:
-            with open(path, "rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-                    if count:
-                        data = np.frombuffer(block, dtype=np.uint8)
-                        self.delimiters += int(np.count_nonzero(data == sep))
-                        self.quotes += int(np.count_nonzero(data == quote))
-        except OSError as exc:
-            self._error = exc
-        self._value = h.hexdigest()
-
-    def result(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise DataError(f"cannot read: {self._error}")
-        return self._value
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    """The one message for a data file that is not UTF-8 text."""
+    return DataError(
+        f"{path}: not UTF-8 text (bad byte at offset {exc.start})", ["save the file as UTF-8 CSV"]
+    )
 
 
 # ---------------------------------------------------------------------- the header
@@ -138,10 +97,7 @@ def read_header(path: Path, delimiter: str = ",") -> list[str]:
             reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
             header = next((row for row in reader if row), None)
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text (bad byte at offset {exc.start})",
-            ["save the file as UTF-8 CSV"],
-        ) from None
+        raise not_utf8(path, exc) from None
     except csv.Error as exc:
         raise DataError(f"{path}: cannot parse the header: {exc}") from None
     except OSError as exc:
@@ -280,9 +236,7 @@ def _parse(
             except ValueError:
                 frame = pd.read_csv(path, skipinitialspace=True, **options)
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"{path}: not UTF-8 text (bad byte at offset {exc.start})", ["save the file as UTF-8 CSV"]
-        ) from None
+        raise not_utf8(path, exc) from None
     except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning):
         found = csvscan.scan(path, header, delimiter, {c: c not in text_cols for c in columns})
         found.raise_bad_rows(path)
@@ -310,12 +264,11 @@ def _check_mostly_text(path: Path, header: list[str], frame: pd.DataFrame, name:
     if numeric.sum() * 2 > present.sum():
         rows = np.flatnonzero(present.to_numpy())[~numeric.to_numpy()]
         lines = csvscan.scan(path, header, delimiter, {}).lines
-        cells = [f"line {lines[r]}: {values.iloc[r]!r}" for r in rows[:_EXAMPLES]]
-        more = f" and {len(rows) - _EXAMPLES} more" if len(rows) > _EXAMPLES else ""
+        cells = [f"line {lines[r]}: {values.iloc[r]!r}" for r in rows[:EXAMPLES]]
         raise DataError(
             f"{path}, column `{name}`: mostly numbers, but {len(rows)} cell(s) are not",
             [
-                ", ".join(cells) + more,
+                examples(cells, len(rows)),
                 f"fix those cells, or list `{name}` in `data.categorical` to treat every value as a category",
             ],
         )
@@ -330,10 +283,9 @@ def _check_cells(table: Table) -> None:
         values = table.frame[name].to_numpy()
         bad = np.flatnonzero(np.isinf(values))
         if len(bad):
-            lines = table.line_of(bad[:_EXAMPLES])
-            more = f" and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
+            lines = table.line_of(bad[:EXAMPLES])
             problems.append(
-                f"column `{name}`: {len(bad)} infinite value(s) at line(s) {', '.join(map(str, lines))}{more}"
+                f"column `{name}`: {len(bad)} infinite value(s) at line(s) {examples(lines, len(bad))}"
             )
     if problems:
         raise DataError(
@@ -342,20 +294,61 @@ def _check_cells(table: Table) -> None:
         )
 
 
-def iter_text_chunks(path: Path, delimiter: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The whole file as text, chunk by chunk, cells exactly as written (for predict)."""
+def read_chunks(
+    path: Path, columns: Sequence[str], categorical: Sequence[str], delimiter: str, chunk_rows: int
+) -> Iterator[tuple[Table, pd.DataFrame]]:
+    """The whole file, chunk by chunk: `columns` typed by the rules of `read`, and every cell as written.
+
+    For `predict`, which must stream files of any size and echo each row as it was. The
+    cells follow the same rules as `read`: names and cells are stripped of surrounding
+    spaces, MISSING_VALUES are empty, categories are text, numbers are float32 and finite.
+    """
     header = read_header(path, delimiter)
+    check_columns(path, header, columns, "feature the model was trained on")
+    text_options = {**_AS_TEXT, "names": header, "header": 0}
+    numeric = [c for c in columns if c not in categorical]
+    offset = 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            reader = pd.read_csv(path, sep=delimiter, chunksize=chunk_rows, **_AS_TEXT)
+            reader = pd.read_csv(path, sep=delimiter, chunksize=chunk_rows, **text_options)
             with reader:
                 for chunk in reader:
                     if chunk.isna().to_numpy().any():  # only short rows leave NaN in text
                         csvscan.scan(path, header, delimiter, {}).raise_bad_rows(path)
-                    yield chunk
+                    frame = _typed(chunk, columns, categorical)
+                    frame.index = pd.RangeIndex(offset, offset + len(frame))
+                    bad = [c for c in numeric if frame[c].isna().to_numpy().any() and _has_text(chunk[c])]
+                    if bad:  # the exact pass names every bad cell in the file, as `read` does
+                        found = csvscan.scan(path, header, delimiter, dict.fromkeys(bad, True))
+                        found.raise_bad_numbers(path, set())
+                    table = Table(path, header, frame, list(categorical), delimiter=delimiter)
+                    _check_cells(table)
+                    yield table, chunk
+                    offset += len(frame)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+        raise not_utf8(path, exc) from None
     except (ValueError, pd.errors.ParserError, pd.errors.ParserWarning):
         csvscan.scan(path, header, delimiter, {}).raise_bad_rows(path)
         raise DataError(f"{path}: cannot be parsed as CSV", ["check quoting and the delimiter"]) from None
+
+
+def _cells(text: pd.Series) -> pd.Series:
+    """Text cells stripped, with the MISSING_VALUES as NaN."""
+    stripped = text.str.strip()
+    return stripped.where(~stripped.isin(MISSING_VALUES))
+
+
+def _typed(chunk: pd.DataFrame, columns: Sequence[str], categorical: Sequence[str]) -> pd.DataFrame:
+    """Text cells -> float32 for numeric columns, strings for categories, NaN when empty."""
+    out: dict[str, Any] = {}
+    for name in columns:
+        cells = _cells(chunk[name])
+        out[name] = cells if name in categorical else pd.to_numeric(cells, errors="coerce").astype(np.float32)
+    return pd.DataFrame(out)
+
+
+def _has_text(text: pd.Series) -> bool:
+    """Whether a column of cells holds a value that is neither empty nor a number."""
+    cells = _cells(text)
+    return bool((pd.to_numeric(cells, errors="coerce").isna() & cells.notna()).any())

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mse_train import checkpoint, config, train
+from mse_train import config
+from mse_train.config import Config
 from mse_train.errors import CheckpointError
-from mse_train.schema import Config
+from mse_train.outputs import checkpoint
+from mse_train.training.loop import Loop
 
 
 def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
     return changes
 
 
-def restore(loop: train.Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
+def restore(loop: Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
     """Put the checkpoint's training state into the loop."""
     state = {**ckpt[checkpoint.K_TRAINING], "model": ckpt[checkpoint.K_WEIGHTS]}
     old = ckpt[checkpoint.K_CONFIG]

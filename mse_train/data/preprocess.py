@@ -13,11 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mse_train.errors import DataError
-from mse_train.table import Table
+from mse_train.data.table import Table
+from mse_train.errors import EXAMPLES, DataError
 
 MISSING_CATEGORY = "(missing)"  # the category an empty cell gets under mean/median
-_EXAMPLES = 5
 
 
 @dataclass
@@ -108,13 +107,13 @@ class Preprocessor:
         unknown = np.flatnonzero((codes < 0) & values.notna().to_numpy())
         if len(unknown) and self.unknown_category == "error":
             seen = pd.unique(values.iloc[unknown])
-            lines = table.line_of(frame.index.to_numpy()[unknown[:_EXAMPLES]])
-            shown = ", ".join(repr(v) for v in seen[:_EXAMPLES])
+            lines = table.line_of(frame.index.to_numpy()[unknown[:EXAMPLES]])
+            shown = ", ".join(repr(v) for v in seen[:EXAMPLES])
             raise DataError(
                 f"{table.path}, column `{col.name}`: {len(unknown)} row(s) hold categories "
                 "that training never saw",
                 [
-                    f"values: {shown}{' ...' if len(seen) > _EXAMPLES else ''}; first at line(s) "
+                    f"values: {shown}{' ...' if len(seen) > EXAMPLES else ''}; first at line(s) "
                     f"{', '.join(map(str, lines))}",
                     f"known categories: {', '.join(col.categories[:20])}"
                     + (" ..." if len(col.categories) > 20 else ""),
@@ -211,56 +210,3 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     std = float(values.std(dtype=np.float64))
     # A constant column carries no information; dividing by 1 keeps it finite.
     return mean, std if std > 0 and np.isfinite(std) else 1.0
-
-
-def handle_missing(
-    table: Table, features: Sequence[str], targets: Sequence[str], policy: str
-) -> tuple[Table, list[str]]:
-    """Apply the missing-value policy to rows; return the table to use and notes to show.
-
-    Rows with an empty target are dropped under any policy but `error`; features are
-    dropped (`drop`) or left for `features_array` to fill (`mean`, `median`).
-    """
-    frame = table.frame
-    notes: list[str] = []
-    empty = frame.isna()
-    target_empty = empty[list(targets)].to_numpy().any(axis=1) if targets else np.zeros(len(frame), bool)
-    feature_empty = empty[list(features)].to_numpy().any(axis=1)
-    if not target_empty.any() and not feature_empty.any():
-        return table, notes
-    if policy == "error":
-        problems = []
-        for name in [*targets, *features]:
-            rows = np.flatnonzero(empty[name].to_numpy())
-            if len(rows):
-                lines = table.line_of(frame.index.to_numpy()[rows[:_EXAMPLES]])
-                more = " ..." if len(rows) > _EXAMPLES else ""
-                role = "target" if name in targets else "feature"
-                problems.append(
-                    f"column `{name}` ({role}): {len(rows)} empty cell(s), at line(s) "
-                    f"{', '.join(map(str, lines))}{more}"
-                )
-        problems.append(
-            "fill them in, or set `data.missing` to drop (skip those rows), mean or median "
-            "(fill features from the training rows); rows with an empty target are then dropped"
-        )
-        raise DataError(f"{table.path}: empty cells (counted as empty: blank, NA, NaN, null, ...)", problems)
-    drop = target_empty.copy()
-    if target_empty.any():
-        notes.append(f"{table.path.name}: dropped {int(target_empty.sum())} row(s) with an empty target")
-    if policy == "drop":
-        drop |= feature_empty
-        only_features = int((feature_empty & ~target_empty).sum())
-        if only_features:
-            notes.append(f"{table.path.name}: dropped {only_features} row(s) with an empty feature")
-    elif feature_empty.any():
-        notes.append(
-            f"{table.path.name}: filled {int(empty[list(features)].to_numpy().sum())} empty feature "
-            f"cell(s) with the training rows' {policy}"
-        )
-    if drop.any():
-        kept = frame.iloc[np.flatnonzero(~drop)]
-        if len(kept) == 0:
-            raise DataError(f"{table.path}: no rows left after dropping rows with empty cells")
-        table = table.with_frame(kept)
-    return table, notes

@@ -1,26 +1,47 @@
-"""`mse-train init`: a commented starter config for a table, every section present."""
+"""`mse-train init`: a commented starter config for a table, every section present.
+
+The table is looked at by the caller (data/ reads it); this module only writes text. The
+comments that list choices are generated from the schema, so they name every option.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
-from mse_train import data, table
+from mse_train.config.schema import choices
 
 
-def render(csv_path: Path, targets: list[str], config_path: Path, delimiter: str = ",") -> str:
-    """The text of a starter config for `csv_path`, to be saved at `config_path`."""
-    header = table.read_header(csv_path, delimiter)
-    table.check_columns(csv_path, header, targets, "target")
-    features = data.feature_names(None, header, targets, csv_path)
-    text, empty = table.sniff(csv_path, [*features, *targets], delimiter)
-    text_columns = sorted(text & set(features))
+def _options(key: str, limit: int = 0) -> str:
+    names = choices(key)
+    shown = names[:limit] if limit else names
+    return " | ".join(shown) + (" | ..." if len(shown) < len(names) else "")
+
+
+def render(
+    csv_path: Path,
+    features: Sequence[str],
+    targets: list[str],
+    text_columns: Sequence[str],
+    empty_columns: Sequence[str],
+    config_path: Path,
+    delimiter: str = ",",
+) -> str:
+    """The text of a starter config for `csv_path`, to be saved at `config_path`.
+
+    `text_columns` hold text in their first rows (so they are categorical), and
+    `empty_columns` hold empty cells there (so missing values get filled).
+    """
+    features = list(features)
+    text_columns = sorted(set(text_columns) & set(features))
+    empty = sorted(empty_columns)
     missing = "mean" if empty else "error"
     missing_note = (
-        f"# empty cells in the first rows of: {', '.join(sorted(empty))}; error | drop | mean | median"
+        f"# empty cells in the first rows of: {', '.join(empty)}; {_options('data.missing')}"
         if empty
-        else "# empty cells: error | drop | mean | median"
+        else f"# empty cells: {_options('data.missing')}"
     )
     train = os.path.relpath(csv_path.resolve(), config_path.resolve().parent)
     target = targets[0] if len(targets) == 1 else targets
@@ -49,34 +70,34 @@ data:
   val_fraction: 0.2           # hold out 20% of the rows to choose the best epoch
   standardize: true           # z-score numeric features (and targets) on training rows
   missing: {missing}               {missing_note}
-  unknown_category: error     # a category unseen in training: error | ignore
+  unknown_category: error     # a category unseen in training: {_options("data.unknown_category")}
   max_categories: 100
   delimiter: {flow(delimiter)}
 
 model:
-  type: mlp                   # linear | mlp
+  type: mlp                   # {_options("model")}
   hidden: [64, 64]
-  activation: relu            # relu | tanh | sigmoid | gelu | leaky_relu | elu
+  activation: relu            # {_options("model.activation")}
   dropout: 0.0
 
 init:
-  scheme: default             # default | xavier_normal | xavier_uniform | kaiming_normal | ...
-  bias: default               # default | zeros
+  scheme: default             # {_options("init", 4)}
+  bias: default               # {_options("init.bias")}
 
 optimizer:
-  name: adam                  # sgd | adam | adamw | rmsprop | lbfgs
+  name: adam                  # {_options("optimizer")}
   lr: 0.001
   weight_decay: 0.0
 
 scheduler:
-  name: none                  # none | step | multistep | exponential | cosine | plateau
+  name: none                  # {_options("scheduler")}
 
 regularization:
   l1: 0.0                     # added to the loss: l1 * sum|w| over weights
   l2: 0.0                     # added to the loss: l2 * sum w^2 over weights
 
 loss:
-  reduction: mean             # mean | sum
+  reduction: mean             # {_options("loss.reduction")}
 
 train:
   epochs: 200

@@ -7,18 +7,19 @@ training rows alone.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mse_train import preprocess, table
+from mse_train import runtime
+from mse_train.config.schema import DataConfig
+from mse_train.data import preprocess, table
+from mse_train.data.digest import Digest
+from mse_train.data.missing import handle_missing
+from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import DataError
-from mse_train.preprocess import Preprocessor
-from mse_train.schema import DataConfig
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Prepared:
     train: Split
     val: Split | None
     pre: Preprocessor
-    hashers: dict[str, table.Digest]  # file path -> its sha256, computed in the background
+    hashers: dict[str, Digest]  # file path -> its sha256, computed in the background
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -78,7 +79,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     train = table.read(
         train_path, [*features, *targets], cfg.categorical, infer_from=features, delimiter=cfg.delimiter
     )
-    train, notes = preprocess.handle_missing(train, features, targets, cfg.missing)
+    train, notes = handle_missing(train, features, targets, cfg.missing)
     digests = {str(train_path): train.hasher}
 
     n = train.n_rows
@@ -87,7 +88,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
         val = table.read(
             val_path, [*features, *targets], train.categorical, infer_from=(), delimiter=cfg.delimiter
         )
-        val, val_notes = preprocess.handle_missing(val, features, targets, cfg.missing)
+        val, val_notes = handle_missing(val, features, targets, cfg.missing)
         notes += val_notes
         digests[str(val_path)] = val.hasher
         train_rows = None
@@ -118,7 +119,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
     del train
-    release_freed_memory()
+    runtime.release_freed_memory()
     if cfg.val is not None:
         return Prepared(
             Split(x, y), Split(pre.features_array(val), pre.targets_array(val.frame)), pre, digests, notes
@@ -129,17 +130,6 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     x, y = x[order], y[order]
     cut = len(train_rows)
     return Prepared(Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes)
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by pandas' parser threads back to the OS.
-
-    glibc keeps freed blocks in per-thread arenas; without this, the parse buffers of a
-    large table stay in the process's resident size for the whole run (~2x the table).
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def prepare_eval(
@@ -154,7 +144,25 @@ def prepare_eval(
         path, [*pre.features, *targets], pre.categorical_names, infer_from=(), delimiter=delimiter
     )
     policy = pre.missing
-    data, notes = preprocess.handle_missing(data, pre.features, targets, policy)
+    data, notes = handle_missing(data, pre.features, targets, policy)
     x = pre.features_array(data)
     y = pre.targets_array(data.frame) if with_targets else np.empty((len(x), 0), np.float32)
     return data, Split(x, y), notes
+
+
+@dataclass
+class Sketch:
+    """A first look at a table, for a starter config: which columns, and what they hold."""
+
+    features: list[str]
+    text_columns: list[str]  # hold text in their first rows: categorical
+    empty_columns: list[str]  # hold empty cells in their first rows
+
+
+def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
+    """Feature columns of a CSV, and which of them hold text or empty cells in the first rows."""
+    header = table.read_header(path, delimiter)
+    table.check_columns(path, header, targets, "target")
+    features = feature_names(None, header, list(targets), path)
+    text, empty = table.sniff(path, [*features, *targets], delimiter)
+    return Sketch(features, sorted(text & set(features)), sorted(empty))

@@ -1,134 +1,27 @@
-"""Load a YAML config, apply `--set` overrides, validate all of it, resolve paths.
+"""Turn validation errors into messages a person can act on.
 
-Every problem is collected and reported in one ConfigError, each naming the key, the
-file and line, and the fix, before any data is read.
+Each message names the file and line (or the `--set` that gave the value), the key,
+what is wrong and the fix. Problems that involve more than one key are checked here
+too, so that one ConfigError lists everything at once.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from mse_train import schema, yamlio
-from mse_train.errors import ConfigError
-from mse_train.schema import Config
+from mse_train.config import schema
+from mse_train.config.schema import Config
+from mse_train.config.yamlio import KeyPath
 
-KeyPath = yamlio.KeyPath
-
-
-def load(path: Path, overrides: Sequence[str] = ()) -> Config:
-    """Read, override, validate and resolve a config file."""
-    doc = yamlio.read(path)
-    return from_document(doc, path.resolve().parent, overrides, default_name=path.stem)
+Where = Callable[[KeyPath], str]  # key path -> "file, line N" or "--set key"
 
 
-def from_document(
-    doc: yamlio.Document, base: Path, overrides: Sequence[str] = (), default_name: str = "run"
-) -> Config:
-    """Validate a parsed document; relative paths are taken from `base`."""
-    if doc.data is None:
-        raise ConfigError(
-            f"{doc.source}: the config is empty",
-            [
-                "write at least `data: {train: FILE.csv, target: COLUMN}`; "
-                "`mse-train init DATA.csv --target COLUMN` writes a starter config"
-            ],
-        )
-    if not isinstance(doc.data, dict):
-        raise ConfigError(
-            f"{doc.source}: the config must be a mapping of keys to values, not a {_kind(doc.data)}",
-            ["start with `data:` on the first line, keys indented below it"],
-        )
-    data = doc.data
-    set_paths = set()
-    for text in overrides:
-        key_path = _apply_override(data, text)
-        set_paths.add(key_path)
-
-    def where(loc: KeyPath) -> str:
-        for path in set_paths:
-            n = min(len(path), len(loc))
-            if n and path[:n] == loc[:n]:
-                return f"--set {'.'.join(map(str, path))}"
-        return doc.where(loc)
-
-    problems: list[str] = []
-    config: Config | None = None
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            loc = _user_loc(error["loc"], data)
-            problems.append(_describe(error, loc, data, where))
-    problems.extend(_cross_checks(data, where))
-    problems.sort(key=_line_of)
-    if problems or config is None:
-        count = len(problems)
-        raise ConfigError(f"{doc.source}: {count} problem{'s' if count != 1 else ''} in the config", problems)
-    return _resolve(config, base, default_name)
-
-
-def _resolve(config: Config, base: Path, default_name: str) -> Config:
-    """Fill derived defaults and make paths absolute, so the saved config reruns as is."""
-    config = config.model_copy(deep=True)
-    data = config.data
-    data.train = str((base / data.train).resolve())
-    if data.val is not None:
-        data.val = str((base / data.val).resolve())
-    if data.standardize_target is None:
-        data.standardize_target = data.standardize
-    out = config.output.dir if config.output.dir is not None else f"runs/{default_name}"
-    config.output.dir = str((base / out).resolve())
-    if isinstance(config.optimizer, schema.AdamConfig) and config.optimizer.weight_decay is None:
-        config.optimizer.weight_decay = 0.01 if config.optimizer.name == "adamw" else 0.0
-    if isinstance(config.scheduler, schema.CosineScheduler) and config.scheduler.t_max is None:
-        config.scheduler.t_max = config.train.epochs
-    return config
-
-
-def to_yaml(config: Config) -> str:
-    """The resolved config as YAML, in schema order."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-def to_dict(config: Config) -> dict[str, Any]:
-    """The resolved config as plain data (for checkpoints and comparisons)."""
-    return config.model_dump(mode="json")
-
-
-# ------------------------------------------------------------------------ overrides
-def _apply_override(data: dict[str, Any], text: str) -> KeyPath:
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE", ["for example `--set optimizer.lr=0.1`"])
-    parts = key.split(".")
-    if any(not p for p in parts):
-        raise ConfigError(f"--set {text!r}: empty part in key path {key!r}")
-    value = yamlio.parse_value(raw, f"--set {key}")
-    node = data
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None or (isinstance(child, str) and part in schema.TAG_KEYS):
-            # `optimizer: adam` shorthand or a missing section: open it up.
-            child = {schema.TAG_KEYS[part]: child} if isinstance(child, str) else {}
-            node[part] = child
-        if not isinstance(child, dict):
-            prefix = ".".join(parts[: depth + 1])
-            raise ConfigError(f"--set {key}: `{prefix}` holds a {_kind(child)}, not a section of keys")
-        node = child
-    node[parts[-1]] = value
-    return tuple(parts)
-
-
-# ----------------------------------------------------------------------- reporting
-def _user_loc(loc: tuple[int | str, ...], data: Any) -> KeyPath:
+def user_loc(loc: tuple[int | str, ...], data: Any) -> KeyPath:
     """Drop pydantic's union tag from an error location, keeping the user's keys."""
     if (
         len(loc) >= 2
@@ -158,7 +51,7 @@ def _section_model(section: KeyPath, data: Any) -> type[BaseModel] | None:
     return model
 
 
-def _describe(error: Any, loc: KeyPath, data: Any, where: Any) -> str:
+def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
     kind = error["type"]
     value = error.get("input")
     ctx = error.get("ctx") or {}
@@ -262,7 +155,7 @@ def _describe(error: Any, loc: KeyPath, data: Any, where: Any) -> str:
     return f"{place}: `{dotted}`: {error['msg']}, got {_show(value)}"
 
 
-def _cross_checks(data: dict[str, Any], where: Any) -> list[str]:
+def cross_checks(data: dict[str, Any], where: Where) -> list[str]:
     """Problems that involve more than one key."""
     problems: list[str] = []
     section = data.get("data")
@@ -301,7 +194,7 @@ def _cross_checks(data: dict[str, Any], where: Any) -> list[str]:
     return problems
 
 
-def _line_of(problem: str) -> tuple[int, str]:
+def line_of(problem: str) -> tuple[int, str]:
     """Sort key: problems in the order of their lines, --set ones last."""
     head = problem.split(": ", 1)[0]
     _, _, line = head.rpartition(", line ")
@@ -316,7 +209,7 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     return {list: "list", str: "text value", int: "number", float: "number", bool: "boolean"}.get(
         type(value), type(value).__name__
     )

@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from mse_train.errors import OutputError
+from mse_train.errors import EnvironmentProblem
 
 FOLDER = "tensorboard"  # inside the run folder: `tensorboard --logdir runs` finds every run
 
@@ -14,7 +14,7 @@ FOLDER = "tensorboard"  # inside the run folder: `tensorboard --logdir runs` fin
 def check_available() -> None:
     """Fail before training, with the fix, when the tensorboard package is missing."""
     if importlib.util.find_spec("tensorboard") is None:
-        raise OutputError(
+        raise EnvironmentProblem(
             "output.tensorboard is true, but the tensorboard package is not installed",
             ["install it with: pip install 'mse-train[tensorboard]'", "or set output.tensorboard: false"],
         )

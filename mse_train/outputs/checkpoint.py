@@ -18,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mse_train import __version__, fsio, models
+from mse_train import __version__
+from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import CheckpointError
-from mse_train.preprocess import Preprocessor
+from mse_train.models import networks
+from mse_train.outputs import fsio
 
 FORMAT = "mse-train-checkpoint"
 FORMAT_VERSION = 1
@@ -30,7 +32,7 @@ K_FORMAT_VERSION = "format_version"
 K_VERSIONS = "versions"
 K_KIND = "kind"  # "last" (resumable) or "best" (weights of the best epoch)
 K_EPOCH = "epoch"
-K_MODEL = "model"  # models.spec(): type, layer sizes, ...
+K_MODEL = "model"  # networks.spec(): type, layer sizes, ...
 K_WEIGHTS = "weights"
 K_PREPROCESS = "preprocess"  # Preprocessor.to_dict(): columns, statistics, categories
 K_CONFIG = "config"  # the resolved config, as plain data
@@ -149,7 +151,7 @@ def preprocessor(path: Path, data: dict[str, Any]) -> Preprocessor:
 def model(path: Path, data: dict[str, Any]) -> nn.Module:
     """Rebuild the model and load its weights; a mismatch is a clear error."""
     try:
-        net = models.from_spec(data[K_MODEL])
+        net = networks.from_spec(data[K_MODEL])
     except Exception as exc:
         raise CheckpointError(
             f"{path}: the model description in the checkpoint is invalid ({_first_line(exc)})"

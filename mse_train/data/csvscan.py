@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mse_train.errors import DataError
+from mse_train.errors import EXAMPLES, DataError, examples
 
 # Cells that mean "no value". Stated in the README; kept small so that real categories
 # such as "none" or "n" stay categories.
@@ -34,7 +34,6 @@ MISSING_VALUES = (
     "<NA>",
 )
 MISSING = frozenset(MISSING_VALUES)
-EXAMPLES = 5  # cells quoted in a message before "and N more"
 
 
 @dataclass
@@ -55,18 +54,19 @@ class Scan:
         if not self.bad_rows:
             return
         shown = [f"line {line}: {n} field{'s' if n != 1 else ''}" for line, n in self.bad_rows[:EXAMPLES]]
-        more = f" and {len(self.bad_rows) - EXAMPLES} more" if len(self.bad_rows) > EXAMPLES else ""
         raise DataError(
             f"{path}: {len(self.bad_rows)} row(s) do not have {self.n_fields} fields like the header",
-            ["; ".join(shown) + more, "give every row one value per column (an empty cell is `,,`)"],
+            [
+                examples(shown, len(self.bad_rows), "; "),
+                "give every row one value per column (an empty cell is `,,`)",
+            ],
         )
 
     def raise_bad_numbers(self, path: Path, may_be_categorical: set[str]) -> None:
         problems = []
         for name, cells in self.bad_cells.items():
-            shown = ", ".join(f"line {line}: {value!r}" for line, value in cells)
-            more = self.bad_counts[name] - len(cells)
-            problems.append(f"column `{name}`: not a number at {shown}{f' and {more} more' if more else ''}")
+            shown = examples([f"line {line}: {value!r}" for line, value in cells], self.bad_counts[name])
+            problems.append(f"column `{name}`: not a number at {shown}")
         if problems:
             fix = "fix those cells"
             if may_be_categorical & set(self.bad_cells):

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM: ask the loop to stop after the current batch, so it can save."""
+"""Ctrl-C and SIGTERM: ask the loop to stop after the current batch, so the run can be saved."""
 
 from __future__ import annotations
 

@@ -40,6 +40,9 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    def fill_defaults(self, config: Config) -> None:
+        """Set defaults that depend on other keys (null meaning "derive it"); called once."""
+
 
 def _shorthand(section: str) -> BeforeValidator:
     """Let `optimizer: adam` stand for `optimizer: {name: adam}`."""
@@ -104,6 +107,10 @@ class DataConfig(Section):
         ",", description="Field separator of the CSV files."
     )
 
+    def fill_defaults(self, config: Config) -> None:
+        if self.standardize_target is None:
+            self.standardize_target = self.standardize
+
 
 # --------------------------------------------------------------------------- model
 Activation = Literal["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu"]
@@ -140,13 +147,17 @@ class DefaultInit(Section):
 
 
 class XavierInit(Section):
-    scheme: Literal["xavier_normal", "xavier_uniform"]
+    scheme: Literal["xavier_normal", "xavier_uniform"] = Field(
+        description="Glorot: `nn.init.xavier_normal_` / `xavier_uniform_`, scaled by fan-in and fan-out."
+    )
     gain: PositiveFloat = Field(1.0, description="Scale factor (`nn.init.calculate_gain`).")
     bias: Bias = Field("default", description=BIAS_DESCRIPTION)
 
 
 class KaimingInit(Section):
-    scheme: Literal["kaiming_normal", "kaiming_uniform"]
+    scheme: Literal["kaiming_normal", "kaiming_uniform"] = Field(
+        description="He: `nn.init.kaiming_normal_` / `kaiming_uniform_`, scaled for rectifiers."
+    )
     a: NonNegFloat = Field(0.0, description="Negative slope of the rectifier (leaky_relu).")
     mode: Literal["fan_in", "fan_out"] = Field("fan_in", description="Preserve variance forward or backward.")
     nonlinearity: Literal["relu", "leaky_relu", "linear", "tanh", "sigmoid", "selu"] = Field(
@@ -156,14 +167,16 @@ class KaimingInit(Section):
 
 
 class NormalInit(Section):
-    scheme: Literal["normal"]
+    scheme: Literal["normal"] = Field(description="`nn.init.normal_`: N(mean, std²).")
     mean: Float = Field(0.0, description="Mean of the normal distribution.")
     std: PositiveFloat = Field(1.0, description="Standard deviation.")
     bias: Bias = Field("default", description=BIAS_DESCRIPTION)
 
 
 class TruncNormalInit(Section):
-    scheme: Literal["trunc_normal"]
+    scheme: Literal["trunc_normal"] = Field(
+        description="`nn.init.trunc_normal_`: normal, redrawn outside [a, b]."
+    )
     mean: Float = Field(0.0, description="Mean of the normal distribution.")
     std: PositiveFloat = Field(1.0, description="Standard deviation.")
     a: Float = Field(-2.0, description="Lower cut-off.")
@@ -172,19 +185,19 @@ class TruncNormalInit(Section):
 
 
 class UniformInit(Section):
-    scheme: Literal["uniform"]
+    scheme: Literal["uniform"] = Field(description="`nn.init.uniform_`: U(a, b).")
     a: Float = Field(0.0, description="Lower bound.")
     b: Float = Field(1.0, description="Upper bound.")
     bias: Bias = Field("default", description=BIAS_DESCRIPTION)
 
 
 class ZerosInit(Section):
-    scheme: Literal["zeros"]
+    scheme: Literal["zeros"] = Field(description="Every weight 0 (biases as `bias` says).")
     bias: Bias = Field("default", description=BIAS_DESCRIPTION)
 
 
 class OrthogonalInit(Section):
-    scheme: Literal["orthogonal"]
+    scheme: Literal["orthogonal"] = Field(description="`nn.init.orthogonal_`: a (semi-)orthogonal matrix.")
     gain: PositiveFloat = Field(1.0, description="Scale factor.")
     bias: Bias = Field("default", description=BIAS_DESCRIPTION)
 
@@ -227,6 +240,10 @@ class AdamConfig(Section):
         None, description="Weight decay; null = PyTorch's default (adam 0, adamw 0.01)."
     )
     amsgrad: Bool = Field(False, description="Use the AMSGrad variant.")
+
+    def fill_defaults(self, config: Config) -> None:
+        if self.weight_decay is None:
+            self.weight_decay = 0.01 if self.name == "adamw" else 0.0
 
 
 class RMSpropConfig(Section):
@@ -290,6 +307,10 @@ class CosineScheduler(Section):
     name: Literal["cosine"] = Field(description="`CosineAnnealingLR` from lr down to eta_min.")
     t_max: PositiveInt | None = Field(None, description="Epochs of one half cosine; null = train.epochs.")
     eta_min: NonNegFloat = Field(0.0, description="Lowest learning rate.")
+
+    def fill_defaults(self, config: Config) -> None:
+        if self.t_max is None:
+            self.t_max = config.train.epochs
 
 
 class PlateauScheduler(Section):
@@ -407,3 +428,33 @@ def _variants(annotation: Any) -> dict[str, type[BaseModel]]:
 VARIANTS: dict[str, dict[str, type[BaseModel]]] = {
     section: _variants(Config.model_fields[section].annotation) for section in TAG_KEYS
 }
+
+
+def literal_choices(annotation: Any) -> list[str]:
+    """The allowed values of a `Literal` field (inside `X | None` too); [] for other types."""
+    if typing.get_origin(annotation) is Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    for arg in typing.get_args(annotation):
+        found = literal_choices(arg)
+        if found:
+            return found
+    return []
+
+
+def choices(key: str) -> list[str]:
+    """The names a choice key accepts: `optimizer` -> sgd, adam, ...; `model.activation` -> relu, ...
+
+    A tagged section gives its variants; a dotted key gives the values of its Literal.
+    """
+    if key in VARIANTS:
+        return list(VARIANTS[key])
+    section, _, name = key.partition(".")
+    models = (
+        list(VARIANTS[section].values())
+        if section in VARIANTS
+        else [model_in(Config.model_fields[section].annotation)]
+    )
+    for model in models:
+        if model is not None and name in model.model_fields:
+            return literal_choices(model.model_fields[name].annotation)
+    raise KeyError(key)

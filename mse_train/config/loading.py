@@ -1,0 +1,125 @@
+"""Load a YAML config, apply `--set` overrides, validate all of it, resolve paths.
+
+Every problem is collected and reported in one ConfigError, each naming the key, the
+file and line, and the fix, before any data is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from mse_train.config import messages, schema, yamlio
+from mse_train.config.schema import Config, Section
+from mse_train.config.yamlio import KeyPath
+from mse_train.errors import ConfigError
+
+
+def load(path: Path, overrides: Sequence[str] = ()) -> Config:
+    """Read, override, validate and resolve a config file."""
+    doc = yamlio.read(path)
+    return from_document(doc, path.resolve().parent, overrides, default_name=path.stem)
+
+
+def from_document(
+    doc: yamlio.Document, base: Path, overrides: Sequence[str] = (), default_name: str = "run"
+) -> Config:
+    """Validate a parsed document; relative paths are taken from `base`."""
+    if doc.data is None:
+        raise ConfigError(
+            f"{doc.source}: the config is empty",
+            [
+                "write at least `data: {train: FILE.csv, target: COLUMN}`; "
+                "`mse-train init DATA.csv --target COLUMN` writes a starter config"
+            ],
+        )
+    if not isinstance(doc.data, dict):
+        raise ConfigError(
+            f"{doc.source}: the config must be a mapping of keys to values, "
+            f"not a {messages.kind_of(doc.data)}",
+            ["start with `data:` on the first line, keys indented below it"],
+        )
+    data = doc.data
+    set_paths = set()
+    for text in overrides:
+        key_path = _apply_override(data, text)
+        set_paths.add(key_path)
+
+    def where(loc: KeyPath) -> str:
+        for path in set_paths:
+            n = min(len(path), len(loc))
+            if n and path[:n] == loc[:n]:
+                return f"--set {'.'.join(map(str, path))}"
+        return doc.where(loc)
+
+    problems: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            loc = messages.user_loc(error["loc"], data)
+            problems.append(messages.describe(error, loc, data, where))
+    problems.extend(messages.cross_checks(data, where))
+    problems.sort(key=messages.line_of)
+    if problems or config is None:
+        count = len(problems)
+        raise ConfigError(f"{doc.source}: {count} problem{'s' if count != 1 else ''} in the config", problems)
+    return _resolve(config, base, default_name)
+
+
+def _resolve(config: Config, base: Path, default_name: str) -> Config:
+    """Fill derived defaults and make paths absolute, so the saved config reruns as is."""
+    config = config.model_copy(deep=True)
+    data = config.data
+    data.train = str((base / data.train).resolve())
+    if data.val is not None:
+        data.val = str((base / data.val).resolve())
+    out = config.output.dir if config.output.dir is not None else f"runs/{default_name}"
+    config.output.dir = str((base / out).resolve())
+    for name in Config.model_fields:  # each section fills the defaults that depend on others
+        section = getattr(config, name)
+        if isinstance(section, Section):
+            section.fill_defaults(config)
+    return config
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML, in schema order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data (for checkpoints and comparisons)."""
+    return config.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------ overrides
+def _apply_override(data: dict[str, Any], text: str) -> KeyPath:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE", ["for example `--set optimizer.lr=0.1`"])
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"--set {text!r}: empty part in key path {key!r}")
+    value = yamlio.parse_value(raw, f"--set {key}")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None or (isinstance(child, str) and part in schema.TAG_KEYS):
+            # `optimizer: adam` shorthand or a missing section: open it up.
+            child = {schema.TAG_KEYS[part]: child} if isinstance(child, str) else {}
+            node[part] = child
+        if not isinstance(child, dict):
+            prefix = ".".join(parts[: depth + 1])
+            raise ConfigError(
+                f"--set {key}: `{prefix}` holds a {messages.kind_of(child)}, not a section of keys"
+            )
+        node = child
+    node[parts[-1]] = value
+    return tuple(parts)

@@ -1,0 +1,13 @@
+"""Stage 2, the data: CSV files in, checked float32 arrays and fitted preprocessing out.
+
+  table.py       read a CSV's columns (fast pandas path; exact messages on trouble), in
+                 one piece (`read`) or in chunks (`read_chunks`, for predict)
+  csvscan.py     the slow, exact pass that names the line and column of a problem
+  digest.py      the file's sha256, in a background thread
+  missing.py     the `data.missing` policy for empty cells
+  preprocess.py  standardisation, fill values and one-hot vocabularies, fitted on
+                 training rows and stored in checkpoints
+  prepare.py     config -> train/validation splits ready for the loop; eval's reading
+
+Imports only config/ (for `DataConfig`), errors and runtime.
+"""

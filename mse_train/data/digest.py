@@ -1,0 +1,52 @@
+"""sha256 of a data file, computed in a background thread while the table is parsed."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from mse_train.errors import DataError
+
+
+class Digest:
+    """sha256 of a file, computed in a thread; `result()` waits for it.
+
+    One pass over the file's bytes in a thread: sha256, and optionally delimiter and
+    quote counts.
+
+    hashlib and numpy release the GIL on big blocks, so the pass overlaps with other
+    work. The counts catch rows with extra fields, which pandas drops silently when it
+    reads only some of the columns.
+    """
+
+    def __init__(self, path: Path, delimiter: str = ",", count: bool = False) -> None:
+        self._value = ""
+        self.delimiters = 0
+        self.quotes = 0
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, delimiter, count), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, delimiter: str, count: bool) -> None:
+        h = hashlib.sha256()
+        sep, quote = ord(delimiter), ord('"')
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+                    if count:
+                        data = np.frombuffer(block, dtype=np.uint8)
+                        self.delimiters += int(np.count_nonzero(data == sep))
+                        self.quotes += int(np.count_nonzero(data == quote))
+        except OSError as exc:
+            self._error = exc
+        self._value = h.hexdigest()
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise DataError(f"cannot read: {self._error}")
+        return self._value

@@ -1,0 +1,48 @@
+"""Weight-init schemes, looked up by name and applied to every linear layer.
+
+To add a scheme: a schema class (or a tag on an existing one) in config/schema.py, and an
+entry in SCHEMES naming that class and the function that fills a weight tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mse_train.config import schema
+from mse_train.config.registry import Choice
+
+SCHEMES: dict[str, Choice[Any, object]] = {
+    "default": Choice(schema.DefaultInit, lambda c, w: None),  # keep PyTorch's own init
+    "xavier_normal": Choice(schema.XavierInit, lambda c, w: nn.init.xavier_normal_(w, gain=c.gain)),
+    "xavier_uniform": Choice(schema.XavierInit, lambda c, w: nn.init.xavier_uniform_(w, gain=c.gain)),
+    "kaiming_normal": Choice(
+        schema.KaimingInit,
+        lambda c, w: nn.init.kaiming_normal_(w, a=c.a, mode=c.mode, nonlinearity=c.nonlinearity),
+    ),
+    "kaiming_uniform": Choice(
+        schema.KaimingInit,
+        lambda c, w: nn.init.kaiming_uniform_(w, a=c.a, mode=c.mode, nonlinearity=c.nonlinearity),
+    ),
+    "normal": Choice(schema.NormalInit, lambda c, w: nn.init.normal_(w, mean=c.mean, std=c.std)),
+    "trunc_normal": Choice(
+        schema.TruncNormalInit, lambda c, w: nn.init.trunc_normal_(w, mean=c.mean, std=c.std, a=c.a, b=c.b)
+    ),
+    "uniform": Choice(schema.UniformInit, lambda c, w: nn.init.uniform_(w, a=c.a, b=c.b)),
+    "zeros": Choice(schema.ZerosInit, lambda c, w: nn.init.zeros_(w)),
+    "orthogonal": Choice(schema.OrthogonalInit, lambda c, w: nn.init.orthogonal_(w, gain=c.gain)),
+}
+
+
+def apply(model: nn.Module, cfg: schema.InitConfig) -> None:
+    """Initialise the weights (and biases, if asked) of every `nn.Linear` in `model`."""
+    fill = SCHEMES[cfg.scheme].build
+    with torch.no_grad():
+        for layer in model.modules():
+            if not isinstance(layer, nn.Linear):
+                continue
+            fill(cfg, layer.weight)
+            if cfg.bias == "zeros" and layer.bias is not None:
+                nn.init.zeros_(layer.bias)

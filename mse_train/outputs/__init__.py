@@ -1,0 +1,13 @@
+"""Stage 5, the outputs: everything a run leaves on disk, each file written atomically.
+
+  fsio.py             temp file + fsync + rename, and the errors when that fails
+  run_folder.py       one run per folder; `Saver` writes metrics.csv, best.pt, last.pt
+  checkpoint.py       the checkpoint dict: build, save, load safely (weights_only=True)
+  resume.py           --resume: check last.pt against the config and data, restore the loop
+  metrics.py          metrics.csv and JSON files
+  summary.py          summary.json, typed
+  plots.py            loss.png and overlays (matplotlib, imported only when plotting)
+  tensorboard_log.py  TensorBoard scalars (an optional extra)
+
+Imports config/, data/ (the preprocessor a checkpoint stores), models/ and training/.
+"""

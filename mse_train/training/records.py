@@ -1,0 +1,93 @@
+"""The plain data the loop keeps and hands out: settings in, status and epoch records out,
+and its progress, which a checkpoint holds so that a run can continue exactly."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, Literal
+
+import torch
+
+
+class Status(str, Enum):
+    """How a call to `Loop.run` ended; the value is what summary.json says."""
+
+    COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"
+    INTERRUPTED = "interrupted"
+    DIVERGED = "diverged"
+
+
+@dataclass
+class Settings:
+    epochs: int
+    batch_size: int | None
+    shuffle: bool
+    reduction: Literal["mean", "sum"]  # as nn.MSELoss
+    target_names: list[str]
+    target_std: list[float]  # to report per-target MSE in each target's own units
+    patience: int | None = None
+    min_delta: float = 0.0
+
+
+@dataclass
+class EpochRecord:
+    """One row of metrics.csv."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    lr: float
+    penalty: float | None
+    seconds: float
+    per_target: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+            "lr": self.lr,
+            "penalty": self.penalty,
+            "seconds": round(self.seconds, 6),
+            **self.per_target,
+        }
+
+
+PARTIAL = ("partial_losses", "partial_penalties", "partial_sq")  # the unfinished epoch's tensors
+
+
+@dataclass
+class Progress:
+    """Where the loop is, and what it has seen; plain data so a checkpoint can hold it.
+
+    Treated as immutable by rollback: the loop replaces its tensors, never changes them in place.
+    """
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in epoch `epoch + 1` (non-zero only after an interrupt)
+    epoch_start_shuffle: torch.Tensor | None = None  # shuffle RNG state when that epoch began
+    partial_losses: torch.Tensor | None = None  # per-batch MSE of the unfinished epoch
+    partial_penalties: torch.Tensor | None = None
+    partial_sq: torch.Tensor | None = None  # per-batch per-target squared-error sums
+    partial_seconds: float = 0.0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    stop_best: float = math.inf
+    stop_bad: int = 0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], device: torch.device) -> Progress:
+        """From `to_dict()`'s output; an unfinished epoch's tensors go back to the device."""
+        progress = cls(**state)
+        for name in PARTIAL:
+            value = getattr(progress, name)
+            if value is not None:
+                setattr(progress, name, value.to(device))
+        return progress

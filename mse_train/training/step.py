@@ -1,0 +1,86 @@
+"""One optimizer step on one batch: MSE (+ L1/L2 penalty), backward, update.
+
+`Step` is the loop's seam: whatever is called per batch is a Step, so a test (or a
+future distributed or packed variant) can wrap or replace it without touching the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from mse_train.config.schema import RegularizationConfig
+
+Penalty = Callable[[], torch.Tensor]
+
+
+class StepResult(NamedTuple):
+    """What one step measured, before its update: outputs, MSE and penalty (detached)."""
+
+    out: torch.Tensor
+    mse: torch.Tensor
+    penalty: torch.Tensor | None
+
+
+class Step:
+    """Callable as `step(xb, yb)`; owns the loss, the penalty and the optimizer update."""
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, penalty: Penalty | None, loss_fn: nn.Module
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.penalty = penalty
+        self.loss_fn = loss_fn
+        self._lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> StepResult:
+        if self._lbfgs:
+            return self._lbfgs_step(xb, yb)
+        _, result = self._loss(xb, yb)
+        self.optimizer.step()
+        return result
+
+    def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, StepResult]:
+        """Forward, loss plus penalty, and backward, with fresh gradients."""
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(xb)
+        mse: torch.Tensor = self.loss_fn(out, yb)
+        pen = self.penalty() if self.penalty is not None else None
+        total = mse if pen is None else mse + pen
+        total.backward()  # type: ignore[no-untyped-call]
+        return total, StepResult(out.detach(), mse.detach(), None if pen is None else pen.detach())
+
+    def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> StepResult:
+        first: list[StepResult] = []  # L-BFGS evaluates several times; report the first
+
+        def closure() -> torch.Tensor:
+            total, result = self._loss(xb, yb)
+            if not first:
+                first.append(result)
+            return total
+
+        self.optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS takes a tensor-returning closure
+        return first[0]
+
+
+def build_penalty(model: nn.Module, cfg: RegularizationConfig) -> Penalty | None:
+    """l1 * sum|w| + l2 * sum w^2 over weight matrices (biases are left free); None if both are 0."""
+    weights = [p for p in model.parameters() if p.ndim > 1]
+    l1, l2 = cfg.l1, cfg.l2
+    if l1 == 0 and l2 == 0:
+        return None
+
+    def penalty() -> torch.Tensor:
+        total = torch.zeros((), device=weights[0].device)
+        for w in weights:
+            if l1:
+                total = total + l1 * w.abs().sum()
+            if l2:
+                total = total + l2 * w.pow(2).sum()
+        return total
+
+    return penalty

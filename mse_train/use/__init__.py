@@ -1,0 +1,7 @@
+"""Putting a trained model to use: everything that starts from a checkpoint.
+
+  evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units
+  predict.py   `predict`: rows with predictions appended, streamed in chunks
+
+Imports outputs/ (checkpoints), data/, models/; never training/.
+"""

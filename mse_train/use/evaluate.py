@@ -1,0 +1,81 @@
+"""`mse-train eval`: score a checkpoint on a CSV, in each target's own units.
+
+The CSV's columns are read by name, as the checkpoint names them, and preprocessed with
+the statistics stored in it: new rows are treated exactly like the training rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mse_train import runtime
+from mse_train.data import prepare
+from mse_train.data.preprocess import Preprocessor
+from mse_train.models import inference
+from mse_train.outputs import checkpoint
+
+
+@dataclass
+class Report:
+    overall: dict[str, Any]  # mse, rmse, mae, r2, n
+    targets: dict[str, dict[str, Any]]  # name -> mse, rmse, mae, r2
+    notes: list[str]
+    checkpoint_epoch: int
+
+    def as_json(self) -> dict[str, Any]:
+        out = dict(self.overall)
+        if len(self.targets) > 1:
+            out["targets"] = self.targets
+        return out
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """MSE, RMSE, MAE and R² per target column and averaged over targets (float64)."""
+    err = y_pred.astype(np.float64) - y_true.astype(np.float64)
+    n = len(y_true)
+    per = []
+    for j in range(y_true.shape[1]):
+        mse = float(np.mean(err[:, j] ** 2))
+        sst = float(np.sum((y_true[:, j] - y_true[:, j].mean()) ** 2))
+        r2 = 1.0 - float(np.sum(err[:, j] ** 2)) / sst if sst > 0 else None
+        per.append({"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(err[:, j]))), "r2": r2})
+    mse = float(np.mean(err**2))
+    r2s = [p["r2"] for p in per if p["r2"] is not None]
+    overall = {
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": float(np.mean(r2s)) if len(r2s) == len(per) else None,
+        "n": n,
+    }
+    return overall, per
+
+
+def load(ckpt_path: Path) -> tuple[dict[str, Any], Preprocessor, torch.nn.Module, str]:
+    """A checkpoint, its preprocessing, its model with weights, and the CSV delimiter it was trained with."""
+    ckpt = checkpoint.load(ckpt_path)
+    pre = checkpoint.preprocessor(ckpt_path, ckpt)
+    model = checkpoint.model(ckpt_path, ckpt)
+    delimiter = str(ckpt[checkpoint.K_CONFIG].get("data", {}).get("delimiter", ","))
+    return ckpt, pre, model, delimiter
+
+
+def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu") -> Report:
+    """Metrics of a checkpoint on a CSV, in the targets' own units."""
+    dev = runtime.resolve_device(device, "--device")
+    ckpt, pre, model, delimiter = load(ckpt_path)
+    _, split, notes = prepare.prepare_eval(csv_path, pre, delimiter)
+    model.to(dev)
+    out = inference.predict(model, torch.from_numpy(split.x).to(dev)).cpu().numpy()
+    y_pred = pre.unscale_targets(out)
+    y_true = pre.unscale_targets(split.y)
+    overall, per = regression_metrics(y_true, y_pred)
+    return Report(
+        overall, dict(zip(pre.target_names, per, strict=True)), notes, int(ckpt[checkpoint.K_EPOCH])
+    )

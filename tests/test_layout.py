@@ -1,0 +1,68 @@
+"""The house: each stage imports only the stages below it, and says what it does at the top."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "mse_train"
+# Lowest first. A module may import its own stage and any stage to its left, never to its right.
+STAGES = ["errors", "runtime", "config", "data", "models", "training", "outputs", "use", "recipe", "cli"]
+# Leaves that any stage may use.
+SHARED = {"errors", "runtime", "__init__"}
+
+
+def _stage(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mse_train"):
+            if node.module == "mse_train":
+                yield from (f"mse_train.{alias.name}" for alias in node.names)
+            else:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("mse_train"))
+
+
+def _module_files():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(REPO).with_suffix("")
+        yield ".".join(relative.parts), path
+
+
+@pytest.mark.parametrize(("module", "path"), list(_module_files()), ids=lambda v: str(v))
+def test_imports_flow_one_way(module, path):
+    stage = _stage(module)
+    if stage in ("__main__", "__init__"):
+        return
+    rank = STAGES.index(stage.removesuffix(".py"))
+    for imported in _imports(path):
+        other = _stage(imported)
+        if other in SHARED or other == "__version__":
+            continue
+        assert STAGES.index(other) <= rank, f"{module} (stage {stage}) imports {imported} (stage {other})"
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("from mse_train.training.loop import Loop\n")
+    assert [_stage(m) for m in _imports(bad)] == ["training"]
+    assert STAGES.index("training") > STAGES.index("data")  # so data/ importing it would fail above
+
+
+@pytest.mark.parametrize("stage", ["config", "data", "models", "training", "outputs", "use"])
+def test_each_stage_says_what_it_does(stage):
+    doc = importlib.import_module(f"mse_train.{stage}").__doc__ or ""
+    assert len(doc.splitlines()) >= 3, f"mse_train/{stage}/__init__.py needs a docstring naming its modules"
+    for path in (PACKAGE / stage).glob("*.py"):
+        if path.name != "__init__.py":
+            assert path.name in doc, f"mse_train/{stage}/__init__.py does not mention {path.name}"
