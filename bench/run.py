@@ -360,15 +360,16 @@ def main() -> None:
         cfg_path = folder / "e2e.yaml"
         cfg_path.write_text(json.dumps(base_config(str(csv_path), 1024, 3, str(folder / "e2e-run"))))
         exe = str(Path(sys.executable).with_name("mse-train"))
-        ours, plain = [], []
+        ours_runs: list[tuple[float, float, str]] = []
+        plain_runs: list[tuple[float, float, str]] = []
         plain_cmd = [sys.executable, str(ROOT / "bench" / "plain_script.py"), str(csv_path)]
         for _ in range(3):  # interleaved, so both see the same machine
-            ours.append(run_process([exe, "run", str(cfg_path), "-q", "--overwrite"]))
-            plain.append(run_process(plain_cmd, cwd=folder))
-        ours_wall = statistics.median(r[0] for r in ours)
-        plain_wall = statistics.median(r[0] for r in plain)
-        ours_mem = statistics.median(r[1] for r in ours)
-        plain_mem = statistics.median(r[1] for r in plain)
+            ours_runs.append(run_process([exe, "run", str(cfg_path), "-q", "--overwrite"]))
+            plain_runs.append(run_process(plain_cmd, cwd=folder))
+        ours_wall = statistics.median(r[0] for r in ours_runs)
+        plain_wall = statistics.median(r[0] for r in plain_runs)
+        ours_mem = statistics.median(r[1] for r in ours_runs)
+        plain_mem = statistics.median(r[1] for r in plain_runs)
         say(f"## End to end: {big_rows:,}-row CSV, 3 epochs, batch 1024, whole processes (median of 3)")
         say()
         say("| program | wall seconds | peak RSS (MiB) |")

@@ -58,14 +58,16 @@ def test_plateau_scheduler_cuts_the_lr_when_val_loss_stalls(cli, small_config, t
     assert lrs[0] == 1e-6 and lrs[-1] < 1e-6
 
 
-def _layer(scheme: dict, bias: str = "default") -> torch.nn.Linear:
+def _layer(scheme: dict[str, object], bias: str = "default") -> torch.nn.Linear:
     torch.manual_seed(0)
     cfg = schema.Config.model_validate(
         {"data": {"train": "x", "target": "y"}, "init": {**scheme, "bias": bias}, "model": "mlp"}
     )
     model = networks.build(cfg.model, 64, 1)
     init.apply(model, cfg.init)
-    return model[2]  # the 64 x 64 hidden layer
+    layer = model.get_submodule("2")  # the 64 x 64 hidden layer
+    assert isinstance(layer, torch.nn.Linear)
+    return layer
 
 
 def test_init_schemes_do_what_they_say():

@@ -26,7 +26,7 @@ def check(cli, tmp_path, text: str, *expected: str, extra: tuple[str, ...] = ())
         assert fragment in result.stderr, (fragment, result.stderr)
     assert "Traceback" not in result.stderr
     assert not out.exists()
-    return result.stderr
+    return str(result.stderr)
 
 
 def test_unknown_key_suggests_the_closest_name(cli, tmp_path):

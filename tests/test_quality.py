@@ -46,7 +46,7 @@ def run_ols(cli, table: Path, target: str, out: Path, *more: str):
 
 def optimum_mse(path: Path, target: str) -> float:
     table = np.genfromtxt(path, delimiter=",", names=True)
-    names = [n for n in table.dtype.names if n != target]
+    names = [n for n in table.dtype.names or () if n != target]
     x = np.column_stack([table[n] for n in names] + [np.ones(len(table))])
     y = table[target]
     w, *_ = np.linalg.lstsq(x, y, rcond=None)

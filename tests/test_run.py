@@ -242,13 +242,13 @@ def test_progress_bar_on_a_terminal():
 
     from rich.console import Console
 
-    from mse_train.cli import _Progress
+    from mse_train.cli.console import Progress
     from mse_train.recipe import RunInfo
     from mse_train.training.records import EpochRecord
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=100)
-    progress = _Progress(console, quiet=False)
+    progress = Progress(console, quiet=False)
     progress.start(
         RunInfo(
             out="runs/x", device="cpu", rows=10, val_rows=2, inputs=3, targets=["y"], epochs=4, from_epoch=0

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ def test_too_many_categories(cli, tmp_path):
     assert "column `customer` has 60 distinct values" in result.stderr and "max_categories" in result.stderr
 
 
-MISSING_ROWS = [
+MISSING_ROWS: list[list[Any]] = [
     ["size", "cut", "price"],
     [1.0, "Good", 4.0],
     ["", "Ideal", 6.0],  # empty feature
@@ -288,3 +289,33 @@ def test_predict_names_the_file_line_of_an_empty_cell_in_a_later_chunk(cli, tmp_
     result = cli("predict", tmp_path / "run" / "best.pt", new)
     assert result.code == 2
     assert "`size` (feature): 1 empty cell(s), at line(s) 132" in result.stderr
+
+
+def test_predict_reads_names_and_cells_by_the_rules_of_eval(cli, tmp_path):
+    """One reader for every command: spaces around a header name or a category do not count."""
+    table = categorical_table(tmp_path / "t.csv")
+    assert cli("run", config(tmp_path, table, unknown_category="ignore"), "-q").code == 0
+    best = tmp_path / "run" / "best.pt"
+    plain = write_csv(tmp_path / "plain.csv", ["size", "cut", "grade"], [[1.5, "Good", 2], [0.5, "Ideal", 1]])
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text('size ,cut,grade\n1.5,"Good ",2\n0.5, Ideal,1\n')
+    expected = cli("predict", best, plain)
+    got = cli("predict", best, spaced)
+    assert expected.code == 0 and got.code == 0, got
+    column = [row["price_pred"] for row in csv.DictReader(io.StringIO(expected.stdout))]
+    assert [row["price_pred"] for row in csv.DictReader(io.StringIO(got.stdout))] == column
+    assert got.stdout.splitlines()[0] == "size,cut,grade,price_pred"  # the names, as eval reads them
+    # eval reads the same spaced file and scores the same predictions
+    with_target = tmp_path / "spaced_target.csv"
+    with_target.write_text('size ,cut,grade,price\n1.5,"Good ",2,6.5\n0.5, Ideal,1,5.0\n')
+    assert cli("eval", best, with_target, "--json").code == 0
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:abc", "cpu:1"])
+def test_eval_and_predict_refuse_a_device_that_is_not_one(cli, tmp_path, device):
+    table = categorical_table(tmp_path / "t.csv", n=50)
+    assert cli("run", config(tmp_path, table), "-q", "--set", "train.epochs=1").code == 0
+    for command in ("eval", "predict"):
+        result = cli(command, tmp_path / "run" / "best.pt", table, "--device", device)
+        assert result.code == 2, result
+        assert f"--device is '{device}'" in result.stderr and "internal error" not in result.stderr

@@ -118,7 +118,9 @@ def test_plot_one_run_and_compare_several(cli, small_config, tmp_path, monkeypat
     importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed"
 )
 def test_tensorboard_scalars(cli, small_config, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]
+        EventAccumulator,
+    )
 
     cfg = small_config(output={"tensorboard": True}, data={"val_fraction": 0.2}, train={"epochs": 4})
     assert cli("run", cfg, "-q").code == 0

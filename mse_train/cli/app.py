@@ -1,4 +1,4 @@
-"""The command line: parse arguments, own the console, turn errors into exit codes.
+"""The commands: parse arguments, call the stage that does the work, turn errors into exit codes.
 
 Heavy modules (torch, pandas, matplotlib) are imported inside the commands that need
 them, so `mse-train --help` and `--version` answer at once.
@@ -10,23 +10,17 @@ import json
 import os
 import shlex
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table as RichTable
 from rich.text import Text
 
 from mse_train import __version__
-
-if TYPE_CHECKING:
-    from mse_train.outputs.summary import Summary
-    from mse_train.recipe import RunInfo
-    from mse_train.training.records import EpochRecord
+from mse_train.cli import console as view
 
 app = typer.Typer(
     name="mse-train",
@@ -52,10 +46,6 @@ Overrides = Annotated[
 ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
 
 
-def _stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 def _guard(debug: bool, work: Callable[[], T]) -> T:
     """Run a command; known errors become a message on stderr and their exit code."""
     from mse_train.errors import MseTrainError
@@ -65,19 +55,19 @@ def _guard(debug: bool, work: Callable[[], T]) -> T:
     try:
         return work()
     except MseTrainError as exc:
-        err = _stderr()
+        err = view.stderr()
         err.print(Text("error: ", style="bold red") + Text(exc.summary))
         for problem in exc.problems:
             err.print(Text(f"  - {problem}"))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        _stderr().print(Text("interrupted", style="yellow"))
+        view.stderr().print(Text("interrupted", style="yellow"))
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
     except Exception as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
-        _stderr().print(
+        view.stderr().print(
             Text("internal error: ", style="bold red")
             + Text(f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})\n")
             + Text("this is a bug in mse-train; rerun with --debug and report the traceback")
@@ -132,7 +122,7 @@ def run(
         if output_dir is not None:
             cfg.output.dir = str(output_dir.resolve())
         console = Console(stderr=as_json, highlight=False, soft_wrap=True)
-        reporter = _Progress(console, quiet)
+        reporter = view.Progress(console, quiet)
         again = ["mse-train", "run", str(config_file)]
         for item in overrides or []:
             again += ["--set", item]
@@ -143,115 +133,9 @@ def run(
         if as_json:
             sys.stdout.write(json.dumps(summary) + "\n")
         elif not quiet:
-            _print_run_summary(console, summary)
+            view.print_run_summary(console, summary)
 
     _guard(debug, work)
-
-
-class _Progress:
-    """A rich progress bar on a terminal; elsewhere a short line now and then."""
-
-    def __init__(self, console: Console, quiet: bool) -> None:
-        self.console = console
-        self.quiet = quiet
-        self.live = console.is_terminal and not quiet
-        self.bar: Any = None
-        self.task: Any = None
-        self._printed_at = 0.0
-        self._total = 0
-
-    def start(self, info: RunInfo) -> None:
-        if self.quiet:
-            return
-        start = info.from_epoch
-        resumed = f", resuming after epoch {start}" if start else ""
-        val = f" + {info.val_rows} val" if info.val_rows else ""
-        self.console.print(
-            f"training on {info.rows} rows{val}, {info.inputs} inputs -> "
-            f"{', '.join(info.targets)} | device {info.device}{resumed} | {info.out}"
-        )
-        self._total = info.epochs
-        if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                TextColumn("epoch"),
-                MofNCompleteColumn(),
-                BarColumn(),
-                TextColumn("{task.fields[losses]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=info.epochs, completed=start, losses="")
-
-    def note(self, text: str) -> None:
-        if not self.quiet:
-            self.console.print(Text(f"note: {text}", style="yellow"))
-
-    def epoch(self, record: EpochRecord, total: int) -> None:
-        if self.quiet:
-            return
-        losses = f"train {record.train_loss:.4g}"
-        if record.val_loss is not None:
-            losses += f"  val {record.val_loss:.4g}"
-        losses += f"  lr {record.lr:.3g}"
-        if self.bar is not None:
-            self.bar.update(self.task, completed=record.epoch, losses=losses)
-            return
-        now = time.monotonic()
-        if (
-            record.epoch in (1, total)
-            or now - self._printed_at >= 10
-            or record.epoch % max(1, total // 10) == 0
-        ):
-            self.console.print(f"epoch {record.epoch}/{total}  {losses}", highlight=False)
-            self._printed_at = now
-
-    def batch(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            epoch = self.bar.tasks[0].completed
-            self.bar.update(self.task, completed=int(epoch) + done / total)
-
-    def finish(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-
-
-def _print_run_summary(console: Console, summary: Summary) -> None:
-    best, final = summary["best"], summary["final"]
-    watched = best["watched"]
-    console.print(
-        f"{summary['status']}: {summary['epochs_run']} epochs in {summary['wall_seconds']:.2f} s; "
-        f"final train_loss {_fmt(final['train_loss'])}"
-        + (f", val_loss {_fmt(final['val_loss'])}" if final["val_loss"] is not None else "")
-        + f"; best {watched} {_fmt(best[watched])} at epoch {best['epoch']}"
-    )
-    out = _relative(summary["output_dir"])
-    console.print(f"wrote {out}/: best.pt, last.pt, metrics.csv, summary.json, config.yaml, loss.png")
-    scored = summary["data"]["val"] or summary["data"]["train"]
-    console.print(f"score it: mse-train eval {out}/best.pt {_relative(scored)}")
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.6g}"
-
-
-def _relative(path: str) -> str:
-    try:
-        return str(Path(path).relative_to(Path.cwd()))
-    except ValueError:
-        return path
 
 
 # ----------------------------------------------------------------------- eval
@@ -279,29 +163,9 @@ def eval_(
         if as_json:
             sys.stdout.write(json.dumps(report.as_json()) + "\n")
             return
-        console = Console(highlight=False)
-        for note in report.notes:
-            console.print(Text(f"note: {note}", style="yellow"))
-        table = RichTable(title=f"{checkpoint_file} (epoch {report.checkpoint_epoch}) on {csv_file}")
-        for column in ("target", "MSE", "RMSE", "MAE", "R²", "rows"):
-            table.add_column(column, justify="left" if column == "target" else "right")
-        rows = list(report.targets.items())
-        for name, m in rows:
-            table.add_row(name, *_metric_cells(m), str(report.overall["n"]))
-        if len(rows) > 1:
-            table.add_row("average", *_metric_cells(report.overall), str(report.overall["n"]), style="bold")
-        console.print(table)
+        view.print_report(report, f"{checkpoint_file} (epoch {report.checkpoint_epoch}) on {csv_file}")
 
     _guard(debug, work)
-
-
-def _metric_cells(m: dict[str, Any]) -> list[str]:
-    return [
-        f"{m['mse']:.6g}",
-        f"{m['rmse']:.6g}",
-        f"{m['mae']:.6g}",
-        "-" if m["r2"] is None else f"{m['r2']:.4f}",
-    ]
 
 
 # -------------------------------------------------------------------- predict
@@ -330,7 +194,7 @@ def predict(
 
         rows = predicting.predict(checkpoint_file, csv_file, output, device)
         if output is not None:
-            _stderr().print(f"wrote {rows} rows with predictions to {output}")
+            view.stderr().print(f"wrote {rows} rows with predictions to {output}")
 
     _guard(debug, work)
 
@@ -358,25 +222,7 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
 
         cfg = config.load(config_file, overrides or [])
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
-        console = Console(highlight=False)
-        for note in prepared.notes:
-            console.print(Text(f"note: {note}", style="yellow"))
-        table = RichTable(title=f"{config_file}: ok")
-        for column in ("column", "role", "kind"):
-            table.add_column(column)
-        pre = prepared.pre
-        for col in pre.numeric:
-            table.add_row(col.name, "feature", "numeric")
-        for cat in pre.categorical:
-            table.add_row(cat.name, "feature", f"categorical, {len(cat.categories)} categories")
-        for target in pre.targets:
-            table.add_row(target.name, "target", "numeric")
-        console.print(table)
-        val = len(prepared.val) if prepared.val is not None else 0
-        console.print(
-            f"{len(prepared.train)} training rows, {val} validation rows, "
-            f"{prepared.train.x.shape[1]} model inputs; the run folder would be {cfg.output.dir}"
-        )
+        view.print_validated(prepared, f"{config_file}: ok", str(cfg.output.dir))
 
     _guard(debug, work)
 
@@ -412,7 +258,7 @@ def init(
             csv_file, table.features, target, table.text_columns, table.empty_columns, output, delimiter
         )
         fsio.write_text(output, text)
-        _stderr().print(f"wrote {output}; check it with: mse-train validate {output}")
+        view.stderr().print(f"wrote {output}; check it with: mse-train validate {output}")
 
     _guard(debug, work)
 
@@ -458,7 +304,7 @@ def plot(
         else:
             target = output or Path("compare.png")
             plots.write_comparison(target, runs)
-        _stderr().print(f"wrote {target}")
+        view.stderr().print(f"wrote {target}")
 
     _guard(debug, work)
 

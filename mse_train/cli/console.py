@@ -1,0 +1,185 @@
+"""What the command line shows: the progress of a run, its summary, metric tables.
+
+Only this module and app.py know rich; the recipe reports through `Reporter` calls.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from mse_train.data.prepare import Prepared
+    from mse_train.outputs.summary import Summary
+    from mse_train.recipe import RunInfo
+    from mse_train.training.records import EpochRecord
+    from mse_train.use.evaluate import Report
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Progress:
+    """A rich progress bar on a terminal; elsewhere a short line now and then."""
+
+    def __init__(self, console: Console, quiet: bool) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self.bar: Any = None
+        self.task: Any = None
+        self._printed_at = 0.0
+        self._total = 0
+
+    def start(self, info: RunInfo) -> None:
+        if self.quiet:
+            return
+        start = info.from_epoch
+        resumed = f", resuming after epoch {start}" if start else ""
+        val = f" + {info.val_rows} val" if info.val_rows else ""
+        self.console.print(
+            f"training on {info.rows} rows{val}, {info.inputs} inputs -> "
+            f"{', '.join(info.targets)} | device {info.device}{resumed} | {info.out}"
+        )
+        self._total = info.epochs
+        if self.live:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as Bar,
+            )
+
+            self.bar = Bar(
+                TextColumn("epoch"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.fields[losses]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=info.epochs, completed=start, losses="")
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(Text(f"note: {text}", style="yellow"))
+
+    def epoch(self, record: EpochRecord, total: int) -> None:
+        if self.quiet:
+            return
+        losses = f"train {record.train_loss:.4g}"
+        if record.val_loss is not None:
+            losses += f"  val {record.val_loss:.4g}"
+        losses += f"  lr {record.lr:.3g}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=record.epoch, losses=losses)
+            return
+        now = time.monotonic()
+        if (
+            record.epoch in (1, total)
+            or now - self._printed_at >= 10
+            or record.epoch % max(1, total // 10) == 0
+        ):
+            self.console.print(f"epoch {record.epoch}/{total}  {losses}", highlight=False)
+            self._printed_at = now
+
+    def batch(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            epoch = self.bar.tasks[0].completed
+            self.bar.update(self.task, completed=int(epoch) + done / total)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def print_run_summary(console: Console, summary: Summary) -> None:
+    best, final = summary["best"], summary["final"]
+    watched = best["watched"]
+    console.print(
+        f"{summary['status']}: {summary['epochs_run']} epochs in {summary['wall_seconds']:.2f} s; "
+        f"final train_loss {_fmt(final['train_loss'])}"
+        + (f", val_loss {_fmt(final['val_loss'])}" if final["val_loss"] is not None else "")
+        + f"; best {watched} {_fmt(best[watched])} at epoch {best['epoch']}"
+    )
+    out = _relative(summary["output_dir"])
+    console.print(f"wrote {out}/: best.pt, last.pt, metrics.csv, summary.json, config.yaml, loss.png")
+    scored = summary["data"]["val"] or summary["data"]["train"]
+    console.print(f"score it: mse-train eval {out}/best.pt {_relative(scored)}")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def metric_cells(m: dict[str, Any]) -> list[str]:
+    return [
+        f"{m['mse']:.6g}",
+        f"{m['rmse']:.6g}",
+        f"{m['mae']:.6g}",
+        "-" if m["r2"] is None else f"{m['r2']:.4f}",
+    ]
+
+
+def notes(console: Console, texts: list[str]) -> None:
+    for text in texts:
+        console.print(Text(f"note: {text}", style="yellow"))
+
+
+def print_report(report: Report, title: str) -> None:
+    """`eval`'s table: one row per target, and their average when there are several."""
+    console = Console(highlight=False)
+    notes(console, report.notes)
+    table = Table(title=title)
+    for column in ("target", "MSE", "RMSE", "MAE", "R²", "rows"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    rows = list(report.targets.items())
+    n = str(report.overall["n"])
+    for name, m in rows:
+        table.add_row(name, *metric_cells(m), n)
+    if len(rows) > 1:
+        table.add_row("average", *metric_cells(report.overall), n, style="bold")
+    console.print(table)
+
+
+def print_validated(prepared: Prepared, title: str, run_folder: str) -> None:
+    """`validate`'s table: every column the run would use, its role and kind."""
+    console = Console(highlight=False)
+    notes(console, prepared.notes)
+    table = Table(title=title)
+    for column in ("column", "role", "kind"):
+        table.add_column(column)
+    pre = prepared.pre
+    for col in pre.numeric:
+        table.add_row(col.name, "feature", "numeric")
+    for cat in pre.categorical:
+        table.add_row(cat.name, "feature", f"categorical, {len(cat.categories)} categories")
+    for target in pre.targets:
+        table.add_row(target.name, "target", "numeric")
+    console.print(table)
+    val = len(prepared.val) if prepared.val is not None else 0
+    console.print(
+        f"{len(prepared.train)} training rows, {val} validation rows, "
+        f"{prepared.train.x.shape[1]} model inputs; the run folder would be {run_folder}"
+    )
