@@ -83,7 +83,7 @@ class Options:
 def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
     """Train as configured; returns the summary written to summary.json."""
     out = Path(str(cfg.output.dir))
-    status, result, history = _train(cfg, options, reporter, out)
+    status, result, history, divergence = _train(cfg, options, reporter, out)
     # The tables, model and optimizer are gone by now, so matplotlib does not add to the peak.
     runtime.release_freed_memory()
     if cfg.output.plot and history:
@@ -97,9 +97,10 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
         )
     if status is Status.DIVERGED:
         raise TrainingDiverged(
-            f"training diverged at epoch {len(history) + 1}: the loss or a weight became NaN or infinite",
+            f"training diverged at epoch {len(history) + 1}: {divergence}",
             [
-                f"last.pt and best.pt keep the last finite state (epoch {len(history)})",
+                f"last.pt keeps the state at the end of epoch {len(history)}, the last before it "
+                f"diverged; best.pt the best epoch's ({result['best']['epoch']})",
                 "lower optimizer.lr, set data.standardize: true, or add gradient-friendly "
                 "regularization; with loss.reduction: sum, the lr must shrink as rows grow",
             ],
@@ -109,7 +110,7 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
 
 def _train(
     cfg: Config, options: Options, reporter: Reporter, out: Path
-) -> tuple[Status, Summary, list[dict[str, float | None]]]:
+) -> tuple[Status, Summary, list[dict[str, float | None]], str]:
     """Prepare, build, train and save; returns the status, the summary and the history."""
     started = time.perf_counter()
     resumed = run_folder.check(out, options.resume, options.overwrite)
@@ -177,7 +178,7 @@ def _train(
         prepared.notes,
     )
     metrics.write_json(out / "summary.json", dict(result))
-    return status, result, loop.history
+    return status, result, loop.history, loop.divergence
 
 
 # --------------------------------------------------------------------- setup

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS, DATA, read_json, read_metrics, run_process, write_config, write_csv
+from conftest import CONFIGS, DATA, linear_rows, read_json, read_metrics, run_process, write_config, write_csv
 
 
 def test_article_example_learns_y_equals_2x(cli, tmp_path):
@@ -48,7 +49,7 @@ def test_run_writes_every_output(cli, small_config, tmp_path):
     for name in ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json"):
         assert (out / name).is_file(), name
     header = (out / "metrics.csv").read_text().splitlines()[0]
-    assert header.startswith("epoch,train_loss,val_loss,lr")
+    assert header.startswith("epoch,train_loss,val_loss,train_end_loss,lr")
     rows = read_metrics(out / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, 8))
     assert all(r["val_loss"] != "" for r in rows)
@@ -81,13 +82,61 @@ def test_checkpoint_describes_itself(cli, small_config, tmp_path):
     assert {"torch", "shuffle", "numpy", "python"} <= set(training["rng"])
 
 
-def test_no_validation_leaves_val_loss_empty_and_best_follows_train_loss(cli, small_config, tmp_path):
+def test_no_validation_leaves_val_loss_empty_and_best_follows_train_end_loss(cli, small_config, tmp_path):
     assert cli("run", small_config(), "-q").code == 0
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     assert all(r["val_loss"] == "" for r in rows)
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    losses = [float(r["train_loss"]) for r in rows]
+    losses = [float(r["train_end_loss"]) for r in rows]
     assert best["epoch"] == losses.index(min(losses)) + 1
+
+
+@pytest.mark.parametrize("val", [False, True], ids=["no-validation", "validation"])
+@pytest.mark.parametrize("batch_size", [None, 16], ids=["full-batch", "mini-batch"])
+def test_the_best_loss_reported_is_the_loss_of_the_weights_in_best_pt(
+    cli, small_config, table, tmp_path, val, batch_size
+):
+    """An lr too large for SGD: the loss jumps around, so an off-by-one best is plain to see."""
+    cfg = small_config(
+        data={"standardize": False, **({"val": str(table)} if val else {})},
+        optimizer={"name": "sgd", "lr": 0.1},
+        train={"epochs": 6, "batch_size": batch_size},
+    )
+    assert cli("run", cfg, "-q").code in (0, 1)
+    summary = read_json(tmp_path / "run" / "summary.json")
+    watched = summary["best"]["watched"]
+    assert watched == ("val_loss" if val else "train_end_loss")
+    scored = json.loads(cli("eval", tmp_path / "run" / "best.pt", table, "--json").stdout)
+    # standardize: false, so the loss is in the target's units; both are the MSE on `table`
+    assert scored["mse"] == pytest.approx(summary["best"][watched], rel=1e-4)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert float(rows[summary["best"]["epoch"] - 1][watched]) == summary["best"][watched]
+
+
+def test_a_loss_that_explodes_but_stays_finite_is_divergence(cli, tmp_path):
+    """Summed loss over many rows at lr 0.01 grows by orders of magnitude each epoch.
+
+    In four epochs it reaches ~6e32, still finite: this used to end "completed", exit 0.
+    """
+    header, values = linear_rows(2000)
+    table = write_csv(tmp_path / "big.csv", header, (values * 10).round(4).tolist())
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "data": {"train": str(table), "target": "y", "standardize": False},
+            "loss": {"reduction": "sum"},
+            "optimizer": {"name": "sgd", "lr": 0.01},
+            "train": {"epochs": 4},
+            "output": {"dir": str(tmp_path / "run"), "plot": False},
+        },
+    )
+    result = cli("run", cfg, "-q")
+    assert result.code == 1, result
+    assert "diverged" in result.stderr and "grew to" in result.stderr and "epoch 1" in result.stderr
+    summary = read_json(tmp_path / "run" / "summary.json")
+    assert summary["status"] == "diverged"
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert all(float(r["train_end_loss"]) < 1e6 * float(rows[0]["train_end_loss"]) for r in rows)
 
 
 def test_same_config_and_seed_give_identical_losses(cli, small_config, tmp_path):
@@ -256,7 +305,7 @@ def test_progress_bar_on_a_terminal():
     )
     assert progress.bar is not None
     for epoch in range(1, 5):
-        progress.epoch(EpochRecord(epoch, 1.0 / epoch, 2.0 / epoch, 0.01, None, 0.1), 4)
+        progress.epoch(EpochRecord(epoch, 1.0 / epoch, 2.0 / epoch, None, 0.01, None, 0.1), 4)
     progress.finish()
     text = buffer.getvalue()
     assert "4/4" in text and "train 0.25" in text and "val 0.5" in text and "lr 0.01" in text

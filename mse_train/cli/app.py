@@ -310,7 +310,8 @@ def plot(
 
 
 def _best_epoch(history: list[dict[str, Any]]) -> int:
-    key = "val_loss" if history[0].get("val_loss") is not None else "train_loss"
+    # The loss that chose best.pt; metrics.csv from before train_end_loss has only train_loss.
+    key = next((k for k in ("val_loss", "train_end_loss") if history[0].get(k) is not None), "train_loss")
     best = min(history, key=lambda row: row[key] if row[key] is not None else float("inf"))
     return int(best["epoch"])
 

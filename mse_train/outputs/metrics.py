@@ -18,7 +18,7 @@ from typing import Any
 
 from mse_train.outputs import fsio
 
-BASE_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "penalty", "seconds"]
+BASE_COLUMNS = ["epoch", "train_loss", "val_loss", "train_end_loss", "lr", "penalty", "seconds"]
 REFRESH_SECONDS = 5.0  # how often metrics.csv is refreshed between checkpoints
 
 

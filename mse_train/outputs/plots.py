@@ -34,9 +34,13 @@ def write_loss_plot(path: Path, history: Sequence[dict[str, Any]], best_epoch: i
     fig = Figure(figsize=SIZE, dpi=DPI)
     ax = fig.add_subplot()
     ax.plot(epochs, _positive([r.get("train_loss") for r in history]), label="train loss", color="tab:blue")
-    val = _positive([r.get("val_loss") for r in history])
-    if any(math.isfinite(v) for v in val):
-        ax.plot(epochs, val, label="val loss", color="tab:orange")
+    for key, label, color in (
+        ("val_loss", "val loss", "tab:orange"),
+        ("train_end_loss", "train loss, end of epoch", "tab:purple"),
+    ):
+        values = _positive([r.get(key) for r in history])
+        if any(math.isfinite(v) for v in values):
+            ax.plot(epochs, values, label=label, color=color)
     if best_epoch:
         ax.axvline(
             best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})"

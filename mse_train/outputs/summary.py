@@ -18,10 +18,11 @@ class FinalLosses(TypedDict):
     epoch: int | None
     train_loss: float | None
     val_loss: float | None
+    train_end_loss: float | None
 
 
 class BestLosses(FinalLosses):
-    watched: Literal["val_loss", "train_loss"]
+    watched: Literal["val_loss", "train_end_loss"]  # the loss of the weights in best.pt
 
 
 class Rows(TypedDict):
@@ -86,12 +87,14 @@ def build(
             "epoch": epoch(final),
             "train_loss": final.get("train_loss"),
             "val_loss": final.get("val_loss"),
+            "train_end_loss": final.get("train_end_loss"),
         },
         "best": {
             "epoch": epoch(best),
             "train_loss": best.get("train_loss"),
             "val_loss": best.get("val_loss"),
-            "watched": "val_loss" if rows["val"] else "train_loss",
+            "train_end_loss": best.get("train_end_loss"),
+            "watched": "val_loss" if rows["val"] else "train_end_loss",
         },
         "loss_units": "standardised targets" if cfg.data.standardize_target else "target units",
         "rows": rows,

@@ -41,7 +41,7 @@ class Scalars:
 
 def _tag(column: str) -> str:
     """metrics.csv column -> TensorBoard tag, grouping train and val on one chart."""
-    if column in ("train_loss", "val_loss"):
+    if column in ("train_loss", "val_loss", "train_end_loss"):
         return f"loss/{column[:-5]}"
     if column.startswith(("train_mse_", "val_mse_")):
         split, _, target = column.partition("_mse_")

@@ -30,6 +30,10 @@ from mse_train.training.rollback import LastGood
 from mse_train.training.step import Penalty, Step
 from mse_train.training.tracking import BestTracker, EarlyStopping
 
+# A watched loss this many times its first epoch's is a run blowing up, though still finite
+# (summed loss on many rows at a large lr: 2e5 -> 5e31 in five epochs). Treated as divergence.
+GROWTH_LIMIT = 1e6
+
 
 class _EpochLosses:
     """The per-batch numbers of the epoch under way, as lists of device tensors."""
@@ -82,6 +86,7 @@ class Loop:
         self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
         self._batch_weights: torch.Tensor | None = None
         self._zero = torch.zeros((), device=self.device)
+        self.divergence = ""  # why run() returned DIVERGED, for the message
 
     # ------------------------------------------------------------------ the loop
     def run(
@@ -162,25 +167,36 @@ class Loop:
         return x, y
 
     def _finish_epoch(self, started: float) -> EpochRecord | None:
-        """Read the epoch's numbers (one sync), validate, step the scheduler, keep score.
+        """Read the epoch's numbers (one sync), score the weights, step the scheduler, keep score.
 
-        None when a loss or a weight is no longer finite (the caller rolls back).
+        The watched loss is that of the weights as they are now, at the end of the epoch, so
+        that best.pt holds exactly the weights its loss was measured on: on the validation
+        rows, or else on the training rows. None when a loss or a weight is no longer finite,
+        or the loss has grown by GROWTH_LIMIT (the caller rolls back).
         """
         p = self.progress
         train_loss, penalty, per_target = self._epoch_losses()
         with torch.no_grad():  # a NaN or inf weight makes this sum non-finite
             param_sum = torch.stack(torch._foreach_norm(self._params)).sum()
-        val_loss, val_sq = self._validate()
-        numbers = torch.stack([train_loss, penalty, param_sum, val_loss]).tolist()
-        if not all(math.isfinite(v) for v in numbers):
-            return None
-        train_value, pen_value, _, val_value = numbers
         has_val = self.val is not None
+        scored, val_sq = self._score(*(self.val if self.val is not None else (self.train_x, self.train_y)))
+        numbers = torch.stack([train_loss, penalty, param_sum, scored]).tolist()
+        if not all(math.isfinite(v) for v in numbers):
+            self.divergence = "the loss or a weight became NaN or infinite"
+            return None
+        train_value, pen_value, _, watched = numbers
+        first = watched if p.epoch == 0 else p.first_loss
+        if watched > GROWTH_LIMIT * first:
+            name = "val_loss" if has_val else "train_end_loss"
+            self.divergence = (
+                f"{name} grew to {watched:.3g}, over {GROWTH_LIMIT:.0e} times epoch 1's {first:.3g}"
+            )
+            return None
         lr = float(self.optimizer.param_groups[0]["lr"])
-        watched = val_value if has_val else train_value
         if self.scheduler is not None:
             optimizers.step_scheduler(self.scheduler, watched)
         p.epoch += 1
+        p.first_loss = first
         self.best.update(p, watched)
         self.early_stopping.update(p, watched)
         p.partial_losses = p.partial_penalties = p.partial_sq = None
@@ -188,11 +204,12 @@ class Loop:
         record = EpochRecord(
             epoch=p.epoch,
             train_loss=train_value,
-            val_loss=val_value if has_val else None,
+            val_loss=watched if has_val else None,
+            train_end_loss=None if has_val else watched,
             lr=lr,
             penalty=pen_value if self.penalty is not None else None,
             seconds=time.perf_counter() - started,
-            per_target=self._per_target(per_target, val_sq),
+            per_target=self._per_target(per_target, val_sq if has_val else None),
         )
         self.history.append(record.row())
         self.last_good.capture(p)
@@ -219,10 +236,8 @@ class Loop:
         per_target = p.partial_sq.sum(0) if p.partial_sq is not None else None
         return train, penalty, per_target
 
-    def _validate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.val is None:
-            return self._zero, None
-        x, y = self.val
+    def _score(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of the current weights on these rows (eval mode), and per-target SSE."""
         sq = per_target_sse(self.model, x, y)
         loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / y.numel()
         return loss, sq

@@ -37,8 +37,9 @@ class EpochRecord:
     """One row of metrics.csv."""
 
     epoch: int
-    train_loss: float
+    train_loss: float  # mean of the epoch's batch losses, each taken before its update
     val_loss: float | None
+    train_end_loss: float | None  # the weights at the epoch's end on the training rows (no validation)
     lr: float
     penalty: float | None
     seconds: float
@@ -49,6 +50,7 @@ class EpochRecord:
             "epoch": self.epoch,
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
+            "train_end_loss": self.train_end_loss,
             "lr": self.lr,
             "penalty": self.penalty,
             "seconds": round(self.seconds, 6),
@@ -78,6 +80,7 @@ class Progress:
     stop_best: float = math.inf
     stop_bad: int = 0
     stopped_early: bool = False
+    first_loss: float = math.nan  # the watched loss of epoch 1, against which growth is judged
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
