@@ -19,7 +19,7 @@ from mse_train import config, runtime
 from mse_train.config import Config
 from mse_train.data import prepare
 from mse_train.data.prepare import Prepared, Split
-from mse_train.errors import TrainingDiverged, TrainingInterrupted
+from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import init, networks
 from mse_train.outputs import fsio, metrics, resume, run_folder, summary, tensorboard_log
 from mse_train.outputs.summary import Summary
@@ -78,18 +78,47 @@ class Options:
     force: bool = False  # resume even though config (beyond epochs) or data changed
     overwrite: bool = False  # replace a previous run in the same folder
     resume_command: str = "mse-train run CONFIG --resume"  # shown when interrupted
+    overwrite_command: str = "mse-train run CONFIG --overwrite"  # shown when starting again is the fix
 
 
 def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
-    """Train as configured; returns the summary written to summary.json."""
+    """Train as configured; returns the summary written to summary.json.
+
+    The run folder is locked for the whole call, so two runs never mix their files.
+    """
     out = Path(str(cfg.output.dir))
-    status, result, history, divergence = _train(cfg, options, reporter, out)
+    run_folder.check_not_a_system_folder(out)
+    if cfg.output.tensorboard:
+        tensorboard_log.check_available()
+    fsio.ensure_writable_dir(out)
+    with run_folder.lock(out):
+        try:
+            return _run(cfg, options, reporter, out)
+        except SaveError as exc:
+            if (out / "last.pt").exists():
+                exc.problems.append(f"to continue from the last checkpoint: {options.resume_command}")
+            else:
+                exc.problems.append(f"to start again: {options.overwrite_command}")
+            raise
+
+
+def _run(cfg: Config, options: Options, reporter: Reporter, out: Path) -> Summary:
+    status, result, history, divergence, restored = _train(cfg, options, reporter, out)
     # The tables, model and optimizer are gone by now, so matplotlib does not add to the peak.
     runtime.release_freed_memory()
-    if cfg.output.plot and history:
+    if cfg.output.plot and history and not restored:
         from mse_train.outputs import plots  # matplotlib costs ~0.3 s; import only when plotting
 
         plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0)
+    if status is Status.DIVERGED and restored:
+        raise TrainingDiverged(
+            f"training diverged at epoch {len(history) + 1}: {divergence}",
+            [
+                f"--overwrite put the previous run back in {out}: a run that diverges replaces nothing",
+                "lower optimizer.lr, set data.standardize: true, or add gradient-friendly "
+                "regularization; with loss.reduction: sum, the lr must shrink as rows grow",
+            ],
+        )
     if status is Status.INTERRUPTED:
         raise TrainingInterrupted(
             f"interrupted at epoch {len(history) + 1}; {out / 'last.pt'} holds the state",
@@ -110,13 +139,14 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
 
 def _train(
     cfg: Config, options: Options, reporter: Reporter, out: Path
-) -> tuple[Status, Summary, list[dict[str, float | None]], str]:
-    """Prepare, build, train and save; returns the status, the summary and the history."""
+) -> tuple[Status, Summary, list[dict[str, float | None]], str, bool]:
+    """Prepare, build, train and save.
+
+    Returns the status, the summary, the history, why it diverged (if it did), and whether
+    an `--overwrite`n previous run was put back because this one diverged.
+    """
     started = time.perf_counter()
     resumed = run_folder.check(out, options.resume, options.overwrite)
-    if cfg.output.tensorboard:
-        tensorboard_log.check_available()
-    fsio.ensure_writable_dir(out)
     prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
     for text in prepared.notes:
         reporter.note(text)
@@ -127,8 +157,32 @@ def _train(
     if resume_from is not None:
         resume.restore(loop, resume_from, cfg, options.force)
 
+    replacement = run_folder.Replacement(out)
     if options.overwrite and not resumed:
-        run_folder.clear_previous_run(out)
+        replacement.move_aside()
+    try:
+        status, result = _train_and_save(cfg, reporter, out, prepared, loop, device, started)
+    except BaseException:
+        replacement.undo()
+        raise
+    restored = False
+    if status in (Status.COMPLETED, Status.EARLY_STOPPED):
+        replacement.done()
+    elif status is Status.DIVERGED:
+        restored = replacement.undo()
+    return status, result, loop.history, loop.divergence, restored
+
+
+def _train_and_save(
+    cfg: Config,
+    reporter: Reporter,
+    out: Path,
+    prepared: Prepared,
+    loop: Loop,
+    device: torch.device,
+    started: float,
+) -> tuple[Status, Summary]:
+    """Run the loop, saving as configured, then the final checkpoints and summary."""
     fsio.remove_stale_temporaries(out)
     saver = run_folder.Saver(out, cfg, prepared)
     fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
@@ -178,7 +232,7 @@ def _train(
         prepared.notes,
     )
     metrics.write_json(out / "summary.json", dict(result))
-    return status, result, loop.history, loop.divergence
+    return status, result
 
 
 # --------------------------------------------------------------------- setup

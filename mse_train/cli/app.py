@@ -128,7 +128,9 @@ def run(
             again += ["--set", item]
         if output_dir is not None:
             again += ["--output-dir", str(output_dir)]
-        options = recipe.Options(resume, force, overwrite, shlex.join([*again, "--resume"]))
+        options = recipe.Options(
+            resume, force, overwrite, shlex.join([*again, "--resume"]), shlex.join([*again, "--overwrite"])
+        )
         summary = recipe.run(cfg, options, reporter)
         if as_json:
             sys.stdout.write(json.dumps(summary) + "\n")
@@ -190,8 +192,11 @@ def predict(
     """Write CSV's rows with a <target>_pred column per target appended."""
 
     def work() -> None:
+        from mse_train.outputs import fsio
         from mse_train.use import predict as predicting
 
+        if output is not None:
+            fsio.check_not_an_input(output, [csv_file, checkpoint_file])
         rows = predicting.predict(checkpoint_file, csv_file, output, device)
         if output is not None:
             view.stderr().print(f"wrote {rows} rows with predictions to {output}")
@@ -284,7 +289,7 @@ def plot(
 
     def work() -> None:
         from mse_train.errors import UserError
-        from mse_train.outputs import metrics, plots
+        from mse_train.outputs import fsio, metrics, plots
 
         runs = []
         for folder in run_dirs:
@@ -297,6 +302,8 @@ def plot(
             if not history:
                 raise UserError(f"{path}: holds no epochs yet")
             runs.append((folder.name or str(folder), history))
+        if output is not None:
+            fsio.check_not_an_input(output, [d / "metrics.csv" for d in run_dirs])
         if len(runs) == 1:
             target = output or run_dirs[0] / "loss.png"
             best = _best_epoch(runs[0][1])

@@ -1,7 +1,13 @@
-"""The run folder: refusing to mix two runs in one, and saving checkpoints and metrics into it."""
+"""The run folder: one run at a time, never a system folder, an overwrite that cannot lose
+the old run, and `Saver`, which writes checkpoints and metrics into it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +44,6 @@ def check(out: Path, resume: bool, overwrite: bool) -> bool:
             ],
         )
     return False
-
-
-def clear_previous_run(out: Path) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
 
 
 class Saver:
@@ -92,3 +93,112 @@ class Saver:
                 training=training,
             ),
         )
+
+
+# ------------------------------------------------------------------ one run at a time
+@contextlib.contextmanager
+def lock(out: Path) -> Iterator[None]:
+    """Hold the run folder for this process: a second run, resume or overwrite is refused.
+
+    An OS lock (flock) on the folder itself, so nothing is left behind and it is released
+    however the process ends, even by kill -9.
+    """
+    try:
+        fd = os.open(out, os.O_RDONLY)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot lock the run folder: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{out}: another mse-train run is using this folder",
+                ["wait for it to finish, or choose another folder with --output-dir"],
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+# ------------------------------------------------------------------- folders to refuse
+# Folders that are never a run folder: writing config.yaml or last.pt into them harms the system.
+_SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
+_SYSTEM_FOLDERS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var")
+
+
+def check_not_a_system_folder(out: Path) -> None:
+    """Refuse `/`, the home folder, and system folders as the run folder."""
+    folder = Path(os.path.realpath(out))
+    home = Path(os.path.realpath(Path.home()))
+    inside = [t for t in _SYSTEM_TREES if folder == Path(t) or Path(t) in folder.parents]
+    if inside or str(folder) in _SYSTEM_FOLDERS or folder == home:
+        what = f"is inside the system folder {inside[0]}" if inside else "is a system or home folder"
+        raise OutputError(
+            f"output.dir {out} {what}; a run writes config.yaml, checkpoints and metrics there",
+            ["give the run its own folder, e.g. runs/NAME next to the config (the default)"],
+        )
+
+
+# ------------------------------------------------------------- --overwrite, safely
+PREVIOUS = ".previous-run"  # where --overwrite keeps the old run until the new one finishes
+
+
+class Replacement:
+    """`--overwrite` without losing the old run to a new one that fails.
+
+    The old run's files move into `.previous-run/` inside the folder. When the new run
+    finishes (`done`), they are deleted; when it diverges or fails (`undo`), its files are
+    removed and the old ones move back. An interrupted new run keeps them aside until a
+    resume of it finishes.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.aside = out / PREVIOUS
+
+    def move_aside(self) -> None:
+        """Put the old run's files aside (a folder already aside is the last finished run: kept)."""
+        keep = not self.aside.exists()
+        self.aside.mkdir(exist_ok=True)
+        for name in (*RUN_FILES, "tensorboard"):
+            path = self.out / name
+            if not path.exists():
+                continue
+            if keep:
+                os.replace(path, self.aside / name)
+            elif path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    def done(self) -> None:
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+    def undo(self) -> bool:
+        """Put the old run back in place of the new one; False when there was none aside."""
+        if not self.aside.is_dir():
+            return False
+        for name in (*RUN_FILES, "tensorboard"):
+            path = self.out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        for saved in self.aside.iterdir():
+            os.replace(saved, self.out / saved.name)
+        self.aside.rmdir()
+        return True
