@@ -81,6 +81,12 @@ class Options:
     overwrite_command: str = "mse-train run CONFIG --overwrite"  # shown when starting again is the fix
 
 
+_DIVERGENCE_FIX = (
+    "lower optimizer.lr, set data.standardize: true, or add gradient-friendly regularization; "
+    "with loss.reduction: sum, the lr must shrink as rows grow"
+)
+
+
 def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
     """Train as configured; returns the summary written to summary.json.
 
@@ -115,8 +121,7 @@ def _run(cfg: Config, options: Options, reporter: Reporter, out: Path) -> Summar
             f"training diverged at epoch {len(history) + 1}: {divergence}",
             [
                 f"--overwrite put the previous run back in {out}: a run that diverges replaces nothing",
-                "lower optimizer.lr, set data.standardize: true, or add gradient-friendly "
-                "regularization; with loss.reduction: sum, the lr must shrink as rows grow",
+                _DIVERGENCE_FIX,
             ],
         )
     if status is Status.INTERRUPTED:
@@ -128,10 +133,13 @@ def _run(cfg: Config, options: Options, reporter: Reporter, out: Path) -> Summar
         raise TrainingDiverged(
             f"training diverged at epoch {len(history) + 1}: {divergence}",
             [
-                f"last.pt keeps the state at the end of epoch {len(history)}, the last before it "
-                f"diverged; best.pt the best epoch's ({result['best']['epoch']})",
-                "lower optimizer.lr, set data.standardize: true, or add gradient-friendly "
-                "regularization; with loss.reduction: sum, the lr must shrink as rows grow",
+                (
+                    f"last.pt keeps the state at the end of epoch {len(history)}, the last before it "
+                    f"diverged; best.pt the best epoch's ({result['best']['epoch']})"
+                    if history
+                    else "no epoch finished, so there is no best.pt; last.pt holds the state before training"
+                ),
+                _DIVERGENCE_FIX,
             ],
         )
     return result

@@ -318,3 +318,11 @@ def test_debug_shows_the_traceback(tmp_path):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     debug = run_process("run", bad, "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_divergence_in_the_first_epoch_promises_no_best_pt(cli, small_config, tmp_path):
+    result = cli("run", small_config(optimizer={"name": "sgd", "lr": 1.0e30}), "-q")
+    assert result.code == 1, result
+    assert "diverged at epoch 1" in result.stderr and "there is no best.pt" in result.stderr
+    assert not (tmp_path / "run" / "best.pt").exists()
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 0
