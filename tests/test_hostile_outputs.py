@@ -20,7 +20,7 @@ from conftest import linear_rows, read_json, run_process, start_process, write_c
 
 
 @pytest.fixture
-def trained(cli, small_config, tmp_path) -> Path:
+def trained(cli, small_config, tmp_path: Path) -> Path:
     """A finished run in tmp_path/run; returns the folder."""
     assert cli("run", small_config(), "-q").code == 0
     return tmp_path / "run"

@@ -133,7 +133,7 @@ def run(
         )
         summary = recipe.run(cfg, options, reporter)
         if as_json:
-            sys.stdout.write(json.dumps(summary) + "\n")
+            sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
         elif not quiet:
             view.print_run_summary(console, summary)
 
@@ -163,7 +163,7 @@ def eval_(
 
         report = evaluate.evaluate(checkpoint_file, csv_file, device)
         if as_json:
-            sys.stdout.write(json.dumps(report.as_json()) + "\n")
+            sys.stdout.write(json.dumps(report.as_json(), allow_nan=False) + "\n")  # strict JSON
             return
         view.print_report(report, f"{checkpoint_file} (epoch {report.checkpoint_epoch}) on {csv_file}")
 
@@ -288,12 +288,18 @@ def plot(
     """Plot loss curves: one run's loss.png again, or several runs overlaid to compare."""
 
     def work() -> None:
+        from mse_train.data import files
         from mse_train.errors import UserError
         from mse_train.outputs import fsio, metrics, plots
 
         runs = []
         for folder in run_dirs:
             path = folder / "metrics.csv"
+            kind = files.irregular_kind(path)
+            if kind is not None:
+                raise UserError(
+                    files.not_regular_message(path, kind), ["point at a folder written by `mse-train run`"]
+                )
             if not path.is_file():
                 raise UserError(
                     f"{folder}: no metrics.csv here", ["point at a folder written by `mse-train run`"]

@@ -7,6 +7,8 @@
   missing.py     the `data.missing` policy for empty cells
   preprocess.py  standardisation, fill values and one-hot vocabularies, fitted on
                  training rows and stored in checkpoints
+  stored.py      that preprocessing read back from a checkpoint, checked key by key
+  files.py       only regular files are input: a FIFO or device is named, never opened
   prepare.py     config -> train/validation splits ready for the loop; eval's reading
 
 Imports only config/ (for `DataConfig`), errors and runtime.

@@ -9,12 +9,18 @@ are not numbers. It runs only when the fast path found a problem.
 from __future__ import annotations
 
 import csv
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mse_train.errors import EXAMPLES, DataError, examples
+
+# The csv module refuses cells over 128 KiB by default, which pandas reads without a word;
+# a long text cell is not an error. 2**31 - 1 fits the C long of every platform.
+csv.field_size_limit(2**31 - 1)
+SHOWN_CHARS = 60  # a cell quoted in a message is cut to this many characters
 
 # Cells that mean "no value". Stated in the README; kept small so that real categories
 # such as "none" or "n" stay categories.
@@ -65,7 +71,9 @@ class Scan:
     def raise_bad_numbers(self, path: Path, may_be_categorical: set[str]) -> None:
         problems = []
         for name, cells in self.bad_cells.items():
-            shown = examples([f"line {line}: {value!r}" for line, value in cells], self.bad_counts[name])
+            shown = examples(
+                [f"line {line}: {shown_cell(value)}" for line, value in cells], self.bad_counts[name]
+            )
             problems.append(f"column `{name}`: not a number at {shown}")
         if problems:
             fix = "fix those cells"
@@ -85,30 +93,72 @@ def scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool]
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
         seen_header = False
-        for row in reader:
-            if not row:
-                continue  # blank lines are skipped, as pandas does
-            if not seen_header:
-                seen_header = True
-                continue
-            line = reader.line_num
-            lines.append(line)
-            if len(row) != len(header):
-                bad_rows.append((line, len(row)))
-                continue
-            for name, index in positions.items():
-                value = row[index].strip()
-                if value in MISSING:
+        start = end = 0  # the lines the last row starts and ends on
+        try:
+            for row in reader:
+                start, end = end + 1, reader.line_num
+                if not row:
+                    continue  # blank lines are skipped, as pandas does
+                if not seen_header:
+                    seen_header = True
                     continue
-                try:
-                    float(value)
-                except ValueError:
-                    count = bad_counts.get(name, 0)
-                    if count < EXAMPLES:
-                        bad_cells.setdefault(name, []).append((line, value))
-                    bad_counts[name] = count + 1
-                else:
-                    numeric_counts[name] += 1
+                line = reader.line_num
+                lines.append(line)
+                if len(row) != len(header):
+                    bad_rows.append((line, len(row)))
+                    continue
+                for name, index in positions.items():
+                    value = row[index].strip()
+                    if value in MISSING:
+                        continue
+                    try:
+                        float(value)
+                    except ValueError:
+                        count = bad_counts.get(name, 0)
+                        if count < EXAMPLES:
+                            bad_cells.setdefault(name, []).append((line, value))
+                        bad_counts[name] = count + 1
+                    else:
+                        numeric_counts[name] += 1
+        except csv.Error as exc:
+            raise DataError(
+                f"{path}, line {reader.line_num}: cannot be parsed as CSV: {exc}",
+                ["check quoting and the delimiter"],
+            ) from None
+    if end > start:  # the last row spans lines: a quoted cell may run to the end of the file
+        check_quote_closed(path, start, delimiter)
     return Scan(
         np.asarray(lines, dtype=np.int64), bad_rows, len(header), bad_cells, bad_counts, numeric_counts
     )
+
+
+def check_quote_closed(path: Path, start: int, delimiter: str) -> None:
+    """Error naming `start` when a quoted cell of the row that starts there is never closed.
+
+    For a row that spans lines. The csv module reads an unclosed quote to the end of the
+    file as one cell and says nothing; strict parsing of that one row tells it apart from
+    a quoted cell that closes.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(
+            itertools.islice(f, start - 1, None), delimiter=delimiter, skipinitialspace=True, strict=True
+        )
+        try:
+            next(reader, None)  # the row that starts there; an unclosed quote reads to the end
+        except csv.Error as exc:
+            if "unexpected end of data" not in str(exc):
+                return  # some other irregularity that non-strict parsing accepts, as pandas does
+            raise DataError(
+                f"{path}, line {start}: a quoted cell that starts on this line is never closed",
+                [
+                    "the rest of the file would be read as part of that cell",
+                    'add the closing `"`, or write a quote inside a cell as `""`',
+                ],
+            ) from None
+
+
+def shown_cell(value: str) -> str:
+    """A cell as quoted in a message: repr, cut short when long."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
@@ -19,7 +20,7 @@ from mse_train.data import preprocess, table
 from mse_train.data.digest import Digest
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
-from mse_train.errors import DataError
+from mse_train.errors import EXAMPLES, DataError, examples
 
 
 @dataclass
@@ -116,6 +117,8 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
         unknown_category=cfg.unknown_category,
         max_categories=cfg.max_categories,
     )
+    if train_rows is not None and cfg.unknown_category == "error":
+        _check_split_categories(train, pre, order[len(train_rows) :], cfg)
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
     del train
@@ -130,6 +133,42 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     x, y = x[order], y[order]
     cut = len(train_rows)
     return Prepared(Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes)
+
+
+def _check_split_categories(
+    train: table.Table, pre: Preprocessor, val_rows: np.ndarray, cfg: DataConfig
+) -> None:
+    """A category held only by rows that `data.val_fraction` put in validation: say so.
+
+    The vocabulary comes from the training rows alone, so such a value would otherwise be
+    reported as one "training never saw", against a file that holds it.
+    """
+    problems = []
+    for col in pre.categorical:
+        values = train.frame[col.name].to_numpy()[val_rows]
+        if pre.missing in ("mean", "median"):
+            values = np.where(pd.isna(values), preprocess.MISSING_CATEGORY, values)
+        present = ~pd.isna(values)
+        unseen = present & ~np.isin(values, col.categories)
+        if unseen.any():
+            rows = val_rows[np.flatnonzero(unseen)]
+            seen = list(dict.fromkeys(values[unseen]))
+            lines = train.line_of(train.frame.index.to_numpy()[np.sort(rows)[:EXAMPLES]])
+            problems.append(
+                f"column `{col.name}`: {examples([repr(v) for v in seen])} only in "
+                f"{len(rows)} row(s) that fell in the validation split (line(s) {examples(lines, len(rows))})"
+            )
+    if problems:
+        raise DataError(
+            f"{cfg.train}: categories that no training row holds: the validation split "
+            f"(`data.val_fraction: {cfg.val_fraction}`, shuffled with `seed`) took every row with them",
+            [
+                *problems,
+                "the model cannot learn a category from validation rows: change `seed` for another "
+                "split, lower `data.val_fraction`, add rows with those values, or set "
+                "`data.unknown_category: ignore` (validation rows with them are encoded as all zeros)",
+            ],
+        )
 
 
 def prepare_eval(

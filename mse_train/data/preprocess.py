@@ -72,6 +72,7 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        """Rebuild from `to_dict()`'s output; data read from a file goes through stored.py first."""
         return cls(
             features=list(data["features"]),
             numeric=[NumericColumn(**c) for c in data["numeric"]],
@@ -92,8 +93,11 @@ class Preprocessor:
             )
             np.copyto(block, np.broadcast_to(fills, block.shape), where=np.isnan(block))
         if len(self.numeric):
-            block -= np.array([c.mean for c in self.numeric], dtype=np.float32)
-            block /= np.array([c.std for c in self.numeric], dtype=np.float32)
+            # A value far outside the training rows may overflow float32 here; the prediction
+            # is then not finite, and use/scoring.py names the row instead of warning.
+            with np.errstate(over="ignore", invalid="ignore"):
+                block -= np.array([c.mean for c in self.numeric], dtype=np.float32)
+                block /= np.array([c.std for c in self.numeric], dtype=np.float32)
         if not self.categorical:
             return block
         parts = [block] + [self._one_hot(table, frame, col) for col in self.categorical]
@@ -128,8 +132,9 @@ class Preprocessor:
     def targets_array(self, frame: pd.DataFrame) -> np.ndarray:
         """float32 (rows, targets), standardised when training scaled the targets."""
         y = frame[self.target_names].to_numpy(dtype=np.float32, copy=True)
-        y -= np.array([t.mean for t in self.targets], dtype=np.float32)
-        y /= np.array([t.std for t in self.targets], dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # far-out targets of eval rows: inf
+            y -= np.array([t.mean for t in self.targets], dtype=np.float32)
+            y /= np.array([t.std for t in self.targets], dtype=np.float32)
         return y
 
     def unscale_targets(self, y: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mse_train.data import csvscan
+from mse_train.data import csvscan, files
 from mse_train.data.csvscan import MISSING, MISSING_VALUES, Scan
 from mse_train.data.digest import Digest
 from mse_train.errors import EXAMPLES, DataError, examples
@@ -89,13 +89,26 @@ def read_header(path: Path, delimiter: str = ",") -> list[str]:
         raise DataError(f"{path}: file not found", ["check `data.train`/`data.val` or the path given"])
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a CSV file")
+    kind = files.irregular_kind(path)
+    if kind is not None:  # opening a FIFO would wait for a writer; its size says nothing
+        raise DataError(
+            files.not_regular_message(path, kind), ["save the table to a file and pass that path"]
+        )
     try:
         size = path.stat().st_size
         if size == 0:
             raise DataError(f"{path}: the file is empty (0 bytes)", ["write a header line and data rows"])
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
-            header = next((row for row in reader if row), None)
+            header: list[str] | None = None
+            start = 1  # the line the header row starts on (blank lines come first)
+            for row in reader:
+                if row:
+                    header = row
+                    break
+                start = reader.line_num + 1
+            if header is not None and reader.line_num > start:  # a quoted name spans lines
+                csvscan.check_quote_closed(path, start, delimiter)
     except UnicodeDecodeError as exc:
         raise not_utf8(path, exc) from None
     except csv.Error as exc:
@@ -264,7 +277,7 @@ def _check_mostly_text(path: Path, header: list[str], frame: pd.DataFrame, name:
     if numeric.sum() * 2 > present.sum():
         rows = np.flatnonzero(present.to_numpy())[~numeric.to_numpy()]
         lines = csvscan.scan(path, header, delimiter, {}).lines
-        cells = [f"line {lines[r]}: {values.iloc[r]!r}" for r in rows[:EXAMPLES]]
+        cells = [f"line {lines[r]}: {csvscan.shown_cell(values.iloc[r])}" for r in rows[:EXAMPLES]]
         raise DataError(
             f"{path}, column `{name}`: mostly numbers, but {len(rows)} cell(s) are not",
             [

@@ -15,10 +15,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import torch
 from torch import nn
 
 from mse_train import __version__
+from mse_train.data import files, stored
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import CheckpointError
 from mse_train.models import networks
@@ -89,6 +91,11 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: is a folder, not a checkpoint file", [f"did you mean {path / 'best.pt'}?"]
         )
+    kind = files.irregular_kind(path)
+    if kind is not None:  # opening a FIFO would wait for a writer; its size says nothing
+        raise CheckpointError(
+            files.not_regular_message(path, kind), ["point at a .pt file written by `mse-train run`"]
+        )
     try:
         size = path.stat().st_size
         if size == 0:
@@ -121,6 +128,19 @@ def load(path: Path) -> dict[str, Any]:
             ["use another checkpoint (last.pt and best.pt are written atomically by mse-train)"],
         ) from None
     _check_structure(path, data)
+    problems = _check_values(data)
+    if problems:
+        raise CheckpointError(
+            f"{path}: the checkpoint holds {len(problems)} value(s) that mse-train never writes "
+            "(edited by hand, or written by something else)",
+            [*problems, "use a checkpoint written by mse-train (best.pt or last.pt of a run)"],
+        )
+    problems = _check_shapes(data)
+    if problems:
+        raise CheckpointError(
+            f"{path}: the weights do not match the model described in the checkpoint",
+            [*problems, "the file was edited or assembled by hand; use one written by mse-train"],
+        )
     return data  # type: ignore[no-any-return]
 
 
@@ -139,6 +159,112 @@ def _check_structure(path: Path, data: Any) -> None:
     missing = [k for k in (K_MODEL, K_WEIGHTS, K_PREPROCESS, K_CONFIG, K_EPOCH) if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+
+
+def _check_values(data: dict[str, Any]) -> list[str]:
+    """Every field against what `build` writes, like a config against its schema."""
+    problems = []
+    epoch = data[K_EPOCH]
+    if not _whole(epoch, 0):
+        problems.append(f"`{K_EPOCH}` must be a whole number >= 0, got {_short(epoch)}")
+    if data.get(K_KIND, "best") not in ("best", "last"):
+        problems.append(f"`{K_KIND}` must be 'best' or 'last', got {_short(data[K_KIND])}")
+    problems += _check_config(data[K_CONFIG])
+    digests = data.get(K_DIGESTS, {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in [*digests, *digests.values()]):
+        problems.append(f"`{K_DIGESTS}` must map file paths to sha256 strings, got {_short(digests)}")
+    if not isinstance(data.get(K_TRAINING), (dict, type(None))):
+        problems.append(f"`{K_TRAINING}` must be a mapping or null, got {_short(data[K_TRAINING])}")
+    problems += stored.problems(data[K_PREPROCESS], K_PREPROCESS)
+    weights = data[K_WEIGHTS]
+    if not isinstance(weights, dict) or not weights:
+        return [*problems, f"`{K_WEIGHTS}` must be a non-empty mapping of names to tensors"]
+    for name, value in weights.items():
+        if not isinstance(name, str):
+            problems.append(f"`{K_WEIGHTS}` keys must be parameter names, got {_short(name)}")
+        elif not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            kind = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            problems.append(f"`{K_WEIGHTS}.{name}` must be a floating-point tensor, got {kind}")
+        elif value.layout != torch.strided or value.device.type != "cpu":  # sparse, meta, ...
+            problems.append(
+                f"`{K_WEIGHTS}.{name}` must be a dense tensor, got {value.layout} on {value.device}"
+            )
+        elif not bool(torch.isfinite(value).all()):
+            problems.append(f"`{K_WEIGHTS}.{name}` holds NaN or infinite values")
+    problems += _check_model_spec(data[K_MODEL])
+    if problems:
+        return problems
+    pre = Preprocessor.from_dict(data[K_PREPROCESS])
+    spec = data[K_MODEL]
+    sizes = {"n_inputs": len(pre.input_names), "n_outputs": len(pre.targets)}
+    return [
+        f"`{K_MODEL}.{key}` is {spec[key]}, but the stored preprocessing makes {size}"
+        for key, size in sizes.items()
+        if spec[key] != size
+    ]
+
+
+def _check_shapes(data: dict[str, Any]) -> list[str]:
+    """The weights against the shapes the model spec implies (after `_check_values`)."""
+    problems = []
+    with torch.device("meta"):  # the shapes the spec implies, without allocating them
+        expected = {k: tuple(v.shape) for k, v in networks.from_spec(data[K_MODEL]).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in data[K_WEIGHTS].items()}
+    for name in sorted(set(expected) | set(got)):
+        if name not in got:
+            problems.append(f"`{K_WEIGHTS}` lacks `{name}` of shape {list(expected[name])}")
+        elif name not in expected:
+            problems.append(f"`{K_WEIGHTS}.{name}` is not a parameter of the model described in `{K_MODEL}`")
+        elif got[name] != expected[name]:
+            problems.append(
+                f"`{K_WEIGHTS}.{name}` has shape {list(got[name])}; the model described in "
+                f"`{K_MODEL}` needs {list(expected[name])}"
+            )
+    return problems
+
+
+def _check_config(config: Any) -> list[str]:
+    if not isinstance(config, dict):
+        return [f"`{K_CONFIG}` must be a mapping (the resolved config), got {_short(config)}"]
+    data = config.get("data", {})
+    if not isinstance(data, dict):
+        return [f"`{K_CONFIG}.data` must be a mapping, got {_short(data)}"]
+    delimiter = data.get("delimiter", ",")
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        return [f"`{K_CONFIG}.data.delimiter` must be one character, got {_short(delimiter)}"]
+    return []
+
+
+def _check_model_spec(spec: Any) -> list[str]:
+    if not isinstance(spec, dict):
+        return [f"`{K_MODEL}` must be a mapping, got {_short(spec)}"]
+    problems = [
+        f"`{K_MODEL}.{key}` must be a whole number >= 1, got {_short(spec.get(key))}"
+        for key in ("n_inputs", "n_outputs")
+        if not _whole(spec.get(key), 1)
+    ]
+    fields = {k: v for k, v in spec.items() if k not in ("n_inputs", "n_outputs")}
+    name = fields.get("type")
+    entry = networks.MODELS.get(name) if isinstance(name, str) else None
+    if entry is None:
+        names = ", ".join(networks.MODELS)
+        return [*problems, f"`{K_MODEL}.type` must be one of {names}, got {_short(fields.get('type'))}"]
+    try:
+        entry.schema.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in (K_MODEL, *error["loc"]))
+            problems.append(f"`{where}`: {error['msg']}, got {_short(error.get('input'))}")
+    return problems
+
+
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def preprocessor(path: Path, data: dict[str, Any]) -> Preprocessor:

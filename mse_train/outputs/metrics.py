@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mse_train.errors import UserError
 from mse_train.outputs import fsio
 
 BASE_COLUMNS = ["epoch", "train_loss", "val_loss", "train_end_loss", "lr", "penalty", "seconds"]
@@ -63,12 +64,58 @@ def _cell(value: Any) -> Any:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.csv, numbers as floats (empty cells as None)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [
-            {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
-            for row in csv.DictReader(f)
-        ]
+    """The rows of a metrics.csv, numbers as floats (empty cells as None).
+
+    The file may have been edited or replaced: anything but what `MetricsFile` writes is
+    a UserError naming the line and column.
+    """
+    fix = "metrics.csv is written by `mse-train run`; restore it from the run, or rerun"
+    line = 1
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            lacking = [c for c in READ_COLUMNS if c not in header]
+            if lacking:
+                raise UserError(
+                    f"{path}: not a metrics.csv written by mse-train: no column(s) {', '.join(lacking)}",
+                    [f"its first line is {', '.join(header[:10]) or '(empty)'}", fix],
+                )
+            rows = []
+            for cells in reader:
+                line = reader.line_num
+                if not cells:
+                    continue  # a blank line
+                if len(cells) != len(header):
+                    raise UserError(
+                        f"{path}, line {line}: {len(cells)} fields, the header has {len(header)}", [fix]
+                    )
+                rows.append(_history_row(dict(zip(header, cells, strict=True)), f"{path}, line {line}", fix))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})", [fix]) from None
+    except csv.Error as exc:
+        raise UserError(f"{path}, line {line}: cannot be parsed as CSV: {exc}", [fix]) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return rows
+
+
+READ_COLUMNS = ("epoch", "train_loss", "lr")  # what a plot needs from every metrics.csv
+
+
+def _history_row(cells: dict[str, str], where: str, fix: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, text in cells.items():
+        try:
+            row[name] = float(text) if text.strip() else None
+        except ValueError:
+            raise UserError(f"{where}: `{name}` is {text[:40]!r}, not a number", [fix]) from None
+    epoch = row["epoch"]
+    if epoch is None or not math.isfinite(epoch) or epoch != int(epoch) or epoch < 0:
+        raise UserError(f"{where}: `epoch` is {cells['epoch'][:40]!r}, not a whole number >= 0", [fix])
+    if row["lr"] is None:
+        raise UserError(f"{where}: `lr` is empty; every epoch has a learning rate", [fix])
+    return row
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

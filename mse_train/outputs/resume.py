@@ -11,6 +11,8 @@ from mse_train.errors import CheckpointError
 from mse_train.outputs import checkpoint
 from mse_train.training.loop import Loop
 
+DATA_ROLES = ("train", "val")  # config keys naming data files, compared by content
+
 
 def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[str, Any]:
     """last.pt of the run folder, if the run's settings and data match (or `force`)."""
@@ -19,31 +21,56 @@ def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[s
     if ckpt.get(checkpoint.K_TRAINING) is None:
         raise CheckpointError(f"{path}: holds no training state to resume from")
     changes = _config_changes(ckpt[checkpoint.K_CONFIG], config.to_dict(cfg))
-    old_digests = ckpt.get(checkpoint.K_DIGESTS, {})
-    data_changes = [
-        f"{p} changed since the run started (its sha256 differs)"
-        for p, d in digests.items()
-        if old_digests.get(p) != d
-    ]
+    data_changes = _data_changes(ckpt, cfg, digests)
     if (changes or data_changes) and not force:
         raise CheckpointError(
             f"{path}: cannot resume: the run was made with other settings or data",
             [
                 *changes,
                 *data_changes,
-                "only train.epochs may change on --resume; add --force to resume anyway, "
+                "only train.epochs (and the path of an unchanged data file) may change on --resume; "
+                "add --force to resume anyway, "
                 "or start a new run in another folder",
             ],
         )
     return ckpt
 
 
+def _data_changes(ckpt: dict[str, Any], cfg: Config, digests: dict[str, str]) -> list[str]:
+    """Data compared by role (train, val) and content: the same bytes at a new path are the same data."""
+    old_data = ckpt[checkpoint.K_CONFIG].get("data", {})
+    old_digests = ckpt.get(checkpoint.K_DIGESTS, {})
+    changes = []
+    for role in DATA_ROLES:
+        old, new = old_data.get(role), getattr(cfg.data, role)
+        key = f"data.{role}"
+        if old is None and new is None:
+            continue
+        if not isinstance(old, str) or new is None:
+            changes.append(f"`{key}`: {old!r} in the run, {new!r} now")
+            continue
+        old_sha, new_sha = old_digests.get(str(Path(old))), digests.get(str(Path(new)))
+        moved = Path(old) != Path(new)
+        if old_sha is None:
+            changes.append(
+                f"`{key}`: the run recorded no sha256 for {old}, so {new} cannot be compared with it"
+            )
+        elif old_sha != new_sha and not moved:
+            changes.append(f"`{key}`: {new} changed since the run started (its sha256 differs)")
+        elif old_sha != new_sha:
+            changes.append(
+                f"`{key}`: {new} holds other data than {old}, which the run was trained on "
+                "(their sha256 differ); the same bytes at a new path would be accepted"
+            )
+    return changes
+
+
 def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     changes = []
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"
-        if path == "train.epochs":
-            continue
+        if path == "train.epochs" or path in (f"data.{role}" for role in DATA_ROLES):
+            continue  # data files are compared by their contents, in _data_changes
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changes += _config_changes(a, b, path + ".")
@@ -65,9 +92,10 @@ def restore(loop: Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
             if old.get("scheduler") != new["scheduler"]:
                 state = {**state, "scheduler": None}
         loop.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        # A hand-edited state (an optimizer that is a number, ...) fails in torch's own loaders.
         raise CheckpointError(
             f"{cfg.output.dir}/last.pt: its training state does not fit this config "
-            f"({str(exc).splitlines()[0]})",
+            f"({(str(exc).splitlines() or [type(exc).__name__])[0]})",
             ["the model shape must stay the same to resume; start a new run instead"],
         ) from None

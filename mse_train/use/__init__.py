@@ -1,7 +1,8 @@
 """Putting a trained model to use: everything that starts from a checkpoint.
 
   evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units
-  predict.py   `predict`: rows with predictions appended, streamed in chunks
+  predict.py   `predict`: rows with predictions appended, streamed in chunks, all or nothing
+  scoring.py   predictions in the targets' units; a non-finite one is an error naming its row
 
 Imports outputs/ (checkpoints), data/, models/; never training/.
 """

@@ -17,8 +17,9 @@ import torch
 from mse_train import runtime
 from mse_train.data import prepare
 from mse_train.data.preprocess import Preprocessor
-from mse_train.models import inference
+from mse_train.errors import DataError
 from mse_train.outputs import checkpoint
+from mse_train.use import scoring
 
 
 @dataclass
@@ -70,12 +71,15 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu") -> Report:
     """Metrics of a checkpoint on a CSV, in the targets' own units."""
     dev = runtime.resolve_device(device, "--device")
     ckpt, pre, model, delimiter = load(ckpt_path)
-    _, split, notes = prepare.prepare_eval(csv_path, pre, delimiter)
+    data, split, notes = prepare.prepare_eval(csv_path, pre, delimiter)
     model.to(dev)
-    out = inference.predict(model, torch.from_numpy(split.x).to(dev)).cpu().numpy()
-    y_pred = pre.unscale_targets(out)
-    y_true = pre.unscale_targets(split.y)
+    y_pred = scoring.predictions(model, split.x, dev, pre, data)
+    # The targets as read, not unscale(scale(y)): scaling a far-out target in float32 overflows.
+    y_true = data.frame[pre.target_names].to_numpy(dtype=np.float64)
     overall, per = regression_metrics(y_true, y_pred)
+    # Finite predictions and float32 targets give finite float64 metrics; this keeps it so.
+    if not all(math.isfinite(v) for v in (overall["mse"], overall["mae"])):
+        raise DataError(f"{csv_path}: the metrics are not finite numbers", ["check the target cells"])
     return Report(
         overall, dict(zip(pre.target_names, per, strict=True)), notes, int(ckpt[checkpoint.K_EPOCH])
     )

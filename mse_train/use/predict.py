@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import math
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -17,15 +19,16 @@ import numpy as np
 import torch
 
 from mse_train import runtime
-from mse_train.data import table
+from mse_train.data import files, table
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
-from mse_train.errors import DataError
-from mse_train.models import inference
+from mse_train.errors import DataError, SaveError
 from mse_train.outputs import fsio
+from mse_train.use import scoring
 from mse_train.use.evaluate import load
 
 CHUNK_ROWS = 100_000
+SPOOL_CHARS = 64 << 20  # stdout output is held in memory up to this size, then in a temporary file
 
 
 def predict(ckpt_path: Path, csv_path: Path, out_path: Path | None, device: str = "cpu") -> int:
@@ -42,16 +45,47 @@ def predict(ckpt_path: Path, csv_path: Path, out_path: Path | None, device: str 
         )
     model.to(dev)
     names = [f"{t}_pred" for t in pre.target_names]
-    if out_path is None:
-        return _predict_to(sys.stdout, csv_path, header, pre, model, dev, names, delimiter)
+
+    def write(sink: IO[str]) -> int:
+        return _predict_to(sink, csv_path, header, pre, model, dev, names, delimiter)
+
+    if out_path is not None and files.irregular_kind(out_path) is None:
+        return _into_file(out_path, write)  # its temporary file holds the rows until all succeed
+    # stdout, a pipe or a device: all or nothing too, so that a bad cell late in the file
+    # leaves no partial output. The rows wait in memory, then in a temporary file.
+    with tempfile.SpooledTemporaryFile(SPOOL_CHARS, "w+", encoding="utf-8", newline="") as spool:
+        try:
+            rows = write(spool)
+        except OSError as exc:
+            raise SaveError(
+                f"the predictions could not be held in a temporary file in {tempfile.gettempdir()}: "
+                f"{exc.strerror or exc}",
+                ["free space there, point TMPDIR at a folder with room, or write to a file with -o"],
+            ) from None
+        spool.seek(0)
+        if out_path is None:
+            shutil.copyfileobj(spool, sys.stdout)
+            sys.stdout.flush()
+        else:
+            _into_file(out_path, lambda sink: _copy(spool, sink, rows))
+    return rows
+
+
+def _into_file(path: Path, write: Callable[[IO[str]], int]) -> int:
+    """`write` the text into `path` through fsio (atomic for a regular file); returns its rows."""
     try:
-        with fsio.atomic_open(out_path) as raw:
+        with fsio.atomic_open(path) as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-            rows = _predict_to(text, csv_path, header, pre, model, dev, names, delimiter)
+            rows = write(text)
             text.flush()
             text.detach()
     except OSError as exc:
-        raise fsio.save_error(out_path, exc) from None
+        raise fsio.save_error(path, exc) from None
+    return rows
+
+
+def _copy(source: IO[str], sink: IO[str], rows: int) -> int:
+    shutil.copyfileobj(source, sink)
     return rows
 
 
@@ -71,14 +105,18 @@ def _predict_to(
     for view, cells in table.read_chunks(
         csv_path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS
     ):
-        empty = view.frame[pre.features].isna().to_numpy().any(axis=1)
+        empty = np.asarray(view.frame[pre.features].isna().to_numpy().any(axis=1), dtype=bool)
         if empty.any() and pre.missing == "error":
             handle_missing(view, pre.features, [], "error")
         x = pre.features_array(view)
-        out = pre.unscale_targets(inference.predict(model, torch.from_numpy(x).to(dev)).cpu().numpy())
-        if pre.missing == "drop":
-            out[empty] = np.nan  # rows the model cannot score get empty predictions
-        predicted = [[("" if math.isnan(v) else repr(float(v))) for v in row] for row in out]
+        # Under `drop` a row with an empty feature gets an empty prediction (documented);
+        # any other prediction that is not a finite number stops the command.
+        dropped = empty if pre.missing == "drop" else None
+        out = scoring.predictions(model, x, dev, pre, view, skip=dropped)
+        predicted = [[repr(float(v)) for v in row] for row in out]
+        if dropped is not None:
+            for index in np.flatnonzero(dropped):
+                predicted[index] = [""] * len(names)
         writer.writerows(r + p for r, p in zip(cells.to_numpy(dtype=object).tolist(), predicted, strict=True))
         rows += len(view.frame)
     return rows
