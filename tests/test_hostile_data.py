@@ -393,3 +393,19 @@ def test_resume_with_other_data_at_a_new_path_names_both(cli, small_config, tabl
     other.write_text(table.read_text() + "0,0,0,0\n")
     result = cli("run", cfg, "-q", "--resume", "--set", f"data.train={other}", "--set", "train.epochs=7")
     bad_input(result, f"`data.train`: {other} holds other data than {table}, which the run was trained on")
+
+
+def test_a_column_whose_spread_underflows_float32_is_treated_as_constant(cli, tmp_path):
+    """Cells of 1e-45 and 5e-324 have a spread float32 cannot divide by: not a divergence."""
+    table = write_csv(
+        tmp_path / "t.csv",
+        ["a", "b", "y"],
+        [[-692604, -1.4013e-45, -572095], [247083, -4.94066e-324, 901404], [1000, 0.0, 3000]],
+    )
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {"data": {"train": str(table), "target": "y"}, "train": {"epochs": 3}, "output": {"plot": False}},
+    )
+    result = cli("run", cfg, "-q")
+    assert result.code == 0, result
+    assert "diverged" not in result.stderr
