@@ -125,7 +125,7 @@ def scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool]
                 f"{path}, line {reader.line_num}: cannot be parsed as CSV: {exc}",
                 ["check quoting and the delimiter"],
             ) from None
-    if end > start:  # the last row spans lines: a quoted cell may run to the end of the file
+    if start:  # the last row may hold a quoted cell that runs to the end of the file
         check_quote_closed(path, start, delimiter)
     return Scan(
         np.asarray(lines, dtype=np.int64), bad_rows, len(header), bad_cells, bad_counts, numeric_counts
