@@ -94,7 +94,7 @@ def test_every_problem_in_one_message(cli, tmp_path):
         ("init:\n  scheme: normal\n  gain: 2\n", "`init.gain` does not apply"),
         ("train:\n  early_stopping:\n    patience: 0\n", "`train.early_stopping.patience` must be >= 1"),
         ("seed: -1\n", "`seed` must be >= 0"),
-        ("train:\n  batch_size: true\n", "`train.batch_size` must be a whole number, got True"),
+        ("train:\n  batch_size: true\n", "`train.batch_size` must be a whole number, got true"),
     ],
 )
 def test_out_of_range_and_ill_fitting_values(cli, tmp_path, snippet, fragment):

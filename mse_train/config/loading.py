@@ -61,8 +61,7 @@ def from_document(
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            loc = messages.user_loc(error["loc"], data)
+        for error, loc in messages.plain_errors(exc.errors(include_url=False), data):
             problems.append(messages.describe(error, loc, data, where))
     problems.extend(messages.cross_checks(data, where))
     problems.sort(key=messages.line_of)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,81 @@ def user_loc(loc: tuple[int | str, ...], data: Any) -> KeyPath:
     ):
         return (loc[0], *loc[2:])
     return tuple(loc)
+
+
+_BASE_NAMES = {"str": "text value", "int": "whole number", "float": "number", "bool": "true or false"}
+
+
+def _member_label(part: str) -> str | None:
+    """What a union member stands for, if `part` is pydantic's label of one (else None)."""
+    inner = part.removeprefix("constrained-")
+    if inner in _BASE_NAMES:
+        return _BASE_NAMES[inner]
+    match = re.fullmatch(r"list\[(.+)\]", part)
+    if match:
+        element = _member_label(match.group(1))
+        return f"list of {element}s" if element and element != "true or false" else "list"
+    return None
+
+
+def _article(what: str) -> str:
+    return what if what == "true or false" else f"a {what}"
+
+
+def plain_errors(errors: list[Any], data: Any) -> list[tuple[Any, KeyPath]]:
+    """Pydantic errors at the user's keys, without union member labels in their paths.
+
+    A value that may be a text or a list (`data.target`) fails once per member; keep the
+    failures of the member that matches the value's shape, or say both shapes at once.
+    """
+    groups: dict[KeyPath, list[tuple[Any, KeyPath, str]]] = {}
+    plain: list[tuple[Any, KeyPath]] = []
+    for error in errors:
+        loc = user_loc(error["loc"], data)
+        node: Any = data
+        for index, part in enumerate(loc):
+            label = _member_label(part) if isinstance(part, str) else None
+            in_dict = isinstance(node, dict) and part in node
+            if label is not None and not in_dict:
+                prefix = loc[:index]
+                groups.setdefault(prefix, []).append((error, (*prefix, *loc[index + 1 :]), str(part)))
+                break
+            node = (
+                node.get(part)
+                if isinstance(node, dict)
+                else (
+                    node[part]
+                    if isinstance(node, list) and isinstance(part, int) and part < len(node)
+                    else None
+                )
+            )
+        else:
+            plain.append((error, loc))
+    for prefix, members in groups.items():
+        value = _value_at(data, prefix)
+        if isinstance(value, list):
+            chosen = [m for m in members if m[2].startswith("list[")]
+        elif isinstance(value, str):
+            chosen = [m for m in members if not m[2].startswith("list[")]
+        else:
+            chosen = []
+        if chosen:
+            plain.extend((error, loc) for error, loc, _ in chosen)
+            continue
+        shapes = list(dict.fromkeys(_article(_member_label(m[2]) or m[2]) for m in members))
+        plain.append(({"type": "union_type", "input": value, "shapes": shapes}, prefix))
+    return plain
+
+
+def _value_at(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
 
 
 def _section_model(section: KeyPath, data: Any) -> type[BaseModel] | None:
@@ -78,6 +154,10 @@ def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
         hint = f"; did you mean `{close[0]}`?" if close else "."
         valid_text = f" Valid keys here: {', '.join(valid)}." if valid else ""
         return f"{place}: unknown key `{dotted}`{hint}{valid_text}"
+    if kind == "invalid_key":
+        model = _section_model(loc[:-1], data)
+        names = f" Valid keys here: {', '.join(model.model_fields)}." if model else ""
+        return f"{place}: {_show(value)} is not a key name; keys are names written as text.{names}"
     if kind == "missing":
         parent = ".".join(map(str, loc[:-1])) or "the top level"
         return f"{place}: `{dotted}` is required; add it under `{parent}`"
@@ -90,6 +170,8 @@ def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
         hint = f"; did you mean `{close[0]}`?" if close else ""
         place = where((*loc, tag_key))
         return f"{place}: `{dotted}.{tag_key}` is {tag!r}, which is not one of: {', '.join(tags)}{hint}"
+    if kind == "union_type":
+        return f"{place}: `{dotted}` must be {' or '.join(error['shapes'])}, got {_show(value)}"
     if kind == "union_tag_not_found":
         return f"{place}: `{dotted}` must be a section of keys, got {_show(value)}"
     if kind == "literal_error":
@@ -147,9 +229,16 @@ def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
         return f"{place}: `{dotted}` must be {op} {bound}, got {_show(value)}"
     if kind == "finite_number":
         return f"{place}: `{dotted}` must be a finite number, got {_show(value)}"
-    if kind in ("too_short", "too_long"):
-        message = str(error["msg"]).lower().replace("list should", "should").replace("tuple should", "should")
-        return f"{place}: `{dotted}` {message}"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return f"{place}: `{dotted}` must not be empty text"
+    if kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
+        size = ctx.get("min_length") if "short" in kind else ctx.get("max_length")
+        unit = "character" if kind.startswith("string") else "item"
+        bound = "at least" if "short" in kind else "at most"
+        return (
+            f"{place}: `{dotted}` must have {bound} {size} {unit}{'s' if size != 1 else ''}, "
+            f"got {_show(value)}"
+        )
     if kind == "string_pattern_mismatch" and loc[-1:] == ("device",):
         return f"{place}: `{dotted}` is {_show(value)}; use auto, cpu, cuda or cuda:N"
     return f"{place}: `{dotted}`: {error['msg']}, got {_show(value)}"
@@ -157,7 +246,7 @@ def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
 
 def cross_checks(data: dict[str, Any], where: Where) -> list[str]:
     """Problems that involve more than one key."""
-    problems: list[str] = []
+    problems = _optimizer_checks(data, where) + _init_checks(data, where)
     section = data.get("data")
     if not isinstance(section, dict):
         return problems
@@ -194,6 +283,43 @@ def cross_checks(data: dict[str, Any], where: Where) -> list[str]:
     return problems
 
 
+def _optimizer_checks(data: dict[str, Any], where: Where) -> list[str]:
+    section = data.get("optimizer")
+    if not isinstance(section, dict) or section.get("nesterov") is not True:
+        return []
+    momentum, dampening = section.get("momentum", 0.0), section.get("dampening", 0.0)
+    if _number(momentum) and momentum <= 0:
+        return [
+            f"{where(('optimizer', 'nesterov'))}: `optimizer.nesterov: true` needs "
+            "`optimizer.momentum` > 0; set a momentum such as 0.9, or nesterov: false"
+        ]
+    if _number(dampening) and dampening != 0:
+        return [
+            f"{where(('optimizer', 'dampening'))}: `optimizer.nesterov: true` needs "
+            "`optimizer.dampening: 0`; remove the dampening or set nesterov: false"
+        ]
+    return []
+
+
+def _init_checks(data: dict[str, Any], where: Where) -> list[str]:
+    section = data.get("init")
+    if not isinstance(section, dict) or section.get("scheme") not in ("uniform", "trunc_normal"):
+        return []
+    fields = schema.VARIANTS["init"][section["scheme"]].model_fields
+    low, high = (section.get(key, fields[key].default) for key in ("a", "b"))
+    if _number(low) and _number(high) and low > high:
+        key = ("init", "a") if "a" in section else ("init", "b")
+        return [
+            f"{where(key)}: `init.a` ({low:g}) is above `init.b` ({high:g}); the lower bound "
+            "a must not exceed the upper bound b"
+        ]
+    return []
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def line_of(problem: str) -> tuple[int, str]:
     """Sort key: problems in the order of their lines, --set ones last."""
     head = problem.split(": ", 1)[0]
@@ -216,6 +342,9 @@ def kind_of(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    """A value as it would be written in YAML (null, true), short enough for one line."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, dict):

@@ -53,6 +53,12 @@ class Document:
         return self.source
 
 
+# What a config may expand to through aliases (`&a`/`*a`): far above any real config,
+# far below what would take a second to walk or exhaust memory ("billion laughs").
+MAX_VALUES = 100_000
+MAX_DEPTH = 100
+
+
 def parse(text: str, source: str) -> Document:
     """Parse one YAML document; raise ConfigError naming the line on any problem."""
     loader = _Loader(text)
@@ -60,11 +66,10 @@ def parse(text: str, source: str) -> Document:
         node = loader.get_single_node()
         if node is None:
             return Document(None, {}, source)
-        lines: dict[KeyPath, int] = {}
-        problems: list[str] = []
-        _walk(node, (), lines, problems, source)
-        if problems:
-            raise ConfigError(f"{source}: duplicate keys", problems)
+        walk = _Walk(loader, source)
+        walk.node(node, ())
+        if walk.problems:
+            raise ConfigError(f"{source}: duplicate keys", walk.problems)
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -78,30 +83,79 @@ def parse(text: str, source: str) -> Document:
         raise ConfigError(f"{source}: YAML error: {exc}") from None
     finally:
         loader.dispose()
-    return Document(data, lines, source)
+    return Document(data, walk.lines, source)
 
 
-def _walk(
-    node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], problems: list[str], source: str
-) -> None:
-    if isinstance(node, yaml.MappingNode):
+_TYPED_KEYS = {f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "bool", "null")}
+
+
+class _Walk:
+    """Visit every node once per place it appears, recording lines and duplicate keys.
+
+    Aliases make a document a graph: the walk refuses one that refers to itself or that
+    expands to more than MAX_VALUES values or MAX_DEPTH levels, before anything is built.
+    """
+
+    def __init__(self, loader: _Loader, source: str) -> None:
+        self.loader = loader
+        self.source = source
+        self.lines: dict[KeyPath, int] = {}
+        self.problems: list[str] = []
+        self.count = 0
+        self.open: set[int] = set()  # ids of the collections on the current path
+
+    def node(self, node: yaml.Node, path: KeyPath) -> None:
+        self.count += 1
+        if self.count > MAX_VALUES or len(path) > MAX_DEPTH:
+            too = (
+                f"more than {MAX_VALUES:,} values"
+                if self.count > MAX_VALUES
+                else f"deeper than {MAX_DEPTH} levels"
+            )
+            raise ConfigError(
+                f"{self.source}, line {node.start_mark.line + 1}: the config expands to {too}",
+                [
+                    "a config this large is almost certainly a mistake or an alias bomb; "
+                    "write the values out instead of repeating them with `&anchor`/`*alias`"
+                ],
+            )
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return
+        if id(node) in self.open:
+            dotted = ".".join(str(p) for p in path) or "(top level)"
+            raise ConfigError(
+                f"{self.source}, line {node.start_mark.line + 1}: `{dotted}` refers to itself "
+                "through an alias",
+                ["an `*alias` cannot appear inside the value its `&anchor` names"],
+            )
+        self.open.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            self._mapping(node, path)
+        else:
+            for index, item in enumerate(node.value):
+                self.lines[(*path, index)] = item.start_mark.line + 1
+                self.node(item, (*path, index))
+        self.open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath) -> None:
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
             line = key_node.start_mark.line + 1
             if key in seen:
                 dotted = ".".join(str(p) for p in (*path, key))
-                problems.append(
-                    f"{source}, line {line}: `{dotted}` is given twice (first at line "
+                self.problems.append(
+                    f"{self.source}, line {line}: `{dotted}` is given twice (first at line "
                     f"{seen[key]}); keep one of them"
                 )
             seen[key] = line
-            lines[(*path, key)] = line
-            _walk(value_node, (*path, key), lines, problems, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[(*path, index)] = item.start_mark.line + 1
-            _walk(item, (*path, index), lines, problems, source)
+            self.lines[(*path, key)] = line
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag in _TYPED_KEYS:
+                # `123:` is the number 123 in the data, `null:` is None
+                typed = self.loader.construct_object(key_node)
+                self.lines.setdefault((*path, typed), line)
+                self.lines.setdefault((*path, str(typed)), line)
+            self.node(value_node, (*path, key))
 
 
 def read(path: Path) -> Document:
