@@ -23,7 +23,7 @@ from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import init, networks
 from mse_train.outputs import fsio, metrics, resume, run_folder, summary, tensorboard_log
 from mse_train.outputs.summary import Summary
-from mse_train.training import optimizers, rng, signals
+from mse_train.training import footprint, optimizers, rng, signals
 from mse_train.training.loop import Loop
 from mse_train.training.records import EpochRecord, Settings, Status
 from mse_train.training.step import build_penalty
@@ -155,11 +155,11 @@ def _train(
     """
     started = time.perf_counter()
     resumed = run_folder.check(out, options.resume, options.overwrite)
+    device = runtime.resolve_device(cfg.train.device)
     prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
     for text in prepared.notes:
         reporter.note(text)
     resume_from = resume.load(out, cfg, prepared.digests, options.force) if resumed else None
-    device = runtime.resolve_device(cfg.train.device)
 
     loop = build_loop(cfg, prepared, device)
     if resume_from is not None:
@@ -246,6 +246,10 @@ def _train_and_save(
 # --------------------------------------------------------------------- setup
 def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
     """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
+    n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
+    batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
+    needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows)
+    footprint.check_fits(needs, runtime.available_memory(device), device)
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)

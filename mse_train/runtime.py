@@ -1,4 +1,4 @@
-"""The machine a command runs on: which torch device to use, and memory hand-back.
+"""The machine a command runs on: which torch device to use, its free memory, memory hand-back.
 
 One home for both so that `run`, `eval` and `predict` check a device the same way.
 """
@@ -55,3 +55,37 @@ def release_freed_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on `device` (None when it cannot be told).
+
+    On the CPU: the kernel's MemAvailable, lowered to what a cgroup memory limit leaves.
+    """
+    import torch
+
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    found: list[int] = []
+    with (
+        contextlib.suppress(OSError, ValueError, StopIteration),
+        open("/proc/meminfo", encoding="ascii") as lines,
+    ):
+        kib = next(line for line in lines if line.startswith("MemAvailable:")).split()[1]
+        found.append(int(kib) * 1024)
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        with (
+            contextlib.suppress(OSError, ValueError),
+            open(limit_file, encoding="ascii") as f,
+            open(usage_file, encoding="ascii") as g,
+        ):
+            limit = f.read().strip()
+            if limit != "max" and int(limit) < 2**60:
+                found.append(max(0, int(limit) - int(g.read())))
+    return min(found) if found else None

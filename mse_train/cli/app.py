@@ -222,11 +222,15 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
     """Check the config and the CSV files it names (columns, types, cells) without training."""
 
     def work() -> None:
-        from mse_train import config
+        from mse_train import config, recipe, runtime
         from mse_train.data import prepare
+        from mse_train.outputs import run_folder
 
         cfg = config.load(config_file, overrides or [])
+        run_folder.check_not_a_system_folder(Path(str(cfg.output.dir)))
+        device = runtime.resolve_device(cfg.train.device)
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+        recipe.build_loop(cfg, prepared, device)  # what run builds: validate passing means run starts
         view.print_validated(prepared, f"{config_file}: ok", str(cfg.output.dir))
 
     _guard(debug, work)
@@ -256,11 +260,19 @@ def init(
         from mse_train.errors import OutputError
         from mse_train.outputs import fsio
 
+        fsio.check_not_an_input(output, [csv_file])
         if output.exists() and not force:
             raise OutputError(f"{output}: already exists", ["choose another name with -o, or pass --force"])
         table = prepare.sketch(csv_file, target, delimiter)
         text = starter.render(
-            csv_file, table.features, target, table.text_columns, table.empty_columns, output, delimiter
+            csv_file,
+            table.features,
+            target,
+            table.text_columns,
+            table.empty_columns,
+            output,
+            delimiter,
+            rows=table.rows,
         )
         fsio.write_text(output, text)
         view.stderr().print(f"wrote {output}; check it with: mse-train validate {output}")

@@ -76,7 +76,7 @@ class DataConfig(Section):
     val_fraction: Fraction = Field(
         0.0, description="Hold out this share of train rows for validation, shuffled with `seed`."
     )
-    features: list[Str] | None = Field(
+    features: Annotated[list[Str], Field(min_length=1)] | None = Field(
         None, description="Input columns; null = every column except the target(s)."
     )
     categorical: list[Str] = Field(
@@ -384,7 +384,7 @@ class OutputConfig(Section):
 
 
 class Config(Section):
-    seed: Annotated[Int, Field(ge=0)] = Field(
+    seed: Annotated[Int, Field(ge=0, lt=2**64)] = Field(
         0, description="Seeds init, shuffling, dropout and the validation split."
     )
     data: DataConfig

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from mse_train.config.schema import choices
 
+MIN_ROWS_TO_HOLD_OUT = 10  # below this, a 20% validation split leaves too little of either
+
 
 def _options(key: str, limit: int = 0) -> str:
     names = choices(key)
@@ -28,11 +30,13 @@ def render(
     empty_columns: Sequence[str],
     config_path: Path,
     delimiter: str = ",",
+    rows: int | None = None,
 ) -> str:
     """The text of a starter config for `csv_path`, to be saved at `config_path`.
 
     `text_columns` hold text in their first rows (so they are categorical), and
-    `empty_columns` hold empty cells there (so missing values get filled).
+    `empty_columns` hold empty cells there (so missing values get filled). `rows`, when
+    known and below MIN_ROWS_TO_HOLD_OUT, turns the validation split off.
     """
     features = list(features)
     text_columns = sorted(set(text_columns) & set(features))
@@ -49,6 +53,13 @@ def render(
     def flow(value: object) -> str:
         return json.dumps(value, ensure_ascii=False)  # JSON is YAML: quoting stays exact
 
+    if rows is not None and rows < MIN_ROWS_TO_HOLD_OUT:
+        val_fraction = (
+            f"0.0           # only {rows} row{'s' if rows != 1 else ''}: too few to hold some out "
+            "for validation"
+        )
+    else:
+        val_fraction = "0.2           # hold out 20% of the rows to choose the best epoch"
     categorical_note = (
         f"    # these hold text, so they are one-hot encoded: {', '.join(text_columns)}"
         if text_columns
@@ -67,7 +78,7 @@ data:
   features: {flow(features)}
   categorical: {flow(text_columns)}
 {categorical_note}
-  val_fraction: 0.2           # hold out 20% of the rows to choose the best epoch
+  val_fraction: {val_fraction}
   standardize: true           # z-score numeric features (and targets) on training rows
   missing: {missing}               {missing_note}
   unknown_category: error     # a category unseen in training: {_options("data.unknown_category")}
@@ -108,7 +119,7 @@ train:
     min_delta: 0.0
 
 output:
-  dir: runs/{config_path.stem}
+  dir: {flow(f"runs/{config_path.stem}")}
   checkpoint_every: 0         # also write last.pt every N epochs (0 = only at the end)
   plot: true                  # loss.png
   tensorboard: false          # needs: pip install 'mse-train[tensorboard]'

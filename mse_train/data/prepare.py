@@ -196,6 +196,7 @@ class Sketch:
     features: list[str]
     text_columns: list[str]  # hold text in their first rows: categorical
     empty_columns: list[str]  # hold empty cells in their first rows
+    rows: int | None  # rows in the first 1000 (so the whole table when fewer); None: unknown
 
 
 def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
@@ -203,5 +204,5 @@ def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
     header = table.read_header(path, delimiter)
     table.check_columns(path, header, targets, "target")
     features = feature_names(None, header, list(targets), path)
-    text, empty = table.sniff(path, [*features, *targets], delimiter)
-    return Sketch(features, sorted(text & set(features)), sorted(empty))
+    text, empty, rows = table.sniff(path, [*features, *targets], delimiter)
+    return Sketch(features, sorted(text & set(features)), sorted(empty), rows)

@@ -202,12 +202,13 @@ def sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> se
     return sniff(path, columns, delimiter)[0]
 
 
-def sniff(path: Path, columns: Sequence[str], delimiter: str) -> tuple[set[str], set[str]]:
-    """Columns whose first rows hold text, and columns whose first rows hold empty cells."""
+def sniff(path: Path, columns: Sequence[str], delimiter: str) -> tuple[set[str], set[str], int | None]:
+    """Columns whose first rows hold text, columns whose first rows hold empty cells, and
+    how many rows were looked at (fewer than asked for: the whole table; None: unreadable)."""
     try:
         head = pd.read_csv(path, usecols=list(columns), nrows=_SNIFF_ROWS, sep=delimiter, **_AS_TEXT)
     except Exception:
-        return set(), set()  # the full read that follows reports what is wrong, precisely
+        return set(), set(), None  # the full read that follows reports what is wrong, precisely
     text, empty = set(), set()
     for name in columns:
         values = head[name]
@@ -216,7 +217,7 @@ def sniff(path: Path, columns: Sequence[str], delimiter: str) -> tuple[set[str],
             empty.add(name)
         if pd.to_numeric(values[~missing], errors="coerce").isna().any():
             text.add(name)
-    return text, empty
+    return text, empty, len(head)
 
 
 def _parse(
@@ -244,6 +245,8 @@ def _parse(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
+            # A number beyond float32 (1e308) becomes inf, which _check_cells then names.
+            warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
             try:
                 frame = pd.read_csv(path, **options)
             except ValueError:
@@ -302,8 +305,8 @@ def _check_cells(table: Table) -> None:
             )
     if problems:
         raise DataError(
-            f"{table.path}: infinite values",
-            [*problems, "replace them with finite numbers, or leave the cells empty"],
+            f"{table.path}: infinite values (or numbers beyond float32's ±3.4e38, which become infinite)",
+            [*problems, "replace them with finite numbers within ±3.4e38, or leave the cells empty"],
         )
 
 
@@ -324,6 +327,8 @@ def read_chunks(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", pd.errors.ParserWarning)
+            # A number beyond float32 (1e308) becomes inf, which _check_cells then names.
+            warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
             reader = pd.read_csv(path, sep=delimiter, chunksize=chunk_rows, **text_options)
             with reader:
                 for chunk in reader:

@@ -13,6 +13,7 @@ from torch import nn
 
 from mse_train.config import schema
 from mse_train.config.registry import Choice
+from mse_train.errors import ConfigError
 
 SCHEMES: dict[str, Choice[Any, object]] = {
     "default": Choice(schema.DefaultInit, lambda c, w: None),  # keep PyTorch's own init
@@ -46,3 +47,22 @@ def apply(model: nn.Module, cfg: schema.InitConfig) -> None:
             fill(cfg, layer.weight)
             if cfg.bias == "zeros" and layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+    _check_finite(model, cfg)
+
+
+def _check_finite(model: nn.Module, cfg: schema.InitConfig) -> None:
+    """A scale too large for float32 (`gain: 1e300`) makes inf weights: refuse them here,
+    before they are trained or saved, naming the keys that set the scale."""
+    for name, weight in model.named_parameters():
+        if not bool(torch.isfinite(weight).all()):
+            scale = {
+                key: value
+                for key, value in cfg.model_dump().items()
+                if key not in ("scheme", "bias") and isinstance(value, float)
+            }
+            given = ", ".join(f"init.{key}: {value:g}" for key, value in scale.items())
+            raise ConfigError(
+                f"init.scheme {cfg.scheme!r}{' with ' + given if given else ''} makes weights "
+                f"that are not finite in float32 ({name})",
+                ["use a scale that float32 can hold, e.g. init.gain or init.std near 1"],
+            )

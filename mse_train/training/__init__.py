@@ -7,6 +7,7 @@
   rollback.py    the last finite epoch, to return to after a divergence
   snapshot.py    cheap in-memory copies of weights and optimizer state
   optimizers.py  OPTIMIZERS and SCHEDULERS registries
+  footprint.py   the memory a config needs, checked before anything is allocated
   rng.py         seeding, and generator states as checkpoint-safe data
   signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved
 
