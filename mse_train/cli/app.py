@@ -140,6 +140,145 @@ def run(
     _guard(debug, work)
 
 
+# ------------------------------------------------------------------------- cv
+OutputDir = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--output-dir", "-o", help="Folder for the results; overrides output.dir.", show_default=False
+    ),
+]
+
+
+@app.command()
+def cv(
+    config_file: ConfigPath,
+    folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (K >= 2).")] = 5,
+    overrides: Overrides = None,
+    output_dir: OutputDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """K-fold cross-validation of CONFIG_FILE: mean and std of MSE, RMSE, MAE and R² over folds."""
+
+    def work() -> None:
+        from mse_train import config, runtime
+        from mse_train.errors import TrainingDiverged, TrainingInterrupted
+        from mse_train.outputs import fsio, metrics, run_folder, tables
+        from mse_train.selection import cv as cross
+        from mse_train.training import signals
+        from mse_train.training.records import Status
+
+        cfg = config.load(config_file, overrides or [])
+        out = output_dir.resolve() if output_dir is not None else Path(str(cfg.output.dir))
+        run_folder.check_not_a_system_folder(out)
+        device = runtime.resolve_device(cfg.train.device)
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+        def on_fold(i: int, scored: Any) -> None:
+            if not quiet and scored.overall is not None:
+                console.print(
+                    f"fold {i}/{folds}: MSE {scored.overall['mse']:.6g} on {scored.overall['n']} rows, "
+                    f"{scored.epochs} epochs, {scored.seconds:.2f} s"
+                )
+
+        with signals.on_signals() as stop:
+            result = cross.cross_validate(cfg, folds, device, on_fold, stop.requested)
+        if result.status is Status.INTERRUPTED:
+            raise TrainingInterrupted(
+                f"interrupted in fold {result.failed_fold} of {folds}; nothing was written",
+                ["cross-validation has no resume: run the same command again"],
+            )
+        if result.status is Status.DIVERGED:
+            raise TrainingDiverged(
+                f"fold {result.failed_fold} of {folds} diverged: {result.reason}",
+                ["lower optimizer.lr or set data.standardize: true; no cv.csv or cv.json was written"],
+            )
+        summary = result.summary()
+        fsio.ensure_writable_dir(out)
+        with run_folder.lock(out):
+            columns = ["fold", "n", *cross.METRICS]
+            rows = [{"fold": i, **r} for i, r in enumerate(result.per_fold, start=1)]
+            target_columns = []
+            for row in rows:
+                for name, m in row.pop("targets", {}).items():
+                    for metric in cross.METRICS:
+                        row[f"{metric}_{name}"] = m[metric]
+                        if f"{metric}_{name}" not in target_columns:
+                            target_columns.append(f"{metric}_{name}")
+            tables.write_rows(out / "cv.csv", columns + target_columns, rows)
+            metrics.write_json(out / "cv.json", summary)
+        if as_json:
+            sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
+        elif not quiet:
+            view.print_cv(Console(highlight=False), summary, f"{config_file}: {folds}-fold cross-validation")
+            console.print(f"wrote {out / 'cv.csv'} and {out / 'cv.json'}")
+
+    _guard(debug, work)
+
+
+# ---------------------------------------------------------------------- sweep
+@app.command()
+def sweep(
+    config_file: ConfigPath,
+    trials: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--trials", "-n", min=1, help="Trials to run; overrides sweep.trials.", show_default=False
+        ),
+    ] = None,
+    folds: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--folds", "-k", min=0, help="K-fold CV per trial; overrides sweep.folds.", show_default=False
+        ),
+    ] = None,
+    overrides: Overrides = None,
+    output_dir: OutputDir = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Search the config's `sweep:` section with Optuna; write a leaderboard and best.yaml."""
+
+    def work() -> None:
+        from mse_train.selection import sweep as search
+
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        again = ["mse-train", "sweep", str(config_file)]
+        for item in overrides or []:
+            again += ["--set", item]
+        for flag, value in (("--trials", trials), ("--folds", folds), ("--output-dir", output_dir)):
+            if value is not None:
+                again += [flag, str(value)]
+        options = search.Options(trials, folds, resume, output_dir, shlex.join([*again, "--resume"]))
+
+        def on_trial(done: int, total: int, row: dict[str, Any]) -> None:
+            if quiet:
+                return
+            score = row.get("score_mean")
+            shown = f"score {score:.6g}" if score is not None else row.get("status", "")
+            console.print(f"trial {row.get('trial')} ({done}/{total}): {shown}, {row.get('seconds')} s")
+
+        reporter = view.Progress(console, quiet=True)
+        outcome = search.run(config_file, overrides or [], options, on_trial, reporter)
+        if as_json:
+            sys.stdout.write(json.dumps(outcome.as_json(), allow_nan=False) + "\n")  # strict JSON
+        elif not quiet:
+            view.print_leaderboard(Console(highlight=False), outcome.leaderboard, outcome.keys)
+            console.print(f"best: trial {outcome.best['trial']}, score {outcome.best['score']:.6g}")
+            console.print(f"wrote {outcome.folder / 'leaderboard.csv'}, {outcome.best['config']}")
+            if outcome.checkpoint:
+                console.print(f"refit on all training rows: {outcome.checkpoint}")
+
+    _guard(debug, work)
+
+
 # ----------------------------------------------------------------------- eval
 @app.command("eval")
 def eval_(

@@ -183,3 +183,36 @@ def print_validated(prepared: Prepared, title: str, run_folder: str) -> None:
         f"{len(prepared.train)} training rows, {val} validation rows, "
         f"{prepared.train.x.shape[1]} model inputs; the run folder would be {run_folder}"
     )
+
+
+def print_cv(console: Console, result: dict[str, Any], title: str) -> None:
+    """`cv`'s table: one row per fold, then mean and std."""
+    table = Table(title=title)
+    for column in ("fold", "MSE", "RMSE", "MAE", "R²", "rows"):
+        table.add_column(column, justify="right")
+    for i, row in enumerate(result["per_fold"], start=1):
+        table.add_row(str(i), *metric_cells(row), str(row["n"]))
+    metrics = ("mse", "rmse", "mae", "r2")
+    table.add_row("mean", *(_fmt(result[m]["mean"]) for m in metrics), "", style="bold")
+    table.add_row("std", *(_fmt(result[m]["std"]) for m in metrics), "")
+    console.print(table)
+
+
+def print_leaderboard(console: Console, rows: list[dict[str, Any]], keys: list[str], top: int = 10) -> None:
+    """`sweep`'s table: the best trials first."""
+    ranked = sorted(
+        rows, key=lambda r: (r.get("score_mean") is None, r.get("score_mean") or 0.0, r.get("trial", 0))
+    )
+    table = Table(title=f"top {min(top, len(ranked))} of {len(rows)} trials (score: validation MSE)")
+    for column in ("trial", *keys, "score", "± std", "epochs", "s"):
+        table.add_column(column, justify="right")
+    for row in ranked[:top]:
+        table.add_row(
+            str(row["trial"]),
+            *("-" if row.get(k) is None else str(row[k]) for k in keys),
+            _fmt(row.get("score_mean")) if row.get("score_mean") is not None else str(row.get("status")),
+            _fmt(row.get("score_std")),
+            str(row.get("epochs")),
+            str(row.get("seconds")),
+        )
+    console.print(table)

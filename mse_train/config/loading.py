@@ -6,7 +6,8 @@ file and line, and the fix, before any data is read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,21 @@ def load(path: Path, overrides: Sequence[str] = ()) -> Config:
 
 
 def from_document(
-    doc: yamlio.Document, base: Path, overrides: Sequence[str] = (), default_name: str = "run"
+    doc: yamlio.Document,
+    base: Path,
+    overrides: Sequence[str] = (),
+    default_name: str = "run",
+    values: Mapping[str, Any] | None = None,
+    dropped: list[str] | None = None,
 ) -> Config:
-    """Validate a parsed document; relative paths are taken from `base`."""
+    """Validate a parsed document; relative paths are taken from `base`.
+
+    `values` (dotted key -> value) are set after the overrides: a sweep trial's choices,
+    reported as `sweep.params.KEY` in messages. When a value picks a tagged choice
+    (`model.type`, `optimizer.name`, ...), keys of that section that do not apply to the
+    choice are removed and their dotted names appended to `dropped`: a search over
+    `[linear, mlp]` with `model.hidden` is a normal search, not an error.
+    """
     if doc.data is None:
         raise ConfigError(
             f"{doc.source}: the config is empty",
@@ -44,16 +57,24 @@ def from_document(
             ["start with `data:` on the first line, keys indented below it"],
         )
     data = doc.data
-    set_paths = set()
+    set_paths: dict[KeyPath, str] = {}
     for text in overrides:
         key_path = _apply_override(data, text)
-        set_paths.add(key_path)
+        set_paths[key_path] = f"--set {'.'.join(map(str, key_path))}"
+    for key, value in (values or {}).items():
+        parts = tuple(key.split("."))
+        _set(data, parts, value, f"sweep.params.{key}")
+        set_paths[parts] = f"sweep.params.{key} = {json.dumps(value)}"
+    if values:
+        for name in _drop_inapplicable(data, values):
+            if dropped is not None:
+                dropped.append(name)
 
     def where(loc: KeyPath) -> str:
-        for path in set_paths:
+        for path, label in set_paths.items():
             n = min(len(path), len(loc))
             if n and path[:n] == loc[:n]:
-                return f"--set {'.'.join(map(str, path))}"
+                return label
         return doc.where(loc)
 
     problems: list[str] = []
@@ -69,6 +90,22 @@ def from_document(
         count = len(problems)
         raise ConfigError(f"{doc.source}: {count} problem{'s' if count != 1 else ''} in the config", problems)
     return _resolve(config, base, default_name)
+
+
+def _drop_inapplicable(data: dict[str, Any], values: Mapping[str, Any]) -> list[str]:
+    """Remove keys that the chosen variant of a swept tagged section does not have."""
+    removed: list[str] = []
+    for section, tag_key in schema.TAG_KEYS.items():
+        if f"{section}.{tag_key}" not in values or not isinstance(data.get(section), dict):
+            continue
+        node = data[section]
+        model = schema.VARIANTS[section].get(str(node.get(tag_key, schema.TAG_DEFAULTS[section])))
+        if model is None:
+            continue  # an unknown choice: validation names it
+        for key in [k for k in node if k not in model.model_fields]:
+            del node[key]
+            removed.append(f"{section}.{key}")
+    return removed
 
 
 def _resolve(config: Config, base: Path, default_name: str) -> Config:
@@ -107,6 +144,12 @@ def _apply_override(data: dict[str, Any], text: str) -> KeyPath:
     if any(not p for p in parts):
         raise ConfigError(f"--set {text!r}: empty part in key path {key!r}")
     value = yamlio.parse_value(raw, f"--set {key}")
+    _set(data, tuple(parts), value, f"--set {key}")
+    return tuple(parts)
+
+
+def _set(data: dict[str, Any], parts: tuple[str, ...], value: Any, label: str) -> None:
+    """Put `value` at the dotted path `parts`, opening sections (and `optimizer: adam`) on the way."""
     node = data
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -116,9 +159,6 @@ def _apply_override(data: dict[str, Any], text: str) -> KeyPath:
             node[part] = child
         if not isinstance(child, dict):
             prefix = ".".join(parts[: depth + 1])
-            raise ConfigError(
-                f"--set {key}: `{prefix}` holds a {messages.kind_of(child)}, not a section of keys"
-            )
+            raise ConfigError(f"{label}: `{prefix}` holds a {messages.kind_of(child)}, not a section of keys")
         node = child
     node[parts[-1]] = value
-    return tuple(parts)

@@ -383,6 +383,33 @@ class OutputConfig(Section):
     tensorboard: Bool = Field(False, description="Write TensorBoard scalars (needs the tensorboard extra).")
 
 
+class SweepRange(Section):
+    """A numeric range to search: `{low: 1.0e-4, high: 0.1, log: true}`."""
+
+    low: Float = Field(description="Smallest value.")
+    high: Float = Field(description="Largest value.")
+    log: Bool = Field(False, description="Sample on a log scale (low must be > 0).")
+    step: PositiveFloat | None = Field(None, description="Only multiples of step above low.")
+    integer: Bool = Field(False, description="Whole numbers only (layer widths, patience).")
+
+
+SweepValues = Annotated[list[Any], Field(min_length=1)] | SweepRange
+
+
+class SweepConfig(Section):
+    method: Literal["grid", "random", "tpe"] = Field(
+        "tpe", description="Optuna's GridSampler, RandomSampler or TPESampler."
+    )
+    trials: PositiveInt = Field(20, description="Trials to run (random/tpe); grid runs every combination.")
+    folds: Annotated[Int, Field(ge=0)] = Field(
+        0, description="Score each trial by K-fold CV (K >= 2); 0 = on `data.val` / `data.val_fraction`."
+    )
+    refit: Bool = Field(True, description="Retrain the winner on all training rows into <dir>/best/.")
+    params: Annotated[dict[str, SweepValues], Field(min_length=1)] = Field(
+        description="Dotted config key -> a list of choices, or a range {low, high, log, step, integer}."
+    )
+
+
 class Config(Section):
     seed: Annotated[Int, Field(ge=0, lt=2**64)] = Field(
         0, description="Seeds init, shuffling, dropout and the validation split."
@@ -396,6 +423,9 @@ class Config(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    sweep: SweepConfig | None = Field(
+        None, description="What `mse-train sweep` searches; `run`, `cv` and `validate` do not use it."
+    )
 
     @property
     def targets(self) -> list[str]:

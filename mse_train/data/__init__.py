@@ -9,7 +9,9 @@
                  training rows and stored in checkpoints
   stored.py      that preprocessing read back from a checkpoint, checked key by key
   files.py       only regular files are input: a FIFO or device is named, never opened
-  prepare.py     config -> train/validation splits ready for the loop; eval's reading
+  prepare.py     config -> train/validation splits ready for the loop; eval's reading;
+                 one fold's split (`fit_split`) for cross-validation
+  folds.py       K-fold row numbers, shuffled with the seed
 
 Imports only config/ (for `DataConfig`), errors and runtime.
 """

@@ -64,8 +64,19 @@ def feature_names(features: list[str] | None, header: list[str], targets: list[s
     return features
 
 
-def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
-    """Read, clean, split and preprocess the training (and validation) data."""
+@dataclass
+class Loaded:
+    """The training file read and cleaned, before any split: what every CV fold starts from."""
+
+    table: table.Table
+    features: list[str]
+    targets: list[str]
+    digests: dict[str, Digest]
+    notes: list[str]
+
+
+def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
+    """Read `data.train` with its feature and target columns; apply `data.missing`."""
     train_path = Path(cfg.train)
     header = table.read_header(train_path, cfg.delimiter)
     features = feature_names(cfg.features, header, targets, train_path)
@@ -81,8 +92,78 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
         train_path, [*features, *targets], cfg.categorical, infer_from=features, delimiter=cfg.delimiter
     )
     train, notes = handle_missing(train, features, targets, cfg.missing)
-    digests = {str(train_path): train.hasher}
+    return Loaded(train, features, list(targets), {str(train_path): train.hasher}, notes)
 
+
+@dataclass
+class Held:
+    """Rows held out for scoring only: arrays for the model and the targets as read."""
+
+    split: Split
+    y_true: np.ndarray  # float64, the targets' own units
+
+
+def fit_split(
+    loaded: Loaded, cfg: DataConfig, train_rows: np.ndarray, test_rows: np.ndarray, split_name: str, seed: int
+) -> tuple[Prepared, Held]:
+    """Arrays for a fold: its training rows (less `data.val_fraction` of them, held out for
+    early stopping and the best epoch, as `run` does) and its test rows, scored only.
+
+    The preprocessing is fitted on the rows the model trains on, so nothing learned from
+    the test rows (or the inner validation rows) reaches the model. `split_name` says in a
+    message which split a category fell in (e.g. "fold 2 of 5").
+    """
+    val_rows: np.ndarray | None = None
+    fit_rows = train_rows
+    if cfg.val_fraction > 0:
+        n_val = round(len(train_rows) * cfg.val_fraction)
+        if n_val < 1 or len(train_rows) - n_val < 1:
+            raise DataError(
+                f"{cfg.train}: {split_name} has {len(train_rows)} training row(s), too few to hold "
+                f"out `data.val_fraction: {cfg.val_fraction}` of them",
+                ["use fewer folds, more rows, or data.val_fraction: 0"],
+            )
+        shuffled = np.random.default_rng(seed).permutation(train_rows)
+        val_rows, fit_rows = np.sort(shuffled[:n_val]), np.sort(shuffled[n_val:])
+    pre = _fit(loaded.table, fit_rows, loaded.features, loaded.targets, cfg)
+    if cfg.unknown_category == "error":
+        _check_split_categories(loaded.table, pre, test_rows, cfg, split_name)
+        if val_rows is not None:
+            _check_split_categories(loaded.table, pre, val_rows, cfg, f"the validation rows of {split_name}")
+    x = pre.features_array(loaded.table)
+    y = pre.targets_array(loaded.table.frame)
+
+    def rows(index: np.ndarray) -> Split:
+        return Split(np.ascontiguousarray(x[index]), np.ascontiguousarray(y[index]))
+
+    y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)[test_rows]
+    prepared = Prepared(
+        rows(fit_rows), rows(val_rows) if val_rows is not None else None, pre, loaded.digests, []
+    )
+    return prepared, Held(rows(test_rows), y_true)
+
+
+def _fit(
+    train: table.Table, rows: np.ndarray | None, features: list[str], targets: list[str], cfg: DataConfig
+) -> Preprocessor:
+    return preprocess.fit(
+        train,
+        rows,
+        features,
+        targets,
+        standardize=cfg.standardize,
+        standardize_target=bool(cfg.standardize_target),
+        missing=cfg.missing,
+        unknown_category=cfg.unknown_category,
+        max_categories=cfg.max_categories,
+    )
+
+
+def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
+    """Read, clean, split and preprocess the training (and validation) data."""
+    loaded = load_training(cfg, targets)
+    train, features, notes, digests = loaded.table, loaded.features, loaded.notes, loaded.digests
+    train_path = Path(cfg.train)
     n = train.n_rows
     if cfg.val is not None:
         val_path = Path(cfg.val)
@@ -106,19 +187,10 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     else:
         train_rows = None
 
-    pre = preprocess.fit(
-        train,
-        train_rows,
-        features,
-        targets,
-        standardize=cfg.standardize,
-        standardize_target=bool(cfg.standardize_target),
-        missing=cfg.missing,
-        unknown_category=cfg.unknown_category,
-        max_categories=cfg.max_categories,
-    )
+    pre = _fit(train, train_rows, features, targets, cfg)
     if train_rows is not None and cfg.unknown_category == "error":
-        _check_split_categories(train, pre, order[len(train_rows) :], cfg)
+        split_name = f"the validation split (`data.val_fraction: {cfg.val_fraction}`, shuffled with `seed`)"
+        _check_split_categories(train, pre, order[len(train_rows) :], cfg, split_name)
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
     del train
@@ -136,7 +208,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
 
 
 def _check_split_categories(
-    train: table.Table, pre: Preprocessor, val_rows: np.ndarray, cfg: DataConfig
+    train: table.Table, pre: Preprocessor, val_rows: np.ndarray, cfg: DataConfig, split_name: str
 ) -> None:
     """A category held only by rows that `data.val_fraction` put in validation: say so.
 
@@ -156,16 +228,15 @@ def _check_split_categories(
             lines = train.line_of(train.frame.index.to_numpy()[np.sort(rows)[:EXAMPLES]])
             problems.append(
                 f"column `{col.name}`: {examples([repr(v) for v in seen])} only in "
-                f"{len(rows)} row(s) that fell in the validation split (line(s) {examples(lines, len(rows))})"
+                f"{len(rows)} row(s) that fell in {split_name} (line(s) {examples(lines, len(rows))})"
             )
     if problems:
         raise DataError(
-            f"{cfg.train}: categories that no training row holds: the validation split "
-            f"(`data.val_fraction: {cfg.val_fraction}`, shuffled with `seed`) took every row with them",
+            f"{cfg.train}: categories that no training row holds: {split_name} took every row with them",
             [
                 *problems,
                 "the model cannot learn a category from validation rows: change `seed` for another "
-                "split, lower `data.val_fraction`, add rows with those values, or set "
+                "split, hold out fewer rows, add rows with those values, or set "
                 "`data.unknown_category: ignore` (validation rows with them are encoded as all zeros)",
             ],
         )

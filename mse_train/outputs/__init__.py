@@ -5,6 +5,7 @@
   checkpoint.py       the checkpoint dict: build, save, load safely (weights_only=True)
   resume.py           --resume: check last.pt against the config and data, restore the loop
   metrics.py          metrics.csv and JSON files
+  tables.py           cv.csv and a sweep's leaderboard.csv
   summary.py          summary.json, typed
   plots.py            loss.png and overlays (matplotlib, imported only when plotting)
   tensorboard_log.py  TensorBoard scalars (an optional extra)

@@ -1,4 +1,4 @@
-"""loss.png for a run, and overlays of several runs (`mse-train plot`)."""
+"""loss.png for a run, overlays of several runs (`mse-train plot`), and a sweep's sweep.png."""
 
 from __future__ import annotations
 
@@ -78,6 +78,47 @@ def write_comparison(path: Path, runs: Sequence[tuple[str, Sequence[dict[str, An
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right", fontsize="small")
     fig.subplots_adjust(left=0.1, right=0.95, top=0.95, bottom=0.1)
+    _save(fig, path)
+
+
+def write_sweep_plot(path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[str], best: int) -> None:
+    """Score against each swept key, one panel per key; the best trial in red."""
+    scored = [r for r in rows if r.get("score_mean") is not None]
+    columns = min(3, max(1, len(keys)))
+    panels = max(1, math.ceil(len(keys) / columns))
+    fig = Figure(figsize=(4.0 * columns, 3.2 * panels), dpi=DPI)
+    for index, key in enumerate(keys):
+        ax = fig.add_subplot(panels, columns, index + 1)
+        pairs = [
+            (r[key], float(r["score_mean"]), r["trial"] == best) for r in scored if r.get(key) is not None
+        ]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _, _ in pairs)
+        if numeric:
+            xs = [float(v) for v, _, _ in pairs]
+        else:  # choices: one slot each, in the order they first appear
+            labels = list(dict.fromkeys(str(v) for v, _, _ in pairs))
+            xs = [float(labels.index(str(v))) for v, _, _ in pairs]
+            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize="small")
+        ys = [y for _, y, _ in pairs]
+        ax.scatter(xs, ys, s=18, color="tab:blue", alpha=0.7)
+        ax.scatter(
+            [x for x, p in zip(xs, pairs, strict=True) if p[2]],
+            [p[1] for p in pairs if p[2]],
+            s=60,
+            color="tab:red",
+            label=f"best (trial {best})",
+        )
+        positive = [x for x in xs if x > 0]
+        if numeric and positive and len(positive) == len(xs) and max(xs) / min(positive) > 100:
+            ax.set_xscale("log")
+        if ys and min(ys) > 0:
+            ax.set_yscale("log")
+        ax.set_xlabel(key, fontsize="small")
+        ax.set_ylabel("score (val MSE)", fontsize="small")
+        ax.grid(True, alpha=0.3)
+        if index == 0:
+            ax.legend(fontsize="small")
+    fig.subplots_adjust(left=0.08, right=0.97, top=0.95, bottom=0.15, hspace=0.5, wspace=0.3)
     _save(fig, path)
 
 

@@ -1,0 +1,9 @@
+"""Stage 6, choosing a model: cross-validation and hyper-parameter sweeps.
+
+  fit.py    train one config on one split (no files) and score its best epoch
+  cv.py     `mse-train cv`: K folds, each with preprocessing fitted on its own rows
+  space.py  a `sweep:` section -> Optuna distributions, and each trial's checked config
+  sweep.py  `mse-train sweep`: the Optuna study, leaderboard, best.yaml, refit, resume
+
+Sits above recipe.py (it builds loops the way `run` does) and below cli/.
+"""

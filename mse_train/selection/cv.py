@@ -1,0 +1,95 @@
+"""`mse-train cv`: K-fold cross-validation of one config over the training rows.
+
+Each fold fits its own preprocessing on its training rows (no leakage), trains as `run`
+would (with `data.val_fraction` of its training rows choosing the best epoch and early
+stopping), and is scored on its held-out rows, which took no part in any choice, in the
+targets' own units.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mse_train.config.schema import Config
+from mse_train.data import folds, prepare
+from mse_train.selection.fit import Scored, train_and_score
+from mse_train.training.records import Status
+
+METRICS = ("mse", "rmse", "mae", "r2")
+
+
+@dataclass
+class CVResult:
+    folds: int
+    per_fold: list[dict[str, Any]]  # mse, rmse, mae, r2, n (+ targets: {name: {...}})
+    status: Status
+    failed_fold: int | None = None  # 1-based, when a fold diverged or was interrupted
+    reason: str = ""
+    epochs: list[int] = field(default_factory=list)  # per fold, as run
+    seconds: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The `--json` object: mean and std (population, as numpy and scikit-learn) per metric."""
+        out: dict[str, Any] = {"folds": self.folds}
+        out.update(mean_std(self.per_fold))
+        out["per_fold"] = self.per_fold
+        return out
+
+
+def mean_std(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    out: dict[str, dict[str, float | None]] = {}
+    for name in METRICS:
+        values = [r[name] for r in rows]
+        if not values or any(v is None for v in values):  # R² of a fold with a constant target
+            out[name] = {"mean": None, "std": None}
+        else:
+            out[name] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values)}
+    return out
+
+
+def fold_row(scored: Scored, target_names: list[str]) -> dict[str, Any]:
+    assert scored.overall is not None
+    row = {name: scored.overall[name] for name in (*METRICS, "n")}
+    if len(target_names) > 1:
+        row["targets"] = dict(zip(target_names, scored.per_target, strict=True))
+    return row
+
+
+def cross_validate(
+    cfg: Config,
+    k: int,
+    device: torch.device,
+    on_fold: Callable[[int, Scored], None] = lambda i, s: None,
+    should_stop: Callable[[], bool] = lambda: False,
+    loaded: prepare.Loaded | None = None,
+) -> CVResult:
+    """Train and score `cfg` on each of `k` folds (shuffled with `cfg.seed`)."""
+    loaded = loaded or prepare.load_training(cfg.data, cfg.targets)
+    splits = folds.kfold(loaded.table.n_rows, k, cfg.seed)
+    rows: list[dict[str, Any]] = []
+    epochs: list[int] = []
+    seconds: list[float] = []
+    for i, (train_rows, val_rows) in enumerate(splits, start=1):
+        prepared, held = prepare.fit_split(
+            loaded, cfg.data, train_rows, val_rows, f"fold {i} of {k}", cfg.seed
+        )
+        scored = train_and_score(cfg, prepared, held, device, should_stop)
+        on_fold(i, scored)
+        epochs.append(scored.epochs)
+        seconds.append(scored.seconds)
+        if scored.overall is None:
+            return CVResult(k, rows, scored.status, i, scored.reason, epochs, seconds)
+        rows.append(fold_row(scored, loaded.targets))
+    return CVResult(k, rows, Status.COMPLETED, None, "", epochs, seconds)
+
+
+def score_of(result: CVResult) -> float:
+    """The number a sweep minimises: mean validation MSE over folds, in target units."""
+    mse = mean_std(result.per_fold)["mse"]["mean"]
+    return math.inf if mse is None else float(mse)

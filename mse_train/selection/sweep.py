@@ -1,0 +1,441 @@
+"""`mse-train sweep`: search the `sweep:` section's space with Optuna, trial by trial.
+
+The study lives in `sweep.db` (Optuna's RDB storage, SQLite) in the sweep folder, so an
+interrupted sweep continues with `--resume` without re-running finished trials, and
+`optuna-dashboard sqlite:///.../sweep.db` can open it. After every finished trial the
+leaderboard is rewritten atomically; at the end come best.yaml, sweep.png and, with
+`refit`, a normal run folder `best/` trained on all the training rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mse_train import recipe, runtime
+from mse_train.config import loading, yamlio
+from mse_train.config.schema import Config, SweepConfig
+from mse_train.data import prepare
+from mse_train.errors import (
+    ConfigError,
+    EnvironmentProblem,
+    OutputError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
+from mse_train.outputs import fsio, run_folder, tables
+from mse_train.selection import cv, space
+from mse_train.selection.fit import Scored, train_and_score
+from mse_train.training import signals
+from mse_train.training.records import Status
+
+STUDY = "sweep"
+FINGERPRINT = "mse_train_fingerprint"
+
+
+@dataclass
+class Options:
+    trials: int | None = None  # --trials, over sweep.trials
+    folds: int | None = None  # --folds, over sweep.folds
+    resume: bool = False
+    output_dir: Path | None = None
+    resume_command: str = "mse-train sweep CONFIG --resume"
+
+
+@dataclass
+class Outcome:
+    """What the sweep found: the `--json` object and the rows of the leaderboard."""
+
+    best: dict[str, Any]
+    trials: int
+    checkpoint: str | None
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    folder: Path = Path()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"best": self.best, "trials": self.trials, "checkpoint": self.checkpoint}
+
+
+def run(
+    config_path: Path,
+    overrides: Sequence[str],
+    options: Options,
+    on_trial: Callable[[int, int, dict[str, Any]], None],
+    reporter: recipe.Reporter,
+) -> Outcome:
+    require_optuna()
+    doc = yamlio.read(config_path)
+    base, name = config_path.resolve().parent, config_path.stem
+    cfg = loading.from_document(
+        yamlio.Document(copy.deepcopy(doc.data), doc.lines, doc.source), base, overrides, name
+    )
+    sweep = _sweep_section(cfg, doc)
+    folds = sweep.folds if options.folds is None else options.folds
+    if folds == 1:
+        raise ConfigError(f"{doc.source}: folds is 1; use 0 (score on validation rows) or 2 and more")
+    the_space = space.space_of(sweep, doc, sweep.method)
+    if sweep.method == "grid":
+        n_trials = the_space.grid_size()
+        if n_trials > space.GRID_LIMIT:
+            raise ConfigError(
+                f"{doc.source}: the grid has {n_trials:,} combinations",
+                [f"keep it under {space.GRID_LIMIT:,}, or use method: random or tpe with `trials`"],
+            )
+    else:
+        n_trials = options.trials or sweep.trials
+    space.check_trials(doc, base, overrides, the_space, name)
+    if folds == 0 and cfg.data.val is None and cfg.data.val_fraction == 0:
+        raise ConfigError(
+            f"{doc.source}: the sweep scores trials on validation rows, but the config has none",
+            ["set `sweep.folds: 5` for cross-validation, or `data.val_fraction: 0.2`"],
+        )
+    out = options.output_dir.resolve() if options.output_dir is not None else Path(str(cfg.output.dir))
+    run_folder.check_not_a_system_folder(out)
+    device = runtime.resolve_device(cfg.train.device)
+    fsio.ensure_writable_dir(out)
+    with run_folder.lock(out), _quiet_optuna():
+        trainer = _Trainer(doc, base, overrides, name, folds, device)
+        trainer.load(cfg)  # bad data is found before the sweep folder holds anything
+        sampler = _sampler(sweep.method, the_space, cfg.seed)
+        grid = the_space.grid() if sweep.method == "grid" else []
+        fingerprint = _fingerprint(cfg, sweep, folds)
+        study = _open_study(out, options.resume, fingerprint, options.resume_command, sampler, grid)
+        keys = list(the_space.params)
+        with signals.on_signals() as stop:
+            _requeue_unfinished(study)
+            while _finished(study) < n_trials:
+                if stop.requested():
+                    _interrupted(out, study, keys, options.resume_command)
+                trial = study.ask(the_space.distributions())
+                values = the_space.decode(trial.params)
+                scored, dropped = trainer.score(values, stop.requested)
+                if scored.status is Status.INTERRUPTED:
+                    study.tell(trial, state=_failed())
+                    study.enqueue_trial(trial.params)  # --resume runs it again, from its start
+                    _interrupted(out, study, keys, options.resume_command)
+                trial.set_user_attr("dropped", dropped)
+                trial.set_user_attr("epochs", scored.epochs)
+                trial.set_user_attr("seconds", scored.seconds)
+                if scored.overall is None:
+                    trial.set_user_attr("status", "diverged")
+                    trial.set_user_attr("reason", scored.reason)
+                    study.tell(trial, state=_failed())
+                else:
+                    for metric, value in scored.overall.items():
+                        trial.set_user_attr(metric, value)
+                    trial.set_user_attr("status", scored.status.value)
+                    study.tell(trial, scored.overall["mse"])
+                rows = leaderboard(study, keys)
+                tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
+                on_trial(_finished(study), n_trials, rows[-1] if rows else {})
+        rows = leaderboard(study, keys)
+        tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
+        completed = [r for r in rows if r["status"] not in ("diverged",)]
+        if not completed:
+            raise TrainingDiverged(
+                f"every trial of the sweep diverged ({len(rows)}); see {out / 'leaderboard.csv'}",
+                ["narrow the ranges (e.g. lower optimizer.lr) or set data.standardize: true"],
+            )
+        best_row = min(completed, key=lambda r: r["score_mean"])
+        best_values = _values_of(study, best_row["trial"], the_space)
+        best_cfg, _ = space.trial_config(doc, base, overrides, best_values, name)
+        best_cfg = _refit_config(best_cfg, out)
+        text = (
+            f"# The best trial ({best_row['trial']}) of the sweep in {out}, score (validation MSE in "
+            "target units) "
+            f"{best_row['score_mean']:.6g}.\n# It trains on all training rows (data.val_fraction: 0) "
+            f"into {best_cfg.output.dir}: mse-train run {out / 'best.yaml'}\n"
+        )
+        fsio.write_text(out / "best.yaml", text + loading.to_yaml(best_cfg))
+        _plot(out / "sweep.png", rows, keys, best_row["trial"])
+    checkpoint = None
+    if sweep.refit:
+        refit_options = recipe.Options(
+            overwrite=True,
+            resume_command=f"mse-train run {out / 'best.yaml'} --resume",
+            overwrite_command=f"mse-train run {out / 'best.yaml'} --overwrite",
+        )
+        recipe.run(best_cfg, refit_options, reporter)
+        checkpoint = str(Path(str(best_cfg.output.dir)) / "best.pt")
+    best = {
+        "trial": best_row["trial"],
+        "params": {k: v for k, v in best_values.items() if best_row.get(k) is not None},
+        "score": best_row["score_mean"],
+        "config": str(out / "best.yaml"),
+    }
+    return Outcome(best, len(rows), checkpoint, rows, keys, out)
+
+
+def require_optuna() -> None:
+    """Optuna is the `sweep` extra; say how to get it instead of failing on an import."""
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise EnvironmentProblem(
+            "mse-train sweep needs Optuna, which is not installed",
+            ["pip install 'mse-train[sweep]'"],
+        ) from None
+
+
+# ------------------------------------------------------------------ trials
+class _Trainer:
+    """Trains trial configs, reading each distinct `data:` section once."""
+
+    def __init__(
+        self,
+        doc: yamlio.Document,
+        base: Path,
+        overrides: Sequence[str],
+        name: str,
+        folds: int,
+        device: torch.device,
+    ) -> None:
+        self.doc, self.base, self.overrides, self.name = doc, base, overrides, name
+        self.folds, self.device = folds, device
+        self._loaded: dict[str, prepare.Loaded] = {}
+
+    def load(self, cfg: Config) -> prepare.Loaded:
+        """The training table of `cfg`'s data section, read once per distinct section."""
+        key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key not in self._loaded:
+            self._loaded[key] = prepare.load_training(cfg.data, cfg.targets)
+        return self._loaded[key]
+
+    def score(self, values: dict[str, Any], should_stop: Callable[[], bool]) -> tuple[Scored, list[str]]:
+        cfg, dropped = space.trial_config(self.doc, self.base, self.overrides, values, self.name)
+        if self.folds >= 2:
+            result = cv.cross_validate(
+                cfg, self.folds, self.device, should_stop=should_stop, loaded=self.load(cfg)
+            )
+            epochs, seconds = sum(result.epochs), sum(result.seconds)
+            if result.status is not Status.COMPLETED:
+                return Scored(result.status, epochs, seconds, reason=result.reason), dropped
+            stats = cv.mean_std(result.per_fold)
+            overall: dict[str, Any] = {m: stats[m]["mean"] for m in cv.METRICS}
+            overall["score_std"] = stats["mse"]["std"]
+            overall["n"] = sum(r["n"] for r in result.per_fold)
+            return Scored(Status.COMPLETED, epochs, seconds, overall), dropped
+        prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+        if prepared.val is None:
+            raise ConfigError(
+                f"{self.doc.source}: a trial with {values} has no validation rows to be scored on",
+                ["set `sweep.folds: 5`, or keep `data.val_fraction` above 0 in every trial"],
+            )
+        y_true = prepared.pre.unscale_targets(prepared.val.y).astype(np.float64)
+        scored = train_and_score(cfg, prepared, prepare.Held(prepared.val, y_true), self.device, should_stop)
+        if scored.overall is not None:
+            scored.overall["score_std"] = None
+        return scored, dropped
+
+
+def columns(keys: list[str]) -> list[str]:
+    return ["trial", *keys, "score_mean", "score_std", "rmse", "mae", "r2", "epochs", "seconds", "status"]
+
+
+def leaderboard(study: Any, keys: list[str]) -> list[dict[str, Any]]:
+    """One row per finished trial, in trial order; a dropped key is an empty cell."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        if attrs.get("status") is None:
+            continue  # running, or interrupted and queued again
+        row: dict[str, Any] = {"trial": trial.number}
+        dropped = set(attrs.get("dropped", []))
+        for key in keys:
+            value = trial.params.get(key)
+            row[key] = None if key in dropped else value
+        row.update(
+            score_mean=attrs.get("mse"),
+            score_std=attrs.get("score_std"),
+            rmse=attrs.get("rmse"),
+            mae=attrs.get("mae"),
+            r2=attrs.get("r2"),
+            epochs=attrs.get("epochs"),
+            seconds=round(float(attrs.get("seconds", 0.0)), 3),
+            status=attrs["status"],
+        )
+        rows.append(row)
+    return rows
+
+
+def _values_of(study: Any, number: int, the_space: space.Space) -> dict[str, Any]:
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return the_space.decode(trial.params)
+
+
+def _refit_config(cfg: Config, out: Path) -> Config:
+    cfg = cfg.model_copy(deep=True)
+    cfg.data.val_fraction = 0.0
+    cfg.output.dir = str(out / "best")
+    return cfg
+
+
+def _finished(study: Any) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") is not None)
+
+
+def _failed() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL
+
+
+def _requeue_unfinished(study: Any) -> None:
+    """A trial left running by a killed process is failed and queued to run again."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        study.enqueue_trial(trial.params)
+
+
+def _interrupted(out: Path, study: Any, keys: list[str], resume_command: str) -> None:
+    raise TrainingInterrupted(
+        f"sweep interrupted after {_finished(study)} finished trial(s); {out / 'leaderboard.csv'} "
+        "holds them and sweep.db the search",
+        [f"continue with: {resume_command}"],
+    )
+
+
+# ------------------------------------------------------------------ the study
+def _sweep_section(cfg: Config, doc: yamlio.Document) -> SweepConfig:
+    if cfg.sweep is None:
+        raise ConfigError(
+            f"{doc.source}: no `sweep:` section, so there is nothing to search",
+            [
+                "add one, e.g.\n    sweep:\n      method: tpe\n      trials: 20\n      params:\n"
+                "        optimizer.lr: {low: 1.0e-4, high: 0.1, log: true}"
+            ],
+        )
+    return cfg.sweep
+
+
+def _fingerprint(cfg: Config, sweep: SweepConfig, folds: int) -> str:
+    """What must not change between a sweep and its --resume: the base config and the space."""
+    data = cfg.model_dump(mode="json")
+    data["output"].pop("dir", None)
+    data["sweep"] = {**sweep.model_dump(mode="json"), "trials": None, "folds": folds}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _sampler(method: str, the_space: space.Space, seed: int) -> Any:
+    import optuna
+
+    seed32 = seed % 2**32  # Optuna seeds numpy, which takes 32 bits
+    if method in ("grid", "random"):  # a grid's trials are all queued with fixed values
+        return optuna.samplers.RandomSampler(seed=seed32)
+    return optuna.samplers.TPESampler(seed=seed32)
+
+
+def _open_study(
+    out: Path, resume: bool, fingerprint: str, resume_command: str, sampler: Any, grid: list[dict[str, Any]]
+) -> Any:
+    """Create the study (queueing a grid's every combination), or load it to resume.
+
+    A grid is queued rather than given to Optuna's GridSampler: that sampler ends a study
+    with `Study.stop()`, which Optuna allows only inside `optimize()`, not with ask-and-tell.
+    """
+    import optuna
+
+    db = out / "sweep.db"
+    if db.exists() and not resume:
+        raise OutputError(
+            f"{out}: already holds a sweep (sweep.db)",
+            [f"continue it with: {resume_command}", "or choose another folder with --output-dir"],
+        )
+    if resume and not db.exists():
+        raise OutputError(
+            f"{out}: nothing to resume: no sweep.db in the folder", ["run without --resume to start"]
+        )
+    if resume:
+        _check_sqlite(db)
+    storage = f"sqlite:///{db}"
+    try:
+        if resume:
+            study = optuna.load_study(study_name=STUDY, storage=storage, sampler=sampler)
+        else:
+            study = optuna.create_study(
+                study_name=STUDY, storage=storage, direction="minimize", sampler=sampler
+            )
+            study.set_user_attr(FINGERPRINT, fingerprint)
+            for params in grid:
+                study.enqueue_trial(params)
+    except (KeyError, ValueError, RuntimeError, optuna.exceptions.OptunaError, Exception) as exc:
+        if isinstance(exc, (OutputError,)):
+            raise
+        raise OutputError(
+            f"{db}: not a sweep database mse-train can continue ({type(exc).__name__})",
+            ["start the sweep again in another folder with --output-dir"],
+        ) from None
+    if resume:
+        _check_agrees(out, study)
+    if study.user_attrs.get(FINGERPRINT) != fingerprint:
+        raise ConfigError(
+            f"{db}: this sweep was started with a different config or `sweep:` section",
+            [
+                "resume with the config it started with (only --trials may change), or start a new "
+                "sweep in another folder with --output-dir"
+            ],
+        )
+    return study
+
+
+def _check_agrees(out: Path, study: Any) -> None:
+    """Every trial leaderboard.csv lists must be in sweep.db: a database that lost trials
+    (or was replaced by another) is not continued as if nothing happened."""
+    board = out / "leaderboard.csv"
+    if not board.exists():
+        return
+    import csv
+
+    try:
+        with open(board, newline="", encoding="utf-8") as f:
+            listed = {int(row["trial"]) for row in csv.DictReader(f)}
+    except (OSError, ValueError, KeyError, TypeError, csv.Error):
+        return  # a damaged leaderboard is rewritten from the database
+    stored = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status")}
+    lost = sorted(listed - stored)
+    if lost:
+        raise OutputError(
+            f"{out / 'sweep.db'}: does not hold trial(s) {', '.join(map(str, lost[:10]))} that "
+            "leaderboard.csv lists; the database was damaged or replaced",
+            ["start the sweep again in another folder with --output-dir"],
+        )
+
+
+def _check_sqlite(db: Path) -> None:
+    with open(db, "rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            raise OutputError(
+                f"{db}: not an SQLite database, so not a sweep mse-train wrote",
+                ["start the sweep again in another folder with --output-dir"],
+            )
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna logs every trial and warns about experimental features: mse-train reports itself."""
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], best: int) -> None:
+    from mse_train.outputs import plots
+
+    plots.write_sweep_plot(path, rows, keys, best)

@@ -1,0 +1,326 @@
+"""`mse-train cv` and `mse-train sweep`: folds, no leakage, the search, resume, bad input."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mse_train.config import load
+from mse_train.data import folds, prepare
+
+from conftest import DATA, linear_rows, start_process, write_config, write_csv
+
+
+def strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def leaderboard(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "leaderboard.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any], **sections: Any) -> Path:
+    config: dict[str, Any] = {
+        "data": {"train": str(table), "target": "y", "val_fraction": 0.25},
+        "model": {"type": "mlp", "hidden": [8]},
+        "optimizer": {"name": "adam", "lr": 0.05},
+        "train": {"epochs": 4},
+        "output": {"dir": str(tmp_path / "sweep"), "plot": False},
+        "sweep": sweep,
+    }
+    config.update(sections)
+    return write_config(tmp_path / "sweep.yaml", config)
+
+
+# ------------------------------------------------------------------------ folds
+@pytest.mark.parametrize(("n", "k"), [(10, 2), (10, 3), (103, 5), (7, 7)])
+def test_folds_cover_every_row_once_with_sizes_within_one(n, k):
+    splits = folds.kfold(n, k, seed=3)
+    assert len(splits) == k
+    held = np.concatenate([val for _, val in splits])
+    assert sorted(held.tolist()) == list(range(n))
+    sizes = [len(val) for _, val in splits]
+    assert max(sizes) - min(sizes) <= 1
+    for train, val in splits:
+        assert not set(train.tolist()) & set(val.tolist())
+        assert len(train) + len(val) == n
+    again = folds.kfold(n, k, seed=3)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again, strict=True))
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(splits, folds.kfold(n, k, seed=4), strict=True))
+
+
+def test_each_fold_learns_its_statistics_from_its_own_training_rows(tmp_path):
+    """No leakage: means, stds, fill values and categories come from the fold's training rows."""
+    rows = [[i, "A" if i < 10 else "B", float(i) if i % 7 else "", 2.0 * i] for i in range(40)]
+    rows[3][1] = "rare"  # one row: in fold training rows or held out, never both
+    data = write_csv(tmp_path / "t.csv", ["a", "c", "m", "y"], rows)
+    cfg = load(
+        write_config(
+            tmp_path / "c.yaml",
+            {"data": {"train": str(data), "target": "y", "missing": "mean", "unknown_category": "ignore"}},
+        )
+    )
+    loaded = prepare.load_training(cfg.data, cfg.targets)
+    frame = loaded.table.frame
+    for i, (train_rows, test_rows) in enumerate(folds.kfold(40, 4, 0), start=1):
+        prepared, held = prepare.fit_split(loaded, cfg.data, train_rows, test_rows, f"fold {i}", 0)
+        pre = prepared.pre
+        a, m = pre.numeric[0], pre.numeric[1]
+        assert a.mean == pytest.approx(frame["a"].to_numpy()[train_rows].mean(), rel=1e-6)
+        assert a.mean != pytest.approx(frame["a"].to_numpy().mean(), rel=1e-3)
+        assert m.fill == pytest.approx(np.nanmean(frame["m"].to_numpy()[train_rows]), rel=1e-6)
+        categories = pre.categorical[0].categories
+        assert ("rare" in categories) == (3 in train_rows)
+        assert len(prepared.train) == len(train_rows)
+        assert held.y_true[:, 0].tolist() == frame["y"].to_numpy()[test_rows].tolist()
+
+
+# ------------------------------------------------------------------------ cv
+def test_cv_json_has_the_promised_shape_and_writes_its_files(cli, small_config, tmp_path):
+    cfg = small_config(optimizer={"name": "lbfgs", "lr": 1.0}, train={"epochs": 3})
+    result = cli("cv", cfg, "--folds", "4", "--json", "-o", tmp_path / "cv")
+    assert result.code == 0, result
+    out = strict_json(result.stdout)
+    assert out["folds"] == 4
+    for metric in ("mse", "rmse", "mae", "r2"):
+        assert set(out[metric]) == {"mean", "std"}
+        values = [f[metric] for f in out["per_fold"]]
+        assert out[metric]["mean"] == pytest.approx(np.mean(values))
+        assert out[metric]["std"] == pytest.approx(np.std(values))
+    assert sum(f["n"] for f in out["per_fold"]) == 200
+    assert out["mse"]["mean"] < 0.05  # a linear table, noise 0.1: L-BFGS finds it
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text()) == out
+    with open(tmp_path / "cv" / "cv.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["fold"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["mse"]) for r in rows] == [f["mse"] for f in out["per_fold"]]
+
+
+def test_cv_reports_each_target_with_several(cli, tmp_path):
+    header, values = linear_rows(60, n_features=2)
+    values = np.column_stack([values, values[:, -1] * 2 + 1])
+    data = write_csv(tmp_path / "two.csv", [*header, "y2"], values.round(6).tolist())
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {
+            "data": {"train": str(data), "target": ["y", "y2"]},
+            "train": {"epochs": 2},
+            "output": {"plot": False},
+        },
+    )
+    result = cli("cv", cfg, "-k", "3", "--json", "-o", tmp_path / "cv")
+    assert result.code == 0, result
+    fold = strict_json(result.stdout)["per_fold"][0]
+    assert set(fold["targets"]) == {"y", "y2"}
+    header_line = (tmp_path / "cv" / "cv.csv").read_text().splitlines()[0]
+    assert "mse_y2" in header_line
+
+
+@pytest.mark.parametrize(("k", "words"), [("1", "at least 2"), ("500", "200 row")])
+def test_cv_refuses_folds_that_cannot_be(cli, small_config, tmp_path, k, words):
+    result = cli("cv", small_config(), "--folds", k, "-o", tmp_path / "cv")
+    assert result.code == 2, result
+    assert words in result.stderr
+    assert not (tmp_path / "cv" / "cv.json").exists()
+
+
+def test_cv_scores_the_held_out_fold_not_the_rows_that_chose_the_epoch(cli, tmp_path):
+    """With val_fraction, each fold's best epoch is chosen on rows carved from its training
+    rows; the held-out fold is only scored. The diabetes config says the fold sizes."""
+    result = cli("cv", DATA.parent / "configs" / "diabetes.yaml", "-k", "5", "--json", "-o", tmp_path / "cv",
+                 "--set", "train.epochs=5")  # fmt: skip
+    assert result.code == 0, result
+    out = strict_json(result.stdout)
+    assert [f["n"] for f in out["per_fold"]] == [89, 89, 88, 88, 88]
+
+
+# ------------------------------------------------------------------------ sweep
+def test_a_grid_runs_every_combination_once(cli, table, tmp_path):
+    params: dict[str, list[Any]] = {
+        "optimizer.lr": [0.01, 0.1],
+        "regularization.l2": [0.0, 0.001],
+        "model.hidden": [[4], [8, 8]],
+    }
+    cfg = sweep_config(tmp_path, table, {"method": "grid", "refit": False, "params": params})
+    result = cli("sweep", cfg, "--json")
+    assert result.code == 0, result
+    rows = leaderboard(tmp_path / "sweep")
+    seen = {(float(r["optimizer.lr"]), float(r["regularization.l2"]), r["model.hidden"]) for r in rows}
+    assert len(rows) == 8
+    assert seen == {(a, b, json.dumps(c)) for a, b, c in itertools.product(*params.values())}
+    out = strict_json(result.stdout)
+    assert set(out) == {"best", "trials", "checkpoint"}
+    assert set(out["best"]) == {"trial", "params", "score", "config"}
+    assert out["trials"] == 8 and out["checkpoint"] is None
+    scores = {int(r["trial"]): float(r["score_mean"]) for r in rows}
+    assert out["best"]["score"] == min(scores.values()) == scores[out["best"]["trial"]]
+
+
+def test_a_switched_choice_drops_the_keys_that_do_not_apply(cli, table, tmp_path):
+    params = {"model.type": ["linear", "mlp"], "model.hidden": [[4], [8]], "optimizer.name": ["sgd", "adam"]}
+    cfg = sweep_config(
+        tmp_path,
+        table,
+        {"method": "grid", "refit": False, "params": params},
+        optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9},  # momentum does not apply to adam
+    )
+    result = cli("sweep", cfg, "-q")
+    assert result.code == 0, result
+    rows = leaderboard(tmp_path / "sweep")
+    assert len(rows) == 8
+    assert all(r["model.hidden"] == "" for r in rows if r["model.type"] == "linear")
+    assert all(r["model.hidden"] != "" for r in rows if r["model.type"] == "mlp")
+
+
+def test_an_invalid_combination_is_refused_before_any_training(cli, table, tmp_path):
+    params = {"optimizer.nesterov": [True, False], "optimizer.momentum": [0.0, 0.9]}
+    cfg = sweep_config(
+        tmp_path,
+        table,
+        {"method": "random", "trials": 3, "params": params},
+        optimizer={"name": "sgd", "lr": 0.01},
+    )
+    result = cli("sweep", cfg)
+    assert result.code == 2, result
+    assert "optimizer.nesterov" in result.stderr and "momentum" in result.stderr
+    assert not (tmp_path / "sweep" / "sweep.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "words"),
+    [
+        ({"optimizer.lr": {"low": 0.1, "high": 0.01}}, "above high"),
+        ({"optimizer.lr": {"low": 0.0, "high": 0.1, "log": True}}, "log scale"),
+        ({"output.dir": ["a", "b"]}, "cannot be searched"),
+        ({"optimizer.lrr": [0.1]}, "optimizer.lrr"),
+        ({"optimizer.lr": "fast"}, "sweep.params.optimizer.lr"),
+    ],
+)
+def test_bad_sweep_params_are_named_with_their_line(cli, table, tmp_path, params, words):
+    cfg = sweep_config(tmp_path, table, {"method": "tpe", "trials": 2, "params": params})
+    result = cli("sweep", cfg)
+    assert result.code == 2, result
+    assert words in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "sweep" / "sweep.db").exists()
+
+
+def test_a_config_without_a_sweep_section_says_so(cli, small_config):
+    result = cli("sweep", small_config())
+    assert result.code == 2, result
+    assert "no `sweep:` section" in result.stderr
+
+
+def test_a_holdout_sweep_needs_validation_rows(cli, table, tmp_path):
+    cfg = sweep_config(
+        tmp_path, table, {"params": {"optimizer.lr": [0.1]}}, data={"train": str(table), "target": "y"}
+    )
+    result = cli("sweep", cfg)
+    assert result.code == 2, result
+    assert "sweep.folds" in result.stderr
+
+
+def test_the_same_config_and_seed_give_the_same_leaderboard(cli, table, tmp_path):
+    lr = {"low": 0.001, "high": 0.1, "log": True}
+    sweep = {"method": "tpe", "trials": 4, "folds": 2, "refit": False,
+             "params": {"optimizer.lr": lr, "model.hidden": [[4], [8]]}}  # fmt: skip
+    cfg = sweep_config(tmp_path, table, sweep)
+    boards = []
+    for name in ("a", "b"):
+        result = cli("sweep", cfg, "-q", "-o", tmp_path / name)
+        assert result.code == 0, result
+        boards.append([{k: v for k, v in r.items() if k != "seconds"} for r in leaderboard(tmp_path / name)])
+    assert boards[0] == boards[1]
+    assert len({r["optimizer.lr"] for r in boards[0]}) == 4
+
+
+def test_refit_trains_the_winner_into_best_and_best_yaml_runs_as_it_is(cli, table, tmp_path):
+    cfg = sweep_config(
+        tmp_path, table, {"method": "random", "trials": 2, "params": {"optimizer.lr": [0.01, 0.05]}}
+    )
+    result = cli("sweep", cfg, "--json")
+    assert result.code == 0, result
+    out = strict_json(result.stdout)
+    assert out["checkpoint"] == str(tmp_path / "sweep" / "best" / "best.pt")
+    assert Path(out["checkpoint"]).exists()
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+    checked = cli("validate", out["best"]["config"])
+    assert checked.code == 0, checked
+    scored = cli("eval", out["checkpoint"], table, "--json")
+    assert scored.code == 0, scored
+
+
+def test_a_sweep_folder_is_not_started_twice_and_resume_needs_one(cli, table, tmp_path):
+    cfg = sweep_config(tmp_path, table, {"method": "random", "trials": 1, "refit": False,
+                                         "params": {"optimizer.lr": [0.01]}})  # fmt: skip
+    assert cli("sweep", cfg, "-q", "--resume", "-o", tmp_path / "none").code == 2
+    assert cli("sweep", cfg, "-q").code == 0
+    again = cli("sweep", cfg, "-q")
+    assert again.code == 2 and "--resume" in again.stderr
+    finished = cli("sweep", cfg, "-q", "--resume")
+    assert finished.code == 0, finished
+    assert len(leaderboard(tmp_path / "sweep")) == 1
+    longer = cli("sweep", cfg, "-q", "--resume", "--trials", "3")
+    assert longer.code == 0, longer
+    assert len(leaderboard(tmp_path / "sweep")) == 3
+
+
+def test_resume_refuses_a_changed_sweep_or_a_damaged_database(cli, table, tmp_path):
+    cfg = sweep_config(tmp_path, table, {"method": "random", "trials": 1, "refit": False,
+                                         "params": {"optimizer.lr": [0.01]}})  # fmt: skip
+    assert cli("sweep", cfg, "-q").code == 0
+    changed = cli("sweep", cfg, "-q", "--resume", "--set", "optimizer.lr=0.2")
+    assert changed.code == 2, changed
+    assert "different config" in changed.stderr
+    db = tmp_path / "sweep" / "sweep.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE trials")
+    damaged = cli("sweep", cfg, "-q", "--resume")
+    assert damaged.code == 2, damaged
+    assert "Traceback" not in damaged.stderr
+    db.write_bytes(b"not a database at all")
+    garbage = cli("sweep", cfg, "-q", "--resume")
+    assert garbage.code == 2, garbage
+    assert "SQLite" in garbage.stderr
+
+
+def test_an_interrupted_sweep_resumes_without_running_finished_trials_again(tmp_path):
+    header, values = linear_rows(3000, n_features=4)
+    table = write_csv(tmp_path / "big.csv", header, values.round(6).tolist())
+    sweep = {"method": "grid", "refit": False,
+             "params": {"optimizer.lr": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]}}  # fmt: skip
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 40, "batch_size": 16})
+    process = start_process("sweep", cfg)
+    deadline = time.monotonic() + 120
+    assert process.stderr is not None
+    for line in process.stderr:  # wait for the first finished trial
+        if line.startswith("trial "):
+            break
+        assert time.monotonic() < deadline
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "--resume" in err
+    before = leaderboard(tmp_path / "sweep")
+    assert 1 <= len(before) < 6
+    process = start_process("sweep", cfg, "--resume", "-q")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    after = leaderboard(tmp_path / "sweep")
+    assert len(after) == 6
+    assert sorted(float(r["optimizer.lr"]) for r in after) == [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
+    by_trial = {r["trial"]: r for r in after}
+    assert all(by_trial[r["trial"]] == r for r in before)  # finished trials were not run again
