@@ -324,3 +324,24 @@ def test_an_interrupted_sweep_resumes_without_running_finished_trials_again(tmp_
     assert sorted(float(r["optimizer.lr"]) for r in after) == [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
     by_trial = {r["trial"]: r for r in after}
     assert all(by_trial[r["trial"]] == r for r in before)  # finished trials were not run again
+
+
+@pytest.mark.parametrize("name", ["diabetes_sweep.yaml", "penguins_sweep.yaml"])
+def test_the_shipped_sweeps_run(cli, tmp_path, name):
+    config = DATA.parent / "configs" / name
+    result = cli("sweep", config, "--trials", "2", "--set", "train.epochs=2", "-o", tmp_path / "s", "--json")
+    assert result.code == 0, result
+    out = strict_json(result.stdout)
+    assert Path(out["checkpoint"]).exists()
+    rows = leaderboard(tmp_path / "s")
+    assert len(rows) == (9 if name.startswith("penguins") else 2)
+
+
+def test_the_starter_config_sweeps_as_written(cli, table, tmp_path):
+    config = tmp_path / "starter.yaml"
+    assert cli("init", table, "--target", "y", "-o", config).code == 0
+    result = cli("sweep", config, "--trials", "2", "--folds", "2", "--set", "train.epochs=2", "-q",
+                 "-o", tmp_path / "s")  # fmt: skip
+    assert result.code == 0, result
+    assert len(leaderboard(tmp_path / "s")) == 2
+    assert (tmp_path / "s" / "best" / "best.pt").exists()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -203,16 +204,26 @@ def print_leaderboard(console: Console, rows: list[dict[str, Any]], keys: list[s
     ranked = sorted(
         rows, key=lambda r: (r.get("score_mean") is None, r.get("score_mean") or 0.0, r.get("trial", 0))
     )
-    table = Table(title=f"top {min(top, len(ranked))} of {len(rows)} trials (score: validation MSE)")
-    for column in ("trial", *keys, "score", "± std", "epochs", "s"):
+    table = Table(
+        title=f"top {min(top, len(ranked))} of {len(rows)} trials (score: validation MSE)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    names = short if len(set(short)) == len(short) else keys  # `lr` rather than `optimizer.lr`
+    for column in ("trial", *names, "score", "± std", "epochs"):  # seconds: leaderboard.csv
         table.add_column(column, justify="right")
     for row in ranked[:top]:
+        score = row.get("score_mean")
         table.add_row(
             str(row["trial"]),
-            *("-" if row.get(k) is None else str(row[k]) for k in keys),
-            _fmt(row.get("score_mean")) if row.get("score_mean") is not None else str(row.get("status")),
-            _fmt(row.get("score_std")),
+            *("-" if row.get(k) is None else _short(row[k]) for k in keys),
+            _fmt(score) if score is not None else str(row.get("status")),
+            "-" if row.get("score_std") is None else f"{row['score_std']:.3g}",
             str(row.get("epochs")),
-            str(row.get("seconds")),
         )
     console.print(table)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -424,7 +424,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     sweep: SweepConfig | None = Field(
-        None, description="What `mse-train sweep` searches; `run`, `cv` and `validate` do not use it."
+        None, description="What `mse-train sweep` searches; `run` and `cv` ignore it."
     )
 
     @property

@@ -60,6 +60,7 @@ def render(
         )
     else:
         val_fraction = "0.2           # hold out 20% of the rows to choose the best epoch"
+    folds = 5 if rows is None or rows >= MIN_ROWS_TO_HOLD_OUT else (2 if rows >= 2 else 0)
     categorical_note = (
         f"    # these hold text, so they are one-hot encoded: {', '.join(text_columns)}"
         if text_columns
@@ -123,4 +124,14 @@ output:
   checkpoint_every: 0         # also write last.pt every N epochs (0 = only at the end)
   plot: true                  # loss.png
   tensorboard: false          # needs: pip install 'mse-train[tensorboard]'
+
+sweep:                        # what `mse-train sweep` searches; run and cv ignore it
+  method: tpe                 # {_options("sweep.method")}
+  trials: 20
+  folds: {folds}                    # score each trial by K-fold CV; 0 = on the validation rows
+  refit: true                 # retrain the winner on all rows into <output.dir>/best/
+  params:                     # a list = the choices; a mapping = a range
+    model.hidden: [[32], [64, 64], [128, 128]]
+    optimizer.lr: {{low: 1.0e-4, high: 1.0e-1, log: true}}
+    regularization.l2: [0.0, 1.0e-4, 1.0e-3]
 """

@@ -189,8 +189,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
 
     pre = _fit(train, train_rows, features, targets, cfg)
     if train_rows is not None and cfg.unknown_category == "error":
-        split_name = f"the validation split (`data.val_fraction: {cfg.val_fraction}`, shuffled with `seed`)"
-        _check_split_categories(train, pre, order[len(train_rows) :], cfg, split_name)
+        _check_split_categories(train, pre, order[len(train_rows) :], cfg, "the validation split")
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
     del train
@@ -232,7 +231,13 @@ def _check_split_categories(
             )
     if problems:
         raise DataError(
-            f"{cfg.train}: categories that no training row holds: {split_name} took every row with them",
+            f"{cfg.train}: categories that no training row holds: {split_name}"
+            + (
+                f" (`data.val_fraction: {cfg.val_fraction}`, shuffled with `seed`)"
+                if split_name == "the validation split"
+                else ""
+            )
+            + " took every row with them",
             [
                 *problems,
                 "the model cannot learn a category from validation rows: change `seed` for another "

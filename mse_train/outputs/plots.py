@@ -111,7 +111,7 @@ def write_sweep_plot(path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[
         positive = [x for x in xs if x > 0]
         if numeric and positive and len(positive) == len(xs) and max(xs) / min(positive) > 100:
             ax.set_xscale("log")
-        if ys and min(ys) > 0:
+        if ys and min(ys) > 0 and max(ys) / min(ys) > 100:  # diverging trials next to good ones
             ax.set_yscale("log")
         ax.set_xlabel(key, fontsize="small")
         ax.set_ylabel("score (val MSE)", fontsize="small")
