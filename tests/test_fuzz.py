@@ -288,3 +288,73 @@ def test_generated_configs_and_cells_never_crash(cli, tmp_path, config, table):
         sane(scored)
         if scored.stdout.strip():
             strict_json(scored.stdout)
+
+
+# ------------------------------------------------------------------ sweeps
+range_specs = st.fixed_dictionaries(
+    {"low": st.sampled_from([0.0, 1e-4, 0.01, 1, 5, -1.0]), "high": st.sampled_from([0.0, 0.1, 1, 4, 1e3])},
+    optional={
+        "log": st.booleans(),
+        "step": st.sampled_from([0.5, 1, 0.0, -1]),
+        "integer": st.booleans(),
+        "bogus": st.just(1),
+    },
+)
+sweep_paths = st.one_of(
+    st.sampled_from([".".join(p) for p in KNOWN_PATHS if len(p) == 2]),
+    st.sampled_from(["bogus", "model", "sweep.trials", "output.dir", "model.hiden", ""]),
+)
+sweep_values = st.one_of(
+    st.lists(scalars, min_size=0, max_size=3),
+    st.lists(st.sampled_from([[4], [8, 8], "mlp", "linear", "adam", "sgd"]), min_size=1, max_size=3),
+    range_specs,
+    scalars,
+)
+sweeps = st.fixed_dictionaries(
+    {"params": st.dictionaries(sweep_paths, sweep_values, min_size=0, max_size=3)},
+    optional={
+        "method": st.sampled_from(["grid", "random", "tpe", "bayes", 3]),
+        "trials": st.sampled_from([1, 2, 0, -1, "2"]),
+        "folds": st.sampled_from([0, 1, 2, 3, -2, 1000]),
+        "refit": st.booleans(),
+    },
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(sweep=sweeps, val_fraction=st.sampled_from([0.0, 0.25]))
+@example(
+    sweep={"method": "grid", "params": {"optimizer.lr": {"low": 0.1, "high": 0.01, "step": 0.01}}},
+    val_fraction=0.25,
+)
+@example(
+    sweep={"params": {"model.type": ["linear", "mlp"], "model.hidden": [[4]]}, "folds": 2}, val_fraction=0.0
+)
+def test_generated_sweeps_never_crash(cli, tmp_path, sweep, val_fraction):
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    (folder / "data.csv").write_text(PLAIN * 1 + "5,1,7\n6,2,9\n7,3,11\n8,1,10\n", encoding="utf-8")
+    config = {
+        "data": {"train": "data.csv", "target": "y", "val_fraction": val_fraction},
+        "model": {"type": "mlp", "hidden": [4]},
+        "sweep": sweep,
+    }
+    cfg = folder / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    checked = cli("validate", cfg)
+    sane(checked)
+    ran = cli(
+        "sweep", cfg, "--json", "--trials", "2",
+        "--set", "train.epochs=1",
+        "--set", "output.plot=false",
+        "--output-dir", folder / "sweep",
+    )  # fmt: skip
+    sane(ran)
+    if ran.stdout.strip():
+        strict_json(ran.stdout)

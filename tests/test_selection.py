@@ -345,3 +345,15 @@ def test_the_starter_config_sweeps_as_written(cli, table, tmp_path):
     assert result.code == 0, result
     assert len(leaderboard(tmp_path / "s")) == 2
     assert (tmp_path / "s" / "best" / "best.pt").exists()
+
+
+def test_validate_checks_a_sweeps_trials_too(cli, table, tmp_path):
+    params = {"optimizer.nesterov": [True], "optimizer.momentum": [0.0, 0.9]}
+    cfg = sweep_config(tmp_path, table, {"params": params}, optimizer={"name": "sgd", "lr": 0.01})
+    result = cli("validate", cfg)
+    assert result.code == 2, result
+    assert "optimizer.momentum=0.0" in result.stderr
+    fine = sweep_config(tmp_path, table, {"params": {"optimizer.lr": {"low": 0.01, "high": 0.1}}})
+    ok = cli("validate", fine)
+    assert ok.code == 0, ok
+    assert "2 trial config(s) checked" in ok.stderr

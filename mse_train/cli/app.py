@@ -370,7 +370,18 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
         device = runtime.resolve_device(cfg.train.device)
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
         recipe.build_loop(cfg, prepared, device)  # what run builds: validate passing means run starts
+        checked = 0
+        if cfg.sweep is not None:  # and what sweep checks before its first trial
+            from mse_train.config import yamlio
+            from mse_train.selection import space
+
+            doc = yamlio.read(config_file)
+            the_space = space.space_of(cfg.sweep, doc, cfg.sweep.method)
+            base = config_file.resolve().parent
+            checked = space.check_trials(doc, base, overrides or [], the_space, config_file.stem)
         view.print_validated(prepared, f"{config_file}: ok", str(cfg.output.dir))
+        if checked:
+            view.stderr().print(f"sweep: {checked} trial config(s) checked (list values, range ends)")
 
     _guard(debug, work)
 
