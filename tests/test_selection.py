@@ -303,7 +303,7 @@ def test_an_interrupted_sweep_resumes_without_running_finished_trials_again(tmp_
     sweep = {"method": "grid", "refit": False,
              "params": {"optimizer.lr": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]}}  # fmt: skip
     cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 40, "batch_size": 16})
-    process = start_process("sweep", cfg)
+    process = start_process("sweep", cfg, "--no-pack")  # one trial at a time: some finish first
     deadline = time.monotonic() + 120
     assert process.stderr is not None
     for line in process.stderr:  # wait for the first finished trial
@@ -316,7 +316,7 @@ def test_an_interrupted_sweep_resumes_without_running_finished_trials_again(tmp_
     assert "--resume" in err
     before = leaderboard(tmp_path / "sweep")
     assert 1 <= len(before) < 6
-    process = start_process("sweep", cfg, "--resume", "-q")
+    process = start_process("sweep", cfg, "--resume", "-q")  # the rest side by side
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     after = leaderboard(tmp_path / "sweep")
@@ -357,3 +357,75 @@ def test_validate_checks_a_sweeps_trials_too(cli, table, tmp_path):
     ok = cli("validate", fine)
     assert ok.code == 0, ok
     assert "2 trial config(s) checked" in ok.stderr
+
+
+# ------------------------------------------------------------ packed == solo
+PACKABLE = {
+    "sgd-momentum-steplr-l1-l2": {
+        "model": {"type": "mlp", "hidden": [16, 8], "activation": "tanh"},
+        "init": {"scheme": "xavier_normal"},
+        "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+        "scheduler": {"name": "step", "step_size": 5, "gamma": 0.5},
+        "regularization": {"l1": 1e-4, "l2": 1e-3},
+        "train": {"epochs": 30, "batch_size": 16, "early_stopping": {"patience": 4}},
+    },
+    "adamw-plateau-full-batch-sum": {
+        "model": {"type": "mlp", "hidden": [32]},
+        "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.05},
+        "scheduler": {"name": "plateau", "patience": 2},
+        "loss": {"reduction": "sum"},
+        "train": {"epochs": 25},
+    },
+    "linear-adam-no-validation": {
+        "data": {"val_fraction": 0.0},
+        "model": {"type": "linear"},
+        "optimizer": {"name": "adam", "lr": 0.05, "weight_decay": 0.01},
+        "train": {"epochs": 15, "batch_size": 32},
+    },
+}
+
+
+@pytest.mark.parametrize("sections", PACKABLE.values(), ids=PACKABLE.keys())
+def test_folds_trained_side_by_side_match_folds_trained_alone(cli, tmp_path, sections):
+    header, values = linear_rows(150, n_features=3)
+    table = write_csv(tmp_path / "t.csv", header, values.round(5).tolist())
+    config: dict[str, Any] = {"seed": 3, "data": {"train": str(table), "target": "y", "val_fraction": 0.2},
+                              "output": {"plot": False}}  # fmt: skip
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value}
+    cfg = write_config(tmp_path / "c.yaml", config)
+    results = []
+    for extra in ([], ["--no-pack"]):
+        result = cli("cv", cfg, "-k", "4", "--json", "-o", tmp_path / "cv", *extra)
+        assert result.code == 0, result
+        results.append(strict_json(result.stdout)["per_fold"])
+    packed, alone = results
+    for a, b in zip(packed, alone, strict=True):
+        assert a["n"] == b["n"]
+        assert a["mse"] == pytest.approx(b["mse"], rel=1e-4), (packed, alone)
+
+
+def test_sweep_trials_trained_side_by_side_match_trials_trained_alone(cli, table, tmp_path):
+    params = {
+        "optimizer.lr": [0.003, 0.03, 3.0],
+        "optimizer.name": ["sgd", "adam"],
+        "model.hidden": [[4], [8]],
+    }
+    sweep = {"method": "grid", "folds": 2, "refit": False, "params": params}
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 6, "batch_size": 32})
+    boards = []
+    for name, extra in (("packed", []), ("alone", ["--no-pack"])):
+        result = cli("sweep", cfg, "-q", "-o", tmp_path / name, *extra)
+        assert result.code == 0, result
+        boards.append({r["trial"]: r for r in leaderboard(tmp_path / name)})
+    packed, alone = boards
+    assert packed.keys() == alone.keys() and len(packed) == 12
+    for trial, row in packed.items():
+        other = alone[trial]
+        assert (row["optimizer.lr"], row["optimizer.name"], row["model.hidden"]) == (
+            other["optimizer.lr"], other["optimizer.name"], other["model.hidden"])  # fmt: skip
+        assert row["status"] == other["status"], (row, other)
+        assert row["epochs"] == other["epochs"]
+        if row["score_mean"]:
+            assert float(row["score_mean"]) == pytest.approx(float(other["score_mean"]), rel=1e-4)
+    assert any(r["status"] == "diverged" for r in packed.values())  # lr 3.0 with sgd: frozen alone

@@ -149,12 +149,18 @@ OutputDir = Annotated[
 ]
 
 
+NoPack = Annotated[
+    bool, typer.Option("--no-pack", help="Train models one at a time instead of side by side.")
+]
+
+
 @app.command()
 def cv(
     config_file: ConfigPath,
     folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (K >= 2).")] = 5,
     overrides: Overrides = None,
     output_dir: OutputDir = None,
+    no_pack: NoPack = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
@@ -185,7 +191,7 @@ def cv(
                 )
 
         with signals.on_signals() as stop:
-            result = cross.cross_validate(cfg, folds, device, on_fold, stop.requested)
+            result = cross.cross_validate(cfg, folds, device, on_fold, stop.requested, pack=not no_pack)
         if result.status is Status.INTERRUPTED:
             raise TrainingInterrupted(
                 f"interrupted in fold {result.failed_fold} of {folds}; nothing was written",
@@ -238,6 +244,7 @@ def sweep(
     overrides: Overrides = None,
     output_dir: OutputDir = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep.")] = False,
+    no_pack: NoPack = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
@@ -256,7 +263,11 @@ def sweep(
         for flag, value in (("--trials", trials), ("--folds", folds), ("--output-dir", output_dir)):
             if value is not None:
                 again += [flag, str(value)]
-        options = search.Options(trials, folds, resume, output_dir, shlex.join([*again, "--resume"]))
+        if no_pack:
+            again.append("--no-pack")
+        options = search.Options(
+            trials, folds, resume, output_dir, shlex.join([*again, "--resume"]), not no_pack
+        )
 
         def on_trial(done: int, total: int, row: dict[str, Any]) -> None:
             if quiet:

@@ -18,7 +18,8 @@ import torch
 
 from mse_train.config.schema import Config
 from mse_train.data import folds, prepare
-from mse_train.selection.fit import Scored, train_and_score
+from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
+from mse_train.training import packed
 from mse_train.training.records import Status
 
 METRICS = ("mse", "rmse", "mae", "r2")
@@ -68,18 +69,31 @@ def cross_validate(
     on_fold: Callable[[int, Scored], None] = lambda i, s: None,
     should_stop: Callable[[], bool] = lambda: False,
     loaded: prepare.Loaded | None = None,
+    pack: bool = True,
 ) -> CVResult:
-    """Train and score `cfg` on each of `k` folds (shuffled with `cfg.seed`)."""
+    """Train and score `cfg` on each of `k` folds (shuffled with `cfg.seed`).
+
+    With `pack`, the folds train side by side as one stack when the config allows it
+    (training/packed.py), each as it would alone.
+    """
     loaded = loaded or prepare.load_training(cfg.data, cfg.targets)
     splits = folds.kfold(loaded.table.n_rows, k, cfg.seed)
+    jobs = [
+        (cfg, *prepare.fit_split(loaded, cfg.data, train_rows, val_rows, f"fold {i} of {k}", cfg.seed))
+        for i, (train_rows, val_rows) in enumerate(splits, start=1)
+    ]
+    together = train_and_score_packed(jobs, device, should_stop) if pack and packed.pack_key(cfg) else None
+    if pack and packed.pack_key(cfg) and together is None:
+        return CVResult(k, [], Status.INTERRUPTED, 1)
     rows: list[dict[str, Any]] = []
     epochs: list[int] = []
     seconds: list[float] = []
-    for i, (train_rows, val_rows) in enumerate(splits, start=1):
-        prepared, held = prepare.fit_split(
-            loaded, cfg.data, train_rows, val_rows, f"fold {i} of {k}", cfg.seed
+    for i, (_, prepared, held) in enumerate(jobs, start=1):
+        scored = (
+            together[i - 1]
+            if together is not None
+            else train_and_score(cfg, prepared, held, device, should_stop)
         )
-        scored = train_and_score(cfg, prepared, held, device, should_stop)
         on_fold(i, scored)
         epochs.append(scored.epochs)
         seconds.append(scored.seconds)

@@ -18,6 +18,7 @@ from mse_train import recipe
 from mse_train.config.schema import Config
 from mse_train.data.prepare import Held, Prepared
 from mse_train.models import inference
+from mse_train.training import packed
 from mse_train.training.records import Status
 from mse_train.use.evaluate import regression_metrics
 
@@ -56,3 +57,43 @@ def train_and_score(
         return Scored(Status.DIVERGED, epochs, seconds, reason="its predictions are not finite numbers")
     overall, per_target = regression_metrics(held.y_true, y_pred)
     return Scored(status, epochs, seconds, overall, per_target)
+
+
+def train_and_score_packed(
+    jobs: list[tuple[Config, Prepared, Held]],
+    device: torch.device,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[Scored] | None:
+    """Train jobs that share a `packed.pack_key` side by side, then score each as above.
+
+    Seconds are the pack's time shared equally; None when asked to stop.
+    """
+    started = time.perf_counter()
+    members = [
+        packed.Member(cfg, _rows(prepared.train.x, prepared.train.y, device),
+                      _rows(prepared.val.x, prepared.val.y, device) if prepared.val is not None else None)
+        for cfg, prepared, _ in jobs
+    ]  # fmt: skip
+    trained = packed.train(members, device, should_stop)
+    if trained is None:
+        return None
+    seconds = (time.perf_counter() - started) / len(jobs)
+    out = []
+    for (_, prepared, held), result in zip(jobs, trained, strict=True):
+        if result.status is Status.DIVERGED:
+            out.append(Scored(result.status, result.epochs, seconds, reason=result.reason))
+            continue
+        raw = inference.predict(result.model, torch.from_numpy(held.split.x).to(device)).cpu().numpy()
+        y_pred = prepared.pre.unscale_targets(raw).astype(np.float64)
+        if not np.isfinite(y_pred).all():
+            out.append(
+                Scored(Status.DIVERGED, result.epochs, seconds, reason="its predictions are not finite")
+            )
+            continue
+        overall, per_target = regression_metrics(held.y_true, y_pred)
+        out.append(Scored(result.status, result.epochs, seconds, overall, per_target))
+    return out
+
+
+def _rows(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ import torch
 from mse_train import recipe, runtime
 from mse_train.config import loading, yamlio
 from mse_train.config.schema import Config, SweepConfig
+from mse_train.data import folds as folds_module
 from mse_train.data import prepare
 from mse_train.errors import (
     ConfigError,
@@ -36,11 +37,12 @@ from mse_train.errors import (
 )
 from mse_train.outputs import fsio, run_folder, tables
 from mse_train.selection import cv, space
-from mse_train.selection.fit import Scored, train_and_score
-from mse_train.training import signals
+from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
+from mse_train.training import packed, signals
 from mse_train.training.records import Status
 
 STUDY = "sweep"
+PACK = 16  # trials asked of Optuna at once, so that those of one shape train side by side
 FINGERPRINT = "mse_train_fingerprint"
 
 
@@ -51,6 +53,7 @@ class Options:
     resume: bool = False
     output_dir: Path | None = None
     resume_command: str = "mse-train sweep CONFIG --resume"
+    pack: bool = True  # --no-pack: one model at a time
 
 
 @dataclass
@@ -106,7 +109,7 @@ def run(
     device = runtime.resolve_device(cfg.train.device)
     fsio.ensure_writable_dir(out)
     with run_folder.lock(out), _quiet_optuna():
-        trainer = _Trainer(doc, base, overrides, name, folds, device)
+        trainer = _Trainer(doc, base, overrides, name, folds, device, options.pack)
         trainer.load(cfg)  # bad data is found before the sweep folder holds anything
         sampler = _sampler(sweep.method, the_space, cfg.seed)
         grid = the_space.grid() if sweep.method == "grid" else []
@@ -118,28 +121,19 @@ def run(
             while _finished(study) < n_trials:
                 if stop.requested():
                     _interrupted(out, study, keys, options.resume_command)
-                trial = study.ask(the_space.distributions())
-                values = the_space.decode(trial.params)
-                scored, dropped = trainer.score(values, stop.requested)
-                if scored.status is Status.INTERRUPTED:
-                    study.tell(trial, state=_failed())
-                    study.enqueue_trial(trial.params)  # --resume runs it again, from its start
+                size = min(PACK if options.pack else 1, n_trials - _finished(study))
+                trials = [study.ask(the_space.distributions()) for _ in range(size)]
+                results = trainer.score([the_space.decode(t.params) for t in trials], stop.requested)
+                if results is None:
+                    for trial in trials:
+                        study.tell(trial, state=_failed())
+                        study.enqueue_trial(trial.params)  # --resume runs it again, from its start
                     _interrupted(out, study, keys, options.resume_command)
-                trial.set_user_attr("dropped", dropped)
-                trial.set_user_attr("epochs", scored.epochs)
-                trial.set_user_attr("seconds", scored.seconds)
-                if scored.overall is None:
-                    trial.set_user_attr("status", "diverged")
-                    trial.set_user_attr("reason", scored.reason)
-                    study.tell(trial, state=_failed())
-                else:
-                    for metric, value in scored.overall.items():
-                        trial.set_user_attr(metric, value)
-                    trial.set_user_attr("status", scored.status.value)
-                    study.tell(trial, scored.overall["mse"])
-                rows = leaderboard(study, keys)
-                tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
-                on_trial(_finished(study), n_trials, rows[-1] if rows else {})
+                for trial, (scored, dropped) in zip(trials, results, strict=True):
+                    _tell(study, trial, scored, dropped)
+                    rows = leaderboard(study, keys)
+                    tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
+                    on_trial(_finished(study), n_trials, next(r for r in rows if r["trial"] == trial.number))
         rows = leaderboard(study, keys)
         tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
         completed = [r for r in rows if r["status"] not in ("diverged",)]
@@ -201,9 +195,10 @@ class _Trainer:
         name: str,
         folds: int,
         device: torch.device,
+        pack: bool,
     ) -> None:
         self.doc, self.base, self.overrides, self.name = doc, base, overrides, name
-        self.folds, self.device = folds, device
+        self.folds, self.device, self.pack = folds, device, pack
         self._loaded: dict[str, prepare.Loaded] = {}
 
     def load(self, cfg: Config) -> prepare.Loaded:
@@ -213,20 +208,54 @@ class _Trainer:
             self._loaded[key] = prepare.load_training(cfg.data, cfg.targets)
         return self._loaded[key]
 
-    def score(self, values: dict[str, Any], should_stop: Callable[[], bool]) -> tuple[Scored, list[str]]:
-        cfg, dropped = space.trial_config(self.doc, self.base, self.overrides, values, self.name)
+    def score(
+        self, trials: list[dict[str, Any]], should_stop: Callable[[], bool]
+    ) -> list[tuple[Scored, list[str]]] | None:
+        """Each trial's score (and dropped keys); None when asked to stop.
+
+        Jobs (a trial's folds, or its holdout) that share a pack key train side by side.
+        """
+        jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]] = []
+        dropped_of = []
+        for number, values in enumerate(trials):
+            cfg, dropped = space.trial_config(self.doc, self.base, self.overrides, values, self.name)
+            dropped_of.append(dropped)
+            jobs += [(number, cfg, prepared, held) for prepared, held in self._splits(cfg, values)]
+        groups: dict[str | None, list[int]] = {}
+        for index, (_, cfg, _, _) in enumerate(jobs):
+            key = packed.pack_key(cfg) if self.pack else None
+            groups.setdefault(key, []).append(index)
+        scores: dict[int, Scored] = {}
+        for key, members in groups.items():
+            if key is not None and len(members) > 1:
+                together = train_and_score_packed([jobs[i][1:] for i in members], self.device, should_stop)
+                if together is None:
+                    return None
+                scores.update(zip(members, together, strict=True))
+                continue
+            for i in members:
+                _, cfg, prepared, held = jobs[i]
+                scored = train_and_score(cfg, prepared, held, self.device, should_stop)
+                if scored.status is Status.INTERRUPTED:
+                    return None
+                scores[i] = scored
+        out = []
+        for number, dropped in enumerate(dropped_of):
+            parts = [scores[i] for i, job in enumerate(jobs) if job[0] == number]
+            out.append((_combine(parts), dropped))
+        return out
+
+    def _splits(self, cfg: Config, values: dict[str, Any]) -> list[tuple[prepare.Prepared, prepare.Held]]:
         if self.folds >= 2:
-            result = cv.cross_validate(
-                cfg, self.folds, self.device, should_stop=should_stop, loaded=self.load(cfg)
-            )
-            epochs, seconds = sum(result.epochs), sum(result.seconds)
-            if result.status is not Status.COMPLETED:
-                return Scored(result.status, epochs, seconds, reason=result.reason), dropped
-            stats = cv.mean_std(result.per_fold)
-            overall: dict[str, Any] = {m: stats[m]["mean"] for m in cv.METRICS}
-            overall["score_std"] = stats["mse"]["std"]
-            overall["n"] = sum(r["n"] for r in result.per_fold)
-            return Scored(Status.COMPLETED, epochs, seconds, overall), dropped
+            loaded = self.load(cfg)
+            return [
+                prepare.fit_split(
+                    loaded, cfg.data, train_rows, test_rows, f"fold {i} of {self.folds}", cfg.seed
+                )
+                for i, (train_rows, test_rows) in enumerate(
+                    folds_module.kfold(loaded.table.n_rows, self.folds, cfg.seed), start=1
+                )
+            ]
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
         if prepared.val is None:
             raise ConfigError(
@@ -234,10 +263,39 @@ class _Trainer:
                 ["set `sweep.folds: 5`, or keep `data.val_fraction` above 0 in every trial"],
             )
         y_true = prepared.pre.unscale_targets(prepared.val.y).astype(np.float64)
-        scored = train_and_score(cfg, prepared, prepare.Held(prepared.val, y_true), self.device, should_stop)
-        if scored.overall is not None:
-            scored.overall["score_std"] = None
-        return scored, dropped
+        return [(prepared, prepare.Held(prepared.val, y_true))]
+
+
+def _combine(parts: list[Scored]) -> Scored:
+    """One trial's score from its folds (or its one holdout): the mean, and the std over folds."""
+    epochs, seconds = sum(p.epochs for p in parts), sum(p.seconds for p in parts)
+    failed = next((p for p in parts if p.overall is None), None)
+    if failed is not None:
+        return Scored(failed.status, epochs, seconds, reason=failed.reason)
+    rows = [p.overall for p in parts if p.overall is not None]
+    stats = cv.mean_std(rows)
+    overall: dict[str, Any] = {m: stats[m]["mean"] for m in cv.METRICS}
+    overall["score_std"] = stats["mse"]["std"] if len(parts) > 1 else None
+    overall["n"] = sum(r["n"] for r in rows)
+    status = (
+        Status.EARLY_STOPPED if all(p.status is Status.EARLY_STOPPED for p in parts) else Status.COMPLETED
+    )
+    return Scored(status, epochs, seconds, overall)
+
+
+def _tell(study: Any, trial: Any, scored: Scored, dropped: list[str]) -> None:
+    trial.set_user_attr("dropped", dropped)
+    trial.set_user_attr("epochs", scored.epochs)
+    trial.set_user_attr("seconds", scored.seconds)
+    if scored.overall is None:
+        trial.set_user_attr("status", "diverged")
+        trial.set_user_attr("reason", scored.reason)
+        study.tell(trial, state=_failed())
+        return
+    for metric, value in scored.overall.items():
+        trial.set_user_attr(metric, value)
+    trial.set_user_attr("status", scored.status.value)
+    study.tell(trial, scored.overall["mse"])
 
 
 def columns(keys: list[str]) -> list[str]:
@@ -301,7 +359,7 @@ def _requeue_unfinished(study: Any) -> None:
         study.enqueue_trial(trial.params)
 
 
-def _interrupted(out: Path, study: Any, keys: list[str], resume_command: str) -> None:
+def _interrupted(out: Path, study: Any, keys: list[str], resume_command: str) -> NoReturn:
     raise TrainingInterrupted(
         f"sweep interrupted after {_finished(study)} finished trial(s); {out / 'leaderboard.csv'} "
         "holds them and sweep.db the search",
@@ -336,7 +394,9 @@ def _sampler(method: str, the_space: space.Space, seed: int) -> Any:
     seed32 = seed % 2**32  # Optuna seeds numpy, which takes 32 bits
     if method in ("grid", "random"):  # a grid's trials are all queued with fixed values
         return optuna.samplers.RandomSampler(seed=seed32)
-    return optuna.samplers.TPESampler(seed=seed32)
+    # Trials are asked in batches (to train side by side): the liar keeps TPE from asking
+    # the same point again while a batch is still running.
+    return optuna.samplers.TPESampler(seed=seed32, constant_liar=True)
 
 
 def _open_study(

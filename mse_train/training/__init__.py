@@ -8,6 +8,7 @@
   snapshot.py    cheap in-memory copies of weights and optimizer state
   optimizers.py  OPTIMIZERS and SCHEDULERS registries
   footprint.py   the memory a config needs, checked before anything is allocated
+  packed.py      many small models trained side by side as one stack (cv, sweeps)
   rng.py         seeding, and generator states as checkpoint-safe data
   signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved
 
