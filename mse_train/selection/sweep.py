@@ -200,6 +200,7 @@ class _Trainer:
         self.doc, self.base, self.overrides, self.name = doc, base, overrides, name
         self.folds, self.device, self.pack = folds, device, pack
         self._loaded: dict[str, prepare.Loaded] = {}
+        self._prepared: dict[str, prepare.Prepared] = {}
 
     def load(self, cfg: Config) -> prepare.Loaded:
         """The training table of `cfg`'s data section, read once per distinct section."""
@@ -256,7 +257,10 @@ class _Trainer:
                     folds_module.kfold(loaded.table.n_rows, self.folds, cfg.seed), start=1
                 )
             ]
-        prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+        key = json.dumps([cfg.data.model_dump(mode="json"), cfg.seed], sort_keys=True)
+        if key not in self._prepared:  # trials that do not change `data:` share one read
+            self._prepared[key] = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+        prepared = self._prepared[key]
         if prepared.val is None:
             raise ConfigError(
                 f"{self.doc.source}: a trial with {values} has no validation rows to be scored on",

@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim import adam as torch_adam
 
 from mse_train.config import schema
 from mse_train.config.schema import Config
@@ -85,15 +86,6 @@ def train(
     return _Stack(members, device).run(should_stop)
 
 
-def _per_model(values: list[float], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device)
-
-
-def _shaped(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[K] -> [K, 1, ...] to broadcast against a stacked parameter."""
-    return values.reshape(-1, *([1] * (like.ndim - 1)))
-
-
 @dataclass
 class _State:
     """Bookkeeping of one member, as `Loop`'s Progress keeps it."""
@@ -109,8 +101,6 @@ class _State:
     first_loss: float = math.nan
     status: Status | None = None  # set when it stops: early stopped or diverged
     reason: str = ""
-    batch_losses: list[torch.Tensor] = field(default_factory=list)
-    batch_rows: list[int] = field(default_factory=list)
 
 
 class _Stack:
@@ -121,29 +111,30 @@ class _Stack:
         self.k = len(members)
         self.epochs = first.train.epochs
         self.reduction = first.loss.reduction
+        self.shuffle = first.train.shuffle
         self.sgd = isinstance(first.optimizer, schema.SGDConfig)
         self.models = [self._solo_model(m) for m in members]
-        linears = [
-            [layer for layer in model.modules() if isinstance(layer, nn.Linear)] for model in self.models
-        ]
+        self._linears = [[m for m in model.modules() if isinstance(m, nn.Linear)] for model in self.models]
+        # Every model's parameters side by side in one flat [K, P] leaf: the optimizer's
+        # update is a handful of elementwise operations, however deep the model.
+        self.shapes = [tuple(t.shape) for layer in self._linears[0] for t in (layer.weight, layer.bias)]
         with torch.no_grad():
-            self.weights = [
-                torch.stack([ls[i].weight for ls in linears]).to(device).requires_grad_()
-                for i in range(len(linears[0]))
+            rows = [
+                torch.cat([t.reshape(-1) for m in ls for t in (m.weight, m.bias)]) for ls in self._linears
             ]
-            self.biases = [
-                torch.stack([ls[i].bias for ls in linears]).to(device).requires_grad_()
-                for i in range(len(linears[0]))
-            ]
-        self._linears = linears
+            self.flat = torch.stack(rows).to(device)
+        self.flat.requires_grad_()
+        self._param_views = self._views(self.flat)  # made once; they follow the in-place updates
+        self.is_weight = torch.cat([torch.full((math.prod(sh),), len(sh) > 1) for sh in self.shapes]).to(
+            device
+        )
         mcfg = first.model
         self.activation: nn.Module | None = (
             networks.ACTIVATIONS[mcfg.activation]() if isinstance(mcfg, schema.MLPModel) else None
         )
-        self.params = [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
-        self.best = [p.detach().clone() for p in self.params]
+        self.best = self.flat.detach().clone()
         self.x, self.y = self._padded([m.train for m in members])
-        self.val = self._padded([m.val for m in members if m.val is not None]) if members[0].val else None
+        self.val = self._padded([m.val for m in members]) if members[0].val is not None else None
         self.val_n = [len(m.val[0]) if m.val is not None else 0 for m in members]
         self.states: list[_State] = []
         for m in members:
@@ -153,6 +144,8 @@ class _Stack:
             self.states.append(_State(n, min(m.cfg.train.batch_size or n, n), generator))
         self._hyper(members)
         self._dummies = [self._schedule(m.cfg) for m in members]
+        self._losses = torch.zeros(self.k, 1)
+        self._rows = torch.zeros(self.k, 1)
 
     # ------------------------------------------------------------------ setup
     def _solo_model(self, member: Member) -> nn.Module:
@@ -175,26 +168,45 @@ class _Stack:
         return x, y
 
     def _hyper(self, members: list[Member]) -> None:
+        """Per-model settings as [K, 1] columns that broadcast over the flat parameters."""
         opts = [m.cfg.optimizer for m in members]
-        dev = self.device
-        self.lr = _per_model([o.lr for o in opts], dev)
-        self.wd = _per_model([float(getattr(o, "weight_decay", 0.0) or 0.0) for o in opts], dev)
-        self.l1 = _per_model([m.cfg.regularization.l1 for m in members], dev)
-        self.l2 = _per_model([m.cfg.regularization.l2 for m in members], dev)
-        self.steps = torch.zeros(self.k, device=dev)
-        self.moments = [torch.zeros_like(p) for p in self.params]
-        self.squares = [torch.zeros_like(p) for p in self.params]
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)[:, None]
+
+        self.lr = column([o.lr for o in opts])
+        self.wd = column([float(getattr(o, "weight_decay", 0.0) or 0.0) for o in opts])
+        self.any_decay = bool(self.wd.any())
+        self.l1 = column([m.cfg.regularization.l1 for m in members])[:, 0]
+        self.l2 = column([m.cfg.regularization.l2 for m in members])[:, 0]
+        self.steps = torch.zeros(self.k, 1, device=self.device)
+        self.moments = torch.zeros_like(self.flat)
+        self.squares = torch.zeros_like(self.flat)
         if self.sgd:
             sgd = [o for o in opts if isinstance(o, schema.SGDConfig)]
-            self.momentum = _per_model([o.momentum for o in sgd], dev)
-            self.dampening = _per_model([o.dampening for o in sgd], dev)
-            self.nesterov = torch.tensor([o.nesterov for o in sgd], device=dev)
+            self.momentum = column([o.momentum for o in sgd])
+            self.dampening = column([o.dampening for o in sgd])
+            self.nesterov = column([float(o.nesterov) for o in sgd]) > 0
         else:
             adam = [o for o in opts if isinstance(o, schema.AdamConfig)]
-            self.beta1 = _per_model([o.betas[0] for o in adam], dev)
-            self.beta2 = _per_model([o.betas[1] for o in adam], dev)
-            self.eps = _per_model([o.eps for o in adam], dev)
-            self.decoupled = torch.tensor([o.name == "adamw" for o in adam], device=dev)
+            self.beta1 = column([o.betas[0] for o in adam])
+            self.beta2 = column([o.betas[1] for o in adam])
+            self.eps = column([o.eps for o in adam])
+            self.decoupled = column([float(o.name == "adamw") for o in adam]) > 0
+        # Members with one and the same Adam setting (the folds of a cv) and no schedule that
+        # moves their lr apart use torch's fused Adam; per-model settings the written-out rule.
+        settings = {o.model_dump_json() for o in opts}
+        scheduled = any(m.cfg.scheduler.name != "none" for m in members)
+        first = opts[0]
+        self.uniform = (
+            first
+            if isinstance(first, schema.AdamConfig)
+            and len(settings) == 1
+            and not scheduled
+            and self.device.type == "cpu"
+            else None
+        )
+        self._step_counts = [torch.zeros((), dtype=torch.float32, device=self.device) for _ in members]
 
     def _schedule(self, cfg: Config) -> tuple[torch.optim.Optimizer, optimizers.Scheduler | None]:
         """A one-number optimizer that the real scheduler drives: its lr is this member's."""
@@ -213,138 +225,172 @@ class _Stack:
         return [self._result(i) for i in range(self.k)]
 
     def _epoch(self, active: list[bool], should_stop: Callable[[], bool]) -> bool:
-        orders = []
-        for s in self.states:
-            batches = -(-s.n // s.size)
-            if batches > 1 and self.members[0].cfg.train.shuffle:
-                orders.append(torch.randperm(s.n, generator=s.generator, dtype=torch.int32).long())
-            else:
-                orders.append(torch.arange(s.n))
-            s.batch_losses, s.batch_rows = [], []
+        """One epoch: each model's shuffled order, its rows gathered once, batches as slices."""
         width = max(s.size for s in self.states)
         n_batches = max(-(-s.n // s.size) for s in self.states)
+        index = torch.zeros(self.k, n_batches, width, dtype=torch.long)
+        rows = torch.zeros(self.k, n_batches, dtype=torch.long)
+        for i, s in enumerate(self.states):
+            if not active[i]:
+                continue  # frozen: no rows, no updates
+            batches = -(-s.n // s.size)
+            if batches > 1 and self.shuffle:  # the same draw `Loop` makes for this model alone
+                order = torch.randperm(s.n, generator=s.generator, dtype=torch.int32).long()
+            else:
+                order = torch.arange(s.n)
+            padded = torch.zeros(batches * s.size, dtype=torch.long)
+            padded[: s.n] = order
+            index[i, :batches, : s.size] = padded.view(batches, s.size)
+            rows[i, :batches] = s.size
+            rows[i, batches - 1] = s.n - s.size * (batches - 1)
+        index, rows = index.to(self.device), rows.to(self.device)
+        arange = torch.arange(self.k, device=self.device)[:, None]
+        flat_index = index.view(self.k, -1)
+        xs = self.x[arange, flat_index].view(self.k, n_batches, width, -1)
+        ys = self.y[arange, flat_index].view(self.k, n_batches, width, -1)
+        mask = (torch.arange(width, device=self.device)[None, None, :] < rows[:, :, None]).float()
+        live = rows.cpu()
+        full = live.gt(0).all(0).tolist()  # batches where every model has rows
+        whole = live.eq(width).all(0).tolist()  # ... and every row of the batch is real
+        losses = []
         for b in range(n_batches):
-            index = torch.zeros(self.k, width, dtype=torch.long)
-            mask = torch.zeros(self.k, width)
-            rows = []
-            for i, (s, order) in enumerate(zip(self.states, orders, strict=True)):
-                part = order[b * s.size : (b + 1) * s.size] if active[i] else order[:0]
-                index[i, : len(part)] = part
-                mask[i, : len(part)] = 1.0
-                rows.append(len(part))
-            self._step(index.to(self.device), mask.to(self.device), rows)
+            batch_mask = None if whole[b] else mask[:, b]
+            losses.append(self._step(xs[:, b], ys[:, b], batch_mask, rows[:, b], bool(full[b])))
             if should_stop():
                 return False
+        self._losses = torch.stack(losses, dim=1)  # [K, batches]
+        self._rows = rows
         return True
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Weights and biases of every layer, [K, ...], as views of flat parameters."""
+        out, offset = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            out.append(flat[:, offset : offset + size].view(self.k, *shape))
+            offset += size
+        return out
+
+    def _forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
+        views = self._param_views if flat is None else self._views(flat)
+        layers = len(views) // 2
         h = x
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+        for i in range(layers):
+            w, b = views[2 * i], views[2 * i + 1]
             h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i < last and self.activation is not None:
+            if i < layers - 1 and self.activation is not None:
                 h = self.activation(h)
         return h
 
-    def _step(self, index: torch.Tensor, mask: torch.Tensor, rows: list[int]) -> None:
-        arange = torch.arange(self.k, device=self.device)[:, None]
-        xb, yb = self.x[arange, index], self.y[arange, index]
-        targets = yb.shape[-1]
-        counts = torch.tensor(rows, dtype=torch.float32, device=self.device)
-        live = counts > 0
-        for p in self.params:
-            p.grad = None
-        sq = ((self._forward(xb) - yb) ** 2 * mask[..., None]).sum((1, 2))
-        denom = counts * targets if self.reduction == "mean" else torch.ones_like(counts)
+    def _step(
+        self, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, full: bool
+    ) -> torch.Tensor:
+        counts = rows.float()
+        self.flat.grad = None
+        err = (self._forward(xb) - yb) ** 2
+        sq = (err if mask is None else err * mask[..., None]).sum((1, 2))
+        denom = counts * yb.shape[-1] if self.reduction == "mean" else torch.ones_like(counts)
         mse = sq / denom.clamp(min=1)
-        penalty = torch.zeros(self.k, device=self.device)
-        for w in self.weights:
-            penalty = penalty + self.l1 * w.abs().sum((1, 2)) + self.l2 * w.pow(2).sum((1, 2))
-        (mse + penalty).sum().backward()  # type: ignore[no-untyped-call]
+        total = mse.sum()
+        if bool(self.l1.any()) or bool(self.l2.any()):
+            weights = self.flat * self.is_weight  # biases are left free, as `Loop` leaves them
+            total = total + (self.l1 * weights.abs().sum(1) + self.l2 * weights.pow(2).sum(1)).sum()
+        total.backward()  # type: ignore[no-untyped-call]
         with torch.no_grad():
-            self._update(live)
-        detached = mse.detach()
-        for i, s in enumerate(self.states):
-            if rows[i]:
-                s.batch_losses.append(detached[i])
-                s.batch_rows.append(rows[i])
+            self._update((counts > 0)[:, None], full)
+        return mse.detach()
 
-    def _update(self, live: torch.Tensor) -> None:
+    def _update(self, live: torch.Tensor, full: bool) -> None:
         """One optimizer step for the models with rows in this batch, as torch's would be."""
-        self.steps += live.float()
-        for j, p in enumerate(self.params):
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            keep = _shaped(live, p)
-            lr, wd = _shaped(self.lr, p), _shaped(self.wd, p)
-            step = self._sgd if self.sgd else self._adam
-            new = step(j, p, grad, lr, wd, keep)
-            p.copy_(torch.where(keep, new, p))
+        if self.uniform is not None:  # one Adam setting for all: torch's own fused kernel
+            self._fused_adam(live)
+            return
+        self.steps += live
+        p = self.flat
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        if self.sgd:
+            new, moments = self._sgd(p, grad)
+        else:
+            new, moments, squares = self._adam(p, grad)
+            self.squares = squares if full else torch.where(live, squares, self.squares)
+        self.moments = moments if full else torch.where(live, moments, self.moments)
+        p.copy_(new if full else torch.where(live, new, p))
 
-    def _sgd(
-        self,
-        j: int,
-        p: torch.Tensor,
-        grad: torch.Tensor,
-        lr: torch.Tensor,
-        wd: torch.Tensor,
-        keep: torch.Tensor,
-    ) -> torch.Tensor:
-        grad = grad + wd * p
-        momentum, dampening = _shaped(self.momentum, p), _shaped(self.dampening, p)
-        first = _shaped(self.steps == 1, p)
-        buf = torch.where(first, grad, momentum * self.moments[j] + (1 - dampening) * grad)
-        self.moments[j] = torch.where(keep, buf, self.moments[j])
-        with_momentum = torch.where(_shaped(self.nesterov, p), grad + momentum * buf, buf)
-        direction = torch.where(momentum != 0, with_momentum, grad)
-        return p - lr * direction
+    def _fused_adam(self, live: torch.Tensor) -> None:
+        """torch.optim.adam's fused kernel over the live models' rows of the flat parameters,
+        each with its own step count: the very arithmetic of each model's solo optimizer."""
+        assert self.uniform is not None and self.flat.grad is not None
+        rows = [i for i, on in enumerate(live[:, 0].tolist()) if on]
+        if not rows:
+            return
+        flat, grad = self.flat.detach(), self.flat.grad
+        torch_adam.adam(
+            [flat[i] for i in rows],
+            [grad[i] for i in rows],
+            [self.moments[i] for i in rows],
+            [self.squares[i] for i in rows],
+            [],
+            [self._step_counts[i] for i in rows],
+            fused=True,
+            decoupled_weight_decay=self.uniform.name == "adamw",
+            amsgrad=False,
+            beta1=self.uniform.betas[0],
+            beta2=self.uniform.betas[1],
+            lr=self.uniform.lr,
+            weight_decay=float(self.uniform.weight_decay or 0.0),
+            eps=self.uniform.eps,
+            maximize=False,
+        )
 
-    def _adam(
-        self,
-        j: int,
-        p: torch.Tensor,
-        grad: torch.Tensor,
-        lr: torch.Tensor,
-        wd: torch.Tensor,
-        keep: torch.Tensor,
-    ) -> torch.Tensor:
-        decoupled = _shaped(self.decoupled, p)
-        grad = torch.where(decoupled, grad, grad + wd * p)
-        base = torch.where(decoupled, p * (1 - lr * wd), p)
-        beta1, beta2, eps = _shaped(self.beta1, p), _shaped(self.beta2, p), _shaped(self.eps, p)
-        m = self.moments[j] + (grad - self.moments[j]) * (1 - beta1)
-        v = self.squares[j] * beta2 + (1 - beta2) * grad * grad
-        self.moments[j] = torch.where(keep, m, self.moments[j])
-        self.squares[j] = torch.where(keep, v, self.squares[j])
-        step = _shaped(self.steps.clamp(min=1), p)
-        correction1 = 1 - beta1**step
-        correction2 = 1 - beta2**step
-        denom = v.sqrt() / correction2.sqrt() + eps
-        return base - (lr / correction1) * m / denom
+    def _sgd(self, p: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grad = grad + self.wd * p
+        buf = torch.where(self.steps == 1, grad, self.momentum * self.moments + (1 - self.dampening) * grad)
+        with_momentum = torch.where(self.nesterov, grad + self.momentum * buf, buf)
+        direction = torch.where(self.momentum != 0, with_momentum, grad)
+        return p - self.lr * direction, buf
+
+    def _adam(self, p: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        base = p
+        if self.any_decay:
+            grad = torch.where(self.decoupled, grad, grad + self.wd * p)
+            base = torch.where(self.decoupled, p * (1 - self.lr * self.wd), p)
+        m = self.moments + (grad - self.moments) * (1 - self.beta1)
+        v = self.squares * self.beta2 + (1 - self.beta2) * grad * grad
+        step = self.steps.clamp(min=1)
+        correction1 = 1 - self.beta1**step
+        correction2 = 1 - self.beta2**step
+        denom = v.sqrt() / correction2.sqrt() + self.eps
+        return base - (self.lr / correction1) * m / denom, m, v
 
     # ------------------------------------------------------------------ epoch ends
     def _score(self) -> list[float]:
         """Each model's loss on its validation rows (or its training rows), end of epoch."""
         x, y = self.val if self.val is not None else (self.x, self.y)
-        counts = self.val_n if self.val is not None else [s.n for s in self.states]
-        mask = torch.arange(x.shape[1], device=self.device)[None, :] < torch.tensor(counts)[:, None].to(
-            self.device
-        )
+        counts = torch.tensor(self.val_n if self.val is not None else [s.n for s in self.states])
+        mask = torch.arange(x.shape[1])[None, :] < counts[:, None]
         with torch.no_grad():
-            sq = ((self._forward(x) - y) ** 2 * mask[..., None]).sum((1, 2))
-        targets = y.shape[-1]
+            sq = ((self._forward(x) - y) ** 2 * mask.to(self.device)[..., None]).sum((1, 2))
         if self.reduction == "mean":
-            sq = sq / (torch.tensor(counts, dtype=torch.float32, device=self.device) * targets)
+            sq = sq / (counts.to(self.device).float() * y.shape[-1])
         return [float(v) for v in sq.tolist()]
+
+    def _epoch_losses(self) -> list[float]:
+        """Each model's train loss as `Loop` reports it: batch losses weighted by their rows."""
+        losses, rows = self._losses, self._rows.float()
+        if self.reduction == "sum":
+            return [float(v) for v in (losses * (rows > 0)).sum(1).tolist()]
+        n = torch.tensor([s.n for s in self.states], dtype=torch.float32, device=self.device)
+        return [float(v) for v in ((losses * rows).sum(1) / n).tolist()]
 
     def _finish_epoch(self, active: list[bool]) -> None:
         watched = self._score()
-        norms = torch.stack([p.detach().flatten(1).abs().sum(1) for p in self.params]).sum(0).tolist()
+        norms = self.flat.detach().abs().sum(1).tolist()
+        losses = self._epoch_losses()
         for i, s in enumerate(self.states):
             if not active[i]:
                 continue
-            train_loss = _epoch_loss(s, self.reduction)
             value = watched[i]
-            if not all(math.isfinite(v) for v in (train_loss, value, norms[i])):
+            if not all(math.isfinite(v) for v in (losses[i], value, norms[i])):
                 s.status, s.reason = Status.DIVERGED, "the loss or a weight became NaN or infinite"
                 continue
             first = value if s.epoch == 0 else s.first_loss
@@ -361,32 +407,21 @@ class _Stack:
             if value < s.best_loss:
                 s.best_loss, s.best_epoch = value, s.epoch
                 with torch.no_grad():
-                    for copy, p in zip(self.best, self.params, strict=True):
-                        copy[i] = p[i]
-            patience = self.members[i].cfg.train.early_stopping
-            if patience is not None:
-                if value < s.stop_best - patience.min_delta:
+                    self.best[i] = self.flat[i]
+            stop = self.members[i].cfg.train.early_stopping
+            if stop is not None:
+                if value < s.stop_best - stop.min_delta:
                     s.stop_best, s.stop_bad = value, 0
                 else:
                     s.stop_bad += 1
-                    if s.stop_bad >= patience.patience:
+                    if s.stop_bad >= stop.patience:
                         s.status = Status.EARLY_STOPPED
 
     def _result(self, i: int) -> Trained:
         s = self.states[i]
-        model = self.models[i]
+        views = self._views(self.best)
         with torch.no_grad():
-            for layer, w, b in zip(self._linears[i], self.best[0::2], self.best[1::2], strict=True):
+            for layer, w, b in zip(self._linears[i], views[0::2], views[1::2], strict=True):
                 layer.weight.copy_(w[i])
                 layer.bias.copy_(b[i])
-        status = s.status or Status.COMPLETED
-        return Trained(status, s.epoch, model.to(self.device), s.reason)
-
-
-def _epoch_loss(state: _State, reduction: str) -> float:
-    """The epoch's train loss as `Loop` reports it: batch losses weighted by their rows."""
-    losses = torch.stack(state.batch_losses)
-    if reduction == "sum":
-        return float(losses.sum())
-    weights = torch.tensor(state.batch_rows, dtype=torch.float32, device=losses.device) / state.n
-    return float((losses * weights).sum())
+        return Trained(s.status or Status.COMPLETED, s.epoch, self.models[i].to(self.device), s.reason)
