@@ -482,7 +482,7 @@ BOMB_LIMIT = 5.0  # seconds; a bounded loader refuses these in well under one
 
 @pytest.fixture(scope="module")
 def bombs(tmp_path_factory):
-    """The four ways in, started at once (so a loader that expands them costs 5 s, not 20)."""
+    """The ways in, started at once (so a loader that expands them costs 5 s, not 30)."""
     folder = tmp_path_factory.mktemp("bombs")
     bomb = folder / "bomb.yaml"
     bomb.write_text(
@@ -494,6 +494,8 @@ def bombs(tmp_path_factory):
         "validate": ["validate", bomb],
         "config": ["config", bomb],
         "run": ["run", bomb],
+        "cv": ["cv", bomb],
+        "sweep": ["sweep", bomb],
         "set": ["validate", plain, "--set", f"data.categorical={alias_bomb()}"],
     }
     started = time.monotonic()
@@ -505,7 +507,7 @@ def bombs(tmp_path_factory):
         process.communicate()
 
 
-@pytest.mark.parametrize("way", ["validate", "config", "run", "set"])
+@pytest.mark.parametrize("way", ["validate", "config", "run", "cv", "sweep", "set"])
 def test_an_alias_bomb_is_refused_quickly(bombs, way):
     started, processes = bombs
     process = processes[way]
@@ -522,7 +524,7 @@ def test_an_alias_bomb_is_refused_quickly(bombs, way):
     no_crash(result)
 
 
-@pytest.mark.parametrize("command", ["validate", "config", "run"])
+@pytest.mark.parametrize("command", ["validate", "config", "run", "cv", "sweep"])
 def test_a_self_referencing_alias_is_refused(cli, tmp_path, command):
     path = tmp_path / "loop.yaml"
     path.write_text(f"data: &d\n  train: {LINEAR}\n  target: y\n  again: *d\n")

@@ -116,9 +116,11 @@ def run(
     """Train a model as CONFIG_FILE says; write checkpoints, metrics.csv and a summary."""
 
     def work() -> None:
-        from mse_train import config, recipe
+        from mse_train import config
 
-        cfg = config.load(config_file, overrides or [])
+        cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
+        from mse_train import recipe
+
         if output_dir is not None:
             cfg.output.dir = str(output_dir.resolve())
         console = Console(stderr=as_json, highlight=False, soft_wrap=True)
@@ -170,14 +172,16 @@ def cv(
     """K-fold cross-validation of CONFIG_FILE: mean and std of MSE, RMSE, MAE and R² over folds."""
 
     def work() -> None:
-        from mse_train import config, runtime
+        from mse_train import config
+
+        cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
+        from mse_train import runtime
         from mse_train.errors import TrainingDiverged, TrainingInterrupted
         from mse_train.outputs import fsio, metrics, run_folder, tables
         from mse_train.selection import cv as cross
         from mse_train.training import signals
         from mse_train.training.records import Status
 
-        cfg = config.load(config_file, overrides or [])
         out = output_dir.resolve() if output_dir is not None else Path(str(cfg.output.dir))
         run_folder.check_not_a_system_folder(out)
         device = runtime.resolve_device(cfg.train.device)
@@ -254,6 +258,9 @@ def sweep(
     """Search the config's `sweep:` section with Optuna; write a leaderboard and best.yaml."""
 
     def work() -> None:
+        from mse_train import config
+
+        config.load(config_file, overrides or [])  # before torch: a config error answers at once
         from mse_train.selection import sweep as search
 
         console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -372,11 +379,13 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
     """Check the config and the CSV files it names (columns, types, cells) without training."""
 
     def work() -> None:
-        from mse_train import config, recipe, runtime
+        from mse_train import config
+
+        cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
+        from mse_train import recipe, runtime
         from mse_train.data import prepare
         from mse_train.outputs import run_folder
 
-        cfg = config.load(config_file, overrides or [])
         run_folder.check_not_a_system_folder(Path(str(cfg.output.dir)))
         device = runtime.resolve_device(cfg.train.device)
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
