@@ -429,3 +429,17 @@ def test_sweep_trials_trained_side_by_side_match_trials_trained_alone(cli, table
         if row["score_mean"]:
             assert float(row["score_mean"]) == pytest.approx(float(other["score_mean"]), rel=1e-4)
     assert any(r["status"] == "diverged" for r in packed.values())  # lr 3.0 with sgd: frozen alone
+
+
+def test_a_trial_whose_data_fails_stops_the_sweep_and_leaves_nothing_to_resume(cli, table, tmp_path):
+    params = {"data.features": [["x0", "x1"], ["x0", "nosuch"]]}
+    cfg = sweep_config(tmp_path, table, {"method": "grid", "refit": False, "params": params})
+    result = cli("sweep", cfg)
+    assert result.code == 2, result
+    assert "nosuch" in result.stderr and "in the sweep's trial with" in result.stderr
+    assert not (tmp_path / "sweep" / "sweep.db").exists()
+    fixed = sweep_config(tmp_path, table, {"method": "grid", "refit": False,
+                                           "params": {"data.features": [["x0", "x1"], ["x0", "x2"]]}})  # fmt: skip
+    again = cli("sweep", fixed, "-q")
+    assert again.code == 0, again
+    assert len(leaderboard(tmp_path / "sweep")) == 2

@@ -34,6 +34,7 @@ from mse_train.errors import (
     OutputError,
     TrainingDiverged,
     TrainingInterrupted,
+    UserError,
 )
 from mse_train.outputs import fsio, run_folder, tables
 from mse_train.selection import cv, space
@@ -123,7 +124,15 @@ def run(
                     _interrupted(out, study, keys, options.resume_command)
                 size = min(PACK if options.pack else 1, n_trials - _finished(study))
                 trials = [study.ask(the_space.distributions()) for _ in range(size)]
-                results = trainer.score([the_space.decode(t.params) for t in trials], stop.requested)
+                try:
+                    results = trainer.score([the_space.decode(t.params) for t in trials], stop.requested)
+                except UserError:  # a trial's data does not work: the sweep stops here
+                    for trial in trials:
+                        study.tell(trial, state=_failed())
+                        study.enqueue_trial(trial.params)  # after a fix, --resume runs it
+                    if _finished(study) == 0 and not options.resume:
+                        _discard(out)  # nothing finished: leave no sweep behind to resume
+                    raise
                 if results is None:
                     for trial in trials:
                         study.tell(trial, state=_failed())
@@ -219,9 +228,15 @@ class _Trainer:
         jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]] = []
         dropped_of = []
         for number, values in enumerate(trials):
-            cfg, dropped = space.trial_config(self.doc, self.base, self.overrides, values, self.name)
+            try:
+                cfg, dropped = space.trial_config(self.doc, self.base, self.overrides, values, self.name)
+                splits = self._splits(cfg, values)
+            except UserError as exc:
+                shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+                exc.problems.append(f"in the sweep's trial with {shown}; nothing of it was trained")
+                raise
             dropped_of.append(dropped)
-            jobs += [(number, cfg, prepared, held) for prepared, held in self._splits(cfg, values)]
+            jobs += [(number, cfg, prepared, held) for prepared, held in splits]
         groups: dict[str | None, list[int]] = {}
         for index, (_, cfg, _, _) in enumerate(jobs):
             key = packed.pack_key(cfg) if self.pack else None
@@ -342,6 +357,13 @@ def _refit_config(cfg: Config, out: Path) -> Config:
     cfg.data.val_fraction = 0.0
     cfg.output.dir = str(out / "best")
     return cfg
+
+
+def _discard(out: Path) -> None:
+    """Remove a sweep that never finished a trial, so that the same command can start again."""
+    for name in ("sweep.db", "leaderboard.csv"):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
 
 
 def _finished(study: Any) -> int:
