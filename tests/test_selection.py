@@ -438,8 +438,8 @@ def test_a_trial_whose_data_fails_stops_the_sweep_and_leaves_nothing_to_resume(c
     assert result.code == 2, result
     assert "nosuch" in result.stderr and "in the sweep's trial with" in result.stderr
     assert not (tmp_path / "sweep" / "sweep.db").exists()
-    fixed = sweep_config(tmp_path, table, {"method": "grid", "refit": False,
-                                           "params": {"data.features": [["x0", "x1"], ["x0", "x2"]]}})  # fmt: skip
+    good = {"data.features": [["x0", "x1"], ["x0", "x2"]]}
+    fixed = sweep_config(tmp_path, table, {"method": "grid", "refit": False, "params": good})
     again = cli("sweep", fixed, "-q")
     assert again.code == 0, again
     assert len(leaderboard(tmp_path / "sweep")) == 2
