@@ -443,3 +443,19 @@ def test_a_trial_whose_data_fails_stops_the_sweep_and_leaves_nothing_to_resume(c
     again = cli("sweep", fixed, "-q")
     assert again.code == 0, again
     assert len(leaderboard(tmp_path / "sweep")) == 2
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu"])
+def test_every_activation_packs_as_it_trains_alone(cli, table, tmp_path, activation):
+    """The backward pass written out by hand (and autograd's, for GELU) gives solo's result."""
+    config = {"seed": 1, "data": {"train": str(table), "target": "y", "val_fraction": 0.2},
+              "model": {"type": "mlp", "hidden": [8, 8], "activation": activation},
+              "optimizer": {"name": "adam", "lr": 0.01}, "regularization": {"l1": 1e-4, "l2": 1e-3},
+              "train": {"epochs": 8, "batch_size": 32}, "output": {"plot": False}}  # fmt: skip
+    cfg = write_config(tmp_path / "c.yaml", config)
+    folds = []
+    for extra in ([], ["--no-pack"]):
+        result = cli("cv", cfg, "-k", "3", "--json", "-o", tmp_path / "cv", *extra)
+        assert result.code == 0, result
+        folds.append([f["mse"] for f in strict_json(result.stdout)["per_fold"]])
+    assert folds[0] == pytest.approx(folds[1], rel=1e-4)

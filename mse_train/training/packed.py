@@ -86,6 +86,18 @@ def train(
     return _Stack(members, device).run(should_stop)
 
 
+Derivative = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input, output) -> d out / d in
+
+_DERIVATIVES: dict[str, Derivative] = {
+    "none": lambda z, h: torch.ones_like(z),  # a linear model: one layer, never called
+    "relu": lambda z, h: (h > 0).to(z.dtype),
+    "tanh": lambda z, h: 1 - h * h,
+    "sigmoid": lambda z, h: h * (1 - h),
+    "leaky_relu": lambda z, h: torch.where(z > 0, 1.0, 0.01).to(z.dtype),
+    "elu": lambda z, h: torch.where(z > 0, torch.ones_like(h), h + 1),
+}
+
+
 @dataclass
 class _State:
     """Bookkeeping of one member, as `Loop`'s Progress keeps it."""
@@ -133,6 +145,10 @@ class _Stack:
             networks.ACTIVATIONS[mcfg.activation]() if isinstance(mcfg, schema.MLPModel) else None
         )
         self.best = self.flat.detach().clone()
+        # The activation's derivative from its input and output, for the backward pass by
+        # hand; None (GELU) leaves the backward pass to autograd.
+        name = mcfg.activation if isinstance(mcfg, schema.MLPModel) else "none"
+        self.derivative = _DERIVATIVES.get(name)
         self.x, self.y = self._padded([m.train for m in members])
         self.val = self._padded([m.val for m in members]) if members[0].val is not None else None
         self.val_n = [len(m.val[0]) if m.val is not None else 0 for m in members]
@@ -179,6 +195,7 @@ class _Stack:
         self.any_decay = bool(self.wd.any())
         self.l1 = column([m.cfg.regularization.l1 for m in members])[:, 0]
         self.l2 = column([m.cfg.regularization.l2 for m in members])[:, 0]
+        self.penalized = bool(self.l1.any()) or bool(self.l2.any())
         self.steps = torch.zeros(self.k, 1, device=self.device)
         self.moments = torch.zeros_like(self.flat)
         self.squares = torch.zeros_like(self.flat)
@@ -286,6 +303,11 @@ class _Stack:
         self, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, full: bool
     ) -> torch.Tensor:
         counts = rows.float()
+        if self.derivative is not None:
+            with torch.no_grad():
+                mse = self._by_hand(xb, yb, mask, counts)
+                self._update((counts > 0)[:, None], full)
+            return mse
         self.flat.grad = None
         err = (self._forward(xb) - yb) ** 2
         sq = (err if mask is None else err * mask[..., None]).sum((1, 2))
@@ -299,6 +321,44 @@ class _Stack:
         with torch.no_grad():
             self._update((counts > 0)[:, None], full)
         return mse.detach()
+
+    def _by_hand(
+        self, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor
+    ) -> torch.Tensor:
+        """Loss and gradients of the stack without the autograd engine: for an MLP the
+        backward pass is a few batched matmuls, and the engine's per-node cost is most of
+        a small model's step. The same formulas autograd applies, in the same order."""
+        assert self.derivative is not None
+        views = self._param_views
+        layers = len(views) // 2
+        inputs, before = [xb], []
+        h = xb
+        for i in range(layers):
+            z = torch.baddbmm(views[2 * i + 1].unsqueeze(1), h, views[2 * i].transpose(1, 2))
+            if i < layers - 1:
+                before.append(z)
+                h = self.activation(z) if self.activation is not None else z
+                inputs.append(h)
+            else:
+                h = z
+        diff = h - yb
+        if mask is not None:
+            diff = diff * mask[..., None]
+        denom = (counts * yb.shape[-1] if self.reduction == "mean" else torch.ones_like(counts)).clamp(min=1)
+        mse = (diff * diff).sum((1, 2)) / denom
+        grad_out = diff * (2 / denom)[:, None, None]
+        grads: list[torch.Tensor] = [torch.empty(0)] * len(views)
+        for i in reversed(range(layers)):
+            grads[2 * i] = torch.bmm(grad_out.transpose(1, 2), inputs[i])
+            grads[2 * i + 1] = grad_out.sum(1)
+            if i > 0:
+                grad_out = torch.bmm(grad_out, views[2 * i]) * self.derivative(before[i - 1], inputs[i])
+        grad = torch.cat([g.reshape(self.k, -1) for g in grads], dim=1)
+        if self.penalized:
+            weights = self.flat * self.is_weight  # biases are left free, as `Loop` leaves them
+            grad = grad + self.l1[:, None] * torch.sign(weights) + (2 * self.l2)[:, None] * weights
+        self.flat.grad = grad
+        return mse
 
     def _update(self, live: torch.Tensor, full: bool) -> None:
         """One optimizer step for the models with rows in this batch, as torch's would be."""
