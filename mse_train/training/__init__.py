@@ -3,7 +3,7 @@
   loop.py        `Loop.run`: epochs of batches, then validation and score-keeping
   step.py        `Step`: one optimizer update (loss + L1/L2 penalty); the loop's seam
   records.py     `Settings` in; `Status`, `EpochRecord`, `Progress` out
-  tracking.py    the best epoch's weights; early stopping
+  tracking.py    the end-of-epoch rules: divergence, the best epoch, early stopping
   rollback.py    the last finite epoch, to return to after a divergence
   snapshot.py    cheap in-memory copies of weights and optimizer state
   optimizers.py  OPTIMIZERS and SCHEDULERS registries

@@ -14,7 +14,6 @@ checkpoint needs to continue exactly. Reports go through callbacks; nothing here
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,16 +22,12 @@ import torch
 from torch import nn
 
 from mse_train.models.inference import per_target_sse
-from mse_train.training import optimizers, rng
+from mse_train.training import optimizers, rng, tracking
 from mse_train.training.optimizers import Scheduler
 from mse_train.training.records import PARTIAL, EpochRecord, Progress, Settings, Status
 from mse_train.training.rollback import LastGood
 from mse_train.training.step import Penalty, Step
 from mse_train.training.tracking import BestTracker, EarlyStopping
-
-# A watched loss this many times its first epoch's is a run blowing up, though still finite
-# (summed loss on many rows at a large lr: 2e5 -> 5e31 in five epochs). Treated as divergence.
-GROWTH_LIMIT = 1e6
 
 
 class _EpochLosses:
@@ -172,7 +167,7 @@ class Loop:
         The watched loss is that of the weights as they are now, at the end of the epoch, so
         that best.pt holds exactly the weights its loss was measured on: on the validation
         rows, or else on the training rows. None when a loss or a weight is no longer finite,
-        or the loss has grown by GROWTH_LIMIT (the caller rolls back).
+        or the loss has grown by tracking.GROWTH_LIMIT (the caller rolls back).
         """
         p = self.progress
         train_loss, penalty, per_target = self._epoch_losses()
@@ -181,22 +176,15 @@ class Loop:
         has_val = self.val is not None
         scored, val_sq = self._score(*(self.val if self.val is not None else (self.train_x, self.train_y)))
         numbers = torch.stack([train_loss, penalty, param_sum, scored]).tolist()
-        if not all(math.isfinite(v) for v in numbers):
-            self.divergence = "the loss or a weight became NaN or infinite"
-            return None
         train_value, pen_value, _, watched = numbers
-        first = watched if p.epoch == 0 else p.first_loss
-        if watched > GROWTH_LIMIT * first:
-            name = "val_loss" if has_val else "train_end_loss"
-            self.divergence = (
-                f"{name} grew to {watched:.3g}, over {GROWTH_LIMIT:.0e} times epoch 1's {first:.3g}"
-            )
+        name = "val_loss" if has_val else "train_end_loss"
+        self.divergence = tracking.why_diverged(numbers, watched, p, name)
+        if self.divergence:
             return None
         lr = float(self.optimizer.param_groups[0]["lr"])
         if self.scheduler is not None:
             optimizers.step_scheduler(self.scheduler, watched)
-        p.epoch += 1
-        p.first_loss = first
+        tracking.end_epoch(p, watched)
         self.best.update(p, watched)
         self.early_stopping.update(p, watched)
         p.partial_losses = p.partial_penalties = p.partial_sq = None

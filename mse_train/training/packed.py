@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -25,9 +25,9 @@ from torch.optim import adam as torch_adam
 from mse_train.config import schema
 from mse_train.config.schema import Config
 from mse_train.models import init, networks
-from mse_train.training import optimizers, rng
-from mse_train.training.loop import GROWTH_LIMIT
-from mse_train.training.records import Status
+from mse_train.training import optimizers, rng, tracking
+from mse_train.training.records import Progress, Status
+from mse_train.training.tracking import EarlyStopping
 
 Rows = tuple[torch.Tensor, torch.Tensor]  # x [n, inputs], y [n, targets], float32
 
@@ -105,12 +105,8 @@ class _State:
     n: int
     size: int
     generator: torch.Generator
-    epoch: int = 0
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    stop_best: float = math.inf
-    stop_bad: int = 0
-    first_loss: float = math.nan
+    stopping: EarlyStopping
+    progress: Progress = field(default_factory=Progress)  # best, early stopping, as `Loop` keeps them
     status: Status | None = None  # set when it stops: early stopped or diverged
     reason: str = ""
 
@@ -157,7 +153,9 @@ class _Stack:
             n = len(m.train[0])
             generator = torch.Generator()
             generator.manual_seed(m.cfg.seed)
-            self.states.append(_State(n, min(m.cfg.train.batch_size or n, n), generator))
+            stop = m.cfg.train.early_stopping
+            stopping = EarlyStopping(stop.patience if stop else None, stop.min_delta if stop else 0.0)
+            self.states.append(_State(n, min(m.cfg.train.batch_size or n, n), generator, stopping))
         self._hyper(members)
         self._dummies = [self._schedule(m.cfg) for m in members]
         self._losses = torch.zeros(self.k, 1)
@@ -449,33 +447,24 @@ class _Stack:
         for i, s in enumerate(self.states):
             if not active[i]:
                 continue
-            value = watched[i]
-            if not all(math.isfinite(v) for v in (losses[i], value, norms[i])):
-                s.status, s.reason = Status.DIVERGED, "the loss or a weight became NaN or infinite"
-                continue
-            first = value if s.epoch == 0 else s.first_loss
-            if value > GROWTH_LIMIT * first:
-                s.status, s.reason = Status.DIVERGED, f"the watched loss grew to {value:.3g}"
+            value, p = watched[i], s.progress
+            name = "val_loss" if self.val is not None else "train_end_loss"
+            s.reason = tracking.why_diverged([losses[i], value, norms[i]], value, p, name)
+            if s.reason:
+                s.status = Status.DIVERGED
                 continue
             dummy, scheduler = self._dummies[i]
             if scheduler is not None:
                 dummy.step()  # no gradient: changes nothing, but the scheduler expects a step first
                 optimizers.step_scheduler(scheduler, value)
                 self.lr[i] = float(dummy.param_groups[0]["lr"])
-            s.epoch += 1
-            s.first_loss = first
-            if value < s.best_loss:
-                s.best_loss, s.best_epoch = value, s.epoch
+            tracking.end_epoch(p, value)
+            if tracking.improved(p, value):
                 with torch.no_grad():
                     self.best[i] = self.flat[i]
-            stop = self.members[i].cfg.train.early_stopping
-            if stop is not None:
-                if value < s.stop_best - stop.min_delta:
-                    s.stop_best, s.stop_bad = value, 0
-                else:
-                    s.stop_bad += 1
-                    if s.stop_bad >= stop.patience:
-                        s.status = Status.EARLY_STOPPED
+            s.stopping.update(p, value)
+            if p.stopped_early:
+                s.status = Status.EARLY_STOPPED
 
     def _result(self, i: int) -> Trained:
         s = self.states[i]
@@ -484,4 +473,6 @@ class _Stack:
             for layer, w, b in zip(self._linears[i], views[0::2], views[1::2], strict=True):
                 layer.weight.copy_(w[i])
                 layer.bias.copy_(b[i])
-        return Trained(s.status or Status.COMPLETED, s.epoch, self.models[i].to(self.device), s.reason)
+        return Trained(
+            s.status or Status.COMPLETED, s.progress.epoch, self.models[i].to(self.device), s.reason
+        )

@@ -1,4 +1,6 @@
-"""Keeping score at the end of each epoch: the best epoch's weights, and early stopping.
+"""Keeping score at the end of each epoch: divergence, the best epoch's weights, early stopping.
+
+The rules live here once, for `Loop` and for packed training alike.
 
 Both keep their numbers in `Progress` (so checkpoints and rollback carry them) and are
 told the watched loss: the val loss, or the train loss without validation rows.
@@ -6,10 +8,42 @@ told the watched loss: the val loss, or the train loss without validation rows.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from torch import nn
 
 from mse_train.training.records import Progress
 from mse_train.training.snapshot import ModelCopy
+
+# A watched loss this many times epoch 1's is a run blowing up, though still finite (summed
+# loss on many rows at a large lr: 2e5 -> 5e31 in five epochs). Treated as divergence.
+GROWTH_LIMIT = 1e6
+
+
+def why_diverged(numbers: Sequence[float], watched: float, progress: Progress, name: str) -> str:
+    """Why this epoch ends the run as diverged ("" when it does not): a non-finite loss or
+    weight among `numbers`, or a watched loss `name` grown GROWTH_LIMIT-fold since epoch 1."""
+    if not all(math.isfinite(v) for v in numbers):
+        return "the loss or a weight became NaN or infinite"
+    first = watched if progress.epoch == 0 else progress.first_loss
+    if watched > GROWTH_LIMIT * first:
+        return f"{name} grew to {watched:.3g}, over {GROWTH_LIMIT:.0e} times epoch 1's {first:.3g}"
+    return ""
+
+
+def end_epoch(progress: Progress, watched: float) -> None:
+    """Count the epoch; remember epoch 1's watched loss, against which growth is judged."""
+    progress.first_loss = watched if progress.epoch == 0 else progress.first_loss
+    progress.epoch += 1
+
+
+def improved(progress: Progress, watched: float) -> bool:
+    """True (and noted in `progress`) when `watched` beats every epoch so far."""
+    if watched < progress.best_loss:
+        progress.best_loss, progress.best_epoch = watched, progress.epoch
+        return True
+    return False
 
 
 class BestTracker:
@@ -19,8 +53,7 @@ class BestTracker:
         self.weights = ModelCopy(model)
 
     def update(self, progress: Progress, watched: float) -> None:
-        if watched < progress.best_loss:
-            progress.best_loss, progress.best_epoch = watched, progress.epoch
+        if improved(progress, watched):
             self.weights.capture()
 
 
