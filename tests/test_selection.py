@@ -123,8 +123,12 @@ def test_cv_reports_each_target_with_several(cli, tmp_path):
     )
     result = cli("cv", cfg, "-k", "3", "--json", "-o", tmp_path / "cv")
     assert result.code == 0, result
-    fold = strict_json(result.stdout)["per_fold"][0]
+    out = strict_json(result.stdout)
+    fold = out["per_fold"][0]
     assert set(fold["targets"]) == {"y", "y2"}
+    assert set(out["targets"]) == {"y", "y2"}
+    y2 = [f["targets"]["y2"]["mse"] for f in out["per_fold"]]
+    assert out["targets"]["y2"]["mse"]["mean"] == pytest.approx(np.mean(y2))
     header_line = (tmp_path / "cv" / "cv.csv").read_text().splitlines()[0]
     assert "mse_y2" in header_line
 

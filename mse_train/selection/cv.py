@@ -39,6 +39,9 @@ class CVResult:
         """The `--json` object: mean and std (population, as numpy and scikit-learn) per metric."""
         out: dict[str, Any] = {"folds": self.folds}
         out.update(mean_std(self.per_fold))
+        names = list(self.per_fold[0].get("targets", {})) if self.per_fold else []
+        if names:  # several targets: the same, per target
+            out["targets"] = {name: mean_std([f["targets"][name] for f in self.per_fold]) for name in names}
         out["per_fold"] = self.per_fold
         return out
 
