@@ -44,6 +44,11 @@ Overrides = Annotated[
     ),
 ]
 ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+JsonOut = Annotated[
+    bool,
+    typer.Option("--json", help="Print the result as one JSON object on stdout (progress goes to stderr)."),
+]
 
 
 def _guard(debug: bool, work: Callable[[], T]) -> T:
@@ -107,10 +112,8 @@ def run(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a previous run in the run folder.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
-    ] = False,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
     """Train a model as CONFIG_FILE says; write checkpoints, metrics.csv and a summary."""
@@ -163,10 +166,8 @@ def cv(
     overrides: Overrides = None,
     output_dir: OutputDir = None,
     no_pack: NoPack = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
-    ] = False,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
     """K-fold cross-validation of CONFIG_FILE: mean and std of MSE, RMSE, MAE and R² over folds."""
@@ -249,10 +250,8 @@ def sweep(
     output_dir: OutputDir = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep.")] = False,
     no_pack: NoPack = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")
-    ] = False,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
     """Search the config's `sweep:` section with Optuna; write a leaderboard and best.yaml."""
