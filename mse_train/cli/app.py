@@ -282,7 +282,7 @@ def sweep(
             shown = f"score {score:.6g}" if score is not None else row.get("status", "")
             console.print(f"trial {row.get('trial')} ({done}/{total}): {shown}, {row.get('seconds')} s")
 
-        reporter = view.Progress(console, quiet=True)
+        reporter = view.Progress(console, quiet)  # the refit of the winner shows its progress
         outcome = search.run(config_file, overrides or [], options, on_trial, reporter)
         if as_json:
             sys.stdout.write(json.dumps(outcome.as_json(), allow_nan=False) + "\n")  # strict JSON
