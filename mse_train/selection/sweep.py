@@ -43,7 +43,7 @@ from mse_train.training import packed, signals
 from mse_train.training.records import Status
 
 STUDY = "sweep"
-PACK = 16  # trials asked of Optuna at once, so that those of one shape train side by side
+PACK = 16  # trials asked of Optuna at once (so those of one shape can train side by side)
 FINGERPRINT = "mse_train_fingerprint"
 
 
@@ -117,12 +117,15 @@ def run(
         fingerprint = _fingerprint(cfg, sweep, folds)
         study = _open_study(out, options.resume, fingerprint, options.resume_command, sampler, grid)
         keys = list(the_space.params)
+        # Trials are asked in batches only when they can train side by side: trained one at
+        # a time, each is told (and on the leaderboard) as soon as it ends.
+        batch = PACK if options.pack and packed.pack_key(cfg) is not None else 1
         with signals.on_signals() as stop:
             _requeue_unfinished(study)
             while _finished(study) < n_trials:
                 if stop.requested():
                     _interrupted(out, study, keys, options.resume_command)
-                size = min(PACK if options.pack else 1, n_trials - _finished(study))
+                size = min(batch, n_trials - _finished(study))
                 trials = [study.ask(the_space.distributions()) for _ in range(size)]
                 try:
                     results = trainer.score([the_space.decode(t.params) for t in trials], stop.requested)
