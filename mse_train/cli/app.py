@@ -326,6 +326,53 @@ def eval_(
     _guard(debug, work)
 
 
+# -------------------------------------------------------------------- explain
+@app.command()
+def explain(
+    checkpoint_file: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT", help="best.pt or last.pt of a run.", show_default=False)
+    ],
+    csv_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CSV", help="Rows to score; needs the feature and target columns.", show_default=False
+        ),
+    ],
+    repeats: Annotated[int, typer.Option("--repeats", "-r", help="Shuffles per column.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seeds the shuffles.")] = 0,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Also draw the importances to this PNG.", show_default=False),
+    ] = None,
+    as_json: JsonOut = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    debug: Debug = False,
+) -> None:
+    """Which columns matter: the MSE increase when each column is shuffled (permutation importance)."""
+
+    def work() -> None:
+        from mse_train.outputs import fsio
+        from mse_train.use import explain as explaining
+
+        if output is not None:
+            fsio.check_not_an_input(output, [csv_file, checkpoint_file])
+        result = explaining.explain(checkpoint_file, csv_file, repeats, seed, device)
+        if output is not None:
+            from mse_train.outputs import plots
+
+            plots.write_importance_plot(
+                output, result.importance, f"{checkpoint_file.name} on {csv_file.name}"
+            )
+        if as_json:
+            sys.stdout.write(json.dumps(result.as_json(), allow_nan=False) + "\n")  # strict JSON
+        else:
+            view.print_importance(result, f"{checkpoint_file} on {csv_file}")
+        if output is not None:
+            view.stderr().print(f"wrote {output}")
+
+    _guard(debug, work)
+
+
 # -------------------------------------------------------------------- predict
 @app.command()
 def predict(

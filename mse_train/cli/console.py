@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mse_train.recipe import RunInfo
     from mse_train.training.records import EpochRecord
     from mse_train.use.evaluate import Report
+    from mse_train.use.explain import Importance
 
 
 def stderr() -> Console:
@@ -227,3 +228,18 @@ def print_leaderboard(console: Console, rows: list[dict[str, Any]], keys: list[s
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def print_importance(result: Importance, title: str) -> None:
+    """`explain`'s table: columns by how much shuffling them raises the MSE."""
+    console = Console(highlight=False)
+    table = Table(title=f"{title}: permutation importance, {result.repeats} repeats, {result.rows} rows")
+    for column in ("column", "MSE increase", "± std", "share"):
+        table.add_column(column, justify="left" if column == "column" else "right")
+    total = sum(max(v["mean"], 0.0) for v in result.importance.values()) or 1.0
+    for name, value in result.importance.items():
+        table.add_row(
+            name, f"{value['mean']:.6g}", f"{value['std']:.3g}", f"{max(value['mean'], 0.0) / total:.0%}"
+        )
+    console.print(table)
+    console.print(f"baseline MSE {result.baseline_mse:.6g}")

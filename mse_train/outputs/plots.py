@@ -122,6 +122,28 @@ def write_sweep_plot(path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[
     _save(fig, path)
 
 
+def write_importance_plot(path: Path, importance: dict[str, dict[str, float]], title: str) -> None:
+    """Horizontal bars of the MSE increase per column, largest on top, std as error bars."""
+    names = list(importance)[::-1]
+    fig = Figure(figsize=(8.0, max(2.5, 0.35 * len(names) + 1.2)), dpi=DPI)
+    ax = fig.add_subplot()
+    ax.barh(
+        names,
+        [importance[n]["mean"] for n in names],
+        xerr=[importance[n]["std"] for n in names],
+        color="tab:blue",
+        alpha=0.8,
+        capsize=3,
+    )
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("increase in MSE when the column is shuffled (target units)")
+    ax.set_title(title, fontsize="medium")
+    ax.grid(True, axis="x", alpha=0.3)
+    longest = max((len(n) for n in names), default=1)
+    fig.subplots_adjust(left=min(0.45, 0.04 + 0.012 * longest), right=0.97, top=0.9, bottom=0.15)
+    _save(fig, path)
+
+
 def _save(fig: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")  # Agg, the non-interactive default for a bare Figure

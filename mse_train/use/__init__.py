@@ -3,6 +3,7 @@
   evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units
   predict.py   `predict`: rows with predictions appended, streamed in chunks, all or nothing
   scoring.py   predictions in the targets' units; a non-finite one is an error naming its row
+  explain.py   `explain`: permutation importance of each original column
 
 Imports outputs/ (checkpoints), data/, models/; never training/.
 """
