@@ -310,14 +310,32 @@ def eval_(
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    plot: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--plot",
+            metavar="DIR",
+            help="Also draw predicted-vs-actual and residuals per target here.",
+            show_default=False,
+        ),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Score a checkpoint on a CSV: MSE, RMSE, MAE and R² in the target's own units."""
 
     def work() -> None:
+        from mse_train.outputs import fsio
         from mse_train.use import evaluate
 
+        if plot is not None:
+            fsio.check_not_an_input(plot, [csv_file, checkpoint_file])
         report = evaluate.evaluate(checkpoint_file, csv_file, device)
+        if plot is not None:
+            from mse_train.outputs import plots
+
+            fsio.ensure_writable_dir(plot)
+            written = plots.write_fit_plots(plot, list(report.targets), report.actual, report.predicted)
+            view.stderr().print(f"wrote {', '.join(str(p) for p in written)}")
         if as_json:
             sys.stdout.write(json.dumps(report.as_json(), allow_nan=False) + "\n")  # strict JSON
             return

@@ -1,4 +1,5 @@
-"""loss.png for a run, overlays of several runs (`mse-train plot`), and a sweep's sweep.png."""
+"""loss.png for a run, overlays of several runs (`mse-train plot`), a sweep's sweep.png, the
+importance chart of `explain` and the fit plots of `eval --plot`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 # The Figure API renders with Agg and never opens a window; skipping pyplot saves import time.
+import numpy as np
 from matplotlib.figure import Figure
 
 from mse_train.outputs import fsio
@@ -142,6 +144,50 @@ def write_importance_plot(path: Path, importance: dict[str, dict[str, float]], t
     longest = max((len(n) for n in names), default=1)
     fig.subplots_adjust(left=min(0.45, 0.04 + 0.012 * longest), right=0.97, top=0.9, bottom=0.15)
     _save(fig, path)
+
+
+def fit_figures(name: str, actual: np.ndarray, predicted: np.ndarray) -> tuple[Figure, Figure]:
+    """Predicted against actual with the y = x line, and a histogram of the residuals."""
+    fit = Figure(figsize=(6.0, 6.0), dpi=DPI)
+    ax = fit.add_subplot()
+    ax.scatter(actual, predicted, s=10, alpha=0.5, color="tab:blue", edgecolors="none")
+    low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="tab:red", linewidth=1, label="y = x")
+    ax.set_xlabel(f"actual {name}")
+    ax.set_ylabel(f"predicted {name}")
+    ax.set_title(f"{name}: predicted against actual ({len(actual)} rows)", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    residuals = predicted - actual
+    hist = Figure(figsize=SIZE, dpi=DPI)
+    bx = hist.add_subplot()
+    bx.hist(residuals, bins=min(50, max(5, len(residuals) // 10)), color="tab:blue", alpha=0.8)
+    bx.axvline(0, color="tab:red", linewidth=1)
+    bx.set_xlabel(f"residual: predicted - actual {name}")
+    bx.set_ylabel("rows")
+    bx.set_title(
+        f"{name}: residuals, mean {residuals.mean():.4g}, std {residuals.std():.4g}", fontsize="medium"
+    )
+    bx.grid(True, alpha=0.3)
+    return fit, hist
+
+
+def write_fit_plots(
+    folder: Path, names: Sequence[str], actual: np.ndarray, predicted: np.ndarray
+) -> list[Path]:
+    """`eval --plot DIR`: <target>_fit.png and <target>_residuals.png per target."""
+    written = []
+    for j, name in enumerate(names):
+        fit, hist = fit_figures(name, actual[:, j], predicted[:, j])
+        for figure, suffix in ((fit, "fit"), (hist, "residuals")):
+            path = folder / f"{_file_name(name)}_{suffix}.png"
+            _save(figure, path)
+            written.append(path)
+    return written
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "target"
 
 
 def _save(fig: Figure, path: Path) -> None:

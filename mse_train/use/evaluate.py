@@ -7,7 +7,7 @@ the statistics stored in it: new rows are treated exactly like the training rows
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ class Report:
     targets: dict[str, dict[str, Any]]  # name -> mse, rmse, mae, r2
     notes: list[str]
     checkpoint_epoch: int
+    actual: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))  # rows x targets, own units
+    predicted: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.overall)
@@ -81,5 +83,10 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu") -> Report:
     if not all(math.isfinite(v) for v in (overall["mse"], overall["mae"])):
         raise DataError(f"{csv_path}: the metrics are not finite numbers", ["check the target cells"])
     return Report(
-        overall, dict(zip(pre.target_names, per, strict=True)), notes, int(ckpt[checkpoint.K_EPOCH])
+        overall,
+        dict(zip(pre.target_names, per, strict=True)),
+        notes,
+        int(ckpt[checkpoint.K_EPOCH]),
+        y_true,
+        y_pred,
     )
