@@ -44,6 +44,16 @@ Overrides = Annotated[
     ),
 ]
 ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)]
+CheckpointArg = Annotated[
+    Path, typer.Argument(metavar="CHECKPOINT", help="best.pt or last.pt of a run.", show_default=False)
+]
+ScoredCsv = Annotated[
+    Path,
+    typer.Argument(
+        metavar="CSV", help="Rows to score; needs the feature and target columns.", show_default=False
+    ),
+]
+Device = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOut = Annotated[
     bool,
@@ -299,17 +309,10 @@ def sweep(
 # ----------------------------------------------------------------------- eval
 @app.command("eval")
 def eval_(
-    checkpoint_file: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="best.pt or last.pt of a run.", show_default=False)
-    ],
-    csv_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="CSV", help="Rows to score; needs the feature and target columns.", show_default=False
-        ),
-    ],
+    checkpoint_file: CheckpointArg,
+    csv_file: ScoredCsv,
     as_json: Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: Device = "cpu",
     plot: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option(
@@ -347,15 +350,8 @@ def eval_(
 # -------------------------------------------------------------------- explain
 @app.command()
 def explain(
-    checkpoint_file: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="best.pt or last.pt of a run.", show_default=False)
-    ],
-    csv_file: Annotated[
-        Path,
-        typer.Argument(
-            metavar="CSV", help="Rows to score; needs the feature and target columns.", show_default=False
-        ),
-    ],
+    checkpoint_file: CheckpointArg,
+    csv_file: ScoredCsv,
     repeats: Annotated[int, typer.Option("--repeats", "-r", help="Shuffles per column.")] = 5,
     seed: Annotated[int, typer.Option(help="Seeds the shuffles.")] = 0,
     output: Annotated[
@@ -363,7 +359,7 @@ def explain(
         typer.Option("--output", "-o", help="Also draw the importances to this PNG.", show_default=False),
     ] = None,
     as_json: JsonOut = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: Device = "cpu",
     debug: Debug = False,
 ) -> None:
     """Which columns matter: the MSE increase when each column is shuffled (permutation importance)."""
@@ -394,9 +390,7 @@ def explain(
 # -------------------------------------------------------------------- predict
 @app.command()
 def predict(
-    checkpoint_file: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="best.pt or last.pt of a run.", show_default=False)
-    ],
+    checkpoint_file: CheckpointArg,
     csv_file: Annotated[
         Path,
         typer.Argument(
@@ -407,7 +401,7 @@ def predict(
         Optional[Path],  # noqa: UP045
         typer.Option("--output", "-o", help="Write here instead of stdout.", show_default=False),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: Device = "cpu",
     debug: Debug = False,
 ) -> None:
     """Write CSV's rows with a <target>_pred column per target appended."""

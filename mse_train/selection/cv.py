@@ -8,7 +8,6 @@ targets' own units.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,14 +79,12 @@ def cross_validate(
     (training/packed.py), each as it would alone.
     """
     loaded = loaded or prepare.load_training(cfg.data, cfg.targets)
-    splits = folds.kfold(loaded.table.n_rows, k, cfg.seed)
-    jobs = [
-        (cfg, *prepare.fit_split(loaded, cfg.data, train_rows, val_rows, f"fold {i} of {k}", cfg.seed))
-        for i, (train_rows, val_rows) in enumerate(splits, start=1)
-    ]
-    together = train_and_score_packed(jobs, device, should_stop) if pack and packed.pack_key(cfg) else None
-    if pack and packed.pack_key(cfg) and together is None:
-        return CVResult(k, [], Status.INTERRUPTED, 1)
+    jobs = [(cfg, prepared, held) for prepared, held in fold_splits(loaded, cfg, k)]
+    together = None
+    if pack and packed.pack_key(cfg) is not None:
+        together = train_and_score_packed(jobs, device, should_stop)
+        if together is None:
+            return CVResult(k, [], Status.INTERRUPTED, 1)
     rows: list[dict[str, Any]] = []
     epochs: list[int] = []
     seconds: list[float] = []
@@ -106,7 +103,9 @@ def cross_validate(
     return CVResult(k, rows, Status.COMPLETED, None, "", epochs, seconds)
 
 
-def score_of(result: CVResult) -> float:
-    """The number a sweep minimises: mean validation MSE over folds, in target units."""
-    mse = mean_std(result.per_fold)["mse"]["mean"]
-    return math.inf if mse is None else float(mse)
+def fold_splits(loaded: prepare.Loaded, cfg: Config, k: int) -> list[tuple[prepare.Prepared, prepare.Held]]:
+    """The `k` folds of `cfg` (shuffled with its seed), each preprocessed on its own rows."""
+    return [
+        prepare.fit_split(loaded, cfg.data, train_rows, test_rows, f"fold {i} of {k}", cfg.seed)
+        for i, (train_rows, test_rows) in enumerate(folds.kfold(loaded.table.n_rows, k, cfg.seed), start=1)
+    ]

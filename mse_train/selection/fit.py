@@ -50,13 +50,7 @@ def train_and_score(
     if status in (Status.INTERRUPTED, Status.DIVERGED):
         return Scored(status, epochs, time.perf_counter() - started, reason=loop.divergence)
     loop.best.weights.restore()
-    out = inference.predict(loop.model, torch.from_numpy(held.split.x).to(device)).cpu().numpy()
-    y_pred = prepared.pre.unscale_targets(out).astype(np.float64)
-    seconds = time.perf_counter() - started
-    if not np.isfinite(y_pred).all():
-        return Scored(Status.DIVERGED, epochs, seconds, reason="its predictions are not finite numbers")
-    overall, per_target = regression_metrics(held.y_true, y_pred)
-    return Scored(status, epochs, seconds, overall, per_target)
+    return _score(loop.model, prepared, held, device, status, epochs, time.perf_counter() - started)
 
 
 def train_and_score_packed(
@@ -78,21 +72,30 @@ def train_and_score_packed(
     if trained is None:
         return None
     seconds = (time.perf_counter() - started) / len(jobs)
-    out = []
-    for (_, prepared, held), result in zip(jobs, trained, strict=True):
-        if result.status is Status.DIVERGED:
-            out.append(Scored(result.status, result.epochs, seconds, reason=result.reason))
-            continue
-        raw = inference.predict(result.model, torch.from_numpy(held.split.x).to(device)).cpu().numpy()
-        y_pred = prepared.pre.unscale_targets(raw).astype(np.float64)
-        if not np.isfinite(y_pred).all():
-            out.append(
-                Scored(Status.DIVERGED, result.epochs, seconds, reason="its predictions are not finite")
-            )
-            continue
-        overall, per_target = regression_metrics(held.y_true, y_pred)
-        out.append(Scored(result.status, result.epochs, seconds, overall, per_target))
-    return out
+    return [
+        Scored(result.status, result.epochs, seconds, reason=result.reason)
+        if result.status is Status.DIVERGED
+        else _score(result.model, prepared, held, device, result.status, result.epochs, seconds)
+        for (_, prepared, held), result in zip(jobs, trained, strict=True)
+    ]
+
+
+def _score(
+    model: torch.nn.Module,
+    prepared: Prepared,
+    held: Held,
+    device: torch.device,
+    status: Status,
+    epochs: int,
+    seconds: float,
+) -> Scored:
+    """The metrics of `model` (the best epoch's weights) on the held-out rows, in target units."""
+    raw = inference.predict(model, torch.from_numpy(held.split.x).to(device)).cpu().numpy()
+    y_pred = prepared.pre.unscale_targets(raw).astype(np.float64)
+    if not np.isfinite(y_pred).all():
+        return Scored(Status.DIVERGED, epochs, seconds, reason="its predictions are not finite numbers")
+    overall, per_target = regression_metrics(held.y_true, y_pred)
+    return Scored(status, epochs, seconds, overall, per_target)
 
 
 def _rows(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,6 @@ _PLAIN = (str, int, float, bool, type(None))
 @dataclass
 class Space:
     params: dict[str, list[Any] | SweepRange]
-    where: dict[str, str]  # key -> "file, line N" of its entry, for messages
     method: str = "tpe"
 
     def distributions(self) -> dict[str, Any]:
@@ -81,9 +80,8 @@ class Space:
 def space_of(sweep: SweepConfig, doc: yamlio.Document, method: str) -> Space:
     """Check the ranges and keys of `sweep.params` (file/line errors) and build the space."""
     problems: list[str] = []
-    where = {key: doc.where(("sweep", "params", key)) for key in sweep.params}
     for key, values in sweep.params.items():
-        place = where[key]
+        place = doc.where(("sweep", "params", key))
         head = key.split(".")[0]
         if head in ("sweep", "output"):
             problems.append(
@@ -111,7 +109,7 @@ def space_of(sweep: SweepConfig, doc: yamlio.Document, method: str) -> Space:
                 problems.append(f"{place}: `{key}` lists a value twice")
     if problems:
         raise ConfigError(f"{doc.source}: {len(problems)} problem(s) in `sweep.params`", problems)
-    return Space(dict(sweep.params), where, method)
+    return Space(dict(sweep.params), method)
 
 
 def trial_config(

@@ -26,7 +26,6 @@ import torch
 from mse_train import recipe, runtime
 from mse_train.config import loading, yamlio
 from mse_train.config.schema import Config, SweepConfig
-from mse_train.data import folds as folds_module
 from mse_train.data import prepare
 from mse_train.errors import (
     ConfigError,
@@ -124,7 +123,7 @@ def run(
             _requeue_unfinished(study)
             while _finished(study) < n_trials:
                 if stop.requested():
-                    _interrupted(out, study, keys, options.resume_command)
+                    _interrupted(out, study, options.resume_command)
                 size = min(batch, n_trials - _finished(study))
                 trials = [study.ask(the_space.distributions()) for _ in range(size)]
                 try:
@@ -140,7 +139,7 @@ def run(
                     for trial in trials:
                         study.tell(trial, state=_failed())
                         study.enqueue_trial(trial.params)  # --resume runs it again, from its start
-                    _interrupted(out, study, keys, options.resume_command)
+                    _interrupted(out, study, options.resume_command)
                 for trial, (scored, dropped) in zip(trials, results, strict=True):
                     _tell(study, trial, scored, dropped)
                     rows = leaderboard(study, keys)
@@ -266,15 +265,7 @@ class _Trainer:
 
     def _splits(self, cfg: Config, values: dict[str, Any]) -> list[tuple[prepare.Prepared, prepare.Held]]:
         if self.folds >= 2:
-            loaded = self.load(cfg)
-            return [
-                prepare.fit_split(
-                    loaded, cfg.data, train_rows, test_rows, f"fold {i} of {self.folds}", cfg.seed
-                )
-                for i, (train_rows, test_rows) in enumerate(
-                    folds_module.kfold(loaded.table.n_rows, self.folds, cfg.seed), start=1
-                )
-            ]
+            return cv.fold_splits(self.load(cfg), cfg, self.folds)
         key = json.dumps([cfg.data.model_dump(mode="json"), cfg.seed], sort_keys=True)
         if key not in self._prepared:  # trials that do not change `data:` share one read
             self._prepared[key] = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
@@ -388,7 +379,7 @@ def _requeue_unfinished(study: Any) -> None:
         study.enqueue_trial(trial.params)
 
 
-def _interrupted(out: Path, study: Any, keys: list[str], resume_command: str) -> NoReturn:
+def _interrupted(out: Path, study: Any, resume_command: str) -> NoReturn:
     raise TrainingInterrupted(
         f"sweep interrupted after {_finished(study)} finished trial(s); {out / 'leaderboard.csv'} "
         "holds them and sweep.db the search",
