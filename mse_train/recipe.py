@@ -227,7 +227,7 @@ def _train_and_save(
 
     if status is Status.DIVERGED:
         loop.rollback()
-    saver.checkpoint(loop)
+    saver.checkpoint(loop, final=True)
     result = summary.build(
         cfg,
         status,

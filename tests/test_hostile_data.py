@@ -92,7 +92,7 @@ def test_eval_json_is_strict_json(cli, trained, table):
     result = cli("eval", trained, table, "--json")
     assert result.code == 0, result
     report = json.loads(result.stdout, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
-    assert set(report) == {"mse", "rmse", "mae", "r2", "n"} and report["n"] == 200
+    assert set(report) == {"mse", "rmse", "mae", "r2", "n", "drift"} and report["n"] == 200
 
 
 def test_predict_never_leaves_an_empty_prediction_silently(cli, narrow, tmp_path):

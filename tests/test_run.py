@@ -208,7 +208,7 @@ def test_eval_reads_columns_by_name_in_any_order(cli, small_config, table, tmp_p
     a = json.loads(cli("eval", tmp_path / "run" / "best.pt", table, "--json").stdout)
     b = json.loads(cli("eval", tmp_path / "run" / "best.pt", tmp_path / "shuffled.csv", "--json").stdout)
     assert a == b
-    assert set(a) == {"mse", "rmse", "mae", "r2", "n"}
+    assert set(a) == {"mse", "rmse", "mae", "r2", "n", "drift"} and a["drift"] == []
     assert math.isclose(a["rmse"], math.sqrt(a["mse"]))
 
 

@@ -59,6 +59,15 @@ JsonOut = Annotated[
     bool,
     typer.Option("--json", help="Print the result as one JSON object on stdout (progress goes to stderr)."),
 ]
+Interval = Annotated[
+    Optional[float],  # noqa: UP045
+    typer.Option(
+        "--interval",
+        metavar="P",
+        help="Split-conformal prediction intervals of coverage P (e.g. 0.9), from the validation rows.",
+        show_default=False,
+    ),
+]
 
 
 def _guard(debug: bool, work: Callable[[], T]) -> T:
@@ -322,9 +331,16 @@ def eval_(
             show_default=False,
         ),
     ] = None,
+    interval: Interval = None,
     debug: Debug = False,
 ) -> None:
-    """Score a checkpoint on a CSV: MSE, RMSE, MAE and R² in the target's own units."""
+    """Score a checkpoint on a CSV: MSE, RMSE, MAE and R² in the target's own units.
+
+    With --interval P, also the share of rows inside their prediction intervals (coverage,
+    which should be close to P) and the intervals' width. Rows unlike the training rows
+    (outside its range, unseen categories, many more empty cells) are warned about on
+    stderr and listed under "drift" in --json.
+    """
 
     def work() -> None:
         from mse_train.outputs import fsio
@@ -332,7 +348,8 @@ def eval_(
 
         if plot is not None:
             fsio.check_not_an_input(plot, [csv_file, checkpoint_file])
-        report = evaluate.evaluate(checkpoint_file, csv_file, device)
+        report = evaluate.evaluate(checkpoint_file, csv_file, device, interval)
+        view.print_drift(report.drift, str(csv_file))
         if plot is not None:
             from mse_train.outputs import plots
 
@@ -401,20 +418,42 @@ def predict(
         Optional[Path],  # noqa: UP045
         typer.Option("--output", "-o", help="Write here instead of stdout.", show_default=False),
     ] = None,
+    interval: Interval = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="With -o: print rows written and drift as one JSON object on stdout."),
+    ] = False,
     device: Device = "cpu",
     debug: Debug = False,
 ) -> None:
-    """Write CSV's rows with a <target>_pred column per target appended."""
+    """Write CSV's rows with a <target>_pred column per target appended.
+
+    With --interval P, also <target>_lo and <target>_hi: a split-conformal interval that
+    holds the actual value for a share P of rows drawn like the validation rows. Rows
+    unlike the training rows (outside its range, unseen categories, many more empty
+    cells) are warned about on stderr.
+    """
 
     def work() -> None:
+        from mse_train.errors import UserError
         from mse_train.outputs import fsio
         from mse_train.use import predict as predicting
 
+        if as_json and output is None:
+            raise UserError(
+                "--json prints on stdout, where the predictions go without -o",
+                ["write the predictions to a file: -o predictions.csv --json"],
+            )
         if output is not None:
             fsio.check_not_an_input(output, [csv_file, checkpoint_file])
-        rows = predicting.predict(checkpoint_file, csv_file, output, device)
-        if output is not None:
-            view.stderr().print(f"wrote {rows} rows with predictions to {output}")
+        result = predicting.predict(checkpoint_file, csv_file, output, device, interval)
+        view.print_drift(result.drift, str(csv_file))
+        if as_json:
+            found = [finding.as_json() for finding in result.drift]
+            payload = {"rows": result.rows, "output": str(output), "drift": found}
+            sys.stdout.write(json.dumps(payload, allow_nan=False) + "\n")  # strict JSON
+        elif output is not None:
+            view.stderr().print(f"wrote {result.rows} rows with predictions to {output}")
 
     _guard(debug, work)
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from mse_train.data.drift import Finding
     from mse_train.data.prepare import Prepared
     from mse_train.outputs.summary import Summary
     from mse_train.recipe import RunInfo
@@ -163,6 +164,26 @@ def print_report(report: Report, title: str) -> None:
     if len(rows) > 1:
         table.add_row("average", *metric_cells(report.overall), n, style="bold")
     console.print(table)
+    if report.interval is not None:
+        interval = report.interval
+        per = interval.get("targets", {name: interval for name in report.targets})
+        for name, got in per.items():
+            console.print(
+                f"{interval['level']:.4g} prediction intervals for {name}: coverage "
+                f"{got['coverage']:.4f} of {n} rows, width {got['mean_width']:.6g}"
+            )
+
+
+def print_drift(findings: list[Finding], source: str) -> None:
+    """Drift warnings on stderr: what in the new rows the model never saw in training."""
+    if not findings:
+        return
+    console = stderr()
+    console.print(
+        Text(f"warning: {source} differs from the training rows in {len(findings)} way(s):", style="yellow")
+    )
+    for finding in findings:
+        console.print(Text(f"  - {finding.message}", style="yellow"))
 
 
 def print_validated(prepared: Prepared, title: str, run_folder: str) -> None:

@@ -12,6 +12,8 @@
   prepare.py     config -> train/validation splits ready for the loop; eval's reading;
                  one fold's split (`fit_split`) for cross-validation
   folds.py       K-fold row numbers, shuffled with the seed
+  drift.py       what the training rows held (range, empty cells), and how new rows
+                 differ from it beyond chance, for eval/predict warnings
 
 Imports only config/ (for `DataConfig`), errors and runtime.
 """

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
-from mse_train.data import preprocess, table
+from mse_train.data import drift, preprocess, table
 from mse_train.data.digest import Digest
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
@@ -41,6 +42,7 @@ class Prepared:
     pre: Preprocessor
     hashers: dict[str, Digest]  # file path -> its sha256, computed in the background
     notes: list[str] = field(default_factory=list)
+    profile: dict[str, Any] | None = None  # drift.profile() of the training rows
 
     @property
     def digests(self) -> dict[str, str]:
@@ -190,20 +192,20 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     pre = _fit(train, train_rows, features, targets, cfg)
     if train_rows is not None and cfg.unknown_category == "error":
         _check_split_categories(train, pre, order[len(train_rows) :], cfg, "the validation split")
+    profile = drift.profile(train.frame, train_rows, pre)
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
     del train
     runtime.release_freed_memory()
     if cfg.val is not None:
-        return Prepared(
-            Split(x, y), Split(pre.features_array(val), pre.targets_array(val.frame)), pre, digests, notes
-        )
+        val_split = Split(pre.features_array(val), pre.targets_array(val.frame))
+        return Prepared(Split(x, y), val_split, pre, digests, notes, profile)
     if train_rows is None:
-        return Prepared(Split(x, y), None, pre, digests, notes)
+        return Prepared(Split(x, y), None, pre, digests, notes, profile)
     # One gather puts train rows first and validation rows after; both are then views.
     x, y = x[order], y[order]
     cut = len(train_rows)
-    return Prepared(Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes)
+    return Prepared(Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes, profile)
 
 
 def _check_split_categories(
@@ -248,9 +250,16 @@ def _check_split_categories(
 
 
 def prepare_eval(
-    path: Path, pre: Preprocessor, delimiter: str, with_targets: bool = True
+    path: Path,
+    pre: Preprocessor,
+    delimiter: str,
+    with_targets: bool = True,
+    watch: drift.Watch | None = None,
 ) -> tuple[table.Table, Split, list[str]]:
-    """Read a CSV with the columns a checkpoint was trained on and preprocess it the same way."""
+    """Read a CSV with the columns a checkpoint was trained on and preprocess it the same way.
+
+    `watch`, when given, sees the rows as read, before empty cells are dropped or filled.
+    """
     header = table.read_header(path, delimiter)
     targets = pre.target_names if with_targets else []
     table.check_columns(path, header, pre.features, "feature the model was trained on")
@@ -258,6 +267,8 @@ def prepare_eval(
     data = table.read(
         path, [*pre.features, *targets], pre.categorical_names, infer_from=(), delimiter=delimiter
     )
+    if watch is not None:
+        watch.observe(data.frame)
     policy = pre.missing
     data, notes = handle_missing(data, pre.features, targets, policy)
     x = pre.features_array(data)

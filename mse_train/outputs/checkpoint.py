@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mse_train import __version__
-from mse_train.data import files, stored
+from mse_train.data import drift, files, stored
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import CheckpointError
 from mse_train.models import networks
@@ -41,6 +41,9 @@ K_CONFIG = "config"  # the resolved config, as plain data
 K_DIGESTS = "data_digests"  # CSV path -> sha256 when the run started
 K_TRAINING = "training"  # Loop.state_dict(): optimizer, scheduler, progress, RNG, history
 K_BEST = "best"  # {"epoch": int, "loss": float}
+# Optional (older checkpoints lack them):
+K_RESIDUALS = "residuals"  # |actual - predicted| of the validation rows, target units, sorted per target
+K_PROFILE = "profile"  # drift.profile(): each feature's training range and empty cells
 
 MIN_TORCH = (2, 6)  # earlier releases let weights_only=True be bypassed (CVE-2025-32434)
 
@@ -55,6 +58,8 @@ def build(
     digests: dict[str, str],
     best: dict[str, Any],
     training: dict[str, Any] | None = None,
+    residuals: torch.Tensor | None = None,
+    profile: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble a checkpoint dict."""
     return {
@@ -70,6 +75,8 @@ def build(
         K_DIGESTS: dict(digests),
         K_BEST: best,
         K_TRAINING: training,
+        K_RESIDUALS: residuals,
+        K_PROFILE: profile,
     }
 
 
@@ -197,11 +204,29 @@ def _check_values(data: dict[str, Any]) -> list[str]:
     pre = Preprocessor.from_dict(data[K_PREPROCESS])
     spec = data[K_MODEL]
     sizes = {"n_inputs": len(pre.input_names), "n_outputs": len(pre.targets)}
-    return [
+    problems += [
         f"`{K_MODEL}.{key}` is {spec[key]}, but the stored preprocessing makes {size}"
         for key, size in sizes.items()
         if spec[key] != size
     ]
+    if data.get(K_PROFILE) is not None:
+        problems += drift.problems(data[K_PROFILE], pre, K_PROFILE)
+    return problems + _check_residuals(data.get(K_RESIDUALS), len(pre.targets))
+
+
+def _check_residuals(value: Any, n_targets: int) -> list[str]:
+    if value is None:
+        return []
+    where = f"`{K_RESIDUALS}`"
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.float64 or value.layout != torch.strided:
+        return [f"{where} must be a float64 tensor, got {_short(value)}"]
+    if value.dim() != 2 or value.shape[0] < 1 or value.shape[1] != n_targets:
+        return [f"{where} must have shape [rows >= 1, {n_targets}], got {list(value.shape)}"]
+    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+        return [f"{where} must hold finite numbers >= 0"]
+    if bool((value[1:] < value[:-1]).any()):
+        return [f"{where} must be sorted per target, as mse-train writes them"]
+    return []
 
 
 def _check_shapes(data: dict[str, Any]) -> list[str]:

@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mse_train import config
 from mse_train.config import Config
 from mse_train.data.prepare import Prepared
 from mse_train.errors import OutputError
-from mse_train.models import networks
+from mse_train.models import inference, networks
 from mse_train.outputs import checkpoint, metrics
 from mse_train.training.loop import Loop
 
@@ -59,17 +60,38 @@ class Saver:
         )
         self._best_written: int | None = None
 
-    def checkpoint(self, loop: Loop) -> None:
-        """metrics.csv, then best.pt if it changed, then last.pt: each atomically."""
+    def checkpoint(self, loop: Loop, final: bool = False) -> None:
+        """metrics.csv, then best.pt if it changed, then last.pt: each atomically.
+
+        The `final` call, when the loop has stopped, also stores in each checkpoint the
+        absolute residuals of the validation rows under its own weights, from which
+        `predict --interval` builds split-conformal intervals; best.pt is then rewritten.
+        """
         state = loop.state_dict()
         progress = loop.progress
         best = {"epoch": progress.best_epoch, "loss": progress.best_loss}
         self.metrics.write(state["history"])
-        if loop.best_weights is not None and progress.best_epoch != self._best_written:
-            self._save("best", progress.best_epoch, loop.best_weights, best)
+        if loop.best_weights is not None and (final or progress.best_epoch != self._best_written):
+            residuals = self._residuals(loop.best_weights) if final else None
+            self._save("best", progress.best_epoch, loop.best_weights, best, residuals=residuals)
             self._best_written = progress.best_epoch
         weights = state.pop("model")
-        self._save("last", progress.epoch, weights, best, training=state)
+        residuals = self._residuals(weights) if final else None
+        self._save("last", progress.epoch, weights, best, training=state, residuals=residuals)
+
+    def _residuals(self, weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """|actual - predicted| of the validation rows in the targets' units, sorted per target."""
+        val = self.prepared.val
+        if val is None:
+            return None
+        model = networks.from_spec(self.model_spec)
+        model.load_state_dict({k: v.detach().cpu() for k, v in weights.items()})
+        predicted = inference.predict(model, torch.from_numpy(val.x)).numpy()
+        pre = self.prepared.pre
+        residuals = np.abs(pre.unscale_targets(predicted) - pre.unscale_targets(val.y))
+        if not np.isfinite(residuals).all():  # weights that overflow on some row: no intervals
+            return None
+        return torch.from_numpy(np.sort(residuals, axis=0))
 
     def _save(
         self,
@@ -78,6 +100,7 @@ class Saver:
         weights: dict[str, torch.Tensor],
         best: dict[str, Any],
         training: dict[str, Any] | None = None,
+        residuals: torch.Tensor | None = None,
     ) -> None:
         checkpoint.save(
             self.out / f"{kind}.pt",
@@ -91,6 +114,8 @@ class Saver:
                 self.prepared.digests,
                 best,
                 training=training,
+                residuals=residuals,
+                profile=self.prepared.profile,
             ),
         )
 

@@ -1,9 +1,11 @@
 """Putting a trained model to use: everything that starts from a checkpoint.
 
-  evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units
-  predict.py   `predict`: rows with predictions appended, streamed in chunks, all or nothing
+  evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units; interval coverage
+  predict.py   `predict`: rows with predictions (and intervals) appended, streamed in
+               chunks, all or nothing
   scoring.py   predictions in the targets' units; a non-finite one is an error naming its row
   explain.py   `explain`: permutation importance of each original column
+  intervals.py split-conformal prediction intervals from the validation rows' residuals
 
 Imports outputs/ (checkpoints), data/, models/; never training/.
 """

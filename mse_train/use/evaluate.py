@@ -16,10 +16,11 @@ import torch
 
 from mse_train import runtime
 from mse_train.data import prepare
+from mse_train.data.drift import Finding, Watch
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import DataError
 from mse_train.outputs import checkpoint
-from mse_train.use import scoring
+from mse_train.use import intervals, scoring
 
 
 @dataclass
@@ -30,11 +31,16 @@ class Report:
     checkpoint_epoch: int
     actual: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))  # rows x targets, own units
     predicted: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    interval: dict[str, Any] | None = None  # intervals.coverage() when --interval was given
+    drift: list[Finding] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.overall)
         if len(self.targets) > 1:
             out["targets"] = self.targets
+        if self.interval is not None:
+            out["interval"] = self.interval
+        out["drift"] = [finding.as_json() for finding in self.drift]
         return out
 
 
@@ -69,11 +75,22 @@ def load(ckpt_path: Path) -> tuple[dict[str, Any], Preprocessor, torch.nn.Module
     return ckpt, pre, model, delimiter
 
 
-def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu") -> Report:
-    """Metrics of a checkpoint on a CSV, in the targets' own units."""
+def drift_watch(ckpt: dict[str, Any], pre: Preprocessor) -> Watch | None:
+    """A drift counter for new rows, when the checkpoint holds its training profile."""
+    profile = ckpt.get(checkpoint.K_PROFILE)
+    return Watch(profile, pre) if profile is not None else None
+
+
+def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: float | None = None) -> Report:
+    """Metrics of a checkpoint on a CSV, in the targets' own units; with `interval`, the
+    coverage and width of its prediction intervals at that level."""
+    if interval is not None:
+        intervals.check_level(interval)
     dev = runtime.resolve_device(device, "--device")
     ckpt, pre, model, delimiter = load(ckpt_path)
-    data, split, notes = prepare.prepare_eval(csv_path, pre, delimiter)
+    half = intervals.half_widths(ckpt_path, ckpt, interval) if interval is not None else None
+    watch = drift_watch(ckpt, pre)
+    data, split, notes = prepare.prepare_eval(csv_path, pre, delimiter, watch=watch)
     model.to(dev)
     y_pred = scoring.predictions(model, split.x, dev, pre, data)
     # The targets as read, not unscale(scale(y)): scaling a far-out target in float32 overflows.
@@ -89,4 +106,8 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu") -> Report:
         int(ckpt[checkpoint.K_EPOCH]),
         y_true,
         y_pred,
+        None
+        if half is None
+        else intervals.coverage(y_true, y_pred, half, float(interval or 0), pre.target_names),
+        watch.findings() if watch is not None else [],
     )

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -20,37 +21,53 @@ import torch
 
 from mse_train import runtime
 from mse_train.data import files, table
+from mse_train.data.drift import Finding, Watch
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import DataError, SaveError
 from mse_train.outputs import fsio
-from mse_train.use import scoring
-from mse_train.use.evaluate import load
+from mse_train.use import intervals, scoring
+from mse_train.use.evaluate import drift_watch, load
 
 CHUNK_ROWS = 100_000
 SPOOL_CHARS = 64 << 20  # stdout output is held in memory up to this size, then in a temporary file
 
 
-def predict(ckpt_path: Path, csv_path: Path, out_path: Path | None, device: str = "cpu") -> int:
-    """Write the rows of `csv_path` with a `<target>_pred` column per target; returns rows."""
+@dataclass
+class Predicted:
+    rows: int
+    drift: list[Finding]
+
+
+def predict(
+    ckpt_path: Path, csv_path: Path, out_path: Path | None, device: str = "cpu", interval: float | None = None
+) -> Predicted:
+    """Write the rows of `csv_path` with a `<target>_pred` column per target (and, with
+    `interval`, `<target>_lo` and `<target>_hi`); returns the rows and any drift found."""
+    if interval is not None:
+        intervals.check_level(interval)
     dev = runtime.resolve_device(device, "--device")
-    _, pre, model, delimiter = load(ckpt_path)
+    ckpt, pre, model, delimiter = load(ckpt_path)
+    half = intervals.half_widths(ckpt_path, ckpt, interval) if interval is not None else None
     header = table.read_header(csv_path, delimiter)
     table.check_columns(csv_path, header, pre.features, "feature the model was trained on")
-    clash = [f"{t}_pred" for t in pre.target_names if f"{t}_pred" in header]
+    suffixes = ("_pred", "_lo", "_hi") if half is not None else ("_pred",)
+    names = [f"{t}{suffix}" for t in pre.target_names for suffix in suffixes]
+    clash = [name for name in names if name in header]
     if clash:
         raise DataError(
             f"{csv_path}: already has column(s) {', '.join(clash)}",
             ["rename them; predict adds these columns"],
         )
     model.to(dev)
-    names = [f"{t}_pred" for t in pre.target_names]
+    watch = drift_watch(ckpt, pre)
 
     def write(sink: IO[str]) -> int:
-        return _predict_to(sink, csv_path, header, pre, model, dev, names, delimiter)
+        return _predict_to(sink, csv_path, header, pre, model, dev, names, delimiter, half, watch)
 
     if out_path is not None and files.irregular_kind(out_path) is None:
-        return _into_file(out_path, write)  # its temporary file holds the rows until all succeed
+        rows = _into_file(out_path, write)  # its temporary file holds the rows until all succeed
+        return Predicted(rows, watch.findings() if watch is not None else [])
     # stdout, a pipe or a device: all or nothing too, so that a bad cell late in the file
     # leaves no partial output. The rows wait in memory, then in a temporary file.
     with tempfile.SpooledTemporaryFile(SPOOL_CHARS, "w+", encoding="utf-8", newline="") as spool:
@@ -68,7 +85,7 @@ def predict(ckpt_path: Path, csv_path: Path, out_path: Path | None, device: str 
             sys.stdout.flush()
         else:
             _into_file(out_path, lambda sink: _copy(spool, sink, rows))
-    return rows
+    return Predicted(rows, watch.findings() if watch is not None else [])
 
 
 def _into_file(path: Path, write: Callable[[IO[str]], int]) -> int:
@@ -98,6 +115,8 @@ def _predict_to(
     dev: torch.device,
     names: list[str],
     delimiter: str,
+    half: np.ndarray | None,
+    watch: Watch | None,
 ) -> int:
     writer = csv.writer(sink, delimiter=delimiter, lineterminator="\n")
     writer.writerow([*header, *names])
@@ -105,6 +124,8 @@ def _predict_to(
     for view, cells in table.read_chunks(
         csv_path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS
     ):
+        if watch is not None:
+            watch.observe(view.frame)
         empty = np.asarray(view.frame[pre.features].isna().to_numpy().any(axis=1), dtype=bool)
         if empty.any() and pre.missing == "error":
             handle_missing(view, pre.features, [], "error")
@@ -113,6 +134,8 @@ def _predict_to(
         # any other prediction that is not a finite number stops the command.
         dropped = empty if pre.missing == "drop" else None
         out = scoring.predictions(model, x, dev, pre, view, skip=dropped)
+        if half is not None:  # per target: prediction, low end, high end
+            out = np.stack([out, out - half, out + half], axis=2).reshape(len(out), -1)
         predicted = [[repr(float(v)) for v in row] for row in out]
         if dropped is not None:
             for index in np.flatnonzero(dropped):

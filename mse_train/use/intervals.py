@@ -1,0 +1,95 @@
+"""Prediction intervals: split-conformal, from the validation rows' residuals.
+
+At the end of `run`, each checkpoint stores the absolute residuals |actual - predicted| of
+the validation rows under its own weights, in the targets' units (outputs/run_folder.py).
+For a level P and n residuals, the half-width is the ceil((n + 1) P)-th smallest of them:
+if the new rows are drawn like the validation rows, the interval prediction ± half-width
+holds the actual value with probability at least P (and less than P + 1/(n + 1)), per
+target (Vovk et al. 2005; Lei et al. 2018, "Distribution-Free Predictive Inference for
+Regression"). The width is the same for every row: the guarantee is on average over
+rows, not for each row.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mse_train.errors import CheckpointError, UserError
+from mse_train.outputs import checkpoint
+
+
+def check_level(level: float, option: str = "--interval") -> None:
+    """A coverage level strictly between 0 and 1."""
+    if not (math.isfinite(level) and 0 < level < 1):
+        raise UserError(
+            f"{option} must be a coverage level between 0 and 1 (exclusive), got {level:g}",
+            [f"for 90% intervals: {option} 0.9"],
+        )
+
+
+def half_widths(ckpt_path: Path, ckpt: dict[str, Any], level: float) -> np.ndarray:
+    """Per target, the distance from a prediction to either end of its level-P interval."""
+    check_level(level)
+    residuals = ckpt.get(checkpoint.K_RESIDUALS)
+    if residuals is None:
+        data = ckpt[checkpoint.K_CONFIG].get("data", {})
+        had_val = data.get("val") is not None or float(data.get("val_fraction") or 0) > 0
+        if had_val:
+            raise CheckpointError(
+                f"{ckpt_path}: holds no validation residuals, so no intervals",
+                [
+                    "it was written before its run ended (killed), or by an older mse-train: finish "
+                    "the run with `mse-train run CONFIG --resume`, or train it again"
+                ],
+            )
+        raise CheckpointError(
+            f"{ckpt_path}: the model was trained without validation rows, so there are no "
+            "residuals to build intervals from",
+            ["set `data.val` (a CSV) or `data.val_fraction` (e.g. 0.2) and run again"],
+        )
+    sorted_residuals = residuals.numpy()
+    n = len(sorted_residuals)
+    if _rank(n, level) > n:
+        raise UserError(
+            f"--interval {level:g} needs at least {_rows_needed(level)} validation rows; "
+            f"{ckpt_path} was calibrated on {n}",
+            [f"{n} rows allow levels up to {n / (n + 1):.4g}; or hold out more validation rows"],
+        )
+    out: np.ndarray = sorted_residuals[_rank(n, level) - 1]
+    return out
+
+
+def _rank(n: int, level: float) -> int:
+    """Which residual, counting from the smallest, bounds a level-P interval: ceil((n + 1) P)."""
+    return math.ceil((n + 1) * level)
+
+
+def _rows_needed(level: float) -> int:
+    """The fewest validation rows for which `_rank` stays within the rows (about P / (1 - P))."""
+    n = max(1, math.floor(level / (1 - level)) - 1)
+    while _rank(n, level) > n:
+        n += 1
+    return n
+
+
+def coverage(
+    actual: np.ndarray, predicted: np.ndarray, half: np.ndarray, level: float, names: list[str]
+) -> dict[str, Any]:
+    """Share of rows whose actual value lies in its interval, and the mean width, per target."""
+    inside = np.abs(actual - predicted) <= half
+    per = {
+        name: {"coverage": float(inside[:, j].mean()), "mean_width": float(2 * half[j])}
+        for j, name in enumerate(names)
+    }
+    out: dict[str, Any] = {
+        "level": level,
+        "coverage": float(inside.mean()),
+        "mean_width": float(np.mean(2 * half)),
+    }
+    if len(names) > 1:
+        out["targets"] = per
+    return out

@@ -1,0 +1,216 @@
+"""Prediction intervals (`predict --interval`, `eval --interval`), through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS, DATA, write_config, write_csv
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def diamonds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The shipped config on 40,000 of the diamonds (8,000 of them validation); 13,940 kept apart."""
+    from typer.testing import CliRunner
+
+    from mse_train.cli import app
+
+    folder = tmp_path_factory.mktemp("diamonds")
+    rows = read_rows(DATA / "diamonds.csv")
+    order = np.random.default_rng(1).permutation(len(rows))
+    header = list(rows[0])
+    train = write_csv(folder / "train.csv", header, [list(rows[i].values()) for i in order[:40_000]])
+    test = write_csv(folder / "test.csv", header, [list(rows[i].values()) for i in order[40_000:]])
+    args = ["run", CONFIGS / "diamonds.yaml", "-q", "-o", folder / "run", "--set", f"data.train={train}"]
+    result = CliRunner().invoke(app, [*map(str, args), "--set", "train.epochs=6"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return folder / "run" / "best.pt", test
+
+
+@pytest.mark.parametrize("level", [0.5, 0.8, 0.9, 0.95])
+def test_coverage_on_rows_kept_apart_is_within_three_points(cli, diamonds, level):
+    checkpoint, test = diamonds
+    result = cli("eval", checkpoint, test, "--interval", level, "--json")
+    assert result.code == 0, result
+    out = json.loads(result.stdout)
+    assert out["n"] == 13_940
+    assert out["interval"]["level"] == level
+    assert abs(out["interval"]["coverage"] - level) <= 0.03, out["interval"]
+    assert out["interval"]["mean_width"] > 0
+
+
+def test_predict_adds_lo_and_hi_that_agree_with_eval(cli, diamonds, tmp_path):
+    checkpoint, test = diamonds
+    assert cli("predict", checkpoint, test, "--interval", 0.9, "-o", tmp_path / "p.csv").code == 0
+    rows = read_rows(tmp_path / "p.csv")
+    assert list(rows[0])[-3:] == ["price_pred", "price_lo", "price_hi"]
+    pred, lo, hi, actual = (
+        np.array([float(r[k]) for r in rows]) for k in ("price_pred", "price_lo", "price_hi", "price")
+    )
+    width = hi - lo
+    assert np.all(lo < pred) and np.all(pred < hi)
+    assert np.allclose(width, width[0])  # split conformal: one width for every row
+    out = json.loads(cli("eval", checkpoint, test, "--interval", 0.9, "--json").stdout)
+    assert width[0] == pytest.approx(out["interval"]["mean_width"], rel=1e-9)
+    inside = float(np.mean((actual >= lo) & (actual <= hi)))
+    assert inside == pytest.approx(out["interval"]["coverage"], abs=2 / len(rows))  # printed rounding
+    # A wider level gives a wider interval around the same prediction.
+    assert cli("predict", checkpoint, test, "--interval", 0.95, "-o", tmp_path / "q.csv").code == 0
+    wider = read_rows(tmp_path / "q.csv")
+    assert float(wider[0]["price_hi"]) - float(wider[0]["price_lo"]) > width[0]
+    assert wider[0]["price_pred"] == rows[0]["price_pred"]
+
+
+def test_the_half_width_is_the_conformal_quantile_of_the_validation_residuals(cli, tmp_path):
+    """With a validation file, its residuals can be computed outside: the ceil((n+1)P)-th smallest."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 2))
+    y = x @ [1.5, -2.0] + rng.normal(scale=0.5, size=300)
+    rows = [[f"{a:.6f}", f"{b:.6f}", f"{t:.6f}"] for (a, b), t in zip(x, y, strict=True)]
+    train = write_csv(tmp_path / "train.csv", ["a", "b", "y"], rows[:200])
+    val = write_csv(tmp_path / "val.csv", ["a", "b", "y"], rows[200:])
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {"data": {"train": str(train), "val": str(val), "target": "y"}, "train": {"epochs": 5},
+         "output": {"dir": str(tmp_path / "run"), "plot": False}},
+    )  # fmt: skip
+    assert cli("run", cfg, "-q").code == 0
+    for name in ("best.pt", "last.pt"):
+        assert cli("predict", tmp_path / "run" / name, val, "-o", tmp_path / "v.csv").code == 0
+        got = read_rows(tmp_path / "v.csv")
+        residuals = np.sort([abs(float(r["y"]) - float(r["y_pred"])) for r in got])
+        assert (
+            cli("predict", tmp_path / "run" / name, val, "--interval", 0.8, "-o", tmp_path / "i.csv").code
+            == 0
+        )
+        first = read_rows(tmp_path / "i.csv")[0]
+        half = (float(first["y_hi"]) - float(first["y_lo"])) / 2
+        expected = residuals[math.ceil(101 * 0.8) - 1]
+        assert half == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_several_targets_get_an_interval_each(cli, tmp_path):
+    cfg = CONFIGS / "penguins_multi.yaml"
+    assert cli("run", cfg, "-q", "-o", tmp_path / "run", "--set", "train.epochs=5").code == 0
+    result = cli("eval", tmp_path / "run" / "best.pt", DATA / "penguins.csv", "--interval", 0.9, "--json")
+    assert result.code == 0, result
+    interval = json.loads(result.stdout)["interval"]
+    targets = interval["targets"]
+    assert len(targets) >= 2
+    assert all(0 <= t["coverage"] <= 1 and t["mean_width"] > 0 for t in targets.values())
+    # Each target in its own units: their widths differ.
+    assert len({round(t["mean_width"], 6) for t in targets.values()}) == len(targets)
+    table = cli("eval", tmp_path / "run" / "best.pt", DATA / "penguins.csv", "--interval", 0.9)
+    assert all(f"intervals for {name}" in table.stdout for name in targets)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny run with 20 validation rows, and its data."""
+    from typer.testing import CliRunner
+
+    from mse_train.cli import app
+
+    folder = tmp_path_factory.mktemp("small")
+    rows = [[i, 2 * i + (i % 3)] for i in range(100)]
+    data = write_csv(folder / "t.csv", ["x", "y"], rows)
+    cfg = write_config(
+        folder / "c.yaml",
+        {"data": {"train": str(data), "target": "y", "val_fraction": 0.2}, "train": {"epochs": 3},
+         "output": {"dir": str(folder / "run"), "plot": False}},
+    )  # fmt: skip
+    result = CliRunner().invoke(app, ["run", str(cfg), "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return folder / "run" / "best.pt", data
+
+
+@pytest.mark.parametrize("level", ["0", "1", "1.5", "-0.1", "nan", "inf"])
+def test_a_level_outside_zero_to_one_is_refused(cli, small, level):
+    checkpoint, data = small
+    for command in ("eval", "predict"):
+        result = cli(command, checkpoint, data, "--interval", level)
+        assert result.code == 2, result
+        assert "--interval must be a coverage level between 0 and 1" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_level_the_validation_rows_cannot_support_says_how_many_are_needed(cli, small):
+    checkpoint, data = small
+    result = cli("predict", checkpoint, data, "--interval", 0.99)
+    assert result.code == 2, result
+    assert "needs at least 99 validation rows" in result.stderr and "calibrated on 20" in result.stderr
+    assert cli("predict", checkpoint, data, "--interval", 0.95).code == 0  # 20 rows allow 20/21
+
+
+def test_without_validation_rows_there_are_no_intervals(cli, tmp_path):
+    data = write_csv(tmp_path / "t.csv", ["x", "y"], [[i, 2 * i] for i in range(30)])
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {"data": {"train": str(data), "target": "y"}, "train": {"epochs": 2},
+         "output": {"dir": str(tmp_path / "run"), "plot": False}},
+    )  # fmt: skip
+    assert cli("run", cfg, "-q").code == 0
+    for command in ("eval", "predict"):
+        result = cli(command, tmp_path / "run" / "best.pt", data, "--interval", 0.9)
+        assert result.code == 2, result
+        assert "trained without validation rows" in result.stderr
+        assert "data.val_fraction" in result.stderr
+    assert not torch.load(tmp_path / "run" / "best.pt", weights_only=True).get("residuals")
+
+
+def test_a_checkpoint_without_residuals_or_with_edited_ones(cli, small, tmp_path):
+    checkpoint, data = small
+    ckpt = torch.load(checkpoint, weights_only=True)
+    assert ckpt["residuals"].shape == (20, 1)
+    stripped = {**ckpt, "residuals": None}
+    torch.save(stripped, tmp_path / "old.pt")
+    result = cli("predict", tmp_path / "old.pt", data, "--interval", 0.9)
+    assert (
+        result.code == 2 and "holds no validation residuals" in result.stderr and "--resume" in result.stderr
+    )
+    assert cli("predict", tmp_path / "old.pt", data).code == 0  # predictions need no residuals
+    for bad in (
+        -ckpt["residuals"],
+        ckpt["residuals"].flip(0) + 1,
+        ckpt["residuals"].float(),
+        torch.zeros(0, 1),
+    ):
+        torch.save({**ckpt, "residuals": bad}, tmp_path / "bad.pt")
+        result = cli("predict", tmp_path / "bad.pt", data)
+        assert result.code == 2, result
+        assert "`residuals`" in result.stderr
+
+
+def test_columns_predict_would_add_must_not_exist(cli, small, tmp_path):
+    checkpoint, _ = small
+    data = write_csv(tmp_path / "t.csv", ["x", "y_hi"], [[1, 2]])
+    result = cli("predict", checkpoint, data, "--interval", 0.9)
+    assert result.code == 2 and "already has column(s) y_hi" in result.stderr
+    assert cli("predict", checkpoint, data).code == 0  # without --interval, y_hi is just a column
+
+
+def test_rows_dropped_for_empty_cells_get_empty_bounds(cli, tmp_path):
+    rows = [[i, "" if i == 5 else i % 7, 2 * i] for i in range(60)]
+    data = write_csv(tmp_path / "t.csv", ["x", "z", "y"], rows)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {"data": {"train": str(data), "target": "y", "val_fraction": 0.3, "missing": "drop"},
+         "train": {"epochs": 2}, "output": {"dir": str(tmp_path / "run"), "plot": False}},
+    )  # fmt: skip
+    assert cli("run", cfg, "-q").code == 0
+    result = cli("predict", tmp_path / "run" / "best.pt", data, "--interval", 0.5)
+    assert result.code == 0, result
+    out = list(csv.DictReader(result.stdout.splitlines()))
+    assert [out[5][k] for k in ("y_pred", "y_lo", "y_hi")] == ["", "", ""]
+    assert all(float(r["y_lo"]) < float(r["y_pred"]) < float(r["y_hi"]) for i, r in enumerate(out) if i != 5)
