@@ -214,3 +214,11 @@ def test_rows_dropped_for_empty_cells_get_empty_bounds(cli, tmp_path):
     out = list(csv.DictReader(result.stdout.splitlines()))
     assert [out[5][k] for k in ("y_pred", "y_lo", "y_hi")] == ["", "", ""]
     assert all(float(r["y_lo"]) < float(r["y_pred"]) < float(r["y_hi"]) for i, r in enumerate(out) if i != 5)
+
+
+def test_a_file_with_only_a_header_gets_the_columns_and_no_rows(cli, small, tmp_path):
+    checkpoint, _ = small
+    data = write_csv(tmp_path / "t.csv", ["x"], [])
+    result = cli("predict", checkpoint, data, "--interval", 0.9)
+    assert result.code == 0, result
+    assert result.stdout.splitlines() == ["x,y_pred,y_lo,y_hi"]

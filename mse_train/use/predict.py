@@ -135,7 +135,7 @@ def _predict_to(
         dropped = empty if pre.missing == "drop" else None
         out = scoring.predictions(model, x, dev, pre, view, skip=dropped)
         if half is not None:  # per target: prediction, low end, high end
-            out = np.stack([out, out - half, out + half], axis=2).reshape(len(out), -1)
+            out = np.stack([out, out - half, out + half], axis=2).reshape(len(out), len(names))
         predicted = [[repr(float(v)) for v in row] for row in out]
         if dropped is not None:
             for index in np.flatnonzero(dropped):
