@@ -542,6 +542,8 @@ def init(
             rows=table.rows,
         )
         fsio.write_text(output, text)
+        for name, kind in table.left_out.items():
+            view.stderr().print(f"left out column `{name}`: Parquet type {kind} cannot be read")
         view.stderr().print(f"wrote {output}; check it with: mse-train validate {output}")
 
     _guard(debug, work)
