@@ -50,7 +50,9 @@ CheckpointArg = Annotated[
 ScoredCsv = Annotated[
     Path,
     typer.Argument(
-        metavar="CSV", help="Rows to score; needs the feature and target columns.", show_default=False
+        metavar="CSV",
+        help="Rows to score (CSV, .csv.gz or .parquet); needs the feature and target columns.",
+        show_default=False,
     ),
 ]
 Device = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
@@ -411,7 +413,9 @@ def predict(
     csv_file: Annotated[
         Path,
         typer.Argument(
-            metavar="CSV", help="Rows to predict; target columns are optional.", show_default=False
+            metavar="CSV",
+            help="Rows to predict (CSV, .csv.gz or .parquet); target columns are optional.",
+            show_default=False,
         ),
     ],
     output: Annotated[
@@ -506,7 +510,10 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
 @app.command()
 def init(
     csv_file: Annotated[
-        Path, typer.Argument(metavar="CSV", help="The table to train on.", show_default=False)
+        Path,
+        typer.Argument(
+            metavar="CSV", help="The table to train on (CSV, .csv.gz or .parquet).", show_default=False
+        ),
     ],
     target: Annotated[
         list[str],
@@ -542,6 +549,8 @@ def init(
             rows=table.rows,
         )
         fsio.write_text(output, text)
+        for name, kind in table.left_out.items():
+            view.stderr().print(f"left out column `{name}`: Parquet type {kind} cannot be read")
         view.stderr().print(f"wrote {output}; check it with: mse-train validate {output}")
 
     _guard(debug, work)

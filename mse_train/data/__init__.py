@@ -1,8 +1,13 @@
-"""Stage 2, the data: CSV files in, checked float32 arrays and fitted preprocessing out.
+"""Stage 2, the data: CSV (also .csv.gz) and Parquet files in, checked float32 arrays and
+fitted preprocessing out.
 
-  table.py       read a CSV's columns (fast pandas path; exact messages on trouble), in
-                 one piece (`read`) or in chunks (`read_chunks`, for predict)
-  csvscan.py     the slow, exact pass that names the line and column of a problem
+  table.py       read a table's columns (fast pandas path; exact messages on trouble), in
+                 one piece (`read`) or in chunks (`read_chunks`, for predict); chooses
+                 CSV or Parquet by the file's extension
+  csvscan.py     the slow, exact pass that names the line and column of a problem; opens
+                 .gz files through gzip
+  parquet.py     Parquet files through pyarrow (an optional extra): only the needed
+                 columns, typed by the CSV rules, problems named by row and row group
   digest.py      the file's sha256, in a background thread
   missing.py     the `data.missing` policy for empty cells
   preprocess.py  standardisation, fill values and one-hot vocabularies, fitted on

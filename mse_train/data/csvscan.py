@@ -4,14 +4,22 @@ pandas' fast parser says only that something failed (or fills a short row with N
 without a word); this walks the file with the csv module, counting lines as a text
 editor does, and collects the rows with the wrong number of fields and the cells that
 are not numbers. It runs only when the fast path found a problem.
+
+A file whose name ends in .gz is read through gzip (pandas does the same from the name),
+so line numbers are those of the decompressed text.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import itertools
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -40,6 +48,42 @@ MISSING_VALUES = (
     "<NA>",
 )
 MISSING = frozenset(MISSING_VALUES)
+# What reading a damaged .gz raises: not gzip at all, cut short, or corrupt inside.
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+def is_gzip(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
+def open_text(path: Path) -> IO[str]:
+    """The file as UTF-8 text for the csv module (a leading BOM dropped), decompressed if .gz."""
+    if is_gzip(path):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def not_gzip(path: Path, exc: BaseException) -> DataError:
+    """The one message for a .gz file that cannot be decompressed."""
+    if isinstance(exc, EOFError):
+        what = "the compressed data ends early (a truncated download or copy?)"
+    else:
+        what = f"not valid gzip data ({exc})"
+    return DataError(
+        f"{path}: {what}",
+        ["compress the CSV again with gzip, or, if it is not compressed, name it without .gz"],
+    )
+
+
+@contextmanager
+def gzip_errors(path: Path) -> Iterator[None]:
+    """Damaged gzip data met anywhere while reading (pandas or the csv module) is named."""
+    try:
+        yield
+    except GZIP_ERRORS as exc:
+        if not is_gzip(path):
+            raise
+        raise not_gzip(path, exc) from None
 
 
 @dataclass
@@ -90,7 +134,7 @@ def scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool]
     bad_cells: dict[str, list[tuple[int, str]]] = {}
     bad_counts: dict[str, int] = {}
     numeric_counts = dict.fromkeys(positions, 0)
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with gzip_errors(path), open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
         seen_header = False
         start = end = 0  # the lines the last row starts and ends on
@@ -139,7 +183,7 @@ def check_quote_closed(path: Path, start: int, delimiter: str) -> None:
     file as one cell and says nothing; strict parsing of that one row tells it apart from
     a quoted cell that closes.
     """
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with gzip_errors(path), open_text(path) as f:
         reader = csv.reader(
             itertools.islice(f, start - 1, None), delimiter=delimiter, skipinitialspace=True, strict=True
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,31 +21,39 @@ class Digest:
 
     hashlib and numpy release the GIL on big blocks, so the pass overlaps with other
     work. The counts catch rows with extra fields, which pandas drops silently when it
-    reads only some of the columns.
+    reads only some of the columns. The hash is of the file's bytes (CSV, gzip or
+    Parquet alike); the counts of a .gz file are of its decompressed text.
     """
 
     def __init__(self, path: Path, delimiter: str = ",", count: bool = False) -> None:
         self._value = ""
         self.delimiters = 0
         self.quotes = 0
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, args=(path, delimiter, count), daemon=True)
         self._thread.start()
 
     def _run(self, path: Path, delimiter: str, count: bool) -> None:
         h = hashlib.sha256()
-        sep, quote = ord(delimiter), ord('"')
+        compressed = path.suffix.lower() == ".gz"
         try:
             with open(path, "rb") as f:
                 while block := f.read(1 << 22):
                     h.update(block)
-                    if count:
-                        data = np.frombuffer(block, dtype=np.uint8)
-                        self.delimiters += int(np.count_nonzero(data == sep))
-                        self.quotes += int(np.count_nonzero(data == quote))
-        except OSError as exc:
+                    if count and not compressed:
+                        self._count(block, delimiter)
+            if count and compressed:
+                with gzip.open(path, "rb") as g:
+                    while block := g.read(1 << 22):
+                        self._count(block, delimiter)
+        except (OSError, EOFError, zlib.error) as exc:  # EOFError: a truncated .gz, which the parse names
             self._error = exc
         self._value = h.hexdigest()
+
+    def _count(self, block: bytes, delimiter: str) -> None:
+        data = np.frombuffer(block, dtype=np.uint8)
+        self.delimiters += int(np.count_nonzero(data == ord(delimiter)))
+        self.quotes += int(np.count_nonzero(data == ord('"')))
 
     def result(self) -> str:
         self._thread.join()

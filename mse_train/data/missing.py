@@ -39,7 +39,7 @@ def handle_missing(
                 more = " ..." if len(rows) > EXAMPLES else ""
                 role = "target" if name in targets else "feature"
                 problems.append(
-                    f"column `{name}` ({role}): {len(rows)} empty cell(s), at line(s) "
+                    f"column `{name}` ({role}): {len(rows)} empty cell(s), at {table.unit}(s) "
                     f"{', '.join(map(str, lines))}{more}"
                 )
         problems.append(

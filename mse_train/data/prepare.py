@@ -229,7 +229,7 @@ def _check_split_categories(
             lines = train.line_of(train.frame.index.to_numpy()[np.sort(rows)[:EXAMPLES]])
             problems.append(
                 f"column `{col.name}`: {examples([repr(v) for v in seen])} only in "
-                f"{len(rows)} row(s) that fell in {split_name} (line(s) {examples(lines, len(rows))})"
+                f"{len(rows)} row(s) that fell in {split_name} ({train.unit}(s) {examples(lines, len(rows))})"
             )
     if problems:
         raise DataError(
@@ -284,12 +284,28 @@ class Sketch:
     text_columns: list[str]  # hold text in their first rows: categorical
     empty_columns: list[str]  # hold empty cells in their first rows
     rows: int | None  # rows in the first 1000 (so the whole table when fewer); None: unknown
+    left_out: dict[str, str] = field(default_factory=dict)  # Parquet columns of unreadable types
 
 
 def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
-    """Feature columns of a CSV, and which of them hold text or empty cells in the first rows."""
+    """Feature columns of a table, and which of them hold text or empty cells in the first rows.
+
+    A Parquet column of a type that cannot be read (a list, a date, ...) is left out of
+    the features, so that the starter config works; a target of such a type is an error.
+    """
     header = table.read_header(path, delimiter)
     table.check_columns(path, header, targets, "target")
     features = feature_names(None, header, list(targets), path)
-    text, empty, rows = table.sniff(path, [*features, *targets], delimiter)
-    return Sketch(features, sorted(text & set(features)), sorted(empty), rows)
+    text, empty, rows, unusable = table.sniff(path, [*features, *targets], delimiter)
+    bad_targets = [t for t in targets if t in unusable]
+    if bad_targets:
+        name = bad_targets[0]
+        raise DataError(
+            f"{path}, column `{name}`: Parquet type `{unusable[name]}` cannot be a target",
+            [f"cast `{name}` to a number before writing the file"],
+        )
+    features = [f for f in features if f not in unusable]
+    if not features:
+        raise DataError(f"{path}: no feature column of a type that can be read (numbers, strings, booleans)")
+    left_out = {f: unusable[f] for f in unusable}
+    return Sketch(features, sorted(text & set(features)), sorted(empty - set(unusable)), rows, left_out)

@@ -117,7 +117,7 @@ class Preprocessor:
                 f"{table.path}, column `{col.name}`: {len(unknown)} row(s) hold categories "
                 "that training never saw",
                 [
-                    f"values: {shown}{' ...' if len(seen) > EXAMPLES else ''}; first at line(s) "
+                    f"values: {shown}{' ...' if len(seen) > EXAMPLES else ''}; first at {table.unit}(s) "
                     f"{', '.join(map(str, lines))}",
                     f"known categories: {', '.join(col.categories[:20])}"
                     + (" ..." if len(col.categories) > 20 else ""),

@@ -1,4 +1,7 @@
-"""Read a CSV file into columns, fast when it is clean and precise when it is not.
+"""Read a table file into columns, fast when it is clean and precise when it is not.
+
+A path ending in .parquet is read by parquet.py; every other path is a CSV, gzip-compressed
+when it ends in .gz.
 
 The fast path is pandas' C parser straight into float32. It never checks that every
 row has as many fields as the header, and it fills short rows with NaN, so whenever a
@@ -19,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mse_train.data import csvscan, files
+from mse_train.data import csvscan, files, parquet
 from mse_train.data.csvscan import MISSING, MISSING_VALUES, Scan
 from mse_train.data.digest import Digest
 from mse_train.errors import EXAMPLES, DataError, examples
@@ -50,6 +53,7 @@ class Table:
     _digest: Digest | None = field(default=None, repr=False)
     _lines: np.ndarray | None = field(default=None, repr=False)
     delimiter: str = ","
+    row_groups: tuple[int, ...] | None = None  # rows per row group of a Parquet file; None: a CSV
 
     @property
     def n_rows(self) -> int:
@@ -65,14 +69,30 @@ class Table:
     def with_frame(self, frame: pd.DataFrame) -> Table:
         """The same file with some rows left out (line numbers stay those of the file)."""
         return Table(
-            self.path, self.header, frame, self.categorical, self._digest, self._lines, self.delimiter
+            self.path,
+            self.header,
+            frame,
+            self.categorical,
+            self._digest,
+            self._lines,
+            self.delimiter,
+            self.row_groups,
         )
 
-    def line_of(self, rows: np.ndarray) -> list[int]:
-        """File line numbers (1-based) of data rows, counted as the parser counts them."""
+    @property
+    def unit(self) -> str:
+        """What a place in the file is called in messages: a CSV has lines, Parquet rows."""
+        return "line" if self.row_groups is None else "row"
+
+    def line_of(self, rows: np.ndarray) -> list[str]:
+        """Where data rows are, for messages, after the word `unit`: a CSV's line numbers
+        (1-based, counted as the parser counts them), or a Parquet row (1-based) and its
+        row group (0-based)."""
+        if self.row_groups is not None:
+            return parquet.places(self.row_groups, np.asarray(rows))
         if self._lines is None:
             self._lines = csvscan.scan(self.path, self.header, self.delimiter, {}).lines
-        return [int(self._lines[r]) for r in rows]
+        return [str(int(self._lines[r])) for r in rows]
 
 
 def not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
@@ -84,7 +104,9 @@ def not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
 
 # ---------------------------------------------------------------------- the header
 def read_header(path: Path, delimiter: str = ",") -> list[str]:
-    """Column names of a CSV file, with errors for a missing, empty or odd file."""
+    """Column names of a CSV or Parquet file, with errors for a missing, empty or odd file."""
+    if parquet.is_parquet(path):
+        parquet.require()  # before anything else: the fix is to install it
     if not path.exists():
         raise DataError(f"{path}: file not found", ["check `data.train`/`data.val` or the path given"])
     if path.is_dir():
@@ -98,7 +120,9 @@ def read_header(path: Path, delimiter: str = ",") -> list[str]:
         size = path.stat().st_size
         if size == 0:
             raise DataError(f"{path}: the file is empty (0 bytes)", ["write a header line and data rows"])
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        if parquet.is_parquet(path):
+            return _unique(path, parquet.header(path), "")
+        with csvscan.open_text(path) as f:
             reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
             header: list[str] | None = None
             start = 1  # the line the header row starts on (blank lines come first)
@@ -113,11 +137,17 @@ def read_header(path: Path, delimiter: str = ",") -> list[str]:
         raise not_utf8(path, exc) from None
     except csv.Error as exc:
         raise DataError(f"{path}: cannot parse the header: {exc}") from None
+    except csvscan.GZIP_ERRORS as exc:
+        raise csvscan.not_gzip(path, exc) from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
     if header is None:
         raise DataError(f"{path}: the file holds only blank lines", ["write a header line and data rows"])
-    header = [name.strip() for name in header]
+    return _unique(path, [name.strip() for name in header], ", line 1")
+
+
+def _unique(path: Path, header: list[str], where: str) -> list[str]:
+    """The header, or an error naming every name that appears twice."""
     seen: dict[str, int] = {}
     dupes = []
     for index, name in enumerate(header, start=1):
@@ -125,7 +155,7 @@ def read_header(path: Path, delimiter: str = ",") -> list[str]:
             dupes.append(f"`{name}` is column {seen[name]} and column {index}")
         seen.setdefault(name, index)
     if dupes:
-        raise DataError(f"{path}, line 1: duplicate column names", [*dupes, "give every column its own name"])
+        raise DataError(f"{path}{where}: duplicate column names", [*dupes, "give every column its own name"])
     return header
 
 
@@ -154,7 +184,7 @@ def read(
     infer_from: Sequence[str] = (),
     delimiter: str = ",",
 ) -> Table:
-    """Read `columns` of a CSV file.
+    """Read `columns` of a CSV or Parquet file.
 
     `categorical` columns are read as text. A column in `infer_from` whose values are
     mostly not numbers is categorical too; a column of numbers with a few stray words
@@ -162,6 +192,26 @@ def read(
     """
     header = read_header(path, delimiter)
     check_columns(path, header, columns, "needed")
+    if parquet.is_parquet(path):
+        frame, text, groups = parquet.read(path, columns, categorical, infer_from)
+        if len(frame) == 0:
+            raise DataError(f"{path}: has columns but no rows", ["write a file with data rows"])
+        chosen = [c for c in columns if c in text]
+        table = Table(path, header, frame, chosen, Digest(path), None, delimiter, groups)
+        _check_cells(table)
+        return table
+    with csvscan.gzip_errors(path):
+        return _read_csv(path, header, columns, categorical, infer_from, delimiter)
+
+
+def _read_csv(
+    path: Path,
+    header: list[str],
+    columns: Sequence[str],
+    categorical: Sequence[str],
+    infer_from: Sequence[str],
+    delimiter: str,
+) -> Table:
     # Reading only some columns needs the delimiter count, so it runs alongside the parse;
     # otherwise the hash is only needed later, and runs while the data is prepared.
     subset = len(columns) < len(header)
@@ -202,13 +252,18 @@ def sniff_text_columns(path: Path, columns: Sequence[str], delimiter: str) -> se
     return sniff(path, columns, delimiter)[0]
 
 
-def sniff(path: Path, columns: Sequence[str], delimiter: str) -> tuple[set[str], set[str], int | None]:
-    """Columns whose first rows hold text, columns whose first rows hold empty cells, and
-    how many rows were looked at (fewer than asked for: the whole table; None: unreadable)."""
+def sniff(
+    path: Path, columns: Sequence[str], delimiter: str
+) -> tuple[set[str], set[str], int | None, dict[str, str]]:
+    """Columns whose first rows hold text, columns whose first rows hold empty cells, how
+    many rows were looked at (fewer than asked for: the whole table; None: unreadable),
+    and (Parquet only) columns of a type that cannot be read, with that type."""
+    if parquet.is_parquet(path):
+        return parquet.sniff(path, columns)
     try:
         head = pd.read_csv(path, usecols=list(columns), nrows=_SNIFF_ROWS, sep=delimiter, **_AS_TEXT)
     except Exception:
-        return set(), set(), None  # the full read that follows reports what is wrong, precisely
+        return set(), set(), None, {}  # the full read that follows reports what is wrong, precisely
     text, empty = set(), set()
     for name in columns:
         values = head[name]
@@ -217,7 +272,7 @@ def sniff(path: Path, columns: Sequence[str], delimiter: str) -> tuple[set[str],
             empty.add(name)
         if pd.to_numeric(values[~missing], errors="coerce").isna().any():
             text.add(name)
-    return text, empty, len(head)
+    return text, empty, len(head), {}
 
 
 def _parse(
@@ -301,7 +356,8 @@ def _check_cells(table: Table) -> None:
         if len(bad):
             lines = table.line_of(bad[:EXAMPLES])
             problems.append(
-                f"column `{name}`: {len(bad)} infinite value(s) at line(s) {examples(lines, len(bad))}"
+                f"column `{name}`: {len(bad)} infinite value(s) at {table.unit}(s) "
+                f"{examples(lines, len(bad))}"
             )
     if problems:
         raise DataError(
@@ -321,6 +377,24 @@ def read_chunks(
     """
     header = read_header(path, delimiter)
     check_columns(path, header, columns, "feature the model was trained on")
+    if parquet.is_parquet(path):
+        for frame, cells, groups in parquet.read_batches(path, columns, categorical, chunk_rows):
+            table = Table(path, header, frame, list(categorical), delimiter=delimiter, row_groups=groups)
+            _check_cells(table)
+            yield table, cells
+        return
+    with csvscan.gzip_errors(path):
+        yield from _csv_chunks(path, header, columns, categorical, delimiter, chunk_rows)
+
+
+def _csv_chunks(
+    path: Path,
+    header: list[str],
+    columns: Sequence[str],
+    categorical: Sequence[str],
+    delimiter: str,
+    chunk_rows: int,
+) -> Iterator[tuple[Table, pd.DataFrame]]:
     text_options = {**_AS_TEXT, "names": header, "header": 0}
     numeric = [c for c in columns if c not in categorical]
     offset = 0

@@ -1,5 +1,9 @@
 """`mse-train predict`: the CSV's rows as written, with a `<target>_pred` column per target.
 
+The input may be a CSV, a .csv.gz or a Parquet file (read in batches); the output is
+always CSV text, so an output name ending in .parquet or .gz is refused rather than
+written as a file its name misdescribes.
+
 Large files stream in chunks through the same table reader as `run` and `eval`
 (data/table.py `read_chunks`), so every command reads names and cells by one set of rules.
 """
@@ -24,7 +28,7 @@ from mse_train.data import files, table
 from mse_train.data.drift import Finding, Watch
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
-from mse_train.errors import DataError, SaveError
+from mse_train.errors import DataError, SaveError, UserError
 from mse_train.outputs import fsio
 from mse_train.use import intervals, scoring
 from mse_train.use.evaluate import drift_watch, load
@@ -44,6 +48,11 @@ def predict(
 ) -> Predicted:
     """Write the rows of `csv_path` with a `<target>_pred` column per target (and, with
     `interval`, `<target>_lo` and `<target>_hi`); returns the rows and any drift found."""
+    if out_path is not None and out_path.suffix.lower() in (".parquet", ".gz"):
+        raise UserError(
+            f"{out_path}: predict writes CSV text, which a name ending in {out_path.suffix} misdescribes",
+            ["name the output .csv (then convert it if you need Parquet or gzip)"],
+        )
     if interval is not None:
         intervals.check_level(interval)
     dev = runtime.resolve_device(device, "--device")

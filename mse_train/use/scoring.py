@@ -45,7 +45,7 @@ def _not_finite(rows: Table, pre: Preprocessor, bad: np.ndarray, y: np.ndarray) 
     problems = []
     for line, row in zip(lines, bad[:EXAMPLES], strict=False):
         values = ", ".join(f"{name}_pred {y[row, j]}" for j, name in enumerate(pre.target_names))
-        problems.append(f"line {line}: {values}{_furthest_out(rows, pre, int(row))}")
+        problems.append(f"{rows.unit} {line}: {values}{_furthest_out(rows, pre, int(row))}")
     if len(bad) > EXAMPLES:
         problems.append(f"and {len(bad) - EXAMPLES} more row(s)")
     problems.append(
