@@ -4,6 +4,8 @@
   predict.py   `predict`: rows with predictions appended, streamed in chunks, all or nothing
   scoring.py   predictions in the targets' units; a non-finite one is an error naming its row
   explain.py   `explain`: permutation importance of each original column
+  export.py    `export`: the model as ONNX, compared with predict before it is written
+  onnx_graph.py  the ONNX graph: raw columns -> fill, standardise, one-hot -> network -> units
 
 Imports outputs/ (checkpoints), data/, models/; never training/.
 """
