@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,19 +101,31 @@ def export(ckpt_path: Path, out_path: Path, check_csv: Path | None = None) -> Ex
         )
     graph = onnx_graph.build(pre, model, __version__).SerializeToString()
     session = _session(graph)
+    # (where a row comes from, the graph's predictions, predict's), one entry per set of rows
+    compared: list[tuple[Callable[[int], str], np.ndarray, np.ndarray]] = []
     with tempfile.TemporaryDirectory(prefix="mse-train-export-") as tmp:
         folder = Path(tmp)
         accepted, refused = probe_rows(pre)
         probe = _write_rows(folder / "probe.csv", pre.features, accepted, delimiter)
-        compared = [("a row built from the checkpoint", _run(session, probe, pre, delimiter),
-                     _predicted(ckpt_path, probe, folder, pre, delimiter))]  # fmt: skip
-        if refused:  # predict stops at these rows; the graph must give NaN
-            rows = _write_rows(folder / "refused.csv", pre.features, refused, delimiter)
-            nan = np.full((len(refused), len(pre.targets)), np.nan)
-            compared.append(("a row the policies refuse", _run(session, rows, pre, delimiter), nan))
+        want = _predicted(ckpt_path, probe, folder, pre, delimiter)
+        compared.append(
+            (lambda r: f"row {r} built from the checkpoint,", _run(session, probe, pre, delimiter), want)
+        )
+        if refused:  # predict stops at these rows: the graph must give NaN
+            probe = _write_rows(folder / "refused.csv", pre.features, refused, delimiter)
+            want = np.full((len(refused), len(pre.targets)), np.nan)
+            compared.append(
+                (
+                    lambda r: f"row {r} built from the checkpoint, which predict refuses,",
+                    _run(session, probe, pre, delimiter),
+                    want,
+                )
+            )
         if check_csv is not None:
-            compared.append((f"{check_csv}, data row", _run(session, check_csv, pre, delimiter),
-                             _predicted(ckpt_path, check_csv, folder, pre, delimiter)))  # fmt: skip
+            want = _predicted(ckpt_path, check_csv, folder, pre, delimiter)
+            compared.append(
+                (lambda r: f"{check_csv}, data row {r},", _run(session, check_csv, pre, delimiter), want)
+            )
     worst, target, problems = _compare(compared, pre)
     check_rows = len(compared[-1][1]) if check_csv is not None else 0
     if problems:
@@ -195,15 +207,19 @@ def _predicted(ckpt_path: Path, path: Path, folder: Path, pre: Preprocessor, del
     out = folder / "predicted.csv"
     predict.predict(ckpt_path, path, out)
     names = [f"{t}_pred" for t in pre.target_names]
-    frame = pd.read_csv(
-        out, sep=delimiter, usecols=names, dtype=dict.fromkeys(names, np.float64),
-        keep_default_na=False, na_values=[""], float_precision="round_trip",
-    )  # fmt: skip
-    return frame[names].to_numpy(dtype=np.float64)
+    # Python's float() reads predict's repr() back exactly; an empty cell is a skipped row.
+    with open(out, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader)
+        at = [len(header) - len(names) + j for j in range(len(names))]  # predict appends them last
+        if [header[k] for k in at] != names:
+            raise RuntimeError(f"predict wrote the columns {header[-len(names) :]}, not {names}")
+        rows = [[float(row[k]) if row[k] else np.nan for k in at] for row in reader]
+    return np.array(rows, dtype=np.float64).reshape(-1, len(names))
 
 
 def _compare(
-    compared: list[tuple[str, np.ndarray, np.ndarray]], pre: Preprocessor
+    compared: list[tuple[Callable[[int], str], np.ndarray, np.ndarray]], pre: Preprocessor
 ) -> tuple[float, str, list[str]]:
     """The largest difference in target stds, its target, and the rows beyond tolerance."""
     std = np.array([t.std for t in pre.targets])
@@ -223,9 +239,13 @@ def _compare(
             failed += 1
             if failed <= EXAMPLES:
                 problems.append(
-                    f"{source} {row + 1}, target `{pre.target_names[col]}`: graph {got[row, col]!r}, "
-                    f"predict {want[row, col]!r} (std {std[col]:.6g})"
+                    f"{source(row + 1)} target `{pre.target_names[col]}` (std {std[col]:.6g}): graph "
+                    f"{float(got[row, col]):.9g}, predict {_shown(float(want[row, col]))}"
                 )
     if failed > EXAMPLES:
         problems.append(f"and {failed - EXAMPLES} more")
     return worst, target, problems
+
+
+def _shown(value: float) -> str:
+    return "none (it refuses the row or leaves it empty)" if np.isnan(value) else f"{value:.9g}"
