@@ -1,7 +1,7 @@
 """Exceptions that carry an exit code. Only cli.py turns them into exits.
 
-Exit codes: 0 success, 1 training failed (divergence), 2 the user's input is wrong,
-130 interrupted.
+Exit codes: 0 success, 1 training failed (divergence) or an export did not match
+`predict`, 2 the user's input is wrong, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ class EnvironmentProblem(UserError):
 
 class SaveError(MseTrainError):
     """Writing an output failed (disk full, ...); the previous file is intact."""
+
+    exit_code = 1
+
+
+class ExportMismatch(MseTrainError):
+    """An exported model does not predict what `mse-train predict` does; nothing was written."""
 
     exit_code = 1
 

@@ -462,6 +462,57 @@ def predict(
     _guard(debug, work)
 
 
+# --------------------------------------------------------------------- export
+@app.command()
+def export(
+    checkpoint_file: CheckpointArg,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output", "-o", help="Where to write; default CHECKPOINT with .onnx.", show_default=False
+        ),
+    ] = None,
+    check: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--check",
+            metavar="CSV",
+            help="Also compare the graph with predict on these rows before writing.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOut = False,
+    debug: Debug = False,
+) -> None:
+    """Write the model as ONNX: raw columns in, `prediction` out, checked against predict first.
+
+    One input per feature column, named as the column, shape [batch, 1]: float32 for numbers
+    (NaN is an empty cell), string for categories ("" or another empty-cell spelling such as
+    NA is an empty cell; values are not stripped of spaces). The output `prediction` is
+    float32 [batch, targets] in the targets' own units. A graph cannot stop with an error:
+    where predict refuses a row (an empty cell under data.missing error, an unseen
+    category under data.unknown_category error) or leaves it empty (missing: drop), the
+    graph predicts NaN. Exit 1, and nothing written, when the graph and predict differ by
+    more than 1e-5 of a target's standard deviation. Needs pip install 'mse-train[onnx]'.
+    """
+
+    def work() -> None:
+        from mse_train.use import export as exporting
+
+        exporting.check_available()  # before the checkpoint is read
+        from mse_train.outputs import fsio
+
+        target = output if output is not None else checkpoint_file.with_suffix(".onnx")
+        fsio.check_not_an_input(target, [checkpoint_file, *([check] if check is not None else [])])
+        result = exporting.export(checkpoint_file, target, check)
+        if as_json:
+            sys.stdout.write(json.dumps(result.as_json(), allow_nan=False) + "\n")  # strict JSON
+        else:
+            view.print_export(result)
+
+    _guard(debug, work)
+
+
 # ----------------------------------------------------------- config tools
 @app.command("config")
 def config_cmd(config_file: ConfigPath, overrides: Overrides = None, debug: Debug = False) -> None:

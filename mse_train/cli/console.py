@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mse_train.training.records import EpochRecord
     from mse_train.use.evaluate import Report
     from mse_train.use.explain import Importance
+    from mse_train.use.export import Exported
 
 
 def stderr() -> Console:
@@ -264,3 +265,19 @@ def print_importance(result: Importance, title: str) -> None:
         )
     console.print(table)
     console.print(f"baseline MSE {result.baseline_mse:.6g}")
+
+
+def print_export(result: Exported) -> None:
+    """`export`'s answer: where, the inputs, and how close the graph came to predict."""
+    console = Console(highlight=False, soft_wrap=True, markup=False)  # "[batch, 1]" is text
+    console.print(f"wrote {result.path}")
+    console.print("inputs, each [batch, 1]: " + ", ".join(f"{k} ({v})" for k, v in result.inputs.items()))
+    console.print(f"output: prediction, float32 [batch, {len(result.targets)}]: {', '.join(result.targets)}")
+    checked = f"{result.probe_rows} rows built from the checkpoint"
+    if result.check_rows:
+        checked += f" and {result.check_rows} rows of --check"
+    console.print(
+        f"largest difference from `mse-train predict` over {checked}: "
+        f"{result.max_difference:.3g} of the standard deviation of `{result.worst_target}`"
+        + (f"; {result.nan_rows} refused row(s) are NaN in both" if result.nan_rows else "")
+    )

@@ -55,6 +55,11 @@ def atomic_open(path: Path) -> Iterator[IO[bytes]]:
     _fsync_dir(target.parent)
 
 
+def check_writable(path: Path) -> None:
+    """Refuse, before any work, an output path that `atomic_open` would refuse."""
+    _writable_target(path)
+
+
 def _writable_target(path: Path) -> Path:
     """The file to write for `path` (through symlinks), refusing what must not be replaced."""
     target = Path(os.path.realpath(path)) if path.is_symlink() else path

@@ -6,6 +6,8 @@
   scoring.py   predictions in the targets' units; a non-finite one is an error naming its row
   explain.py   `explain`: permutation importance of each original column
   intervals.py split-conformal prediction intervals from the validation rows' residuals
+  export.py    `export`: the model as ONNX, compared with predict before it is written
+  onnx_graph.py  the ONNX graph: raw columns -> fill, standardise, one-hot -> network -> units
 
 Imports outputs/ (checkpoints), data/, models/; never training/.
 """

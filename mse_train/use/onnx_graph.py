@@ -1,0 +1,235 @@
+"""The ONNX graph of a checkpoint: raw columns in, predictions in the targets' units out.
+
+Written node by node with `onnx.helper` rather than traced with `torch.onnx.export`:
+the preprocessing takes string columns, which no torch tensor can carry, so a traced
+network would need the same hand-written nodes around it anyway, and the networks are
+only Linear layers and element-wise activations. It also keeps the export independent
+of which torch exporter is the default (TorchScript or dynamo with onnxscript), which
+changed across the torch releases we support.
+
+Only long-standing operators are used (opset 17 and `ai.onnx.ml` LabelEncoder-2, no
+string Equal, which needs opset 19 and a recent onnxruntime), and the file is written as
+IR version 8, so that older runtimes load it too.
+
+`onnx` is imported inside the functions: `mse-train --help` and the other commands never
+load it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from mse_train.data.csvscan import MISSING_VALUES
+from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
+from mse_train.errors import CheckpointError, UserError
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 17
+ML_OPSET = 2  # LabelEncoder-2: string keys to int64 values with a default
+IR_VERSION = 8  # what onnx 1.10+ and onnxruntime 1.10+ read; opset 17 needs no more
+OUTPUT = "prediction"
+UNKNOWN, EMPTY = -1, -2  # LabelEncoder codes of an unseen category and of an empty cell
+
+
+class _Graph:
+    """Nodes and constants being collected, each output given a fresh name."""
+
+    def __init__(self) -> None:
+        import onnx.helper
+
+        self.helper = onnx.helper
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def name(self, hint: str) -> str:
+        self._count += 1
+        return f"mse_train/{hint}_{self._count}"  # a prefix no column name is likely to have
+
+    def const(self, hint: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = self.name(hint)
+        self.constants.append(numpy_helper.from_array(value, name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, domain: str = "", **attrs: Any) -> str:
+        out = self.name(op_type.lower())
+        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], domain=domain, **attrs))
+        return out
+
+
+def input_types(pre: Preprocessor) -> dict[str, str]:
+    """Each graph input (a feature column, by name, in `pre.features` order) and its type."""
+    categorical = set(pre.categorical_names)
+    return {name: "string" if name in categorical else "float32" for name in pre.features}
+
+
+def build(pre: Preprocessor, model: nn.Module, version: str) -> onnx.ModelProto:
+    """The whole graph: fill, standardise, one-hot, the network, back to target units.
+
+    A row the policies would refuse (an empty cell under `missing: error` or `drop`, an
+    unseen category under `unknown_category: error`) cannot raise inside a graph: its
+    prediction is NaN instead.
+    """
+    import onnx
+    from onnx import TensorProto
+
+    if OUTPUT in pre.features:
+        raise UserError(
+            f"a feature column is named `{OUTPUT}`, the name of the graph's output",
+            ["rename the column and train again to export this model"],
+        )
+    g = _Graph()
+    h = g.helper
+    inputs = []
+    for name, kind in input_types(pre).items():
+        dtype = TensorProto.STRING if kind == "string" else TensorProto.FLOAT
+        inputs.append(h.make_tensor_value_info(name, dtype, ["batch", 1]))
+    refused: list[str] = []  # float [batch, 1] per check: 1 where the row cannot be predicted
+    parts = []
+    if pre.numeric:
+        parts.append(_numeric(g, pre, refused))
+    for col in pre.categorical:
+        parts.append(_one_hot(g, pre, col.name, col.categories, refused))
+    x = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
+    y = _network(g, model, x)
+    # Back to target units in float64, as predict does, then float32 for the output.
+    y = g.op("Cast", y, to=TensorProto.DOUBLE)
+    y = g.op("Mul", y, g.const("target_std", np.array([[t.std for t in pre.targets]], np.float64)))
+    y = g.op("Add", y, g.const("target_mean", np.array([[t.mean for t in pre.targets]], np.float64)))
+    y = g.op("Cast", y, to=TensorProto.FLOAT)
+    if refused:
+        count = refused[0] if len(refused) == 1 else g.op("Concat", *refused, axis=1)
+        count = g.op("ReduceSum", count, g.const("axis", np.array([1], np.int64)), keepdims=1)
+        bad = g.op("Greater", count, g.const("zero", np.array(0.0, np.float32)))
+        y = g.op("Where", bad, g.const("nan", np.array(np.nan, np.float32)), y)
+    g.nodes.append(h.make_node("Identity", [y], [OUTPUT]))
+    output = h.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", len(pre.targets)])
+    graph = h.make_graph(g.nodes, "mse_train", inputs, [output], g.constants)
+    proto: onnx.ModelProto = h.make_model(
+        graph,
+        opset_imports=[h.make_opsetid("", OPSET), h.make_opsetid("ai.onnx.ml", ML_OPSET)],
+        producer_name="mse-train",
+        producer_version=version,
+        doc_string="mse-train regression model: one input per feature column, output `prediction`.",
+    )
+    proto.ir_version = IR_VERSION
+    h.set_model_props(
+        proto,
+        {
+            "mse_train_version": version,
+            "inputs": json.dumps(input_types(pre)),
+            "targets": json.dumps(pre.target_names),
+            "missing": pre.missing,
+            "unknown_category": pre.unknown_category,
+            "empty_strings": json.dumps(list(MISSING_VALUES)),
+        },
+    )
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _numeric(g: _Graph, pre: Preprocessor, refused: list[str]) -> str:
+    """[batch, numeric] float32: empty cells filled (or flagged), then standardised."""
+    x = (
+        g.op("Concat", *(c.name for c in pre.numeric), axis=1)
+        if len(pre.numeric) > 1
+        else pre.numeric[0].name
+    )
+    empty = g.op("IsNaN", x)
+    if pre.missing in ("mean", "median"):
+        fills = np.array([[c.fill if c.fill is not None else np.nan for c in pre.numeric]], np.float32)
+        x = g.op("Where", empty, g.const("fill", fills), x)
+    else:  # error / drop: predict refuses or skips the row
+        empties = g.op("Cast", empty, to=1)  # FLOAT
+        refused.append(g.op("ReduceSum", empties, g.const("axis", np.array([1], np.int64)), keepdims=1))
+    # float32 constants and the same two operations as Preprocessor.features_array.
+    x = g.op("Sub", x, g.const("mean", np.array([[c.mean for c in pre.numeric]], np.float32)))
+    return g.op("Div", x, g.const("std", np.array([[c.std for c in pre.numeric]], np.float32)))
+
+
+def _one_hot(g: _Graph, pre: Preprocessor, name: str, categories: list[str], refused: list[str]) -> str:
+    """[batch, categories] float32: 1 at the cell's category, all zeros for an unseen one."""
+    fills = pre.missing in ("mean", "median")
+    codes = {cat: i for i, cat in enumerate(categories)}
+    for text in MISSING_VALUES:  # the spellings of an empty cell, as the CSV reader takes them
+        if text not in codes:
+            codes[text] = codes[MISSING_CATEGORY] if fills else EMPTY
+    code = g.op(
+        "LabelEncoder",
+        name,
+        domain="ai.onnx.ml",
+        keys_strings=list(codes),
+        values_int64s=list(codes.values()),
+        default_int64=UNKNOWN,
+    )
+    if not fills:
+        refused.append(_flag(g, code, EMPTY))
+    if pre.unknown_category == "error":
+        refused.append(_flag(g, code, UNKNOWN))
+    positions = g.const("positions", np.arange(len(categories), dtype=np.int64)[None, :])
+    return g.op("Cast", g.op("Equal", code, positions), to=1)  # FLOAT
+
+
+def _flag(g: _Graph, code: str, value: int) -> str:
+    return g.op("Cast", g.op("Equal", code, g.const("code", np.array(value, np.int64))), to=1)
+
+
+def _linear(g: _Graph, layer: nn.Module, x: str) -> str:
+    assert isinstance(layer, nn.Linear)
+    weight = g.const("weight", layer.weight.detach().cpu().numpy().astype(np.float32))
+    bias = g.const("bias", layer.bias.detach().cpu().numpy().astype(np.float32))
+    return g.op("Gemm", x, weight, bias, transB=1)  # x Wᵀ + b, as nn.Linear
+
+
+def _gelu(g: _Graph, layer: nn.Module, x: str) -> str:
+    # nn.GELU() is the exact erf form; the Gelu operator needs opset 20.
+    assert isinstance(layer, nn.GELU) and layer.approximate == "none"
+    erf = g.op("Erf", g.op("Div", x, g.const("sqrt2", np.array(math.sqrt(2.0), np.float32))))
+    one_plus = g.op("Add", erf, g.const("one", np.array(1.0, np.float32)))
+    return g.op("Mul", g.op("Mul", x, one_plus), g.const("half", np.array(0.5, np.float32)))
+
+
+def _leaky_relu(g: _Graph, layer: nn.Module, x: str) -> str:
+    assert isinstance(layer, nn.LeakyReLU)
+    return g.op("LeakyRelu", x, alpha=float(layer.negative_slope))
+
+
+def _elu(g: _Graph, layer: nn.Module, x: str) -> str:
+    assert isinstance(layer, nn.ELU)
+    return g.op("Elu", x, alpha=float(layer.alpha))
+
+
+# Each layer type models/networks.py builds -> its nodes (tied to ACTIVATIONS by a test).
+LAYERS: dict[type[nn.Module], Callable[[_Graph, nn.Module, str], str]] = {
+    nn.Linear: _linear,
+    nn.ReLU: lambda g, _, x: g.op("Relu", x),
+    nn.Tanh: lambda g, _, x: g.op("Tanh", x),
+    nn.Sigmoid: lambda g, _, x: g.op("Sigmoid", x),
+    nn.GELU: _gelu,
+    nn.LeakyReLU: _leaky_relu,
+    nn.ELU: _elu,
+    nn.Dropout: lambda g, _, x: x,  # identity at inference
+}
+
+
+def _network(g: _Graph, model: nn.Module, x: str) -> str:
+    layers = list(model) if isinstance(model, nn.Sequential) else [model]
+    for layer in layers:
+        write = LAYERS.get(type(layer))
+        if write is None:
+            raise CheckpointError(
+                f"the model holds a {type(layer).__name__} layer, which export cannot write",
+                [f"export knows: {', '.join(t.__name__ for t in LAYERS)}"],
+            )
+        x = write(g, layer, x)
+    return x
