@@ -207,3 +207,11 @@ def test_ctrl_c_stops_every_rank_and_leaves_a_resumable_last_pt(tmp_path, config
     assert len(done) == len(reference) == epochs
     assert [r["train_loss"] for r in done] == [r["train_loss"] for r in reference]
     assert [r["train_end_loss"] for r in done] == [r["train_end_loss"] for r in reference]
+
+
+def test_cv_is_refused_under_torchrun(tmp_path, config):
+    cfg = config("cv")
+    logs = tmp_path / "logs"
+    assert run2(logs, "cv", cfg, "--folds", "2").returncode != 0
+    assert "runs in one process, not under torchrun" in rank_output(logs, 0)
+    assert not (tmp_path / "cv").exists()

@@ -107,6 +107,17 @@ def _quiet_rank() -> bool:
     return world not in ("", "1") and rank not in ("", "0")
 
 
+def _one_process_only(command: str) -> None:
+    """cv and sweep under torchrun would train every fold on every rank and write twice."""
+    from mse_train.errors import UserError
+
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise UserError(
+            f"`mse-train {command}` runs in one process, not under torchrun",
+            [f"run `mse-train {command} ...` without torchrun; only `run` trains in several processes"],
+        )
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mse-train {__version__}")
@@ -203,6 +214,7 @@ def cv(
     """K-fold cross-validation of CONFIG_FILE: mean and std of MSE, RMSE, MAE and R² over folds."""
 
     def work() -> None:
+        _one_process_only("cv")
         from mse_train import config
 
         cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
@@ -287,6 +299,7 @@ def sweep(
     """Search the config's `sweep:` section with Optuna; write a leaderboard and best.yaml."""
 
     def work() -> None:
+        _one_process_only("sweep")
         from mse_train import config
 
         config.load(config_file, overrides or [])  # before torch: a config error answers at once
