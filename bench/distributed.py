@@ -28,7 +28,10 @@ RANK_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in RANK_ENV}
+    # One thread per process in both cases (torchrun sets this for its workers), so the
+    # comparison is of processes, not of thread pools fighting over the same cores.
+    env = {k: v for k, v in os.environ.items() if k not in RANK_ENV}
+    return {"OMP_NUM_THREADS": "1", **env}
 
 
 def _table(path: Path, rows: int) -> None:
@@ -59,7 +62,7 @@ def _train(folder: Path, table: Path, processes: int, batch: int, epochs: int) -
     subprocess.run(run, check=True, capture_output=True, env=_env())
     with open(out / "metrics.csv", newline="") as f:
         seconds = sum(float(r["seconds"]) for r in csv.DictReader(f))
-    rows = sum(1 for _ in open(table)) - 1
+    rows = table.read_text().count("\n") - 1
     return rows * epochs / seconds
 
 
