@@ -4,19 +4,14 @@ The config is already validated (config/). Here the data is prepared (data/), th
 optimizer, scheduler and penalty are built (models/, training/), the loop runs, and every
 output lands atomically in the run folder (outputs/). Progress goes to a Reporter;
 nothing here prints.
-
-Under torchrun every rank runs this same recipe on the same rows (training/distributed.py);
-only rank 0 locks the run folder and writes to it, after every rank has read it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -26,11 +21,10 @@ from mse_train.data import prepare
 from mse_train.data.prepare import Prepared, Split
 from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import init, networks
-from mse_train.outputs import checkpoint, fsio, metrics, resume, run_folder, summary, tensorboard_log
+from mse_train.outputs import fsio, metrics, resume, run_folder, summary, tensorboard_log
 from mse_train.outputs.summary import Summary
-from mse_train.training import distributed, footprint, optimizers, rng, signals
-from mse_train.training.distributed import World
-from mse_train.training.loop import WORLD_SIZE, Loop
+from mse_train.training import footprint, optimizers, rng, signals
+from mse_train.training.loop import Loop
 from mse_train.training.records import EpochRecord, Settings, Status
 from mse_train.training.step import build_penalty
 
@@ -97,25 +91,15 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
     """Train as configured; returns the summary written to summary.json.
 
     The run folder is locked for the whole call, so two runs never mix their files.
-    Under torchrun (WORLD_SIZE > 1) the config is first checked for what several processes
-    cannot do, and each rank joins the process group, left again at the end.
     """
-    world = distributed.from_environment()
-    if world is not None:
-        distributed.check_config(cfg, world)
     out = Path(str(cfg.output.dir))
     run_folder.check_not_a_system_folder(out)
     if cfg.output.tensorboard:
         tensorboard_log.check_available()
-    device = None  # one process: resolved in _train, after the run folder is checked
-    if world is not None:  # before joining the group: a bad device is a plain exit 2 on every rank
-        device = distributed.device_for(runtime.resolve_device(cfg.train.device), world)
-    # Under torchrun, signals are held from here to the end: one forwarded late must not
-    # abort a rank while it leaves the process group (see signals.on_signals).
-    held = signals.on_signals(second_stops=False) if world is not None else contextlib.nullcontext()
-    with held, _hold(out, world), _process_group(world, device):
+    fsio.ensure_writable_dir(out)
+    with run_folder.lock(out):
         try:
-            return _run(cfg, options, reporter, out, device, world)
+            return _run(cfg, options, reporter, out)
         except SaveError as exc:
             if (out / "last.pt").exists():
                 exc.problems.append(f"to continue from the last checkpoint: {options.resume_command}")
@@ -124,39 +108,11 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
             raise
 
 
-@contextlib.contextmanager
-def _hold(out: Path, world: World | None) -> Iterator[None]:
-    """The writer (the one process, or rank 0) makes and locks the run folder; others touch nothing."""
-    if world is not None and not world.main:
-        yield
-        return
-    fsio.ensure_writable_dir(out)
-    with run_folder.lock(out):
-        yield
-
-
-@contextlib.contextmanager
-def _process_group(world: World | None, device: torch.device | None) -> Iterator[None]:
-    if world is None or device is None:
-        yield
-        return
-    with distributed.process_group(device):
-        yield
-
-
-def _run(
-    cfg: Config,
-    options: Options,
-    reporter: Reporter,
-    out: Path,
-    device: torch.device | None,
-    world: World | None,
-) -> Summary:
-    status, result, history, divergence, restored = _train(cfg, options, reporter, out, device, world)
+def _run(cfg: Config, options: Options, reporter: Reporter, out: Path) -> Summary:
+    status, result, history, divergence, restored = _train(cfg, options, reporter, out)
     # The tables, model and optimizer are gone by now, so matplotlib does not add to the peak.
     runtime.release_freed_memory()
-    writes = world is None or world.main
-    if writes and cfg.output.plot and history and not restored:
+    if cfg.output.plot and history and not restored:
         from mse_train.outputs import plots  # matplotlib costs ~0.3 s; import only when plotting
 
         plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0)
@@ -190,12 +146,7 @@ def _run(
 
 
 def _train(
-    cfg: Config,
-    options: Options,
-    reporter: Reporter,
-    out: Path,
-    device: torch.device | None,
-    world: World | None,
+    cfg: Config, options: Options, reporter: Reporter, out: Path
 ) -> tuple[Status, Summary, list[dict[str, float | None]], str, bool]:
     """Prepare, build, train and save.
 
@@ -204,49 +155,30 @@ def _train(
     """
     started = time.perf_counter()
     resumed = run_folder.check(out, options.resume, options.overwrite)
-    if device is None:
-        device = runtime.resolve_device(cfg.train.device)
+    device = runtime.resolve_device(cfg.train.device)
     prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
     for text in prepared.notes:
         reporter.note(text)
     resume_from = resume.load(out, cfg, prepared.digests, options.force) if resumed else None
-    if resume_from is not None:
-        _note_world_change(resume_from, world, reporter)
 
-    loop = build_loop(cfg, prepared, device, world)
+    loop = build_loop(cfg, prepared, device)
     if resume_from is not None:
         resume.restore(loop, resume_from, cfg, options.force)
-    if world is not None:
-        distributed.barrier()  # every rank has read the run folder before rank 0 changes it
 
-    writes = world is None or world.main
     replacement = run_folder.Replacement(out)
-    if writes and options.overwrite and not resumed:
+    if options.overwrite and not resumed:
         replacement.move_aside()
     try:
-        status, result = _train_and_save(cfg, reporter, out, prepared, loop, device, started, writes)
+        status, result = _train_and_save(cfg, reporter, out, prepared, loop, device, started)
     except BaseException:
         replacement.undo()
         raise
     restored = False
-    if not writes:
-        pass
-    elif status in (Status.COMPLETED, Status.EARLY_STOPPED):
+    if status in (Status.COMPLETED, Status.EARLY_STOPPED):
         replacement.done()
     elif status is Status.DIVERGED:
         restored = replacement.undo()
     return status, result, loop.history, loop.divergence, restored
-
-
-def _note_world_change(ckpt: dict[str, Any], world: World | None, reporter: Reporter) -> None:
-    """A resume with another number of processes: fine (the batch is global), but said."""
-    before = (ckpt.get(checkpoint.K_TRAINING) or {}).get(WORLD_SIZE, 1)
-    now = world.size if world is not None else 1
-    if before != now:
-        reporter.note(
-            f"the run was trained in {before} process(es) and continues in {now}: the batch is "
-            "global, so the updates are the same up to float rounding (dropout masks differ)"
-        )
 
 
 def _train_and_save(
@@ -257,16 +189,11 @@ def _train_and_save(
     loop: Loop,
     device: torch.device,
     started: float,
-    writes: bool = True,
 ) -> tuple[Status, Summary]:
-    """Run the loop, saving as configured, then the final checkpoints and summary.
-
-    With `writes` False (a rank other than 0) the loop runs the same, and nothing is written.
-    """
-    if writes:
-        fsio.remove_stale_temporaries(out)
-        fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
+    """Run the loop, saving as configured, then the final checkpoints and summary."""
+    fsio.remove_stale_temporaries(out)
     saver = run_folder.Saver(out, cfg, prepared)
+    fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
     reporter.start(
         RunInfo(
             out=str(out),
@@ -280,36 +207,27 @@ def _train_and_save(
         )
     )
 
-    scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard and writes else None
+    scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard else None
 
     def on_epoch(record: EpochRecord) -> None:
         reporter.epoch(record, cfg.train.epochs)
         if scalars is not None:
             scalars.epoch(record.row())
         every = cfg.output.checkpoint_every
-        if not writes:
-            return
         if every and record.epoch % every == 0:
             saver.checkpoint(loop)
         else:
             saver.metrics.maybe_write(loop.history)
 
-    with signals.on_signals(second_stops=loop.world is None) as stop:
-        should_stop = stop.requested
-        if loop.world is not None:  # a signal on any rank stops every rank at the same batch
-
-            def should_stop() -> bool:
-                return distributed.any_rank(stop.requested(), device)
-
-        status = loop.run(on_epoch, should_stop=should_stop, on_batch=reporter.batch)
+    with signals.on_signals() as stop:
+        status = loop.run(on_epoch, should_stop=stop.requested, on_batch=reporter.batch)
     reporter.finish()
     if scalars is not None:
         scalars.close()
 
     if status is Status.DIVERGED:
         loop.rollback()
-    if writes:
-        saver.checkpoint(loop, final=True)
+    saver.checkpoint(loop, final=True)
     result = summary.build(
         cfg,
         status,
@@ -321,17 +239,13 @@ def _train_and_save(
         device,
         prepared.notes,
     )
-    if writes:
-        metrics.write_json(out / "summary.json", dict(result))
+    metrics.write_json(out / "summary.json", dict(result))
     return status, result
 
 
 # --------------------------------------------------------------------- setup
-def build_loop(cfg: Config, prepared: Prepared, device: torch.device, world: World | None = None) -> Loop:
-    """Seed, then build model, init, optimizer, scheduler and penalty around the tensors.
-
-    Under torchrun (`world`) every rank seeds alike, so all start from the same weights.
-    """
+def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
+    """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
     n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
     batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
     needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows)
@@ -348,7 +262,6 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device, world: Wor
         val=_tensors(prepared.val, device) if prepared.val is not None else None,
         settings=_settings(cfg, prepared),
         seed=cfg.seed,
-        world=world,
     )
 
 
