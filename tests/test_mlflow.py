@@ -70,8 +70,9 @@ def history(client, rid: str, key: str) -> list[tuple[int, float]]:
 
 def test_a_run_logs_its_config_epochs_summary_and_files(cli, small_config, tmp_path, store):
     cfg = small_config(output={"mlflow": True, "plot": True}, data={"val_fraction": 0.2}, train={"epochs": 4})
-    result = cli("run", cfg, "-q")
+    result = cli("run", cfg, "--json")
     assert result.code == 0, result
+    assert json.loads(result.stdout)["status"] == "completed"  # MLflow's notes stay off stdout
     folder = tmp_path / "run"
     run = store.get_run(run_id(folder))
     assert run.info.status == "FINISHED"
@@ -202,8 +203,23 @@ def test_a_store_that_cannot_be_used_is_a_clear_error_before_training(
     assert not (tmp_path / "run").exists()
 
 
-def test_a_sweep_logs_a_parent_a_child_per_trial_and_the_refit(cli, table, tmp_path, store):
-    cfg = write_config(
+def test_param_values_are_cut_to_mlflows_limit():
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from mse_train.outputs import mlflow_log
+
+    assert mlflow_log.PARAM_LIMIT == MAX_PARAM_VAL_LENGTH
+    params = mlflow_log.flatten({"a": {"b": "x" * 7000, "c": [1, 2]}, "d": None, "e": {}})
+    assert params == {
+        "a.b": "x" * (MAX_PARAM_VAL_LENGTH - 3) + "...",
+        "a.c": "[1, 2]",
+        "d": "null",
+        "e": "{}",
+    }
+
+
+def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any]) -> Path:
+    return write_config(
         tmp_path / "sweep.yaml",
         {
             "data": {"train": str(table), "target": "y", "val_fraction": 0.25},
@@ -211,17 +227,24 @@ def test_a_sweep_logs_a_parent_a_child_per_trial_and_the_refit(cli, table, tmp_p
             "optimizer": {"name": "adam", "lr": 0.05},
             "train": {"epochs": 2},
             "output": {"dir": str(tmp_path / "sweep"), "plot": False, "mlflow": True},
-            "sweep": {"method": "grid", "params": {"optimizer.lr": [0.01, 0.1], "model.hidden": [[4], [8]]}},
+            "sweep": sweep,
         },
     )
-    result = cli("sweep", cfg, "-q")
+
+
+def children(store, parent) -> list[Any]:
+    where = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    return list(store.search_runs([parent.info.experiment_id], where))
+
+
+def test_a_sweep_logs_a_parent_a_child_per_trial_and_the_refit(cli, table, tmp_path, store):
+    grid = {"method": "grid", "params": {"optimizer.lr": [0.01, 0.1], "model.hidden": [[4], [8]]}}
+    result = cli("sweep", sweep_config(tmp_path, table, grid), "-q")
     assert result.code == 0, result
     folder = tmp_path / "sweep"
     parent = store.get_run(run_id(folder))
     assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep"
-    runs = store.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    )
+    runs = children(store, parent)
     trials = {int(r.data.tags["mse_train.trial"]): r for r in runs if "mse_train.trial" in r.data.tags}
     with open(folder / "leaderboard.csv", newline="") as f:
         board = {int(row["trial"]): row for row in csv.DictReader(f)}
@@ -239,3 +262,17 @@ def test_a_sweep_logs_a_parent_a_child_per_trial_and_the_refit(cli, table, tmp_p
     assert refit[0].info.run_id == run_id(folder / "best") and refit[0].info.status == "FINISHED"
     assert parent.data.tags["mse_train.best_trial"] == best["trial"]
     assert {"leaderboard.csv", "best.yaml"} <= {f.path for f in store.list_artifacts(parent.info.run_id)}
+
+
+def test_a_resumed_sweep_continues_its_parent_run_and_logs_each_trial_once(cli, table, tmp_path, store):
+    random = {"method": "random", "trials": 2, "refit": False, "params": {"optimizer.lr": [0.01, 0.03, 0.1]}}
+    cfg = sweep_config(tmp_path, table, random)
+    assert cli("sweep", cfg, "-q").code == 0
+    folder = tmp_path / "sweep"
+    first = run_id(folder)
+    assert cli("sweep", cfg, "-q", "--resume", "--trials", "3").code == 0
+    assert run_id(folder) == first
+    parent = store.get_run(first)
+    assert parent.info.status == "FINISHED"
+    trials = sorted(int(r.data.tags["mse_train.trial"]) for r in children(store, parent))
+    assert trials == [0, 1, 2]
