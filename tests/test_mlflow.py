@@ -179,9 +179,10 @@ def test_without_the_extra_the_run_says_what_to_install_and_writes_nothing(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     cfg = small_config(output={"mlflow": True})
     before = set(tmp_path.iterdir())
-    result = cli("run", cfg)
-    assert result.code == 2, result
-    assert "pip install 'mse-train[mlflow]'" in result.stderr
+    for command in ("run", "validate"):
+        result = cli(command, cfg)
+        assert result.code == 2, result
+        assert "pip install 'mse-train[mlflow]'" in result.stderr
     assert set(tmp_path.iterdir()) == before  # no run folder, no store
 
 
