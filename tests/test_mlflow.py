@@ -169,6 +169,25 @@ def test_resume_without_a_record_starts_a_new_run_with_every_epoch(cli, small_co
     assert len(rows) == 3
 
 
+def test_a_store_that_fails_during_training_stops_logging_not_training(
+    cli, small_config, tmp_path, store, monkeypatch
+):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def fail(*args, **kwargs):
+        raise MlflowException("the server went away")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", fail)
+    result = cli("run", small_config(output={"mlflow": True}, train={"epochs": 3}))
+    assert result.code == 0, result
+    assert result.stdout.count("MLflow logging stopped") == 1 and "the server went away" in result.stdout
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 3
+    run = store.get_run(run_id(tmp_path / "run"))
+    assert run.info.status == "FINISHED"  # its end is still recorded
+    assert run.data.metrics == {} and run.data.params == {}
+
+
 def test_without_the_extra_the_run_says_what_to_install_and_writes_nothing(
     cli, small_config, tmp_path, monkeypatch
 ):

@@ -240,6 +240,10 @@ class Run:
         if self.ended:
             return
         self.ended = True
+        if self._broken:  # a store that failed may be back: one quiet try, so it is not left RUNNING
+            with contextlib.suppress(Exception), _quiet():
+                self.client.set_terminated(self.run_id, status=status)
+            return
         self._guarded(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def abort(self, exc: BaseException) -> None:
