@@ -33,7 +33,7 @@ from mse_train.outputs.summary import Summary
 from mse_train.training.records import Status
 
 ENV = "MLFLOW_TRACKING_URI"
-DEFAULT_STORE = "mlflow.db"  # MLflow 3's own default: sqlite:///mlflow.db in the current folder
+DEFAULT_STORE = "mlflow.db"  # current MLflow 3's own default: sqlite:///mlflow.db in the current folder
 RECORD = run_folder.MLFLOW_RECORD  # in the run (or sweep) folder: which MLflow run it logs into
 PARAM_LIMIT = 6000  # MLflow's longest param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 BATCH = 100  # MLflow takes at most 100 params or tags in one log_batch
@@ -104,7 +104,13 @@ def _create_experiment(client: Any, name: str, uri: str) -> str:
     if uri.startswith("sqlite:///") and ":memory:" not in uri:
         folder = re.sub(r"[^A-Za-z0-9._-]", "_", name)
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / folder).resolve().as_uri()
-    return str(client.create_experiment(name, artifact_location=location))
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except Exception:
+        found = client.get_experiment_by_name(name)  # another run created it just now
+        if found is None:
+            raise
+        return str(found.experiment_id)
 
 
 class Store:
