@@ -9,7 +9,7 @@ nothing here prints.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -21,7 +21,7 @@ from mse_train.data import prepare
 from mse_train.data.prepare import Prepared, Split
 from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import init, networks
-from mse_train.outputs import fsio, metrics, resume, run_folder, summary, tensorboard_log
+from mse_train.outputs import fsio, metrics, mlflow_log, resume, run_folder, summary, tensorboard_log
 from mse_train.outputs.summary import Summary
 from mse_train.training import footprint, optimizers, rng, signals
 from mse_train.training.loop import Loop
@@ -79,6 +79,7 @@ class Options:
     overwrite: bool = False  # replace a previous run in the same folder
     resume_command: str = "mse-train run CONFIG --resume"  # shown when interrupted
     overwrite_command: str = "mse-train run CONFIG --overwrite"  # shown when starting again is the fix
+    mlflow_tags: dict[str, str] = field(default_factory=dict)  # e.g. a sweep's refit: its parent run
 
 
 _DIVERGENCE_FIX = (
@@ -96,26 +97,42 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
     run_folder.check_not_a_system_folder(out)
     if cfg.output.tensorboard:
         tensorboard_log.check_available()
+    # Before the run folder is made: a missing extra or an unreachable store writes nothing.
+    store = mlflow_log.connect(str(cfg.output.mlflow_experiment)) if cfg.output.mlflow else None
     fsio.ensure_writable_dir(out)
+    tracked = _Tracked(store)
     with run_folder.lock(out):
         try:
-            return _run(cfg, options, reporter, out)
-        except SaveError as exc:
-            if (out / "last.pt").exists():
-                exc.problems.append(f"to continue from the last checkpoint: {options.resume_command}")
-            else:
-                exc.problems.append(f"to start again: {options.overwrite_command}")
+            return _run(cfg, options, reporter, out, tracked)
+        except BaseException as exc:
+            if tracked.run is not None:  # ended by divergence, Ctrl-C or an error: not left RUNNING
+                tracked.run.abort(exc)
+            if isinstance(exc, SaveError):
+                if (out / "last.pt").exists():
+                    exc.problems.append(f"to continue from the last checkpoint: {options.resume_command}")
+                else:
+                    exc.problems.append(f"to start again: {options.overwrite_command}")
             raise
 
 
-def _run(cfg: Config, options: Options, reporter: Reporter, out: Path) -> Summary:
-    status, result, history, divergence, restored = _train(cfg, options, reporter, out)
+@dataclass
+class _Tracked:
+    """The MLflow store (None: output.mlflow is off) and, once training starts, its run."""
+
+    store: mlflow_log.Store | None
+    run: mlflow_log.Run | None = None
+
+
+def _run(cfg: Config, options: Options, reporter: Reporter, out: Path, tracked: _Tracked) -> Summary:
+    status, result, history, divergence, restored = _train(cfg, options, reporter, out, tracked)
     # The tables, model and optimizer are gone by now, so matplotlib does not add to the peak.
     runtime.release_freed_memory()
     if cfg.output.plot and history and not restored:
         from mse_train.outputs import plots  # matplotlib costs ~0.3 s; import only when plotting
 
         plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0)
+    if tracked.run is not None:  # a restored previous run's files are not this run's artifacts
+        mlflow_log.end_training(tracked.run, status, result, None if restored else out)
     if status is Status.DIVERGED and restored:
         raise TrainingDiverged(
             f"training diverged at epoch {len(history) + 1}: {divergence}",
@@ -146,7 +163,7 @@ def _run(cfg: Config, options: Options, reporter: Reporter, out: Path) -> Summar
 
 
 def _train(
-    cfg: Config, options: Options, reporter: Reporter, out: Path
+    cfg: Config, options: Options, reporter: Reporter, out: Path, tracked: _Tracked
 ) -> tuple[Status, Summary, list[dict[str, float | None]], str, bool]:
     """Prepare, build, train and save.
 
@@ -169,7 +186,11 @@ def _train(
     if options.overwrite and not resumed:
         replacement.move_aside()
     try:
-        status, result = _train_and_save(cfg, reporter, out, prepared, loop, device, started)
+        if tracked.store is not None:
+            tracked.run = mlflow_log.start_training(
+                tracked.store, out, cfg, resumed, loop.history, options.mlflow_tags, reporter.note
+            )
+        status, result = _train_and_save(cfg, reporter, out, prepared, loop, device, started, tracked.run)
     except BaseException:
         replacement.undo()
         raise
@@ -189,6 +210,7 @@ def _train_and_save(
     loop: Loop,
     device: torch.device,
     started: float,
+    tracked: mlflow_log.Run | None,
 ) -> tuple[Status, Summary]:
     """Run the loop, saving as configured, then the final checkpoints and summary."""
     fsio.remove_stale_temporaries(out)
@@ -213,6 +235,8 @@ def _train_and_save(
         reporter.epoch(record, cfg.train.epochs)
         if scalars is not None:
             scalars.epoch(record.row())
+        if tracked is not None:
+            tracked.epoch(record.row())
         every = cfg.output.checkpoint_every
         if every and record.epoch % every == 0:
             saver.checkpoint(loop)

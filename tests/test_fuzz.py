@@ -9,7 +9,7 @@ any, must be strict JSON. A config that `validate` passes must not fail `run` as
 
 Generated sizes stay small on purpose: model widths are either tiny or far too large to
 allocate on any machine (so the refusal is immediate), `train.epochs` is set to 2 on the
-command line, and L-BFGS's `max_iter` and `output.tensorboard` are left alone.
+command line, and L-BFGS's `max_iter`, `output.tensorboard` and `output.mlflow` are left alone.
 """
 
 from __future__ import annotations

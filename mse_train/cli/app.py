@@ -539,6 +539,10 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
         from mse_train.outputs import run_folder
 
         run_folder.check_not_a_system_folder(Path(str(cfg.output.dir)))
+        if cfg.output.mlflow:  # the extra, not the store: opening a SQLite store would write it
+            from mse_train.outputs import mlflow_log
+
+            mlflow_log.check_available(mlflow_log.tracking_uri())
         device = runtime.resolve_device(cfg.train.device)
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
         recipe.build_loop(cfg, prepared, device)  # what run builds: validate passing means run starts

@@ -117,6 +117,8 @@ def _resolve(config: Config, base: Path, default_name: str) -> Config:
         data.val = str((base / data.val).resolve())
     out = config.output.dir if config.output.dir is not None else f"runs/{default_name}"
     config.output.dir = str((base / out).resolve())
+    if config.output.mlflow_experiment is None:
+        config.output.mlflow_experiment = default_name
     for name in Config.model_fields:  # each section fills the defaults that depend on others
         section = getattr(config, name)
         if isinstance(section, Section):

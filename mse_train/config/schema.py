@@ -381,6 +381,15 @@ class OutputConfig(Section):
     )
     plot: Bool = Field(True, description="Write loss.png at the end of the run.")
     tensorboard: Bool = Field(False, description="Write TensorBoard scalars (needs the tensorboard extra).")
+    mlflow: Bool = Field(
+        False,
+        description="Log params, per-epoch metrics, the summary and the run folder to MLflow, in the "
+        "store `MLFLOW_TRACKING_URI` names (default sqlite:///mlflow.db in the current folder); needs "
+        "the mlflow extra.",
+    )
+    mlflow_experiment: Str | None = Field(
+        None, description="MLflow experiment to log into (created if missing); null = the config's name."
+    )
 
 
 class SweepRange(Section):

@@ -124,6 +124,8 @@ output:
   checkpoint_every: 0         # also write last.pt every N epochs (0 = only at the end)
   plot: true                  # loss.png
   tensorboard: false          # needs: pip install 'mse-train[tensorboard]'
+  mlflow: false               # log to MLflow ($MLFLOW_TRACKING_URI); needs: pip install 'mse-train[mlflow]'
+  mlflow_experiment: null     # null = this config's name
 
 sweep:                        # what `mse-train sweep` searches; run and cv ignore it
   method: tpe                 # {_options("sweep.method")}

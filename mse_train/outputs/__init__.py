@@ -9,6 +9,9 @@
   summary.py          summary.json, typed
   plots.py            loss.png and overlays (matplotlib, imported only when plotting)
   tensorboard_log.py  TensorBoard scalars (an optional extra)
+  mlflow_log.py       MLflow tracking of a run: params, per-epoch metrics, summary, artifacts
+                      (an optional extra, imported only when used)
+  mlflow_sweep.py     MLflow for a sweep: a parent run, a child run per trial
 
 Imports config/, data/ (the preprocessor a checkpoint stores), models/ and training/.
 """

@@ -22,8 +22,9 @@ from mse_train.models import inference, networks
 from mse_train.outputs import checkpoint, metrics
 from mse_train.training.loop import Loop
 
+MLFLOW_RECORD = "mlflow.json"  # with output.mlflow: the MLflow run this folder logs into
 # What a run folder holds; a folder holding any of these is a previous run.
-RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json", "loss.png")
+RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json", "loss.png", MLFLOW_RECORD)
 
 
 def check(out: Path, resume: bool, overwrite: bool) -> bool:

@@ -35,7 +35,7 @@ from mse_train.errors import (
     TrainingInterrupted,
     UserError,
 )
-from mse_train.outputs import fsio, run_folder, tables
+from mse_train.outputs import fsio, mlflow_log, mlflow_sweep, run_folder, tables
 from mse_train.selection import cv, space
 from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
 from mse_train.training import packed, signals
@@ -107,80 +107,94 @@ def run(
     out = options.output_dir.resolve() if options.output_dir is not None else Path(str(cfg.output.dir))
     run_folder.check_not_a_system_folder(out)
     device = runtime.resolve_device(cfg.train.device)
+    # Before the sweep folder is made: a missing extra or an unreachable store writes nothing.
+    store = mlflow_log.connect(str(cfg.output.mlflow_experiment)) if cfg.output.mlflow else None
     fsio.ensure_writable_dir(out)
-    with run_folder.lock(out), _quiet_optuna():
-        trainer = _Trainer(doc, base, overrides, name, folds, device, options.pack)
-        trainer.load(cfg)  # bad data is found before the sweep folder holds anything
-        sampler = _sampler(sweep.method, the_space, cfg.seed)
-        grid = the_space.grid() if sweep.method == "grid" else []
-        fingerprint = _fingerprint(cfg, sweep, folds)
-        study = _open_study(out, options.resume, fingerprint, options.resume_command, sampler, grid)
-        keys = list(the_space.params)
-        # Trials are asked in batches only when they can train side by side: trained one at
-        # a time, each is told (and on the leaderboard) as soon as it ends.
-        batch = PACK if options.pack and packed.pack_key(cfg) is not None else 1
-        with signals.on_signals() as stop:
-            _requeue_unfinished(study)
-            while _finished(study) < n_trials:
-                if stop.requested():
-                    _interrupted(out, study, options.resume_command)
-                size = min(batch, n_trials - _finished(study))
-                trials = [study.ask(the_space.distributions()) for _ in range(size)]
-                try:
-                    results = trainer.score([the_space.decode(t.params) for t in trials], stop.requested)
-                except UserError:  # a trial's data does not work: the sweep stops here
-                    for trial in trials:
-                        study.tell(trial, state=_failed())
-                        study.enqueue_trial(trial.params)  # after a fix, --resume runs it
-                    if _finished(study) == 0 and not options.resume:
-                        _discard(out)  # nothing finished: leave no sweep behind to resume
-                    raise
-                if results is None:
-                    for trial in trials:
-                        study.tell(trial, state=_failed())
-                        study.enqueue_trial(trial.params)  # --resume runs it again, from its start
-                    _interrupted(out, study, options.resume_command)
-                for trial, (scored, dropped) in zip(trials, results, strict=True):
-                    _tell(study, trial, scored, dropped)
-                    rows = leaderboard(study, keys)
-                    tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
-                    on_trial(_finished(study), n_trials, next(r for r in rows if r["trial"] == trial.number))
-        rows = leaderboard(study, keys)
-        tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
-        completed = [r for r in rows if r["status"] not in ("diverged",)]
-        if not completed:
-            raise TrainingDiverged(
-                f"every trial of the sweep diverged ({len(rows)}); see {out / 'leaderboard.csv'}",
-                ["narrow the ranges (e.g. lower optimizer.lr) or set data.standardize: true"],
+    tracked = mlflow_sweep.Tracked(store)
+    try:
+        with run_folder.lock(out), _quiet_optuna():
+            trainer = _Trainer(doc, base, overrides, name, folds, device, options.pack)
+            trainer.load(cfg)  # bad data is found before the sweep folder holds anything
+            sampler = _sampler(sweep.method, the_space, cfg.seed)
+            grid = the_space.grid() if sweep.method == "grid" else []
+            fingerprint = _fingerprint(cfg, sweep, folds)
+            study = _open_study(out, options.resume, fingerprint, options.resume_command, sampler, grid)
+            keys = list(the_space.params)
+            tracked.start(out, cfg, folds, options.resume, reporter.note)
+            for row in leaderboard(study, keys):  # resumed: trials finished before, if not yet logged
+                tracked.trial(row["trial"], _swept(study, row["trial"], the_space), row)
+            # Trials are asked in batches only when they can train side by side: trained one at
+            # a time, each is told (and on the leaderboard) as soon as it ends.
+            batch = PACK if options.pack and packed.pack_key(cfg) is not None else 1
+            with signals.on_signals() as stop:
+                _requeue_unfinished(study)
+                while _finished(study) < n_trials:
+                    if stop.requested():
+                        _interrupted(out, study, options.resume_command)
+                    size = min(batch, n_trials - _finished(study))
+                    trials = [study.ask(the_space.distributions()) for _ in range(size)]
+                    try:
+                        results = trainer.score([the_space.decode(t.params) for t in trials], stop.requested)
+                    except UserError:  # a trial's data does not work: the sweep stops here
+                        for trial in trials:
+                            study.tell(trial, state=_failed())
+                            study.enqueue_trial(trial.params)  # after a fix, --resume runs it
+                        if _finished(study) == 0 and not options.resume:
+                            _discard(out)  # nothing finished: leave no sweep behind to resume
+                        raise
+                    if results is None:
+                        for trial in trials:
+                            study.tell(trial, state=_failed())
+                            study.enqueue_trial(trial.params)  # --resume runs it again, from its start
+                        _interrupted(out, study, options.resume_command)
+                    for trial, (scored, dropped) in zip(trials, results, strict=True):
+                        _tell(study, trial, scored, dropped)
+                        rows = leaderboard(study, keys)
+                        tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
+                        row = next(r for r in rows if r["trial"] == trial.number)
+                        on_trial(_finished(study), n_trials, row)
+                        tracked.trial(trial.number, _swept(study, trial.number, the_space), row)
+            rows = leaderboard(study, keys)
+            tables.write_rows(out / "leaderboard.csv", columns(keys), rows)
+            completed = [r for r in rows if r["status"] not in ("diverged",)]
+            if not completed:
+                raise TrainingDiverged(
+                    f"every trial of the sweep diverged ({len(rows)}); see {out / 'leaderboard.csv'}",
+                    ["narrow the ranges (e.g. lower optimizer.lr) or set data.standardize: true"],
+                )
+            best_row = min(completed, key=lambda r: r["score_mean"])
+            best_values = _values_of(study, best_row["trial"], the_space)
+            best_cfg, _ = space.trial_config(doc, base, overrides, best_values, name)
+            best_cfg = _refit_config(best_cfg, out)
+            text = (
+                f"# The best trial ({best_row['trial']}) of the sweep in {out}, score (validation MSE in "
+                "target units) "
+                f"{best_row['score_mean']:.6g}.\n# It trains on all training rows (data.val_fraction: 0) "
+                f"into {best_cfg.output.dir}: mse-train run {out / 'best.yaml'}\n"
             )
-        best_row = min(completed, key=lambda r: r["score_mean"])
-        best_values = _values_of(study, best_row["trial"], the_space)
-        best_cfg, _ = space.trial_config(doc, base, overrides, best_values, name)
-        best_cfg = _refit_config(best_cfg, out)
-        text = (
-            f"# The best trial ({best_row['trial']}) of the sweep in {out}, score (validation MSE in "
-            "target units) "
-            f"{best_row['score_mean']:.6g}.\n# It trains on all training rows (data.val_fraction: 0) "
-            f"into {best_cfg.output.dir}: mse-train run {out / 'best.yaml'}\n"
-        )
-        fsio.write_text(out / "best.yaml", text + loading.to_yaml(best_cfg))
-        _plot(out / "sweep.png", rows, keys, best_row["trial"])
-    checkpoint = None
-    if sweep.refit:
-        refit_options = recipe.Options(
-            overwrite=True,
-            resume_command=f"mse-train run {out / 'best.yaml'} --resume",
-            overwrite_command=f"mse-train run {out / 'best.yaml'} --overwrite",
-        )
-        recipe.run(best_cfg, refit_options, reporter)
-        checkpoint = str(Path(str(best_cfg.output.dir)) / "best.pt")
-    best = {
-        "trial": best_row["trial"],
-        "params": {k: v for k, v in best_values.items() if best_row.get(k) is not None},
-        "score": best_row["score_mean"],
-        "config": str(out / "best.yaml"),
-    }
-    return Outcome(best, len(rows), checkpoint, rows, keys, out)
+            fsio.write_text(out / "best.yaml", text + loading.to_yaml(best_cfg))
+            _plot(out / "sweep.png", rows, keys, best_row["trial"])
+        checkpoint = None
+        if sweep.refit:
+            refit_options = recipe.Options(
+                overwrite=True,
+                resume_command=f"mse-train run {out / 'best.yaml'} --resume",
+                overwrite_command=f"mse-train run {out / 'best.yaml'} --overwrite",
+                mlflow_tags=tracked.refit_tags(best_row["trial"]),
+            )
+            recipe.run(best_cfg, refit_options, reporter)
+            checkpoint = str(Path(str(best_cfg.output.dir)) / "best.pt")
+        best = {
+            "trial": best_row["trial"],
+            "params": {k: v for k, v in best_values.items() if best_row.get(k) is not None},
+            "score": best_row["score_mean"],
+            "config": str(out / "best.yaml"),
+        }
+        tracked.finish(out, best, len(rows))
+        return Outcome(best, len(rows), checkpoint, rows, keys, out)
+    except BaseException as exc:  # the parent run ends FAILED or KILLED, not left RUNNING
+        tracked.abort(exc)
+        raise
 
 
 def require_optuna() -> None:
@@ -346,6 +360,13 @@ def _values_of(study: Any, number: int, the_space: space.Space) -> dict[str, Any
     return the_space.decode(trial.params)
 
 
+def _swept(study: Any, number: int, the_space: space.Space) -> dict[str, Any]:
+    """A trial's swept values, without the keys its choices made inapplicable."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    dropped = set(trial.user_attrs.get("dropped", []))
+    return {k: v for k, v in the_space.decode(trial.params).items() if k not in dropped}
+
+
 def _refit_config(cfg: Config, out: Path) -> Config:
     cfg = cfg.model_copy(deep=True)
     cfg.data.val_fraction = 0.0
@@ -355,7 +376,7 @@ def _refit_config(cfg: Config, out: Path) -> Config:
 
 def _discard(out: Path) -> None:
     """Remove a sweep that never finished a trial, so that the same command can start again."""
-    for name in ("sweep.db", "leaderboard.csv"):
+    for name in ("sweep.db", "leaderboard.csv", mlflow_log.RECORD):
         with contextlib.suppress(FileNotFoundError):
             (out / name).unlink()
 
@@ -403,7 +424,8 @@ def _sweep_section(cfg: Config, doc: yamlio.Document) -> SweepConfig:
 def _fingerprint(cfg: Config, sweep: SweepConfig, folds: int) -> str:
     """What must not change between a sweep and its --resume: the base config and the space."""
     data = cfg.model_dump(mode="json")
-    data["output"].pop("dir", None)
+    for key in ("dir", "mlflow", "mlflow_experiment"):  # where results go, not what is searched
+        data["output"].pop(key, None)
     data["sweep"] = {**sweep.model_dump(mode="json"), "trials": None, "folds": folds}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

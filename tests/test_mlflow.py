@@ -1,0 +1,298 @@
+"""`output.mlflow: true`: what a run and a sweep log to MLflow, read back with MlflowClient."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import signal
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mse_train import __version__
+
+from conftest import read_json, read_metrics, write_config
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory) -> str:
+    """One local MLflow store for the module: creating its tables takes a second or more.
+
+    Tests share it but never mix: each finds its runs by the id its folder's mlflow.json holds.
+    """
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    client(uri).search_experiments()  # creates the tables
+    return uri
+
+
+@pytest.fixture
+def store(store_uri, monkeypatch) -> Any:
+    """A client on the module's store, which MLFLOW_TRACKING_URI names for the CLI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    return client(store_uri)
+
+
+def client(uri: str) -> Any:
+    with warnings.catch_warnings():  # SQLAlchemy 2.1 warns about MLflow's models on import
+        warnings.simplefilter("ignore")
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(uri)
+
+
+def run_id(folder: Path) -> str:
+    return str(json.loads((folder / "mlflow.json").read_text())["run_id"])
+
+
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """The documented param rule: dotted keys; strings as written, other values as JSON."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return out
+
+
+def history(client, rid: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(rid, key))
+
+
+def test_a_run_logs_its_config_epochs_summary_and_files(cli, small_config, tmp_path, store):
+    cfg = small_config(output={"mlflow": True, "plot": True}, data={"val_fraction": 0.2}, train={"epochs": 4})
+    result = cli("run", cfg, "--json")
+    assert result.code == 0, result
+    assert json.loads(result.stdout)["status"] == "completed"  # MLflow's notes stay off stdout
+    folder = tmp_path / "run"
+    run = store.get_run(run_id(folder))
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "run"  # the run folder's name
+    assert run.data.tags["mse_train.version"] == __version__
+    assert store.get_experiment(run.info.experiment_id).name == "cfg"  # null = the config's name
+
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert run.data.params == flat(config)
+    assert run.data.params["optimizer.lr"] == "0.05" and run.data.params["train.epochs"] == "4"
+
+    rows = read_metrics(folder / "metrics.csv")
+    assert len(rows) == 4
+    for column in rows[0]:
+        if column == "epoch":
+            continue
+        expected = [(int(r["epoch"]), float(r[column])) for r in rows if r[column] != ""]
+        assert history(store, run.info.run_id, column) == expected, column
+    assert "train_end_loss" not in run.data.metrics  # an empty column is not a metric
+
+    summary = read_json(folder / "summary.json")
+    assert run.data.metrics["best.val_loss"] == summary["best"]["val_loss"]
+    assert run.data.metrics["best.epoch"] == summary["best"]["epoch"]
+    assert run.data.metrics["final.train_loss"] == summary["final"]["train_loss"]
+    assert run.data.metrics["epochs_run"] == 4
+    assert run.data.tags["mse_train.status"] == "completed"
+
+    listed = {f.path for f in store.list_artifacts(run.info.run_id)}
+    wanted = {"config.yaml", "metrics.csv", "best.pt", "last.pt", "summary.json", "loss.png", "mlflow.json"}
+    assert wanted <= listed
+    # A local store keeps its artifacts beside its database, not in the folder the run started from
+    beside = Path(store.tracking_uri.removeprefix("sqlite:///")).parent / "mlruns" / "cfg"
+    assert (beside / run.info.run_id / "artifacts" / "best.pt").is_file()
+    assert not (Path.cwd() / "mlruns").exists()
+
+
+def test_a_diverged_run_ends_failed(cli, small_config, tmp_path, store):
+    cfg = small_config(output={"mlflow": True}, optimizer={"name": "sgd", "lr": 1.0e30})
+    result = cli("run", cfg, "-q")
+    assert result.code == 1, result
+    run = store.get_run(run_id(tmp_path / "run"))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mse_train.status"] == "diverged"
+
+
+def test_ctrl_c_ends_killed_and_resume_continues_the_same_run(
+    cli, small_config, tmp_path, store, monkeypatch
+):
+    from mse_train.training.step import Step
+
+    cfg = small_config(output={"mlflow": True}, train={"epochs": 5})
+    real_step = Step.__call__
+    steps = {"n": 0}
+
+    def step(self, xb, yb):
+        steps["n"] += 1
+        if steps["n"] == 3:  # one batch per epoch: Ctrl-C inside epoch 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, xb, yb)
+
+    monkeypatch.setattr(Step, "__call__", step)
+    assert cli("run", cfg, "-q").code == 130
+    monkeypatch.setattr(Step, "__call__", real_step)
+    folder = tmp_path / "run"
+    first = run_id(folder)
+    assert store.get_run(first).info.status == "KILLED"
+    at_stop = read_metrics(folder / "metrics.csv")
+    assert 1 <= len(at_stop) < 5
+    assert [s for s, _ in history(store, first, "train_loss")] == [int(r["epoch"]) for r in at_stop]
+
+    resumed = cli("run", cfg, "-q", "--resume", "--set", "train.epochs=6")
+    assert resumed.code == 0, resumed
+    assert run_id(folder) == first
+    run = store.get_run(first)
+    assert run.info.status == "FINISHED"
+    rows = read_metrics(folder / "metrics.csv")
+    assert history(store, first, "train_loss") == [(int(r["epoch"]), float(r["train_loss"])) for r in rows]
+    assert [s for s, _ in history(store, first, "train_loss")] == [1, 2, 3, 4, 5, 6]  # each epoch once
+    assert run.data.params["train.epochs"] == "5"  # a param cannot change; the new value is a tag
+    assert run.data.tags["mse_train.resumed_with.train.epochs"] == "6"
+
+
+def test_resume_without_a_record_starts_a_new_run_with_every_epoch(cli, small_config, tmp_path, store):
+    cfg = small_config(output={"mlflow": True}, train={"epochs": 2})
+    assert cli("run", cfg, "-q").code == 0
+    folder = tmp_path / "run"
+    first = run_id(folder)
+    (folder / "mlflow.json").unlink()
+    assert cli("run", cfg, "-q", "--resume", "--set", "train.epochs=3").code == 0
+    second = run_id(folder)
+    assert second != first
+    rows = read_metrics(folder / "metrics.csv")
+    assert history(store, second, "train_loss") == [(int(r["epoch"]), float(r["train_loss"])) for r in rows]
+    assert len(rows) == 3
+
+
+def test_a_store_that_fails_during_training_stops_logging_not_training(
+    cli, small_config, tmp_path, store, monkeypatch
+):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    def fail(*args, **kwargs):
+        raise MlflowException("the server went away")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", fail)
+    result = cli("run", small_config(output={"mlflow": True}, train={"epochs": 3}))
+    assert result.code == 0, result
+    assert result.stdout.count("MLflow logging stopped") == 1 and "the server went away" in result.stdout
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 3
+    run = store.get_run(run_id(tmp_path / "run"))
+    assert run.info.status == "FINISHED"  # its end is still recorded
+    assert run.data.metrics == {} and run.data.params == {}
+
+
+def test_without_the_extra_the_run_says_what_to_install_and_writes_nothing(
+    cli, small_config, tmp_path, monkeypatch
+):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = small_config(output={"mlflow": True})
+    before = set(tmp_path.iterdir())
+    for command in ("run", "validate"):
+        result = cli(command, cfg)
+        assert result.code == 2, result
+        assert "pip install 'mse-train[mlflow]'" in result.stderr
+    assert set(tmp_path.iterdir()) == before  # no run folder, no store
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("http://127.0.0.1:9", "127.0.0.1:9"),  # nothing listens on the discard port
+        ("nosuchscheme://somewhere", "nosuchscheme"),
+    ],
+)
+def test_a_store_that_cannot_be_used_is_a_clear_error_before_training(
+    cli, small_config, tmp_path, monkeypatch, uri, words
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    result = cli("run", small_config(output={"mlflow": True}))
+    assert result.code == 2, result
+    assert "MLFLOW_TRACKING_URI" in result.stderr and words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_param_values_are_cut_to_mlflows_limit():
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from mse_train.outputs import mlflow_log
+
+    assert mlflow_log.PARAM_LIMIT == MAX_PARAM_VAL_LENGTH
+    params = mlflow_log.flatten({"a": {"b": "x" * 7000, "c": [1, 2]}, "d": None, "e": {}})
+    assert params == {
+        "a.b": "x" * (MAX_PARAM_VAL_LENGTH - 3) + "...",
+        "a.c": "[1, 2]",
+        "d": "null",
+        "e": "{}",
+    }
+
+
+def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any]) -> Path:
+    return write_config(
+        tmp_path / "sweep.yaml",
+        {
+            "data": {"train": str(table), "target": "y", "val_fraction": 0.25},
+            "model": {"type": "mlp", "hidden": [8]},
+            "optimizer": {"name": "adam", "lr": 0.05},
+            "train": {"epochs": 2},
+            "output": {"dir": str(tmp_path / "sweep"), "plot": False, "mlflow": True},
+            "sweep": sweep,
+        },
+    )
+
+
+def children(store, parent) -> list[Any]:
+    where = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    return list(store.search_runs([parent.info.experiment_id], where))
+
+
+def test_a_sweep_logs_a_parent_a_child_per_trial_and_the_refit(cli, table, tmp_path, store):
+    grid = {"method": "grid", "params": {"optimizer.lr": [0.01, 0.1], "model.hidden": [[4], [8]]}}
+    result = cli("sweep", sweep_config(tmp_path, table, grid), "-q")
+    assert result.code == 0, result
+    folder = tmp_path / "sweep"
+    parent = store.get_run(run_id(folder))
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep"
+    runs = children(store, parent)
+    trials = {int(r.data.tags["mse_train.trial"]): r for r in runs if "mse_train.trial" in r.data.tags}
+    with open(folder / "leaderboard.csv", newline="") as f:
+        board = {int(row["trial"]): row for row in csv.DictReader(f)}
+    assert set(trials) == set(board) == {0, 1, 2, 3}
+    for number, row in board.items():
+        child = trials[number]
+        assert child.info.status == "FINISHED"
+        assert child.data.params == {"optimizer.lr": row["optimizer.lr"], "model.hidden": row["model.hidden"]}
+        assert child.data.metrics["score_mean"] == pytest.approx(float(row["score_mean"]), rel=1e-12)
+        assert child.data.metrics["epochs"] == float(row["epochs"])
+        assert child.data.tags["mse_train.status"] == row["status"]
+    best = min(board.values(), key=lambda r: float(r["score_mean"]))
+    refit = [r for r in runs if "mse_train.refit_of_trial" in r.data.tags]
+    assert len(refit) == 1 and refit[0].data.tags["mse_train.refit_of_trial"] == best["trial"]
+    assert refit[0].info.run_id == run_id(folder / "best") and refit[0].info.status == "FINISHED"
+    assert parent.data.tags["mse_train.best_trial"] == best["trial"]
+    assert {"leaderboard.csv", "best.yaml"} <= {f.path for f in store.list_artifacts(parent.info.run_id)}
+
+
+def test_a_resumed_sweep_continues_its_parent_run_and_logs_each_trial_once(cli, table, tmp_path, store):
+    random = {"method": "random", "trials": 2, "refit": False, "params": {"optimizer.lr": [0.01, 0.03, 0.1]}}
+    cfg = sweep_config(tmp_path, table, random)
+    assert cli("sweep", cfg, "-q").code == 0
+    folder = tmp_path / "sweep"
+    first = run_id(folder)
+    assert cli("sweep", cfg, "-q", "--resume", "--trials", "3").code == 0
+    assert run_id(folder) == first
+    parent = store.get_run(first)
+    assert parent.info.status == "FINISHED"
+    trials = sorted(int(r.data.tags["mse_train.trial"]) for r in children(store, parent))
+    assert trials == [0, 1, 2]
