@@ -84,8 +84,6 @@ def drift_watch(ckpt: dict[str, Any], pre: Preprocessor) -> Watch | None:
 def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: float | None = None) -> Report:
     """Metrics of a checkpoint on a CSV, in the targets' own units; with `interval`, the
     coverage and width of its prediction intervals at that level."""
-    if interval is not None:
-        intervals.check_level(interval)
     dev = runtime.resolve_device(device, "--device")
     ckpt, pre, model, delimiter = load(ckpt_path)
     half = intervals.half_widths(ckpt_path, ckpt, interval) if interval is not None else None

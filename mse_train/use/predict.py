@@ -53,8 +53,6 @@ def predict(
             f"{out_path}: predict writes CSV text, which a name ending in {out_path.suffix} misdescribes",
             ["name the output .csv (then convert it if you need Parquet or gzip)"],
         )
-    if interval is not None:
-        intervals.check_level(interval)
     dev = runtime.resolve_device(device, "--device")
     ckpt, pre, model, delimiter = load(ckpt_path)
     half = intervals.half_widths(ckpt_path, ckpt, interval) if interval is not None else None
