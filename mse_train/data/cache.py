@@ -376,7 +376,8 @@ def _read_entry(folder: Path, key: str, sha: str, settings: dict[str, Any], colu
             int(values.min()) >= -1 and int(values.max()) < len(vocab), f"column `{name}`: codes out of range"
         )
         # Code -1 picks the last item: NaN, as the parser leaves an empty cell.
-        data[name] = np.array([*vocab, np.nan], dtype=object)[values]
+        # dtype object as the parser gives (pandas would otherwise infer its str dtype).
+        data[name] = pd.Series(np.array([*vocab, np.nan], dtype=object)[values], dtype=object, copy=False)
         categorical.append(name)
     frame = pd.DataFrame(data, index=pd.RangeIndex(rows), copy=False)
     return Entry(list(header), frame, categorical, None if groups is None else tuple(groups))
