@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mse_train.data import cache, ingest, table
+from mse_train.data.digest import Digest
 
 from conftest import linear_rows, read_json, read_metrics, write_config, write_csv
 
@@ -79,7 +80,7 @@ def no_parse(monkeypatch) -> None:
         raise AssertionError("the file was parsed although the cache holds it")
 
     monkeypatch.setattr(ingest, "_parse_csv", refuse)
-    monkeypatch.setattr(ingest.table, "read", refuse)
+    monkeypatch.setattr(table, "read", refuse)
 
 
 # ------------------------------------------------------------------ same frame
@@ -165,7 +166,7 @@ def test_a_recorded_hash_is_used_while_the_stat_signature_matches(tmp_path, monk
     def refuse(*args, **kwargs):
         raise AssertionError("hashed again")
 
-    monkeypatch.setattr(ingest.Digest, "__init__", refuse)
+    monkeypatch.setattr(Digest, "__init__", refuse)
     assert ingest.read(path, ["x", "y"], store=store).hasher.result() == sha
 
 
@@ -179,7 +180,7 @@ def test_a_file_changed_moments_ago_is_not_trusted_by_its_stat(tmp_path):
 # -------------------------------------------------------------------- damage
 def _column_file(entry: Path, name: str) -> Path:
     manifest = json.loads((entry / "manifest.json").read_text())
-    return entry / next(c["file"] for c in manifest["columns"] if c["name"] == name)
+    return entry / str(next(c["file"] for c in manifest["columns"] if c["name"] == name))
 
 
 def _edit_manifest(entry: Path, change) -> None:
