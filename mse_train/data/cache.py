@@ -150,7 +150,11 @@ class Store:
         if not isinstance(record, dict) or record.get("path") != str(path):
             return None
         sha = record.get("sha256")
-        if record.get("signature") != _signature(stat) or not isinstance(sha, str) or not _SHA.fullmatch(sha):
+        if (
+            record.get("signature") != stat_signature(stat)
+            or not isinstance(sha, str)
+            or not _SHA.fullmatch(sha)
+        ):
             return None
         return sha
 
@@ -160,11 +164,11 @@ class Store:
             after = path.stat()
         except OSError:
             return
-        if _signature(after) != _signature(before):
+        if stat_signature(after) != stat_signature(before):
             return
         if max(before.st_mtime_ns, before.st_ctime_ns) > started_ns - RACY_NS:
             return
-        record = {"path": str(path), "signature": _signature(before), "sha256": sha}
+        record = {"path": str(path), "signature": stat_signature(before), "sha256": sha}
         with contextlib.suppress(OSError):  # only a missed shortcut: the file is hashed again next time
             _write_atomic(self._record(path), json.dumps(record))
 
@@ -184,18 +188,20 @@ class Store:
 
     def _discard(self, folder: Path) -> None:
         """Rename the folder out of tables/ (atomic, so readers see it or nothing), then delete it."""
-        # OSError: already gone (another process discarded it), or not removable; it is
-        # not used either way.
-        with contextlib.suppress(OSError):
+        try:
             trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.root / "building"))
+        except OSError:
+            return  # not writable: the entry stays, and is checked (and refused) on every read
+        with contextlib.suppress(OSError):  # already gone: another process discarded it first
             os.replace(folder, trash / "entry")
-            shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def builder(self, columns: Sequence[str], categorical: Sequence[str]) -> Builder:
         return Builder(self.root, list(columns), set(categorical))
 
 
-def _signature(stat: os.stat_result) -> list[int]:
+def stat_signature(stat: os.stat_result) -> list[int]:
+    """What says a file is unchanged without reading it: size, mtime, ctime, inode, device."""
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
 

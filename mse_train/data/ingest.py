@@ -23,9 +23,10 @@ import pandas as pd
 
 from mse_train import __version__
 from mse_train.data import csvscan, parquet, table
-from mse_train.data.cache import Builder, Entry, Store, key
+from mse_train.data.cache import Builder, Entry, Store, key, stat_signature
 from mse_train.data.csvscan import MISSING_VALUES
 from mse_train.data.digest import Digest
+from mse_train.errors import DataError
 
 CHUNK_ROWS = 1 << 18  # rows per chunk of the first parse: ~20 MB of float32 for 20 columns
 
@@ -51,14 +52,17 @@ def read(
     wanted = settings(path, header, columns, categorical, infer_from, delimiter)
     resolved = path.resolve()
     started = time.time_ns()
-    before = os.stat(resolved)
+    try:
+        before = os.stat(resolved)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
     sha = store.known_sha256(resolved, before)
     if sha is not None:
-        found = _Found(store, sha, wanted, columns)
+        found = _Found(store, sha, wanted, columns, before)
     else:
         # Hashed while the file is parsed: a new file costs no more than without the
         # cache; a copy of a cached file is found as soon as its hash is known.
-        found = _Found(store, Digest(resolved), wanted, columns)
+        found = _Found(store, Digest(resolved), wanted, columns, before)
     entry = found.entry()
     if entry is None:
         entry = _build(store, found, path, header, columns, categorical, infer_from, delimiter)
@@ -82,9 +86,14 @@ class _Found:
     """The cache entry for the file's bytes, looked up once its hash is known."""
 
     def __init__(
-        self, store: Store, sha: str | Digest, wanted: dict[str, Any], columns: Sequence[str]
+        self,
+        store: Store,
+        sha: str | Digest,
+        wanted: dict[str, Any],
+        columns: Sequence[str],
+        before: os.stat_result,
     ) -> None:
-        self.store, self.wanted, self.columns = store, wanted, columns
+        self.store, self.wanted, self.columns, self.before = store, wanted, columns, before
         self._hashing = sha if isinstance(sha, Digest) else None
         self._sha = sha if isinstance(sha, str) else ""
         self._looked = False
@@ -95,6 +104,14 @@ class _Found:
             self._sha = self._hashing.result()
             self._hashing = None
         return self._sha
+
+    def unchanged(self, path: Path) -> bool:
+        """Whether the file's stat is still what it was before it was hashed."""
+        try:
+            now = path.stat()
+        except OSError:
+            return False
+        return stat_signature(now) == stat_signature(self.before)
 
     def key(self) -> str:
         return key(self.sha256(), self.wanted)
@@ -178,6 +195,9 @@ def _build(
         if entry is not None:  # a copy of these bytes was cached while this one was parsed
             builder.discard()
             return entry
+        if not found.unchanged(path):  # what was parsed may not be what was hashed: cache nothing
+            builder.discard()
+            return None
         builder.publish(found.key(), header, found.sha256(), found.wanted, groups)
     except _Cached as cached:
         if builder is not None:
