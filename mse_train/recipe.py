@@ -243,8 +243,10 @@ def _train_and_save(
         else:
             saver.metrics.maybe_write(loop.history)
 
+    train_started = time.perf_counter()
     with signals.on_signals() as stop:
         status = loop.run(on_epoch, should_stop=stop.requested, on_batch=reporter.batch)
+    train_seconds = time.perf_counter() - train_started
     reporter.finish()
     if scalars is not None:
         scalars.close()
@@ -262,6 +264,7 @@ def _train_and_save(
         prepared.pre.input_names,
         device,
         prepared.notes,
+        {"ingest_seconds": prepared.ingest_seconds, "train_seconds": train_seconds},
     )
     metrics.write_json(out / "summary.json", dict(result))
     return status, result

@@ -33,6 +33,15 @@ class Result:
         return f"Result(code={self.code}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-2000:]!r})"
 
 
+@pytest.fixture(autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data cache (`data.cache: auto`), never the user's ~/.cache;
+    subprocesses inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("data-cache")
+    monkeypatch.setenv("MSE_TRAIN_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def cli() -> Callable[..., Result]:
     """Invoke `mse-train ARGS...` in-process, as a user would type it."""

@@ -115,6 +115,8 @@ def _resolve(config: Config, base: Path, default_name: str) -> Config:
     data.train = str((base / data.train).resolve())
     if data.val is not None:
         data.val = str((base / data.val).resolve())
+    if data.cache not in ("auto", "off"):
+        data.cache = str((base / Path(data.cache).expanduser()).resolve())
     out = config.output.dir if config.output.dir is not None else f"runs/{default_name}"
     config.output.dir = str((base / out).resolve())
     if config.output.mlflow_experiment is None:

@@ -106,6 +106,11 @@ class DataConfig(Section):
     delimiter: Annotated[str, Strict(), Field(min_length=1, max_length=1)] = Field(
         ",", description="Field separator of the CSV files."
     )
+    cache: Str = Field(
+        "auto",
+        description="Binary cache of parsed tables: auto (~/.cache/mse-train, or "
+        "$MSE_TRAIN_CACHE_DIR), off, or a folder (relative to the YAML file's folder).",
+    )
 
     def fill_defaults(self, config: Config) -> None:
         if self.standardize_target is None:

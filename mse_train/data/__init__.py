@@ -1,5 +1,5 @@
 """Stage 2, the data: CSV (also .csv.gz) and Parquet files in, checked float32 arrays and
-fitted preprocessing out.
+fitted preprocessing out, through a binary cache of parsed tables.
 
   table.py       read a table's columns (fast pandas path; exact messages on trouble), in
                  one piece (`read`) or in chunks (`read_chunks`, for predict); chooses
@@ -8,6 +8,10 @@ fitted preprocessing out.
                  .gz files through gzip
   parquet.py     Parquet files through pyarrow (an optional extra): only the needed
                  columns, typed by the CSV rules, problems named by row and row group
+  ingest.py      a table read through the data cache: from it when it holds the table,
+                 else parsed in chunks into it (falling back on table.py's exact reader)
+  cache.py       the data cache: per-column files keyed by the file's sha256 and the
+                 parse settings, checked on every read, published by atomic rename
   digest.py      the file's sha256, in a background thread
   missing.py     the `data.missing` policy for empty cells
   preprocess.py  standardisation, fill values and one-hot vocabularies, fitted on

@@ -30,8 +30,18 @@ class Digest:
         self.delimiters = 0
         self.quotes = 0
         self._error: Exception | None = None
-        self._thread = threading.Thread(target=self._run, args=(path, delimiter, count), daemon=True)
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, args=(path, delimiter, count), daemon=True
+        )
         self._thread.start()
+
+    @classmethod
+    def known(cls, value: str) -> Digest:
+        """A digest already computed (the data cache remembers them): nothing is read."""
+        digest = cls.__new__(cls)
+        digest._value, digest.delimiters, digest.quotes = value, 0, 0
+        digest._error, digest._thread = None, None
+        return digest
 
     def _run(self, path: Path, delimiter: str, count: bool) -> None:
         h = hashlib.sha256()
@@ -55,8 +65,13 @@ class Digest:
         self.delimiters += int(np.count_nonzero(data == ord(delimiter)))
         self.quotes += int(np.count_nonzero(data == ord('"')))
 
+    def done(self) -> bool:
+        """Whether `result()` would return at once."""
+        return self._thread is None or not self._thread.is_alive()
+
     def result(self) -> str:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self._error is not None:
             raise DataError(f"cannot read: {self._error}")
         return self._value

@@ -7,6 +7,7 @@ training rows alone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
-from mse_train.data import drift, preprocess, table
+from mse_train.data import cache, drift, ingest, preprocess, table
 from mse_train.data.digest import Digest
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
@@ -43,6 +44,7 @@ class Prepared:
     hashers: dict[str, Digest]  # file path -> its sha256, computed in the background
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None  # drift.profile() of the training rows
+    ingest_seconds: float = 0.0  # reading the tables (parsing them, or from the data cache)
 
     @property
     def digests(self) -> dict[str, str]:
@@ -75,10 +77,15 @@ class Loaded:
     targets: list[str]
     digests: dict[str, Digest]
     notes: list[str]
+    store: cache.Store | None = None  # the data cache, for reading `data.val` too
+    ingest_seconds: float = 0.0
 
 
 def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
     """Read `data.train` with its feature and target columns; apply `data.missing`."""
+    started = time.perf_counter()
+    notes: list[str] = []
+    store = cache.open_store(cfg.cache, notes)
     train_path = Path(cfg.train)
     header = table.read_header(train_path, cfg.delimiter)
     features = feature_names(cfg.features, header, targets, train_path)
@@ -90,11 +97,27 @@ def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
             f"`data.categorical` names column(s) that are not features: {', '.join(unknown)}",
             ["list only feature columns there"],
         )
-    train = table.read(
-        train_path, [*features, *targets], cfg.categorical, infer_from=features, delimiter=cfg.delimiter
+    train = ingest.read(
+        train_path,
+        [*features, *targets],
+        cfg.categorical,
+        infer_from=features,
+        delimiter=cfg.delimiter,
+        store=store,
     )
-    train, notes = handle_missing(train, features, targets, cfg.missing)
-    return Loaded(train, features, list(targets), {str(train_path): train.hasher}, notes)
+    seconds = time.perf_counter() - started
+    notes += _cache_notes(store)
+    train, missing_notes = handle_missing(train, features, targets, cfg.missing)
+    digests = {str(train_path): train.hasher}
+    return Loaded(train, features, list(targets), digests, notes + missing_notes, store, seconds)
+
+
+def _cache_notes(store: cache.Store | None) -> list[str]:
+    """What the cache had to say while reading (an entry rebuilt), said once."""
+    if store is None:
+        return []
+    notes, store.notes = store.notes, []
+    return notes
 
 
 @dataclass
@@ -167,11 +190,20 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     train, features, notes, digests = loaded.table, loaded.features, loaded.notes, loaded.digests
     train_path = Path(cfg.train)
     n = train.n_rows
+    ingest_seconds = loaded.ingest_seconds
     if cfg.val is not None:
         val_path = Path(cfg.val)
-        val = table.read(
-            val_path, [*features, *targets], train.categorical, infer_from=(), delimiter=cfg.delimiter
+        started = time.perf_counter()
+        val = ingest.read(
+            val_path,
+            [*features, *targets],
+            train.categorical,
+            infer_from=(),
+            delimiter=cfg.delimiter,
+            store=loaded.store,
         )
+        ingest_seconds += time.perf_counter() - started
+        notes += _cache_notes(loaded.store)
         val, val_notes = handle_missing(val, features, targets, cfg.missing)
         notes += val_notes
         digests[str(val_path)] = val.hasher
@@ -199,13 +231,15 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     runtime.release_freed_memory()
     if cfg.val is not None:
         val_split = Split(pre.features_array(val), pre.targets_array(val.frame))
-        return Prepared(Split(x, y), val_split, pre, digests, notes, profile)
+        return Prepared(Split(x, y), val_split, pre, digests, notes, profile, ingest_seconds)
     if train_rows is None:
-        return Prepared(Split(x, y), None, pre, digests, notes, profile)
+        return Prepared(Split(x, y), None, pre, digests, notes, profile, ingest_seconds)
     # One gather puts train rows first and validation rows after; both are then views.
     x, y = x[order], y[order]
     cut = len(train_rows)
-    return Prepared(Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes, profile)
+    return Prepared(
+        Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes, profile, ingest_seconds
+    )
 
 
 def _check_split_categories(
@@ -255,22 +289,30 @@ def prepare_eval(
     delimiter: str,
     with_targets: bool = True,
     watch: drift.Watch | None = None,
+    store: cache.Store | None = None,
 ) -> tuple[table.Table, Split, list[str]]:
     """Read a CSV with the columns a checkpoint was trained on and preprocess it the same way.
 
-    `watch`, when given, sees the rows as read, before empty cells are dropped or filled.
+    `watch`, when given, sees the rows as read, before empty cells are dropped or filled;
+    `store`, the data cache to read through.
     """
     header = table.read_header(path, delimiter)
     targets = pre.target_names if with_targets else []
     table.check_columns(path, header, pre.features, "feature the model was trained on")
     table.check_columns(path, header, targets, "target")
-    data = table.read(
-        path, [*pre.features, *targets], pre.categorical_names, infer_from=(), delimiter=delimiter
+    data = ingest.read(
+        path,
+        [*pre.features, *targets],
+        pre.categorical_names,
+        infer_from=(),
+        delimiter=delimiter,
+        store=store,
     )
     if watch is not None:
         watch.observe(data.frame)
     policy = pre.missing
     data, notes = handle_missing(data, pre.features, targets, policy)
+    notes = _cache_notes(store) + notes
     x = pre.features_array(data)
     y = pre.targets_array(data.frame) if with_targets else np.empty((len(x), 0), np.float32)
     return data, Split(x, y), notes

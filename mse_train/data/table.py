@@ -15,6 +15,7 @@ import csv
 import difflib
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,24 +285,9 @@ def _parse(
     after a delimiter are skipped only when a first attempt fails on them: skipping them
     always costs a third of the parse time.
     """
-    options: dict[str, Any] = {
-        "usecols": list(columns) if len(columns) < len(header) else None,
-        "names": header,  # stripped names; the file's own header line is skipped
-        "header": 0,
-        "dtype": {c: (object if c in text_cols else np.float32) for c in columns},
-        "keep_default_na": False,
-        "na_values": list(MISSING_VALUES),
-        "index_col": False,
-        "sep": delimiter,
-        "encoding": "utf-8",
-        "engine": "c",
-        "on_bad_lines": "error",
-    }
+    options = parse_options(header, columns, text_cols, delimiter)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            # A number beyond float32 (1e308) becomes inf, which _check_cells then names.
-            warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+        with parse_warnings():
             try:
                 frame = pd.read_csv(path, **options)
             except ValueError:
@@ -326,6 +312,35 @@ def _parse(
         # A short row looks exactly like empty cells to pandas: tell them apart.
         csvscan.scan(path, header, delimiter, {}).raise_bad_rows(path)
     return frame, None
+
+
+def parse_options(
+    header: list[str], columns: Sequence[str], text_cols: set[str], delimiter: str
+) -> dict[str, Any]:
+    """pandas.read_csv's arguments for `columns`: text columns as text, the rest float32."""
+    return {
+        "usecols": list(columns) if len(columns) < len(header) else None,
+        "names": header,  # stripped names; the file's own header line is skipped
+        "header": 0,
+        "dtype": {c: (object if c in text_cols else np.float32) for c in columns},
+        "keep_default_na": False,
+        "na_values": list(MISSING_VALUES),
+        "index_col": False,
+        "sep": delimiter,
+        "encoding": "utf-8",
+        "engine": "c",
+        "on_bad_lines": "error",
+    }
+
+
+@contextmanager
+def parse_warnings() -> Iterator[None]:
+    """pandas' warnings while parsing: a ParserWarning is an error (its message is vague)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        # A number beyond float32 (1e308) becomes inf, which _check_cells then names.
+        warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
+        yield
 
 
 def _check_mostly_text(path: Path, header: list[str], frame: pd.DataFrame, name: str, delimiter: str) -> None:

@@ -257,6 +257,9 @@ def _check_config(config: Any) -> list[str]:
     delimiter = data.get("delimiter", ",")
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         return [f"`{K_CONFIG}.data.delimiter` must be one character, got {_short(delimiter)}"]
+    setting = data.get("cache", "auto")  # absent from checkpoints made before `data.cache`
+    if not isinstance(setting, str) or not setting:
+        return [f"`{K_CONFIG}.data.cache` must be auto, off or a folder path, got {_short(setting)}"]
     return []
 
 

@@ -71,6 +71,8 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
         path = f"{prefix}{key}"
         if path == "train.epochs" or path in (f"data.{role}" for role in DATA_ROLES):
             continue  # data files are compared by their contents, in _data_changes
+        if path == "data.cache":
+            continue  # where parsed tables are cached changes nothing that is read
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changes += _config_changes(a, b, path + ".")

@@ -35,6 +35,11 @@ class DataFiles(TypedDict):
     val: str | None
 
 
+class Timings(TypedDict):
+    ingest_seconds: float  # reading the tables: parsing them, or from the data cache
+    train_seconds: float  # the training loop, this call's epochs
+
+
 class Versions(TypedDict):
     mse_train: str
     torch: str
@@ -55,6 +60,7 @@ class Summary(TypedDict):
     targets: list[str]
     device: str
     wall_seconds: float
+    timings: Timings
     output_dir: str
     data: DataFiles
     notes: list[str]
@@ -71,6 +77,7 @@ def build(
     inputs: list[str],
     device: torch.device,
     notes: list[str],
+    timings: Timings,
 ) -> Summary:
     final = history[-1] if history else {}
     best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}
@@ -102,6 +109,10 @@ def build(
         "targets": cfg.targets,
         "device": str(device),
         "wall_seconds": round(seconds, 3),
+        "timings": {
+            "ingest_seconds": round(timings["ingest_seconds"], 3),
+            "train_seconds": round(timings["train_seconds"], 3),
+        },
         "output_dir": str(cfg.output.dir),
         "data": {"train": cfg.data.train, "val": cfg.data.val},
         "notes": notes,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mse_train import runtime
-from mse_train.data import prepare
+from mse_train.data import cache, prepare
 from mse_train.data.drift import Finding, Watch
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import DataError
@@ -75,6 +75,14 @@ def load(ckpt_path: Path) -> tuple[dict[str, Any], Preprocessor, torch.nn.Module
     return ckpt, pre, model, delimiter
 
 
+def data_cache(ckpt: dict[str, Any], notes: list[str]) -> cache.Store | None:
+    """The data cache as the checkpoint's run was configured (`auto` for runs from before
+    `data.cache`); a folder that cannot be written here is only a note: the setting came
+    with the checkpoint, perhaps from another machine."""
+    setting = ckpt[checkpoint.K_CONFIG].get("data", {}).get("cache", "auto")
+    return cache.open_store(str(setting), notes, strict=False)
+
+
 def drift_watch(ckpt: dict[str, Any], pre: Preprocessor) -> Watch | None:
     """A drift counter for new rows, when the checkpoint holds its training profile."""
     profile = ckpt.get(checkpoint.K_PROFILE)
@@ -88,7 +96,10 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: flo
     ckpt, pre, model, delimiter = load(ckpt_path)
     half = intervals.half_widths(ckpt_path, ckpt, interval) if interval is not None else None
     watch = drift_watch(ckpt, pre)
-    data, split, notes = prepare.prepare_eval(csv_path, pre, delimiter, watch=watch)
+    cache_notes: list[str] = []
+    store = data_cache(ckpt, cache_notes)
+    data, split, notes = prepare.prepare_eval(csv_path, pre, delimiter, watch=watch, store=store)
+    notes = cache_notes + notes
     model.to(dev)
     y_pred = scoring.predictions(model, split.x, dev, pre, data)
     # The targets as read, not unscale(scale(y)): scaling a far-out target in float32 overflows.
