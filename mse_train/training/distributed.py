@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mse_train.config import Config
-from mse_train.errors import ConfigError, EnvironmentProblem
+from mse_train.errors import ConfigError, EnvironmentProblem, MseTrainError
 
 # How long a rank waits for the others (rendezvous, a collective) before it fails instead
 # of hanging: long enough for rank 0 to write a large checkpoint while the others wait.
@@ -110,6 +110,14 @@ def process_group(device: torch.device) -> Iterator[None]:
         ) from None
     try:
         yield
+    except MseTrainError:  # decided alike on every rank (interrupted, diverged): leave together
+        dist.barrier()
+        raise
+    else:
+        # Rank 0 saves after the loop while the others are done; a rank that tears its gloo
+        # connections down while a peer still holds them can abort at exit (SIGABRT,
+        # "terminate called without an active exception"), so all ranks leave together.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
