@@ -190,10 +190,9 @@ def test_ctrl_c_stops_every_rank_and_leaves_a_resumable_last_pt(tmp_path, config
     # torchrun itself got the signal: it reports SignalException and exits 1 (rank 0 exits 130)
     assert process.returncode == 1, err[-3000:]
     assert "interrupted at epoch" in rank_output(logs, 0)
-    # Rank 1 says nothing of its own; at times a C++ "terminate called without an active
-    # exception" from its exit follows a forwarded signal (known, see README), so not == "".
-    quiet = rank_output(logs, 1)
-    assert "interrupted" not in quiet and "error" not in quiet and "Traceback" not in quiet
+    # Rank 1 says nothing, and exits cleanly: no C++ "terminate called" at its exit
+    # (distributed._KEPT is why).
+    assert rank_output(logs, 1) == ""
     progress = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["training"]["progress"]
     assert progress["batch"] > 0  # stopped inside an epoch
     epochs = progress["epoch"] + 1  # finish the interrupted epoch (train.epochs may change on resume)

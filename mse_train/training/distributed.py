@@ -157,20 +157,36 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return ddp
 
 
+# Every tensor handed to a collective stays referenced from Python until the process ends.
+# A gloo worker thread drops its own reference when it destroys the finished work, which
+# can happen after the main thread has returned from the collective (a barrier keeps
+# earlier works alive until it is destroyed itself). Were Python's reference gone by then,
+# that thread would need the GIL to free the tensor's Python object; if the main thread is
+# already finalizing the interpreter, CPython ends the thread (cpython#87135) in the middle
+# of a noexcept C++ destructor and the process aborts: "terminate called without an active
+# exception", SIGABRT, seen 1 run in 40 under load before this list existed. Per batch the
+# stop flag reuses one tensor; the per-epoch metric tensors are a few floats each.
+_KEPT: list[torch.Tensor] = []
+_FLAGS: dict[torch.device, torch.Tensor] = {}
+
+
 def sum_(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` summed over the ranks, in place (returned for chaining)."""
+    _KEPT.append(tensor)
     dist.all_reduce(tensor)
     return tensor
 
 
 def from_main(tensor: torch.Tensor) -> torch.Tensor:
     """Rank 0's `tensor` on every rank, in place: one set of numbers decides for all."""
+    _KEPT.append(tensor)
     dist.broadcast(tensor, src=0)
     return tensor
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is True on any (a stop request seen by one rank)."""
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    value = _FLAGS.setdefault(device, torch.zeros(1, device=device))
+    value.fill_(1.0 if flag else 0.0)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
