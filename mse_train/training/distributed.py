@@ -3,8 +3,9 @@
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE > 1 a run is distributed.
 The batch stays global: every rank holds the same rows, draws the same permutation and
 trains on its own contiguous slice of each global batch. Each rank's loss is its share
-of the global batch loss, and gradients are all-reduced with a SUM (DistributedDataParallel
-with a summing comm hook), so the update is the one a single process would make.
+of the global batch loss, scaled by the world size for DistributedDataParallel's averaging
+all-reduce, so the gradients add up to those of the global batch and the update is the one
+a single process would make.
 
 Nothing here is touched when WORLD_SIZE is unset or 1: one process runs no collectives.
 """
@@ -17,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -127,24 +127,13 @@ def barrier() -> None:
     dist.barrier()
 
 
-def _sum_hook(state: Any, bucket: Any) -> torch.futures.Future[torch.Tensor]:
-    """All-reduce a gradient bucket with a SUM: each rank's loss is already its share."""
-    work = dist.all_reduce(bucket.buffer(), async_op=True)
-    assert work is not None
-    summed: torch.futures.Future[torch.Tensor] = work.get_future().then(lambda fut: fut.value()[0])
-    return summed
-
-
-# DDP checks the hook's annotations as objects; `from __future__ import annotations` made them strings.
-_sum_hook.__annotations__ = {
-    "state": Any,
-    "bucket": vars(dist)["GradBucket"],  # not in torch's stubs' exports
-    "return": torch.futures.Future[torch.Tensor],
-}
-
-
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """`model` in DistributedDataParallel, gradients summed (not averaged) across ranks."""
+    """`model` in DistributedDataParallel, with DDP's own C++ all-reduce (an average).
+
+    No Python comm hook: a hook's tensors and callbacks would be freed by gloo's worker
+    threads, which then need the GIL, and at interpreter exit that aborts the process
+    (see _KEPT). Step scales each rank's loss by the world size, so the average is a sum.
+    """
     ids = [device.index] if device.type == "cuda" else None
     # No buffers to keep in step (MLPs), so no per-forward sync; the flag was renamed in torch 2.13.
     ddp_class = nn.parallel.DistributedDataParallel
@@ -153,7 +142,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         ddp = ddp_class(model, device_ids=ids, forward_sync_buffers=False)
     else:
         ddp = ddp_class(model, device_ids=ids, broadcast_buffers=False)
-    ddp.register_comm_hook(None, _sum_hook)
     return ddp
 
 

@@ -3,10 +3,11 @@
 `Step` is the loop's seam: whatever is called per batch is a Step, so a test (or a
 packed variant) can wrap or replace it without touching the loop.
 
-Under torchrun (`ranks` > 1) the model is wrapped in DistributedDataParallel, which sums
-gradients across ranks; each rank's loss is then its share of the global batch loss
-(its squared errors over the `divisor` the loop passes) plus penalty / ranks, so the
-summed gradient is exactly the one-process gradient of that global batch.
+Under torchrun (`ranks` > 1) the model is wrapped in DistributedDataParallel, which
+averages gradients across ranks; each rank's loss is its share of the global batch loss
+(its squared errors over the `divisor` the loop passes) plus penalty / ranks, and it
+back-propagates that times `ranks`, so the averaged gradient is the sum of the shares:
+the one-process gradient of that global batch.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ class Step:
         if divisor is not None:  # a share of the global batch: the ranks' gradients are summed
             mse = mse / divisor
             total = mse if pen is None else mse + pen / self.ranks
+            # DDP averages gradients over the ranks; times `ranks` first, that average is the sum.
+            (total * self.ranks).backward()  # type: ignore[no-untyped-call]
         else:
             total = mse if pen is None else mse + pen
-        total.backward()  # type: ignore[no-untyped-call]
+            total.backward()  # type: ignore[no-untyped-call]
         return total, StepResult(out.detach(), mse.detach(), None if pen is None else pen.detach())
 
     def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> StepResult:
