@@ -4,14 +4,19 @@ The config is already validated (config/). Here the data is prepared (data/), th
 optimizer, scheduler and penalty are built (models/, training/), the loop runs, and every
 output lands atomically in the run folder (outputs/). Progress goes to a Reporter;
 nothing here prints.
+
+Under torchrun every rank runs this same recipe on the same rows (training/distributed.py);
+only rank 0 locks the run folder and writes to it, after every rank has read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -21,10 +26,20 @@ from mse_train.data import prepare
 from mse_train.data.prepare import Prepared, Split
 from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import init, networks
-from mse_train.outputs import fsio, metrics, mlflow_log, resume, run_folder, summary, tensorboard_log
+from mse_train.outputs import (
+    checkpoint,
+    fsio,
+    metrics,
+    mlflow_log,
+    resume,
+    run_folder,
+    summary,
+    tensorboard_log,
+)
 from mse_train.outputs.summary import Summary
-from mse_train.training import footprint, optimizers, rng, signals
-from mse_train.training.loop import Loop
+from mse_train.training import distributed, footprint, optimizers, rng, signals
+from mse_train.training.distributed import World
+from mse_train.training.loop import WORLD_SIZE, Loop
 from mse_train.training.records import EpochRecord, Settings, Status
 from mse_train.training.step import build_penalty
 
@@ -92,18 +107,31 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
     """Train as configured; returns the summary written to summary.json.
 
     The run folder is locked for the whole call, so two runs never mix their files.
+    Under torchrun (WORLD_SIZE > 1) the config is first checked for what several processes
+    cannot do, and each rank joins the process group, left again at the end.
     """
+    world = distributed.from_environment()
+    if world is not None:
+        distributed.check_config(cfg, world)
     out = Path(str(cfg.output.dir))
     run_folder.check_not_a_system_folder(out)
     if cfg.output.tensorboard:
         tensorboard_log.check_available()
     # Before the run folder is made: a missing extra or an unreachable store writes nothing.
-    store = mlflow_log.connect(str(cfg.output.mlflow_experiment)) if cfg.output.mlflow else None
-    fsio.ensure_writable_dir(out)
-    tracked = _Tracked(store)
-    with run_folder.lock(out):
+    # Under torchrun only rank 0 logs, as only rank 0 writes.
+    main = world is None or world.main
+    tracked = _Tracked(
+        mlflow_log.connect(str(cfg.output.mlflow_experiment)) if cfg.output.mlflow and main else None
+    )
+    device = None  # one process: resolved in _train, after the run folder is checked
+    if world is not None:  # before joining the group: a bad device is a plain exit 2 on every rank
+        device = distributed.device_for(runtime.resolve_device(cfg.train.device), world)
+    # Under torchrun, signals are held from here to the end: one forwarded late must not
+    # abort a rank while it leaves the process group (see signals.on_signals).
+    held = signals.on_signals(second_stops=False) if world is not None else contextlib.nullcontext()
+    with held, _hold(out, world), _process_group(world, device):
         try:
-            return _run(cfg, options, reporter, out, tracked)
+            return _run(cfg, options, reporter, out, device, world, tracked)
         except BaseException as exc:
             if tracked.run is not None:  # ended by divergence, Ctrl-C or an error: not left RUNNING
                 tracked.run.abort(exc)
@@ -117,17 +145,48 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
 
 @dataclass
 class _Tracked:
-    """The MLflow store (None: output.mlflow is off) and, once training starts, its run."""
+    """The MLflow store (None: output.mlflow is off, or not rank 0) and, once training starts, its run."""
 
     store: mlflow_log.Store | None
     run: mlflow_log.Run | None = None
 
 
-def _run(cfg: Config, options: Options, reporter: Reporter, out: Path, tracked: _Tracked) -> Summary:
-    status, result, history, divergence, restored = _train(cfg, options, reporter, out, tracked)
+@contextlib.contextmanager
+def _hold(out: Path, world: World | None) -> Iterator[None]:
+    """The writer (the one process, or rank 0) makes and locks the run folder; others touch nothing."""
+    if world is not None and not world.main:
+        yield
+        return
+    fsio.ensure_writable_dir(out)
+    with run_folder.lock(out):
+        yield
+
+
+@contextlib.contextmanager
+def _process_group(world: World | None, device: torch.device | None) -> Iterator[None]:
+    if world is None or device is None:
+        yield
+        return
+    with distributed.process_group(device):
+        yield
+
+
+def _run(
+    cfg: Config,
+    options: Options,
+    reporter: Reporter,
+    out: Path,
+    device: torch.device | None,
+    world: World | None,
+    tracked: _Tracked,
+) -> Summary:
+    status, result, history, divergence, restored = _train(
+        cfg, options, reporter, out, device, world, tracked
+    )
     # The tables, model and optimizer are gone by now, so matplotlib does not add to the peak.
     runtime.release_freed_memory()
-    if cfg.output.plot and history and not restored:
+    writes = world is None or world.main
+    if writes and cfg.output.plot and history and not restored:
         from mse_train.outputs import plots  # matplotlib costs ~0.3 s; import only when plotting
 
         plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0)
@@ -163,7 +222,13 @@ def _run(cfg: Config, options: Options, reporter: Reporter, out: Path, tracked: 
 
 
 def _train(
-    cfg: Config, options: Options, reporter: Reporter, out: Path, tracked: _Tracked
+    cfg: Config,
+    options: Options,
+    reporter: Reporter,
+    out: Path,
+    device: torch.device | None,
+    world: World | None,
+    tracked: _Tracked,
 ) -> tuple[Status, Summary, list[dict[str, float | None]], str, bool]:
     """Prepare, build, train and save.
 
@@ -172,34 +237,55 @@ def _train(
     """
     started = time.perf_counter()
     resumed = run_folder.check(out, options.resume, options.overwrite)
-    device = runtime.resolve_device(cfg.train.device)
+    if device is None:
+        device = runtime.resolve_device(cfg.train.device)
     prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
     for text in prepared.notes:
         reporter.note(text)
     resume_from = resume.load(out, cfg, prepared.digests, options.force) if resumed else None
+    if resume_from is not None:
+        _note_world_change(resume_from, world, reporter)
 
-    loop = build_loop(cfg, prepared, device)
+    loop = build_loop(cfg, prepared, device, world)
     if resume_from is not None:
         resume.restore(loop, resume_from, cfg, options.force)
+    if world is not None:
+        distributed.barrier()  # every rank has read the run folder before rank 0 changes it
 
+    writes = world is None or world.main
     replacement = run_folder.Replacement(out)
-    if options.overwrite and not resumed:
+    if writes and options.overwrite and not resumed:
         replacement.move_aside()
     try:
         if tracked.store is not None:
             tracked.run = mlflow_log.start_training(
                 tracked.store, out, cfg, resumed, loop.history, options.mlflow_tags, reporter.note
             )
-        status, result = _train_and_save(cfg, reporter, out, prepared, loop, device, started, tracked.run)
+        status, result = _train_and_save(
+            cfg, reporter, out, prepared, loop, device, started, tracked.run, writes
+        )
     except BaseException:
         replacement.undo()
         raise
     restored = False
-    if status in (Status.COMPLETED, Status.EARLY_STOPPED):
+    if not writes:
+        pass
+    elif status in (Status.COMPLETED, Status.EARLY_STOPPED):
         replacement.done()
     elif status is Status.DIVERGED:
         restored = replacement.undo()
     return status, result, loop.history, loop.divergence, restored
+
+
+def _note_world_change(ckpt: dict[str, Any], world: World | None, reporter: Reporter) -> None:
+    """A resume with another number of processes: fine (the batch is global), but said."""
+    before = (ckpt.get(checkpoint.K_TRAINING) or {}).get(WORLD_SIZE, 1)
+    now = world.size if world is not None else 1
+    if before != now:
+        reporter.note(
+            f"the run was trained in {before} process(es) and continues in {now}: the batch is "
+            "global, so the updates are the same up to float rounding (dropout masks differ)"
+        )
 
 
 def _train_and_save(
@@ -211,11 +297,16 @@ def _train_and_save(
     device: torch.device,
     started: float,
     tracked: mlflow_log.Run | None,
+    writes: bool = True,
 ) -> tuple[Status, Summary]:
-    """Run the loop, saving as configured, then the final checkpoints and summary."""
-    fsio.remove_stale_temporaries(out)
+    """Run the loop, saving as configured, then the final checkpoints and summary.
+
+    With `writes` False (a rank other than 0) the loop runs the same, and nothing is written.
+    """
+    if writes:
+        fsio.remove_stale_temporaries(out)
+        fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
     saver = run_folder.Saver(out, cfg, prepared)
-    fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
     reporter.start(
         RunInfo(
             out=str(out),
@@ -229,7 +320,7 @@ def _train_and_save(
         )
     )
 
-    scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard else None
+    scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard and writes else None
 
     def on_epoch(record: EpochRecord) -> None:
         reporter.epoch(record, cfg.train.epochs)
@@ -238,14 +329,22 @@ def _train_and_save(
         if tracked is not None:
             tracked.epoch(record.row())
         every = cfg.output.checkpoint_every
+        if not writes:
+            return
         if every and record.epoch % every == 0:
             saver.checkpoint(loop)
         else:
             saver.metrics.maybe_write(loop.history)
 
     train_started = time.perf_counter()
-    with signals.on_signals() as stop:
-        status = loop.run(on_epoch, should_stop=stop.requested, on_batch=reporter.batch)
+    with signals.on_signals(second_stops=loop.world is None) as stop:
+        should_stop = stop.requested
+        if loop.world is not None:  # a signal on any rank stops every rank at the same batch
+
+            def should_stop() -> bool:
+                return distributed.any_rank(stop.requested(), device)
+
+        status = loop.run(on_epoch, should_stop=should_stop, on_batch=reporter.batch)
     train_seconds = time.perf_counter() - train_started
     reporter.finish()
     if scalars is not None:
@@ -253,7 +352,8 @@ def _train_and_save(
 
     if status is Status.DIVERGED:
         loop.rollback()
-    saver.checkpoint(loop, final=True)
+    if writes:
+        saver.checkpoint(loop, final=True)
     result = summary.build(
         cfg,
         status,
@@ -266,13 +366,17 @@ def _train_and_save(
         prepared.notes,
         {"ingest_seconds": prepared.ingest_seconds, "train_seconds": train_seconds},
     )
-    metrics.write_json(out / "summary.json", dict(result))
+    if writes:
+        metrics.write_json(out / "summary.json", dict(result))
     return status, result
 
 
 # --------------------------------------------------------------------- setup
-def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
-    """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
+def build_loop(cfg: Config, prepared: Prepared, device: torch.device, world: World | None = None) -> Loop:
+    """Seed, then build model, init, optimizer, scheduler and penalty around the tensors.
+
+    Under torchrun (`world`) every rank seeds alike, so all start from the same weights.
+    """
     n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
     batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
     needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows)
@@ -289,6 +393,7 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
         val=_tensors(prepared.val, device) if prepared.val is not None else None,
         settings=_settings(cfg, prepared),
         seed=cfg.seed,
+        world=world,
     )
 
 

@@ -74,13 +74,15 @@ Interval = Annotated[
 
 def _guard(debug: bool, work: Callable[[], T]) -> T:
     """Run a command; known errors become a message on stderr and their exit code."""
-    from mse_train.errors import MseTrainError
+    from mse_train.errors import MseTrainError, TrainingDiverged, TrainingInterrupted
 
     if debug or os.environ.get("MSE_TRAIN_DEBUG"):
         return work()
     try:
         return work()
     except MseTrainError as exc:
+        if _quiet_rank() and isinstance(exc, (TrainingDiverged, TrainingInterrupted)):
+            raise typer.Exit(exc.exit_code) from None  # rank 0 says how the run ended
         err = view.stderr()
         err.print(Text("error: ", style="bold red") + Text(exc.summary))
         for problem in exc.problems:
@@ -99,6 +101,23 @@ def _guard(debug: bool, work: Callable[[], T]) -> T:
             + Text("this is a bug in mse-train; rerun with --debug and report the traceback")
         )
         raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _quiet_rank() -> bool:
+    """A torchrun process other than rank 0: it shows no progress and no outcome, only errors."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return world not in ("", "1") and rank not in ("", "0")
+
+
+def _one_process_only(command: str) -> None:
+    """cv and sweep under torchrun would train every fold on every rank and write twice."""
+    from mse_train.errors import UserError
+
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise UserError(
+            f"`mse-train {command}` runs in one process, not under torchrun",
+            [f"run `mse-train {command} ...` without torchrun; only `run` trains in several processes"],
+        )
 
 
 def _version(value: bool) -> None:
@@ -148,7 +167,8 @@ def run(
         if output_dir is not None:
             cfg.output.dir = str(output_dir.resolve())
         console = Console(stderr=as_json, highlight=False, soft_wrap=True)
-        reporter = view.Progress(console, quiet)
+        silent = _quiet_rank()  # under torchrun only rank 0 reports
+        reporter = recipe.Silent() if silent else view.Progress(console, quiet)
         again = ["mse-train", "run", str(config_file)]
         for item in overrides or []:
             again += ["--set", item]
@@ -158,6 +178,8 @@ def run(
             resume, force, overwrite, shlex.join([*again, "--resume"]), shlex.join([*again, "--overwrite"])
         )
         summary = recipe.run(cfg, options, reporter)
+        if silent:
+            return
         if as_json:
             sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
         elif not quiet:
@@ -194,6 +216,7 @@ def cv(
     """K-fold cross-validation of CONFIG_FILE: mean and std of MSE, RMSE, MAE and R² over folds."""
 
     def work() -> None:
+        _one_process_only("cv")
         from mse_train import config
 
         cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
@@ -278,6 +301,7 @@ def sweep(
     """Search the config's `sweep:` section with Optuna; write a leaderboard and best.yaml."""
 
     def work() -> None:
+        _one_process_only("sweep")
         from mse_train import config
 
         config.load(config_file, overrides or [])  # before torch: a config error answers at once

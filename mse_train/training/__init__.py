@@ -11,6 +11,7 @@
   packed.py      many small models trained side by side as one stack (cv, sweeps)
   rng.py         seeding, and generator states as checkpoint-safe data
   signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved
+  distributed.py torchrun: ranks, the process group, DDP with summed gradients, collectives
 
 Imports config/ and models/; knows nothing of files (outputs/ saves what it hands out).
 """

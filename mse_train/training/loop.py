@@ -3,8 +3,12 @@
 The data path is the fast one: each epoch draws one permutation from a seeded
 generator, gathers the table once, and takes batches as slices; full-batch training
 does no indexing at all. The step keeps no host syncs: batch losses stay on the device
-and are read once per epoch, in `_epoch_losses`, which is also where a distributed run
-would all-reduce its sums.
+and are read once per epoch, in `_epoch_losses`.
+
+Under torchrun (`world` given; see distributed.py) each rank trains on its slice of every
+global batch; its per-batch losses are its shares, summed over the ranks once per epoch
+(when the epoch's numbers are stored), so the records mean what they mean in one process.
+The end-of-epoch numbers are rank 0's, broadcast, so every rank decides alike.
 
 The jobs around the step live in their own small classes: `Step` (step.py) updates the
 weights, `BestTracker` and `EarlyStopping` (tracking.py) keep score, `LastGood`
@@ -15,19 +19,22 @@ checkpoint needs to continue exactly. Reports go through callbacks; nothing here
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from mse_train.models.inference import per_target_sse
-from mse_train.training import optimizers, rng, tracking
+from mse_train.training import distributed, optimizers, rng, tracking
+from mse_train.training.distributed import World
 from mse_train.training.optimizers import Scheduler
 from mse_train.training.records import PARTIAL, EpochRecord, Progress, Settings, Status
 from mse_train.training.rollback import LastGood
 from mse_train.training.step import Penalty, Step
 from mse_train.training.tracking import BestTracker, EarlyStopping
+
+WORLD_SIZE = "world_size"  # key of the training state: how many processes trained (absent: 1)
 
 
 class _EpochLosses:
@@ -35,15 +42,35 @@ class _EpochLosses:
 
     def __init__(self, progress: Progress) -> None:
         self.lists = [list(t.unbind()) if t is not None else [] for t in self._tensors(progress)]
+        self.reduced = len(self.lists[0])  # numbers from a checkpoint are already global sums
 
     @staticmethod
     def _tensors(progress: Progress) -> list[torch.Tensor | None]:
         return [getattr(progress, name) for name in PARTIAL]
 
-    def store(self, progress: Progress) -> None:
-        """Stack what was collected into the progress (the one place partial state is made)."""
+    def store(self, progress: Progress, world: World | None = None) -> None:
+        """Stack what was collected into the progress (the one place partial state is made).
+
+        Under torchrun, this rank's shares of the losses and squared errors collected since
+        the epoch (re)started are first summed over the ranks, in one all-reduce.
+        """
+        if world is not None:
+            self._sum_over_ranks()
         for name, values in zip(PARTIAL, self.lists, strict=True):
             setattr(progress, name, torch.stack(values) if values else None)
+
+    def _sum_over_ranks(self) -> None:
+        losses, _penalties, sq = self.lists  # penalties: the same on every rank, not shares
+        new = [torch.stack(losses[self.reduced :]).reshape(-1, 1)] if len(losses) > self.reduced else []
+        if not new:
+            return
+        if sq:
+            new.append(torch.stack(sq[self.reduced :]))
+        summed = distributed.sum_(torch.cat(new, dim=1))
+        losses[self.reduced :] = list(summed[:, 0].unbind())
+        if sq:
+            sq[self.reduced :] = list(summed[:, 1:].unbind())
+        self.reduced = len(losses)
 
 
 class Loop:
@@ -59,16 +86,22 @@ class Loop:
         val: tuple[torch.Tensor, torch.Tensor] | None,
         settings: Settings,
         seed: int,
+        world: World | None = None,
     ) -> None:
         self.model = model
+        self.world = world
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.penalty = penalty
         self.train_x, self.train_y = train
         self.val = val
         self.settings = settings
-        self.step = Step(model, optimizer, penalty, nn.MSELoss(reduction=settings.reduction))
         self.device = self.train_x.device
+        if world is None:
+            self.step = Step(model, optimizer, penalty, nn.MSELoss(reduction=settings.reduction))
+        else:  # each rank's loss is a share of the global batch's: see step.py
+            forward = distributed.wrap(model, self.device)
+            self.step = Step(forward, optimizer, penalty, nn.MSELoss(reduction="sum"), world.size)
         self.shuffle = torch.Generator()  # CPU, so the order is the same on any device
         self.shuffle.manual_seed(seed)
         self.progress = Progress()
@@ -131,10 +164,17 @@ class Loop:
         if not self.model.training:
             self.model.train()
         last_report = time.perf_counter()
-        x_batches, y_batches = torch.split(x, size), torch.split(y, size)  # views, made in one call
+        x_batches: Sequence[torch.Tensor] = torch.split(x, size)  # views, made in one call
+        y_batches: Sequence[torch.Tensor] = torch.split(y, size)
+        divisors: list[float] | None = None
+        if self.world is not None:
+            x_batches, y_batches, divisors = self._my_slices(x_batches, y_batches)
         for b in range(p.batch, n_batches):
             yb = y_batches[b]
-            out, mse, pen = self.step(x_batches[b], yb)
+            if divisors is None:
+                out, mse, pen = self.step(x_batches[b], yb)
+            else:
+                out, mse, pen = self.step(x_batches[b], yb, divisors[b])
             losses.append(mse)
             if pen is not None:
                 penalties.append(pen)
@@ -145,12 +185,29 @@ class Loop:
                 last_report = now
             if should_stop() and b + 1 < n_batches:
                 p.batch = b + 1
-                collected.store(p)
+                collected.store(p, self.world)
                 p.partial_seconds = time.perf_counter() - started
                 return False
         p.batch = 0
-        collected.store(p)
+        collected.store(p, self.world)
         return True
+
+    def _my_slices(
+        self, x_batches: Sequence[torch.Tensor], y_batches: Sequence[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+        """This rank's contiguous slice of each global batch, and what its SSE is divided by.
+
+        A batch the ranks cannot split evenly (the epoch's short last one) gives the first
+        ranks one row more; the divisor is the global batch's rows x targets (mean) or 1
+        (sum), so the shares add up to the one-process loss of that batch.
+        """
+        assert self.world is not None
+        rank, ranks = self.world.rank, self.world.size
+        xs = [xb.tensor_split(ranks)[rank] for xb in x_batches]
+        ys = [yb.tensor_split(ranks)[rank] for yb in y_batches]
+        if self.settings.reduction == "sum":
+            return xs, ys, [1.0] * len(ys)
+        return xs, ys, [float(yb.numel()) for yb in y_batches]
 
     def _shuffled(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training table in `order`, gathered into buffers reused every epoch."""
@@ -175,7 +232,10 @@ class Loop:
             param_sum = torch.stack(torch._foreach_norm(self._params)).sum()
         has_val = self.val is not None
         scored, val_sq = self._score(*(self.val if self.val is not None else (self.train_x, self.train_y)))
-        numbers = torch.stack([train_loss, penalty, param_sum, scored]).tolist()
+        stacked = torch.stack([train_loss, penalty, param_sum, scored])
+        if self.world is not None:  # rank 0's numbers decide best, early stop and divergence for all
+            distributed.from_main(stacked)
+        numbers = stacked.tolist()
         train_value, pen_value, _, watched = numbers
         name = "val_loss" if has_val else "train_end_loss"
         self.divergence = tracking.why_diverged(numbers, watched, p, name)
@@ -267,7 +327,7 @@ class Loop:
         generators: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
         if self.device.type == "cuda":
             generators["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
+        state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -275,6 +335,9 @@ class Loop:
             "rng": {**generators, **rng.idle_state()},
             "history": list(self.history),
         }
+        if self.world is not None:  # absent: one process
+            state[WORLD_SIZE] = self.world.size
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

@@ -19,13 +19,18 @@ class StopFlag:
 
 
 @contextmanager
-def on_signals() -> Iterator[StopFlag]:
-    """First SIGINT/SIGTERM: finish the batch and save. A second SIGINT stops at once."""
+def on_signals(second_stops: bool = True) -> Iterator[StopFlag]:
+    """First SIGINT/SIGTERM: finish the batch and save. A second SIGINT stops at once.
+
+    Under torchrun (`second_stops` False) a Ctrl-C reaches each rank twice, from the
+    terminal and forwarded by torchrun; stopping at the second would abort a rank in the
+    middle of a collective or while rank 0 saves, so every signal only asks to stop.
+    """
     stop = StopFlag()
     previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if stop.flag and signum == signal.SIGINT:
+        if stop.flag and signum == signal.SIGINT and second_stops:
             raise KeyboardInterrupt
         stop.flag = True
 

@@ -1,7 +1,13 @@
 """One optimizer step on one batch: MSE (+ L1/L2 penalty), backward, update.
 
 `Step` is the loop's seam: whatever is called per batch is a Step, so a test (or a
-future distributed or packed variant) can wrap or replace it without touching the loop.
+packed variant) can wrap or replace it without touching the loop.
+
+Under torchrun (`ranks` > 1) the model is wrapped in DistributedDataParallel, which
+averages gradients across ranks; each rank's loss is its share of the global batch loss
+(its squared errors over the `divisor` the loop passes) plus penalty / ranks, and it
+back-propagates that times `ranks`, so the averaged gradient is the sum of the shares:
+the one-process gradient of that global batch.
 """
 
 from __future__ import annotations
@@ -29,29 +35,44 @@ class Step:
     """Callable as `step(xb, yb)`; owns the loss, the penalty and the optimizer update."""
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, penalty: Penalty | None, loss_fn: nn.Module
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        penalty: Penalty | None,
+        loss_fn: nn.Module,
+        ranks: int = 1,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.penalty = penalty
-        self.loss_fn = loss_fn
+        self.loss_fn = loss_fn  # with ranks > 1: reduction="sum", divided by the call's divisor
+        self.ranks = ranks
         self._lbfgs = isinstance(optimizer, torch.optim.LBFGS)
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> StepResult:
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, divisor: float | None = None) -> StepResult:
+        """One update; `divisor` (ranks > 1 only) turns this rank's SSE into its share of the loss."""
         if self._lbfgs:
             return self._lbfgs_step(xb, yb)
-        _, result = self._loss(xb, yb)
+        _, result = self._loss(xb, yb, divisor)
         self.optimizer.step()
         return result
 
-    def _loss(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, StepResult]:
+    def _loss(
+        self, xb: torch.Tensor, yb: torch.Tensor, divisor: float | None = None
+    ) -> tuple[torch.Tensor, StepResult]:
         """Forward, loss plus penalty, and backward, with fresh gradients."""
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model(xb)
         mse: torch.Tensor = self.loss_fn(out, yb)
         pen = self.penalty() if self.penalty is not None else None
-        total = mse if pen is None else mse + pen
-        total.backward()  # type: ignore[no-untyped-call]
+        if divisor is not None:  # a share of the global batch: the ranks' gradients are summed
+            mse = mse / divisor
+            total = mse if pen is None else mse + pen / self.ranks
+            # DDP averages gradients over the ranks; times `ranks` first, that average is the sum.
+            (total * self.ranks).backward()  # type: ignore[no-untyped-call]
+        else:
+            total = mse if pen is None else mse + pen
+            total.backward()  # type: ignore[no-untyped-call]
         return total, StepResult(out.detach(), mse.detach(), None if pen is None else pen.detach())
 
     def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> StepResult:

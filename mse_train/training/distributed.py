@@ -1,0 +1,180 @@
+"""Several processes under torchrun: who we are, the process group, and the few collectives.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE > 1 a run is distributed.
+The batch stays global: every rank holds the same rows, draws the same permutation and
+trains on its own contiguous slice of each global batch. Each rank's loss is its share
+of the global batch loss, scaled by the world size for DistributedDataParallel's averaging
+all-reduce, so the gradients add up to those of the global batch and the update is the one
+a single process would make.
+
+Nothing here is touched when WORLD_SIZE is unset or 1: one process runs no collectives.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mse_train.config import Config
+from mse_train.errors import ConfigError, EnvironmentProblem, MseTrainError
+
+# How long a rank waits for the others (rendezvous, a collective) before it fails instead
+# of hanging: long enough for rank 0 to write a large checkpoint while the others wait.
+TIMEOUT = timedelta(seconds=float(os.environ.get("MSE_TRAIN_DIST_TIMEOUT", "1800")))
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the torchrun processes."""
+
+    rank: int
+    size: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes outputs and shows progress."""
+        return self.rank == 0
+
+
+def from_environment() -> World | None:
+    """The World torchrun describes, or None for a single process (WORLD_SIZE unset or 1)."""
+    raw = {name: os.environ.get(name) for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    if raw["WORLD_SIZE"] in (None, "", "1"):
+        return None
+    try:
+        size, rank, local = (int(raw[name] or "") for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+    except ValueError:
+        raise EnvironmentProblem(
+            f"WORLD_SIZE={raw['WORLD_SIZE']}, RANK={raw['RANK']}, LOCAL_RANK={raw['LOCAL_RANK']} "
+            "do not describe a torchrun process",
+            ["start several processes with torchrun, or unset WORLD_SIZE to run one"],
+        ) from None
+    if not 0 <= rank < size or local < 0:
+        raise EnvironmentProblem(f"RANK={rank} is not within WORLD_SIZE={size}")
+    return World(rank, size, local)
+
+
+def check_config(cfg: Config, world: World) -> None:
+    """What a distributed run cannot do exactly: every problem in one ConfigError."""
+    problems = []
+    batch = cfg.train.batch_size
+    if batch is not None and batch % world.size:
+        problems.append(
+            f"train.batch_size is {batch}, which {world.size} processes cannot share evenly: "
+            f"the batch is global, each process takes batch_size / {world.size} rows; "
+            f"use a multiple of {world.size} (e.g. {max(world.size, batch // world.size * world.size)})"
+        )
+    if cfg.optimizer.name == "lbfgs":
+        problems.append(
+            "optimizer.name is lbfgs, which mse-train does not run under torchrun "
+            "(its line search would need every closure call all-reduced); "
+            "run it in one process, or choose adam or sgd"
+        )
+    if problems:
+        raise ConfigError(f"this config cannot train in {world.size} processes", problems)
+
+
+def device_for(device: torch.device, world: World) -> torch.device:
+    """One GPU per LOCAL_RANK (cuda:LOCAL_RANK); the CPU stays the CPU."""
+    if device.type != "cuda":
+        return device
+    if world.local_rank >= torch.cuda.device_count():
+        raise EnvironmentProblem(
+            f"LOCAL_RANK {world.local_rank} has no GPU: only {torch.cuda.device_count()} on this machine",
+            ["start at most one process per GPU (torchrun --nproc-per-node)"],
+        )
+    return torch.device("cuda", world.local_rank)
+
+
+@contextmanager
+def process_group(device: torch.device) -> Iterator[None]:
+    """The default process group for the run (nccl on CUDA, gloo on CPU), destroyed after."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    except (RuntimeError, ValueError) as exc:
+        raise EnvironmentProblem(
+            f"cannot join the other processes ({backend}): {(str(exc).splitlines() or ['?'])[0]}",
+            ["check the torchrun --rdzv-endpoint and that every node can reach it"],
+        ) from None
+    try:
+        yield
+    except MseTrainError:  # decided alike on every rank (interrupted, diverged): leave together
+        dist.barrier()
+        raise
+    else:
+        # Rank 0 saves after the loop while the others are done; a rank that tears its gloo
+        # connections down while a peer still holds them can abort at exit (SIGABRT,
+        # "terminate called without an active exception"), so all ranks leave together.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank is here (so rank 0 writes only after all have read)."""
+    dist.barrier()
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel, with DDP's own C++ all-reduce (an average).
+
+    No Python comm hook: a hook's tensors and callbacks would be freed by gloo's worker
+    threads, which then need the GIL, and at interpreter exit that aborts the process
+    (see _KEPT). Step scales each rank's loss by the world size, so the average is a sum.
+    """
+    ids = [device.index] if device.type == "cuda" else None
+    # No buffers to keep in step (MLPs), so no per-forward sync; the flag was renamed in torch 2.13.
+    ddp_class = nn.parallel.DistributedDataParallel
+    renamed = "forward_sync_buffers" in inspect.signature(ddp_class.__init__).parameters
+    if renamed:
+        ddp = ddp_class(model, device_ids=ids, forward_sync_buffers=False)
+    else:
+        ddp = ddp_class(model, device_ids=ids, broadcast_buffers=False)
+    return ddp
+
+
+# Every tensor handed to a collective stays referenced from Python until the process ends.
+# A gloo worker thread drops its own reference when it destroys the finished work, which
+# can happen after the main thread has returned from the collective (a barrier keeps
+# earlier works alive until it is destroyed itself). Were Python's reference gone by then,
+# that thread would need the GIL to free the tensor's Python object; if the main thread is
+# already finalizing the interpreter, CPython ends the thread (cpython#87135) in the middle
+# of a noexcept C++ destructor and the process aborts: "terminate called without an active
+# exception", SIGABRT, seen 1 run in 40 under load before this list existed. Per batch the
+# stop flag reuses one tensor; the per-epoch metric tensors are a few floats each.
+_KEPT: list[torch.Tensor] = []
+_FLAGS: dict[torch.device, torch.Tensor] = {}
+
+
+def sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the ranks, in place (returned for chaining)."""
+    _KEPT.append(tensor)
+    dist.all_reduce(tensor)
+    return tensor
+
+
+def from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's `tensor` on every rank, in place: one set of numbers decides for all."""
+    _KEPT.append(tensor)
+    dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on any (a stop request seen by one rank)."""
+    value = _FLAGS.setdefault(device, torch.zeros(1, device=device))
+    value.fill_(1.0 if flag else 0.0)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
