@@ -20,7 +20,7 @@ from mse_train.config import Config
 from mse_train.data import prepare
 from mse_train.data.prepare import Prepared, Split
 from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
-from mse_train.models import init, networks
+from mse_train.models import embeddings, init, networks
 from mse_train.outputs import fsio, metrics, mlflow_log, resume, run_folder, summary, tensorboard_log
 from mse_train.outputs.summary import Summary
 from mse_train.training import footprint, optimizers, rng, signals
@@ -272,7 +272,7 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
     """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
     n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
     batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
-    needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows)
+    needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric))
     footprint.check_fits(needs, runtime.available_memory(device), device)
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
@@ -290,8 +290,11 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
 
 
 def _setup_model(cfg: Config, prepared: Prepared, device: torch.device) -> torch.nn.Module:
-    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1])
+    n_numeric = len(prepared.pre.numeric)
+    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1], n_numeric)
     init.apply(model, cfg.init)
+    # Piecewise-linear bins from the training split's rows only (never validation rows).
+    embeddings.fit(model, prepared.train.x[:, :n_numeric])
     return model.to(device)
 
 
