@@ -16,10 +16,10 @@ from typing import Protocol
 import torch
 
 from mse_train import config, runtime
-from mse_train.config import Config
+from mse_train.config import Config, schema
 from mse_train.data import prepare
 from mse_train.data.prepare import Prepared, Split
-from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
+from mse_train.errors import ConfigError, SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import embeddings, init, networks
 from mse_train.outputs import fsio, metrics, mlflow_log, resume, run_folder, summary, tensorboard_log
 from mse_train.outputs.summary import Summary
@@ -274,6 +274,7 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
     batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
     needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric))
     footprint.check_fits(needs, runtime.available_memory(device), device)
+    _check_batch_norm(cfg, len(prepared.train.x), batch_rows)
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)
@@ -286,6 +287,18 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
         val=_tensors(prepared.val, device) if prepared.val is not None else None,
         settings=_settings(cfg, prepared),
         seed=cfg.seed,
+    )
+
+
+def _check_batch_norm(cfg: Config, rows: int, batch_rows: int) -> None:
+    """BatchNorm cannot normalise a batch of one row: refuse a split that would make one."""
+    model = cfg.model
+    if not isinstance(model, schema.ResNetModel) or model.norm != "batch_norm" or rows % batch_rows != 1:
+        return
+    raise ConfigError(
+        f"model.norm batch_norm cannot train on a batch of one row, and {rows} training rows in "
+        f"batches of {batch_rows} leave one row at the end",
+        ["choose another `train.batch_size`, or set `model.norm: layer_norm`"],
     )
 
 

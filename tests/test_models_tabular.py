@@ -325,3 +325,14 @@ def test_bad_values_are_config_errors_naming_the_key(cli, tmp_path, mixed, sets,
     assert result.code == 2, result
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_batch_norm_with_a_last_batch_of_one_row_is_a_config_error(cli, tmp_path, mixed):
+    # 160 rows, 3/4 for training: 120 rows in batches of 7 leave one row at the end
+    cfg = config(tmp_path, mixed, OPTIONS["resnet"], train={"epochs": 1, "batch_size": 7})
+    result = cli("run", cfg, "-q", "-o", tmp_path / "run")
+    assert result.code == 2, result
+    assert "batch_norm cannot train on a batch of one row" in result.stderr
+    assert "model.norm: layer_norm" in result.stderr
+    layer = cli("run", cfg, "-q", "-o", tmp_path / "ln", "--set", "model.norm=layer_norm")
+    assert layer.code == 0, layer
