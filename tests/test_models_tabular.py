@@ -336,3 +336,11 @@ def test_batch_norm_with_a_last_batch_of_one_row_is_a_config_error(cli, tmp_path
     assert "model.norm: layer_norm" in result.stderr
     layer = cli("run", cfg, "-q", "-o", tmp_path / "ln", "--set", "model.norm=layer_norm")
     assert layer.code == 0, layer
+
+
+def test_the_saved_config_of_a_new_model_reruns_as_it_is(cli, tmp_path, mixed):
+    cfg = config(tmp_path, mixed, OPTIONS["resnet"])
+    assert cli("run", cfg, "-q", "-o", tmp_path / "a").code == 0
+    again = cli("run", tmp_path / "a" / "config.yaml", "-q", "-o", tmp_path / "b")
+    assert again.code == 0, again
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")

@@ -317,8 +317,11 @@ def _embedding_checks(data: dict[str, Any], where: Where) -> list[str]:
         return []  # validation names the bad value
     problems = []
     owners = {**schema.EMBEDDING_KEYS, "embedding_size": "periodic or piecewise_linear"}
+    fields = schema.EmbeddedModel.model_fields
     for key, owner in owners.items():
-        if key in section and chosen not in owner.split(" or ") and section[key] is not None:
+        # A saved config.yaml holds every key at its default: those are no mistake.
+        given = section.get(key, fields[key].default)
+        if chosen not in owner.split(" or ") and given != fields[key].default:
             problems.append(
                 f"{where(('model', key))}: `model.{key}` applies only to `model.numeric_embedding: "
                 f"{owner}`, and it is {chosen}; remove the key or choose that embedding"
