@@ -21,11 +21,11 @@ from typing import Any, Protocol
 import torch
 
 from mse_train import config, runtime
-from mse_train.config import Config
+from mse_train.config import Config, schema
 from mse_train.data import prepare
 from mse_train.data.prepare import Prepared, Split
-from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
-from mse_train.models import init, networks
+from mse_train.errors import ConfigError, SaveError, TrainingDiverged, TrainingInterrupted
+from mse_train.models import embeddings, init, networks
 from mse_train.outputs import (
     checkpoint,
     fsio,
@@ -379,8 +379,9 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device, world: Wor
     """
     n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
     batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
-    needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows)
+    needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric))
     footprint.check_fits(needs, runtime.available_memory(device), device)
+    _check_batch_norm(cfg, len(prepared.train.x), batch_rows)
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)
@@ -397,9 +398,24 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device, world: Wor
     )
 
 
+def _check_batch_norm(cfg: Config, rows: int, batch_rows: int) -> None:
+    """BatchNorm cannot normalise a batch of one row: refuse a split that would make one."""
+    model = cfg.model
+    if not isinstance(model, schema.ResNetModel) or model.norm != "batch_norm" or rows % batch_rows != 1:
+        return
+    raise ConfigError(
+        f"model.norm batch_norm cannot train on a batch of one row, and {rows} training rows in "
+        f"batches of {batch_rows} leave one row at the end",
+        ["choose another `train.batch_size`, or set `model.norm: layer_norm`"],
+    )
+
+
 def _setup_model(cfg: Config, prepared: Prepared, device: torch.device) -> torch.nn.Module:
-    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1])
+    n_numeric = len(prepared.pre.numeric)
+    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1], n_numeric)
     init.apply(model, cfg.init)
+    # Piecewise-linear bins from the training split's rows only (never validation rows).
+    embeddings.fit(model, prepared.train.x[:, :n_numeric])
     return model.to(device)
 
 

@@ -63,7 +63,7 @@ def _layer(scheme: dict[str, object], bias: str = "default") -> torch.nn.Linear:
     cfg = schema.Config.model_validate(
         {"data": {"train": "x", "target": "y"}, "init": {**scheme, "bias": bias}, "model": "mlp"}
     )
-    model = networks.build(cfg.model, 64, 1)
+    model = networks.build(cfg.model, 64, 1, 64)
     init.apply(model, cfg.init)
     layer = model.get_submodule("2")  # the 64 x 64 hidden layer
     assert isinstance(layer, torch.nn.Linear)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import linear_rows, read_metrics, write_config, write_csv
 
@@ -206,6 +207,17 @@ def test_ctrl_c_stops_every_rank_and_leaves_a_resumable_last_pt(tmp_path, config
     assert len(done) == len(reference) == epochs
     assert [r["train_loss"] for r in done] == [r["train_loss"] for r in reference]
     assert [r["train_end_loss"] for r in done] == [r["train_end_loss"] for r in reference]
+
+
+def test_batch_norm_is_refused_under_torchrun(tmp_path, config):
+    cfg = config("bn")
+    resnet = {"type": "resnet", "width": 16, "blocks": 1}
+    cfg.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "model": resnet}))
+    logs = tmp_path / "logs"
+    assert run2(logs, "run", cfg).returncode != 0
+    text = rank_output(logs, 0)
+    assert "model.norm is batch_norm" in text and "layer_norm" in text and "Traceback" not in text
+    assert not (tmp_path / "bn").exists()
 
 
 def test_cv_is_refused_under_torchrun(tmp_path, config):

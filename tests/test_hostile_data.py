@@ -259,7 +259,7 @@ EDITS = [
     ),
     ("model/n_inputs", "3", "`model.n_inputs` must be a whole number >= 1, got '3'"),
     ("model/n_outputs", 2, "`model.n_outputs` is 2, but the stored preprocessing makes 1"),
-    ("model/type", "conv", "`model.type` must be one of linear, mlp, got 'conv'"),
+    ("model/type", "conv", "`model.type` must be one of linear, mlp, resnet, tabm, got 'conv'"),
     ("model/type", ["mlp"], "`model.type` must be one of"),
     ("model/hidden", [8], "`model.hidden`: Extra inputs are not permitted"),
 ]

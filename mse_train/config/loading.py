@@ -105,6 +105,13 @@ def _drop_inapplicable(data: dict[str, Any], values: Mapping[str, Any]) -> list[
         for key in [k for k in node if k not in model.model_fields]:
             del node[key]
             removed.append(f"{section}.{key}")
+    node = data.get("model")
+    if "model.numeric_embedding" in values and isinstance(node, dict):  # a search over embeddings
+        chosen = node.get("numeric_embedding")
+        owners = {**schema.EMBEDDING_KEYS, "embedding_size": "periodic piecewise_linear"}
+        for key in [k for k, owner in owners.items() if k in node and chosen not in owner.split()]:
+            del node[key]
+            removed.append(f"model.{key}")
     return removed
 
 

@@ -246,7 +246,7 @@ def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
 
 def cross_checks(data: dict[str, Any], where: Where) -> list[str]:
     """Problems that involve more than one key."""
-    problems = _optimizer_checks(data, where) + _init_checks(data, where)
+    problems = _optimizer_checks(data, where) + _init_checks(data, where) + _embedding_checks(data, where)
     section = data.get("data")
     if not isinstance(section, dict):
         return problems
@@ -299,6 +299,34 @@ def _optimizer_checks(data: dict[str, Any], where: Where) -> list[str]:
             "`optimizer.dampening: 0`; remove the dampening or set nesterov: false"
         ]
     return []
+
+
+def _embedding_checks(data: dict[str, Any], where: Where) -> list[str]:
+    """A key of one numeric embedding set while another (or none) is chosen."""
+    section = data.get("model")
+    if (
+        not isinstance(section, dict)
+        or "numeric_embedding"
+        not in schema.VARIANTS["model"]
+        .get(str(section.get("type", schema.TAG_DEFAULTS["model"])), schema.LinearModel)
+        .model_fields
+    ):
+        return []
+    chosen = section.get("numeric_embedding", "none")
+    if chosen not in schema.literal_choices(schema.NumericEmbedding):
+        return []  # validation names the bad value
+    problems = []
+    owners = {**schema.EMBEDDING_KEYS, "embedding_size": "periodic or piecewise_linear"}
+    fields = schema.EmbeddedModel.model_fields
+    for key, owner in owners.items():
+        # A saved config.yaml holds every key at its default: those are no mistake.
+        given = section.get(key, fields[key].default)
+        if chosen not in owner.split(" or ") and given != fields[key].default:
+            problems.append(
+                f"{where(('model', key))}: `model.{key}` applies only to `model.numeric_embedding: "
+                f"{owner}`, and it is {chosen}; remove the key or choose that embedding"
+            )
+    return problems
 
 
 def _init_checks(data: dict[str, Any], where: Where) -> list[str]:

@@ -125,7 +125,54 @@ class LinearModel(Section):
     type: Literal["linear"] = Field("linear", description="A single `nn.Linear` layer.")
 
 
-class MLPModel(Section):
+NumericEmbedding = Literal["none", "periodic", "piecewise_linear"]
+# Keys that only one `numeric_embedding` reads: setting one for another is a config error.
+EMBEDDING_KEYS: dict[str, str] = {
+    "frequencies": "periodic",
+    "frequency_scale": "periodic",
+    "periodic_lite": "periodic",
+    "bins": "piecewise_linear",
+}
+# `embedding_size: null` -> this size (the reference package's starting points).
+EMBEDDING_SIZES: dict[str, int] = {"periodic": 24, "piecewise_linear": 16}
+
+
+class EmbeddedModel(Section):
+    """Settings of the numeric-feature embeddings that mlp, resnet and tabm share.
+
+    Defaults follow Gorishniy, Rubachev & Babenko, "On Embeddings for Numerical Features in
+    Tabular Deep Learning" (NeurIPS 2022) and its reference package `rtdl_num_embeddings`.
+    """
+
+    numeric_embedding: NumericEmbedding = Field(
+        "none",
+        description="How each numeric feature enters the network: none (its standardised value); "
+        "periodic (PLR: learned frequencies, sin/cos, linear, ReLU); piecewise_linear (bins from "
+        "training-row quantiles, then a linear map; the bins are stored in the checkpoint).",
+    )
+    embedding_size: PositiveInt | None = Field(
+        None,
+        description="Width of each numeric feature's embedding; null = 24 (periodic), 16 (piecewise_linear).",
+    )
+    frequencies: PositiveInt = Field(48, description="periodic: frequencies per feature (k in the paper).")
+    frequency_scale: PositiveFloat = Field(
+        0.01,
+        description="periodic: std of the initial frequencies (sigma). Small is safe; too large overfits.",
+    )
+    periodic_lite: Bool = Field(
+        False,
+        description="periodic: one linear layer shared by all features (fewer weights) instead of one each.",
+    )
+    bins: Annotated[Int, Field(ge=2)] = Field(
+        48, description="piecewise_linear: quantile bins per feature (fewer where values repeat)."
+    )
+
+    def fill_defaults(self, config: Config) -> None:
+        if self.embedding_size is None and self.numeric_embedding in EMBEDDING_SIZES:
+            self.embedding_size = EMBEDDING_SIZES[self.numeric_embedding]
+
+
+class MLPModel(EmbeddedModel):
     type: Literal["mlp"] = Field(description="Hidden layers with an activation, then a linear head.")
     hidden: Annotated[list[PositiveInt], Field(min_length=1)] = Field(
         [64, 64], description="Widths of the hidden layers."
@@ -134,8 +181,54 @@ class MLPModel(Section):
     dropout: Fraction = Field(0.0, description="Dropout probability after each hidden activation.")
 
 
+class ResNetModel(EmbeddedModel):
+    type: Literal["resnet"] = Field(
+        description="Residual MLP (Gorishniy et al. 2021): a linear layer to `width`, blocks of "
+        "norm, linear, activation, dropout, linear, dropout plus the skip; then norm, activation, "
+        "linear head."
+    )
+    width: PositiveInt = Field(128, description="Width of the residual stream (d_main).")
+    blocks: PositiveInt = Field(2, description="Residual blocks (depth).")
+    hidden_multiplier: PositiveFloat = Field(
+        2.0, description="Inner width of a block = width x this (d_hidden_factor)."
+    )
+    norm: Literal["batch_norm", "layer_norm"] = Field(
+        "batch_norm", description="Normalisation at the start of each block and before the head."
+    )
+    activation: Activation = Field("relu", description="Activation inside each block and before the head.")
+    dropout: Fraction = Field(0.1, description="Dropout after the block's activation (hidden_dropout).")
+    residual_dropout: Fraction = Field(0.0, description="Dropout on the block's output before the skip.")
+
+
+class TabMModel(EmbeddedModel):
+    type: Literal["tabm"] = Field(
+        description="TabM (Gorishniy et al. 2025): k MLPs sharing weights, each trained on the "
+        "MSE, predictions averaged."
+    )
+    k: PositiveInt = Field(32, description="Ensemble members trained at once in one network.")
+    sharing: Literal["tabm", "tabm_mini"] = Field(
+        "tabm",
+        description="tabm: every layer has per-member scalings and biases (BatchEnsemble); "
+        "tabm_mini: only one per-member scaling of the inputs, the rest shared.",
+    )
+    blocks: PositiveInt | None = Field(
+        None, description="Hidden layers; null = 3, or 2 with a numeric embedding."
+    )
+    width: PositiveInt = Field(512, description="Width of each hidden layer (d_block).")
+    activation: Activation = Field("relu", description="Activation after each hidden layer.")
+    dropout: Fraction = Field(0.1, description="Dropout after each hidden activation.")
+
+    def fill_defaults(self, config: Config) -> None:
+        super().fill_defaults(config)
+        if self.blocks is None:
+            self.blocks = 3 if self.numeric_embedding == "none" else 2
+
+
 ModelConfig = Annotated[
-    Annotated[LinearModel, Tag("linear")] | Annotated[MLPModel, Tag("mlp")],
+    Annotated[LinearModel, Tag("linear")]
+    | Annotated[MLPModel, Tag("mlp")]
+    | Annotated[ResNetModel, Tag("resnet")]
+    | Annotated[TabMModel, Tag("tabm")],
     _tagged("model"),
     _shorthand("model"),
 ]

@@ -14,6 +14,7 @@ from torch import nn
 from mse_train.config import schema
 from mse_train.config.registry import Choice
 from mse_train.errors import ConfigError
+from mse_train.models import blocks
 
 SCHEMES: dict[str, Choice[Any, object]] = {
     "default": Choice(schema.DefaultInit, lambda c, w: None),  # keep PyTorch's own init
@@ -38,13 +39,23 @@ SCHEMES: dict[str, Choice[Any, object]] = {
 
 
 def apply(model: nn.Module, cfg: schema.InitConfig) -> None:
-    """Initialise the weights (and biases, if asked) of every `nn.Linear` in `model`."""
+    """Initialise the weights (and biases, if asked) of every linear layer in `model`.
+
+    Linear layers are `nn.Linear`, TabM's shared `EnsembleLinear` weights and each of its
+    member heads (all in nn.Linear's (out, in) layout, so fan-in and fan-out mean the same).
+    TabM's per-member scalings and the numeric embeddings keep the papers' own init: a
+    scheme made for weight matrices would change what they mean (a scaling of 0, say).
+    """
     fill = SCHEMES[cfg.scheme].build
     with torch.no_grad():
         for layer in model.modules():
-            if not isinstance(layer, nn.Linear):
+            if isinstance(layer, (nn.Linear, blocks.EnsembleLinear)):
+                fill(cfg, layer.weight)
+            elif isinstance(layer, blocks.MemberHeads):
+                for member in layer.weight:
+                    fill(cfg, member)
+            else:
                 continue
-            fill(cfg, layer.weight)
             if cfg.bias == "zeros" and layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     _check_finite(model, cfg)

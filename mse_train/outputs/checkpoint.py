@@ -23,7 +23,7 @@ from mse_train import __version__
 from mse_train.data import drift, files, stored
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import CheckpointError
-from mse_train.models import networks
+from mse_train.models import embeddings, networks
 from mse_train.outputs import fsio
 
 FORMAT = "mse-train-checkpoint"
@@ -203,11 +203,11 @@ def _check_values(data: dict[str, Any]) -> list[str]:
         return problems
     pre = Preprocessor.from_dict(data[K_PREPROCESS])
     spec = data[K_MODEL]
-    sizes = {"n_inputs": len(pre.input_names), "n_outputs": len(pre.targets)}
+    sizes = {"n_inputs": len(pre.input_names), "n_outputs": len(pre.targets), "n_numeric": len(pre.numeric)}
     problems += [
         f"`{K_MODEL}.{key}` is {spec[key]}, but the stored preprocessing makes {size}"
         for key, size in sizes.items()
-        if spec[key] != size
+        if key in spec and spec[key] != size  # checkpoints before numeric embeddings lack n_numeric
     ]
     if data.get(K_PROFILE) is not None:
         problems += drift.problems(data[K_PROFILE], pre, K_PROFILE)
@@ -245,6 +245,10 @@ def _check_shapes(data: dict[str, Any]) -> list[str]:
                 f"`{K_WEIGHTS}.{name}` has shape {list(got[name])}; the model described in "
                 f"`{K_MODEL}` needs {list(expected[name])}"
             )
+    if not problems:
+        with torch.device("meta"):
+            model = networks.from_spec(data[K_MODEL])
+        problems = embeddings.stored_problems(model, data[K_WEIGHTS], K_WEIGHTS)
     return problems
 
 
@@ -271,7 +275,9 @@ def _check_model_spec(spec: Any) -> list[str]:
         for key in ("n_inputs", "n_outputs")
         if not _whole(spec.get(key), 1)
     ]
-    fields = {k: v for k, v in spec.items() if k not in ("n_inputs", "n_outputs")}
+    if "n_numeric" in spec and not _whole(spec["n_numeric"], 0):
+        problems.append(f"`{K_MODEL}.n_numeric` must be a whole number >= 0, got {_short(spec['n_numeric'])}")
+    fields = {k: v for k, v in spec.items() if k not in networks.SIZE_KEYS}
     name = fields.get("type")
     entry = networks.MODELS.get(name) if isinstance(name, str) else None
     if entry is None:

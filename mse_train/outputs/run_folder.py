@@ -55,7 +55,9 @@ class Saver:
         self.out = out
         self.cfg = config.to_dict(cfg)
         self.prepared = prepared
-        self.model_spec = networks.spec(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1])
+        self.model_spec = networks.spec(
+            cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1], len(prepared.pre.numeric)
+        )
         self.metrics = metrics.MetricsFile(
             out / "metrics.csv", metrics.columns_for(cfg.targets, prepared.val is not None)
         )

@@ -79,6 +79,12 @@ def check_config(cfg: Config, world: World) -> None:
             "(its line search would need every closure call all-reduced); "
             "run it in one process, or choose adam or sgd"
         )
+    if getattr(cfg.model, "norm", None) == "batch_norm":
+        problems.append(
+            "model.norm is batch_norm, whose batch statistics each process would take over its "
+            "own rows only (so the run would not be the one-process run); "
+            "use model.norm: layer_norm under torchrun"
+        )
     if problems:
         raise ConfigError(f"this config cannot train in {world.size} processes", problems)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from mse_train.config import schema
 from mse_train.config.schema import Config
@@ -25,19 +24,19 @@ class Footprint:
     bytes: int
 
 
-def estimate(cfg: Config, n_inputs: int, n_outputs: int, batch_rows: int) -> Footprint:
+def estimate(cfg: Config, n_inputs: int, n_outputs: int, batch_rows: int, n_numeric: int) -> Footprint:
     """Parameters of the model, and the bytes training it holds at its peak.
 
     Counted: weights, gradients and the optimizer's per-parameter state, the copies kept
     for best.pt and for rolling back a divergence, and one batch's activations.
     """
     with torch.device("meta"):  # shapes only: nothing is allocated, whatever the size
-        model = networks.build(cfg.model, n_inputs, n_outputs)
+        model = networks.build(cfg.model, n_inputs, n_outputs, n_numeric)
     parameters = sum(p.numel() for p in model.parameters())
     state = state_copies(cfg.optimizer)
     copies = 2 + state + 1 + (1 + state)  # weights, grads, state; best; last good + its state
-    widths = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
-    activations = 3 * batch_rows * widths  # layer outputs, their activations, their gradients
+    # layer outputs, their activations, their gradients
+    activations = 3 * batch_rows * networks.row_width(model)
     return Footprint(parameters, (copies * parameters + activations) * _FLOAT_BYTES)
 
 

@@ -1,8 +1,9 @@
 """Many small models trained side by side as one stack: the folds of a cv, a sweep's trials.
 
 Small tabular models leave a CPU or GPU mostly idle: at batch 64 a 64-64 MLP step is
-per-operation overhead. K models of one shape (linear, or an MLP without dropout), one
-optimizer family (SGD, or Adam/AdamW without amsgrad), one batch size and epoch count
+per-operation overhead. K models of one shape (linear, or an MLP without dropout or a
+numeric embedding; resnet and tabm train one at a time), one optimizer family (SGD, or
+Adam/AdamW without amsgrad), one batch size and epoch count
 are held as stacked tensors [K, ...] and stepped together with batched matmuls. Each
 keeps its own rows, init and seed, learning rate and schedule, weight decay, momentum or
 betas, L1/L2, early stopping and best epoch, and follows the arithmetic of training it
@@ -54,6 +55,10 @@ class Trained:
 def pack_key(cfg: Config) -> str | None:
     """Configs with equal keys can train in one stack; None: this one trains alone."""
     model, opt = cfg.model, cfg.optimizer
+    if not isinstance(model, (schema.LinearModel, schema.MLPModel)):
+        return None  # resnet, tabm: the stack holds only Linear layers and activations
+    if isinstance(model, schema.MLPModel) and model.numeric_embedding != "none":
+        return None  # the stack has no embedding layers
     if isinstance(model, schema.MLPModel) and model.dropout > 0:
         return None  # dropout masks come from the global generator: not reproducible packed
     if isinstance(opt, schema.AdamConfig) and opt.amsgrad:
@@ -166,7 +171,8 @@ class _Stack:
         """The model `run` would build for this config: seeded, built and initialised alike."""
         cfg = member.cfg
         rng.seed_everything(cfg.seed)
-        model = networks.build(cfg.model, member.train[0].shape[1], member.train[1].shape[1])
+        n_inputs = member.train[0].shape[1]  # packed models read no numeric embedding (pack_key)
+        model = networks.build(cfg.model, n_inputs, member.train[1].shape[1], n_inputs)
         init.apply(model, cfg.init)
         return model
 

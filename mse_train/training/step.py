@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mse_train.config.schema import RegularizationConfig
+from mse_train.models import networks
 
 Penalty = Callable[[], torch.Tensor]
 
@@ -63,7 +64,7 @@ class Step:
         """Forward, loss plus penalty, and backward, with fresh gradients."""
         self.optimizer.zero_grad(set_to_none=True)
         out = self.model(xb)
-        mse: torch.Tensor = self.loss_fn(out, yb)
+        mse = member_loss(self.loss_fn, out, yb)
         pen = self.penalty() if self.penalty is not None else None
         if divisor is not None:  # a share of the global batch: the ranks' gradients are summed
             mse = mse / divisor
@@ -73,6 +74,8 @@ class Step:
         else:
             total = mse if pen is None else mse + pen
             total.backward()  # type: ignore[no-untyped-call]
+        if out.dim() == 3:  # the ensemble's prediction, for the per-target metrics
+            out = out.mean(1)
         return total, StepResult(out.detach(), mse.detach(), None if pen is None else pen.detach())
 
     def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> StepResult:
@@ -88,9 +91,24 @@ class Step:
         return first[0]
 
 
+def member_loss(loss_fn: nn.Module, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """The MSE of `out` (rows, targets), or for an ensemble in training mode (TabM's
+    (rows, k, targets)) the mean of its k members' MSEs, each member trained on its own loss
+    as TabM does. With `loss.reduction: sum` that mean is a sum over rows, as for one model."""
+    if out.dim() == 2:
+        loss: torch.Tensor = loss_fn(out, yb)
+        return loss
+    k = out.shape[1]
+    loss = loss_fn(out, yb[:, None, :].expand_as(out))
+    return loss / k if getattr(loss_fn, "reduction", "mean") == "sum" else loss
+
+
 def build_penalty(model: nn.Module, cfg: RegularizationConfig) -> Penalty | None:
-    """l1 * sum|w| + l2 * sum w^2 over weight matrices (biases are left free); None if both are 0."""
-    weights = [p for p in model.parameters() if p.ndim > 1]
+    """l1 * sum|w| + l2 * sum w^2 over weights (biases are left free); None if both are 0.
+
+    Which parameters are weights: `networks.penalized_weights`.
+    """
+    weights = networks.penalized_weights(model)
     l1, l2 = cfg.l1, cfg.l2
     if l1 == 0 and l2 == 0:
         return None

@@ -28,6 +28,7 @@ from torch import nn
 from mse_train.data.csvscan import MISSING_VALUES
 from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
 from mse_train.errors import CheckpointError, UserError
+from mse_train.models import blocks
 
 if TYPE_CHECKING:
     import onnx
@@ -223,6 +224,14 @@ LAYERS: dict[type[nn.Module], Callable[[_Graph, nn.Module, str], str]] = {
 
 
 def _network(g: _Graph, model: nn.Module, x: str) -> str:
+    if isinstance(model, blocks.Embedded):
+        raise UserError(
+            f"{model.kind} cannot be exported to ONNX yet: export writes linear layers and activations only",
+            [
+                "export a model trained with model.type linear, or mlp with model.numeric_embedding "
+                "none; `mse-train predict` serves this one"
+            ],
+        )
     layers = list(model) if isinstance(model, nn.Sequential) else [model]
     for layer in layers:
         write = LAYERS.get(type(layer))
