@@ -17,8 +17,10 @@ import torch
 
 from mse_train import config, runtime
 from mse_train.config import Config
-from mse_train.data import prepare
+from mse_train.data import stream_fit
 from mse_train.data.prepare import Prepared, Split
+from mse_train.data.stream import Rows
+from mse_train.data.stream_fit import Streamed
 from mse_train.errors import SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import init, networks
 from mse_train.outputs import fsio, metrics, mlflow_log, resume, run_folder, summary, tensorboard_log
@@ -173,7 +175,7 @@ def _train(
     started = time.perf_counter()
     resumed = run_folder.check(out, options.resume, options.overwrite)
     device = runtime.resolve_device(cfg.train.device)
-    prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+    prepared = stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, cfg.train.batch_size)
     for text in prepared.notes:
         reporter.note(text)
     resume_from = resume.load(out, cfg, prepared.digests, options.force) if resumed else None
@@ -206,7 +208,7 @@ def _train_and_save(
     cfg: Config,
     reporter: Reporter,
     out: Path,
-    prepared: Prepared,
+    prepared: Prepared | Streamed,
     loop: Loop,
     device: torch.device,
     started: float,
@@ -222,7 +224,7 @@ def _train_and_save(
             device=str(device),
             rows=len(prepared.train),
             val_rows=len(prepared.val) if prepared.val is not None else 0,
-            inputs=prepared.train.x.shape[1],
+            inputs=prepared.train.inputs,
             targets=cfg.targets,
             epochs=cfg.train.epochs,
             from_epoch=loop.progress.epoch,
@@ -271,10 +273,10 @@ def _train_and_save(
 
 
 # --------------------------------------------------------------------- setup
-def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
+def build_loop(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> Loop:
     """Seed, then build model, init, optimizer, scheduler and penalty around the tensors."""
-    n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
-    batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
+    n_inputs, n_outputs = prepared.train.inputs, prepared.train.outputs
+    batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))
     needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows)
     footprint.check_fits(needs, runtime.available_memory(device), device)
     rng.seed_everything(cfg.seed)
@@ -292,17 +294,19 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device) -> Loop:
     )
 
 
-def _setup_model(cfg: Config, prepared: Prepared, device: torch.device) -> torch.nn.Module:
-    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1])
+def _setup_model(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> torch.nn.Module:
+    model = networks.build(cfg.model, prepared.train.inputs, prepared.train.outputs)
     init.apply(model, cfg.init)
     return model.to(device)
 
 
-def _tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(split: Split | Rows, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | Rows:
+    if isinstance(split, Rows):  # streamed: the loop reads it a block at a time
+        return split
     return torch.from_numpy(split.x).to(device), torch.from_numpy(split.y).to(device)
 
 
-def _settings(cfg: Config, prepared: Prepared) -> Settings:
+def _settings(cfg: Config, prepared: Prepared | Streamed) -> Settings:
     stop = cfg.train.early_stopping
     return Settings(
         epochs=cfg.train.epochs,

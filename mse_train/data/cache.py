@@ -440,7 +440,7 @@ def _column(path: Path, name: str, dtype: np.dtype[Any], rows: int, crc: Any, ma
     view = np.memmap(path, dtype=dtype, mode="r", shape=(rows,))
     crc32 = 0
     step = SCAN_ROWS * dtype.itemsize
-    raw = memoryview(view).cast("B")
+    raw = view.data.cast("B")
     for start in range(0, len(raw), step):
         crc32 = zlib.crc32(raw[start : start + step], crc32)
     _need(crc32 == crc, f"column `{name}`: its CRC-32 does not match")
