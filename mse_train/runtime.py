@@ -76,10 +76,7 @@ def available_memory(device: torch.device) -> int | None:
     ):
         kib = next(line for line in lines if line.startswith("MemAvailable:")).split()[1]
         found.append(int(kib) * 1024)
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
+    for limit_file, usage_file in _cgroup_files():
         with (
             contextlib.suppress(OSError, ValueError),
             open(limit_file, encoding="ascii") as f,
@@ -89,3 +86,24 @@ def available_memory(device: torch.device) -> int | None:
             if limit != "max" and int(limit) < 2**60:
                 found.append(max(0, int(limit) - int(g.read())))
     return min(found) if found else None
+
+
+def _cgroup_files() -> list[tuple[str, str]]:
+    """(limit, usage) files of the memory cgroups that hold this process: the root ones, and
+    the process's own group from /proc/self/cgroup (a limit set on a child group, as
+    `cgexec` or systemd make, is only seen there)."""
+    files = [
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ]
+    with contextlib.suppress(OSError), open("/proc/self/cgroup", encoding="utf-8") as lines:
+        for line in lines:
+            _, controllers, group = line.rstrip("\n").split(":", 2)
+            if group in ("", "/"):
+                continue
+            if controllers == "":
+                files.append((f"/sys/fs/cgroup{group}/memory.max", f"/sys/fs/cgroup{group}/memory.current"))
+            elif "memory" in controllers.split(","):
+                base = f"/sys/fs/cgroup/memory{group}"
+                files.append((f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes"))
+    return files
