@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mse_train.errors import EnvironmentProblem, UserError
@@ -84,7 +85,8 @@ def available_memory(device: torch.device) -> int | None:
         ):
             limit = f.read().strip()
             if limit != "max" and int(limit) < 2**60:
-                found.append(max(0, int(limit) - int(g.read())))
+                used = int(g.read()) - _reclaimable(Path(usage_file).parent)
+                found.append(max(0, int(limit) - used))
     return min(found) if found else None
 
 
@@ -107,3 +109,12 @@ def _cgroup_files() -> list[tuple[str, str]]:
                 base = f"/sys/fs/cgroup/memory{group}"
                 files.append((f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes"))
     return files
+
+
+def _reclaimable(folder: Path) -> int:
+    """Page cache the kernel drops before it fails an allocation (inactive file pages), which a
+    cgroup's usage counts: reading a memory-mapped table fills it (docker's `stats` does the same)."""
+    with contextlib.suppress(OSError, ValueError), open(folder / "memory.stat", encoding="ascii") as lines:
+        stats = dict(line.split() for line in lines if line.count(" ") == 1)
+        return int(stats.get("total_inactive_file", stats.get("inactive_file", 0)))
+    return 0
