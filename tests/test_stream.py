@@ -60,10 +60,16 @@ def test_streamed_statistics_equal_the_in_memory_ones(tmp_path, mixed, missing):
     a, b = memory.pre, streamed.pre
     assert [c.categories for c in a.categorical] == [c.categories for c in b.categorical]
     assert a.input_names == b.input_names
-    for x, y in zip([*a.numeric, *a.targets], [*b.numeric, *b.targets], strict=True):
-        assert x.name == y.name
-        assert x.mean == pytest.approx(y.mean, rel=1e-12, abs=1e-12)
-        assert x.std == pytest.approx(y.std, rel=1e-12)
+    pairs = [
+        (x.name, x.mean, x.std, y.name, y.mean, y.std) for x, y in zip(a.numeric, b.numeric, strict=True)
+    ]
+    pairs += [
+        (x.name, x.mean, x.std, y.name, y.mean, y.std) for x, y in zip(a.targets, b.targets, strict=True)
+    ]
+    for name, mean, std, other, other_mean, other_std in pairs:
+        assert name == other
+        assert mean == pytest.approx(other_mean, rel=1e-12, abs=1e-12)
+        assert std == pytest.approx(other_std, rel=1e-12)
     for x, y in zip(a.numeric, b.numeric, strict=True):
         assert (x.fill is None) == (y.fill is None) == (missing == "drop")
         assert x.fill is None or x.fill == pytest.approx(y.fill, rel=1e-12)
