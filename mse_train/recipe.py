@@ -22,8 +22,10 @@ import torch
 
 from mse_train import config, runtime
 from mse_train.config import Config, schema
-from mse_train.data import prepare
+from mse_train.data import stream_fit
 from mse_train.data.prepare import Prepared, Split
+from mse_train.data.stream import Rows
+from mse_train.data.stream_fit import Streamed
 from mse_train.errors import ConfigError, SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import embeddings, init, networks
 from mse_train.outputs import (
@@ -239,7 +241,7 @@ def _train(
     resumed = run_folder.check(out, options.resume, options.overwrite)
     if device is None:
         device = runtime.resolve_device(cfg.train.device)
-    prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+    prepared = stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, cfg.train.batch_size)
     for text in prepared.notes:
         reporter.note(text)
     resume_from = resume.load(out, cfg, prepared.digests, options.force) if resumed else None
@@ -292,7 +294,7 @@ def _train_and_save(
     cfg: Config,
     reporter: Reporter,
     out: Path,
-    prepared: Prepared,
+    prepared: Prepared | Streamed,
     loop: Loop,
     device: torch.device,
     started: float,
@@ -313,7 +315,7 @@ def _train_and_save(
             device=str(device),
             rows=len(prepared.train),
             val_rows=len(prepared.val) if prepared.val is not None else 0,
-            inputs=prepared.train.x.shape[1],
+            inputs=prepared.train.inputs,
             targets=cfg.targets,
             epochs=cfg.train.epochs,
             from_epoch=loop.progress.epoch,
@@ -372,16 +374,18 @@ def _train_and_save(
 
 
 # --------------------------------------------------------------------- setup
-def build_loop(cfg: Config, prepared: Prepared, device: torch.device, world: World | None = None) -> Loop:
+def build_loop(
+    cfg: Config, prepared: Prepared | Streamed, device: torch.device, world: World | None = None
+) -> Loop:
     """Seed, then build model, init, optimizer, scheduler and penalty around the tensors.
 
     Under torchrun (`world`) every rank seeds alike, so all start from the same weights.
     """
-    n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
-    batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
+    n_inputs, n_outputs = prepared.train.inputs, prepared.train.outputs
+    batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))
     needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric))
     footprint.check_fits(needs, runtime.available_memory(device), device)
-    _check_batch_norm(cfg, len(prepared.train.x), batch_rows)
+    _check_batch_norm(cfg, len(prepared.train), batch_rows)
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)
@@ -410,20 +414,30 @@ def _check_batch_norm(cfg: Config, rows: int, batch_rows: int) -> None:
     )
 
 
-def _setup_model(cfg: Config, prepared: Prepared, device: torch.device) -> torch.nn.Module:
+def _setup_model(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> torch.nn.Module:
     n_numeric = len(prepared.pre.numeric)
-    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1], n_numeric)
+    model = networks.build(cfg.model, prepared.train.inputs, prepared.train.outputs, n_numeric)
     init.apply(model, cfg.init)
     # Piecewise-linear bins from the training split's rows only (never validation rows).
-    embeddings.fit(model, prepared.train.x[:, :n_numeric])
+    if isinstance(prepared.train, Rows):
+        if getattr(cfg.model, "numeric_embedding", "none") == "piecewise_linear":
+            raise ConfigError(
+                "model.numeric_embedding piecewise_linear needs its bins from the training rows in "
+                "memory, and this table is streamed (larger than data.memory_budget)",
+                ["raise data.memory_budget, or choose model.numeric_embedding: periodic"],
+            )
+    else:
+        embeddings.fit(model, prepared.train.x[:, :n_numeric])
     return model.to(device)
 
 
-def _tensors(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(split: Split | Rows, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | Rows:
+    if isinstance(split, Rows):  # streamed: the loop reads it a block at a time
+        return split
     return torch.from_numpy(split.x).to(device), torch.from_numpy(split.y).to(device)
 
 
-def _settings(cfg: Config, prepared: Prepared) -> Settings:
+def _settings(cfg: Config, prepared: Prepared | Streamed) -> Settings:
     stop = cfg.train.early_stopping
     return Settings(
         epochs=cfg.train.epochs,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mse_train.errors import EnvironmentProblem, UserError
@@ -76,10 +77,7 @@ def available_memory(device: torch.device) -> int | None:
     ):
         kib = next(line for line in lines if line.startswith("MemAvailable:")).split()[1]
         found.append(int(kib) * 1024)
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
+    for limit_file, usage_file in _cgroup_files():
         with (
             contextlib.suppress(OSError, ValueError),
             open(limit_file, encoding="ascii") as f,
@@ -87,5 +85,36 @@ def available_memory(device: torch.device) -> int | None:
         ):
             limit = f.read().strip()
             if limit != "max" and int(limit) < 2**60:
-                found.append(max(0, int(limit) - int(g.read())))
+                used = int(g.read()) - _reclaimable(Path(usage_file).parent)
+                found.append(max(0, int(limit) - used))
     return min(found) if found else None
+
+
+def _cgroup_files() -> list[tuple[str, str]]:
+    """(limit, usage) files of the memory cgroups that hold this process: the root ones, and
+    the process's own group from /proc/self/cgroup (a limit set on a child group, as
+    `cgexec` or systemd make, is only seen there)."""
+    files = [
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ]
+    with contextlib.suppress(OSError), open("/proc/self/cgroup", encoding="utf-8") as lines:
+        for line in lines:
+            _, controllers, group = line.rstrip("\n").split(":", 2)
+            if group in ("", "/"):
+                continue
+            if controllers == "":
+                files.append((f"/sys/fs/cgroup{group}/memory.max", f"/sys/fs/cgroup{group}/memory.current"))
+            elif "memory" in controllers.split(","):
+                base = f"/sys/fs/cgroup/memory{group}"
+                files.append((f"{base}/memory.limit_in_bytes", f"{base}/memory.usage_in_bytes"))
+    return files
+
+
+def _reclaimable(folder: Path) -> int:
+    """Page cache the kernel drops before it fails an allocation (inactive file pages), which a
+    cgroup's usage counts: reading a memory-mapped table fills it (docker's `stats` does the same)."""
+    with contextlib.suppress(OSError, ValueError), open(folder / "memory.stat", encoding="ascii") as lines:
+        stats = dict(line.split() for line in lines if line.count(" ") == 1)
+        return int(stats.get("total_inactive_file", stats.get("inactive_file", 0)))
+    return 0

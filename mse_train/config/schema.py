@@ -8,10 +8,12 @@ strict: `"10"` is not `10`. The README's config reference is generated from this
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -67,6 +69,35 @@ def _tagged(section: str) -> Discriminator:
 
 
 # ---------------------------------------------------------------------------- data
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+def size_in_bytes(text: str) -> int | None:
+    """`512MiB` -> 536870912; None for `auto`. ValueError names the accepted forms."""
+    if text == "auto":
+        return None
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(
+            f"{text!r} is not a size: write auto, or a number with B, KB, MB, GB, KiB, MiB or GiB"
+        )
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 1:
+        raise ValueError(f"{text!r} is not a positive size")
+    return size
+
+
+def _check_size(value: str) -> str:
+    size_in_bytes(value)
+    return value
+
+
+MemorySize = Annotated[Str, AfterValidator(_check_size)]
+
+
 class DataConfig(Section):
     train: Str = Field(description="CSV with the training rows; relative to the YAML file's folder.")
     target: Str | Annotated[list[Str], Field(min_length=1)] = Field(
@@ -110,6 +141,13 @@ class DataConfig(Section):
         "auto",
         description="Binary cache of parsed tables: auto (~/.cache/mse-train, or "
         "$MSE_TRAIN_CACHE_DIR), off, or a folder (relative to the YAML file's folder).",
+    )
+
+    memory_budget: MemorySize = Field(
+        "auto",
+        description="Memory the training table's arrays may take: auto (half of the available "
+        "memory) or a size such as 512MiB or 8GB. `run` streams a table that does not fit from "
+        "the data cache, in shuffled blocks of rows.",
     )
 
     def fill_defaults(self, config: Config) -> None:

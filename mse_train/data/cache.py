@@ -98,12 +98,36 @@ class Damaged(Exception):
 
 @dataclass
 class Entry:
-    """A table read back from the cache: what `table.Table` needs besides the file itself."""
+    """A table read back from the cache: what `table.Table` needs besides the file itself.
+
+    `columns` holds numbers as float32 and categories as int32 codes into
+    `vocabularies[name]` (-1: empty), copied into memory or, read with `mapped`,
+    memory-mapped (data/stream.py reads those in blocks).
+    """
 
     header: list[str]
-    frame: pd.DataFrame
-    categorical: list[str]
+    rows: int
+    columns: dict[str, np.ndarray]
+    vocabularies: dict[str, list[str]]
     row_groups: tuple[int, ...] | None
+
+    @property
+    def categorical(self) -> list[str]:
+        return list(self.vocabularies)
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The columns as the parser gives them: categories as Python strings, NaN where empty."""
+        data: dict[str, Any] = {}
+        for name, values in self.columns.items():
+            vocab = self.vocabularies.get(name)
+            if vocab is None:
+                data[name] = values
+                continue
+            # Code -1 picks the last item: NaN, as the parser leaves an empty cell.
+            # dtype object as the parser gives (pandas would otherwise infer its str dtype).
+            data[name] = pd.Series(np.array([*vocab, np.nan], dtype=object)[values], dtype=object, copy=False)
+        return pd.DataFrame(data, index=pd.RangeIndex(self.rows), copy=False)
 
 
 @dataclass
@@ -173,13 +197,18 @@ class Store:
             _write_atomic(self._record(path), json.dumps(record))
 
     # ----------------------------------------------------------------- entries
-    def load(self, key: str, sha: str, settings: dict[str, Any], columns: Sequence[str]) -> Entry | None:
-        """The entry under `key`, checked; None when there is none or it was damaged (then removed)."""
+    def load(
+        self, key: str, sha: str, settings: dict[str, Any], columns: Sequence[str], mapped: bool = False
+    ) -> Entry | None:
+        """The entry under `key`, checked; None when there is none or it was damaged (then removed).
+
+        `mapped`: the columns stay memory-mapped instead of being copied into memory.
+        """
         folder = self.root / "tables" / key
         if not folder.exists():
             return None
         try:
-            return _read_entry(folder, key, sha, settings, columns)
+            return _read_entry(folder, key, sha, settings, columns, mapped)
         except (Damaged, OSError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self.notes.append(f"the data cache entry {folder} did not check out ({why}); it was rebuilt")
@@ -324,7 +353,9 @@ def _need(ok: bool, why: str) -> None:
         raise Damaged(why)
 
 
-def _read_entry(folder: Path, key: str, sha: str, settings: dict[str, Any], columns: Sequence[str]) -> Entry:
+def _read_entry(
+    folder: Path, key: str, sha: str, settings: dict[str, Any], columns: Sequence[str], mapped: bool
+) -> Entry:
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -356,8 +387,8 @@ def _read_entry(folder: Path, key: str, sha: str, settings: dict[str, Any], colu
         "other columns",
     )
     assert isinstance(specs, list)
-    data: dict[str, Any] = {}
-    categorical = []
+    data: dict[str, np.ndarray] = {}
+    vocabularies: dict[str, list[str]] = {}
     for i, spec in enumerate(specs):
         name = str(spec["name"])
         _need(spec.get("file") == f"{i}.bin", f"column `{name}`: bad file name")
@@ -366,9 +397,9 @@ def _read_entry(folder: Path, key: str, sha: str, settings: dict[str, Any], colu
         _need(
             expected is not None and dtype == expected, f"column `{name}`: kind {kind!r} with dtype {dtype!r}"
         )
-        values = _column(folder / f"{i}.bin", name, np.dtype(str(dtype)), rows, spec.get("crc32"))
+        values = _column(folder / f"{i}.bin", name, np.dtype(str(dtype)), rows, spec.get("crc32"), mapped)
+        data[name] = values
         if kind == "number":
-            data[name] = values
             continue
         vocab = spec.get("vocabulary")
         _need(
@@ -378,25 +409,39 @@ def _read_entry(folder: Path, key: str, sha: str, settings: dict[str, Any], colu
             f"column `{name}`: bad vocabulary",
         )
         assert isinstance(vocab, list)
-        _need(
-            int(values.min()) >= -1 and int(values.max()) < len(vocab), f"column `{name}`: codes out of range"
-        )
-        # Code -1 picks the last item: NaN, as the parser leaves an empty cell.
-        # dtype object as the parser gives (pandas would otherwise infer its str dtype).
-        data[name] = pd.Series(np.array([*vocab, np.nan], dtype=object)[values], dtype=object, copy=False)
-        categorical.append(name)
-    frame = pd.DataFrame(data, index=pd.RangeIndex(rows), copy=False)
-    return Entry(list(header), frame, categorical, None if groups is None else tuple(groups))
+        low, high = _code_range(values)
+        _need(low >= -1 and high < len(vocab), f"column `{name}`: codes out of range")
+        vocabularies[name] = list(vocab)
+    return Entry(list(header), rows, data, vocabularies, None if groups is None else tuple(groups))
 
 
-def _column(path: Path, name: str, dtype: np.dtype[Any], rows: int, crc: Any) -> np.ndarray:
-    """A column file memory-mapped, its size and CRC-32 checked, copied into memory.
+SCAN_ROWS = 1 << 22  # rows per slice when a mapped column is checked: 16 MB at a time
+
+
+def _code_range(values: np.ndarray) -> tuple[int, int]:
+    """The smallest and largest code, a slice at a time (a mapped column stays on disk)."""
+    low, high = 0, -1
+    for start in range(0, len(values), SCAN_ROWS):
+        part = values[start : start + SCAN_ROWS]
+        low, high = min(low, int(part.min())), max(high, int(part.max()))
+    return low, high
+
+
+def _column(path: Path, name: str, dtype: np.dtype[Any], rows: int, crc: Any, mapped: bool) -> np.ndarray:
+    """A column file memory-mapped, its size and CRC-32 checked, copied into memory unless `mapped`.
 
     The copy means a file removed or replaced later cannot change (or, truncated, crash)
-    a run that already read it.
+    a run that already read it. A mapped column relies on entries never being changed in
+    place: a discarded entry is renamed away and unlinked, which leaves an open mapping
+    intact on POSIX systems.
     """
     size = path.stat().st_size
     _need(size == rows * dtype.itemsize, f"column `{name}`: {size} bytes, not {rows} x {dtype.itemsize}")
-    mapped = np.memmap(path, dtype=dtype, mode="r", shape=(rows,))
-    _need(zlib.crc32(mapped.data) == crc, f"column `{name}`: its CRC-32 does not match")
-    return np.array(mapped)
+    view = np.memmap(path, dtype=dtype, mode="r", shape=(rows,))
+    crc32 = 0
+    step = SCAN_ROWS * dtype.itemsize
+    raw = view.data.cast("B")
+    for start in range(0, len(raw), step):
+        crc32 = zlib.crc32(raw[start : start + step], crc32)
+    _need(crc32 == crc, f"column `{name}`: its CRC-32 does not match")
+    return view if mapped else np.array(view)

@@ -47,6 +47,45 @@ def read(
     """`table.read`, through `store` when there is one (same arguments, same frame)."""
     if store is None:
         return table.read(path, columns, categorical, infer_from=infer_from, delimiter=delimiter)
+    entry, sha = _entry(path, columns, categorical, infer_from, delimiter, store, mapped=False)
+    if entry is None:  # the cache could not be written: parse without it
+        return table.read(path, columns, categorical, infer_from=infer_from, delimiter=delimiter)
+    return table.Table(
+        path,
+        entry.header,
+        entry.frame,
+        entry.categorical,
+        Digest.known(sha),
+        None,
+        delimiter,
+        entry.row_groups,
+    )
+
+
+def mapped(
+    path: Path,
+    columns: Sequence[str],
+    categorical: Sequence[str],
+    *,
+    infer_from: Sequence[str],
+    delimiter: str,
+    store: Store,
+) -> tuple[Entry, str] | None:
+    """The table's cache entry with its columns memory-mapped, and the file's sha256; the
+    entry is built first when needed. None when the cache cannot be written."""
+    entry, sha = _entry(path, columns, categorical, infer_from, delimiter, store, mapped=True)
+    return None if entry is None else (entry, sha)
+
+
+def _entry(
+    path: Path,
+    columns: Sequence[str],
+    categorical: Sequence[str],
+    infer_from: Sequence[str],
+    delimiter: str,
+    store: Store,
+    mapped: bool,
+) -> tuple[Entry | None, str]:
     header = table.read_header(path, delimiter)  # every check on the path itself comes first
     table.check_columns(path, header, columns, "needed")
     wanted = settings(path, header, columns, categorical, infer_from, delimiter)
@@ -58,28 +97,17 @@ def read(
         raise DataError(f"{path}: cannot read: {exc.strerror}") from None
     sha = store.known_sha256(resolved, before)
     if sha is not None:
-        found = _Found(store, sha, wanted, columns, before)
+        found = _Found(store, sha, wanted, columns, before, mapped)
     else:
         # Hashed while the file is parsed: a new file costs no more than without the
         # cache; a copy of a cached file is found as soon as its hash is known.
-        found = _Found(store, Digest(resolved), wanted, columns, before)
+        found = _Found(store, Digest(resolved), wanted, columns, before, mapped)
     entry = found.entry()
     if entry is None:
         entry = _build(store, found, path, header, columns, categorical, infer_from, delimiter)
     if sha is None:
         store.remember_sha256(resolved, before, found.sha256(), started)
-    if entry is None:  # the cache could not be written: parse without it
-        return table.read(path, columns, categorical, infer_from=infer_from, delimiter=delimiter)
-    return table.Table(
-        path,
-        entry.header,
-        entry.frame,
-        entry.categorical,
-        Digest.known(found.sha256()),
-        None,
-        delimiter,
-        entry.row_groups,
-    )
+    return entry, found.sha256()
 
 
 class _Found:
@@ -92,8 +120,10 @@ class _Found:
         wanted: dict[str, Any],
         columns: Sequence[str],
         before: os.stat_result,
+        mapped: bool,
     ) -> None:
         self.store, self.wanted, self.columns, self.before = store, wanted, columns, before
+        self.mapped = mapped
         self._hashing = sha if isinstance(sha, Digest) else None
         self._sha = sha if isinstance(sha, str) else ""
         self._looked = False
@@ -122,7 +152,7 @@ class _Found:
             return None
         self._looked = True
         sha = self.sha256()
-        return self.store.load(key(sha, self.wanted), sha, self.wanted, self.columns)
+        return self.store.load(key(sha, self.wanted), sha, self.wanted, self.columns, self.mapped)
 
 
 class _Cached(Exception):
@@ -214,7 +244,7 @@ def _build(
         if builder is not None:
             builder.discard()
         raise
-    return store.load(found.key(), found.sha256(), found.wanted, columns)
+    return store.load(found.key(), found.sha256(), found.wanted, columns, found.mapped)
 
 
 def _csv_categorical(

@@ -35,6 +35,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def inputs(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def outputs(self) -> int:
+        return int(self.y.shape[1])
+
 
 @dataclass
 class Prepared:

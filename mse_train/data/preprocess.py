@@ -212,9 +212,15 @@ def _observed(values: np.ndarray) -> np.ndarray:
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     mean = float(values.mean(dtype=np.float64))  # float64 sums: float32 ones drift on big tables
-    std = float(values.std(dtype=np.float64))
-    # A constant column carries no information; dividing by 1 keeps it finite. So does a
-    # spread below float32's smallest normal number (cells of 1e-45): as a float32 divisor it
-    # rounds to 0 or loses all precision, and would turn the column into inf.
+    return mean, tiny_std_to_one(float(values.std(dtype=np.float64)))
+
+
+def tiny_std_to_one(std: float) -> float:
+    """The divisor for a column of this standard deviation.
+
+    A constant column carries no information; dividing by 1 keeps it finite. So does a
+    spread below float32's smallest normal number (cells of 1e-45): as a float32 divisor it
+    rounds to 0 or loses all precision, and would turn the column into inf.
+    """
     tiny = float(np.finfo(np.float32).tiny)
-    return mean, std if np.isfinite(std) and std >= tiny else 1.0
+    return std if np.isfinite(std) and std >= tiny else 1.0

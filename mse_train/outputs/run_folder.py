@@ -17,6 +17,8 @@ import torch
 from mse_train import config
 from mse_train.config import Config
 from mse_train.data.prepare import Prepared
+from mse_train.data.stream import Rows
+from mse_train.data.stream_fit import Streamed
 from mse_train.errors import OutputError
 from mse_train.models import inference, networks
 from mse_train.outputs import checkpoint, metrics
@@ -51,12 +53,12 @@ def check(out: Path, resume: bool, overwrite: bool) -> bool:
 class Saver:
     """Writes last.pt, best.pt and metrics.csv for one run."""
 
-    def __init__(self, out: Path, cfg: Config, prepared: Prepared) -> None:
+    def __init__(self, out: Path, cfg: Config, prepared: Prepared | Streamed) -> None:
         self.out = out
         self.cfg = config.to_dict(cfg)
         self.prepared = prepared
         self.model_spec = networks.spec(
-            cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1], len(prepared.pre.numeric)
+            cfg.model, prepared.train.inputs, prepared.train.outputs, len(prepared.pre.numeric)
         )
         self.metrics = metrics.MetricsFile(
             out / "metrics.csv", metrics.columns_for(cfg.targets, prepared.val is not None)
@@ -85,7 +87,7 @@ class Saver:
     def _residuals(self, weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """|actual - predicted| of the validation rows in the targets' units, sorted per target."""
         val = self.prepared.val
-        if val is None:
+        if val is None or isinstance(val, Rows):  # streamed validation rows: no intervals (README)
             return None
         model = networks.from_spec(self.model_spec)
         model.load_state_dict({k: v.detach().cpu() for k, v in weights.items()})

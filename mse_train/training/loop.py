@@ -19,12 +19,14 @@ checkpoint needs to continue exactly. Reports go through callbacks; nothing here
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from mse_train.data.stream import Rows
+from mse_train.errors import ConfigError
 from mse_train.models.inference import per_target_sse
 from mse_train.training import distributed, optimizers, rng, tracking
 from mse_train.training.distributed import World
@@ -82,8 +84,8 @@ class Loop:
         optimizer: torch.optim.Optimizer,
         scheduler: Scheduler | None,
         penalty: Penalty | None,
-        train: tuple[torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor] | None,
+        train: tuple[torch.Tensor, torch.Tensor] | Rows,
+        val: tuple[torch.Tensor, torch.Tensor] | Rows | None,
         settings: Settings,
         seed: int,
         world: World | None = None,
@@ -93,13 +95,23 @@ class Loop:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.penalty = penalty
-        self.train_x, self.train_y = train
+        # A streamed table (data/stream.py) gives its batches a block at a time.
+        self.rows = train if isinstance(train, Rows) else None
+        device = next(model.parameters()).device
+        self.train_x, self.train_y = (_none(device), _none(device)) if isinstance(train, Rows) else train
+        self.n_train = len(train) if isinstance(train, Rows) else len(self.train_x)
         self.val = val
         self.settings = settings
-        self.device = self.train_x.device
+        self.device = device
         if world is None:
             self.step = Step(model, optimizer, penalty, nn.MSELoss(reduction=settings.reduction))
         else:  # each rank's loss is a share of the global batch's: see step.py
+            if self.rows is not None:
+                raise ConfigError(
+                    "this table is streamed (larger than data.memory_budget), which mse-train does "
+                    "not do under torchrun yet",
+                    ["raise data.memory_budget so the table is held in memory, or train in one process"],
+                )
             forward = distributed.wrap(model, self.device)
             self.step = Step(forward, optimizer, penalty, nn.MSELoss(reduction="sum"), world.size)
         self.shuffle = torch.Generator()  # CPU, so the order is the same on any device
@@ -144,7 +156,7 @@ class Loop:
     ) -> bool:
         """The batches of one epoch (from where an interrupt left it); False when asked to stop."""
         p = self.progress
-        n = len(self.train_x)
+        n = self.n_train
         size = min(self.settings.batch_size or n, n)
         n_batches = -(-n // size)
         if p.batch == 0:
@@ -153,7 +165,9 @@ class Loop:
             assert p.epoch_start_shuffle is not None
             self.shuffle.set_state(p.epoch_start_shuffle)
         x, y = self.train_x, self.train_y
-        if n_batches > 1 and self.settings.shuffle:
+        if self.rows is not None:
+            pass  # the stream draws its own order (from self.shuffle) in _batches
+        elif n_batches > 1 and self.settings.shuffle:
             # int32 indices: half the work of the default int64 for the same permutation size
             order = torch.randperm(n, generator=self.shuffle, dtype=torch.int32).to(
                 self.device, non_blocking=True
@@ -164,17 +178,8 @@ class Loop:
         if not self.model.training:
             self.model.train()
         last_report = time.perf_counter()
-        x_batches: Sequence[torch.Tensor] = torch.split(x, size)  # views, made in one call
-        y_batches: Sequence[torch.Tensor] = torch.split(y, size)
-        divisors: list[float] | None = None
-        if self.world is not None:
-            x_batches, y_batches, divisors = self._my_slices(x_batches, y_batches)
-        for b in range(p.batch, n_batches):
-            yb = y_batches[b]
-            if divisors is None:
-                out, mse, pen = self.step(x_batches[b], yb)
-            else:
-                out, mse, pen = self.step(x_batches[b], yb, divisors[b])
+        for b, (xb, yb, divisor) in enumerate(self._batches(x, y, size, n_batches), start=p.batch):
+            out, mse, pen = self.step(xb, yb) if divisor is None else self.step(xb, yb, divisor)
             losses.append(mse)
             if pen is not None:
                 penalties.append(pen)
@@ -209,6 +214,28 @@ class Loop:
             return xs, ys, [1.0] * len(ys)
         return xs, ys, [float(yb.numel()) for yb in y_batches]
 
+    def _batches(
+        self, x: torch.Tensor, y: torch.Tensor, size: int, n_batches: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float | None]]:
+        """The epoch's batches from `progress.batch` on: slices of the tensors, or the stream's.
+
+        Under torchrun each is this rank's slice, with the divisor that makes its loss a share.
+        """
+        start = self.progress.batch
+        if self.rows is None:
+            x_batches, y_batches = torch.split(x, size), torch.split(y, size)  # views, made in one call
+            if self.world is not None:
+                xs, ys, divisors = self._my_slices(x_batches, y_batches)
+                for b in range(start, n_batches):
+                    yield xs[b], ys[b], divisors[b]
+                return
+            for b in range(start, n_batches):
+                yield x_batches[b], y_batches[b], None
+            return
+        generator = self.shuffle if self.settings.shuffle and n_batches > 1 else None
+        for xb, yb in self.rows.epoch(generator, size, start):
+            yield torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device), None
+
     def _shuffled(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training table in `order`, gathered into buffers reused every epoch."""
         if self._gathered is None:
@@ -231,7 +258,9 @@ class Loop:
         with torch.no_grad():  # a NaN or inf weight makes this sum non-finite
             param_sum = torch.stack(torch._foreach_norm(self._params)).sum()
         has_val = self.val is not None
-        scored, val_sq = self._score(*(self.val if self.val is not None else (self.train_x, self.train_y)))
+        scored, val_sq = self._score(
+            self.val if self.val is not None else self.rows or (self.train_x, self.train_y)
+        )
         stacked = torch.stack([train_loss, penalty, param_sum, scored])
         if self.world is not None:  # rank 0's numbers decide best, early stop and divergence for all
             distributed.from_main(stacked)
@@ -268,7 +297,7 @@ class Loop:
         p = self.progress
         assert p.partial_losses is not None
         losses = p.partial_losses
-        n = len(self.train_x)
+        n = self.n_train
         if self.settings.reduction == "sum":
             train = losses.sum()
         elif len(losses) == 1:
@@ -284,10 +313,19 @@ class Loop:
         per_target = p.partial_sq.sum(0) if p.partial_sq is not None else None
         return train, penalty, per_target
 
-    def _score(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(self, rows: tuple[torch.Tensor, torch.Tensor] | Rows) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of the current weights on these rows (eval mode), and per-target SSE."""
-        sq = per_target_sse(self.model, x, y)
-        loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / y.numel()
+        if isinstance(rows, Rows):  # streamed: summed block by block
+            sq = torch.zeros(rows.outputs, device=self.device)
+            for xb, yb in rows.blocks():
+                sq += per_target_sse(
+                    self.model, torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device)
+                )
+            numel = len(rows) * rows.outputs
+        else:
+            sq = per_target_sse(self.model, *rows)
+            numel = rows[1].numel()
+        loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / numel
         return loss, sq
 
     def _per_target(self, train_sq: torch.Tensor | None, val_sq: torch.Tensor | None) -> dict[str, float]:
@@ -297,8 +335,12 @@ class Loop:
         scale = torch.tensor(self.settings.target_std, dtype=torch.float64) ** 2
         out: dict[str, float] = {}
         for prefix, sq, n in (
-            ("train", train_sq, len(self.train_x)),
-            ("val", val_sq, len(self.val[0]) if self.val else 0),
+            ("train", train_sq, self.n_train),
+            (
+                "val",
+                val_sq,
+                (len(self.val) if isinstance(self.val, Rows) else len(self.val[0])) if self.val else 0,
+            ),
         ):
             if sq is None:
                 continue
@@ -347,3 +389,8 @@ class Loop:
         self.progress = Progress.from_dict(state["progress"], self.device)
         self.history = list(state["history"])
         rng.set_state(state["rng"], self.shuffle, self.device)
+
+
+def _none(device: torch.device) -> torch.Tensor:
+    """Stands for the training tensors of a streamed table (which has none)."""
+    return torch.empty((0, 0), device=device)

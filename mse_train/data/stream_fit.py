@@ -1,0 +1,291 @@
+"""`run`'s data: in memory when the table's arrays fit `data.memory_budget`, else streamed.
+
+A streamed table is read from the data cache, memory-mapped, in passes of BLOCK_ROWS rows:
+one pass finds the empty cells (`data.missing`), one fits the preprocessing on the
+training rows (means and standard deviations merged block by block in float64, by Chan's
+parallel formula; category vocabularies from code counts; min, max and empty cells for the
+drift profile), and `data.missing: median` adds one pass per numeric column that gathers
+its training values (4 bytes a row) for an exact median. Validation rows (`data.val`, or
+`data.val_fraction` of the training file, chosen with `seed` exactly as in memory) are
+streamed too, for scoring.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mse_train import runtime
+from mse_train.config.schema import DataConfig, size_in_bytes
+from mse_train.data import cache, csvscan, ingest, parquet, prepare, stream_stats, table
+from mse_train.data.digest import Digest
+from mse_train.data.preprocess import Preprocessor
+from mse_train.data.stream import BLOCK_ROWS, Encoder, Rows
+from mse_train.errors import EXAMPLES, DataError, examples
+
+AUTO_SHARE = 0.5  # `data.memory_budget: auto`: this share of the memory available at the start
+
+
+@dataclass
+class Streamed:
+    """`prepare.Prepared`'s counterpart for a streamed table (the same fields)."""
+
+    train: Rows
+    val: Rows | None
+    pre: Preprocessor
+    hashers: dict[str, Digest]
+    notes: list[str] = field(default_factory=list)
+    profile: dict[str, Any] | None = None
+    ingest_seconds: float = 0.0
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return {path: hasher.result() for path, hasher in self.hashers.items()}
+
+
+def budget(cfg: DataConfig) -> int:
+    """`data.memory_budget` in bytes."""
+    size = size_in_bytes(cfg.memory_budget)
+    if size is not None:
+        return size
+    import torch
+
+    available = runtime.available_memory(torch.device("cpu"))
+    return int(available * AUTO_SHARE) if available else 1 << 62
+
+
+def in_memory_bytes(rows: int, columns: int, inputs: int, targets: int) -> int:
+    """What the in-memory path holds at its peak: the parsed columns, the inputs and targets
+    as float32, and the loop's shuffled copy of them."""
+    return rows * 4 * (columns + 2 * (inputs + targets))
+
+
+def prepare_run(
+    cfg: DataConfig, targets: list[str], seed: int, batch_size: int | None
+) -> prepare.Prepared | Streamed:
+    """The data for `run`: `prepare.prepare` when it fits the budget, else streamed."""
+    limit = budget(cfg)
+    path = Path(cfg.train)
+    if not parquet.is_parquet(path) and not csvscan.is_gzip(path):
+        # A plain CSV row takes at least one byte per column: a bound on the rows, unread.
+        header = table.read_header(path, cfg.delimiter)
+        most_rows = path.stat().st_size // max(1, len(header))
+        if in_memory_bytes(most_rows, len(header), len(header), len(targets)) <= limit:
+            return prepare.prepare(cfg, targets, seed)
+    started = time.perf_counter()
+    notes: list[str] = []
+    store = cache.open_store(cfg.cache, notes)
+    header = table.read_header(path, cfg.delimiter)
+    features = prepare.feature_names(cfg.features, header, targets, path)
+    table.check_columns(path, header, features, "feature")
+    table.check_columns(path, header, targets, "target")
+    if store is None:
+        return prepare.prepare(cfg, targets, seed)
+    found = ingest.mapped(
+        path,
+        [*features, *targets],
+        cfg.categorical,
+        infer_from=features,
+        delimiter=cfg.delimiter,
+        store=store,
+    )
+    if found is None:
+        return prepare.prepare(cfg, targets, seed)
+    entry, sha = found
+    inputs = sum(len(entry.vocabularies.get(f, [0])) for f in features)
+    need = in_memory_bytes(entry.rows, len(entry.columns), inputs, len(targets))
+    if need <= limit:
+        del entry
+        return prepare.prepare(cfg, targets, seed)
+    if batch_size is None:
+        raise DataError(
+            f"{path}: the table needs about {need >> 20} MiB in memory, more than `data.memory_budget` "
+            f"({limit >> 20} MiB), and full-batch training (`train.batch_size: null`) cannot stream it",
+            ["set `train.batch_size` (e.g. 1024), or raise `data.memory_budget`"],
+        )
+    notes += prepare._cache_notes(store)
+    notes.append(
+        f"the table needs about {need >> 20} MiB in memory, more than `data.memory_budget` "
+        f"({limit >> 20} MiB): training streams it from the data cache in shuffled blocks "
+        f"of {BLOCK_ROWS} rows"
+    )
+    source = _Source(path, entry, header)
+    keep = _keep(source, features, targets, cfg.missing, notes)
+    val_source: _Source | None = None
+    val_mask: np.ndarray | None = None
+    if cfg.val is not None:
+        vpath = Path(cfg.val)
+        vfound = ingest.mapped(
+            vpath,
+            [*features, *targets],
+            entry.categorical,
+            infer_from=(),
+            delimiter=cfg.delimiter,
+            store=store,
+        )
+        if vfound is None:
+            raise DataError(f"{vpath}: cannot be streamed: the data cache could not be written")
+        val_source = _Source(vpath, vfound[0], table.read_header(vpath, cfg.delimiter))
+        val_mask = _keep(val_source, features, targets, cfg.missing, notes)
+        train_mask = keep
+        digests = {str(path): Digest.known(sha), str(vpath): Digest.known(vfound[1])}
+    else:
+        train_mask, val_mask = _split(keep, entry.rows, cfg, seed, path)
+        val_source = source if val_mask is not None else None
+        digests = {str(path): Digest.known(sha)}
+    seconds = time.perf_counter() - started
+    pre, profile = stream_stats.fit(source.path, entry, train_mask, features, targets, cfg)
+    train = Rows(Encoder(pre, entry, path), train_mask)
+    val = None
+    if val_source is not None:
+        _check_categories(val_source, val_mask, pre, cfg, val_source is source)
+        val = Rows(Encoder(pre, val_source.entry, val_source.path), val_mask)
+    return Streamed(train, val, pre, digests, notes, profile, seconds)
+
+
+@dataclass
+class _Source:
+    path: Path
+    entry: cache.Entry
+    header: list[str]
+
+    def lines(self, rows: np.ndarray) -> list[str]:
+        """Where rows are, for messages (a CSV's lines, a Parquet file's rows)."""
+        empty = table.Table(
+            self.path, self.header, pd.DataFrame(), self.entry.categorical, row_groups=self.entry.row_groups
+        )
+        return empty.line_of(rows)
+
+    def slices(self) -> range:
+        return range(0, self.entry.rows, BLOCK_ROWS)
+
+
+def _empty(values: np.ndarray, categorical: bool) -> np.ndarray:
+    return values < 0 if categorical else np.isnan(values)
+
+
+def _keep(
+    source: _Source, features: list[str], targets: list[str], policy: str, notes: list[str]
+) -> np.ndarray | None:
+    """`data.missing` over a streamed table (as missing.handle_missing): the rows kept, None: all."""
+    entry, cat = source.entry, set(source.entry.categorical)
+    n = entry.rows
+    target_empty = np.zeros(n, dtype=bool)
+    feature_empty = np.zeros(n, dtype=bool)
+    counts = dict.fromkeys([*targets, *features], 0)
+    first: dict[str, list[int]] = {name: [] for name in counts}
+    for start in source.slices():
+        stop = min(start + BLOCK_ROWS, n)
+        for name in counts:
+            empty = _empty(entry.columns[name][start:stop], name in cat)
+            if not empty.any():
+                continue
+            counts[name] += int(empty.sum())
+            first[name] += [start + int(r) for r in np.flatnonzero(empty)[:EXAMPLES]]
+            (target_empty if name in targets else feature_empty)[start:stop] |= empty
+    if not any(counts.values()):
+        return None
+    if policy == "error":
+        problems = []
+        for name, count in counts.items():
+            if count:
+                role = "target" if name in targets else "feature"
+                more = " ..." if count > EXAMPLES else ""
+                unit = "row" if entry.row_groups is not None else "line"
+                lines = ", ".join(source.lines(np.array(first[name][:EXAMPLES])))
+                problems.append(
+                    f"column `{name}` ({role}): {count} empty cell(s), at {unit}(s) {lines}{more}"
+                )
+        problems.append(
+            "fill them in, or set `data.missing` to drop (skip those rows), mean or median "
+            "(fill features from the training rows); rows with an empty target are then dropped"
+        )
+        raise DataError(f"{source.path}: empty cells (counted as empty: blank, NA, NaN, null, ...)", problems)
+    if target_empty.any():
+        notes.append(f"{source.path.name}: dropped {int(target_empty.sum())} row(s) with an empty target")
+    drop = target_empty
+    if policy == "drop":
+        only = int((feature_empty & ~target_empty).sum())
+        drop = drop | feature_empty
+        if only:
+            notes.append(f"{source.path.name}: dropped {only} row(s) with an empty feature")
+    elif feature_empty.any():
+        filled = sum(counts[f] for f in features)
+        notes.append(
+            f"{source.path.name}: filled {filled} empty feature cell(s) with the training rows' {policy}"
+        )
+    if drop.all():
+        raise DataError(f"{source.path}: no rows left after dropping rows with empty cells")
+    return ~drop
+
+
+def _split(
+    keep: np.ndarray | None, n_rows: int, cfg: DataConfig, seed: int, path: Path
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Training and validation rows of one file: the same rows `prepare.prepare` picks (the
+    permutation of the kept rows, drawn with `seed`)."""
+    if cfg.val_fraction <= 0:
+        return keep, None
+    kept = np.flatnonzero(keep) if keep is not None else None
+    n = len(kept) if kept is not None else n_rows
+    n_val = round(n * cfg.val_fraction)
+    if n_val < 1 or n - n_val < 1:
+        raise DataError(
+            f"{path}: {n} row(s) are too few to hold out `data.val_fraction: {cfg.val_fraction}` "
+            f"({n_val} validation, {n - n_val} training)",
+            ["use more rows, a different val_fraction, or set it to 0"],
+        )
+    chosen = np.random.default_rng(seed).permutation(n)[: n - n_val]
+    train = np.zeros(n_rows, dtype=bool)
+    train[kept[chosen] if kept is not None else chosen] = True
+    return train, (~train if keep is None else keep & ~train)
+
+
+def _check_categories(
+    source: _Source, rows: np.ndarray | None, pre: Preprocessor, cfg: DataConfig, same_file: bool
+) -> None:
+    """Validation rows holding a category no training row holds: the in-memory messages' gist."""
+    if cfg.unknown_category != "error":
+        return
+    problems = []
+    for col in pre.categorical:
+        vocab = source.entry.vocabularies[col.name]
+        known = np.array([v in set(col.categories) for v in vocab] + [True])  # code -1 (empty) last
+        codes = source.entry.columns[col.name]
+        unseen: list[int] = []
+        count = 0
+        for start in source.slices():
+            part = codes[start : start + BLOCK_ROWS]
+            bad = ~known[part]
+            if rows is not None:
+                bad &= rows[start : start + BLOCK_ROWS]
+            if bad.any():
+                count += int(bad.sum())
+                unseen += [start + int(r) for r in np.flatnonzero(bad)[:EXAMPLES]]
+        if count:
+            values = list(dict.fromkeys(vocab[codes[r]] for r in unseen))
+            lines = source.lines(np.array(unseen[:EXAMPLES]))
+            unit = "row" if source.entry.row_groups is not None else "line"
+            problems.append(
+                f"column `{col.name}`: {examples([repr(v) for v in values])} in {count} validation row(s) "
+                f"({unit}(s) {examples(lines, count)})"
+            )
+    if problems:
+        where = (
+            "the validation split (`data.val_fraction`, shuffled with `seed`)"
+            if same_file
+            else str(source.path)
+        )
+        raise DataError(
+            f"{source.path}: categories that no training row holds: {where}",
+            [
+                *problems,
+                "change `seed` for another split, add rows with those values, or set "
+                "`data.unknown_category: ignore` (rows with them are encoded as all zeros)",
+            ],
+        )

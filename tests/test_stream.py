@@ -1,0 +1,172 @@
+"""A table larger than `data.memory_budget` is streamed: same statistics, a sensible fit,
+exact resume inside an epoch."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mse_train import config, recipe
+from mse_train.data import prepare, stream_fit
+from mse_train.data.stream import BLOCK_ROWS, Rows
+
+from conftest import read_metrics, write_config
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """Numbers, a category, empty cells in both, an empty target; more than one block."""
+    rng = np.random.default_rng(1)
+    n = BLOCK_ROWS + 5000
+    frame = pd.DataFrame(rng.normal(size=(n, 3)) * [1.0, 100.0, 0.01] + [0, 1e4, 5], columns=["a", "b", "c"])
+    frame["kind"] = rng.choice(["red", "green", "blue"], n)
+    frame["y"] = frame["a"] * 2 + frame["c"] * 50 + (frame["kind"] == "red") + 0.1 * rng.normal(size=n)
+    frame.loc[rng.choice(n, 40, replace=False), "a"] = np.nan
+    frame.loc[rng.choice(n, 30, replace=False), "kind"] = np.nan
+    frame.loc[rng.choice(n, 5, replace=False), "y"] = np.nan
+    path = tmp_path / "mixed.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def data_config(tmp_path: Path, table: Path, **data) -> Path:
+    return write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "seed": 5,
+            "data": {"train": str(table), "target": "y", "val_fraction": 0.25, **data},
+            "model": {"type": "mlp", "hidden": [16]},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "train": {"epochs": 3, "batch_size": 512},
+            "output": {"plot": False},
+        },
+    )
+
+
+@pytest.mark.parametrize("missing", ["mean", "median", "drop"])
+def test_streamed_statistics_equal_the_in_memory_ones(tmp_path, mixed, missing):
+    cfg = config.load(data_config(tmp_path, mixed, missing=missing))
+    memory = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+    cfg.data.memory_budget = "1KiB"
+    streamed = stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, 512)
+    assert isinstance(streamed, stream_fit.Streamed)
+    assert any("streams it from the data cache" in n for n in streamed.notes)
+    a, b = memory.pre, streamed.pre
+    assert [c.categories for c in a.categorical] == [c.categories for c in b.categorical]
+    assert a.input_names == b.input_names
+    pairs = [
+        (x.name, x.mean, x.std, y.name, y.mean, y.std) for x, y in zip(a.numeric, b.numeric, strict=True)
+    ]
+    pairs += [
+        (x.name, x.mean, x.std, y.name, y.mean, y.std) for x, y in zip(a.targets, b.targets, strict=True)
+    ]
+    for name, mean, std, other, other_mean, other_std in pairs:
+        assert name == other
+        assert mean == pytest.approx(other_mean, rel=1e-12, abs=1e-12)
+        assert std == pytest.approx(other_std, rel=1e-12)
+    for x, y in zip(a.numeric, b.numeric, strict=True):
+        assert (x.fill is None) == (y.fill is None) == (missing == "drop")
+        assert x.fill is None or x.fill == pytest.approx(y.fill, rel=1e-12)
+    assert memory.profile == streamed.profile
+    assert (len(memory.train), len(memory.val or [])) == (len(streamed.train), len(streamed.val or []))
+    assert isinstance(streamed.train, Rows) and streamed.val is not None
+    # The same rows, encoded the same way: compare as sets of rows (the order differs).
+    x_stream = np.concatenate([x for x, _ in streamed.val.blocks()])
+    assert memory.val is not None
+    np.testing.assert_array_equal(np.sort(memory.val.x, axis=0), np.sort(x_stream, axis=0))
+
+
+def test_a_table_within_the_budget_stays_in_memory(tmp_path, mixed):
+    cfg = config.load(data_config(tmp_path, mixed, missing="mean", memory_budget="4GiB"))
+    assert isinstance(stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, 512), prepare.Prepared)
+
+
+def test_streamed_run_fits_about_as_well_as_in_memory(cli, tmp_path, mixed):
+    cfg = data_config(tmp_path, mixed, missing="mean")
+    assert cli("run", cfg, "-q", "-o", tmp_path / "memory").code == 0
+    result = cli("run", cfg, "-o", tmp_path / "streamed", "--set", "data.memory_budget=1KiB")
+    assert result.code == 0, result
+    assert "streams it from the data cache" in result.stdout + result.stderr
+    memory = float(read_metrics(tmp_path / "memory" / "metrics.csv")[-1]["val_loss"])
+    streamed = float(read_metrics(tmp_path / "streamed" / "metrics.csv")[-1]["val_loss"])
+    first = float(read_metrics(tmp_path / "streamed" / "metrics.csv")[0]["val_loss"])
+    assert streamed < 0.1 and streamed < 2 * memory + 0.01 and streamed < first
+    scored = cli("eval", tmp_path / "streamed" / "best.pt", mixed, "--json")
+    assert scored.code == 0, scored
+
+
+def test_full_batch_training_cannot_stream(cli, tmp_path, mixed):
+    cfg = data_config(tmp_path, mixed, missing="mean", memory_budget="1KiB")
+    result = cli("run", cfg, "-q", "-o", tmp_path / "run", "--set", "train.batch_size=null")
+    assert result.code == 2
+    assert "train.batch_size" in result.stderr and "memory_budget" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_budget_is_a_config_error(cli, tmp_path, mixed):
+    cfg = data_config(tmp_path, mixed, memory_budget="lots")
+    result = cli("run", cfg, "-q", "-o", tmp_path / "run")
+    assert result.code == 2 and "data.memory_budget" in result.stderr and "not a size" in result.stderr
+
+
+def test_empty_cells_under_error_are_named_by_line_when_streaming(cli, tmp_path, mixed):
+    cfg = data_config(tmp_path, mixed, memory_budget="1KiB")
+    result = cli("run", cfg, "-q", "-o", tmp_path / "run")
+    assert result.code == 2 and "empty cell(s), at line(s)" in result.stderr, result
+
+
+def test_interrupted_streamed_epoch_resumes_exactly(tmp_path, mixed, monkeypatch):
+    from mse_train.errors import TrainingInterrupted
+    from mse_train.training.step import Step
+
+    cfg = config.load(data_config(tmp_path, mixed, missing="median", memory_budget="1KiB"))
+    cfg.output.dir = str(tmp_path / "a")
+    real_step = Step.__call__
+    steps = {"n": 0}
+    per_epoch = -(-round((BLOCK_ROWS + 5000 - 5) * 0.75) // 512)
+
+    def step(self, xb, yb):
+        steps["n"] += 1
+        if steps["n"] == per_epoch + 7:  # inside epoch 2, past the first block's batches
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, xb, yb)
+
+    monkeypatch.setattr(Step, "__call__", step)
+    with pytest.raises(TrainingInterrupted):
+        recipe.run(cfg, recipe.Options(), recipe.Silent())
+    monkeypatch.setattr(Step, "__call__", real_step)
+    progress = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["training"]["progress"]
+    assert (progress["epoch"], progress["batch"]) == (1, 7)
+    recipe.run(cfg, recipe.Options(resume=True), recipe.Silent())
+    cfg.output.dir = str(tmp_path / "b")
+    recipe.run(cfg, recipe.Options(), recipe.Silent())
+    a, b = read_metrics(tmp_path / "a" / "metrics.csv"), read_metrics(tmp_path / "b" / "metrics.csv")
+    assert [(r["train_loss"], r["val_loss"]) for r in a] == [(r["train_loss"], r["val_loss"]) for r in b]
+    wa = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["weights"]
+    wb = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["weights"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_epoch_order_is_a_seeded_shuffle_of_blocks_and_rows(tmp_path, mixed):
+    cfg = config.load(data_config(tmp_path, mixed, missing="mean", memory_budget="1KiB", val_fraction=0.0))
+    streamed = stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, 512)
+    assert isinstance(streamed, stream_fit.Streamed)
+
+    def targets(seed: int, start: int = 0) -> np.ndarray:
+        g = torch.Generator()
+        g.manual_seed(seed)
+        return np.concatenate([y for _, y in streamed.train.epoch(g, 512, start)])[:, 0]
+
+    plain = np.concatenate([y for _, y in streamed.train.epoch(None, 512, 0)])[:, 0]
+    first = targets(1)
+    assert len(first) == len(plain) == len(streamed.train)
+    np.testing.assert_array_equal(np.sort(first), np.sort(plain))  # every row once
+    assert not np.array_equal(first, plain) and not np.array_equal(first, targets(2))
+    np.testing.assert_array_equal(first, targets(1))
+    np.testing.assert_array_equal(first[512 * 130 :], targets(1, 130))  # resuming at batch 130
