@@ -379,7 +379,9 @@ def build_loop(cfg: Config, prepared: Prepared, device: torch.device, world: Wor
     """
     n_inputs, n_outputs = prepared.train.x.shape[1], prepared.train.y.shape[1]
     batch_rows = min(cfg.train.batch_size or len(prepared.train.x), len(prepared.train.x))
-    needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric))
+    needs = footprint.estimate(
+        cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric), model_categories(cfg, prepared)
+    )
     footprint.check_fits(needs, runtime.available_memory(device), device)
     _check_batch_norm(cfg, len(prepared.train.x), batch_rows)
     rng.seed_everything(cfg.seed)
@@ -410,10 +412,21 @@ def _check_batch_norm(cfg: Config, rows: int, batch_rows: int) -> None:
     )
 
 
+def model_categories(cfg: Config, prepared: Prepared) -> dict[str, list[int]]:
+    """`networks.build`'s categorical embedding sizes (empty under onehot)."""
+    return networks.category_sizes(prepared.pre.category_counts, cfg.data.category_embedding_size)
+
+
 def _setup_model(cfg: Config, prepared: Prepared, device: torch.device) -> torch.nn.Module:
     n_numeric = len(prepared.pre.numeric)
-    model = networks.build(cfg.model, prepared.train.x.shape[1], prepared.train.y.shape[1], n_numeric)
-    init.apply(model, cfg.init)
+    model = networks.build(
+        cfg.model,
+        prepared.train.x.shape[1],
+        prepared.train.y.shape[1],
+        n_numeric,
+        **model_categories(cfg, prepared),
+    )
+    init.apply(model, cfg.init)  # categorical embeddings keep their own init (models/categorical.py)
     # Piecewise-linear bins from the training split's rows only (never validation rows).
     embeddings.fit(model, prepared.train.x[:, :n_numeric])
     return model.to(device)
