@@ -1,10 +1,12 @@
 """A quick look at the new models: test R² and wall time of each on two shipped tables.
 
-python bench/models_quick.py [--rows 4000] [--epochs 40]
+python bench/models_quick.py [--rows 4000] [--epochs 40] [--tables diamonds] [--models mlp,resnet]
+                             [--encodings onehot,embedding]
 
 Each table (diamonds subsampled to --rows, diabetes whole) is split 75/25 once (seed 0);
 every config trains on the 75 % through the real CLI (holding out 20 % of it for early
-stopping) and is scored by `mse-train eval --json` on the 25 %. A smoke comparison, not the
+stopping) and is scored by `mse-train eval --json` on the 25 %, once per
+`data.categorical_encoding` in --encodings (diabetes has no categorical column). A smoke comparison, not the
 benchmark: bench/quality.py is the one with references and six tables.
 """
 
@@ -39,10 +41,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    parser.add_argument("--encodings", default="onehot", help="comma-separated: onehot, embedding")
     args = parser.parse_args()
-    print("| table | model | test R² | epochs | seconds |\n|---|---|---|---|---|")
+    print("| table | model | categories | test R² | epochs | seconds |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for table, target in TABLES.items():
+        for table in args.tables.split(","):
+            target = TABLES[table]
             frame = pd.read_csv(REPO / "data" / f"{table}.csv")
             if len(frame) > args.rows:
                 frame = frame.sample(args.rows, random_state=0)
@@ -51,17 +57,23 @@ def main() -> None:
             train, test = Path(tmp, f"{table}_train.csv"), Path(tmp, f"{table}_test.csv")
             frame.iloc[order[:cut]].to_csv(train, index=False)
             frame.iloc[order[cut:]].to_csv(test, index=False)
-            for name, model in MODELS.items():
-                r2, epochs, seconds = _one(Path(tmp), train, test, target, model, args.epochs)
-                print(f"| {table} | {name} | {r2:.4f} | {epochs} | {seconds:.1f} |", flush=True)
+            for name in args.models.split(","):
+                for encoding in args.encodings.split(","):
+                    r2, epochs, seconds = _one(
+                        Path(tmp), train, test, target, MODELS[name], args.epochs, encoding
+                    )
+                    print(
+                        f"| {table} | {name} | {encoding} | {r2:.4f} | {epochs} | {seconds:.1f} |", flush=True
+                    )
 
 
 def _one(
-    tmp: Path, train: Path, test: Path, target: str, model: dict[str, Any], epochs: int
+    tmp: Path, train: Path, test: Path, target: str, model: dict[str, Any], epochs: int, encoding: str
 ) -> tuple[float, int, float]:
+    data = {"train": str(train), "target": target, "val_fraction": 0.2, "categorical_encoding": encoding}
     cfg = {
         "seed": 0,
-        "data": {"train": str(train), "target": target, "val_fraction": 0.2},
+        "data": data,
         "model": model,
         "optimizer": {"name": "adamw", "lr": 0.002},
         "train": {"epochs": epochs, "batch_size": 64, "early_stopping": {"patience": 8}},

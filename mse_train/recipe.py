@@ -383,7 +383,9 @@ def build_loop(
     """
     n_inputs, n_outputs = prepared.train.inputs, prepared.train.outputs
     batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))
-    needs = footprint.estimate(cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric))
+    needs = footprint.estimate(
+        cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric), model_categories(cfg, prepared)
+    )
     footprint.check_fits(needs, runtime.available_memory(device), device)
     _check_batch_norm(cfg, len(prepared.train), batch_rows)
     rng.seed_everything(cfg.seed)
@@ -414,10 +416,21 @@ def _check_batch_norm(cfg: Config, rows: int, batch_rows: int) -> None:
     )
 
 
+def model_categories(cfg: Config, prepared: Prepared | Streamed) -> dict[str, list[int]]:
+    """`networks.build`'s categorical embedding sizes (empty under onehot)."""
+    return networks.category_sizes(prepared.pre.category_counts, cfg.data.category_embedding_size)
+
+
 def _setup_model(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> torch.nn.Module:
     n_numeric = len(prepared.pre.numeric)
-    model = networks.build(cfg.model, prepared.train.inputs, prepared.train.outputs, n_numeric)
-    init.apply(model, cfg.init)
+    model = networks.build(
+        cfg.model,
+        prepared.train.inputs,
+        prepared.train.outputs,
+        n_numeric,
+        **model_categories(cfg, prepared),
+    )
+    init.apply(model, cfg.init)  # categorical embeddings keep their own init (models/categorical.py)
     # Piecewise-linear bins from the training split's rows only (never validation rows).
     if isinstance(prepared.train, Rows):
         if getattr(cfg.model, "numeric_embedding", "none") == "piecewise_linear":

@@ -49,9 +49,12 @@ def data_config(tmp_path: Path, table: Path, **data) -> Path:
     )
 
 
-@pytest.mark.parametrize("missing", ["mean", "median", "drop"])
-def test_streamed_statistics_equal_the_in_memory_ones(tmp_path, mixed, missing):
-    cfg = config.load(data_config(tmp_path, mixed, missing=missing))
+@pytest.mark.parametrize(
+    ("missing", "encoding"),
+    [("mean", "onehot"), ("median", "onehot"), ("drop", "onehot"), ("mean", "embedding")],
+)
+def test_streamed_statistics_equal_the_in_memory_ones(tmp_path, mixed, missing, encoding):
+    cfg = config.load(data_config(tmp_path, mixed, missing=missing, categorical_encoding=encoding))
     memory = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
     cfg.data.memory_budget = "1KiB"
     streamed = stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, 512)

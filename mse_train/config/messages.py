@@ -272,6 +272,15 @@ def cross_checks(data: dict[str, Any], where: Where) -> list[str]:
     dupes = sorted({t for t in targets if isinstance(t, str) and targets.count(t) > 1})
     if dupes:
         problems.append(f"{where(('data', 'target'))}: listed twice: {', '.join(dupes)}")
+    # A saved config.yaml holds `category_embedding_size: null`: that is no mistake.
+    if (
+        section.get("category_embedding_size") is not None
+        and section.get("categorical_encoding") != "embedding"
+    ):
+        problems.append(
+            f"{where(('data', 'category_embedding_size'))}: `data.category_embedding_size` applies "
+            "only to `data.categorical_encoding: embedding`; remove the key or choose embedding"
+        )
     categorical = section.get("categorical")
     if isinstance(categorical, list):
         for name in targets:

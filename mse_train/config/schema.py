@@ -111,15 +111,28 @@ class DataConfig(Section):
         None, description="Input columns; null = every column except the target(s)."
     )
     categorical: list[Str] = Field(
-        [], description="Columns to one-hot encode even if they hold numbers (e.g. integer codes)."
+        [], description="Columns to treat as categories even if they hold numbers (e.g. integer codes)."
+    )
+    categorical_encoding: Literal["onehot", "embedding"] = Field(
+        "onehot",
+        description="How a categorical column enters the model: onehot (one 0/1 input per category) "
+        "or embedding (a learned vector per category, fitted with the network; lifts "
+        "`max_categories`). Not packable, not exportable to ONNX.",
+    )
+    category_embedding_size: PositiveInt | None = Field(
+        None,
+        description="embedding: width of each column's vectors; null = fastai's rule, "
+        "round(1.6 * (categories + 1) ** 0.56), at most 16.",
     )
     max_categories: PositiveInt = Field(
-        100, description="A categorical column with more distinct values than this is an error."
+        100,
+        description="A categorical column with more distinct values than this is an error "
+        "(onehot only: embeddings take any number).",
     )
     unknown_category: Literal["error", "ignore"] = Field(
         "error",
         description="A category at eval/predict time that training never saw: error, or "
-        "ignore (encode as all zeros).",
+        "ignore (encode as all zeros: the one-hot row, or the embedding's fixed zero vector).",
     )
     missing: Literal["error", "drop", "mean", "median"] = Field(
         "error",

@@ -14,8 +14,8 @@ fitted preprocessing out, through a binary cache of parsed tables.
                  parse settings, checked on every read, published by atomic rename
   digest.py      the file's sha256, in a background thread
   missing.py     the `data.missing` policy for empty cells
-  preprocess.py  standardisation, fill values and one-hot vocabularies, fitted on
-                 training rows and stored in checkpoints
+  preprocess.py  standardisation, fill values and category vocabularies (one-hot
+                 columns or embedding codes), fitted on training rows and stored in checkpoints
   stored.py      that preprocessing read back from a checkpoint, checked key by key
   files.py       only regular files are input: a FIFO or device is named, never opened
   prepare.py     config -> train/validation splits ready for the loop; eval's reading;

@@ -189,6 +189,7 @@ def _fit(
         missing=cfg.missing,
         unknown_category=cfg.unknown_category,
         max_categories=cfg.max_categories,
+        categorical_encoding=cfg.categorical_encoding,
     )
 
 

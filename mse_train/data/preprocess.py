@@ -1,4 +1,4 @@
-"""Learned preprocessing: missing values, one-hot categories, standardisation.
+"""Learned preprocessing: missing values, one-hot categories or category codes, standardisation.
 
 Everything here is fitted on training rows only, stored in the checkpoint as plain
 data, and applied the same way by training, `eval` and `predict`.
@@ -17,6 +17,9 @@ from mse_train.data.table import Table
 from mse_train.errors import EXAMPLES, DataError
 
 MISSING_CATEGORY = "(missing)"  # the category an empty cell gets under mean/median
+# Under `categorical_encoding: embedding` a category's code (1..n; 0 = unseen) is a float32
+# input: exact below 2**24, so a column may hold at most this many categories.
+MAX_CODED_CATEGORIES = 2**24 - 1
 
 
 @dataclass
@@ -50,14 +53,26 @@ class Preprocessor:
     targets: list[TargetColumn]
     missing: str = "error"
     unknown_category: str = "error"
+    categorical_encoding: str = "onehot"
+
+    @property
+    def embedded(self) -> bool:
+        """Categories enter the model as codes for its embeddings, not as one-hot columns."""
+        return self.categorical_encoding == "embedding"
 
     @property
     def input_names(self) -> list[str]:
-        """Model inputs in order: numeric features, then one column per category."""
+        """Model inputs in order: numeric features, then one column per category (onehot)
+        or one code column per categorical feature (embedding)."""
         names = [c.name for c in self.numeric]
         for col in self.categorical:
-            names += [f"{col.name}={cat}" for cat in col.categories]
+            names += [col.name] if self.embedded else [f"{col.name}={cat}" for cat in col.categories]
         return names
+
+    @property
+    def category_counts(self) -> list[int]:
+        """Each embedded column's number of categories (empty under onehot): the model's tables."""
+        return [len(c.categories) for c in self.categorical] if self.embedded else []
 
     @property
     def target_names(self) -> list[str]:
@@ -80,11 +95,13 @@ class Preprocessor:
             targets=[TargetColumn(**t) for t in data["targets"]],
             missing=str(data["missing"]),
             unknown_category=str(data["unknown_category"]),
+            # checkpoints written before categorical embeddings lack the key: one-hot
+            categorical_encoding=str(data.get("categorical_encoding", "onehot")),
         )
 
     # ------------------------------------------------------------------ transform
     def features_array(self, table: Table, frame: pd.DataFrame | None = None) -> np.ndarray:
-        """float32 (rows, inputs): filled, standardised numbers, then one-hot blocks."""
+        """float32 (rows, inputs): filled, standardised numbers, then one-hot blocks (or codes)."""
         frame = table.frame if frame is None else frame
         block = frame[[c.name for c in self.numeric]].to_numpy(dtype=np.float32, copy=True)
         if self.missing in ("mean", "median") and len(self.numeric):
@@ -100,10 +117,22 @@ class Preprocessor:
                 block /= np.array([c.std for c in self.numeric], dtype=np.float32)
         if not self.categorical:
             return block
-        parts = [block] + [self._one_hot(table, frame, col) for col in self.categorical]
+        parts = [block] + [self._encode(table, frame, col) for col in self.categorical]
         return np.concatenate(parts, axis=1)
 
-    def _one_hot(self, table: Table, frame: pd.DataFrame, col: CategoricalColumn) -> np.ndarray:
+    def _encode(self, table: Table, frame: pd.DataFrame, col: CategoricalColumn) -> np.ndarray:
+        """A column's one-hot block, or (embedding) its codes: 1 + the category's place, 0 for
+        none (an unseen category under `ignore`), the embedding's fixed zero row."""
+        codes = self._codes(table, frame, col)
+        if self.embedded:
+            return (codes + 1).astype(np.float32)[:, None]
+        out = np.zeros((len(codes), len(col.categories)), dtype=np.float32)
+        known = codes >= 0
+        out[np.flatnonzero(known), codes[known]] = 1.0
+        return out
+
+    def _codes(self, table: Table, frame: pd.DataFrame, col: CategoricalColumn) -> np.ndarray:
+        """Each row's place in the vocabulary, -1 for none; an unseen one is an error unless `ignore`."""
         values = frame[col.name]
         if self.missing in ("mean", "median"):
             values = values.fillna(MISSING_CATEGORY)
@@ -124,10 +153,7 @@ class Preprocessor:
                     "fix the values, or train with `data.unknown_category: ignore` (all-zero encoding)",
                 ],
             )
-        out = np.zeros((len(codes), len(col.categories)), dtype=np.float32)
-        known = codes >= 0
-        out[np.flatnonzero(known), codes[known]] = 1.0
-        return out
+        return codes
 
     def targets_array(self, frame: pd.DataFrame) -> np.ndarray:
         """float32 (rows, targets), standardised when training scaled the targets."""
@@ -145,6 +171,25 @@ class Preprocessor:
         return out
 
 
+def too_many_categories(name: str, count: int, max_categories: int, encoding: str) -> str | None:
+    """The problem with a column of `count` training categories, or None (in-memory and streamed fits)."""
+    if encoding == "embedding":
+        if count <= MAX_CODED_CATEGORIES:
+            return None
+        return (
+            f"column `{name}` has {count} distinct values in the training rows, more "
+            f"than an embedding's {MAX_CODED_CATEGORIES} (codes are exact float32 inputs); "
+            "drop it from `data.features` if it is an ID"
+        )
+    if count <= max_categories:
+        return None
+    return (
+        f"column `{name}` has {count} distinct values in the training rows, more than "
+        f"`data.max_categories` ({max_categories}); drop it from `data.features` if it is "
+        "an ID, raise `data.max_categories`, or set `data.categorical_encoding: embedding`"
+    )
+
+
 def fit(
     table: Table,
     rows: np.ndarray | None,
@@ -156,6 +201,7 @@ def fit(
     missing: str,
     unknown_category: str,
     max_categories: int,
+    categorical_encoding: str = "onehot",
 ) -> Preprocessor:
     """Fit on the given training rows of `table` (all rows when `rows` is None)."""
     frame = table.frame
@@ -175,12 +221,9 @@ def fit(
             cats = sorted({str(v) for v in values.dropna().unique()})
             if missing in ("mean", "median") and MISSING_CATEGORY not in cats:
                 cats.append(MISSING_CATEGORY)
-            if len(cats) > max_categories:
-                problems.append(
-                    f"column `{name}` has {len(cats)} distinct values in the training rows, more than "
-                    f"`data.max_categories` ({max_categories}); drop it from `data.features` if it is "
-                    "an ID, or raise `data.max_categories`"
-                )
+            problem = too_many_categories(name, len(cats), max_categories, categorical_encoding)
+            if problem:
+                problems.append(problem)
             categorical.append(CategoricalColumn(name, cats))
             continue
         observed = _observed(column(name))
@@ -201,7 +244,9 @@ def fit(
         target_specs.append(target)
     if problems:
         raise DataError(f"{table.path}: cannot prepare the features", problems)
-    return Preprocessor(list(features), numeric, categorical, target_specs, missing, unknown_category)
+    return Preprocessor(
+        list(features), numeric, categorical, target_specs, missing, unknown_category, categorical_encoding
+    )
 
 
 def _observed(values: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from mse_train.config.schema import DataConfig
 
 MISSING_POLICIES = typing.get_args(DataConfig.model_fields["missing"].annotation)
 UNKNOWN_POLICIES = typing.get_args(DataConfig.model_fields["unknown_category"].annotation)
+ENCODINGS = typing.get_args(DataConfig.model_fields["categorical_encoding"].annotation)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 IN_RANGE = " (in float32's range)"
 _FIELDS = {
@@ -30,9 +31,17 @@ def problems(data: Any, key: str = "preprocess") -> list[str]:
     """Everything wrong with a stored `Preprocessor.to_dict()`; empty when `from_dict` may use it."""
     if not isinstance(data, dict):
         return [f"`{key}` must be a mapping, got {_kind(data)}"]
-    found = _unexpected(data, ("features", "missing", "unknown_category", *_FIELDS), key)
+    # `categorical_encoding` is absent from checkpoints written before categorical embeddings
+    found = _unexpected(
+        data, ("features", "missing", "unknown_category", *_FIELDS), key, ("categorical_encoding",)
+    )
     if found:
         return found
+    encoding = data.get("categorical_encoding", "onehot")
+    if encoding not in ENCODINGS:
+        found.append(
+            f"`{key}.categorical_encoding` must be one of {', '.join(ENCODINGS)}, got {_short(encoding)}"
+        )
     features = data["features"]
     if not _names(features):
         found.append(f"`{key}.features` must be a non-empty list of column names, got {_short(features)}")
@@ -95,9 +104,12 @@ def _entry(item: Any, fields: tuple[str, ...], where: str, fill: bool) -> list[s
     return found
 
 
-def _unexpected(data: dict[Any, Any], fields: tuple[str, ...], where: str) -> list[str]:
+def _unexpected(
+    data: dict[Any, Any], fields: tuple[str, ...], where: str, optional: tuple[str, ...] = ()
+) -> list[str]:
     found = [f"`{where}` lacks `{name}`" for name in fields if name not in data]
-    found += [f"`{where}` has an unknown key {_short(name)}" for name in data if name not in fields]
+    known = (*fields, *optional)
+    found += [f"`{where}` has an unknown key {_short(name)}" for name in data if name not in known]
     return found
 
 

@@ -56,7 +56,8 @@ class Encoder:
             vocab = self.entry.vocabularies[col.name]
             empty = index.get(MISSING_CATEGORY, -1) if pre.missing in ("mean", "median") else -1
             self.lookups.append(np.array([empty, *(index.get(v, -1) for v in vocab)], dtype=np.int64))
-        self.inputs = len(pre.numeric) + sum(len(c.categories) for c in pre.categorical)
+        widths = [1 if pre.embedded else len(c.categories) for c in pre.categorical]
+        self.inputs = len(pre.numeric) + sum(widths)
 
     def x(self, start: int, stop: int, rows: np.ndarray | None) -> np.ndarray:
         """Inputs of rows `start:stop` of the file (only those where `rows` is True)."""
@@ -87,6 +88,10 @@ class Encoder:
                     f"{self.path}, column `{col.name}`: rows hold categories that training never saw",
                     ["train with `data.unknown_category: ignore` (all-zero encoding)"],
                 )
+            if self.pre.embedded:  # the code column, as preprocess writes it: 1 + place, 0 for none
+                out[:, at] = (where + 1).astype(np.float32)
+                at += 1
+                continue
             part = out[:, at : at + len(col.categories)]
             part[:] = 0.0
             known = np.flatnonzero(where >= 0)

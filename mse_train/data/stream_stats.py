@@ -23,6 +23,7 @@ from mse_train.data.preprocess import (
     Preprocessor,
     TargetColumn,
     tiny_std_to_one,
+    too_many_categories,
 )
 from mse_train.data.stream import BLOCK_ROWS
 from mse_train.errors import DataError
@@ -93,12 +94,9 @@ def fit(
             names = sorted(set(present) | ({MISSING_CATEGORY} if filled and counts[name][0] else set()))
             if filled and MISSING_CATEGORY not in names:
                 names.append(MISSING_CATEGORY)
-            if len(names) > cfg.max_categories:
-                problems.append(
-                    f"column `{name}` has {len(names)} distinct values in the training rows, more than "
-                    f"`data.max_categories` ({cfg.max_categories}); drop it from `data.features` if it is "
-                    "an ID, or raise `data.max_categories`"
-                )
+            problem = too_many_categories(name, len(names), cfg.max_categories, cfg.categorical_encoding)
+            if problem:
+                problems.append(problem)
             cats.append(CategoricalColumn(name, names))
             continue
         m = moments[name]
@@ -121,7 +119,15 @@ def fit(
         target_specs.append(target)
     if problems:
         raise DataError(f"{path}: cannot prepare the features", problems)
-    pre = Preprocessor(list(features), numeric, cats, target_specs, cfg.missing, cfg.unknown_category)
+    pre = Preprocessor(
+        list(features),
+        numeric,
+        cats,
+        target_specs,
+        cfg.missing,
+        cfg.unknown_category,
+        cfg.categorical_encoding,
+    )
     profile = {
         "rows": n_rows,
         "numeric": {

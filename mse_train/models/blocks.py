@@ -1,5 +1,5 @@
 """The networks beyond a plain MLP: residual blocks, TabM's weight-sharing ensemble, and the
-wrapper that puts a numeric embedding in front of any of them.
+wrapper that puts numeric and categorical embeddings in front of any of them.
 
 ResNet after Gorishniy, Rubachev, Khrulkov & Babenko, "Revisiting Deep Learning Models for
 Tabular Data" (NeurIPS 2021); TabM after Gorishniy, Kotelnikov & Babenko, "TabM: Advancing
@@ -19,18 +19,32 @@ NormFactory = Callable[[int], nn.Module]
 
 
 class Embedded(nn.Module):
-    """A numeric embedding on the first `n_numeric` inputs; the rest (one-hot) pass as they are."""
+    """A numeric embedding on the first `n_numeric` inputs, and a categorical one on the rest
+    (their integer codes); without one, those inputs (numbers, one-hot columns) pass as they are."""
 
-    def __init__(self, embedding: nn.Module | None, n_numeric: int, network: nn.Module, kind: str) -> None:
+    def __init__(
+        self,
+        embedding: nn.Module | None,
+        n_numeric: int,
+        network: nn.Module,
+        kind: str,
+        categorical: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.embedding = embedding
         self.n_numeric = n_numeric
         self.network = network
         self.kind = kind  # what `export` names when it cannot write the model
+        self.categorical = categorical
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.embedding is not None:
-            x = torch.cat([self.embedding(x[:, : self.n_numeric]), x[:, self.n_numeric :]], 1)
+        if self.embedding is not None or self.categorical is not None:
+            numbers, rest = x[:, : self.n_numeric], x[:, self.n_numeric :]
+            if self.embedding is not None:
+                numbers = self.embedding(numbers)
+            if self.categorical is not None:
+                rest = self.categorical(rest)
+            x = torch.cat([numbers, rest], 1)
         out: torch.Tensor = self.network(x)
         return out
 

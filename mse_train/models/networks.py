@@ -6,6 +6,8 @@ one-line description), a builder here, and an entry in MODELS.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -13,7 +15,7 @@ from torch import nn
 from mse_train.config import schema
 from mse_train.config.registry import Choice
 from mse_train.config.schema import LinearModel, MLPModel, ResNetModel, TabMModel
-from mse_train.models import blocks, embeddings
+from mse_train.models import blocks, categorical, embeddings
 
 # `model.activation` -> the module put after each hidden layer (tied to the schema by a test).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -26,8 +28,49 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def _linear(cfg: LinearModel, n_inputs: int, n_outputs: int, n_numeric: int) -> nn.Module:
-    return nn.Linear(n_inputs, n_outputs)
+@dataclass(frozen=True)
+class Inputs:
+    """What a model's input row holds: `total` columns, the first `numeric` of them numbers;
+    with categorical embeddings, one code column per entry of `categories` (its number of
+    categories), embedded `widths` wide. Without them the rest are one-hot columns."""
+
+    total: int
+    numeric: int
+    categories: tuple[int, ...] = ()
+    widths: tuple[int, ...] = ()
+
+    @property
+    def after_categorical(self) -> int:
+        """Columns the categorical inputs take once embedded (or as one-hot)."""
+        return sum(self.widths) if self.categories else self.total - self.numeric
+
+
+def _embedded(cfg: schema.ModelConfig, inputs: Inputs, network: nn.Module, bare: bool = False) -> nn.Module:
+    """`network` behind the configured embeddings; with none and `bare`, the network itself
+    (linear and mlp: packing and export read those layer by layer)."""
+    numeric = cfg.numeric_embedding if isinstance(cfg, schema.EmbeddedModel) else "none"
+    kind = f"model.type {cfg.type}" + (
+        f" with model.numeric_embedding {numeric}" if numeric != "none" else ""
+    )
+    cats = None
+    if inputs.categories:
+        kind += " with data.categorical_encoding embedding"
+        cats = categorical.CategoricalEmbeddings(inputs.categories, inputs.widths)
+    if bare and numeric == "none" and cats is None:
+        return network
+    num = embeddings.build(cfg, inputs.numeric) if isinstance(cfg, schema.EmbeddedModel) else None
+    return blocks.Embedded(num, inputs.numeric, network, kind, cats)
+
+
+def _network_inputs(cfg: schema.ModelConfig, inputs: Inputs) -> int:
+    numeric = (
+        embeddings.width(cfg, inputs.numeric) if isinstance(cfg, schema.EmbeddedModel) else inputs.numeric
+    )
+    return numeric + inputs.after_categorical
+
+
+def _linear(cfg: LinearModel, n_outputs: int, inputs: Inputs) -> nn.Module:
+    return _embedded(cfg, inputs, nn.Linear(_network_inputs(cfg, inputs), n_outputs), bare=True)
 
 
 def _mlp_layers(cfg: MLPModel, n_inputs: int, n_outputs: int) -> nn.Sequential:
@@ -42,30 +85,13 @@ def _mlp_layers(cfg: MLPModel, n_inputs: int, n_outputs: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _embedded(
-    cfg: MLPModel | ResNetModel | TabMModel, n_inputs: int, n_numeric: int, network: nn.Module
-) -> nn.Module:
-    """`network` behind the configured numeric embedding (no wrapper when there is none)."""
-    kind = f"model.type {cfg.type}" + (
-        f" with model.numeric_embedding {cfg.numeric_embedding}" if cfg.numeric_embedding != "none" else ""
-    )
-    return blocks.Embedded(embeddings.build(cfg, n_numeric), n_numeric, network, kind)
+def _mlp(cfg: MLPModel, n_outputs: int, inputs: Inputs) -> nn.Module:
+    return _embedded(cfg, inputs, _mlp_layers(cfg, _network_inputs(cfg, inputs), n_outputs), bare=True)
 
 
-def _network_inputs(cfg: schema.EmbeddedModel, n_inputs: int, n_numeric: int) -> int:
-    return embeddings.width(cfg, n_numeric) + n_inputs - n_numeric
-
-
-def _mlp(cfg: MLPModel, n_inputs: int, n_outputs: int, n_numeric: int) -> nn.Module:
-    if cfg.numeric_embedding == "none":  # a plain Sequential: packing and export read it layer by layer
-        return _mlp_layers(cfg, n_inputs, n_outputs)
-    layers = _mlp_layers(cfg, _network_inputs(cfg, n_inputs, n_numeric), n_outputs)
-    return _embedded(cfg, n_inputs, n_numeric, layers)
-
-
-def _resnet(cfg: ResNetModel, n_inputs: int, n_outputs: int, n_numeric: int) -> nn.Module:
+def _resnet(cfg: ResNetModel, n_outputs: int, inputs: Inputs) -> nn.Module:
     network = blocks.resnet(
-        _network_inputs(cfg, n_inputs, n_numeric),
+        _network_inputs(cfg, inputs),
         n_outputs,
         cfg.width,
         cfg.blocks,
@@ -75,15 +101,17 @@ def _resnet(cfg: ResNetModel, n_inputs: int, n_outputs: int, n_numeric: int) -> 
         cfg.dropout,
         cfg.residual_dropout,
     )
-    return _embedded(cfg, n_inputs, n_numeric, network)
+    return _embedded(cfg, inputs, network)
 
 
-def _tabm(cfg: TabMModel, n_inputs: int, n_outputs: int, n_numeric: int) -> nn.Module:
-    size = embeddings.width(cfg, 1) if n_numeric else 1
-    # One random start scale per feature: a numeric feature's whole embedding shares it.
-    chunks = [size] * n_numeric + [1] * (n_inputs - n_numeric)
+def _tabm(cfg: TabMModel, n_outputs: int, inputs: Inputs) -> nn.Module:
+    size = embeddings.width(cfg, 1) if inputs.numeric else 1
+    # One random start scale per feature: a feature's whole embedding shares it (a one-hot
+    # column counts as its own feature, as in the package).
+    rest = list(inputs.widths) if inputs.categories else [1] * (inputs.total - inputs.numeric)
+    chunks = [size] * inputs.numeric + rest
     network = blocks.TabM(
-        _network_inputs(cfg, n_inputs, n_numeric),
+        _network_inputs(cfg, inputs),
         n_outputs,
         cfg.k,
         cfg.sharing == "tabm_mini",
@@ -94,7 +122,7 @@ def _tabm(cfg: TabMModel, n_inputs: int, n_outputs: int, n_numeric: int) -> nn.M
         chunks,
         normal_start=cfg.numeric_embedding != "none",  # as the package: random signs without one
     )
-    return _embedded(cfg, n_inputs, n_numeric, network)
+    return _embedded(cfg, inputs, network)
 
 
 MODELS: dict[str, Choice[Any, nn.Module]] = {
@@ -105,24 +133,56 @@ MODELS: dict[str, Choice[Any, nn.Module]] = {
 }
 
 
-def build(cfg: schema.ModelConfig, n_inputs: int, n_outputs: int, n_numeric: int) -> nn.Module:
+def build(
+    cfg: schema.ModelConfig,
+    n_inputs: int,
+    n_outputs: int,
+    n_numeric: int,
+    categories: Sequence[int] = (),
+    widths: Sequence[int] = (),
+) -> nn.Module:
     """A fresh model with PyTorch's default init (init.py applies the configured one).
 
     The first `n_numeric` inputs are the numeric features (a numeric embedding reads them);
-    the rest are one-hot columns. Piecewise-linear bins are zero until `embeddings.fit` sets
-    them from training rows, or a checkpoint's state_dict does.
+    the rest are one-hot columns, or, when `categories` is given (each categorical column's
+    number of categories), one code column per categorical feature, embedded `widths` wide.
+    Piecewise-linear bins are zero until `embeddings.fit` sets them from training rows, or a
+    checkpoint's state_dict does.
     """
-    model: nn.Module = MODELS[cfg.type].build(cfg, n_inputs, n_outputs, n_numeric)
+    inputs = Inputs(n_inputs, n_numeric, tuple(categories), tuple(widths))
+    if inputs.categories and (
+        len(inputs.widths) != len(inputs.categories) or n_inputs != n_numeric + len(inputs.categories)
+    ):
+        raise ValueError(
+            f"{n_inputs} inputs with {n_numeric} numeric do not fit {len(inputs.categories)} "
+            f"categorical columns with {len(inputs.widths)} widths"
+        )
+    model: nn.Module = MODELS[cfg.type].build(cfg, n_outputs, inputs)
     return model
 
 
-def spec(cfg: schema.ModelConfig, n_inputs: int, n_outputs: int, n_numeric: int) -> dict[str, Any]:
-    """What a checkpoint stores to rebuild the model: the model config plus its sizes."""
-    sizes = {"n_inputs": n_inputs, "n_outputs": n_outputs, "n_numeric": n_numeric}
+def category_sizes(counts: Sequence[int], size: int | None) -> dict[str, list[int]]:
+    """`build`'s `categories` and `widths` for embedded categorical columns (none: onehot)."""
+    return {"categories": list(counts), "widths": categorical.widths(counts, size)}
+
+
+def spec(
+    cfg: schema.ModelConfig,
+    n_inputs: int,
+    n_outputs: int,
+    n_numeric: int,
+    categories: Sequence[int] = (),
+    widths: Sequence[int] = (),
+) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild the model: the model config plus its sizes
+    (`categories` and `category_widths` only with categorical embeddings)."""
+    sizes: dict[str, Any] = {"n_inputs": n_inputs, "n_outputs": n_outputs, "n_numeric": n_numeric}
+    if categories:
+        sizes |= {"categories": list(categories), "category_widths": list(widths)}
     return {**cfg.model_dump(mode="json"), **sizes}
 
 
-SIZE_KEYS = ("n_inputs", "n_outputs", "n_numeric")
+SIZE_KEYS = ("n_inputs", "n_outputs", "n_numeric", "categories", "category_widths")
 
 
 def from_spec(data: dict[str, Any]) -> nn.Module:
@@ -134,7 +194,9 @@ def from_spec(data: dict[str, Any]) -> nn.Module:
     entry = MODELS[str(fields.get("type"))]
     n_inputs = int(data["n_inputs"])
     n_numeric = int(data.get("n_numeric", n_inputs))
-    return build(entry.schema(**fields), n_inputs, int(data["n_outputs"]), n_numeric)
+    categories = [int(n) for n in data.get("categories", [])]
+    widths = [int(n) for n in data.get("category_widths", [])]
+    return build(entry.schema(**fields), n_inputs, int(data["n_outputs"]), n_numeric, categories, widths)
 
 
 _WIDE = (
@@ -143,6 +205,7 @@ _WIDE = (
     blocks.EnsembleLinear,
     blocks.MemberHeads,
     blocks.TabM,
+    categorical.CategoricalEmbeddings,
 )
 
 
@@ -163,7 +226,8 @@ _SCALINGS = (".r", ".s", ".start")
 
 def penalized_weights(model: nn.Module) -> list[nn.Parameter]:
     """The parameters L1/L2 regularization applies to: weight matrices (and tensors of them,
-    and embedding frequencies), not biases (TabM's (k, width) per-member biases included)
+    embedding frequencies and categorical embedding tables, which stand in for the first
+    layer's weights on one-hot columns), not biases (TabM's (k, width) per-member biases included)
     and not TabM's per-member scalings."""
     return [
         p

@@ -23,7 +23,7 @@ from mse_train import __version__
 from mse_train.data import drift, files, stored
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import CheckpointError
-from mse_train.models import embeddings, networks
+from mse_train.models import categorical, embeddings, networks
 from mse_train.outputs import fsio
 
 FORMAT = "mse-train-checkpoint"
@@ -209,6 +209,13 @@ def _check_values(data: dict[str, Any]) -> list[str]:
         for key, size in sizes.items()
         if key in spec and spec[key] != size  # checkpoints before numeric embeddings lack n_numeric
     ]
+    counts = spec.get("categories", [])
+    if counts != pre.category_counts:
+        problems.append(
+            f"`{K_MODEL}.categories` is {_short(counts)}, but the stored preprocessing "
+            f"({pre.categorical_encoding} encoding) makes {_short(pre.category_counts)}: each embedded "
+            "categorical column's number of categories"
+        )
     if data.get(K_PROFILE) is not None:
         problems += drift.problems(data[K_PROFILE], pre, K_PROFILE)
     return problems + _check_residuals(data.get(K_RESIDUALS), len(pre.targets))
@@ -249,6 +256,7 @@ def _check_shapes(data: dict[str, Any]) -> list[str]:
         with torch.device("meta"):
             model = networks.from_spec(data[K_MODEL])
         problems = embeddings.stored_problems(model, data[K_WEIGHTS], K_WEIGHTS)
+        problems += categorical.stored_problems(model, data[K_WEIGHTS], K_WEIGHTS)
     return problems
 
 
@@ -277,6 +285,7 @@ def _check_model_spec(spec: Any) -> list[str]:
     ]
     if "n_numeric" in spec and not _whole(spec["n_numeric"], 0):
         problems.append(f"`{K_MODEL}.n_numeric` must be a whole number >= 0, got {_short(spec['n_numeric'])}")
+    problems += _check_categories(spec)
     fields = {k: v for k, v in spec.items() if k not in networks.SIZE_KEYS}
     name = fields.get("type")
     entry = networks.MODELS.get(name) if isinstance(name, str) else None
@@ -290,6 +299,29 @@ def _check_model_spec(spec: Any) -> list[str]:
             where = ".".join(str(part) for part in (K_MODEL, *error["loc"]))
             problems.append(f"`{where}`: {error['msg']}, got {_short(error.get('input'))}")
     return problems
+
+
+def _check_categories(spec: dict[str, Any]) -> list[str]:
+    """`categories` and `category_widths`: both or neither, equal-length lists of whole numbers >= 1."""
+    if "categories" not in spec and "category_widths" not in spec:
+        return []
+    counts, widths = spec.get("categories"), spec.get("category_widths")
+    if not (_counts(counts) and _counts(widths)):
+        return [
+            f"`{K_MODEL}.categories` and `{K_MODEL}.category_widths` must both be non-empty lists of "
+            f"whole numbers >= 1, got {_short(counts)} and {_short(widths)}"
+        ]
+    assert isinstance(counts, list) and isinstance(widths, list)
+    if len(counts) != len(widths):
+        return [f"`{K_MODEL}.categories` and `{K_MODEL}.category_widths` must have one entry per column each"]
+    n_inputs, n_numeric = spec.get("n_inputs"), spec.get("n_numeric")
+    if isinstance(n_inputs, int) and (not isinstance(n_numeric, int) or n_inputs != n_numeric + len(counts)):
+        return [f"`{K_MODEL}.n_inputs` must be `n_numeric` plus one code column per entry of `categories`"]
+    return []
+
+
+def _counts(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_whole(n, 1) for n in value)
 
 
 def _whole(value: Any, least: int) -> bool:

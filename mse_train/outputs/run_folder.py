@@ -58,7 +58,11 @@ class Saver:
         self.cfg = config.to_dict(cfg)
         self.prepared = prepared
         self.model_spec = networks.spec(
-            cfg.model, prepared.train.inputs, prepared.train.outputs, len(prepared.pre.numeric)
+            cfg.model,
+            prepared.train.inputs,
+            prepared.train.outputs,
+            len(prepared.pre.numeric),
+            **networks.category_sizes(prepared.pre.category_counts, cfg.data.category_embedding_size),
         )
         self.metrics = metrics.MetricsFile(
             out / "metrics.csv", metrics.columns_for(cfg.targets, prepared.val is not None)

@@ -24,14 +24,21 @@ class Footprint:
     bytes: int
 
 
-def estimate(cfg: Config, n_inputs: int, n_outputs: int, batch_rows: int, n_numeric: int) -> Footprint:
+def estimate(
+    cfg: Config,
+    n_inputs: int,
+    n_outputs: int,
+    batch_rows: int,
+    n_numeric: int,
+    categories: dict[str, list[int]] | None = None,
+) -> Footprint:
     """Parameters of the model, and the bytes training it holds at its peak.
 
     Counted: weights, gradients and the optimizer's per-parameter state, the copies kept
     for best.pt and for rolling back a divergence, and one batch's activations.
     """
     with torch.device("meta"):  # shapes only: nothing is allocated, whatever the size
-        model = networks.build(cfg.model, n_inputs, n_outputs, n_numeric)
+        model = networks.build(cfg.model, n_inputs, n_outputs, n_numeric, **(categories or {}))
     parameters = sum(p.numel() for p in model.parameters())
     state = state_copies(cfg.optimizer)
     copies = 2 + state + 1 + (1 + state)  # weights, grads, state; best; last good + its state

@@ -59,6 +59,8 @@ def pack_key(cfg: Config) -> str | None:
         return None  # resnet, tabm: the stack holds only Linear layers and activations
     if isinstance(model, schema.MLPModel) and model.numeric_embedding != "none":
         return None  # the stack has no embedding layers
+    if cfg.data.categorical_encoding == "embedding":
+        return None  # nor categorical ones
     if isinstance(model, schema.MLPModel) and model.dropout > 0:
         return None  # dropout masks come from the global generator: not reproducible packed
     if isinstance(opt, schema.AdamConfig) and opt.amsgrad:

@@ -37,12 +37,14 @@ class Importance:
 
 
 def column_inputs(pre: Preprocessor) -> dict[str, list[int]]:
-    """Each original column's model inputs: one for a number, its one-hot block for a category."""
+    """Each original column's model inputs: one for a number, its one-hot block for a category
+    (or its one code column, under `categorical_encoding: embedding`)."""
     inputs = {c.name: [i] for i, c in enumerate(pre.numeric)}
     offset = len(pre.numeric)
     for col in pre.categorical:
-        inputs[col.name] = list(range(offset, offset + len(col.categories)))
-        offset += len(col.categories)
+        width = 1 if pre.embedded else len(col.categories)
+        inputs[col.name] = list(range(offset, offset + width))
+        offset += width
     return {name: inputs[name] for name in pre.features if inputs.get(name)}
 
 

@@ -229,7 +229,7 @@ def _network(g: _Graph, model: nn.Module, x: str) -> str:
             f"{model.kind} cannot be exported to ONNX yet: export writes linear layers and activations only",
             [
                 "export a model trained with model.type linear, or mlp with model.numeric_embedding "
-                "none; `mse-train predict` serves this one"
+                "none, and data.categorical_encoding onehot; `mse-train predict` serves this one"
             ],
         )
     layers = list(model) if isinstance(model, nn.Sequential) else [model]
