@@ -17,6 +17,8 @@ row numbers to split.json). Then, on the same split:
     encoded with empty cells as their own category): RidgeCV, HistGradientBoostingRegressor
     (defaults; categories as native categorical features) and MLPRegressor((64, 64)) with
     early stopping, its target standardised as mse-train's is.
+and a candidate rule for `mse-train init`, measured on the training rows only: how much
+5-fold CV R² random ReLU features add to ridge (bench/references.py, the "check" column).
 The wall seconds of mse-train are those of the `mse-train run` process (start-up included);
 those of scikit-learn are fit + predict in this process. scikit-learn is needed only here:
 pip install -e '.[bench]'.
@@ -43,6 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tables import TABLES, Table, TablesError, path
 
+try:
+    from references import NAMES as REFERENCES
+    from references import Result, nonlinearity, references
+except ImportError as exc:  # scikit-learn missing: main() says so
+    MISSING: ImportError | None = exc
+else:
+    MISSING = None
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "out" / "quality"
 SEED = 0
@@ -64,8 +74,7 @@ class Variant:
 # unknown key or choice shows as "n/a", so lines for options still on other branches can stay.
 VARIANTS: list[Variant] = [
     Variant("linear_l2", ("model={type: linear}", "regularization.l2=0.001"), quick=True),
-    Variant("mlp_l2", ("regularization.l2=0.001",), quick=True),
-    Variant("mlp_dropout", ("model.dropout=0.2",)),
+    Variant("mlp_l2", ("regularization.l2=0.001",), quick=True, only=("small",)),
     Variant("mlp_wide", ("model.hidden=[256, 256]",), only=("threshold",)),
     Variant("periodic", ("model.numeric_embedding=periodic",), quick=True),
     Variant("piecewise", ("model.numeric_embedding=piecewise_linear",)),
@@ -73,21 +82,7 @@ VARIANTS: list[Variant] = [
     Variant("tabm", ("model={type: tabm}",)),
 ]
 QUICK_TABLES = ("concrete", "housing", "diabetes")
-REFERENCES = ("ridge", "hgb", "sk_mlp")
-
-
-@dataclass
-class Result:
-    """One method on one table: test R² (None when it did not run) and wall seconds."""
-
-    r2: float | None
-    seconds: float | None
-    note: str = ""  # why there is no R², or what to know about this one
-
-    def cell(self) -> str:
-        if self.r2 is None:
-            return self.note or "failed"
-        return f"{self.r2:.3f} ({self.seconds:.1f} s)"
+CHECK_MARGIN = 0.02  # the candidate rule: an MLP when random features gain at least this
 
 
 # ------------------------------------------------------------------------ the split
@@ -146,82 +141,41 @@ def train(work: Path, name: str, sets: Sequence[str], test_csv: Path) -> Result:
     return Result(float(json.loads(scored.stdout)["r2"]), seconds, f"best epoch {epochs}")
 
 
-# ------------------------------------------------------------------------ scikit-learn
-def references(config: dict[str, Any], train_csv: Path, test_csv: Path, mlp_rows: int) -> dict[str, Result]:
-    """RidgeCV, HistGradientBoosting and MLPRegressor on the starter's columns."""
-    from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
-    from sklearn.ensemble import HistGradientBoostingRegressor
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import RidgeCV
-    from sklearn.metrics import r2_score
-    from sklearn.neural_network import MLPRegressor
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
-
-    data = config["data"]
-    target, features, categorical = data["target"], list(data["features"]), list(data["categorical"])
-    numeric = [c for c in features if c not in categorical]
-    train_frame, test_frame = pd.read_csv(train_csv), pd.read_csv(test_csv)
-    for frame in (train_frame, test_frame):
-        frame[categorical] = frame[categorical].astype("string").astype(object)
-    x_train, y_train = train_frame[features], train_frame[target].to_numpy(float)
-    x_test, y_test = test_frame[features], test_frame[target].to_numpy(float)
-
-    def prep(encoder: Any) -> ColumnTransformer:
-        numbers = make_pipeline(SimpleImputer(strategy="mean"), StandardScaler())
-        # an empty cell is its own category, as mse-train's "(missing)"
-        cats = make_pipeline(SimpleImputer(strategy="constant", fill_value="(missing)"), encoder)
-        return ColumnTransformer([("num", numbers, numeric), ("cat", cats, categorical)])
-
-    onehot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
-    ordinal = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan)
-    is_cat = [False] * len(numeric) + [True] * len(categorical)
-    mlp = MLPRegressor(hidden_layer_sizes=(64, 64), early_stopping=True, max_iter=500, random_state=SEED)
-    models: dict[str, tuple[Any, int | None]] = {
-        "ridge": (make_pipeline(prep(onehot), RidgeCV(alphas=np.logspace(-3, 3, 13))), None),
-        "hgb": (
-            make_pipeline(
-                prep(ordinal), HistGradientBoostingRegressor(categorical_features=is_cat, random_state=SEED)
-            ),
-            None,
-        ),
-        "sk_mlp": (
-            TransformedTargetRegressor(make_pipeline(prep(onehot), mlp), transformer=StandardScaler()),
-            mlp_rows,
-        ),
-    }
-    results: dict[str, Result] = {}
-    for name, (model, limit) in models.items():
-        rows = np.arange(len(y_train))
-        note = ""
-        if limit is not None and len(rows) > limit:
-            rows = np.random.default_rng(SEED).permutation(len(rows))[:limit]
-            note = f"fit on {limit:,} of {len(y_train):,} training rows"
-        started = time.perf_counter()
-        model.fit(x_train.iloc[rows], y_train[rows])
-        r2 = float(r2_score(y_test, model.predict(x_test)))
-        results[name] = Result(r2, time.perf_counter() - started, note)
-    return results
-
-
 # ------------------------------------------------------------------------ the table
-def measure(table: Table, variants: Sequence[Variant], mlp_rows: int) -> dict[str, Result]:
+def measure(
+    table: Table, variants: Sequence[Variant], mlp_rows: int, rejected: set[str]
+) -> tuple[dict[str, Result], float]:
+    """Every method's result on `table`, and the linearity check's gain on its training rows.
+
+    `rejected` collects variants the installed mse-train refused for an unknown key: they
+    are not tried again on the next tables.
+    """
     work = WORK / table.name
     train_csv, test_csv = split(table, work)
     config = starter(table, train_csv, work)
     results = {"starter": train(work, "starter", (), test_csv)}
     for variant in variants:
-        if variant.only and not set(variant.only) & set(table.tags):
+        if variant.name in rejected:
+            results[variant.name] = Result(None, None, "n/a (unknown key)")
+        elif variant.only and not set(variant.only) & set(table.tags):
             results[variant.name] = Result(None, None, "-")
         else:
             results[variant.name] = train(work, variant.name, variant.sets, test_csv)
+            if results[variant.name].note == "n/a (unknown key)":
+                rejected.add(variant.name)
     results.update(references(config, train_csv, test_csv, mlp_rows))
-    return results
+    return results, nonlinearity(config, train_csv)
 
 
-def markdown(rows: dict[str, dict[str, Result]], sizes: dict[str, int], methods: Sequence[str]) -> str:
-    """One table: a row per data table, a column per method; then where the starter loses."""
-    head = ["table", "rows", *methods, "best reference", "starter - best"]
+def markdown(
+    rows: dict[str, dict[str, Result]],
+    sizes: dict[str, int],
+    checks: dict[str, float],
+    methods: Sequence[str],
+) -> str:
+    """One table: a row per data table, a column per method; then where the starter loses
+    and what the linearity check would have picked."""
+    head = ["table", "rows", *methods, "best reference", "starter - best", "check"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     losses = []
     for name, results in rows.items():
@@ -231,6 +185,7 @@ def markdown(rows: dict[str, dict[str, Result]], sizes: dict[str, int], methods:
         gap = mine - theirs if mine is not None and theirs is not None else None
         cells = [name, f"{sizes[name]:,}", *(results[m].cell() for m in methods)]
         cells += [f"{best} {refs[best]:.3f}", f"{gap:+.3f}" if gap is not None else "-"]
+        cells.append(f"{checks[name]:+.3f} -> {'mlp' if checks[name] >= CHECK_MARGIN else 'linear'}")
         lines.append("| " + " | ".join(cells) + " |")
         if gap is None or gap < -LOSS_MARGIN:
             losses.append(f"- {name}: starter {results['starter'].cell()} vs {best} {refs[best]:.3f}")
@@ -245,6 +200,11 @@ def markdown(rows: dict[str, dict[str, Result]], sizes: dict[str, int], methods:
         text += "\n" + "\n".join(notes) + "\n"
     text += f"\nWhere the starter trails the best reference by more than {LOSS_MARGIN} R²:\n"
     text += ("\n".join(losses) if losses else "- nowhere") + "\n"
+    text += (
+        "\ncheck: 5-fold CV R² that random ReLU features add to ridge on the training rows "
+        f"(bench/references.py); the candidate rule writes an MLP at {CHECK_MARGIN:+} or more, "
+        "else a linear model with L2.\n"
+    )
     return text
 
 
@@ -258,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
     parser.add_argument("--mlp-rows", type=int, default=20_000, help="training rows for MLPRegressor at most")
     args = parser.parse_args(argv)
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        print("error: bench/quality.py needs scikit-learn: pip install -e '.[bench]'", file=sys.stderr)
+    if MISSING is not None:
+        print(
+            f"error: bench/quality.py needs scikit-learn ({MISSING}): pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
         return 2
     names = args.tables.split(",") if args.tables else list(QUICK_TABLES if args.quick else TABLES)
     chosen = args.variants.split(",") if args.variants else None
@@ -275,16 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # scikit-learn's convergence chatter
     rows: dict[str, dict[str, Result]] = {}
     sizes: dict[str, int] = {}
+    checks: dict[str, float] = {}
+    rejected: set[str] = set()
     started = time.perf_counter()
     for name in names:
         try:
-            rows[name] = measure(TABLES[name], variants, args.mlp_rows)
+            rows[name], checks[name] = measure(TABLES[name], variants, args.mlp_rows, rejected)
         except TablesError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         sizes[name] = json.loads((WORK / name / "split.json").read_text())["rows"]
-        print(f"{name}: " + ", ".join(f"{m} {rows[name][m].cell()}" for m in methods), file=sys.stderr)
-    text = markdown(rows, sizes, methods)
+        cells = ", ".join(f"{m} {rows[name][m].cell()}" for m in methods)
+        print(f"{name}: {cells}, check {checks[name]:+.3f}", file=sys.stderr)
+    text = markdown(rows, sizes, checks, methods)
     text += f"\nWhole run: {time.perf_counter() - started:.0f} s.\n"
     print(text)
     if args.write:
