@@ -1,0 +1,282 @@
+"""Test R² of mse-train's starter config against scikit-learn, on real tables.
+
+    .venv/bin/python bench/quality.py                        # every table, every variant
+    .venv/bin/python bench/quality.py --write bench/quality_results.md
+    .venv/bin/python bench/quality.py --quick                # 3 small tables, fewer variants
+    .venv/bin/python bench/quality.py --tables concrete,housing --variants linear_l2
+
+For each table (bench/tables.py; sources and licences in data/README.md) a fixed, seeded
+75/25 split of the rows is written to bench/out/quality/TABLE/{train,test}.csv (the test
+row numbers to split.json). Then, on the same split:
+  - starter: `mse-train init train.csv` then `mse-train run` with nothing changed, through
+    the installed CLI as a user runs it; test R² from `mse-train eval best.pt test.csv --json`;
+  - each variant in VARIANTS: the starter config with its `--set` overrides. A variant whose
+    key or choice the installed mse-train does not know is reported as n/a, not an error;
+  - references from scikit-learn, with the preprocessing mse-train does (numeric columns
+    filled with training means and standardised, the starter's categorical columns one-hot
+    encoded with empty cells as their own category): RidgeCV, HistGradientBoostingRegressor
+    (defaults; categories as native categorical features) and MLPRegressor((64, 64)) with
+    early stopping, its target standardised as mse-train's is.
+and a candidate rule for `mse-train init`, measured on the training rows only: how much
+5-fold CV R² random ReLU features add to ridge (bench/references.py, the "check" column).
+The wall seconds of mse-train are those of the `mse-train run` process (start-up included);
+those of scikit-learn are fit + predict in this process. scikit-learn is needed only here:
+pip install -e '.[bench]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tables import TABLES, Table, TablesError, path
+
+try:
+    from references import NAMES as REFERENCES
+    from references import Result, nonlinearity, references
+except ImportError as exc:  # scikit-learn missing: main() says so
+    MISSING: ImportError | None = exc
+else:
+    MISSING = None
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / "out" / "quality"
+SEED = 0
+TEST_SHARE = 0.25
+LOSS_MARGIN = 0.01  # the issue's bar: within 0.01 R² of the best reference
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named change to the starter config: `--set` overrides, as a user would type them."""
+
+    name: str
+    sets: tuple[str, ...]
+    quick: bool = False  # also run under --quick
+    only: tuple[str, ...] = ()  # tags of the tables it runs on (empty: every table)
+
+
+# Add a line here to measure a new option. A variant the installed mse-train rejects for an
+# unknown key or choice shows as "n/a", so lines for options still on other branches can stay.
+LINEAR_L2 = ("model={type: linear}", "regularization.l2=0.001")
+VARIANTS: list[Variant] = [
+    # a linear model as the starter trains it (Adam, batches of 64): on small tables it stops
+    # at 200 epochs still improving, so it understates what a linear model can do
+    Variant("linear_l2", LINEAR_L2, only=("small",)),
+    # the same solved to convergence: L-BFGS on the whole table at once, ridge's equivalent
+    Variant(
+        "linear_lbfgs",
+        (*LINEAR_L2, "optimizer={name: lbfgs}", "train.batch_size=null"),
+        quick=True,
+    ),
+    Variant("mlp_l2", ("regularization.l2=0.01",), quick=True, only=("small",)),
+    Variant("mlp_wide", ("model.hidden=[256, 256]",), only=("threshold",)),
+    Variant("periodic", ("model.numeric_embedding=periodic",), quick=True),
+    Variant("piecewise", ("model.numeric_embedding=piecewise_linear",)),
+    Variant("resnet", ("model={type: resnet}",)),
+    Variant("tabm", ("model={type: tabm}",)),
+]
+QUICK_TABLES = ("concrete", "housing", "diabetes")
+CHECK_MARGIN = 0.02  # the candidate rule: an MLP when random features gain at least this
+
+
+# ------------------------------------------------------------------------ the split
+def split(table: Table, work: Path) -> tuple[Path, Path]:
+    """Write TABLE's 75/25 split (seeded; rows kept in file order) and return its two CSVs."""
+    frame = pd.read_csv(path(table))
+    frame = frame.drop(columns=list(table.drop))
+    frame = frame[frame[table.target].notna()].reset_index(drop=True)
+    n = len(frame)
+    test_rows = np.sort(np.random.default_rng(SEED).permutation(n)[: round(n * TEST_SHARE)])
+    is_test = np.zeros(n, dtype=bool)
+    is_test[test_rows] = True
+    work.mkdir(parents=True, exist_ok=True)
+    train_csv, test_csv = work / "train.csv", work / "test.csv"
+    frame[~is_test].to_csv(train_csv, index=False)
+    frame[is_test].to_csv(test_csv, index=False)
+    (work / "split.json").write_text(json.dumps({"seed": SEED, "rows": n, "test": test_rows.tolist()}))
+    return train_csv, test_csv
+
+
+# ------------------------------------------------------------------------ mse-train
+def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("mse-train")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)
+
+
+def starter(table: Table, train_csv: Path, work: Path) -> dict[str, Any]:
+    """`mse-train init` on the training rows; returns the starter config as data."""
+    config = work / "starter.yaml"
+    done = _cli("init", train_csv, "--target", table.target, "--output", config, "--force")
+    if done.returncode != 0:
+        raise RuntimeError(f"mse-train init failed on {train_csv}: {done.stderr.strip()}")
+    loaded: dict[str, Any] = yaml.safe_load(config.read_text())
+    return loaded
+
+
+def train(work: Path, name: str, sets: Sequence[str], test_csv: Path) -> Result:
+    """`mse-train run starter.yaml --set ...` then `eval best.pt test.csv --json`."""
+    out = work / "runs" / name
+    args: list[str | Path] = ["run", work / "starter.yaml", "-q", "--json", "-o", out, "--overwrite"]
+    for item in sets:
+        args += ["--set", item]
+    started = time.perf_counter()
+    done = _cli(*args)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        said = done.stderr.strip()
+        if done.returncode == 2 and ("unknown key" in said or "is not one of" in said):
+            return Result(None, None, "n/a (unknown key)")
+        last = said.splitlines()[-1] if said else ""
+        return Result(None, seconds, f"failed (exit {done.returncode}: {last[:80]})")
+    scored = _cli("eval", out / "best.pt", test_csv, "--json")
+    if scored.returncode != 0:
+        return Result(None, seconds, f"eval failed (exit {scored.returncode})")
+    epochs = json.loads(done.stdout).get("best", {}).get("epoch")
+    return Result(float(json.loads(scored.stdout)["r2"]), seconds, f"best epoch {epochs}")
+
+
+# ------------------------------------------------------------------------ the table
+def measure(
+    table: Table, variants: Sequence[Variant], mlp_rows: int, rejected: set[str]
+) -> tuple[dict[str, Result], float]:
+    """Every method's result on `table`, and the linearity check's gain on its training rows.
+
+    `rejected` collects variants the installed mse-train refused for an unknown key: they
+    are not tried again on the next tables.
+    """
+    work = WORK / table.name
+    train_csv, test_csv = split(table, work)
+    config = starter(table, train_csv, work)
+    results = {"starter": train(work, "starter", (), test_csv)}
+    for variant in variants:
+        if variant.name in rejected:
+            results[variant.name] = Result(None, None, "n/a (unknown key)")
+        elif variant.only and not set(variant.only) & set(table.tags):
+            results[variant.name] = Result(None, None, "-")
+        else:
+            results[variant.name] = train(work, variant.name, variant.sets, test_csv)
+            if results[variant.name].note == "n/a (unknown key)":
+                rejected.add(variant.name)
+    results.update(references(config, train_csv, test_csv, mlp_rows))
+    return results, nonlinearity(config, train_csv)
+
+
+def markdown(
+    rows: dict[str, dict[str, Result]],
+    sizes: dict[str, int],
+    checks: dict[str, float],
+    methods: Sequence[str],
+) -> str:
+    """One table: a row per data table, a column per method; then where the starter loses
+    and what the linearity check would have picked."""
+    head = ["table", "rows", *methods, "best reference", "starter - best", "check"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    losses = []
+    for name, results in rows.items():
+        refs = {k: results[k].r2 for k in REFERENCES if results[k].r2 is not None}
+        best = max(refs, key=lambda k: refs[k] or 0.0)
+        mine, theirs = results["starter"].r2, refs[best]
+        gap = mine - theirs if mine is not None and theirs is not None else None
+        cells = [name, f"{sizes[name]:,}", *(results[m].cell() for m in methods)]
+        cells += [f"{best} {refs[best]:.3f}", f"{gap:+.3f}" if gap is not None else "-"]
+        cells.append(f"{checks[name]:+.3f} -> {'mlp' if checks[name] >= CHECK_MARGIN else 'linear'}")
+        lines.append("| " + " | ".join(cells) + " |")
+        if gap is None or gap < -LOSS_MARGIN:
+            losses.append(f"- {name}: starter {results['starter'].cell()} vs {best} {refs[best]:.3f}")
+    notes = [
+        f"- {name} {m}: {results[m].note}"
+        for name, results in rows.items()
+        for m in REFERENCES
+        if results[m].note
+    ]
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
+    text += f"\nWhere the starter trails the best reference by more than {LOSS_MARGIN} R²:\n"
+    text += ("\n".join(losses) if losses else "- nowhere") + "\n"
+    text += (
+        "\ncheck: 5-fold CV R² that random ReLU features add to ridge on the training rows "
+        f"(bench/references.py); the candidate rule writes an MLP at {CHECK_MARGIN:+} or more, "
+        "else a linear model with L2.\n"
+    )
+    return text
+
+
+def header(argv: Sequence[str]) -> str:
+    """Title, machine and the command that measured it."""
+    from run import machine  # bench/run.py; imports torch, so only when writing
+
+    command = " ".join([".venv/bin/python bench/quality.py", *argv])
+    return (
+        "# mse-train's starter against scikit-learn on real tables (issue 13)\n\n"
+        f"Machine: {machine()}.\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}). "
+        "Cells: test R² (wall seconds). Tables and licences: data/README.md.\n\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tables", help=f"comma-separated, from: {', '.join(TABLES)}")
+    parser.add_argument("--variants", help=f"comma-separated, from: {', '.join(v.name for v in VARIANTS)}")
+    parser.add_argument("--quick", action="store_true", help="3 small tables and the quick variants")
+    parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--mlp-rows", type=int, default=20_000, help="training rows for MLPRegressor at most")
+    args = parser.parse_args(argv)
+    if MISSING is not None:
+        print(
+            f"error: bench/quality.py needs scikit-learn ({MISSING}): pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
+    names = args.tables.split(",") if args.tables else list(QUICK_TABLES if args.quick else TABLES)
+    chosen = args.variants.split(",") if args.variants else None
+    unknown = [n for n in names if n not in TABLES]
+    unknown += [v for v in chosen or () if v not in {v.name for v in VARIANTS}]
+    if unknown:
+        print(f"error: unknown table or variant: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    variants = [v for v in VARIANTS if (v.name in chosen if chosen else (v.quick or not args.quick))]
+    methods = ["starter", *(v.name for v in variants), *REFERENCES]
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # scikit-learn's convergence chatter
+    rows: dict[str, dict[str, Result]] = {}
+    sizes: dict[str, int] = {}
+    checks: dict[str, float] = {}
+    rejected: set[str] = set()
+    started = time.perf_counter()
+    for name in names:
+        try:
+            rows[name], checks[name] = measure(TABLES[name], variants, args.mlp_rows, rejected)
+        except TablesError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        sizes[name] = json.loads((WORK / name / "split.json").read_text())["rows"]
+        cells = ", ".join(f"{m} {rows[name][m].cell()}" for m in methods)
+        print(f"{name}: {cells}, check {checks[name]:+.3f}", file=sys.stderr)
+    text = header(argv if argv is not None else sys.argv[1:]) + markdown(rows, sizes, checks, methods)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    text += f"\nWhole run: {time.perf_counter() - started:.0f} s; load average at the end {load}.\n"
+    print(text)
+    if args.write:
+        args.write.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
