@@ -697,5 +697,36 @@ def _best_epoch(history: list[dict[str, Any]]) -> int:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Under torchrun (WORLD_SIZE above 1), once this process has joined the process group, it
+    ends with os._exit when the command is done and its output flushed, without Python's
+    interpreter teardown. DistributedDataParallel keeps the gloo process group, and so its
+    worker threads, alive to the end (destroying the group does not join them while a DDP
+    model exists); a worker that needs the GIL while the interpreter is finalizing is ended
+    by CPython inside a noexcept C++ frame, and the process aborts ("terminate called
+    without an active exception", SIGABRT; core dumps showed it freeing a finished
+    collective's tensors). Every output is already written atomically and closed by then,
+    so the teardown has nothing left to do.
+    """
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        app()
+        return
+    from mse_train.training import distributed
+
+    code = 1
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # a bug: its traceback, as Python would print it
+        traceback.print_exc()
+    if not distributed.joined():  # no process group, no gloo threads: the usual exit
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -101,6 +101,14 @@ def device_for(device: torch.device, world: World) -> torch.device:
     return torch.device("cuda", world.local_rank)
 
 
+_JOINED: list[bool] = []  # one True once this process has joined a process group
+
+
+def joined() -> bool:
+    """Whether this process joined a process group (so gloo's threads may still run)."""
+    return bool(_JOINED)
+
+
 @contextmanager
 def process_group(device: torch.device) -> Iterator[None]:
     """The default process group for the run (nccl on CUDA, gloo on CPU), destroyed after."""
@@ -109,6 +117,7 @@ def process_group(device: torch.device) -> Iterator[None]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
         dist.init_process_group(backend, timeout=TIMEOUT)
+        _JOINED.append(True)
     except (RuntimeError, ValueError) as exc:
         raise EnvironmentProblem(
             f"cannot join the other processes ({backend}): {(str(exc).splitlines() or ['?'])[0]}",
