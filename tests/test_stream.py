@@ -182,7 +182,12 @@ def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
     assert run.code == 0, run
     calls = []
     metrics = evaluate_stream.metrics
-    monkeypatch.setattr(evaluate_stream, "metrics", lambda *args: calls.append(1) or metrics(*args))
+
+    def spy(*args):
+        calls.append(1)
+        return metrics(*args)
+
+    monkeypatch.setattr(evaluate_stream, "metrics", spy)
     streamed = cli("eval", tmp_path / "s" / "best.pt", mixed, "--json")
     assert streamed.code == 0, streamed
     assert calls == [1]  # the checkpoint's budget (1KiB) made eval stream
