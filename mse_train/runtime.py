@@ -58,6 +58,25 @@ def release_freed_memory() -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (glibc malloc.h)
+STREAM_MMAP_THRESHOLD = 1 << 16
+
+
+def hand_back_large_buffers() -> None:
+    """Serve every allocation of 64 KiB or more by its own mmap, returned to the OS when freed.
+
+    For a streamed table (data/stream.py). glibc otherwise raises its mmap threshold as
+    large buffers are freed and then carves them, and the training step's ~256 KiB
+    activations, out of its heap, between small objects that live for the whole epoch
+    (the per-batch losses), and it cannot reuse or return those holes: measured on 2M rows
+    x 24 columns, the process's anonymous memory grew by 230 MB in one streamed epoch
+    (linear in rows), 11 MB with this setting. Idempotent; Linux (glibc) only.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, STREAM_MMAP_THRESHOLD)
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes that can still be allocated on `device` (None when it cannot be told).
 

@@ -3,6 +3,7 @@ exact resume inside an epoch."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from mse_train import config, recipe
 from mse_train.data import prepare, stream_fit
 from mse_train.data.stream import BLOCK_ROWS, Rows
+from mse_train.use import evaluate_stream
 
 from conftest import read_metrics, write_config
 
@@ -173,3 +175,33 @@ def test_the_epoch_order_is_a_seeded_shuffle_of_blocks_and_rows(tmp_path, mixed)
     assert not np.array_equal(first, plain) and not np.array_equal(first, targets(2))
     np.testing.assert_array_equal(first, targets(1))
     np.testing.assert_array_equal(first[512 * 130 :], targets(1, 130))  # resuming at batch 130
+
+
+def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
+    cli, tmp_path, mixed, monkeypatch
+):
+    cfg = data_config(tmp_path, mixed, missing="mean")
+    run = cli("run", cfg, "-q", "-o", tmp_path / "s", "--set", "data.memory_budget=1KiB")
+    assert run.code == 0, run
+    calls = []
+    metrics = evaluate_stream.metrics
+
+    def spy(*args):
+        calls.append(1)
+        return metrics(*args)
+
+    monkeypatch.setattr(evaluate_stream, "metrics", spy)
+    streamed = cli("eval", tmp_path / "s" / "best.pt", mixed, "--json")
+    assert streamed.code == 0, streamed
+    assert calls == [1]  # the checkpoint's budget (1KiB) made eval stream
+    monkeypatch.setattr(evaluate_stream, "mapped_if_too_big", lambda *args: None)
+    memory = cli("eval", tmp_path / "s" / "best.pt", mixed, "--json")
+    assert memory.code == 0, memory
+    assert calls == [1]
+    a, b = json.loads(streamed.stdout), json.loads(memory.stdout)
+    assert a["n"] == b["n"] == len(pd.read_csv(mixed).dropna(subset=["y"]))
+    for key in ("mse", "rmse", "mae", "r2"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5)
+    assert a["drift"] == b["drift"]
+    refused = cli("eval", tmp_path / "s" / "best.pt", mixed, "--interval", "0.9")
+    assert refused.code == 2

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mse_train import runtime
 from mse_train.data.cache import Entry
 from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
 from mse_train.errors import DataError
@@ -127,6 +128,7 @@ class Rows:
             dtype=np.int64,
         )
         self.n = int(self.counts.sum())
+        runtime.hand_back_large_buffers()  # or the heap grows with every block read (runtime.py)
 
     def __len__(self) -> int:
         return self.n
@@ -151,6 +153,7 @@ class Rows:
         for b in range(len(self.starts)):
             if self.counts[b]:
                 yield self.block(b)
+                runtime.release_freed_memory()
 
     def epoch(
         self, generator: torch.Generator | None, size: int, start_batch: int
@@ -183,5 +186,7 @@ class Rows:
             for at in range(0, whole, size):
                 yield x[at : at + size], y[at : at + size]
             rest_x, rest_y = x[whole:], y[whole:]
+            del x, y
+            runtime.release_freed_memory()  # the block's buffers, and what the steps freed
         if len(rest_x):
             yield rest_x, rest_y

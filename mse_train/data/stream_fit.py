@@ -50,7 +50,12 @@ class Streamed:
 
 def budget(cfg: DataConfig) -> int:
     """`data.memory_budget` in bytes."""
-    size = size_in_bytes(cfg.memory_budget)
+    return budget_of(cfg.memory_budget)
+
+
+def budget_of(setting: str) -> int:
+    """A `data.memory_budget` setting in bytes (`auto`: a share of the available memory)."""
+    size = size_in_bytes(setting)
     if size is not None:
         return size
     import torch
@@ -114,9 +119,9 @@ def prepare_run(
         f"({limit >> 20} MiB): training streams it from the data cache in shuffled blocks "
         f"of {BLOCK_ROWS} rows"
     )
-    source = _Source(path, entry, header)
-    keep = _keep(source, features, targets, cfg.missing, notes)
-    val_source: _Source | None = None
+    source = Source(path, entry, header)
+    kept = keep(source, features, targets, cfg.missing, notes)
+    val_source: Source | None = None
     val_mask: np.ndarray | None = None
     if cfg.val is not None:
         vpath = Path(cfg.val)
@@ -130,12 +135,12 @@ def prepare_run(
         )
         if vfound is None:
             raise DataError(f"{vpath}: cannot be streamed: the data cache could not be written")
-        val_source = _Source(vpath, vfound[0], table.read_header(vpath, cfg.delimiter))
-        val_mask = _keep(val_source, features, targets, cfg.missing, notes)
-        train_mask = keep
+        val_source = Source(vpath, vfound[0], table.read_header(vpath, cfg.delimiter))
+        val_mask = keep(val_source, features, targets, cfg.missing, notes)
+        train_mask = kept
         digests = {str(path): Digest.known(sha), str(vpath): Digest.known(vfound[1])}
     else:
-        train_mask, val_mask = _split(keep, entry.rows, cfg, seed, path)
+        train_mask, val_mask = _split(kept, entry.rows, cfg, seed, path)
         val_source = source if val_mask is not None else None
         digests = {str(path): Digest.known(sha)}
     seconds = time.perf_counter() - started
@@ -149,7 +154,7 @@ def prepare_run(
 
 
 @dataclass
-class _Source:
+class Source:
     path: Path
     entry: cache.Entry
     header: list[str]
@@ -169,8 +174,8 @@ def _empty(values: np.ndarray, categorical: bool) -> np.ndarray:
     return values < 0 if categorical else np.isnan(values)
 
 
-def _keep(
-    source: _Source, features: list[str], targets: list[str], policy: str, notes: list[str]
+def keep(
+    source: Source, features: list[str], targets: list[str], policy: str, notes: list[str]
 ) -> np.ndarray | None:
     """`data.missing` over a streamed table (as missing.handle_missing): the rows kept, None: all."""
     entry, cat = source.entry, set(source.entry.categorical)
@@ -247,7 +252,7 @@ def _split(
 
 
 def _check_categories(
-    source: _Source, rows: np.ndarray | None, pre: Preprocessor, cfg: DataConfig, same_file: bool
+    source: Source, rows: np.ndarray | None, pre: Preprocessor, cfg: DataConfig, same_file: bool
 ) -> None:
     """Validation rows holding a category no training row holds: the in-memory messages' gist."""
     if cfg.unknown_category != "error":

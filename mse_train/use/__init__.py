@@ -1,6 +1,7 @@
 """Putting a trained model to use: everything that starts from a checkpoint.
 
   evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units; interval coverage
+  evaluate_stream.py  `eval` of a table larger than data.memory_budget, a block at a time
   predict.py   `predict`: rows with predictions (and intervals) appended, streamed in
                chunks, all or nothing
   scoring.py   predictions in the targets' units; a non-finite one is an error naming its row

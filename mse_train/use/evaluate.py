@@ -20,7 +20,7 @@ from mse_train.data.drift import Finding, Watch
 from mse_train.data.preprocess import Preprocessor
 from mse_train.errors import DataError
 from mse_train.outputs import checkpoint
-from mse_train.use import intervals, scoring
+from mse_train.use import evaluate_stream, intervals, scoring
 
 
 @dataclass
@@ -98,6 +98,28 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: flo
     watch = drift_watch(ckpt, pre)
     cache_notes: list[str] = []
     store = data_cache(ckpt, cache_notes)
+    setting = str(ckpt[checkpoint.K_CONFIG].get("data", {}).get("memory_budget", "auto"))
+    big = evaluate_stream.mapped_if_too_big(csv_path, pre, delimiter, setting, store)
+    if big is not None:  # the table's arrays exceed data.memory_budget: scored block by block
+        if interval is not None:
+            raise DataError(
+                f"{csv_path}: --interval is not scored on a table larger than data.memory_budget",
+                ["evaluate without --interval, or on a sample of the rows"],
+            )
+        model.to(dev)
+        overall, per, notes, shown_y, shown_p = evaluate_stream.metrics(
+            csv_path, big[0], big[1], pre, model, dev, watch
+        )
+        return Report(
+            overall,
+            dict(zip(pre.target_names, per, strict=True)),
+            cache_notes + notes,
+            int(ckpt[checkpoint.K_EPOCH]),
+            shown_y,
+            shown_p,
+            None,
+            watch.findings() if watch is not None else [],
+        )
     data, split, notes = prepare.prepare_eval(csv_path, pre, delimiter, watch=watch, store=store)
     notes = cache_notes + notes
     model.to(dev)
