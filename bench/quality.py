@@ -8,17 +8,19 @@
 For each table (bench/tables.py; sources and licences in data/README.md) a fixed, seeded
 75/25 split of the rows is written to bench/out/quality/TABLE/{train,test}.csv (the test
 row numbers to split.json). Then, on the same split:
-  - starter: `mse-train init train.csv` then `mse-train run` with nothing changed, through
-    the installed CLI as a user runs it; test R² from `mse-train eval best.pt test.csv --json`;
-  - each variant in VARIANTS: the starter config with its `--set` overrides. A variant whose
-    key or choice the installed mse-train does not know is reported as n/a, not an error;
+  - starter: `mse-train init train.csv` (which runs its check and picks a linear model or
+    an MLP) then `mse-train run` with nothing changed, through the installed CLI as a user
+    runs it; test R² from `mse-train eval best.pt test.csv --json`;
+  - each variant in VARIANTS: the `mse-train init --quick` config (the MLP, unchecked) with
+    its `--set` overrides. A variant whose key or choice the installed mse-train does not
+    know is reported as n/a, not an error;
   - references from scikit-learn, with the preprocessing mse-train does (numeric columns
     filled with training means and standardised, the starter's categorical columns one-hot
     encoded with empty cells as their own category): RidgeCV, HistGradientBoostingRegressor
     (defaults; categories as native categorical features) and MLPRegressor((64, 64)) with
     early stopping, its target standardised as mse-train's is.
-and a candidate rule for `mse-train init`, measured on the training rows only: how much
-5-fold CV R² random ReLU features add to ridge (bench/references.py, the "check" column).
+and what init's check found on the training rows: how much 5-fold CV R² random ReLU
+features add to ridge (read from the comment init writes; the "init chose" column).
 The wall seconds of mse-train are those of the `mse-train run` process (start-up included);
 those of scikit-learn are fit + predict in this process. scikit-learn is needed only here:
 pip install -e '.[bench]'.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,7 +50,7 @@ from tables import TABLES, Table, TablesError, path
 
 try:
     from references import NAMES as REFERENCES
-    from references import Result, nonlinearity, references
+    from references import Result, references
 except ImportError as exc:  # scikit-learn missing: main() says so
     MISSING: ImportError | None = exc
 else:
@@ -72,26 +75,29 @@ class Variant:
 
 # Add a line here to measure a new option. A variant the installed mse-train rejects for an
 # unknown key or choice shows as "n/a", so lines for options still on other branches can stay.
+# Each applies to the `init --quick` config: the MLP with piecewise-linear embeddings.
 LINEAR_L2 = ("model={type: linear}", "regularization.l2=0.001")
 VARIANTS: list[Variant] = [
-    # a linear model as the starter trains it (Adam, batches of 64): on small tables it stops
-    # at 200 epochs still improving, so it understates what a linear model can do
-    Variant("linear_l2", LINEAR_L2, only=("small",)),
+    # the MLP init writes when its check finds curvature, and `init --quick` always
+    Variant("mlp_piecewise", (), quick=True),
+    # the starter before issue 13: the same MLP, numeric inputs as they are
+    Variant("mlp_plain", ("model.numeric_embedding=none",), quick=True),
+    # a linear model as the old starter trained it (Adam, batches of 64): on small tables it
+    # stops at 200 epochs still improving, so it understates what a linear model can do
+    Variant("linear_l2", (*LINEAR_L2, "model.numeric_embedding=none"), only=("small",)),
     # the same solved to convergence: L-BFGS on the whole table at once, ridge's equivalent
     Variant(
         "linear_lbfgs",
         (*LINEAR_L2, "optimizer={name: lbfgs}", "train.batch_size=null"),
         quick=True,
     ),
-    Variant("mlp_l2", ("regularization.l2=0.01",), quick=True, only=("small",)),
+    Variant("mlp_l2", ("regularization.l2=0.01",), only=("small",)),
     Variant("mlp_wide", ("model.hidden=[256, 256]",), only=("threshold",)),
-    Variant("periodic", ("model.numeric_embedding=periodic",), quick=True),
-    Variant("piecewise", ("model.numeric_embedding=piecewise_linear",)),
-    Variant("resnet", ("model={type: resnet}",)),
-    Variant("tabm", ("model={type: tabm}",)),
+    Variant("periodic", ("model.numeric_embedding=periodic",)),
+    Variant("resnet", ("model={type: resnet, numeric_embedding: piecewise_linear}",)),
+    Variant("tabm", ("model={type: tabm, numeric_embedding: piecewise_linear}",)),
 ]
 QUICK_TABLES = ("concrete", "housing", "diabetes")
-CHECK_MARGIN = 0.02  # the candidate rule: an MLP when random features gain at least this
 
 
 # ------------------------------------------------------------------------ the split
@@ -118,20 +124,25 @@ def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)
 
 
-def starter(table: Table, train_csv: Path, work: Path) -> dict[str, Any]:
-    """`mse-train init` on the training rows; returns the starter config as data."""
-    config = work / "starter.yaml"
-    done = _cli("init", train_csv, "--target", table.target, "--output", config, "--force")
-    if done.returncode != 0:
-        raise RuntimeError(f"mse-train init failed on {train_csv}: {done.stderr.strip()}")
-    loaded: dict[str, Any] = yaml.safe_load(config.read_text())
-    return loaded
+def starter(table: Table, train_csv: Path, work: Path) -> tuple[dict[str, Any], str]:
+    """`mse-train init` on the training rows (starter.yaml), and `init --quick` (quick.yaml,
+    what the variants change); returns the starter config as data and what init chose."""
+    for name, extra in (("starter", ()), ("quick", ("--quick",))):
+        config = work / f"{name}.yaml"
+        done = _cli("init", train_csv, "--target", table.target, "--output", config, "--force", *extra)
+        if done.returncode != 0:
+            raise RuntimeError(f"mse-train init failed on {train_csv}: {done.stderr.strip()}")
+    text = (work / "starter.yaml").read_text()
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    gain = re.search(r"features of the inputs add ([-+][0-9.]+)", text)
+    chose = f"{loaded['model']['type']} ({gain.group(1)})" if gain else loaded["model"]["type"]
+    return loaded, chose
 
 
-def train(work: Path, name: str, sets: Sequence[str], test_csv: Path) -> Result:
-    """`mse-train run starter.yaml --set ...` then `eval best.pt test.csv --json`."""
+def train(work: Path, name: str, sets: Sequence[str], test_csv: Path, base: str = "quick") -> Result:
+    """`mse-train run BASE.yaml --set ...` then `eval best.pt test.csv --json`."""
     out = work / "runs" / name
-    args: list[str | Path] = ["run", work / "starter.yaml", "-q", "--json", "-o", out, "--overwrite"]
+    args: list[str | Path] = ["run", work / f"{base}.yaml", "-q", "--json", "-o", out, "--overwrite"]
     for item in sets:
         args += ["--set", item]
     started = time.perf_counter()
@@ -153,16 +164,16 @@ def train(work: Path, name: str, sets: Sequence[str], test_csv: Path) -> Result:
 # ------------------------------------------------------------------------ the table
 def measure(
     table: Table, variants: Sequence[Variant], mlp_rows: int, rejected: set[str]
-) -> tuple[dict[str, Result], float]:
-    """Every method's result on `table`, and the linearity check's gain on its training rows.
+) -> tuple[dict[str, Result], str]:
+    """Every method's result on `table`, and what init chose (with its check's gain).
 
     `rejected` collects variants the installed mse-train refused for an unknown key: they
     are not tried again on the next tables.
     """
     work = WORK / table.name
     train_csv, test_csv = split(table, work)
-    config = starter(table, train_csv, work)
-    results = {"starter": train(work, "starter", (), test_csv)}
+    config, chose = starter(table, train_csv, work)
+    results = {"starter": train(work, "starter", (), test_csv, base="starter")}
     for variant in variants:
         if variant.name in rejected:
             results[variant.name] = Result(None, None, "n/a (unknown key)")
@@ -173,18 +184,18 @@ def measure(
             if results[variant.name].note == "n/a (unknown key)":
                 rejected.add(variant.name)
     results.update(references(config, train_csv, test_csv, mlp_rows))
-    return results, nonlinearity(config, train_csv)
+    return results, chose
 
 
 def markdown(
     rows: dict[str, dict[str, Result]],
     sizes: dict[str, int],
-    checks: dict[str, float],
+    checks: dict[str, str],
     methods: Sequence[str],
 ) -> str:
     """One table: a row per data table, a column per method; then where the starter loses
     and what the linearity check would have picked."""
-    head = ["table", "rows", *methods, "best reference", "starter - best", "check"]
+    head = ["table", "rows", *methods, "best reference", "starter - best", "init chose"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     losses = []
     for name, results in rows.items():
@@ -194,7 +205,7 @@ def markdown(
         gap = mine - theirs if mine is not None and theirs is not None else None
         cells = [name, f"{sizes[name]:,}", *(results[m].cell() for m in methods)]
         cells += [f"{best} {refs[best]:.3f}", f"{gap:+.3f}" if gap is not None else "-"]
-        cells.append(f"{checks[name]:+.3f} -> {'mlp' if checks[name] >= CHECK_MARGIN else 'linear'}")
+        cells.append(checks[name])
         lines.append("| " + " | ".join(cells) + " |")
         if gap is None or gap < -LOSS_MARGIN:
             losses.append(f"- {name}: starter {results['starter'].cell()} vs {best} {refs[best]:.3f}")
@@ -210,9 +221,9 @@ def markdown(
     text += f"\nWhere the starter trails the best reference by more than {LOSS_MARGIN} R²:\n"
     text += ("\n".join(losses) if losses else "- nowhere") + "\n"
     text += (
-        "\ncheck: 5-fold CV R² that random ReLU features add to ridge on the training rows "
-        f"(bench/references.py); the candidate rule writes an MLP at {CHECK_MARGIN:+} or more, "
-        "else a linear model with L2.\n"
+        "\ninit chose: the starter's model, and the 5-fold CV R² that random ReLU features add "
+        "to ridge on the training rows (init's check, mse_train/selection/linearity.py; an MLP "
+        "from +0.02).\n"
     )
     return text
 
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # scikit-learn's convergence chatter
     rows: dict[str, dict[str, Result]] = {}
     sizes: dict[str, int] = {}
-    checks: dict[str, float] = {}
+    checks: dict[str, str] = {}
     rejected: set[str] = set()
     started = time.perf_counter()
     for name in names:
@@ -268,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         sizes[name] = json.loads((WORK / name / "split.json").read_text())["rows"]
         cells = ", ".join(f"{m} {rows[name][m].cell()}" for m in methods)
-        print(f"{name}: {cells}, check {checks[name]:+.3f}", file=sys.stderr)
+        print(f"{name}: {cells}, init chose {checks[name]}", file=sys.stderr)
     text = header(argv if argv is not None else sys.argv[1:]) + markdown(rows, sizes, checks, methods)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text += f"\nWhole run: {time.perf_counter() - started:.0f} s; load average at the end {load}.\n"

@@ -1,6 +1,6 @@
-"""scikit-learn's side of bench/quality.py: the reference models and the linearity check.
+"""scikit-learn's side of bench/quality.py: the reference models, fitted as mse-train sees the table.
 
-Both see what mse-train sees: the starter config's feature and categorical columns, numeric
+They see what mse-train sees: the starter config's feature and categorical columns, numeric
 columns filled with training means and standardised, categories one-hot (an empty cell is
 its own category, as mse-train's "(missing)"). Only training rows are ever fitted on.
 """
@@ -19,7 +19,6 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import RidgeCV
 from sklearn.metrics import r2_score
-from sklearn.model_selection import KFold
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
@@ -100,37 +99,3 @@ def references(config: dict[str, Any], train_csv: Path, test_csv: Path, mlp_rows
         r2 = float(r2_score(y_test, model.predict(x_test)))
         results[name] = Result(r2, time.perf_counter() - started, note)
     return results
-
-
-def nonlinearity(config: dict[str, Any], train_csv: Path, units: int = 512, rows: int = 5000) -> float:
-    """5-fold CV R² gained on the training rows by random ReLU features over plain ridge.
-
-    The candidate starter rule: what a closed-form check (no training loop, a second on
-    these tables) can tell `mse-train init` about whether an MLP has anything to find that a
-    linear model does not. Both are RidgeCV on the same one-hot, standardised columns; the
-    second also gets relu(x W + b) for `units` random directions (W ~ N(0, 1/p), b ~ N(0, 1)),
-    which can bend and combine columns. At most `rows` training rows are used.
-    """
-    cols = Columns.of(config)
-    frame, y = cols.read(train_csv)
-    if len(y) > rows:
-        keep = np.random.default_rng(SEED).permutation(len(y))[:rows]
-        frame, y = frame.iloc[keep], y[keep]
-    gains = []
-    for fit, held in KFold(5, shuffle=True, random_state=SEED).split(frame):
-        prep = cols.prep(OneHotEncoder(handle_unknown="ignore", sparse_output=False))
-        z_fit = np.asarray(prep.fit_transform(frame.iloc[fit]), dtype=float)
-        z_held = np.asarray(prep.transform(frame.iloc[held]), dtype=float)
-        rng = np.random.default_rng(SEED)
-        w = rng.normal(size=(z_fit.shape[1], units)) / np.sqrt(z_fit.shape[1])
-        b = rng.normal(size=units)
-
-        def widen(z: np.ndarray, w: np.ndarray = w, b: np.ndarray = b) -> np.ndarray:
-            return np.hstack([z, np.maximum(z @ w + b, 0.0)])
-
-        plain = RidgeCV(alphas=ALPHAS).fit(z_fit, y[fit])
-        wide = RidgeCV(alphas=ALPHAS).fit(widen(z_fit), y[fit])
-        gains.append(
-            r2_score(y[held], wide.predict(widen(z_held))) - r2_score(y[held], plain.predict(z_held))
-        )
-    return float(np.mean(gains))

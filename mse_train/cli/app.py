@@ -603,9 +603,21 @@ def init(
     ),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
     delimiter: Annotated[str, typer.Option(help="Field separator of the CSV.")] = ",",
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Do not read the whole table to choose between a linear model and an MLP; write the MLP.",
+        ),
+    ] = False,
     debug: Debug = False,
 ) -> None:
-    """Write a commented starter config for CSV, every section present."""
+    """Write a commented starter config for CSV, every section present.
+
+    The model is chosen by a short check on the table (up to 5,000 rows, a second or two):
+    a linear model solved by L-BFGS where an MLP has little to add, else an MLP with
+    piecewise-linear numeric embeddings. The README's "The starter model" says how.
+    """
 
     def work() -> None:
         from mse_train.config import starter
@@ -617,16 +629,28 @@ def init(
         if output.exists() and not force:
             raise OutputError(f"{output}: already exists", ["choose another name with -o, or pass --force"])
         table = prepare.sketch(csv_file, target, delimiter)
-        text = starter.render(
-            csv_file,
-            table.features,
-            target,
-            table.text_columns,
-            table.empty_columns,
-            output,
-            delimiter,
-            rows=table.rows,
-        )
+
+        def render(choice: starter.Choice = starter.MLP) -> str:
+            return starter.render(
+                csv_file,
+                table.features,
+                target,
+                table.text_columns,
+                table.empty_columns,
+                output,
+                delimiter,
+                rows=table.rows,
+                choice=choice,
+            )
+
+        text = render()
+        if not quick:
+            from mse_train.selection import choose
+
+            choice, note = choose.starter_model(text, csv_file, output, target)
+            text = render(choice)
+            if note:
+                view.stderr().print(note)
         fsio.write_text(output, text)
         for name, kind in table.left_out.items():
             view.stderr().print(f"left out column `{name}`: Parquet type {kind} cannot be read")

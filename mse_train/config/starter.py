@@ -9,11 +9,29 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mse_train.config.schema import choices
 
 MIN_ROWS_TO_HOLD_OUT = 10  # below this, a 20% validation split leaves too little of either
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The starter's model, as `init` chose it from a look at the table (selection/linearity.py).
+
+    `why` is written above the model section as comment lines. A linear choice is trained
+    as ridge regression is solved: L-BFGS on the whole table, L2 penalty `l2`.
+    """
+
+    linear: bool
+    why: tuple[str, ...]
+    l2: float = 0.0
+    numeric_embedding: str = "piecewise_linear"
+
+
+MLP = Choice(False, ("an MLP: the default when the table has not been looked at",))
 
 
 def _options(key: str, limit: int = 0) -> str:
@@ -31,12 +49,14 @@ def render(
     config_path: Path,
     delimiter: str = ",",
     rows: int | None = None,
+    choice: Choice = MLP,
 ) -> str:
     """The text of a starter config for `csv_path`, to be saved at `config_path`.
 
     `text_columns` hold text in their first rows (so they are categorical), and
     `empty_columns` hold empty cells there (so missing values get filled). `rows`, when
-    known and below MIN_ROWS_TO_HOLD_OUT, turns the validation split off.
+    known and below MIN_ROWS_TO_HOLD_OUT, turns the validation split off. `choice` is the
+    model, with the reasons for it.
     """
     features = list(features)
     text_columns = sorted(set(text_columns) & set(features))
@@ -86,34 +106,13 @@ data:
   max_categories: 100
   delimiter: {flow(delimiter)}
 
-model:
-  type: mlp                   # {_options("model")}
-  hidden: [64, 64]
-  activation: relu            # {_options("model.activation")}
-  dropout: 0.0
-
-init:
-  scheme: default             # {_options("init", 4)}
-  bias: default               # {_options("init.bias")}
-
-optimizer:
-  name: adam                  # {_options("optimizer")}
-  lr: 0.001
-  weight_decay: 0.0
-
-scheduler:
-  name: none                  # {_options("scheduler")}
-
-regularization:
-  l1: 0.0                     # added to the loss: l1 * sum|w| over weights
-  l2: 0.0                     # added to the loss: l2 * sum w^2 over weights
-
+{_model(choice)}
 loss:
   reduction: mean             # {_options("loss.reduction")}
 
 train:
   epochs: 200
-  batch_size: 64              # null = all rows in one batch
+  {_batch_size(choice)}
   device: auto                # auto | cpu | cuda
   early_stopping:
     patience: 20              # stop after 20 epochs without a better val loss
@@ -133,7 +132,63 @@ sweep:                        # what `mse-train sweep` searches; run and cv igno
   folds: {folds}                    # score each trial by K-fold CV; 0 = on the validation rows
   refit: true                 # retrain the winner on all rows into <output.dir>/best/
   params:                     # a list = the choices; a mapping = a range
-    model.hidden: [[32], [64, 64], [128, 128]]
-    optimizer.lr: {{low: 1.0e-4, high: 1.0e-1, log: true}}
-    regularization.l2: [0.0, 1.0e-4, 1.0e-3]
+{_sweep_params(choice)}
 """
+
+
+def _model(choice: Choice) -> str:
+    """The model, init, optimizer and regularization sections for `choice`."""
+    why = "\n".join(f"# {line}" for line in choice.why)
+    if choice.linear:
+        model = f"""model:
+  type: linear                # {_options("model")}"""
+        optimizer = f"""optimizer:
+  name: lbfgs                 # whole-table steps solve a linear model to convergence; {_options("optimizer")}
+  lr: 1.0"""
+    else:
+        model = f"""model:
+  type: mlp                   # {_options("model")}
+  hidden: [64, 64]
+  activation: relu            # {_options("model.activation")}
+  dropout: 0.0
+  numeric_embedding: {choice.numeric_embedding}  # {_options("model.numeric_embedding")}"""
+        optimizer = f"""optimizer:
+  name: adam                  # {_options("optimizer")}
+  lr: 0.001
+  weight_decay: 0.0"""
+    return f"""{why}
+{model}
+
+init:
+  scheme: default             # {_options("init", 4)}
+  bias: default               # {_options("init.bias")}
+
+{optimizer}
+
+scheduler:
+  name: none                  # {_options("scheduler")}
+
+regularization:
+  l1: 0.0                     # added to the loss: l1 * sum|w| over weights
+  l2: {_number(choice.l2):<24}# added to the loss: l2 * sum w^2 over weights
+"""
+
+
+def _batch_size(choice: Choice) -> str:
+    if choice.linear:
+        return "batch_size: null            # all rows in each step, as L-BFGS needs"
+    return "batch_size: 64              # null = all rows in one batch"
+
+
+def _sweep_params(choice: Choice) -> str:
+    if choice.linear:
+        return """    model.type: [linear, mlp]
+    regularization.l2: {low: 1.0e-6, high: 1.0e-1, log: true}"""
+    return """    model.hidden: [[32], [64, 64], [128, 128]]
+    optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}
+    regularization.l2: [0.0, 1.0e-4, 1.0e-3]"""
+
+
+def _number(value: float) -> str:
+    """A float in two significant digits, written with a dot so that YAML 1.1 reads a float."""
+    return "0.0" if value == 0 else f"{value:.1e}"

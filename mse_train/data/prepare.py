@@ -176,6 +176,14 @@ def fit_split(
     return prepared, Held(rows(test_rows), y_true)
 
 
+def whole_table(cfg: DataConfig, targets: list[str]) -> Split:
+    """Every row of `data.train`, the preprocessing fitted on all of them: for `init`'s
+    look at a table before any split, never for training or scoring a model."""
+    loaded = load_training(cfg, targets)
+    pre = _fit(loaded.table, None, loaded.features, loaded.targets, cfg)
+    return Split(pre.features_array(loaded.table), pre.targets_array(loaded.table.frame))
+
+
 def _fit(
     train: table.Table, rows: np.ndarray | None, features: list[str], targets: list[str], cfg: DataConfig
 ) -> Preprocessor:

@@ -1,9 +1,11 @@
-"""Stage 6, choosing a model: cross-validation and hyper-parameter sweeps.
+"""Stage 6, choosing a model: cross-validation, hyper-parameter sweeps, and init's starter.
 
   fit.py    train one config on one split (no files) and score its best epoch
   cv.py     `mse-train cv`: K folds, each with preprocessing fitted on its own rows
   space.py  a `sweep:` section -> Optuna distributions, and each trial's checked config
   sweep.py  `mse-train sweep`: the Optuna study, leaderboard, best.yaml, refit, resume
+  linearity.py  a closed-form check: do random ReLU features add CV R² to ridge regression?
+  choose.py     `mse-train init`'s starter model, from that check on the table
 
 Sits above recipe.py (it builds loops the way `run` does) and below cli/.
 """
