@@ -249,14 +249,18 @@ def test_edited_checkpoints_are_refused(cli, tmp_path):
     assert "`preprocess.categorical_encoding` must be one of" in refused("bad.pt", dict(ckpt, preprocess=pre))
 
 
-def test_export_refuses_with_a_clear_message(cli, tmp_path):
+def test_export_writes_the_tables_and_refuses_what_it_cannot_write(cli, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     assert cli("run", penguins_config(tmp_path), "-q", "-o", tmp_path / "run").code == 0
-    result = cli("export", tmp_path / "run" / "best.pt", "-o", tmp_path / "m.onnx")
+    written = cli("export", tmp_path / "run" / "best.pt", "-o", tmp_path / "m.onnx", "--check", PENGUINS)
+    assert written.code == 0, written  # --check compares with predict on every row
+    cfg = penguins_config(tmp_path, {"type": "resnet", "width": 8, "blocks": 1, "norm": "layer_norm"})
+    assert cli("run", cfg, "-q", "-o", tmp_path / "resnet").code == 0
+    result = cli("export", tmp_path / "resnet" / "best.pt", "-o", tmp_path / "r.onnx")
     assert result.code == 2
     assert "with data.categorical_encoding embedding cannot be exported to ONNX yet" in result.stderr
-    assert not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "r.onnx").exists()
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,35 @@ def test_unseen_category_under_ignore_is_all_zeros_as_in_predict(cli, tmp_path):
     assert_close_to_predict(got, predicted(cli, checkpoint, new, tmp_path / "p.csv"), target_std(checkpoint))
 
 
+EMBEDDED = {
+    "piecewise_linear": {"type": "mlp", "hidden": [16], "numeric_embedding": "piecewise_linear", "bins": 8},
+    "periodic": {"type": "mlp", "hidden": [16], "numeric_embedding": "periodic", "frequencies": 4},
+    "periodic_lite": {
+        "type": "mlp", "hidden": [8], "numeric_embedding": "periodic", "periodic_lite": True, "frequencies": 3
+    },
+    "linear": {"type": "linear"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("encoding", ["onehot", "embedding"])
+@pytest.mark.parametrize("name", list(EMBEDDED))
+def test_embedded_models_export_and_extrapolate_as_predict_does(cli, tmp_path, name, encoding):
+    checkpoint = train(
+        tmp_path, make_rows(200, 0), missing="mean", unknown_category="ignore",
+        categorical_encoding=encoding, model=EMBEDDED[name],
+    )  # fmt: skip
+    rows = make_rows(60, 3, kinds=("red", "purple"))  # purple: never seen
+    for row in rows[::3]:  # far outside the training range: the bins' open ends
+        row[0], row[1] = f"{float(row[0] or 5) * 40:.4f}", f"{float(row[1]) * -30:.4f}"
+    new = write_csv(tmp_path / "new.csv", HEADER, rows)
+    out = tmp_path / "m.onnx"
+    result = cli("export", checkpoint, "-o", out, "--check", new)
+    assert result.code == 0, result
+    session = session_of(out)
+    got = session.run(["prediction"], feed_from_csv(session, new))[0]
+    assert_close_to_predict(got, predicted(cli, checkpoint, new, tmp_path / "p.csv"), target_std(checkpoint))
+
+
 @pytest.mark.parametrize("missing", ["error", "drop"])
 def test_rows_the_policies_refuse_are_nan(cli, tmp_path, missing):
     checkpoint = train(tmp_path, make_rows(200, 0, empty=False), missing=missing)

@@ -9,6 +9,7 @@
   intervals.py split-conformal prediction intervals from the validation rows' residuals
   export.py    `export`: the model as ONNX, compared with predict before it is written
   onnx_graph.py  the ONNX graph: raw columns -> fill, standardise, one-hot -> network -> units
+  onnx_embeddings.py  its nodes for the numeric and categorical embeddings
 
 Imports outputs/ (checkpoints), data/, models/; never training/.
 """

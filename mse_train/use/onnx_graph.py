@@ -29,6 +29,7 @@ from mse_train.data.csvscan import MISSING_VALUES
 from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
 from mse_train.errors import CheckpointError, UserError
 from mse_train.models import blocks
+from mse_train.use import onnx_embeddings
 
 if TYPE_CHECKING:
     import onnx
@@ -75,7 +76,7 @@ def input_types(pre: Preprocessor) -> dict[str, str]:
 
 
 def build(pre: Preprocessor, model: nn.Module, version: str) -> onnx.ModelProto:
-    """The whole graph: fill, standardise, one-hot, the network, back to target units.
+    """The whole graph: fill, standardise, one-hot (or embed), the network, back to target units.
 
     A row the policies would refuse (an empty cell under `missing: error` or `drop`, an
     unseen category under `unknown_category: error`) cannot raise inside a graph: its
@@ -95,14 +96,23 @@ def build(pre: Preprocessor, model: nn.Module, version: str) -> onnx.ModelProto:
     for name, kind in input_types(pre).items():
         dtype = TensorProto.STRING if kind == "string" else TensorProto.FLOAT
         inputs.append(h.make_tensor_value_info(name, dtype, ["batch", 1]))
+    embedded = model if isinstance(model, blocks.Embedded) else None
+    network = _exportable(embedded) if embedded is not None else model
     refused: list[str] = []  # float [batch, 1] per check: 1 where the row cannot be predicted
     parts = []
     if pre.numeric:
-        parts.append(_numeric(g, pre, refused))
-    for col in pre.categorical:
-        parts.append(_one_hot(g, pre, col.name, col.categories, refused))
+        numbers = _numeric(g, pre, refused)
+        if embedded is not None and embedded.embedding is not None:
+            numbers = onnx_embeddings.numeric(g, embedded.embedding, numbers)
+        parts.append(numbers)
+    positions = [_position(g, pre, col.name, col.categories, refused) for col in pre.categorical]
+    if embedded is not None and embedded.categorical is not None:
+        parts.append(onnx_embeddings.categorical(g, embedded.categorical, positions))
+    else:
+        for col, position in zip(pre.categorical, positions, strict=True):
+            parts.append(_one_hot(g, position, len(col.categories)))
     x = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
-    y = _network(g, model, x)
+    y = _network(g, network, x)
     # Back to target units in float64, as predict does, then float32 for the output.
     y = g.op("Cast", y, to=TensorProto.DOUBLE)
     y = g.op("Mul", y, g.const("target_std", np.array([[t.std for t in pre.targets]], np.float64)))
@@ -158,8 +168,9 @@ def _numeric(g: _Graph, pre: Preprocessor, refused: list[str]) -> str:
     return g.op("Div", x, g.const("std", np.array([[c.std for c in pre.numeric]], np.float32)))
 
 
-def _one_hot(g: _Graph, pre: Preprocessor, name: str, categories: list[str], refused: list[str]) -> str:
-    """[batch, categories] float32: 1 at the cell's category, all zeros for an unseen one."""
+def _position(g: _Graph, pre: Preprocessor, name: str, categories: list[str], refused: list[str]) -> str:
+    """[batch, 1] int64: the cell's place in `categories`, UNKNOWN for an unseen one; an
+    empty cell is the `(missing)` category when missing cells are filled, else refused."""
     fills = pre.missing in ("mean", "median")
     codes = {cat: i for i, cat in enumerate(categories)}
     for text in MISSING_VALUES:  # the spellings of an empty cell, as the CSV reader takes them
@@ -177,8 +188,13 @@ def _one_hot(g: _Graph, pre: Preprocessor, name: str, categories: list[str], ref
         refused.append(_flag(g, code, EMPTY))
     if pre.unknown_category == "error":
         refused.append(_flag(g, code, UNKNOWN))
-    positions = g.const("positions", np.arange(len(categories), dtype=np.int64)[None, :])
-    return g.op("Cast", g.op("Equal", code, positions), to=1)  # FLOAT
+    return code
+
+
+def _one_hot(g: _Graph, position: str, count: int) -> str:
+    """[batch, count] float32: 1 at the cell's category, all zeros for an unseen one."""
+    positions = g.const("positions", np.arange(count, dtype=np.int64)[None, :])
+    return g.op("Cast", g.op("Equal", position, positions), to=1)  # FLOAT
 
 
 def _flag(g: _Graph, code: str, value: int) -> str:
@@ -223,15 +239,21 @@ LAYERS: dict[type[nn.Module], Callable[[_Graph, nn.Module, str], str]] = {
 }
 
 
-def _network(g: _Graph, model: nn.Module, x: str) -> str:
-    if isinstance(model, blocks.Embedded):
+def _exportable(model: blocks.Embedded) -> nn.Module:
+    """The network behind `model`'s embeddings, when export can write all of it."""
+    network = model.network
+    layers = list(network) if isinstance(network, nn.Sequential) else [network]
+    known_embedding = model.embedding is None or isinstance(model.embedding, onnx_embeddings.EXPORTABLE)
+    if not known_embedding or not all(type(layer) in LAYERS for layer in layers):
         raise UserError(
-            f"{model.kind} cannot be exported to ONNX yet: export writes linear layers and activations only",
-            [
-                "export a model trained with model.type linear, or mlp with model.numeric_embedding "
-                "none, and data.categorical_encoding onehot; `mse-train predict` serves this one"
-            ],
+            f"{model.kind} cannot be exported to ONNX yet: export writes linear models and MLPs "
+            "(with their numeric and categorical embeddings) only",
+            ["export a model trained with model.type linear or mlp; `mse-train predict` serves this one"],
         )
+    return network
+
+
+def _network(g: _Graph, model: nn.Module, x: str) -> str:
     layers = list(model) if isinstance(model, nn.Sequential) else [model]
     for layer in layers:
         write = LAYERS.get(type(layer))
