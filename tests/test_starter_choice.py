@@ -25,13 +25,16 @@ def threshold_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y[:, None]
 
 
-def test_the_ridge_matches_scikit_learns_ridgecv():
-    x, y = linear_rows(300)
+@pytest.mark.parametrize("columns", [6, 450])  # more rows than columns, and fewer
+def test_the_ridge_matches_scikit_learns_ridgecv(columns):
+    rng = np.random.default_rng(columns)
+    x = rng.normal(size=(300, columns))
     x[:, 3] = x[:, 2] + 0.01 * x[:, 3]  # nearly collinear: the penalty matters
-    mine = linearity._Ridge(x, y)
-    theirs = RidgeCV(alphas=linearity.ALPHAS).fit(x, y[:, 0])
+    y = x[:, :6] @ rng.normal(size=6) + 0.5 * rng.normal(size=300)
+    mine = linearity._Ridge(x, y[:, None])
+    theirs = RidgeCV(alphas=linearity.ALPHAS).fit(x, y)
     assert mine.alpha == pytest.approx(theirs.alpha_)
-    np.testing.assert_allclose(mine.predict(x)[:, 0], theirs.predict(x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(mine.predict(x)[:, 0], theirs.predict(x), rtol=1e-6, atol=1e-6)
 
 
 def test_the_check_tells_a_linear_table_from_a_threshold_table():
