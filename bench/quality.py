@@ -4,6 +4,7 @@
     .venv/bin/python bench/quality.py --write bench/quality_results.md
     .venv/bin/python bench/quality.py --quick                # 3 small tables, fewer variants
     .venv/bin/python bench/quality.py --tables concrete,housing --variants linear_l2
+    .venv/bin/python bench/quality.py --splits 5             # means over 5 random splits
 
 For each table (bench/tables.py; sources and licences in data/README.md) a fixed, seeded
 75/25 split of the rows is written to bench/out/quality/TABLE/{train,test}.csv (the test
@@ -101,20 +102,20 @@ QUICK_TABLES = ("concrete", "housing", "diabetes")
 
 
 # ------------------------------------------------------------------------ the split
-def split(table: Table, work: Path) -> tuple[Path, Path]:
+def split(table: Table, work: Path, seed: int = SEED) -> tuple[Path, Path]:
     """Write TABLE's 75/25 split (seeded; rows kept in file order) and return its two CSVs."""
     frame = pd.read_csv(path(table))
     frame = frame.drop(columns=list(table.drop))
     frame = frame[frame[table.target].notna()].reset_index(drop=True)
     n = len(frame)
-    test_rows = np.sort(np.random.default_rng(SEED).permutation(n)[: round(n * TEST_SHARE)])
+    test_rows = np.sort(np.random.default_rng(seed).permutation(n)[: round(n * TEST_SHARE)])
     is_test = np.zeros(n, dtype=bool)
     is_test[test_rows] = True
     work.mkdir(parents=True, exist_ok=True)
     train_csv, test_csv = work / "train.csv", work / "test.csv"
     frame[~is_test].to_csv(train_csv, index=False)
     frame[is_test].to_csv(test_csv, index=False)
-    (work / "split.json").write_text(json.dumps({"seed": SEED, "rows": n, "test": test_rows.tolist()}))
+    (work / "split.json").write_text(json.dumps({"seed": seed, "rows": n, "test": test_rows.tolist()}))
     return train_csv, test_csv
 
 
@@ -163,15 +164,15 @@ def train(work: Path, name: str, sets: Sequence[str], test_csv: Path, base: str 
 
 # ------------------------------------------------------------------------ the table
 def measure(
-    table: Table, variants: Sequence[Variant], mlp_rows: int, rejected: set[str]
+    table: Table, variants: Sequence[Variant], mlp_rows: int, rejected: set[str], seed: int = SEED
 ) -> tuple[dict[str, Result], str]:
     """Every method's result on `table`, and what init chose (with its check's gain).
 
     `rejected` collects variants the installed mse-train refused for an unknown key: they
     are not tried again on the next tables.
     """
-    work = WORK / table.name
-    train_csv, test_csv = split(table, work)
+    work = WORK / (table.name if seed == SEED else f"{table.name}-split{seed}")
+    train_csv, test_csv = split(table, work, seed)
     config, chose = starter(table, train_csv, work)
     results = {"starter": train(work, "starter", (), test_csv, base="starter")}
     for variant in variants:
@@ -187,11 +188,33 @@ def measure(
     return results, chose
 
 
+def combine(runs: list[tuple[dict[str, Result], str]]) -> tuple[dict[str, Result], str, float | None]:
+    """One table's splits as one row: mean R² and seconds per method, what init chose on
+    each split, and the spread over splits of the starter's gap to the best reference."""
+    if len(runs) == 1:
+        return runs[0][0], runs[0][1], None
+    combined: dict[str, Result] = {}
+    for method in runs[0][0]:
+        found = [r[method] for r, _ in runs]
+        if any(f.r2 is None for f in found):
+            combined[method] = found[0]
+            continue
+        r2 = float(np.mean([f.r2 for f in found]))
+        combined[method] = Result(r2, float(np.mean([f.seconds or 0.0 for f in found])))
+    refs = {k: combined[k].r2 for k in REFERENCES if combined[k].r2 is not None}
+    best = max(refs, key=lambda k: refs[k] or 0.0)
+    gaps = [(r["starter"].r2 or 0.0) - (r[best].r2 or 0.0) for r, _ in runs]
+    kinds = [chose.split()[0] for _, chose in runs]
+    chose = ", ".join(f"{kind} {kinds.count(kind)}/{len(kinds)}" for kind in sorted(set(kinds)))
+    return combined, chose, float(np.std(gaps, ddof=1))
+
+
 def markdown(
     rows: dict[str, dict[str, Result]],
     sizes: dict[str, int],
     checks: dict[str, str],
     methods: Sequence[str],
+    spreads: dict[str, float] | None = None,
 ) -> str:
     """One table: a row per data table, a column per method; then where the starter loses
     and what the linearity check would have picked."""
@@ -204,7 +227,10 @@ def markdown(
         mine, theirs = results["starter"].r2, refs[best]
         gap = mine - theirs if mine is not None and theirs is not None else None
         cells = [name, f"{sizes[name]:,}", *(results[m].cell() for m in methods)]
-        cells += [f"{best} {refs[best]:.3f}", f"{gap:+.3f}" if gap is not None else "-"]
+        shown = "-" if gap is None else f"{gap:+.3f}"
+        if gap is not None and spreads and name in spreads:
+            shown += f" ± {spreads[name]:.3f}"
+        cells += [f"{best} {refs[best]:.3f}", shown]
         cells.append(checks[name])
         lines.append("| " + " | ".join(cells) + " |")
         if gap is None or gap < -LOSS_MARGIN:
@@ -228,7 +254,7 @@ def markdown(
     return text
 
 
-def header(argv: Sequence[str]) -> str:
+def header(argv: Sequence[str], splits: int = 1) -> str:
     """Title, machine and the command that measured it."""
     from run import machine  # bench/run.py; imports torch, so only when writing
 
@@ -236,7 +262,15 @@ def header(argv: Sequence[str]) -> str:
     return (
         "# mse-train's starter against scikit-learn on real tables (issue 13)\n\n"
         f"Machine: {machine()}.\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}). "
-        "Cells: test R² (wall seconds). Tables and licences: data/README.md.\n\n"
+        + (
+            "Cells: test R² (wall seconds)"
+            if splits == 1
+            else f"Cells: mean test R² (wall seconds) over {splits} random 75/25 splits "
+            f"(seeds 0-{splits - 1}); "
+            "starter - best: mean ± standard deviation over the splits of the starter's R² minus that "
+            "reference's; init chose: its choice on each split's training rows"
+        )
+        + ". Tables and licences: data/README.md.\n\n"
     )
 
 
@@ -249,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 small tables and the quick variants")
     parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
     parser.add_argument("--mlp-rows", type=int, default=20_000, help="training rows for MLPRegressor at most")
+    parser.add_argument(
+        "--splits", type=int, default=1, help="75/25 splits per table (seeds 0, 1, ...); cells: their means"
+    )
     args = parser.parse_args(argv)
     if MISSING is not None:
         print(
@@ -271,16 +308,23 @@ def main(argv: list[str] | None = None) -> int:
     checks: dict[str, str] = {}
     rejected: set[str] = set()
     started = time.perf_counter()
+    spreads: dict[str, float] = {}
     for name in names:
-        try:
-            rows[name], checks[name] = measure(TABLES[name], variants, args.mlp_rows, rejected)
-        except TablesError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        runs = []
+        for seed in range(SEED, SEED + args.splits):
+            try:
+                runs.append(measure(TABLES[name], variants, args.mlp_rows, rejected, seed))
+            except TablesError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        rows[name], checks[name], spread = combine(runs)
+        if spread is not None:
+            spreads[name] = spread
         sizes[name] = json.loads((WORK / name / "split.json").read_text())["rows"]
         cells = ", ".join(f"{m} {rows[name][m].cell()}" for m in methods)
         print(f"{name}: {cells}, init chose {checks[name]}", file=sys.stderr)
-    text = header(argv if argv is not None else sys.argv[1:]) + markdown(rows, sizes, checks, methods)
+    text = header(argv if argv is not None else sys.argv[1:], args.splits)
+    text += markdown(rows, sizes, checks, methods, spreads)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text += f"\nWhole run: {time.perf_counter() - started:.0f} s; load average at the end {load}.\n"
     print(text)
