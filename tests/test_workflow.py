@@ -11,7 +11,7 @@ from PIL import Image
 
 from mse_train.config.schema import Config
 
-from conftest import DATA, read_metrics, write_config, write_csv
+from conftest import DATA, linear_rows, read_metrics, write_config, write_csv
 
 SECTIONS = set(Config.model_fields)  # seed, data, model, ..., output
 
@@ -165,3 +165,30 @@ def test_init_on_a_table_with_empty_cells_fills_them(cli, tmp_path):
     result = cli("validate", out)
     assert result.code == 0, result
     assert "dropped 2 row(s) with an empty target" in result.stdout
+
+
+def test_the_summary_line_names_only_the_files_written(cli, small_config, tmp_path):
+    plain = cli("run", small_config(), "-o", tmp_path / "a")  # small_config turns the plot off
+    assert plain.code == 0, plain
+    line = next(x for x in plain.stdout.splitlines() if x.startswith("wrote "))
+    assert "best.pt" in line and "summary.json" in line and "loss.png" not in line
+    plotted = cli("run", small_config(output={"plot": True}), "-o", tmp_path / "b")
+    assert "loss.png" in next(x for x in plotted.stdout.splitlines() if x.startswith("wrote "))
+
+
+def test_predict_into_a_pipe_closed_early_stops_quietly(cli, small_config, tmp_path):
+    import subprocess
+    import sys
+
+    assert cli("run", small_config(), "-q").code == 0
+    header, values = linear_rows(20_000)
+    big = write_csv(tmp_path / "big.csv", header, values.round(4).tolist())
+    exe, ckpt = Path(sys.executable).with_name("mse-train"), tmp_path / "run" / "best.pt"
+    piped = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; '{exe}' predict '{ckpt}' '{big}' | head -1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 141, piped  # 128 + SIGPIPE, as any writer cut off by `head`
+    assert piped.stderr == "" and piped.stdout == "x0,x1,x2,y,y_pred\n"

@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 
 EXIT_INTERNAL = 1
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `head` leaves a shell pipeline with for any writer
 T = TypeVar("T")
 
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks (for bug reports).")]
@@ -91,6 +92,12 @@ def _guard(debug: bool, work: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         view.stderr().print(Text("interrupted", style="yellow"))
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # The reader of stdout went away (`mse-train predict ... | head`): stop quietly, as a
+        # program killed by SIGPIPE does, and keep Python's exit flush from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except typer.Exit:
         raise
     except Exception as exc:

@@ -111,6 +111,10 @@ class Progress:
             self.bar = None
 
 
+# What a run may write, in the order the summary line names them (loss.png only with output.plot).
+WRITTEN = ("best.pt", "last.pt", "metrics.csv", "summary.json", "config.yaml", "loss.png", "mlflow.json")
+
+
 def print_run_summary(console: Console, summary: Summary) -> None:
     best, final = summary["best"], summary["final"]
     watched = best["watched"]
@@ -121,7 +125,8 @@ def print_run_summary(console: Console, summary: Summary) -> None:
         + f"; best {watched} {_fmt(best[watched])} at epoch {best['epoch']}"
     )
     out = _relative(summary["output_dir"])
-    console.print(f"wrote {out}/: best.pt, last.pt, metrics.csv, summary.json, config.yaml, loss.png")
+    written = [name for name in WRITTEN if (Path(summary["output_dir"]) / name).is_file()]
+    console.print(f"wrote {out}/: {', '.join(written)}")
     scored = summary["data"]["val"] or summary["data"]["train"]
     console.print(f"score it: mse-train eval {out}/best.pt {_relative(scored)}")
 
