@@ -216,11 +216,12 @@ def test_a_store_that_cannot_be_used_is_a_clear_error_before_training(
     cli, small_config, tmp_path, monkeypatch, uri, words
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    result = cli("run", small_config(output={"mlflow": True}))
-    assert result.code == 2, result
-    assert "MLFLOW_TRACKING_URI" in result.stderr and words in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()
+    for command in (["run"], ["cv", "--folds", "2"]):
+        result = cli(*command, small_config(output={"mlflow": True}))
+        assert result.code == 2, result
+        assert "MLFLOW_TRACKING_URI" in result.stderr and words in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "run").exists()
 
 
 def test_param_values_are_cut_to_mlflows_limit():
@@ -296,3 +297,18 @@ def test_a_resumed_sweep_continues_its_parent_run_and_logs_each_trial_once(cli, 
     assert parent.info.status == "FINISHED"
     trials = sorted(int(r.data.tags["mse_train.trial"]) for r in children(store, parent))
     assert trials == [0, 1, 2]
+
+
+def test_cv_logs_one_run_with_each_folds_metrics_and_their_mean(cli, table, tmp_path, store):
+    cfg = sweep_config(tmp_path, table, {"method": "random", "params": {"optimizer.lr": [0.01]}})
+    result = cli("cv", cfg, "--folds", "3", "-q", "-o", tmp_path / "cv")
+    assert result.code == 0, result
+    summary = read_json(tmp_path / "cv" / "cv.json")
+    run = store.get_run(run_id(tmp_path / "cv"))
+    assert run.info.status == "FINISHED" and run.data.tags["mse_train.kind"] == "cv"
+    assert run.data.params["cv.folds"] == "3" and run.data.params["optimizer.lr"] == "0.05"
+    assert run.data.metrics["mse_mean"] == pytest.approx(summary["mse"]["mean"], rel=1e-12)
+    assert run.data.metrics["r2_std"] == pytest.approx(summary["r2"]["std"], rel=1e-12)
+    folds = history(store, run.info.run_id, "fold_rmse")
+    assert folds == [(i, pytest.approx(f["rmse"], rel=1e-12)) for i, f in enumerate(summary["per_fold"], 1)]
+    assert {"cv.csv", "cv.json"} <= {f.path for f in store.list_artifacts(run.info.run_id)}

@@ -238,6 +238,11 @@ def cv(
         run_folder.check_not_a_system_folder(out)
         device = runtime.resolve_device(cfg.train.device)
         console = Console(stderr=True, highlight=False, soft_wrap=True)
+        store = None
+        if cfg.output.mlflow:  # before training: a store that cannot be used is exit 2 at once
+            from mse_train.outputs import mlflow_log
+
+            store = mlflow_log.connect(str(cfg.output.mlflow_experiment))
 
         def on_fold(i: int, scored: Any) -> None:
             if not quiet and scored.overall is not None:
@@ -272,6 +277,10 @@ def cv(
                             target_columns.append(f"{metric}_{name}")
             tables.write_rows(out / "cv.csv", columns + target_columns, rows)
             metrics.write_json(out / "cv.json", summary)
+            if store is not None:
+                from mse_train.outputs import mlflow_sweep
+
+                mlflow_sweep.log_cv(store, out, cfg, summary, lambda text: console.print(text))
         if as_json:
             sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
         elif not quiet:

@@ -1,4 +1,5 @@
-"""MLflow for `mse-train sweep`: one parent run for the sweep, one child run per trial.
+"""MLflow for model selection: `mse-train sweep` (one parent run for the sweep, one child
+run per trial) and `mse-train cv` (one run: the folds' metrics, their mean and std).
 
 A trial is logged as a whole when its result is known (packed trials finish together):
 its swept params, its score and metrics, status and epochs; there are no per-epoch curves
@@ -68,3 +69,29 @@ class Tracked:
     def abort(self, exc: BaseException) -> None:
         if self.parent is not None:
             self.parent.abort(exc)
+
+
+CV_METRICS = ("mse", "rmse", "mae", "r2")
+CV_FILES = ("cv.csv", "cv.json", mlflow_log.RECORD)
+
+
+def log_cv(
+    store: mlflow_log.Store, folder: Path, cfg: Config, summary: dict[str, Any], note: mlflow_log.Note
+) -> None:
+    """One finished cross-validation as one run: the config and fold count as params, each
+    metric's mean and std over the folds (`mse_mean`, ...), each fold's as a step of
+    `fold_mse`, ... (step = fold number), and cv.csv and cv.json as artifacts."""
+    params = {**mlflow_log.config_params(cfg), "cv.folds": str(summary["folds"])}
+    run = store.start(folder, params, {"mse_train.kind": "cv"}, False, note)
+    run.metrics(
+        {
+            f"{name}_{stat}": summary[name][stat]
+            for name in CV_METRICS
+            for stat in ("mean", "std")
+            if summary[name][stat] is not None
+        }
+    )
+    for fold, row in enumerate(summary["per_fold"], start=1):
+        run.metrics({f"fold_{name}": row[name] for name in CV_METRICS if row[name] is not None}, step=fold)
+    run.artifacts(folder, CV_FILES)
+    run.end("FINISHED")
