@@ -174,14 +174,14 @@ def measure(
     work = WORK / (table.name if seed == SEED else f"{table.name}-split{seed}")
     train_csv, test_csv = split(table, work, seed)
     config, chose = starter(table, train_csv, work)
-    results = {"starter": train(work, "starter", (), test_csv, base="starter")}
+    results = {"starter": train(work, "starter", table.sets, test_csv, base="starter")}
     for variant in variants:
         if variant.name in rejected:
             results[variant.name] = Result(None, None, "n/a (unknown key)")
         elif variant.only and not set(variant.only) & set(table.tags):
             results[variant.name] = Result(None, None, "-")
         else:
-            results[variant.name] = train(work, variant.name, variant.sets, test_csv)
+            results[variant.name] = train(work, variant.name, (*table.sets, *variant.sets), test_csv)
             if results[variant.name].note == "n/a (unknown key)":
                 rejected.add(variant.name)
     results.update(references(config, train_csv, test_csv, mlp_rows))
@@ -196,13 +196,17 @@ def combine(runs: list[tuple[dict[str, Result], str]]) -> tuple[dict[str, Result
     combined: dict[str, Result] = {}
     for method in runs[0][0]:
         found = [r[method] for r, _ in runs]
-        if any(f.r2 is None for f in found):
-            combined[method] = found[0]
+        failed = sum(f.r2 is None for f in found)
+        if failed:  # a mean over some splits would not compare with the others' means
+            note = found[0].note if failed == len(found) else f"failed on {failed} of {len(found)} splits"
+            combined[method] = Result(None, None, note)
             continue
         r2 = float(np.mean([f.r2 for f in found]))
         combined[method] = Result(r2, float(np.mean([f.seconds or 0.0 for f in found])))
     refs = {k: combined[k].r2 for k in REFERENCES if combined[k].r2 is not None}
     best = max(refs, key=lambda k: refs[k] or 0.0)
+    if combined["starter"].r2 is None:
+        return combined, "-", None
     gaps = [(r["starter"].r2 or 0.0) - (r[best].r2 or 0.0) for r, _ in runs]
     kinds = [chose.split()[0] for _, chose in runs]
     chose = ", ".join(f"{kind} {kinds.count(kind)}/{len(kinds)}" for kind in sorted(set(kinds)))
