@@ -98,7 +98,7 @@ def test_init_quick_skips_the_check_and_tiny_tables_get_a_linear_model(cli, tmp_
 
 
 def test_a_table_init_cannot_read_whole_still_gets_a_starter_and_a_note(cli, tmp_path):
-    rows = [[float(i), 2.0 * i] for i in range(1500)]
+    rows: list[list[object]] = [[float(i), 2.0 * i] for i in range(1500)]
     rows[1200][0] = ""  # an empty cell after the first 1000 rows, which init's sketch reads
     csv = write_csv(tmp_path / "late.csv", ["x", "y"], rows)
     result = cli("init", csv, "-t", "y", "-o", tmp_path / "late.yaml")
