@@ -109,6 +109,24 @@ def test_cv_json_has_the_promised_shape_and_writes_its_files(cli, small_config, 
     assert [float(r["mse"]) for r in rows] == [f["mse"] for f in out["per_fold"]]
 
 
+def test_cv_and_sweep_say_why_a_config_trains_one_model_at_a_time(cli, small_config, tmp_path):
+    embedded = small_config(model={"type": "mlp", "hidden": [4], "numeric_embedding": "periodic"})
+    result = cli("cv", embedded, "--folds", "2", "-o", tmp_path / "cv")
+    assert result.code == 0, result
+    assert "folds train one at a time: model.numeric_embedding periodic" in result.stderr
+    plain = small_config(model={"type": "mlp", "hidden": [4]})
+    packed = cli("cv", plain, "--folds", "2", "-o", tmp_path / "p")
+    assert packed.code == 0 and "one at a time" not in packed.stderr
+    unpacked = cli("cv", embedded, "--folds", "2", "--no-pack", "-o", tmp_path / "n")
+    assert unpacked.code == 0 and "one at a time" not in unpacked.stderr  # asked for, no note
+    lrs = {"optimizer.lr": [0.01, 0.1]}
+    sweep = {"method": "random", "trials": 2, "folds": 0, "refit": False, "params": lrs}
+    swept = small_config(optimizer={"name": "rmsprop", "lr": 0.01}, data={"val_fraction": 0.25}, sweep=sweep)
+    result = cli("sweep", swept, "-o", tmp_path / "s")
+    assert result.code == 0, result
+    assert "trials of the base config train one at a time: optimizer.name rmsprop" in result.stderr
+
+
 def test_cv_reports_each_target_with_several(cli, tmp_path):
     header, values = linear_rows(60, n_features=2)
     values = np.column_stack([values, values[:, -1] * 2 + 1])

@@ -251,6 +251,11 @@ def cv(
                     f"{scored.epochs} epochs, {scored.seconds:.2f} s"
                 )
 
+        if not no_pack and not quiet:
+            from mse_train.training import packed
+
+            if (alone := packed.why_alone(cfg)) is not None:
+                view.notes(console, [f"the folds train one at a time: {alone}"])
         with signals.on_signals() as stop:
             result = cross.cross_validate(cfg, folds, device, on_fold, stop.requested, pack=not no_pack)
         if result.status is Status.INTERRUPTED:

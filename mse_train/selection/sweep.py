@@ -126,6 +126,9 @@ def run(
             # Trials are asked in batches only when they can train side by side: trained one at
             # a time, each is told (and on the leaderboard) as soon as it ends.
             batch = PACK if options.pack and packed.pack_key(cfg) is not None else 1
+            alone = packed.why_alone(cfg) if options.pack else None
+            if alone is not None:
+                reporter.note(f"trials of the base config train one at a time: {alone}")
             with signals.on_signals() as stop:
                 _requeue_unfinished(study)
                 while _finished(study) < n_trials:

@@ -52,21 +52,29 @@ class Trained:
     reason: str = ""
 
 
-def pack_key(cfg: Config) -> str | None:
-    """Configs with equal keys can train in one stack; None: this one trains alone."""
+def why_alone(cfg: Config) -> str | None:
+    """Why `cfg` trains one model at a time instead of in a stack; None when it can stack."""
     model, opt = cfg.model, cfg.optimizer
     if not isinstance(model, (schema.LinearModel, schema.MLPModel)):
-        return None  # resnet, tabm: the stack holds only Linear layers and activations
+        return f"model.type {model.type}: the stack holds linear layers and activations only"
     if isinstance(model, schema.MLPModel) and model.numeric_embedding != "none":
-        return None  # the stack has no embedding layers
+        return f"model.numeric_embedding {model.numeric_embedding}: the stack has no embedding layers"
     if cfg.data.categorical_encoding == "embedding":
-        return None  # nor categorical ones
+        return "data.categorical_encoding embedding: the stack has no embedding tables"
     if isinstance(model, schema.MLPModel) and model.dropout > 0:
-        return None  # dropout masks come from the global generator: not reproducible packed
+        return "model.dropout above 0: its masks come from one global generator, not one per model"
     if isinstance(opt, schema.AdamConfig) and opt.amsgrad:
-        return None
+        return "optimizer.amsgrad: the stack's Adam has no amsgrad"
     if not isinstance(opt, (schema.SGDConfig, schema.AdamConfig)):
-        return None  # RMSprop, L-BFGS: one at a time
+        return f"optimizer.name {opt.name}: the stack steps SGD, Adam and AdamW only"
+    return None
+
+
+def pack_key(cfg: Config) -> str | None:
+    """Configs with equal keys can train in one stack; None: this one trains alone (why_alone)."""
+    if why_alone(cfg) is not None:
+        return None
+    model, opt = cfg.model, cfg.optimizer
     shape = model.model_dump(mode="json")
     family = "sgd" if isinstance(opt, schema.SGDConfig) else "adam"
     train = cfg.train
