@@ -1,0 +1,70 @@
+"""One model trained as a stack of one (training/packed.py, K = 1) against `Loop` (what `run` uses).
+
+    .venv/bin/python bench/stack_k1.py
+
+Issue 9 asks for one loop whose model axis has size K >= 1, with `run` as K = 1. This
+measures what that would cost or gain a single run today: the same config, rows and
+scoring, through `selection.fit` (as cv trains a fold), at batch 64 and 1024. Generated
+data as bench/run.py makes it (20,000 rows x 16 features; a fold of 16,000 rows, 20% of
+them for validation), an MLP 16 -> 64 -> 64 -> 1, Adam, 10 epochs; median of 3
+interleaved rounds. Prints the seconds, their ratio and both held-out MSEs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run import write_csv  # noqa: E402
+
+from mse_train import config as config_module  # noqa: E402
+from mse_train.data import folds, prepare  # noqa: E402
+from mse_train.selection import fit  # noqa: E402
+
+ROUNDS = 3
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        write_csv(work / "t.csv", 20_000)
+        for batch in (64, 1024):
+            (work / "c.yaml").write_text(
+                "data: {train: t.csv, target: y, val_fraction: 0.2}\n"
+                "model: {type: mlp, hidden: [64, 64]}\n"
+                "optimizer: {name: adam, lr: 0.001}\n"
+                f"train: {{epochs: 10, batch_size: {batch}, early_stopping: {{patience: 100}}}}\n"
+                "output: {plot: false}\n"
+            )
+            cfg = config_module.load(work / "c.yaml")
+            loaded = prepare.load_training(cfg.data, cfg.targets)
+            train_rows, test_rows = folds.kfold(loaded.table.n_rows, 5, cfg.seed)[0]
+            prepared, held = prepare.fit_split(loaded, cfg.data, train_rows, test_rows, "fold 1", cfg.seed)
+            device = torch.device("cpu")
+            alone, stacked = [], []
+            for _ in range(ROUNDS):
+                started = time.perf_counter()
+                solo = fit.train_and_score(cfg, prepared, held, device)
+                alone.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                (one,) = fit.train_and_score_packed([(cfg, prepared, held)], device) or [solo]
+                stacked.append(time.perf_counter() - started)
+            a, s = statistics.median(alone), statistics.median(stacked)
+            assert solo.overall is not None and one.overall is not None
+            print(
+                f"batch {batch}: Loop {a:.3f} s, stack of one {s:.3f} s, stack {a / s:.2f}x as fast; "
+                f"held-out MSE {solo.overall['mse']:.6f} vs {one.overall['mse']:.6f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
