@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mse_train.config import loading, yamlio
-from mse_train.config.starter import MIN_ROWS_TO_HOLD_OUT, MLP, Choice
+from mse_train.config.starter import MLP, Choice
 from mse_train.data import prepare
 from mse_train.errors import UserError
 from mse_train.selection import linearity
 
 CHECK_MAX_BYTES = 256 << 20  # a larger file is not read by init (it may need streaming)
-VAL_FRACTION = 0.2  # the starter's data.val_fraction
 
 
 def starter_model(
@@ -76,7 +75,7 @@ def starter_model(
             "0.03-0.04 R² (bench/quality_results.md).",
         )
         return Choice(False, why), None
-    fit_rows = n - round(n * VAL_FRACTION) if n >= MIN_ROWS_TO_HOLD_OUT else n
+    fit_rows = n - round(n * cfg.data.val_fraction)  # the rows `run` will train on
     l2 = found.alpha / (fit_rows * rows.y.shape[1])  # ridge's penalty, per element of the mean loss
     why = (
         *head,

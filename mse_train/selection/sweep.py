@@ -125,8 +125,8 @@ def run(
                 tracked.trial(row["trial"], _swept(study, row["trial"], the_space), row)
             # Trials are asked in batches only when they can train side by side: trained one at
             # a time, each is told (and on the leaderboard) as soon as it ends.
-            batch = PACK if options.pack and packed.pack_key(cfg) is not None else 1
             alone = packed.why_alone(cfg) if options.pack else None
+            batch = PACK if options.pack and alone is None else 1
             if alone is not None:
                 reporter.note(f"trials of the base config train one at a time: {alone}")
             with signals.on_signals() as stop:
