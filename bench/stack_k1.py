@@ -1,9 +1,12 @@
-"""One model trained as a stack of one (training/packed.py, K = 1) against `Loop` (what `run` uses).
+"""One model in the one loop, as a stack of one (what `run` does) against as a torch module
+(what `run --no-pack` does, and every config the stack cannot hold).
 
     .venv/bin/python bench/stack_k1.py
 
-Issue 9 asks for one loop whose model axis has size K >= 1, with `run` as K = 1. This
-measures what that would cost or gain a single run today: the same config, rows and
+Issue 9 asks for one loop whose model axis has size K >= 1, with `run` as K = 1. Both
+sides here are that loop (training/loop.py); only the model axis differs: training/stack.py
+(flat parameters, batched matmuls, the backward pass and the update written out) or
+training/solo.py (the nn.Module, autograd, torch's optimizer). The same config, rows and
 scoring, through `selection.fit` (as cv trains a fold), at batch 64 and 1024. Generated
 data as bench/run.py makes it (20,000 rows x 16 features; a fold of 16,000 rows, 20% of
 them for validation), an MLP 16 -> 64 -> 64 -> 1, Adam, 10 epochs; median of 3
@@ -53,15 +56,15 @@ def main() -> None:
             alone, stacked = [], []
             for _ in range(ROUNDS):
                 started = time.perf_counter()
-                solo = fit.train_and_score(cfg, prepared, held, device)
+                solo = fit.train_and_score(cfg, prepared, held, device, stack=False)
                 alone.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                (one,) = fit.train_and_score_packed([(cfg, prepared, held)], device) or [solo]
+                one = fit.train_and_score(cfg, prepared, held, device)
                 stacked.append(time.perf_counter() - started)
             a, s = statistics.median(alone), statistics.median(stacked)
             assert solo.overall is not None and one.overall is not None
             print(
-                f"batch {batch}: Loop {a:.3f} s, stack of one {s:.3f} s, stack {a / s:.2f}x as fast; "
+                f"batch {batch}: module {a:.3f} s, stack of one {s:.3f} s, stack {a / s:.2f}x as fast; "
                 f"held-out MSE {solo.overall['mse']:.6f} vs {one.overall['mse']:.6f}"
             )
 

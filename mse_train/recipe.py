@@ -39,10 +39,11 @@ from mse_train.outputs import (
     tensorboard_log,
 )
 from mse_train.outputs.summary import Summary
-from mse_train.training import distributed, footprint, optimizers, rng, signals
+from mse_train.training import distributed, footprint, optimizers, packed, rng, signals, solo
 from mse_train.training.distributed import World
-from mse_train.training.loop import WORLD_SIZE, Loop
+from mse_train.training.loop import WORLD_SIZE, Loop, Member, Models
 from mse_train.training.records import EpochRecord, Settings, Status
+from mse_train.training.stack import Built, Stack
 from mse_train.training.step import build_penalty
 
 
@@ -97,6 +98,7 @@ class Options:
     resume_command: str = "mse-train run CONFIG --resume"  # shown when interrupted
     overwrite_command: str = "mse-train run CONFIG --overwrite"  # shown when starting again is the fix
     mlflow_tags: dict[str, str] = field(default_factory=dict)  # e.g. a sweep's refit: its parent run
+    pack: bool = True  # --no-pack: train as a torch module even where a stack of one could
 
 
 _DIVERGENCE_FIX = (
@@ -248,7 +250,7 @@ def _train(
     if resume_from is not None:
         _note_world_change(resume_from, world, reporter)
 
-    loop = build_loop(cfg, prepared, device, world)
+    loop = build_loop(cfg, prepared, device, world, stack=options.pack)
     if resume_from is not None:
         resume.restore(loop, resume_from, cfg, options.force)
     if world is not None:
@@ -375,11 +377,15 @@ def _train_and_save(
 
 # --------------------------------------------------------------------- setup
 def build_loop(
-    cfg: Config, prepared: Prepared | Streamed, device: torch.device, world: World | None = None
+    cfg: Config,
+    prepared: Prepared | Streamed,
+    device: torch.device,
+    world: World | None = None,
+    stack: bool = True,
 ) -> Loop:
-    """Seed, then build model, init, optimizer, scheduler and penalty around the tensors.
-
-    Under torchrun (`world`) every rank seeds alike, so all start from the same weights.
+    """The loop for one model: checked to fit in memory, built (`build_one`), and held as a
+    stack of one when its config can stack (training/stack.py) and `stack` allows, else as
+    a module with its torch optimizer.
     """
     n_inputs, n_outputs = prepared.train.inputs, prepared.train.outputs
     batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))
@@ -388,20 +394,34 @@ def build_loop(
     )
     footprint.check_fits(needs, runtime.available_memory(device), device)
     _check_batch_norm(cfg, len(prepared.train), batch_rows)
+    built = build_one(cfg, prepared, device)
+    models: Models
+    if stack and world is None and packed.why_alone(cfg) is None:  # a stack of one: see training/stack.py
+        models = Stack([built], device)
+    else:
+        penalty = build_penalty(built.model, cfg.regularization)
+        models = solo.Module(
+            built.model, built.optimizer, built.scheduler, penalty, cfg.loss.reduction, world
+        )
+    return Loop(models, [member(cfg, prepared, device)], world)
+
+
+def member(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> Member:
+    """The rows and loop settings of one model trained on `prepared`."""
+    train = _tensors(prepared.train, device)
+    val = _tensors(prepared.val, device) if prepared.val is not None else None
+    return Member(train, val, _settings(cfg, prepared), cfg.seed)
+
+
+def build_one(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> Built:
+    """Seed, then build the model (initialised), its optimizer and its scheduler.
+
+    Under torchrun every rank seeds alike, so all start from the same weights.
+    """
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)
-    return Loop(
-        model,
-        optimizer,
-        optimizers.build_scheduler(optimizer, cfg.scheduler),
-        build_penalty(model, cfg.regularization),
-        train=_tensors(prepared.train, device),
-        val=_tensors(prepared.val, device) if prepared.val is not None else None,
-        settings=_settings(cfg, prepared),
-        seed=cfg.seed,
-        world=world,
-    )
+    return Built(model, optimizer, optimizers.build_scheduler(optimizer, cfg.scheduler), cfg)
 
 
 def _check_batch_norm(cfg: Config, rows: int, batch_rows: int) -> None:
@@ -461,4 +481,5 @@ def _settings(cfg: Config, prepared: Prepared | Streamed) -> Settings:
         target_std=[t.std for t in prepared.pre.targets],
         patience=stop.patience if stop else None,
         min_delta=stop.min_delta if stop else 0.0,
+        penalized=cfg.regularization.l1 > 0 or cfg.regularization.l2 > 0,
     )

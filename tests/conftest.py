@@ -137,3 +137,30 @@ def small_config(tmp_path: Path, table: Path) -> Callable[..., Path]:
         return write_config(tmp_path / name, config)
 
     return make
+
+
+def signal_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> Callable[[], None]:
+    """Send SIGINT to this process from inside the loop's n-th training step, whichever model
+    axis takes it (a module, or a stack); returns what puts the real steps back."""
+    import signal
+
+    from mse_train.training.solo import Module
+    from mse_train.training.stack import Stack
+
+    steps = {"n": 0}
+    reals = {cls: cls.step for cls in (Module, Stack)}
+    for cls, real in reals.items():
+
+        def step(self: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            steps["n"] += 1
+            if steps["n"] == n:
+                os.kill(os.getpid(), signal.SIGINT)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "step", step)
+
+    def restore() -> None:
+        for cls, real in reals.items():
+            monkeypatch.setattr(cls, "step", real)
+
+    return restore

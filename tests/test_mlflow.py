@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import os
-import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import yaml
 
 from mse_train import __version__
 
-from conftest import read_json, read_metrics, write_config
+from conftest import read_json, read_metrics, signal_at_step, write_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed"
@@ -121,21 +119,10 @@ def test_a_diverged_run_ends_failed(cli, small_config, tmp_path, store):
 def test_ctrl_c_ends_killed_and_resume_continues_the_same_run(
     cli, small_config, tmp_path, store, monkeypatch
 ):
-    from mse_train.training.step import Step
-
     cfg = small_config(output={"mlflow": True}, train={"epochs": 5})
-    real_step = Step.__call__
-    steps = {"n": 0}
-
-    def step(self, xb, yb):
-        steps["n"] += 1
-        if steps["n"] == 3:  # one batch per epoch: Ctrl-C inside epoch 3
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, xb, yb)
-
-    monkeypatch.setattr(Step, "__call__", step)
+    restore = signal_at_step(monkeypatch, 3)  # one batch per epoch: Ctrl-C inside epoch 3
     assert cli("run", cfg, "-q").code == 130
-    monkeypatch.setattr(Step, "__call__", real_step)
+    restore()
     folder = tmp_path / "run"
     first = run_id(folder)
     assert store.get_run(first).info.status == "KILLED"

@@ -17,7 +17,7 @@ import torch
 from mse_train.outputs import checkpoint
 from mse_train.use import evaluate
 
-from conftest import DATA, read_metrics, start_process, write_config, write_csv
+from conftest import DATA, read_metrics, signal_at_step, start_process, write_config, write_csv
 
 
 @pytest.fixture
@@ -97,27 +97,22 @@ def test_signal_mid_run_saves_and_resume_is_bit_identical(cli, tmp_path, busy_ta
     assert losses(tmp_path / "straight") == losses(run)
 
 
-def test_interrupt_inside_an_epoch_keeps_the_position(tmp_path, busy_table, monkeypatch):
-    """SIGINT lands on a known batch (the 40th step, inside epoch 2); the run goes on from there."""
+@pytest.mark.parametrize("dropout", [0.2, 0.0], ids=["module", "stack-of-one"])
+def test_interrupt_inside_an_epoch_keeps_the_position(tmp_path, busy_table, monkeypatch, dropout):
+    """SIGINT lands on a known batch (the 40th step, inside epoch 2); the run goes on from there.
+    With dropout the model trains as a module; without, as a stack of one (training/stack.py)."""
     from mse_train import config, recipe
     from mse_train.errors import TrainingInterrupted
-    from mse_train.training.step import Step
+    from mse_train.training import packed
 
     cfg = config.load(everything_in_play(tmp_path, busy_table, epochs=3))
+    cfg.model.dropout = dropout  # type: ignore[union-attr]
+    assert (packed.why_alone(cfg) is None) == (dropout == 0)
     cfg.output.dir = str(tmp_path / "a")
-    real_step = Step.__call__
-    steps = {"n": 0}
-
-    def step(self, xb, yb):
-        steps["n"] += 1
-        if steps["n"] == 40:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, xb, yb)
-
-    monkeypatch.setattr(Step, "__call__", step)
+    restore = signal_at_step(monkeypatch, 40)
     with pytest.raises(TrainingInterrupted):
         recipe.run(cfg, recipe.Options(), recipe.Silent())
-    monkeypatch.setattr(Step, "__call__", real_step)
+    restore()
     progress = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["training"]["progress"]
     assert (progress["epoch"], progress["batch"]) == (1, 40 - 38)  # 38 batches of 64 per epoch
     recipe.run(cfg, recipe.Options(resume=True), recipe.Silent())

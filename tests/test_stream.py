@@ -4,8 +4,6 @@ exact resume inside an epoch."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from mse_train.data import prepare, stream_fit
 from mse_train.data.stream import BLOCK_ROWS, Rows
 from mse_train.use import evaluate_stream
 
-from conftest import read_metrics, write_config
+from conftest import read_metrics, signal_at_step, write_config
 
 
 @pytest.fixture
@@ -128,24 +126,14 @@ def test_empty_cells_under_error_are_named_by_line_when_streaming(cli, tmp_path,
 
 def test_interrupted_streamed_epoch_resumes_exactly(tmp_path, mixed, monkeypatch):
     from mse_train.errors import TrainingInterrupted
-    from mse_train.training.step import Step
 
     cfg = config.load(data_config(tmp_path, mixed, missing="median", memory_budget="1KiB"))
     cfg.output.dir = str(tmp_path / "a")
-    real_step = Step.__call__
-    steps = {"n": 0}
     per_epoch = -(-round((BLOCK_ROWS + 5000 - 5) * 0.75) // 512)
-
-    def step(self, xb, yb):
-        steps["n"] += 1
-        if steps["n"] == per_epoch + 7:  # inside epoch 2, past the first block's batches
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_step(self, xb, yb)
-
-    monkeypatch.setattr(Step, "__call__", step)
+    restore = signal_at_step(monkeypatch, per_epoch + 7)  # inside epoch 2, past the first block's
     with pytest.raises(TrainingInterrupted):
         recipe.run(cfg, recipe.Options(), recipe.Silent())
-    monkeypatch.setattr(Step, "__call__", real_step)
+    restore()
     progress = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["training"]["progress"]
     assert (progress["epoch"], progress["batch"]) == (1, 7)
     recipe.run(cfg, recipe.Options(resume=True), recipe.Silent())

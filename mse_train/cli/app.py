@@ -159,6 +159,14 @@ def run(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a previous run in the run folder.")
     ] = False,
+    no_pack: Annotated[
+        bool,
+        typer.Option(
+            "--no-pack",
+            help="Train as a torch module with its torch optimizer, even where the config can "
+            "train as a stack of one (the same result up to float rounding).",
+        ),
+    ] = False,
     quiet: Quiet = False,
     as_json: JsonOut = False,
     debug: Debug = False,
@@ -181,8 +189,15 @@ def run(
             again += ["--set", item]
         if output_dir is not None:
             again += ["--output-dir", str(output_dir)]
+        if no_pack:
+            again.append("--no-pack")
         options = recipe.Options(
-            resume, force, overwrite, shlex.join([*again, "--resume"]), shlex.join([*again, "--overwrite"])
+            resume,
+            force,
+            overwrite,
+            shlex.join([*again, "--resume"]),
+            shlex.join([*again, "--overwrite"]),
+            pack=not no_pack,
         )
         summary = recipe.run(cfg, options, reporter)
         if silent:

@@ -90,7 +90,7 @@ def restore(loop: Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
         if force:
             # Keep weights and progress; settings that changed start from the new config.
             if old.get("optimizer") != new["optimizer"]:
-                state = {**state, "optimizer": loop.optimizer.state_dict()}
+                state = {**state, "optimizer": loop.models.state_dict()["optimizer"]}
             if old.get("scheduler") != new["scheduler"]:
                 state = {**state, "scheduler": None}
         loop.load_state_dict(state)

@@ -92,7 +92,7 @@ def cross_validate(
         scored = (
             together[i - 1]
             if together is not None
-            else train_and_score(cfg, prepared, held, device, should_stop)
+            else train_and_score(cfg, prepared, held, device, should_stop, stack=pack)
         )
         on_fold(i, scored)
         epochs.append(scored.epochs)

@@ -18,8 +18,9 @@ from mse_train import recipe
 from mse_train.config.schema import Config
 from mse_train.data.prepare import Held, Prepared
 from mse_train.models import inference
-from mse_train.training import packed
+from mse_train.training.loop import Loop
 from mse_train.training.records import Status
+from mse_train.training.stack import Stack
 from mse_train.use.evaluate import regression_metrics
 
 
@@ -41,16 +42,20 @@ def train_and_score(
     held: Held,
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
+    stack: bool = True,
 ) -> Scored:
-    """Train as `run` would (no files), then score the best epoch's weights on `held`."""
+    """Train as `run` would (no files), then score the best epoch's weights on `held`.
+
+    `stack` False: as a torch module even where a stack of one could (`--no-pack`).
+    """
     started = time.perf_counter()
-    loop = recipe.build_loop(cfg, prepared, device)
+    loop = recipe.build_loop(cfg, prepared, device, stack=stack)
     status = loop.run(lambda record: None, should_stop)
     epochs = loop.progress.epoch
     if status in (Status.INTERRUPTED, Status.DIVERGED):
         return Scored(status, epochs, time.perf_counter() - started, reason=loop.divergence)
-    loop.best.weights.restore()
-    return _score(loop.model, prepared, held, device, status, epochs, time.perf_counter() - started)
+    model = loop.models.best_model(0)
+    return _score(model, prepared, held, device, status, epochs, time.perf_counter() - started)
 
 
 def train_and_score_packed(
@@ -58,26 +63,22 @@ def train_and_score_packed(
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> list[Scored] | None:
-    """Train jobs that share a `packed.pack_key` side by side, then score each as above.
-
-    Seconds are the pack's time shared equally; None when asked to stop.
-    """
+    """Train jobs that share a `packed.pack_key` side by side in one stack, then score each
+    as above. Seconds are the stack's time shared equally; None when asked to stop."""
     started = time.perf_counter()
-    members = [
-        packed.Member(cfg, _rows(prepared.train.x, prepared.train.y, device),
-                      _rows(prepared.val.x, prepared.val.y, device) if prepared.val is not None else None)
-        for cfg, prepared, _ in jobs
-    ]  # fmt: skip
-    trained = packed.train(members, device, should_stop)
-    if trained is None:
+    stack = Stack([recipe.build_one(cfg, prepared, device) for cfg, prepared, _ in jobs], device)
+    loop = Loop(stack, [recipe.member(cfg, prepared, device) for cfg, prepared, _ in jobs])
+    if loop.run(lambda record: None, should_stop) is Status.INTERRUPTED:
         return None
     seconds = (time.perf_counter() - started) / len(jobs)
-    return [
-        Scored(result.status, result.epochs, seconds, reason=result.reason)
-        if result.status is Status.DIVERGED
-        else _score(result.model, prepared, held, device, result.status, result.epochs, seconds)
-        for (_, prepared, held), result in zip(jobs, trained, strict=True)
-    ]
+    scored = []
+    for i, (_, prepared, held) in enumerate(jobs):
+        status, epochs, reason = loop.status_of(i)
+        if status is Status.DIVERGED:
+            scored.append(Scored(status, epochs, seconds, reason=reason))
+        else:
+            scored.append(_score(stack.best_model(i), prepared, held, device, status, epochs, seconds))
+    return scored
 
 
 def _score(
@@ -96,7 +97,3 @@ def _score(
         return Scored(Status.DIVERGED, epochs, seconds, reason="its predictions are not finite numbers")
     overall, per_target = regression_metrics(held.y_true, y_pred)
     return Scored(status, epochs, seconds, overall, per_target)
-
-
-def _rows(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)

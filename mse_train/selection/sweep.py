@@ -270,7 +270,7 @@ class _Trainer:
                 continue
             for i in members:
                 _, cfg, prepared, held = jobs[i]
-                scored = train_and_score(cfg, prepared, held, self.device, should_stop)
+                scored = train_and_score(cfg, prepared, held, self.device, should_stop, stack=self.pack)
                 if scored.status is Status.INTERRUPTED:
                     return None
                 scores[i] = scored

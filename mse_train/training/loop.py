@@ -1,40 +1,45 @@
-"""The training loop: epochs of mini-batches over tensors already on the device.
+"""The training loop: epochs of mini-batches for K >= 1 models, each keeping its own score.
 
-The data path is the fast one: each epoch draws one permutation from a seeded
-generator, gathers the table once, and takes batches as slices; full-batch training
-does no indexing at all. The step keeps no host syncs: batch losses stay on the device
-and are read once per epoch, in `_epoch_losses`.
+There is one loop. Its model axis is what it steps: `solo.Module` (one module of any kind
+with its torch optimizer, K = 1) or `stack.Stack` (K small models of one shape in batched
+tensors). `run` is K = 1, as a stack of one when its config can stack (packed.why_alone)
+and a module otherwise; `cv` and `sweep` stack their folds and trials. Everything around
+the step is written once: the shuffled order, the epoch's losses, scoring the weights at
+each epoch's end, divergence, schedules, the best epoch, early stopping, records; for one
+model also mid-epoch interrupts, rollback and the state a checkpoint holds.
+
+The data path is the fast one: each epoch draws one permutation per model from a seeded
+generator, gathers the rows once, and takes batches as slices (padded.py for K models with
+their own rows); full-batch training does no indexing at all. The step keeps no host
+syncs: batch losses stay on the device and are read once per epoch, in `_finish_epoch`.
 
 Under torchrun (`world` given; see distributed.py) each rank trains on its slice of every
 global batch; its per-batch losses are its shares, summed over the ranks once per epoch
 (when the epoch's numbers are stored), so the records mean what they mean in one process.
 The end-of-epoch numbers are rank 0's, broadcast, so every rank decides alike.
-
-The jobs around the step live in their own small classes: `Step` (step.py) updates the
-weights, `BestTracker` and `EarlyStopping` (tracking.py) keep score, `LastGood`
-(rollback.py) returns to the last finite epoch, and `state_dict()` is everything a
-checkpoint needs to continue exactly. Reports go through callbacks; nothing here prints.
+Reports go through callbacks; nothing here prints.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from mse_train.data.stream import Rows
 from mse_train.errors import ConfigError
-from mse_train.models.inference import per_target_sse
-from mse_train.training import distributed, optimizers, rng, tracking
+from mse_train.training import distributed, padded, rng, tracking
 from mse_train.training.distributed import World
-from mse_train.training.optimizers import Scheduler
 from mse_train.training.records import PARTIAL, EpochRecord, Progress, Settings, Status
 from mse_train.training.rollback import LastGood
-from mse_train.training.step import Penalty, Step
-from mse_train.training.tracking import BestTracker, EarlyStopping
+from mse_train.training.step import Batch, StepResult
+from mse_train.training.tracking import EarlyStopping
+
+Tensors = tuple[torch.Tensor, torch.Tensor]
 
 WORLD_SIZE = "world_size"  # key of the training state: how many processes trained (absent: 1)
 
@@ -43,7 +48,11 @@ class _EpochLosses:
     """The per-batch numbers of the epoch under way, as lists of device tensors."""
 
     def __init__(self, progress: Progress) -> None:
-        self.lists = [list(t.unbind()) if t is not None else [] for t in self._tensors(progress)]
+        # Each batch's losses and penalties are [K] (K = 1 here; a checkpoint may hold scalars).
+        losses, penalties, sq = self._tensors(progress)
+        self.lists = [
+            list(t.reshape(len(t), -1).unbind()) if t is not None else [] for t in (losses, penalties)
+        ] + [list(sq.unbind()) if sq is not None else []]
         self.reduced = len(self.lists[0])  # numbers from a checkpoint are already global sums
 
     @staticmethod
@@ -69,64 +78,149 @@ class _EpochLosses:
         if sq:
             new.append(torch.stack(sq[self.reduced :]))
         summed = distributed.sum_(torch.cat(new, dim=1))
-        losses[self.reduced :] = list(summed[:, 0].unbind())
+        losses[self.reduced :] = list(summed[:, :1].unbind())
         if sq:
             sq[self.reduced :] = list(summed[:, 1:].unbind())
         self.reduced = len(losses)
 
 
-class Loop:
-    """Owns a model, its optimizer and scheduler, and the tensors to train on."""
+class Models(Protocol):
+    """The loop's model axis: K >= 1 models stepped together (solo.py: one module, K = 1;
+    stack.py: K small models in batched tensors). Per-model numbers are [K] tensors."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Scheduler | None,
-        penalty: Penalty | None,
-        train: tuple[torch.Tensor, torch.Tensor] | Rows,
-        val: tuple[torch.Tensor, torch.Tensor] | Rows | None,
-        settings: Settings,
-        seed: int,
-        world: World | None = None,
-    ) -> None:
-        self.model = model
+    k: int
+
+    def train_mode(self) -> None: ...
+
+    def step(
+        self, xb: torch.Tensor, yb: torch.Tensor, batch: Batch | None = None, divisor: float | None = None
+    ) -> StepResult: ...
+
+    def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def norms(self) -> torch.Tensor: ...
+
+    def lr_of(self, i: int) -> float: ...
+
+    def step_scheduler(self, i: int, watched: float) -> None: ...
+
+    def keep_best(self, i: int) -> None: ...
+
+    def freeze(self, i: int) -> None: ...
+
+    def best_state(self, i: int) -> dict[str, torch.Tensor] | None: ...
+
+    def best_model(self, i: int) -> nn.Module: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def capture(self) -> None: ...
+
+    def restore(self) -> None: ...
+
+
+@dataclass
+class Member:
+    """One model's rows and settings (a fold of a cv, a trial of a sweep, or a run's one)."""
+
+    train: Tensors | Rows
+    val: Tensors | Rows | None
+    settings: Settings
+    seed: int
+
+
+@dataclass
+class _Model:
+    """How one model's training is going: as `Progress` keeps it, plus why it stopped."""
+
+    n: int
+    size: int
+    shuffle: torch.Generator
+    stopping: EarlyStopping
+    progress: Progress = field(default_factory=Progress)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    status: Status | None = None  # set when it stops before the others: early stopped or diverged
+    reason: str = ""  # why it diverged
+
+
+class Loop:
+    """Trains K >= 1 models (`models`) on their members' rows, epoch by epoch, each keeping
+    its own score; a model that stops early or diverges is frozen while the others go on."""
+
+    def __init__(self, models: Models, members: Sequence[Member], world: World | None = None) -> None:
+        self.models = models
+        self.k = models.k
+        assert len(members) == self.k
+        first = members[0]
         self.world = world
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.penalty = penalty
-        # A streamed table (data/stream.py) gives its batches a block at a time.
-        self.rows = train if isinstance(train, Rows) else None
-        device = next(model.parameters()).device
-        self.train_x, self.train_y = (_none(device), _none(device)) if isinstance(train, Rows) else train
-        self.n_train = len(train) if isinstance(train, Rows) else len(self.train_x)
-        self.val = val
-        self.settings = settings
-        self.device = device
-        if world is None:
-            self.step = Step(model, optimizer, penalty, nn.MSELoss(reduction=settings.reduction))
-        else:  # each rank's loss is a share of the global batch's: see step.py
-            if self.rows is not None:
-                raise ConfigError(
-                    "this table is streamed (larger than data.memory_budget), which mse-train does "
-                    "not do under torchrun yet",
-                    ["raise data.memory_budget so the table is held in memory, or train in one process"],
-                )
-            forward = distributed.wrap(model, self.device)
-            self.step = Step(forward, optimizer, penalty, nn.MSELoss(reduction="sum"), world.size)
-        self.shuffle = torch.Generator()  # CPU, so the order is the same on any device
-        self.shuffle.manual_seed(seed)
-        self.progress = Progress()
-        self.history: list[dict[str, Any]] = []
-        self.best = BestTracker(model)
-        self.early_stopping = EarlyStopping(settings.patience, settings.min_delta)
-        self.last_good = LastGood(model, optimizer, scheduler, self.shuffle, self.device)
-        self._multi = len(settings.target_names) > 1
-        self._params: list[torch.Tensor] = list(model.parameters())
+        self.settings = first.settings  # epochs, batches, shuffle and reduction are the same for all
+        self.device = next(iter(_tensors_of(first.train)), torch.empty(0)).device
+        self._model: list[_Model] = []
+        for m in members:
+            n = len(m.train) if isinstance(m.train, Rows) else len(m.train[0])
+            shuffle = torch.Generator()  # CPU, so the order is the same on any device
+            shuffle.manual_seed(m.seed)
+            stopping = EarlyStopping(m.settings.patience, m.settings.min_delta)
+            self._model.append(_Model(n, min(m.settings.batch_size or n, n), shuffle, stopping))
+        self.members = list(members)
+        # A streamed table (data/stream.py) gives its batches a block at a time (K = 1).
+        self.rows = first.train if isinstance(first.train, Rows) else None
+        if self.rows is not None and world is not None:
+            raise ConfigError(
+                "this table is streamed (larger than data.memory_budget), which mse-train does "
+                "not do under torchrun yet",
+                ["raise data.memory_budget so the table is held in memory, or train in one process"],
+            )
+        self.val = first.val
+        if self.k == 1:
+            self.train_x, self.train_y = (
+                (_none(self.device), _none(self.device)) if isinstance(first.train, Rows) else first.train
+            )
+        else:
+            self.table, self._counts = padded.pad([_in_memory(m.train) for m in members], self.device)
+            vals = [m.val for m in members]
+            self.val_table = (
+                padded.pad([_in_memory(v) for v in vals], self.device)
+                if all(v is not None for v in vals)
+                else None
+            )
+        self.n_train = self._model[0].n
+        self._multi = len(self.settings.target_names) > 1 and self.k == 1
+        self._weights: torch.Tensor | None = None
         self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._batch_weights: torch.Tensor | None = None
-        self._zero = torch.zeros((), device=self.device)
-        self.divergence = ""  # why run() returned DIVERGED, for the message
+        self._stacked: list[torch.Tensor | None] = [None, None]  # K > 1: this epoch's losses, penalties
+        self._zero = torch.zeros(self.k, device=self.device)
+        self.last_good = LastGood(models, self._model[0].shuffle, self.device) if self.k == 1 else None
+
+    # ---------------------------------------------------------- one model (a run)
+    @property
+    def progress(self) -> Progress:
+        return self._model[0].progress
+
+    @progress.setter
+    def progress(self, value: Progress) -> None:
+        self._model[0].progress = value
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self._model[0].history
+
+    @property
+    def shuffle(self) -> torch.Generator:
+        return self._model[0].shuffle
+
+    @property
+    def divergence(self) -> str:
+        """Why run() returned DIVERGED, for the message."""
+        return self._model[0].reason
+
+    def status_of(self, i: int) -> tuple[Status, int, str]:
+        """How model i ended: status, epochs trained, why it diverged."""
+        m = self._model[i]
+        status = m.status or (Status.EARLY_STOPPED if m.progress.stopped_early else Status.COMPLETED)
+        return status, m.progress.epoch, m.reason
 
     # ------------------------------------------------------------------ the loop
     def run(
@@ -135,21 +229,33 @@ class Loop:
         should_stop: Callable[[], bool] = lambda: False,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> Status:
-        """Train until `settings.epochs`, early stopping, a stop request or a divergence."""
-        self.last_good.capture(self.progress)
-        while self.progress.epoch < self.settings.epochs and not self.progress.stopped_early:
+        """Train until `settings.epochs`, a stop request, or every model stopped early or
+        diverged. With one model, its own status; with several, COMPLETED (see `status_of`)."""
+        if self.last_good is not None:
+            self.last_good.capture(self.progress)
+        while any(active := self._active()):
             started = time.perf_counter() - self.progress.partial_seconds
-            if not self._train_epoch(should_stop, on_batch, started):
+            trained = (
+                self._train_epoch(should_stop, on_batch, started)
+                if self.k == 1
+                else self._train_stack_epoch(active, should_stop)
+            )
+            if not trained:
                 return Status.INTERRUPTED
-            record = self._finish_epoch(started)
-            if record is None:
-                return Status.DIVERGED
-            on_epoch(record)
-            if self.progress.stopped_early:
-                return Status.EARLY_STOPPED
+            for record in self._finish_epoch(active, started):
+                on_epoch(record)
+            if self.k == 1 and (status := self._model[0].status) is not None:
+                return status
             if should_stop():
                 return Status.INTERRUPTED
-        return Status.EARLY_STOPPED if self.progress.stopped_early else Status.COMPLETED
+        return self.status_of(0)[0] if self.k == 1 else Status.COMPLETED
+
+    def _active(self) -> list[bool]:
+        epochs = self.settings.epochs
+        return [
+            m.status is None and not m.progress.stopped_early and m.progress.epoch < epochs
+            for m in self._model
+        ]
 
     def _train_epoch(
         self, should_stop: Callable[[], bool], on_batch: Callable[[int, int], None] | None, started: float
@@ -157,7 +263,7 @@ class Loop:
         """The batches of one epoch (from where an interrupt left it); False when asked to stop."""
         p = self.progress
         n = self.n_train
-        size = min(self.settings.batch_size or n, n)
+        size = self._model[0].size
         n_batches = -(-n // size)
         if p.batch == 0:
             p.epoch_start_shuffle = self.shuffle.get_state()
@@ -175,11 +281,10 @@ class Loop:
             x, y = self._shuffled(order)
         collected = _EpochLosses(p)
         losses, penalties, sq = collected.lists
-        if not self.model.training:
-            self.model.train()
+        self.models.train_mode()
         last_report = time.perf_counter()
         for b, (xb, yb, divisor) in enumerate(self._batches(x, y, size, n_batches), start=p.batch):
-            out, mse, pen = self.step(xb, yb) if divisor is None else self.step(xb, yb, divisor)
+            out, mse, pen = self.models.step(xb, yb, None, divisor)
             losses.append(mse)
             if pen is not None:
                 penalties.append(pen)
@@ -195,6 +300,28 @@ class Loop:
                 return False
         p.batch = 0
         collected.store(p, self.world)
+        return True
+
+    def _train_stack_epoch(self, active: list[bool], should_stop: Callable[[], bool]) -> bool:
+        """One epoch of K > 1 models, each on its own rows in its own order: nothing is kept
+        when asked to stop (a cv or sweep starts that training again)."""
+        shuffle = self.settings.shuffle
+        batches = padded.epoch(
+            self.table,
+            [m.size for m in self._model],
+            [m.n for m in self._model],
+            [m.shuffle if shuffle else None for m in self._model],
+            active,
+        )
+        losses, penalties = [], []
+        for xb, yb, batch in batches:
+            _, mse, pen = self.models.step(xb, yb, batch)
+            losses.append(mse)
+            if pen is not None:
+                penalties.append(pen)
+            if should_stop():
+                return False
+        self._stacked = [torch.stack(losses), torch.stack(penalties) if penalties else None]
         return True
 
     def _my_slices(
@@ -245,91 +372,108 @@ class Loop:
         torch.index_select(self.train_y, 0, order, out=y)
         return x, y
 
-    def _finish_epoch(self, started: float) -> EpochRecord | None:
-        """Read the epoch's numbers (one sync), score the weights, step the scheduler, keep score.
+    def _finish_epoch(self, active: list[bool], started: float) -> list[EpochRecord]:
+        """Read the epoch's numbers (one sync), score the weights, step the schedulers, keep score.
 
-        The watched loss is that of the weights as they are now, at the end of the epoch, so
-        that best.pt holds exactly the weights its loss was measured on: on the validation
-        rows, or else on the training rows. None when a loss or a weight is no longer finite,
-        or the loss has grown by tracking.GROWTH_LIMIT (the caller rolls back).
+        Each model's watched loss is that of its weights as they are now, at the end of the
+        epoch, so that best.pt holds exactly the weights its loss was measured on: on the
+        validation rows, or else on the training rows. A model whose loss or weights are no
+        longer finite, or whose loss has grown by tracking.GROWTH_LIMIT, is marked diverged
+        and frozen (a run rolls back to the epoch before).
         """
-        p = self.progress
         train_loss, penalty, per_target = self._epoch_losses()
-        with torch.no_grad():  # a NaN or inf weight makes this sum non-finite
-            param_sum = torch.stack(torch._foreach_norm(self._params)).sum()
+        norms = self.models.norms()
         has_val = self.val is not None
-        scored, val_sq = self._score(
-            self.val if self.val is not None else self.rows or (self.train_x, self.train_y)
-        )
-        stacked = torch.stack([train_loss, penalty, param_sum, scored])
+        watched_t, val_sq = self._score()
+        stacked = torch.stack([train_loss, penalty, norms, watched_t])
         if self.world is not None:  # rank 0's numbers decide best, early stop and divergence for all
             distributed.from_main(stacked)
         numbers = stacked.tolist()
-        train_value, pen_value, _, watched = numbers
         name = "val_loss" if has_val else "train_end_loss"
-        self.divergence = tracking.why_diverged(numbers, watched, p, name)
-        if self.divergence:
-            return None
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        if self.scheduler is not None:
-            optimizers.step_scheduler(self.scheduler, watched)
-        tracking.end_epoch(p, watched)
-        self.best.update(p, watched)
-        self.early_stopping.update(p, watched)
-        p.partial_losses = p.partial_penalties = p.partial_sq = None
-        p.partial_seconds = 0.0
-        record = EpochRecord(
-            epoch=p.epoch,
-            train_loss=train_value,
-            val_loss=watched if has_val else None,
-            train_end_loss=None if has_val else watched,
-            lr=lr,
-            penalty=pen_value if self.penalty is not None else None,
-            seconds=time.perf_counter() - started,
-            per_target=self._per_target(per_target, val_sq if has_val else None),
-        )
-        self.history.append(record.row())
-        self.last_good.capture(p)
-        return record
+        records = []
+        for i, m in enumerate(self._model):
+            if not active[i]:
+                continue
+            train_value, pen_value, _, watched = (row[i] for row in numbers)
+            p = m.progress
+            m.reason = tracking.why_diverged([row[i] for row in numbers], watched, p, name)
+            if m.reason:
+                m.status = Status.DIVERGED
+                self.models.freeze(i)
+                continue
+            lr = self.models.lr_of(i)
+            self.models.step_scheduler(i, watched)
+            tracking.end_epoch(p, watched)
+            if tracking.improved(p, watched):
+                self.models.keep_best(i)
+            m.stopping.update(p, watched)
+            if p.stopped_early:
+                m.status = Status.EARLY_STOPPED
+                self.models.freeze(i)
+            p.partial_losses = p.partial_penalties = p.partial_sq = None
+            p.partial_seconds = 0.0
+            record = EpochRecord(
+                epoch=p.epoch,
+                train_loss=train_value,
+                val_loss=watched if has_val else None,
+                train_end_loss=None if has_val else watched,
+                lr=lr,
+                penalty=pen_value if self.members[i].settings.penalized else None,
+                seconds=time.perf_counter() - started,
+                per_target=self._per_target(per_target, val_sq if has_val else None),
+            )
+            m.history.append(record.row())
+            records.append(record)
+        if self.last_good is not None and self._model[0].status is not Status.DIVERGED:
+            self.last_good.capture(self.progress)
+        return records
 
     def _epoch_losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The epoch's MSE (configured reduction), mean penalty and per-target SSE, on device."""
+        """Each model's epoch MSE (configured reduction), mean penalty and per-target SSE (one
+        model), [K], on the device."""
         p = self.progress
-        assert p.partial_losses is not None
-        losses = p.partial_losses
-        n = self.n_train
-        if self.settings.reduction == "sum":
-            train = losses.sum()
-        elif len(losses) == 1:
+        stacked = (p.partial_losses, p.partial_penalties) if self.k == 1 else self._stacked
+        losses, penalties = stacked
+        assert losses is not None
+        losses = losses.reshape(len(losses), -1)
+        if self._weights is None:  # each batch's rows over all rows: the same every epoch
+            weights = padded.batch_weights(
+                [m.n for m in self._model], [m.size for m in self._model], self.settings.reduction
+            )
+            self._weights = weights.to(self.device)
+        if len(losses) == 1 and self.settings.reduction == "mean":
             train = losses[0]
         else:
-            if self._batch_weights is None:  # rows per batch, over all rows: the same every epoch
-                size = min(self.settings.batch_size or n, n)
-                weights = torch.full((len(losses),), size / n, device=losses.device)
-                weights[-1] = (n - size * (len(losses) - 1)) / n
-                self._batch_weights = weights
-            train = (losses * self._batch_weights).sum()
-        penalty = p.partial_penalties.mean() if p.partial_penalties is not None else self._zero
-        per_target = p.partial_sq.sum(0) if p.partial_sq is not None else None
+            train = (losses * self._weights).sum(0)
+        penalty = penalties.reshape(len(penalties), -1).mean(0) if penalties is not None else self._zero
+        per_target = p.partial_sq.sum(0) if self.k == 1 and p.partial_sq is not None else None
         return train, penalty, per_target
 
-    def _score(self, rows: tuple[torch.Tensor, torch.Tensor] | Rows) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss of the current weights on these rows (eval mode), and per-target SSE."""
+    def _score(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The watched loss of each model's current weights (eval mode), [K], and (one model)
+        its per-target SSE on the validation rows."""
+        if self.k > 1:
+            (x, y), counts = self.val_table if self.val_table is not None else (self.table, self._counts)
+            sq = self.models.sse(x, y, counts)
+            return (
+                sq.sum(1) if self.settings.reduction == "sum" else sq.sum(1) / (counts * y.shape[-1])
+            ), None
+        rows = self.val if self.val is not None else self.rows or (self.train_x, self.train_y)
         if isinstance(rows, Rows):  # streamed: summed block by block
             sq = torch.zeros(rows.outputs, device=self.device)
             for xb, yb in rows.blocks():
-                sq += per_target_sse(
-                    self.model, torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device)
-                )
+                sq += self.models.sse(
+                    torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device)
+                )[0]
             numel = len(rows) * rows.outputs
         else:
-            sq = per_target_sse(self.model, *rows)
-            numel = rows[1].numel()
+            sq = self.models.sse(*rows)[0]
+            numel = int(rows[1].numel())
         loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / numel
-        return loss, sq
+        return loss.reshape(1), sq
 
     def _per_target(self, train_sq: torch.Tensor | None, val_sq: torch.Tensor | None) -> dict[str, float]:
-        """Per-target MSE in each target's own units, for several targets."""
+        """Per-target MSE in each target's own units, for several targets (one model)."""
         if not self._multi:
             return {}
         scale = torch.tensor(self.settings.target_std, dtype=torch.float64) ** 2
@@ -353,14 +497,15 @@ class Loop:
             )
         return out
 
-    # ----------------------------------------------------------------- state
+    # ----------------------------------------------------------------- state (one model)
     @property
     def best_weights(self) -> dict[str, torch.Tensor] | None:
         """Weights of the best epoch so far, or None before the first epoch ends."""
-        return self.best.weights.state_dict()
+        return self.models.best_state(0)
 
     def rollback(self) -> None:
         """Return to the end of the last finite epoch (after a divergence)."""
+        assert self.last_good is not None
         self.progress = self.last_good.restore()
         del self.history[self.progress.epoch :]
 
@@ -370,9 +515,7 @@ class Loop:
         if self.device.type == "cuda":
             generators["cuda"] = torch.cuda.get_rng_state(self.device)
         state: dict[str, Any] = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            **self.models.state_dict(),
             "progress": self.progress.to_dict(),
             "rng": {**generators, **rng.idle_state()},
             "history": list(self.history),
@@ -382,13 +525,19 @@ class Loop:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        self.models.load_state_dict(state)
         self.progress = Progress.from_dict(state["progress"], self.device)
-        self.history = list(state["history"])
+        self._model[0].history = list(state["history"])
         rng.set_state(state["rng"], self.shuffle, self.device)
+
+
+def _tensors_of(data: Tensors | Rows) -> list[torch.Tensor]:
+    return [] if isinstance(data, Rows) else list(data)
+
+
+def _in_memory(data: Tensors | Rows | None) -> Tensors:
+    assert data is not None and not isinstance(data, Rows), "a stack of several models trains in memory"
+    return data
 
 
 def _none(device: torch.device) -> torch.Tensor:

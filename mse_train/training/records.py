@@ -30,6 +30,7 @@ class Settings:
     target_std: list[float]  # to report per-target MSE in each target's own units
     patience: int | None = None
     min_delta: float = 0.0
+    penalized: bool = False  # an L1/L2 penalty is added to the loss (records report it)
 
 
 @dataclass

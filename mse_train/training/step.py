@@ -13,6 +13,7 @@ the one-process gradient of that global batch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -30,6 +31,19 @@ class StepResult(NamedTuple):
     out: torch.Tensor
     mse: torch.Tensor
     penalty: torch.Tensor | None
+
+
+@dataclass
+class Batch:
+    """A batch of a stack whose models' rows differ (their own folds, or a frozen model).
+
+    `mask`: [K, rows], 1 for a model's real rows; `counts`: [K] its rows; `full`: every
+    model has rows in this batch (so every model's optimizer steps).
+    """
+
+    mask: torch.Tensor
+    counts: torch.Tensor
+    full: bool
 
 
 class Step:

@@ -1,0 +1,461 @@
+"""K small models of one shape held as one stack of tensors and stepped together.
+
+One of the loop's two model axes (the other is solo.py): a linear model or an MLP without
+dropout or embeddings, trained with SGD, Adam or AdamW, K >= 1 at a time. `run` trains
+such a config as a stack of one; `cv` and `sweep` stack the folds of a cv and the trials
+that share a `packed.pack_key`.
+
+Small tabular models leave a CPU or GPU mostly idle: at batch 64 a 64-64 MLP step is
+per-operation overhead. Every model's parameters sit side by side in one flat [K, P]
+leaf; the forward pass is batched matmuls, the backward pass is written out (the same
+formulas autograd applies, in the same order, without the engine's per-node cost), and the
+optimizer's update is a handful of elementwise operations, however deep the model.
+
+Each model keeps the module and the torch optimizer and scheduler `run` would build for it
+alone: they seed and initialise its weights, drive its learning rate, and give its
+checkpoint the very format a solo run writes (so last.pt resumes either way). Its own
+learning rate, weight decay, momentum or betas and L1/L2 are [K, 1] columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import adam as torch_adam
+
+from mse_train.config import schema
+from mse_train.models import networks
+from mse_train.models.inference import EVAL_CHUNK
+from mse_train.training import optimizers
+from mse_train.training.optimizers import Scheduler
+from mse_train.training.step import Batch, StepResult
+
+Derivative = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input, output) -> d out / d in
+
+_DERIVATIVES: dict[str, Derivative] = {
+    "none": lambda z, h: torch.ones_like(z),  # a linear model: one layer, never called
+    "relu": lambda z, h: (h > 0).to(z.dtype),
+    "tanh": lambda z, h: 1 - h * h,
+    "sigmoid": lambda z, h: h * (1 - h),
+    "leaky_relu": lambda z, h: torch.where(z > 0, 1.0, 0.01).to(z.dtype),
+    "elu": lambda z, h: torch.where(z > 0, torch.ones_like(h), h + 1),
+}
+
+
+@dataclass
+class Built:
+    """What `run` builds for one model alone: the module, its optimizer and scheduler, its config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    cfg: schema.Config
+
+
+class Stack:
+    k: int
+
+    def __init__(self, builts: Sequence[Built], device: torch.device) -> None:
+        self.builts = list(builts)
+        self.k = len(builts)
+        self.device = device
+        first = builts[0].cfg
+        self.reduction = first.loss.reduction
+        self.sgd = isinstance(first.optimizer, schema.SGDConfig)
+        self._linears = [[m for m in s.model.modules() if isinstance(m, nn.Linear)] for s in builts]
+        self.shapes = [tuple(t.shape) for layer in self._linears[0] for t in (layer.weight, layer.bias)]
+        with torch.no_grad():
+            rows = [torch.cat([t.reshape(-1) for t in self._solo_params(i)]) for i in range(self.k)]
+            self.flat = torch.stack(rows).to(device)
+        self.flat.requires_grad_()
+        self._param_views = self._views(self.flat)  # made once; they follow the in-place updates
+        self.is_weight = torch.cat([torch.full((math.prod(sh),), len(sh) > 1) for sh in self.shapes]).to(
+            device
+        )
+        mcfg = first.model
+        self.activation: nn.Module | None = (
+            networks.ACTIVATIONS[mcfg.activation]() if isinstance(mcfg, schema.MLPModel) else None
+        )
+        # The activation's derivative from its input and output, for the backward pass by
+        # hand; None (GELU) leaves the backward pass to autograd.
+        self.derivative = _DERIVATIVES.get(mcfg.activation if isinstance(mcfg, schema.MLPModel) else "none")
+        self.best = self.flat.detach().clone()
+        self._has_best = [False] * self.k
+        self.live = torch.ones(self.k, 1, dtype=torch.bool, device=device)  # False: frozen
+        self._all_live = True
+        self._hyper([s.cfg for s in builts])
+        self._kept: tuple[Any, ...] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _solo_params(self, i: int) -> list[torch.Tensor]:
+        return [t for layer in self._linears[i] for t in (layer.weight, layer.bias)]
+
+    def _hyper(self, cfgs: list[schema.Config]) -> None:
+        """Per-model settings as [K, 1] columns that broadcast over the flat parameters."""
+        opts = [c.optimizer for c in cfgs]
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)[:, None]
+
+        self.lr = column([s.optimizer.param_groups[0]["lr"] for s in self.builts])
+        self.wd = column([float(getattr(o, "weight_decay", 0.0) or 0.0) for o in opts])
+        self.any_decay = bool(self.wd.any())
+        self.l1 = column([c.regularization.l1 for c in cfgs])[:, 0]
+        self.l2 = column([c.regularization.l2 for c in cfgs])[:, 0]
+        self.penalized = bool(self.l1.any()) or bool(self.l2.any())
+        self.steps = torch.zeros(self.k, 1, device=self.device)
+        # Views of `steps`, one per model: torch's fused Adam counts each model's steps in them.
+        self._step_counts = list(self.steps[:, 0].unbind())
+        self.moments = torch.zeros_like(self.flat)
+        self.squares = torch.zeros_like(self.flat)
+        if self.sgd:
+            sgd = [o for o in opts if isinstance(o, schema.SGDConfig)]
+            self.momentum = column([o.momentum for o in sgd])
+            self.dampening = column([o.dampening for o in sgd])
+            self.nesterov = column([float(o.nesterov) for o in sgd]) > 0
+        else:
+            adam = [o for o in opts if isinstance(o, schema.AdamConfig)]
+            self.beta1 = column([o.betas[0] for o in adam])
+            self.beta2 = column([o.betas[1] for o in adam])
+            self.eps = column([o.eps for o in adam])
+            self.decoupled = column([float(o.name == "adamw") for o in adam]) > 0
+        # Models with one and the same Adam setting (the folds of a cv, a run) and no schedule
+        # that moves their lr apart use torch's fused Adam; per-model settings the written-out rule.
+        settings = {o.model_dump_json() for o in opts}
+        scheduled = any(c.scheduler.name != "none" for c in cfgs)
+        first = opts[0]
+        self.uniform = (
+            first
+            if isinstance(first, schema.AdamConfig)
+            and len(settings) == 1
+            and not scheduled
+            and self.device.type == "cpu"
+            else None
+        )
+
+    def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Weights and biases of every layer, [K, ...], as views of flat parameters."""
+        out, offset = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            out.append(flat[:, offset : offset + size].view(flat.shape[0], *shape))
+            offset += size
+        return out
+
+    # ------------------------------------------------------------------ steps
+    def train_mode(self) -> None:
+        """Nothing to switch: the stack has no dropout or normalisation."""
+
+    def step(
+        self, xb: torch.Tensor, yb: torch.Tensor, batch: Batch | None = None, divisor: float | None = None
+    ) -> StepResult:
+        """One update of every live model. `xb` is [K, rows, inputs], or [rows, inputs] for K = 1;
+        `batch` is None when every model has all the rows of the batch."""
+        assert divisor is None, "a stack trains in one process"
+        one = xb.dim() == 2
+        if one:
+            xb, yb = xb.unsqueeze(0), yb.unsqueeze(0)
+        if batch is None:
+            mask, counts, full = None, torch.full((self.k,), float(xb.shape[1]), device=self.device), True
+        else:
+            mask, counts, full = batch.mask, batch.counts.float(), batch.full
+        pen = self._penalty() if self.penalized else None
+        if self.derivative is not None:
+            with torch.no_grad():
+                out, mse = self._by_hand(xb, yb, mask, counts)
+        else:
+            out, mse = self._autograd(xb, yb, mask, counts)
+        with torch.no_grad():
+            live = (counts > 0)[:, None]
+            self._update(live if self._all_live else live & self.live, full and self._all_live)
+        return StepResult(out[0] if one else out, mse, pen)
+
+    def _penalty(self) -> torch.Tensor:
+        """Each model's l1 * sum|w| + l2 * sum w^2 over its weights (biases are left free), [K]."""
+        with torch.no_grad():
+            weights = self.flat * self.is_weight
+            return self.l1 * weights.abs().sum(1) + self.l2 * weights.pow(2).sum(1)
+
+    def _forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
+        views = self._param_views if flat is None else self._views(flat)
+        layers = len(views) // 2
+        h = x
+        for i in range(layers):
+            w, b = views[2 * i], views[2 * i + 1]
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < layers - 1 and self.activation is not None:
+                h = self.activation(h)
+        return h
+
+    def _denominator(self, counts: torch.Tensor, targets: int) -> torch.Tensor:
+        return (counts * targets if self.reduction == "mean" else torch.ones_like(counts)).clamp(min=1)
+
+    def _autograd(
+        self, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.flat.grad = None
+        out = self._forward(xb)
+        err = (out - yb) ** 2
+        sq = (err if mask is None else err * mask[..., None]).sum((1, 2))
+        mse = sq / self._denominator(counts, yb.shape[-1])
+        total = mse.sum()
+        if self.penalized:
+            weights = self.flat * self.is_weight  # biases are left free, as `run` leaves them
+            total = total + (self.l1 * weights.abs().sum(1) + self.l2 * weights.pow(2).sum(1)).sum()
+        total.backward()  # type: ignore[no-untyped-call]
+        return out.detach(), mse.detach()
+
+    def _by_hand(
+        self, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradients of the stack without the autograd engine: for an MLP the
+        backward pass is a few batched matmuls, and the engine's per-node cost is most of
+        a small model's step. The same formulas autograd applies, in the same order."""
+        assert self.derivative is not None
+        views = self._param_views
+        layers = len(views) // 2
+        inputs, before = [xb], []
+        h = xb
+        for i in range(layers):
+            z = torch.baddbmm(views[2 * i + 1].unsqueeze(1), h, views[2 * i].transpose(1, 2))
+            if i < layers - 1:
+                before.append(z)
+                h = self.activation(z) if self.activation is not None else z
+                inputs.append(h)
+            else:
+                h = z
+        diff = h - yb
+        if mask is not None:
+            diff = diff * mask[..., None]
+        denom = self._denominator(counts, yb.shape[-1])
+        mse = (diff * diff).sum((1, 2)) / denom
+        grad_out = diff * (2 / denom)[:, None, None]
+        grads: list[torch.Tensor] = [torch.empty(0)] * len(views)
+        for i in reversed(range(layers)):
+            grads[2 * i] = torch.bmm(grad_out.transpose(1, 2), inputs[i])
+            grads[2 * i + 1] = grad_out.sum(1)
+            if i > 0:
+                grad_out = torch.bmm(grad_out, views[2 * i]) * self.derivative(before[i - 1], inputs[i])
+        grad = torch.cat([g.reshape(self.k, -1) for g in grads], dim=1)
+        if self.penalized:
+            weights = self.flat * self.is_weight  # biases are left free, as `run` leaves them
+            grad = grad + self.l1[:, None] * torch.sign(weights) + (2 * self.l2)[:, None] * weights
+        self.flat.grad = grad
+        return h, mse
+
+    def _update(self, live: torch.Tensor, full: bool) -> None:
+        """One optimizer step for the models with rows in this batch, as torch's would be."""
+        if self.uniform is not None:  # one Adam setting for all: torch's own fused kernel
+            self._fused_adam(live)
+            return
+        self.steps += live
+        p = self.flat
+        grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        if self.sgd:
+            new, moments = self._sgd(p, grad)
+        else:
+            new, moments, squares = self._adam(p, grad)
+            self.squares = squares if full else torch.where(live, squares, self.squares)
+        self.moments = moments if full else torch.where(live, moments, self.moments)
+        p.copy_(new if full else torch.where(live, new, p))
+
+    def _fused_adam(self, live: torch.Tensor) -> None:
+        """torch.optim.adam's fused kernel over the live models' rows of the flat parameters,
+        each with its own step count: the very arithmetic of each model's solo optimizer."""
+        assert self.uniform is not None and self.flat.grad is not None
+        rows = [i for i, on in enumerate(live[:, 0].tolist()) if on] if self.k > 1 else [0]
+        if not rows:
+            return
+        flat, grad = self.flat.detach(), self.flat.grad
+        torch_adam.adam(
+            [flat[i] for i in rows],
+            [grad[i] for i in rows],
+            [self.moments[i] for i in rows],
+            [self.squares[i] for i in rows],
+            [],
+            [self._step_counts[i] for i in rows],
+            fused=True,
+            decoupled_weight_decay=self.uniform.name == "adamw",
+            amsgrad=False,
+            beta1=self.uniform.betas[0],
+            beta2=self.uniform.betas[1],
+            lr=self.uniform.lr,
+            weight_decay=float(self.uniform.weight_decay or 0.0),
+            eps=self.uniform.eps,
+            maximize=False,
+        )
+
+    def _sgd(self, p: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grad = grad + self.wd * p
+        buf = torch.where(self.steps == 1, grad, self.momentum * self.moments + (1 - self.dampening) * grad)
+        with_momentum = torch.where(self.nesterov, grad + self.momentum * buf, buf)
+        direction = torch.where(self.momentum != 0, with_momentum, grad)
+        return p - self.lr * direction, buf
+
+    def _adam(self, p: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        base = p
+        if self.any_decay:
+            grad = torch.where(self.decoupled, grad, grad + self.wd * p)
+            base = torch.where(self.decoupled, p * (1 - self.lr * self.wd), p)
+        m = self.moments + (grad - self.moments) * (1 - self.beta1)
+        v = self.squares * self.beta2 + (1 - self.beta2) * grad * grad
+        step = self.steps.clamp(min=1)
+        correction1 = 1 - self.beta1**step
+        correction2 = 1 - self.beta2**step
+        denom = v.sqrt() / correction2.sqrt() + self.eps
+        return base - (self.lr / correction1) * m / denom, m, v
+
+    # ------------------------------------------------------------------ epoch ends
+    def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Each model's sum of squared errors per target, [K, targets], in chunks of rows.
+
+        `x` is [K, rows, inputs] (rows past each model's `counts` are padding), or
+        [rows, inputs] for K = 1.
+        """
+        if x.dim() == 2:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        total = torch.zeros(self.k, y.shape[-1], device=self.device)
+        with torch.no_grad():
+            for start in range(0, x.shape[1], EVAL_CHUNK):
+                err = (
+                    self._forward(x[:, start : start + EVAL_CHUNK]) - y[:, start : start + EVAL_CHUNK]
+                ) ** 2
+                if counts is not None:
+                    rows = torch.arange(start, start + err.shape[1], device=self.device)
+                    err = err * (rows[None, :] < counts[:, None]).to(err.dtype)[..., None]
+                total += err.sum(1)
+        return total
+
+    def norms(self) -> torch.Tensor:
+        """Each model's sum of |weights|: not finite once a weight is not."""
+        return self.flat.detach().abs().sum(1)
+
+    def lr_of(self, i: int) -> float:
+        """Model i's lr as its torch optimizer holds it (the column is its float32 copy)."""
+        return float(self.builts[i].optimizer.param_groups[0]["lr"])
+
+    def step_scheduler(self, i: int, watched: float) -> None:
+        """Model i's own scheduler moves the lr of its own (never stepped) torch optimizer."""
+        solo = self.builts[i]
+        if solo.scheduler is None:
+            return
+        solo.optimizer.step()  # no gradients: changes nothing, but a scheduler expects a step first
+        optimizers.step_scheduler(solo.scheduler, watched)
+        self.lr[i] = float(solo.optimizer.param_groups[0]["lr"])
+
+    def keep_best(self, i: int) -> None:
+        with torch.no_grad():
+            self.best[i] = self.flat[i]
+        self._has_best[i] = True
+
+    def freeze(self, i: int) -> None:
+        """Model i stopped (early, or diverged): no more updates, whatever its rows."""
+        self.live[i] = False
+        self._all_live = False
+
+    def best_state(self, i: int) -> dict[str, torch.Tensor] | None:
+        """Model i's best weights by the solo module's names; None before one is kept."""
+        return self._named(i, self.best) if self._has_best[i] else None
+
+    def best_model(self, i: int) -> nn.Module:
+        """Model i's module holding the weights of its best epoch."""
+        self._write_solo(i, self.best)
+        return self.builts[i].model
+
+    def _named(self, i: int, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._write_solo(i, flat)
+        return {name: t.detach().clone() for name, t in self.builts[i].model.state_dict().items()}
+
+    def _write_solo(self, i: int, flat: torch.Tensor) -> None:
+        with torch.no_grad():
+            for param, view in zip(self._solo_params(i), self._views(flat[i : i + 1]), strict=True):
+                param.copy_(view[0])
+
+    # ------------------------------------------------------------------ state (K = 1: a run)
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer and scheduler state in the format a solo run writes (K = 1)."""
+        assert self.k == 1, "a stack of several models is not checkpointed (cv and sweep restart a trial)"
+        solo = self.builts[0]
+        model = self._named(0, self.flat.detach())
+        solo.optimizer.state.clear()
+        if self.steps[0, 0] > 0:
+            for param, m, v in zip(
+                self._solo_params(0), self._views(self.moments), self._views(self.squares), strict=True
+            ):
+                if self.sgd:
+                    if float(self.momentum[0]) != 0:
+                        solo.optimizer.state[param] = {"momentum_buffer": m[0].clone()}
+                else:
+                    step = self.steps[0, 0].detach().clone().cpu()
+                    solo.optimizer.state[param] = {
+                        "step": step,
+                        "exp_avg": m[0].clone(),
+                        "exp_avg_sq": v[0].clone(),
+                    }
+        return {
+            "model": model,
+            "optimizer": solo.optimizer.state_dict(),
+            "scheduler": solo.scheduler.state_dict() if solo.scheduler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """From `state_dict()`'s output, or what a solo run of the same config wrote."""
+        solo = self.builts[0]
+        solo.model.load_state_dict(state["model"])
+        solo.optimizer.load_state_dict(state["optimizer"])
+        if solo.scheduler is not None and state.get("scheduler") is not None:
+            solo.scheduler.load_state_dict(state["scheduler"])
+        with torch.no_grad():
+            self.flat[0] = torch.cat([t.reshape(-1) for t in self._solo_params(0)]).to(self.device)
+            self.moments.zero_()
+            self.squares.zero_()
+            self.steps.zero_()
+            first = solo.optimizer.state.get(self._solo_params(0)[0], {})
+            if first:
+                self.steps[0, 0] = float(first["step"]) if "step" in first else 1.0
+                for param, m, v in zip(
+                    self._solo_params(0), self._views(self.moments), self._views(self.squares), strict=True
+                ):
+                    kept = solo.optimizer.state[param]
+                    m[0].copy_(kept["momentum_buffer" if self.sgd else "exp_avg"])
+                    if not self.sgd:
+                        v[0].copy_(kept["exp_avg_sq"])
+        self.lr[0] = float(solo.optimizer.param_groups[0]["lr"])
+        solo.optimizer.state.clear()
+
+    def _state_tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.flat, self.moments, self.squares, self.steps, self.lr)
+
+    def capture(self) -> None:
+        """Keep the weights, optimizer and schedulers as they are (the last finite epoch)."""
+        schedulers = [s.scheduler.state_dict() if s.scheduler is not None else None for s in self.builts]
+        with torch.no_grad():
+            tensors = [
+                t.detach().clone() for t in (self.flat, self.moments, self.squares, self.steps, self.lr)
+            ]
+        lrs = [b.optimizer.param_groups[0]["lr"] for b in self.builts]
+        self._kept = (tensors, [_copied(s) for s in schedulers], lrs)
+
+    def restore(self) -> None:
+        assert self._kept is not None, "capture() runs before the first epoch"
+        tensors, schedulers, lrs = self._kept
+        with torch.no_grad():
+            for target, saved in zip(
+                (self.flat, self.moments, self.squares, self.steps, self.lr), tensors, strict=True
+            ):
+                target.copy_(saved)
+        for i, (solo, saved) in enumerate(zip(self.builts, schedulers, strict=True)):
+            if solo.scheduler is not None and (state := _copied(saved)) is not None:
+                solo.scheduler.load_state_dict(state)
+            solo.optimizer.param_groups[0]["lr"] = lrs[i]
+
+
+def _copied(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
