@@ -7,7 +7,8 @@ Issue 9 asks for one loop whose model axis has size K >= 1, with `run` as K = 1.
 sides here are that loop (training/loop.py); only the model axis differs: training/stack.py
 (flat parameters, batched matmuls, the backward pass and the update written out) or
 training/solo.py (the nn.Module, autograd, torch's optimizer). The same config, rows and
-scoring, through `selection.fit` (as cv trains a fold), at batch 64 and 1024. Generated
+scoring, through `selection.fit` (as cv trains a fold), at batch 64, 256, 1024 and full
+batch (200 epochs there). Generated
 data as bench/run.py makes it (20,000 rows x 16 features; a fold of 16,000 rows, 20% of
 them for validation), an MLP 16 -> 64 -> 64 -> 1, Adam, 10 epochs; median of 3
 interleaved rounds. Prints the seconds, their ratio and both held-out MSEs.
@@ -40,12 +41,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_csv(work / "t.csv", 20_000)
-        for batch in (64, 1024):
+        for batch in (64, 256, 1024, None):
             (work / "c.yaml").write_text(
                 "data: {train: t.csv, target: y, val_fraction: 0.2}\n"
                 "model: {type: mlp, hidden: [64, 64]}\n"
                 "optimizer: {name: adam, lr: 0.001}\n"
-                f"train: {{epochs: 10, batch_size: {batch}, early_stopping: {{patience: 100}}}}\n"
+                f"train: {{epochs: {10 if batch else 200}, batch_size: {batch or 'null'}, "
+                "early_stopping: {patience: 1000}}\n"
                 "output: {plot: false}\n"
             )
             cfg = config_module.load(work / "c.yaml")
@@ -64,7 +66,7 @@ def main() -> None:
             a, s = statistics.median(alone), statistics.median(stacked)
             assert solo.overall is not None and one.overall is not None
             print(
-                f"batch {batch}: module {a:.3f} s, stack of one {s:.3f} s, stack {a / s:.2f}x as fast; "
+                f"batch {batch or 'full'}: module {a:.3f} s, stack of one {s:.3f} s, stack {a / s:.2f}x as fast; "
                 f"held-out MSE {solo.overall['mse']:.6f} vs {one.overall['mse']:.6f}"
             )
 

@@ -40,8 +40,9 @@ from mse_train.outputs import (
 )
 from mse_train.outputs.summary import Summary
 from mse_train.training import distributed, footprint, optimizers, packed, rng, signals, solo
+from mse_train.training.axis import Models
 from mse_train.training.distributed import World
-from mse_train.training.loop import WORLD_SIZE, Loop, Member, Models
+from mse_train.training.loop import WORLD_SIZE, Loop, Member
 from mse_train.training.records import EpochRecord, Settings, Status
 from mse_train.training.stack import Built, Stack
 from mse_train.training.step import build_penalty

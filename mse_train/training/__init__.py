@@ -2,9 +2,12 @@
 
   loop.py        `Loop.run`: the one loop, for K >= 1 models: epochs of batches, then
                  validation and score-keeping per model (a run is K = 1)
-  solo.py        the loop's model axis as one module with its torch optimizer (K = 1)
+  axis.py        `Models`: what the loop steps, K >= 1 models at a time
+  solo.py        the model axis as one module with its torch optimizer (K = 1)
   stack.py       ... as K small models in batched tensors, stepped together
+  batches.py     one model's rows: the shuffled gather, slices, stream blocks, rank slices
   padded.py      K models' own rows side by side, shuffled and batched per model
+  partial.py     the unfinished epoch's per-batch losses (kept on interrupt, summed over ranks)
   step.py        `Step`: one optimizer update (loss + L1/L2 penalty) of a module
   records.py     `Settings` in; `Status`, `EpochRecord`, `Progress` out
   tracking.py    the end-of-epoch rules: divergence, the best epoch, early stopping

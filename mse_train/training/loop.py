@@ -8,117 +8,39 @@ the step is written once: the shuffled order, the epoch's losses, scoring the we
 each epoch's end, divergence, schedules, the best epoch, early stopping, records; for one
 model also mid-epoch interrupts, rollback and the state a checkpoint holds.
 
-The data path is the fast one: each epoch draws one permutation per model from a seeded
-generator, gathers the rows once, and takes batches as slices (padded.py for K models with
-their own rows); full-batch training does no indexing at all. The step keeps no host
-syncs: batch losses stay on the device and are read once per epoch, in `_finish_epoch`.
+Each epoch a model draws one permutation from its own seeded generator and its batches
+are slices of its rows gathered once (batches.py for one model, padded.py for K models
+with their own rows). The step keeps no host syncs: batch losses stay on the device and
+are read once per epoch, in `_finish_epoch`.
 
 Under torchrun (`world` given; see distributed.py) each rank trains on its slice of every
 global batch; its per-batch losses are its shares, summed over the ranks once per epoch
-(when the epoch's numbers are stored), so the records mean what they mean in one process.
-The end-of-epoch numbers are rank 0's, broadcast, so every rank decides alike.
+(partial.py), so the records mean what they mean in one process. The end-of-epoch numbers
+are rank 0's, broadcast, so every rank decides alike.
 Reports go through callbacks; nothing here prints.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import nn
 
 from mse_train.data.stream import Rows
-from mse_train.errors import ConfigError
-from mse_train.training import distributed, padded, rng, tracking
+from mse_train.training import batches, distributed, padded, rng, tracking
+from mse_train.training.axis import Models
 from mse_train.training.distributed import World
-from mse_train.training.records import PARTIAL, EpochRecord, Progress, Settings, Status
+from mse_train.training.partial import EpochLosses
+from mse_train.training.records import EpochRecord, Progress, Settings, Status
 from mse_train.training.rollback import LastGood
-from mse_train.training.step import Batch, StepResult
 from mse_train.training.tracking import EarlyStopping
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
 WORLD_SIZE = "world_size"  # key of the training state: how many processes trained (absent: 1)
-
-
-class _EpochLosses:
-    """The per-batch numbers of the epoch under way, as lists of device tensors."""
-
-    def __init__(self, progress: Progress) -> None:
-        # Each batch's losses and penalties are [K] (K = 1 here; a checkpoint may hold scalars).
-        losses, penalties, sq = self._tensors(progress)
-        self.lists = [
-            list(t.reshape(len(t), -1).unbind()) if t is not None else [] for t in (losses, penalties)
-        ] + [list(sq.unbind()) if sq is not None else []]
-        self.reduced = len(self.lists[0])  # numbers from a checkpoint are already global sums
-
-    @staticmethod
-    def _tensors(progress: Progress) -> list[torch.Tensor | None]:
-        return [getattr(progress, name) for name in PARTIAL]
-
-    def store(self, progress: Progress, world: World | None = None) -> None:
-        """Stack what was collected into the progress (the one place partial state is made).
-
-        Under torchrun, this rank's shares of the losses and squared errors collected since
-        the epoch (re)started are first summed over the ranks, in one all-reduce.
-        """
-        if world is not None:
-            self._sum_over_ranks()
-        for name, values in zip(PARTIAL, self.lists, strict=True):
-            setattr(progress, name, torch.stack(values) if values else None)
-
-    def _sum_over_ranks(self) -> None:
-        losses, _penalties, sq = self.lists  # penalties: the same on every rank, not shares
-        new = [torch.stack(losses[self.reduced :]).reshape(-1, 1)] if len(losses) > self.reduced else []
-        if not new:
-            return
-        if sq:
-            new.append(torch.stack(sq[self.reduced :]))
-        summed = distributed.sum_(torch.cat(new, dim=1))
-        losses[self.reduced :] = list(summed[:, :1].unbind())
-        if sq:
-            sq[self.reduced :] = list(summed[:, 1:].unbind())
-        self.reduced = len(losses)
-
-
-class Models(Protocol):
-    """The loop's model axis: K >= 1 models stepped together (solo.py: one module, K = 1;
-    stack.py: K small models in batched tensors). Per-model numbers are [K] tensors."""
-
-    k: int
-
-    def train_mode(self) -> None: ...
-
-    def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, batch: Batch | None = None, divisor: float | None = None
-    ) -> StepResult: ...
-
-    def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor: ...
-
-    def norms(self) -> torch.Tensor: ...
-
-    def lr_of(self, i: int) -> float: ...
-
-    def step_scheduler(self, i: int, watched: float) -> None: ...
-
-    def keep_best(self, i: int) -> None: ...
-
-    def freeze(self, i: int) -> None: ...
-
-    def best_state(self, i: int) -> dict[str, torch.Tensor] | None: ...
-
-    def best_model(self, i: int) -> nn.Module: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def capture(self) -> None: ...
-
-    def restore(self) -> None: ...
 
 
 @dataclass
@@ -156,7 +78,7 @@ class Loop:
         first = members[0]
         self.world = world
         self.settings = first.settings  # epochs, batches, shuffle and reduction are the same for all
-        self.device = next(iter(_tensors_of(first.train)), torch.empty(0)).device
+        self.device = models.device
         self._model: list[_Model] = []
         for m in members:
             n = len(m.train) if isinstance(m.train, Rows) else len(m.train[0])
@@ -165,19 +87,9 @@ class Loop:
             stopping = EarlyStopping(m.settings.patience, m.settings.min_delta)
             self._model.append(_Model(n, min(m.settings.batch_size or n, n), shuffle, stopping))
         self.members = list(members)
-        # A streamed table (data/stream.py) gives its batches a block at a time (K = 1).
-        self.rows = first.train if isinstance(first.train, Rows) else None
-        if self.rows is not None and world is not None:
-            raise ConfigError(
-                "this table is streamed (larger than data.memory_budget), which mse-train does "
-                "not do under torchrun yet",
-                ["raise data.memory_budget so the table is held in memory, or train in one process"],
-            )
         self.val = first.val
         if self.k == 1:
-            self.train_x, self.train_y = (
-                (_none(self.device), _none(self.device)) if isinstance(first.train, Rows) else first.train
-            )
+            self.one = batches.OneTable(first.train, world, self.device)
         else:
             self.table, self._counts = padded.pad([_in_memory(m.train) for m in members], self.device)
             vals = [m.val for m in members]
@@ -186,10 +98,9 @@ class Loop:
                 if all(v is not None for v in vals)
                 else None
             )
-        self.n_train = self._model[0].n
+        self.n_train = self._model[0].n  # (the first model's)
         self._multi = len(self.settings.target_names) > 1 and self.k == 1
         self._weights: torch.Tensor | None = None
-        self._gathered: tuple[torch.Tensor, torch.Tensor] | None = None
         self._stacked: list[torch.Tensor | None] = [None, None]  # K > 1: this epoch's losses, penalties
         self._zero = torch.zeros(self.k, device=self.device)
         self.last_good = LastGood(models, self._model[0].shuffle, self.device) if self.k == 1 else None
@@ -262,28 +173,20 @@ class Loop:
     ) -> bool:
         """The batches of one epoch (from where an interrupt left it); False when asked to stop."""
         p = self.progress
-        n = self.n_train
         size = self._model[0].size
-        n_batches = -(-n // size)
+        n_batches = -(-self.n_train // size)
         if p.batch == 0:
             p.epoch_start_shuffle = self.shuffle.get_state()
         else:  # resuming inside an epoch: draw the same permutation again
             assert p.epoch_start_shuffle is not None
             self.shuffle.set_state(p.epoch_start_shuffle)
-        x, y = self.train_x, self.train_y
-        if self.rows is not None:
-            pass  # the stream draws its own order (from self.shuffle) in _batches
-        elif n_batches > 1 and self.settings.shuffle:
-            # int32 indices: half the work of the default int64 for the same permutation size
-            order = torch.randperm(n, generator=self.shuffle, dtype=torch.int32).to(
-                self.device, non_blocking=True
-            )
-            x, y = self._shuffled(order)
-        collected = _EpochLosses(p)
+        order = self.shuffle if self.settings.shuffle else None
+        collected = EpochLosses(p)
         losses, penalties, sq = collected.lists
         self.models.train_mode()
         last_report = time.perf_counter()
-        for b, (xb, yb, divisor) in enumerate(self._batches(x, y, size, n_batches), start=p.batch):
+        epoch = self.one.epoch(order, size, p.batch, self.settings.reduction)
+        for b, (xb, yb, divisor) in enumerate(epoch, start=p.batch):
             out, mse, pen = self.models.step(xb, yb, None, divisor)
             losses.append(mse)
             if pen is not None:
@@ -323,54 +226,6 @@ class Loop:
                 return False
         self._stacked = [torch.stack(losses), torch.stack(penalties) if penalties else None]
         return True
-
-    def _my_slices(
-        self, x_batches: Sequence[torch.Tensor], y_batches: Sequence[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
-        """This rank's contiguous slice of each global batch, and what its SSE is divided by.
-
-        A batch the ranks cannot split evenly (the epoch's short last one) gives the first
-        ranks one row more; the divisor is the global batch's rows x targets (mean) or 1
-        (sum), so the shares add up to the one-process loss of that batch.
-        """
-        assert self.world is not None
-        rank, ranks = self.world.rank, self.world.size
-        xs = [xb.tensor_split(ranks)[rank] for xb in x_batches]
-        ys = [yb.tensor_split(ranks)[rank] for yb in y_batches]
-        if self.settings.reduction == "sum":
-            return xs, ys, [1.0] * len(ys)
-        return xs, ys, [float(yb.numel()) for yb in y_batches]
-
-    def _batches(
-        self, x: torch.Tensor, y: torch.Tensor, size: int, n_batches: int
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float | None]]:
-        """The epoch's batches from `progress.batch` on: slices of the tensors, or the stream's.
-
-        Under torchrun each is this rank's slice, with the divisor that makes its loss a share.
-        """
-        start = self.progress.batch
-        if self.rows is None:
-            x_batches, y_batches = torch.split(x, size), torch.split(y, size)  # views, made in one call
-            if self.world is not None:
-                xs, ys, divisors = self._my_slices(x_batches, y_batches)
-                for b in range(start, n_batches):
-                    yield xs[b], ys[b], divisors[b]
-                return
-            for b in range(start, n_batches):
-                yield x_batches[b], y_batches[b], None
-            return
-        generator = self.shuffle if self.settings.shuffle and n_batches > 1 else None
-        for xb, yb in self.rows.epoch(generator, size, start):
-            yield torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device), None
-
-    def _shuffled(self, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training table in `order`, gathered into buffers reused every epoch."""
-        if self._gathered is None:
-            self._gathered = (torch.empty_like(self.train_x), torch.empty_like(self.train_y))
-        x, y = self._gathered
-        torch.index_select(self.train_x, 0, order, out=x)
-        torch.index_select(self.train_y, 0, order, out=y)
-        return x, y
 
     def _finish_epoch(self, active: list[bool], started: float) -> list[EpochRecord]:
         """Read the epoch's numbers (one sync), score the weights, step the schedulers, keep score.
@@ -458,7 +313,7 @@ class Loop:
             return (
                 sq.sum(1) if self.settings.reduction == "sum" else sq.sum(1) / (counts * y.shape[-1])
             ), None
-        rows = self.val if self.val is not None else self.rows or (self.train_x, self.train_y)
+        rows = self.val if self.val is not None else self.one.scoring()
         if isinstance(rows, Rows):  # streamed: summed block by block
             sq = torch.zeros(rows.outputs, device=self.device)
             for xb, yb in rows.blocks():
@@ -531,15 +386,6 @@ class Loop:
         rng.set_state(state["rng"], self.shuffle, self.device)
 
 
-def _tensors_of(data: Tensors | Rows) -> list[torch.Tensor]:
-    return [] if isinstance(data, Rows) else list(data)
-
-
 def _in_memory(data: Tensors | Rows | None) -> Tensors:
     assert data is not None and not isinstance(data, Rows), "a stack of several models trains in memory"
     return data
-
-
-def _none(device: torch.device) -> torch.Tensor:
-    """Stands for the training tensors of a streamed table (which has none)."""
-    return torch.empty((0, 0), device=device)
