@@ -51,6 +51,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "gelu-autograd": {"model": {"type": "mlp", "hidden": [8], "activation": "gelu"}},
     "linear-full-batch": {"model": {"type": "linear"}, "train": {"batch_size": None}},
+    "piecewise-embedding-l1": {
+        "model": {"type": "mlp", "hidden": [16], "numeric_embedding": "piecewise_linear", "bins": 8},
+        "regularization": {"l1": 1e-3},
+    },
 }
 
 
@@ -167,3 +171,27 @@ def test_a_stack_of_one_that_diverges_rolls_back_like_a_module(cli, tmp_path, cu
         assert all(torch.isfinite(w).all() for w in last["weights"].values())
         epochs.append(last["epoch"])
     assert epochs[0] == epochs[1]
+
+
+@pytest.mark.parametrize("numbers", [2, 0], ids=["numbers-and-categories", "categories-only"])
+def test_a_piecewise_embedding_with_one_hot_columns_stacks_as_the_module_trains(cli, tmp_path, numbers):
+    """The embedding reads the numeric inputs; the one-hot columns pass beside it."""
+    rng = np.random.default_rng(1)
+    colour = rng.choice(["red", "green", "blue"], size=300)
+    x = rng.normal(size=(300, 2))
+    y = x[:, 0] ** 2 + x[:, 1] + (colour == "red") * 1.5 + 0.1 * rng.normal(size=300)
+    header = [*["a", "b"][:numbers], "colour", "y"]
+    rows = [
+        [*map(float, xi[:numbers]), c, float(v)]
+        for xi, c, v in zip(x.round(5), colour, y.round(5), strict=True)
+    ]
+    table = write_csv(tmp_path / "mixed.csv", header, rows)
+    extra = {"model": {"type": "mlp", "hidden": [8], "numeric_embedding": "piecewise_linear", "bins": 4}}
+    body = settings(table, tmp_path / "x", extra)
+    body["data"] = {"train": str(table), "target": "y", "val_fraction": 0.25}
+    cfg = write_config(tmp_path / "cfg.yaml", body)
+    assert packed.why_alone(config.load(cfg)) is None
+    for folder, flags in (("stacked", []), ("module", ["--no-pack"])):
+        result = cli("run", cfg, "-q", "-o", tmp_path / folder, *flags)
+        assert result.code == 0, result
+    assert_close_runs(tmp_path / "stacked", tmp_path / "module")

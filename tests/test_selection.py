@@ -404,6 +404,23 @@ PACKABLE = {
         "optimizer": {"name": "adam", "lr": 0.05, "weight_decay": 0.01},
         "train": {"epochs": 15, "batch_size": 32},
     },
+    # each fold's bins come from its own training rows: the stack holds K sets of them
+    "piecewise-embedding-sgd-l2": {
+        "model": {"type": "mlp", "hidden": [16], "numeric_embedding": "piecewise_linear", "bins": 6},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+        "regularization": {"l2": 1e-3},
+        "train": {"epochs": 15, "batch_size": 16},
+    },
+    "piecewise-embedding-gelu-adam": {
+        "model": {
+            "type": "mlp",
+            "hidden": [8, 8],
+            "activation": "gelu",
+            "numeric_embedding": "piecewise_linear",
+        },
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "train": {"epochs": 10, "batch_size": 32},
+    },
 }
 
 

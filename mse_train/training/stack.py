@@ -29,21 +29,24 @@ from torch import nn
 from torch.optim import adam as torch_adam
 
 from mse_train.config import schema
-from mse_train.models import networks
+from mse_train.models import blocks, embeddings, networks
 from mse_train.models.inference import EVAL_CHUNK
 from mse_train.training import optimizers
 from mse_train.training.optimizers import Scheduler
 from mse_train.training.step import Batch, StepResult
 
-Derivative = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input, output) -> d out / d in
+# (gradient at the output, input, output) -> gradient at the input: the backward kernels
+# autograd itself calls for each activation (one fused pass over the activations).
+Backward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+_aten = torch.ops.aten
 
-_DERIVATIVES: dict[str, Derivative] = {
-    "none": lambda z, h: torch.ones_like(z),  # a linear model: one layer, never called
-    "relu": lambda z, h: (h > 0).to(z.dtype),
-    "tanh": lambda z, h: 1 - h * h,
-    "sigmoid": lambda z, h: h * (1 - h),
-    "leaky_relu": lambda z, h: torch.where(z > 0, 1.0, 0.01).to(z.dtype),
-    "elu": lambda z, h: torch.where(z > 0, torch.ones_like(h), h + 1),
+_BACKWARDS: dict[str, Backward] = {
+    "none": lambda g, z, h: g,  # a linear model: one layer, never called
+    "relu": lambda g, z, h: _aten.threshold_backward(g, h, 0),
+    "tanh": lambda g, z, h: _aten.tanh_backward(g, h),
+    "sigmoid": lambda g, z, h: _aten.sigmoid_backward(g, h),
+    "leaky_relu": lambda g, z, h: _aten.leaky_relu_backward(g, z, 0.01, False),
+    "elu": lambda g, z, h: _aten.elu_backward(g, 1.0, 1, 1, False, z),
 }
 
 
@@ -67,23 +70,34 @@ class Stack:
         first = builts[0].cfg
         self.reduction = first.loss.reduction
         self.sgd = isinstance(first.optimizer, schema.SGDConfig)
-        self._linears = [[m for m in s.model.modules() if isinstance(m, nn.Linear)] for s in builts]
-        self.shapes = [tuple(t.shape) for layer in self._linears[0] for t in (layer.weight, layer.bias)]
+        # The flat parameters hold each module's parameters in its own order, so that they
+        # map one to one onto the module and its torch optimizer's state.
+        self._params = [list(s.model.parameters()) for s in builts]
+        model = builts[0].model
+        where = {id(p): j for j, p in enumerate(self._params[0])}
+        self.shapes = [tuple(p.shape) for p in self._params[0]]
+        self._layers = [
+            (where[id(m.weight)], where[id(m.bias)]) for m in model.modules() if isinstance(m, nn.Linear)
+        ]
+        self._embedding(builts, where, device)
         with torch.no_grad():
-            rows = [torch.cat([t.reshape(-1) for t in self._solo_params(i)]) for i in range(self.k)]
+            rows = [torch.cat([t.reshape(-1) for t in self._params[i]]) for i in range(self.k)]
             self.flat = torch.stack(rows).to(device)
         self.flat.requires_grad_()
         self._param_views = self._views(self.flat)  # made once; they follow the in-place updates
-        self.is_weight = torch.cat([torch.full((math.prod(sh),), len(sh) > 1) for sh in self.shapes]).to(
-            device
-        )
+        penalized = {id(p) for p in networks.penalized_weights(model)}  # as `run` penalizes
+        self.is_weight = torch.cat(
+            [torch.full((math.prod(p.shape),), id(p) in penalized) for p in self._params[0]]
+        ).to(device)
         mcfg = first.model
         self.activation: nn.Module | None = (
             networks.ACTIVATIONS[mcfg.activation]() if isinstance(mcfg, schema.MLPModel) else None
         )
-        # The activation's derivative from its input and output, for the backward pass by
-        # hand; None (GELU) leaves the backward pass to autograd.
-        self.derivative = _DERIVATIVES.get(mcfg.activation if isinstance(mcfg, schema.MLPModel) else "none")
+        # The activation's backward pass, for the backward pass by hand; None (GELU) leaves
+        # the whole backward pass to autograd.
+        name = mcfg.activation if isinstance(mcfg, schema.MLPModel) else "none"
+        self.derivative = _BACKWARDS.get(name)
+        self._reads_input = name in ("leaky_relu", "elu")
         self.best = self.flat.detach().clone()
         self._has_best = [False] * self.k
         self.live = torch.ones(self.k, 1, dtype=torch.bool, device=device)  # False: frozen
@@ -92,8 +106,30 @@ class Stack:
         self._kept: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ setup
-    def _solo_params(self, i: int) -> list[torch.Tensor]:
-        return [t for layer in self._linears[i] for t in (layer.weight, layer.bias)]
+    def _embedding(self, builts: Sequence[Built], where: dict[int, int], device: torch.device) -> None:
+        """A piecewise-linear numeric embedding before the layers: its parameters' places in
+        the flat ones, and each model's own bins (from its own training rows) stacked."""
+        modules = [s.model for s in builts]
+        first = modules[0]
+        self._numeric = 0
+        self._embedded: tuple[int, int, int] | None = None
+        if not isinstance(first, blocks.Embedded) or first.embedding is None:  # (no numeric inputs)
+            assert len(self._layers) * 2 == len(self.shapes), "a stack holds linear layers only"
+            return
+        embedding = first.embedding
+        assert isinstance(embedding, embeddings.PiecewiseLinearEmbedding) and first.categorical is None
+        self._numeric = first.n_numeric
+        self._embedded = (
+            where[id(embedding.linear_weight)],
+            where[id(embedding.linear_bias)],
+            where[id(embedding.weight)],
+        )
+        assert len(self._layers) * 2 + 3 == len(self.shapes)
+        parts = [m.embedding for m in modules if isinstance(m, blocks.Embedded)]
+        bins = [p for p in parts if isinstance(p, embeddings.PiecewiseLinearEmbedding)]
+        self._scale = torch.stack([b.scale for b in bins]).to(device)[:, None]  # [K, 1, F, bins]
+        self._shift = torch.stack([b.shift for b in bins]).to(device)[:, None]
+        self._single = torch.stack([b.single for b in bins]).to(device)[:, None]
 
     def _hyper(self, cfgs: list[schema.Config]) -> None:
         """Per-model settings as [K, 1] columns that broadcast over the flat parameters."""
@@ -183,14 +219,31 @@ class Stack:
 
     def _forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
         views = self._param_views if flat is None else self._views(flat)
-        layers = len(views) // 2
-        h = x
-        for i in range(layers):
-            w, b = views[2 * i], views[2 * i + 1]
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i < layers - 1 and self.activation is not None:
+        h = self._embed(x, views)[0] if self._embedded is not None else x
+        last = len(self._layers) - 1
+        for i, (w, b) in enumerate(self._layers):
+            h = torch.baddbmm(views[b].unsqueeze(1), h, views[w].transpose(1, 2))
+            if i < last and self.activation is not None:
                 h = self.activation(h)
         return h
+
+    def _embed(
+        self, x: torch.Tensor, views: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layers' input: each model's piecewise-linear embedding of the numeric inputs
+        (the formulas of models/embeddings.py, with a model axis), then the other inputs.
+        Also the numbers and their encoding, which the backward pass reads."""
+        assert self._embedded is not None
+        w_linear, b_linear, w_bins = (views[j] for j in self._embedded)
+        numbers = x[..., : self._numeric, None]  # [K, rows, F, 1]
+        z = torch.addcmul(self._shift, self._scale, numbers)  # [K, rows, F, bins]
+        last = z[..., -1:]
+        last = torch.where(self._single > 0, last, last.clamp_min(0.0))
+        z = torch.cat([z[..., :1].clamp_max(1.0), z[..., 1:-1].clamp(0.0, 1.0), last], -1)
+        encoded = torch.einsum("kbfi,kfio->kbfo", z, w_bins)
+        linear = torch.addcmul(b_linear.unsqueeze(1), w_linear.unsqueeze(1), numbers)
+        h = torch.cat([(linear + encoded).flatten(2), x[..., self._numeric :]], -1)
+        return h, numbers, z
 
     def _denominator(self, counts: torch.Tensor, targets: int) -> torch.Tensor:
         return (counts * targets if self.reduction == "mean" else torch.ones_like(counts)).clamp(min=1)
@@ -218,15 +271,21 @@ class Stack:
         a small model's step. The same formulas autograd applies, in the same order."""
         assert self.derivative is not None
         views = self._param_views
-        layers = len(views) // 2
-        inputs, before = [xb], []
-        h = xb
-        for i in range(layers):
-            z = torch.baddbmm(views[2 * i + 1].unsqueeze(1), h, views[2 * i].transpose(1, 2))
+        layers = len(self._layers)
+        if self._embedded is not None:
+            h, numbers, encoding = self._embed(xb, views)
+        else:
+            h = xb
+        inputs, before = [h], []
+        for i, (w, b) in enumerate(self._layers):
+            z = torch.baddbmm(views[b].unsqueeze(1), h, views[w].transpose(1, 2))
             if i < layers - 1:
-                before.append(z)
                 h = self.activation(z) if self.activation is not None else z
+                # Keep the pre-activation only where its backward reads it (as autograd keeps
+                # it): on a large batch each is as big as the layer's output.
+                before.append(z if self._reads_input else h)
                 inputs.append(h)
+                del z  # (not held to the next layer's output)
             else:
                 h = z
         diff = h - yb
@@ -237,10 +296,24 @@ class Stack:
         grad_out = diff * (2 / denom)[:, None, None]
         grads: list[torch.Tensor] = [torch.empty(0)] * len(views)
         for i in reversed(range(layers)):
-            grads[2 * i] = torch.bmm(grad_out.transpose(1, 2), inputs[i])
-            grads[2 * i + 1] = grad_out.sum(1)
+            # Each layer's saved tensors are let go once used, as autograd lets go of them:
+            # on a large full batch they are most of the step's memory.
+            w, b = self._layers[i]
+            layer_input = inputs.pop()
+            grads[w] = torch.bmm(grad_out.transpose(1, 2), layer_input)
+            grads[b] = grad_out.sum(1)
             if i > 0:
-                grad_out = torch.bmm(grad_out, views[2 * i]) * self.derivative(before[i - 1], inputs[i])
+                grad_out = self.derivative(torch.bmm(grad_out, views[w]), before.pop(), layer_input)
+            del layer_input
+        if self._embedded is not None:  # on through the first layer into the embedding
+            w_linear, b_linear, w_bins = self._embedded
+            into = torch.bmm(grad_out, views[self._layers[0][0]])[
+                ..., : self._numeric * self.shapes[b_linear][1]
+            ]
+            into = into.view(*numbers.shape[:3], -1)  # [K, rows, F, size]
+            grads[w_bins] = torch.einsum("kbfi,kbfo->kfio", encoding, into)
+            grads[w_linear] = (into * numbers).sum(1)
+            grads[b_linear] = into.sum(1)
         grad = torch.cat([g.reshape(self.k, -1) for g in grads], dim=1)
         if self.penalized:
             weights = self.flat * self.is_weight  # biases are left free, as `run` leaves them
@@ -373,7 +446,7 @@ class Stack:
 
     def _write_solo(self, i: int, flat: torch.Tensor) -> None:
         with torch.no_grad():
-            for param, view in zip(self._solo_params(i), self._views(flat[i : i + 1]), strict=True):
+            for param, view in zip(self._params[i], self._views(flat[i : i + 1]), strict=True):
                 param.copy_(view[0])
 
     # ------------------------------------------------------------------ state (K = 1: a run)
@@ -385,7 +458,7 @@ class Stack:
         solo.optimizer.state.clear()
         if self.steps[0, 0] > 0:
             for param, m, v in zip(
-                self._solo_params(0), self._views(self.moments), self._views(self.squares), strict=True
+                self._params[0], self._views(self.moments), self._views(self.squares), strict=True
             ):
                 if self.sgd:
                     if float(self.momentum[0]) != 0:
@@ -411,15 +484,15 @@ class Stack:
         if solo.scheduler is not None and state.get("scheduler") is not None:
             solo.scheduler.load_state_dict(state["scheduler"])
         with torch.no_grad():
-            self.flat[0] = torch.cat([t.reshape(-1) for t in self._solo_params(0)]).to(self.device)
+            self.flat[0] = torch.cat([t.reshape(-1) for t in self._params[0]]).to(self.device)
             self.moments.zero_()
             self.squares.zero_()
             self.steps.zero_()
-            first = solo.optimizer.state.get(self._solo_params(0)[0], {})
+            first = solo.optimizer.state.get(self._params[0][0], {})
             if first:
                 self.steps[0, 0] = float(first["step"]) if "step" in first else 1.0
                 for param, m, v in zip(
-                    self._solo_params(0), self._views(self.moments), self._views(self.squares), strict=True
+                    self._params[0], self._views(self.moments), self._views(self.squares), strict=True
                 ):
                     kept = solo.optimizer.state[param]
                     m[0].copy_(kept["momentum_buffer" if self.sgd else "exp_avg"])
