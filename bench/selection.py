@@ -7,7 +7,9 @@ On generated data (20,000 rows x 16 features, as bench/run.py makes it), an MLP
 16 -> 64 -> 64 -> 1 with Adam, 10 epochs, at batch 64 and at batch 1024:
   1. a 16-trial random sweep (lr on a log range, L2 from a list), each trial scored on a
      20% holdout: `mse-train sweep` packed against `--no-pack`;
-  2. 5-fold `mse-train cv` of one config: folds side by side against one at a time.
+  2. 5-fold `mse-train cv` of one config: folds side by side against one at a time;
+  3. the same at batch 64 for `init`'s starter model, the MLP with a piecewise-linear
+     embedding of each number (each fold's bins from its own rows).
 Both run in this process through the same functions the commands call, as the commands
 run them (Optuna study in SQLite, leaderboard rewritten after every trial). Each is timed
 in rounds, interleaved, and the median kept; the largest difference between a model's
@@ -194,6 +196,20 @@ def main() -> None:
                     scores[pack] = scored
             rows = 5 * EPOCHS * int(ROWS * 0.8 * 0.8)
             _row(say, "cv, 5 folds", batch, times, rows, differ(scores[True], scores[False]))
+        # cv of init's starter model: the MLP with a piecewise-linear embedding of each number
+        times = {True: [], False: []}
+        data = config(csv_path, 64, folder / "cv-starter", 0)
+        data["model"] = {"type": "mlp", "hidden": [64, 64], "numeric_embedding": "piecewise_linear"}
+        path = folder / "cv-starter.yaml"
+        path.write_text(json.dumps(data))
+        for _ in range(rounds):
+            for pack in (True, False):
+                seconds, scored = time_cv(path, pack)
+                times[pack].append(seconds)
+                scores[pack] = scored
+        rows = 5 * EPOCHS * int(ROWS * 0.8 * 0.8)
+        starter = "cv, 5 folds, `init`'s starter model (+ piecewise-linear embedding, 48 bins, size 16)"
+        _row(say, starter, 64, times, rows, differ(scores[True], scores[False]))
         reference = fused_vs_single(csv_path, folder, 1e-2)
         reference_small = fused_vs_single(csv_path, folder, 1e-3)
     say()

@@ -66,7 +66,8 @@ def main() -> None:
             a, s = statistics.median(alone), statistics.median(stacked)
             assert solo.overall is not None and one.overall is not None
             print(
-                f"batch {batch or 'full'}: module {a:.3f} s, stack of one {s:.3f} s, stack {a / s:.2f}x as fast; "
+                f"batch {batch or 'full'}: module {a:.3f} s, stack of one {s:.3f} s, "
+                f"stack {a / s:.2f}x as fast; "
                 f"held-out MSE {solo.overall['mse']:.6f} vs {one.overall['mse']:.6f}"
             )
 
