@@ -195,3 +195,27 @@ def test_a_piecewise_embedding_with_one_hot_columns_stacks_as_the_module_trains(
         result = cli("run", cfg, "-q", "-o", tmp_path / folder, *flags)
         assert result.code == 0, result
     assert_close_runs(tmp_path / "stacked", tmp_path / "module")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda state: state[0].update(exp_avg=torch.zeros(3, 3)),  # the wrong shape
+        lambda state: state[0].update(step="many"),
+        lambda state: state[0].pop("exp_avg_sq"),
+        lambda state: state[0].update(exp_avg=torch.full_like(state[0]["exp_avg"], math.nan)),
+    ],
+    ids=["moment-shape", "step-text", "moment-missing", "moment-nan"],
+)
+def test_an_edited_optimizer_state_is_refused_when_a_stack_resumes(cli, tmp_path, curved, edit):
+    cfg = write_config(tmp_path / "cfg.yaml", settings(curved, tmp_path / "run", {}))
+    assert cli("run", cfg, "-q", "--set", "train.epochs=2").code == 0
+    last = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    edit(ckpt["training"]["optimizer"]["state"])
+    torch.save(ckpt, last)
+    result = cli("run", cfg, "-q", "--resume")
+    assert result.code == 2, result
+    assert "last.pt: its training state does not fit" in result.stderr or (
+        "`training.optimizer.state.0.exp_avg` holds NaN or infinite values" in result.stderr
+    )

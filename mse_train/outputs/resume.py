@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mse_train import config
 from mse_train.config import Config
 from mse_train.errors import CheckpointError
@@ -93,6 +95,7 @@ def restore(loop: Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
                 state = {**state, "optimizer": loop.models.state_dict()["optimizer"]}
             if old.get("scheduler") != new["scheduler"]:
                 state = {**state, "scheduler": None}
+        _check_finite(state.get("optimizer"), cfg)
         loop.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
         # A hand-edited state (an optimizer that is a number, ...) fails in torch's own loaders.
@@ -101,3 +104,22 @@ def restore(loop: Loop, ckpt: dict[str, Any], cfg: Config, force: bool) -> None:
             f"({(str(exc).splitlines() or [type(exc).__name__])[0]})",
             ["the model shape must stay the same to resume; start a new run instead"],
         ) from None
+
+
+def _check_finite(optimizer: Any, cfg: Config) -> None:
+    """An optimizer's moments with NaN or inf in them would silently poison every update."""
+    states = optimizer.get("state") if isinstance(optimizer, dict) else None
+    if not isinstance(states, dict):
+        return  # the loaders refuse what is not a state at all
+    for index, values in states.items():
+        for key, value in values.items() if isinstance(values, dict) else ():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())
+            ):
+                raise CheckpointError(
+                    f"{cfg.output.dir}/last.pt: `training.optimizer.state.{index}.{key}` holds NaN or "
+                    "infinite values",
+                    ["the file was edited or damaged; start a new run instead"],
+                )
