@@ -118,6 +118,18 @@ def fused_vs_single(csv_path: Path, folder: Path, lr: float) -> float:
     return abs(scores[0] / scores[1] - 1)
 
 
+def cv_rounds(path: Path, rounds: int) -> tuple[dict[bool, list[float]], dict[bool, list[float]]]:
+    """Seconds of each round packed (True) and not, interleaved; the last round's fold scores."""
+    times: dict[bool, list[float]] = {True: [], False: []}
+    scores: dict[bool, list[float]] = {}
+    for _ in range(rounds):
+        for pack in (True, False):
+            seconds, scored = time_cv(path, pack)
+            times[pack].append(seconds)
+            scores[pack] = scored
+    return times, scores
+
+
 def starter_fused_vs_single(path: Path) -> float:
     """The largest gap over the 5 folds between torch's fused and single-tensor Adam, each
     training `path`'s config alone as a module: how far rounding alone moves this model."""
@@ -211,27 +223,17 @@ def main() -> None:
                 differ(scores[True], scores[False]),
             )
             # cv: 5 folds of one config (16,000 rows per fold, 20% of them choose the epoch)
-            times = {True: [], False: []}
             path = folder / f"cv-{batch}.yaml"
             path.write_text(json.dumps(config(csv_path, batch, folder / f"cv-{batch}", 0)))
-            for _ in range(rounds):
-                for pack in (True, False):
-                    seconds, scored = time_cv(path, pack)
-                    times[pack].append(seconds)
-                    scores[pack] = scored
+            times, scores = cv_rounds(path, rounds)
             rows = 5 * EPOCHS * int(ROWS * 0.8 * 0.8)
             _row(say, "cv, 5 folds", batch, times, rows, differ(scores[True], scores[False]))
         # cv of init's starter model: the MLP with a piecewise-linear embedding of each number
-        times = {True: [], False: []}
         data = config(csv_path, 64, folder / "cv-starter", 0)
         data["model"] = {"type": "mlp", "hidden": [64, 64], "numeric_embedding": "piecewise_linear"}
         path = folder / "cv-starter.yaml"
         path.write_text(json.dumps(data))
-        for _ in range(rounds):
-            for pack in (True, False):
-                seconds, scored = time_cv(path, pack)
-                times[pack].append(seconds)
-                scores[pack] = scored
+        times, scores = cv_rounds(path, rounds)
         rows = 5 * EPOCHS * int(ROWS * 0.8 * 0.8)
         starter = "cv, 5 folds, `init`'s starter model (+ piecewise-linear embedding, 48 bins, size 16)"
         _row(say, starter, 64, times, rows, differ(scores[True], scores[False]))
