@@ -51,6 +51,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "gelu-autograd": {"model": {"type": "mlp", "hidden": [8], "activation": "gelu"}},
     "linear-full-batch": {"model": {"type": "linear"}, "train": {"batch_size": None}},
+    "periodic-embedding-sgd": {
+        "model": {"type": "mlp", "hidden": [16], "numeric_embedding": "periodic", "frequencies": 4},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
+    },
     "piecewise-embedding-l1": {
         "model": {"type": "mlp", "hidden": [16], "numeric_embedding": "piecewise_linear", "bins": 8},
         "regularization": {"l1": 1e-3},

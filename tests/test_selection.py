@@ -110,10 +110,10 @@ def test_cv_json_has_the_promised_shape_and_writes_its_files(cli, small_config, 
 
 
 def test_cv_and_sweep_say_why_a_config_trains_one_model_at_a_time(cli, small_config, tmp_path):
-    embedded = small_config(model={"type": "mlp", "hidden": [4], "numeric_embedding": "periodic"})
+    embedded = small_config(model={"type": "mlp", "hidden": [4], "dropout": 0.1})
     result = cli("cv", embedded, "--folds", "2", "-o", tmp_path / "cv")
     assert result.code == 0, result
-    assert "folds train one at a time: model.numeric_embedding periodic" in result.stderr
+    assert "folds train one at a time: model.dropout above 0" in result.stderr
     plain = small_config(model={"type": "mlp", "hidden": [4]})
     packed = cli("cv", plain, "--folds", "2", "-o", tmp_path / "p")
     assert packed.code == 0 and "one at a time" not in packed.stderr
@@ -411,6 +411,32 @@ PACKABLE = {
         "regularization": {"l2": 1e-3},
         "train": {"epochs": 15, "batch_size": 16},
     },
+    "periodic-embedding-adamw-l1": {
+        "model": {
+            "type": "mlp",
+            "hidden": [8],
+            "numeric_embedding": "periodic",
+            "frequencies": 4,
+            "embedding_size": 4,
+            "frequency_scale": 0.3,
+        },
+        "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.01},
+        "regularization": {"l1": 1e-4},
+        "train": {"epochs": 10, "batch_size": 16},
+    },
+    "periodic-lite-embedding-tanh-sgd": {
+        "model": {
+            "type": "mlp",
+            "hidden": [8],
+            "activation": "tanh",
+            "numeric_embedding": "periodic",
+            "frequencies": 3,
+            "embedding_size": 4,
+            "periodic_lite": True,
+        },
+        "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.5},
+        "train": {"epochs": 10, "batch_size": 32},
+    },
     "piecewise-embedding-gelu-adam": {
         "model": {
             "type": "mlp",
@@ -468,6 +494,22 @@ def test_sweep_trials_trained_side_by_side_match_trials_trained_alone(cli, table
         if row["score_mean"]:
             assert float(row["score_mean"]) == pytest.approx(float(other["score_mean"]), rel=1e-4)
     assert any(r["status"] == "diverged" for r in packed.values())  # lr 3.0 with sgd: frozen alone
+
+
+def test_trials_that_differ_only_by_their_schedule_pack_with_each_its_own_lr(cli, table, tmp_path):
+    """One Adam setting for every trial, but not one lr over time: no trial may follow another's."""
+    params = {"scheduler.name": ["none", "cosine", "exponential"]}
+    sweep = {"method": "grid", "folds": 0, "refit": False, "params": params}
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 8, "batch_size": 16})
+    scores = []
+    for name, extra in (("packed", []), ("alone", ["--no-pack"])):
+        result = cli("sweep", cfg, "-q", "-o", tmp_path / name, *extra)
+        assert result.code == 0, result
+        scores.append({r["trial"]: float(r["score_mean"]) for r in leaderboard(tmp_path / name)})
+    assert scores[0].keys() == scores[1].keys() and len(scores[0]) == 3
+    for trial, score in scores[0].items():
+        assert score == pytest.approx(scores[1][trial], rel=1e-4)
+    assert len(set(scores[0].values())) == 3  # the schedules did move the lrs apart
 
 
 def test_a_trial_whose_data_fails_stops_the_sweep_and_leaves_nothing_to_resume(cli, table, tmp_path):

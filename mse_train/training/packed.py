@@ -1,7 +1,7 @@
 """Which configs train as a stack (stack.py), and which of them can share one.
 
-A stack holds K models of one shape (linear, or an MLP without dropout, with no numeric
-embedding or a piecewise-linear one; resnet and tabm train as a module), one optimizer
+A stack holds K models of one shape (linear, or an MLP without dropout, with or without a
+numeric embedding; resnet and tabm train as a module), one optimizer
 family (SGD, or Adam/AdamW without amsgrad), one batch size and epoch count. Each keeps
 its own rows, init and seed, bins, learning rate and schedule, weight decay, momentum or
 betas, L1/L2, early stopping and best epoch, and follows the arithmetic of training it as
@@ -22,8 +22,6 @@ def why_alone(cfg: Config) -> str | None:
     model, opt = cfg.model, cfg.optimizer
     if not isinstance(model, (schema.LinearModel, schema.MLPModel)):
         return f"model.type {model.type}: the stack holds linear layers and activations only"
-    if isinstance(model, schema.MLPModel) and model.numeric_embedding not in ("none", "piecewise_linear"):
-        return f"model.numeric_embedding {model.numeric_embedding}: the stack embeds piecewise_linear only"
     if cfg.data.categorical_encoding == "embedding":
         return "data.categorical_encoding embedding: the stack has no embedding tables"
     if isinstance(model, schema.MLPModel) and model.dropout > 0:

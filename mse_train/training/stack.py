@@ -1,7 +1,8 @@
 """K small models of one shape held as one stack of tensors and stepped together.
 
-One of the loop's two model axes (the other is solo.py): a linear model or an MLP without
-dropout or embeddings, trained with SGD, Adam or AdamW, K >= 1 at a time. `run` trains
+One of the loop's two model axes (the other is solo.py): a linear model, or an MLP without
+dropout, with or without a numeric embedding (stack_embeddings.py), trained with SGD, Adam
+or AdamW, K >= 1 at a time. `run` trains
 such a config as a stack of one; `cv` and `sweep` stack the folds of a cv and the trials
 that share a `packed.pack_key`.
 
@@ -26,13 +27,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import adam as torch_adam
 
 from mse_train.config import schema
-from mse_train.models import blocks, embeddings, networks
+from mse_train.models import blocks, networks
 from mse_train.models.inference import EVAL_CHUNK
-from mse_train.training import optimizers
+from mse_train.training import optimizers, stack_embeddings
 from mse_train.training.optimizers import Scheduler
+from mse_train.training.stack_optimizer import StackedOptimizer
 from mse_train.training.step import Batch, StepResult
 
 # (gradient at the output, input, output) -> gradient at the input: the backward kernels
@@ -69,7 +70,6 @@ class Stack:
         self.device = device
         first = builts[0].cfg
         self.reduction = first.loss.reduction
-        self.sgd = isinstance(first.optimizer, schema.SGDConfig)
         # The flat parameters hold each module's parameters in its own order, so that they
         # map one to one onto the module and its torch optimizer's state.
         self._params = [list(s.model.parameters()) for s in builts]
@@ -102,77 +102,33 @@ class Stack:
         self._has_best = [False] * self.k
         self.live = torch.ones(self.k, 1, dtype=torch.bool, device=device)  # False: frozen
         self._all_live = True
-        self._hyper([s.cfg for s in builts])
+        self._penalties([s.cfg for s in builts])
+        lrs = [float(s.optimizer.param_groups[0]["lr"]) for s in builts]
+        scheduled = any(s.cfg.scheduler.name != "none" for s in builts)
+        self.update = StackedOptimizer([s.cfg.optimizer for s in builts], lrs, self.flat, scheduled, device)
         self._kept: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ setup
     def _embedding(self, builts: Sequence[Built], where: dict[int, int], device: torch.device) -> None:
-        """A piecewise-linear numeric embedding before the layers: its parameters' places in
-        the flat ones, and each model's own bins (from its own training rows) stacked."""
+        """A numeric embedding before the layers (stack_embeddings.py), each model's own."""
         modules = [s.model for s in builts]
         first = modules[0]
         self._numeric = 0
-        self._embedded: tuple[int, int, int] | None = None
+        self._embedded: stack_embeddings.Stacked | None = None
         if not isinstance(first, blocks.Embedded) or first.embedding is None:  # (no numeric inputs)
             assert len(self._layers) * 2 == len(self.shapes), "a stack holds linear layers only"
             return
-        embedding = first.embedding
-        assert isinstance(embedding, embeddings.PiecewiseLinearEmbedding) and first.categorical is None
+        assert first.categorical is None, "a stack has no categorical embedding tables"
+        parts = [m.embedding for m in modules if isinstance(m, blocks.Embedded) and m.embedding is not None]
+        self._embedded = stack_embeddings.build(parts, where, device)
         self._numeric = first.n_numeric
-        self._embedded = (
-            where[id(embedding.linear_weight)],
-            where[id(embedding.linear_bias)],
-            where[id(embedding.weight)],
-        )
-        assert len(self._layers) * 2 + 3 == len(self.shapes)
-        parts = [m.embedding for m in modules if isinstance(m, blocks.Embedded)]
-        bins = [p for p in parts if isinstance(p, embeddings.PiecewiseLinearEmbedding)]
-        self._scale = torch.stack([b.scale for b in bins]).to(device)[:, None]  # [K, 1, F, bins]
-        self._shift = torch.stack([b.shift for b in bins]).to(device)[:, None]
-        self._single = torch.stack([b.single for b in bins]).to(device)[:, None]
+        assert len(self._layers) * 2 + len(list(first.embedding.parameters())) == len(self.shapes)
 
-    def _hyper(self, cfgs: list[schema.Config]) -> None:
-        """Per-model settings as [K, 1] columns that broadcast over the flat parameters."""
-        opts = [c.optimizer for c in cfgs]
-
-        def column(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=self.device)[:, None]
-
-        self.lr = column([s.optimizer.param_groups[0]["lr"] for s in self.builts])
-        self.wd = column([float(getattr(o, "weight_decay", 0.0) or 0.0) for o in opts])
-        self.any_decay = bool(self.wd.any())
-        self.l1 = column([c.regularization.l1 for c in cfgs])[:, 0]
-        self.l2 = column([c.regularization.l2 for c in cfgs])[:, 0]
+    def _penalties(self, cfgs: list[schema.Config]) -> None:
+        """Each model's L1 and L2 factors, [K]."""
+        self.l1 = torch.tensor([c.regularization.l1 for c in cfgs], device=self.device)
+        self.l2 = torch.tensor([c.regularization.l2 for c in cfgs], device=self.device)
         self.penalized = bool(self.l1.any()) or bool(self.l2.any())
-        self.steps = torch.zeros(self.k, 1, device=self.device)
-        # Views of `steps`, one per model: torch's fused Adam counts each model's steps in them.
-        self._step_counts = list(self.steps[:, 0].unbind())
-        self.moments = torch.zeros_like(self.flat)
-        self.squares = torch.zeros_like(self.flat)
-        if self.sgd:
-            sgd = [o for o in opts if isinstance(o, schema.SGDConfig)]
-            self.momentum = column([o.momentum for o in sgd])
-            self.dampening = column([o.dampening for o in sgd])
-            self.nesterov = column([float(o.nesterov) for o in sgd]) > 0
-        else:
-            adam = [o for o in opts if isinstance(o, schema.AdamConfig)]
-            self.beta1 = column([o.betas[0] for o in adam])
-            self.beta2 = column([o.betas[1] for o in adam])
-            self.eps = column([o.eps for o in adam])
-            self.decoupled = column([float(o.name == "adamw") for o in adam]) > 0
-        # Models with one and the same Adam setting (the folds of a cv, a run) and no schedule
-        # that moves their lr apart use torch's fused Adam; per-model settings the written-out rule.
-        settings = {o.model_dump_json() for o in opts}
-        scheduled = any(c.scheduler.name != "none" for c in cfgs)
-        first = opts[0]
-        self.uniform = (
-            first
-            if isinstance(first, schema.AdamConfig)
-            and len(settings) == 1
-            and not scheduled
-            and self.device.type == "cpu"
-            else None
-        )
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Weights and biases of every layer, [K, ...], as views of flat parameters."""
@@ -208,7 +164,7 @@ class Stack:
             out, mse = self._autograd(xb, yb, mask, counts)
         with torch.no_grad():
             live = (counts > 0)[:, None]
-            self._update(live if self._all_live else live & self.live, full and self._all_live)
+            self.update.step(self.flat, live if self._all_live else live & self.live, full and self._all_live)
         return StepResult(out[0] if one else out, mse, pen)
 
     def _penalty(self) -> torch.Tensor:
@@ -229,21 +185,12 @@ class Stack:
 
     def _embed(
         self, x: torch.Tensor, views: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The layers' input: each model's piecewise-linear embedding of the numeric inputs
-        (the formulas of models/embeddings.py, with a model axis), then the other inputs.
-        Also the numbers and their encoding, which the backward pass reads."""
+    ) -> tuple[torch.Tensor, stack_embeddings.Saved]:
+        """The layers' input: each model's embedding of the numeric inputs, then the other
+        inputs; and what the embedding's backward pass reads."""
         assert self._embedded is not None
-        w_linear, b_linear, w_bins = (views[j] for j in self._embedded)
-        numbers = x[..., : self._numeric, None]  # [K, rows, F, 1]
-        z = torch.addcmul(self._shift, self._scale, numbers)  # [K, rows, F, bins]
-        last = z[..., -1:]
-        last = torch.where(self._single > 0, last, last.clamp_min(0.0))
-        z = torch.cat([z[..., :1].clamp_max(1.0), z[..., 1:-1].clamp(0.0, 1.0), last], -1)
-        encoded = torch.einsum("kbfi,kfio->kbfo", z, w_bins)
-        linear = torch.addcmul(b_linear.unsqueeze(1), w_linear.unsqueeze(1), numbers)
-        h = torch.cat([(linear + encoded).flatten(2), x[..., self._numeric :]], -1)
-        return h, numbers, z
+        embedded, saved = self._embedded.forward(x[..., : self._numeric, None], views)
+        return torch.cat([embedded.flatten(2), x[..., self._numeric :]], -1), saved
 
     def _denominator(self, counts: torch.Tensor, targets: int) -> torch.Tensor:
         return (counts * targets if self.reduction == "mean" else torch.ones_like(counts)).clamp(min=1)
@@ -272,8 +219,9 @@ class Stack:
         assert self.derivative is not None
         views = self._param_views
         layers = len(self._layers)
+        saved: stack_embeddings.Saved = ()
         if self._embedded is not None:
-            h, numbers, encoding = self._embed(xb, views)
+            h, saved = self._embed(xb, views)
         else:
             h = xb
         inputs, before = [h], []
@@ -306,82 +254,15 @@ class Stack:
                 grad_out = self.derivative(torch.bmm(grad_out, views[w]), before.pop(), layer_input)
             del layer_input
         if self._embedded is not None:  # on through the first layer into the embedding
-            w_linear, b_linear, w_bins = self._embedded
-            into = torch.bmm(grad_out, views[self._layers[0][0]])[
-                ..., : self._numeric * self.shapes[b_linear][1]
-            ]
-            into = into.view(*numbers.shape[:3], -1)  # [K, rows, F, size]
-            grads[w_bins] = torch.einsum("kbfi,kbfo->kfio", encoding, into)
-            grads[w_linear] = (into * numbers).sum(1)
-            grads[b_linear] = into.sum(1)
+            into = torch.bmm(grad_out, views[self._layers[0][0]])[..., : self._numeric * self._embedded.size]
+            into = into.reshape(*into.shape[:2], self._numeric, self._embedded.size)  # [K, rows, F, size]
+            self._embedded.backward(into, saved, views, grads)
         grad = torch.cat([g.reshape(self.k, -1) for g in grads], dim=1)
         if self.penalized:
             weights = self.flat * self.is_weight  # biases are left free, as `run` leaves them
             grad = grad + self.l1[:, None] * torch.sign(weights) + (2 * self.l2)[:, None] * weights
         self.flat.grad = grad
         return h, mse
-
-    def _update(self, live: torch.Tensor, full: bool) -> None:
-        """One optimizer step for the models with rows in this batch, as torch's would be."""
-        if self.uniform is not None:  # one Adam setting for all: torch's own fused kernel
-            self._fused_adam(live)
-            return
-        self.steps += live
-        p = self.flat
-        grad = p.grad if p.grad is not None else torch.zeros_like(p)
-        if self.sgd:
-            new, moments = self._sgd(p, grad)
-        else:
-            new, moments, squares = self._adam(p, grad)
-            self.squares = squares if full else torch.where(live, squares, self.squares)
-        self.moments = moments if full else torch.where(live, moments, self.moments)
-        p.copy_(new if full else torch.where(live, new, p))
-
-    def _fused_adam(self, live: torch.Tensor) -> None:
-        """torch.optim.adam's fused kernel over the live models' rows of the flat parameters,
-        each with its own step count: the very arithmetic of each model's solo optimizer."""
-        assert self.uniform is not None and self.flat.grad is not None
-        rows = [i for i, on in enumerate(live[:, 0].tolist()) if on] if self.k > 1 else [0]
-        if not rows:
-            return
-        flat, grad = self.flat.detach(), self.flat.grad
-        torch_adam.adam(
-            [flat[i] for i in rows],
-            [grad[i] for i in rows],
-            [self.moments[i] for i in rows],
-            [self.squares[i] for i in rows],
-            [],
-            [self._step_counts[i] for i in rows],
-            fused=True,
-            decoupled_weight_decay=self.uniform.name == "adamw",
-            amsgrad=False,
-            beta1=self.uniform.betas[0],
-            beta2=self.uniform.betas[1],
-            lr=self.uniform.lr,
-            weight_decay=float(self.uniform.weight_decay or 0.0),
-            eps=self.uniform.eps,
-            maximize=False,
-        )
-
-    def _sgd(self, p: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grad = grad + self.wd * p
-        buf = torch.where(self.steps == 1, grad, self.momentum * self.moments + (1 - self.dampening) * grad)
-        with_momentum = torch.where(self.nesterov, grad + self.momentum * buf, buf)
-        direction = torch.where(self.momentum != 0, with_momentum, grad)
-        return p - self.lr * direction, buf
-
-    def _adam(self, p: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        base = p
-        if self.any_decay:
-            grad = torch.where(self.decoupled, grad, grad + self.wd * p)
-            base = torch.where(self.decoupled, p * (1 - self.lr * self.wd), p)
-        m = self.moments + (grad - self.moments) * (1 - self.beta1)
-        v = self.squares * self.beta2 + (1 - self.beta2) * grad * grad
-        step = self.steps.clamp(min=1)
-        correction1 = 1 - self.beta1**step
-        correction2 = 1 - self.beta2**step
-        denom = v.sqrt() / correction2.sqrt() + self.eps
-        return base - (self.lr / correction1) * m / denom, m, v
 
     # ------------------------------------------------------------------ epoch ends
     def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
@@ -419,7 +300,7 @@ class Stack:
             return
         solo.optimizer.step()  # no gradients: changes nothing, but a scheduler expects a step first
         optimizers.step_scheduler(solo.scheduler, watched)
-        self.lr[i] = float(solo.optimizer.param_groups[0]["lr"])
+        self.update.lr[i] = float(solo.optimizer.param_groups[0]["lr"])
 
     def keep_best(self, i: int) -> None:
         with torch.no_grad():
@@ -455,21 +336,7 @@ class Stack:
         assert self.k == 1, "a stack of several models is not checkpointed (cv and sweep restart a trial)"
         solo = self.builts[0]
         model = self._named(0, self.flat.detach())
-        solo.optimizer.state.clear()
-        if self.steps[0, 0] > 0:
-            for param, m, v in zip(
-                self._params[0], self._views(self.moments), self._views(self.squares), strict=True
-            ):
-                if self.sgd:
-                    if float(self.momentum[0]) != 0:
-                        solo.optimizer.state[param] = {"momentum_buffer": m[0].clone()}
-                else:
-                    step = self.steps[0, 0].detach().clone().cpu()
-                    solo.optimizer.state[param] = {
-                        "step": step,
-                        "exp_avg": m[0].clone(),
-                        "exp_avg_sq": v[0].clone(),
-                    }
+        self.update.to_torch(solo.optimizer, self._params[0], self._views)
         return {
             "model": model,
             "optimizer": solo.optimizer.state_dict(),
@@ -485,32 +352,13 @@ class Stack:
             solo.scheduler.load_state_dict(state["scheduler"])
         with torch.no_grad():
             self.flat[0] = torch.cat([t.reshape(-1) for t in self._params[0]]).to(self.device)
-            self.moments.zero_()
-            self.squares.zero_()
-            self.steps.zero_()
-            first = solo.optimizer.state.get(self._params[0][0], {})
-            if first:
-                self.steps[0, 0] = float(first["step"]) if "step" in first else 1.0
-                for param, m, v in zip(
-                    self._params[0], self._views(self.moments), self._views(self.squares), strict=True
-                ):
-                    kept = solo.optimizer.state[param]
-                    m[0].copy_(kept["momentum_buffer" if self.sgd else "exp_avg"])
-                    if not self.sgd:
-                        v[0].copy_(kept["exp_avg_sq"])
-        self.lr[0] = float(solo.optimizer.param_groups[0]["lr"])
-        solo.optimizer.state.clear()
-
-    def _state_tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.flat, self.moments, self.squares, self.steps, self.lr)
+        self.update.from_torch(solo.optimizer, self._params[0], self._views)
 
     def capture(self) -> None:
         """Keep the weights, optimizer and schedulers as they are (the last finite epoch)."""
         schedulers = [s.scheduler.state_dict() if s.scheduler is not None else None for s in self.builts]
         with torch.no_grad():
-            tensors = [
-                t.detach().clone() for t in (self.flat, self.moments, self.squares, self.steps, self.lr)
-            ]
+            tensors = [t.detach().clone() for t in (self.flat, *self.update.state())]
         lrs = [b.optimizer.param_groups[0]["lr"] for b in self.builts]
         self._kept = (tensors, [_copied(s) for s in schedulers], lrs)
 
@@ -518,9 +366,7 @@ class Stack:
         assert self._kept is not None, "capture() runs before the first epoch"
         tensors, schedulers, lrs = self._kept
         with torch.no_grad():
-            for target, saved in zip(
-                (self.flat, self.moments, self.squares, self.steps, self.lr), tensors, strict=True
-            ):
+            for target, saved in zip((self.flat, *self.update.state()), tensors, strict=True):
                 target.copy_(saved)
         for i, (solo, saved) in enumerate(zip(self.builts, schedulers, strict=True)):
             if solo.scheduler is not None and (state := _copied(saved)) is not None:
