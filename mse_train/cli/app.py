@@ -220,7 +220,10 @@ OutputDir = Annotated[
 
 
 NoPack = Annotated[
-    bool, typer.Option("--no-pack", help="Train models one at a time instead of side by side.")
+    bool,
+    typer.Option(
+        "--no-pack", help="Train models one at a time, each as a torch module, instead of side by side."
+    ),
 ]
 
 

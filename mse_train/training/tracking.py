@@ -1,6 +1,7 @@
-"""Keeping score at the end of each epoch: divergence, the best epoch's weights, early stopping.
+"""Keeping score at the end of each epoch: divergence, the best epoch, early stopping.
 
-The rules live here once, for `Loop` and for packed training alike.
+The rules live here once, for every model the loop trains (the model axis keeps the best
+epoch's weights: `keep_best`).
 
 Both keep their numbers in `Progress` (so checkpoints and rollback carry them) and are
 told the watched loss: the val loss, or the train loss without validation rows.
@@ -11,10 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from torch import nn
-
 from mse_train.training.records import Progress
-from mse_train.training.snapshot import ModelCopy
 
 # A watched loss this many times epoch 1's is a run blowing up, though still finite (summed
 # loss on many rows at a large lr: 2e5 -> 5e31 in five epochs). Treated as divergence.
@@ -44,17 +42,6 @@ def improved(progress: Progress, watched: float) -> bool:
         progress.best_loss, progress.best_epoch = watched, progress.epoch
         return True
     return False
-
-
-class BestTracker:
-    """The weights of the epoch with the lowest watched loss so far."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.weights = ModelCopy(model)
-
-    def update(self, progress: Progress, watched: float) -> None:
-        if improved(progress, watched):
-            self.weights.capture()
 
 
 class EarlyStopping:
