@@ -270,6 +270,24 @@ def test_help_and_version(cli):
     assert version.code == 0 and version.stdout.startswith("mse-train ")
 
 
+def test_help_shows_no_value_after_a_flag(cli):
+    """A flag takes no value, so no command's help shows one after it (`--resume <bool>`)."""
+    import typer
+
+    from mse_train.cli import app
+
+    group = typer.main.get_command(app)
+    names = sorted(group.commands)  # type: ignore[attr-defined]
+    assert {"run", "cv", "sweep", "eval", "predict"} <= set(names)
+    for args in ([], *([name] for name in names)):
+        result = cli(*args, "--help")
+        assert result.code == 0, args
+        assert "<bool>" not in result.stdout, (args, result.stdout)
+        assert "--help" in result.stdout
+    # Options that do take a value still say what it is.
+    assert "<path>" in cli("run", "--help").stdout and "KEY=VALUE" in cli("run", "--help").stdout
+
+
 def test_help_does_not_import_torch():
     code = (
         "import sys\n"

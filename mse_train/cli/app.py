@@ -17,13 +17,39 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 from rich.text import Text
 
 from mse_train import __version__
 from mse_train.cli import console as view
 
+class _NoFlagMetavar:
+    """Help that shows no value after a flag (`--resume`, `--json`, `--help`).
+
+    typer 0.29's rich help prints every option's type, flags included (`--resume <bool>`),
+    as if they took a value. An empty metavar is what it shows instead; plain help and
+    parsing never read a flag's metavar.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Group(_NoFlagMetavar, TyperGroup):
+    pass
+
+
+class _Command(_NoFlagMetavar, TyperCommand):
+    pass
+
+
 app = typer.Typer(
     name="mse-train",
+    cls=_Group,
     help="Train regression models on CSV tables from a YAML config, minimising MSE.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -144,7 +170,7 @@ def _main(
 
 
 # ------------------------------------------------------------------------ run
-@app.command()
+@app.command(cls=_Command)
 def run(
     config_file: ConfigPath,
     overrides: Overrides = None,
@@ -227,7 +253,7 @@ NoPack = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=_Command)
 def cv(
     config_file: ConfigPath,
     folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (K >= 2).")] = 5,
@@ -314,7 +340,7 @@ def cv(
 
 
 # ---------------------------------------------------------------------- sweep
-@app.command()
+@app.command(cls=_Command)
 def sweep(
     config_file: ConfigPath,
     trials: Annotated[
@@ -381,7 +407,7 @@ def sweep(
 
 
 # ----------------------------------------------------------------------- eval
-@app.command("eval")
+@app.command("eval", cls=_Command)
 def eval_(
     checkpoint_file: CheckpointArg,
     csv_file: ScoredCsv,
@@ -430,7 +456,7 @@ def eval_(
 
 
 # -------------------------------------------------------------------- explain
-@app.command()
+@app.command(cls=_Command)
 def explain(
     checkpoint_file: CheckpointArg,
     csv_file: ScoredCsv,
@@ -470,7 +496,7 @@ def explain(
 
 
 # -------------------------------------------------------------------- predict
-@app.command()
+@app.command(cls=_Command)
 def predict(
     checkpoint_file: CheckpointArg,
     csv_file: Annotated[
@@ -526,7 +552,7 @@ def predict(
 
 
 # --------------------------------------------------------------------- export
-@app.command()
+@app.command(cls=_Command)
 def export(
     checkpoint_file: CheckpointArg,
     output: Annotated[
@@ -577,7 +603,7 @@ def export(
 
 
 # ----------------------------------------------------------- config tools
-@app.command("config")
+@app.command("config", cls=_Command)
 def config_cmd(config_file: ConfigPath, overrides: Overrides = None, debug: Debug = False) -> None:
     """Print the resolved config: every default filled in, paths made absolute."""
 
@@ -589,7 +615,7 @@ def config_cmd(config_file: ConfigPath, overrides: Overrides = None, debug: Debu
     _guard(debug, work)
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug = False) -> None:
     """Check the config and the CSV files it names (columns, types, cells) without training."""
 
@@ -625,7 +651,7 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
     _guard(debug, work)
 
 
-@app.command()
+@app.command(cls=_Command)
 def init(
     csv_file: Annotated[
         Path,
@@ -699,7 +725,7 @@ def init(
 
 
 # ------------------------------------------------------------------- plots
-@app.command()
+@app.command(cls=_Command)
 def plot(
     run_dirs: Annotated[
         list[Path],
