@@ -219,6 +219,37 @@ def test_resume_refuses_a_changed_config_or_data(cli, tmp_path, busy_table):
     assert read_metrics(run / "metrics.csv")[-1]["lr"] == "0.5"
 
 
+def test_resume_ignores_what_the_config_name_and_location_resolve_to(cli, tmp_path, table):
+    """A renamed and moved config with relative paths: its run folder, MLflow experiment and
+    absolute paths resolve differently, none of which changes what is trained."""
+    first = tmp_path / "a" / "p5.yaml"
+    first.parent.mkdir()
+    (tmp_path / "a" / "t.csv").write_bytes(table.read_bytes())
+    config = {
+        "data": {"train": "t.csv", "target": "y"},
+        "model": {"type": "mlp", "hidden": [4]},
+        "train": {"epochs": 2},
+        "output": {"plot": False},
+    }
+    write_config(first, config)
+    assert cli("run", first, "-q").code == 0
+    run = tmp_path / "a" / "runs" / "p5"
+    moved = tmp_path / "b" / "p12.yaml"
+    moved.parent.mkdir()
+    (tmp_path / "b" / "t.csv").write_bytes(table.read_bytes())
+    write_config(moved, {**config, "train": {"epochs": 3}, "output": {"plot": True, "checkpoint_every": 1}})
+    resumed = cli("run", moved, "-q", "-o", run, "--resume")
+    assert resumed.code == 0, resumed.stderr
+    assert checkpoint.load(run / "last.pt")["epoch"] == 3
+    # A setting that changes training is still refused, named, and nothing is written.
+    before = (run / "last.pt").read_bytes()
+    write_config(moved, {**config, "model": {"type": "mlp", "hidden": [5]}, "train": {"epochs": 4}})
+    changed = cli("run", moved, "-q", "-o", run, "--resume")
+    assert changed.code == 2 and "model.hidden: [4] in the run, [5] now" in changed.stderr
+    assert "output" not in changed.stderr.split("cannot resume")[1].split("only train.epochs")[0]
+    assert (run / "last.pt").read_bytes() == before
+
+
 def test_resume_needs_a_last_pt(cli, small_config, tmp_path):
     result = cli("run", small_config(), "--resume")
     assert result.code == 2 and "nothing to resume" in result.stderr

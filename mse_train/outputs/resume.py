@@ -14,6 +14,12 @@ from mse_train.outputs import checkpoint
 from mse_train.training.loop import Loop
 
 DATA_ROLES = ("train", "val")  # config keys naming data files, compared by content
+# Settings that cannot change what is trained: where and how the run is recorded. Several are
+# resolved from the config's name and location (output.dir = runs/<name>, the MLflow experiment
+# = <name>, paths made absolute), so a renamed or moved config, or another run folder, would
+# otherwise read as changed settings. A resumed MLflow log that lands in a new MLflow run gets
+# the restored epochs first, so even output.mlflow* may change.
+NOT_TRAINING = ("output", "data.cache", "train.epochs")
 
 
 def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[str, Any]:
@@ -30,7 +36,8 @@ def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[s
             [
                 *changes,
                 *data_changes,
-                "only train.epochs (and the path of an unchanged data file) may change on --resume; "
+                "only train.epochs, the output settings and the path of an unchanged data file may "
+                "change on --resume; "
                 "add --force to resume anyway, "
                 "or start a new run in another folder",
             ],
@@ -71,10 +78,8 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
     changes = []
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"
-        if path == "train.epochs" or path in (f"data.{role}" for role in DATA_ROLES):
+        if path in NOT_TRAINING or path in (f"data.{role}" for role in DATA_ROLES):
             continue  # data files are compared by their contents, in _data_changes
-        if path == "data.cache":
-            continue  # where parsed tables are cached changes nothing that is read
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             changes += _config_changes(a, b, path + ".")
