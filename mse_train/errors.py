@@ -1,7 +1,8 @@
 """Exceptions that carry an exit code. Only cli.py turns them into exits.
 
 Exit codes: 0 success, 1 training failed (divergence) or an export did not match
-`predict`, 2 the user's input is wrong, 130 interrupted.
+`predict`, 2 the user's input is wrong, 3 another process of a torchrun job died (this
+one stopped; the last checkpoint is intact), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ class TrainingDiverged(MseTrainError):
     """The loss or a parameter became NaN or infinite."""
 
     exit_code = 1
+
+
+class PeerLost(MseTrainError):
+    """Under torchrun, another process of the job died or stopped answering mid-collective."""
+
+    exit_code = 3
 
 
 class TrainingInterrupted(MseTrainError):

@@ -26,7 +26,7 @@ from mse_train.data import stream_fit
 from mse_train.data.prepare import Prepared, Split
 from mse_train.data.stream import Rows
 from mse_train.data.stream_fit import Streamed
-from mse_train.errors import ConfigError, SaveError, TrainingDiverged, TrainingInterrupted
+from mse_train.errors import ConfigError, MseTrainError, SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import embeddings, init, networks
 from mse_train.outputs import (
     checkpoint,
@@ -145,7 +145,28 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
                     exc.problems.append(f"to continue from the last checkpoint: {options.resume_command}")
                 else:
                     exc.problems.append(f"to start again: {options.overwrite_command}")
+            if world is not None and distributed.peer_lost(exc):
+                raise distributed.lost_peer(exc, _what_is_kept(out, options)) from None
             raise
+
+
+def _what_is_kept(out: Path, options: Options) -> list[str]:
+    """After another torchrun process died: what last.pt holds, and how to go on from it.
+
+    Rank 0 replaces last.pt atomically, so the file is whole even when a process died
+    while it was being written (rank 0 itself: then it is the checkpoint before).
+    """
+    path = out / "last.pt"
+    try:
+        epoch = checkpoint.load(path)["epoch"]
+    except (MseTrainError, OSError, KeyError, TypeError):
+        if path.exists():  # another machine's folder, or unreadable here: say what we can
+            return [f"continue from rank 0's {path} with: {options.resume_command}"]
+        return [f"no checkpoint was written yet; start again with: {options.overwrite_command}"]
+    return [
+        f"{path} is intact: it holds the training state of epoch {epoch}",
+        f"continue with: {options.resume_command}",
+    ]
 
 
 @dataclass

@@ -162,7 +162,7 @@ def test_resume_in_one_process_notes_the_change(tmp_path, config):
     assert run2(tmp_path / "l1", "run", cfg, "--set", "train.epochs=2").returncode == 0
     result = run1("run", cfg, "--resume")
     assert result.returncode == 0, result.stderr
-    assert "trained in 2 process(es) and continues in 1" in result.stdout
+    assert "trained in 2 process(es) and continues in 1" in result.stderr
     one = config("one")
     assert run1("run", one, "-q").returncode == 0
     a = read_metrics(tmp_path / "one" / "metrics.csv")
@@ -226,3 +226,77 @@ def test_cv_is_refused_under_torchrun(tmp_path, config):
     assert run2(logs, "cv", cfg, "--folds", "2").returncode != 0
     assert "runs in one process, not under torchrun" in rank_output(logs, 0)
     assert not (tmp_path / "cv").exists()
+
+
+def _rank_pid(root: int, rank: int) -> int | None:
+    """The process under `root` (torchrun) that torchrun started as RANK=`rank` (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == root and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process in /proc")
+@pytest.mark.parametrize("victim", [1, 0], ids=["rank-1-killed", "rank-0-killed"])
+def test_a_rank_killed_outright_is_reported_with_the_intact_last_pt_and_the_resume(tmp_path, config, victim):
+    # Batches of 2 rows and a checkpoint every epoch: last.pt exists while training goes on.
+    cfg = config("killed", train={"epochs": 200, "batch_size": 2}, output={"checkpoint_every": 1})
+    logs = tmp_path / "logs"
+    process = subprocess.Popen(
+        _torchrun(logs, "run", cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    last = tmp_path / "killed" / "last.pt"
+    deadline = time.monotonic() + 90
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = _rank_pid(process.pid, victim)
+    assert pid is not None and process.poll() is None, f"rank {victim} is not running"
+    os.kill(pid, signal.SIGKILL)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+
+    said = rank_output(logs, 1 - victim)  # the rank that lived
+    assert "internal error" not in said and "Traceback" not in said, said
+    assert "another process of this torchrun job died" in said, said
+    epoch = torch.load(last, weights_only=True)["epoch"]
+    assert f"is intact: it holds the training state of epoch {epoch}" in said, said
+    assert "--resume" in said
+    # The living rank's exit code is the peer-lost code, not the internal-error code.
+    assert "exitcode  : 3" in err, err[-3000:]
+
+    result = run2(tmp_path / "l2", "run", cfg, "--resume", "--set", f"train.epochs={epoch + 1}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(read_metrics(tmp_path / "killed" / "metrics.csv")) == epoch + 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:1: Connection reset by peer. This is ...",
+        "[../gloo/transport/tcp/pair.cc:598] Connection closed by peer [127.0.0.1]:2",
+        "[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms for recv operation",
+        "NCCL communicator was aborted on rank 1",
+    ],
+)
+def test_collective_failures_from_a_lost_peer_are_recognised(text):
+    from mse_train.training import distributed
+
+    assert distributed.peer_lost(RuntimeError(text))
+    lost = distributed.lost_peer(RuntimeError(text), ["last.pt is intact"])
+    assert lost.exit_code == 3 and "another process of this torchrun job" in lost.summary
+    assert "last.pt is intact" in lost.problems and "[../" not in lost.summary
+
+
+def test_other_errors_are_not_taken_for_a_lost_peer():
+    from mse_train.training import distributed
+
+    assert not distributed.peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not distributed.peer_lost(ValueError("connection reset"))

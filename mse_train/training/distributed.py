@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mse_train.config import Config
-from mse_train.errors import ConfigError, EnvironmentProblem, MseTrainError
+from mse_train.errors import ConfigError, EnvironmentProblem, MseTrainError, PeerLost
 
 # How long a rank waits for the others (rendezvous, a collective) before it fails instead
 # of hanging: long enough for rank 0 to write a large checkpoint while the others wait.
@@ -125,16 +126,65 @@ def process_group(device: torch.device) -> Iterator[None]:
         ) from None
     try:
         yield
+    except PeerLost:
+        raise  # nobody is left to wait for
     except MseTrainError:  # decided alike on every rank (interrupted, diverged): leave together
-        dist.barrier()
+        _leave_together()
         raise
+    except RuntimeError as exc:
+        if not peer_lost(exc):
+            raise
+        raise lost_peer(exc) from None
     else:
         # Rank 0 saves after the loop while the others are done; a rank that tears its gloo
         # connections down while a peer still holds them can abort at exit (SIGABRT,
         # "terminate called without an active exception"), so all ranks leave together.
-        dist.barrier()
+        _leave_together()
     finally:
         dist.destroy_process_group()
+
+
+def _leave_together() -> None:
+    try:
+        dist.barrier()
+    except RuntimeError as exc:
+        if not peer_lost(exc):
+            raise
+        raise lost_peer(exc) from None
+
+
+# What a collective raises when a peer process is gone (killed, out of memory, its machine
+# down) or stops answering: gloo's socket errors and timeouts arrive as plain RuntimeErrors
+# ("[gloo] Connection reset by peer", "Connection closed by peer", "Timed out waiting ...
+# for recv operation"), newer torch raises DistError subclasses, NCCL names itself.
+_PEER_GONE = ("connection", "broken pipe", "timed out", "[gloo]", "gloo/transport", "nccl")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Whether `exc`, raised in a collective, means another process of the job is gone."""
+    if isinstance(exc, PeerLost | getattr(dist, "DistError", PeerLost)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in _PEER_GONE)
+
+
+def lost_peer(exc: BaseException, problems: list[str] | None = None) -> PeerLost:
+    """The error to report for `exc` (see `peer_lost`): what happened, not a traceback."""
+    if isinstance(exc, PeerLost):
+        exc.problems.extend(problems or [])
+        return exc
+    rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
+    # gloo's text: "[.../pair.cc:537] Read error [127.0.0.1]:15237: Connection reset by peer. This is ..."
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", detail).split(". ")[0].rstrip(".")
+    return PeerLost(
+        f"another process of this torchrun job died or stopped answering, so rank {rank} "
+        f"stopped too ({detail})",
+        [
+            *(problems or []),
+            "torchrun's report names the process that failed and why (killed, out of memory, ...)",
+        ],
+    )
 
 
 def barrier() -> None:
