@@ -71,7 +71,7 @@ def test_stop_after_4_then_resume_to_10_is_bit_identical(cli, tmp_path, busy_tab
     assert stopped["epoch"] == 4 and stopped["training"]["progress"]["stop_bad"] == 3
     result = cli("run", cfg, "-o", tmp_path / "split", "--resume")
     assert result.code == 0, result
-    assert "resuming after epoch 4" in result.stdout
+    assert "resuming after epoch 4" in result.stderr
     assert same_weights(tmp_path / "straight" / "last.pt", tmp_path / "split" / "last.pt")
     assert losses(tmp_path / "straight") == losses(tmp_path / "split")
     assert len(losses(tmp_path / "split")) == 10

@@ -246,12 +246,15 @@ def test_existing_run_is_never_clobbered(cli, small_config, tmp_path):
 def test_progress_lines_when_not_a_terminal_and_quiet(cli, small_config):
     result = cli("run", small_config(train={"epochs": 30}))
     assert result.code == 0
-    lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    # Progress on stderr, as in cv and sweep; stdout holds only the result, the summary.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
     assert lines[0].startswith("epoch 1/30") and lines[-1].startswith("epoch 30/30")
     assert 2 < len(lines) < 30  # now and then, not every epoch
-    assert "\x1b[" not in result.stdout  # no bar, no escape codes
+    assert "\x1b[" not in result.stderr  # no bar, no escape codes
+    assert "training on" not in result.stdout and "epoch 1/30" not in result.stdout
+    assert result.stdout.startswith("completed: 30 epochs")
     quiet = cli("run", small_config(train={"epochs": 30}), "-q", "--overwrite")
-    assert quiet.code == 0 and quiet.stdout == ""
+    assert quiet.code == 0 and quiet.stdout == "" and quiet.stderr == ""
 
 
 def test_run_json_prints_only_the_summary(cli, small_config):

@@ -17,11 +17,12 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand, TyperGroup
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from mse_train import __version__
 from mse_train.cli import console as view
+
 
 class _NoFlagMetavar:
     """Help that shows no value after a flag (`--resume`, `--json`, `--help`).
@@ -207,9 +208,9 @@ def run(
 
         if output_dir is not None:
             cfg.output.dir = str(output_dir.resolve())
-        console = Console(stderr=as_json, highlight=False, soft_wrap=True)
         silent = _quiet_rank()  # under torchrun only rank 0 reports
-        reporter = recipe.Silent() if silent else view.Progress(console, quiet)
+        # Progress and notes on stderr, as in every command: stdout is for the result.
+        reporter = recipe.Silent() if silent else view.Progress(view.stderr(), quiet)
         again = ["mse-train", "run", str(config_file)]
         for item in overrides or []:
             again += ["--set", item]
@@ -231,7 +232,7 @@ def run(
         if as_json:
             sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
         elif not quiet:
-            view.print_run_summary(console, summary)
+            view.print_run_summary(Console(highlight=False, soft_wrap=True), summary)
 
     _guard(debug, work)
 
