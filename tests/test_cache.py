@@ -240,7 +240,7 @@ def test_a_damaged_entry_is_named_in_the_run_notes(cli, small_config, tmp_path, 
     (entry / "manifest.json").write_text("not json")
     result = cli("run", small_config(), "--overwrite")
     assert result.code == 0, result
-    assert "did not check out (its manifest.json is not valid JSON)" in result.stdout
+    assert "did not check out (its manifest.json is not valid JSON)" in result.stderr
     assert any("did not check out" in n for n in read_json(tmp_path / "run" / "summary.json")["notes"])
 
 

@@ -168,7 +168,7 @@ def test_a_store_that_fails_during_training_stops_logging_not_training(
     monkeypatch.setattr(MlflowClient, "log_batch", fail)
     result = cli("run", small_config(output={"mlflow": True}, train={"epochs": 3}))
     assert result.code == 0, result
-    assert result.stdout.count("MLflow logging stopped") == 1 and "the server went away" in result.stdout
+    assert result.stderr.count("MLflow logging stopped") == 1 and "the server went away" in result.stderr
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 3
     run = store.get_run(run_id(tmp_path / "run"))
     assert run.info.status == "FINISHED"  # its end is still recorded

@@ -125,8 +125,8 @@ def test_missing_error_is_the_default_and_counts_per_column(cli, tmp_path):
 def test_missing_drop_removes_and_reports_rows(cli, tmp_path):
     result = cli("run", config(tmp_path, missing_table(tmp_path / "t.csv"), missing="drop"))
     assert result.code == 0, result
-    assert "dropped 1 row(s) with an empty target" in result.stdout
-    assert "dropped 2 row(s) with an empty feature" in result.stdout
+    assert "dropped 1 row(s) with an empty target" in result.stderr
+    assert "dropped 2 row(s) with an empty feature" in result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["rows"]["train"] == 3
 
@@ -135,7 +135,7 @@ def test_missing_drop_removes_and_reports_rows(cli, tmp_path):
 def test_missing_fill_uses_training_rows_statistics(cli, tmp_path, policy):
     result = cli("run", config(tmp_path, missing_table(tmp_path / "t.csv"), missing=policy))
     assert result.code == 0, result
-    assert "dropped 1 row(s) with an empty target" in result.stdout
+    assert "dropped 1 row(s) with an empty target" in result.stderr
     pre = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["preprocess"]
     sizes = [1.0, 2.0, 4.0, 5.0]  # training rows with a target and a size
     expected = float(np.mean(sizes) if policy == "mean" else np.median(sizes))
@@ -274,7 +274,7 @@ def test_shipped_penguin_configs(cli, tmp_path, name):
     out = tmp_path / "run"
     result = cli("run", CONFIGS / name, "-o", out, "--set", "train.epochs=15", "--set", "output.plot=false")
     assert result.code == 0, result
-    assert "dropped 2 row(s) with an empty target" in result.stdout or name == "penguins_multi.yaml"
+    assert "dropped 2 row(s) with an empty target" in result.stderr or name == "penguins_multi.yaml"
     scored = json.loads(cli("eval", out / "best.pt", DATA / "penguins.csv", "--json").stdout)
     assert scored["r2"] > 0.5
 
