@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shlex
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +61,50 @@ def test_a_second_run_into_a_busy_folder_is_refused(cli, tmp_path):
     assert first.returncode == 130
     assert read_json(out / "summary.json")["status"] == "interrupted"  # the first run's own files
     assert cli("run", cfg, "-q", "--resume", "--set", "train.epochs=1").code in (0, 2)  # lock released
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from mse_train.outputs import run_folder
+with run_folder.lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_lock_dies_with_its_process(tmp_path):
+    from mse_train.errors import OutputError
+    from mse_train.outputs import run_folder
+
+    out = tmp_path / "held"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match="another mse-train run is using this folder"):
+            with run_folder.lock(out):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no cleanup of its own runs
+        holder.communicate(timeout=60)
+    with run_folder.lock(out):  # the lock file is still there, its lock is not
+        with pytest.raises(OutputError, match="another mse-train run"):
+            with run_folder.lock(out):  # a second holder in the same process is refused too
+                pass
+    with run_folder.lock(out):  # released on leaving
+        pass
+
+
+def test_run_cv_and_sweep_start_where_there_is_no_fcntl():
+    """fcntl is Unix only: the commands that lock a folder must import without it (Windows)."""
+    code = (
+        "import sys; sys.modules['fcntl'] = None\n"
+        "import mse_train.recipe, mse_train.selection.cv, mse_train.selection.sweep, mse_train.cli.app\n"
+        "print('imported')"
+    )
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "imported" in done.stdout, done.stderr[-2000:]
 
 
 def test_predict_writes_through_a_symlink(cli, trained, table, tmp_path):

@@ -4,13 +4,14 @@ the old run, and `Saver`, which writes checkpoints and metrics into it."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import inspect
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import torch
 
@@ -130,28 +131,42 @@ class Saver:
 
 
 # ------------------------------------------------------------------ one run at a time
+LOCK_FILE = ".mse-train.lock"  # in the folder; it stays after release, holding no lock
+# filelock >= 4 falls back to a soft lock (a file that a killed process leaves locked) where
+# the file system has no OS locks; refuse that instead, so a crash can never block a folder.
+_OS_LOCK_ONLY = (
+    {"fallback_to_soft": False}
+    if "fallback_to_soft" in inspect.signature(filelock.FileLock.__init__).parameters
+    else {}
+)
+
+
 @contextlib.contextmanager
 def lock(out: Path) -> Iterator[None]:
     """Hold the run folder for this process: a second run, resume or overwrite is refused.
 
-    An OS lock (flock) on the folder itself, so nothing is left behind and it is released
-    however the process ends, even by kill -9.
+    An OS lock (flock on Unix, LockFileEx on Windows, through filelock) on LOCK_FILE in the
+    folder, so it is released however the process ends, even by kill -9: a lock file left
+    by a dead process blocks nothing.
     """
+    held = filelock.FileLock(out / LOCK_FILE, timeout=0, **_OS_LOCK_ONLY)
     try:
-        fd = os.open(out, os.O_RDONLY)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot lock the run folder: {exc.strerror or exc}") from None
+        held.acquire()
+    except filelock.Timeout:
+        raise OutputError(
+            f"{out}: another mse-train run is using this folder",
+            ["wait for it to finish, or choose another folder with --output-dir"],
+        ) from None
+    except (OSError, NotImplementedError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OutputError(
+            f"{out}: cannot lock the run folder: {why or type(exc).__name__}",
+            ["choose a folder on a local disk (its file system must support file locks)"],
+        ) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(
-                f"{out}: another mse-train run is using this folder",
-                ["wait for it to finish, or choose another folder with --output-dir"],
-            ) from None
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        held.release()
 
 
 # ------------------------------------------------------------------- folders to refuse
