@@ -134,7 +134,7 @@ class Saver:
 LOCK_FILE = ".mse-train.lock"  # in the folder; it stays after release, holding no lock
 # filelock >= 4 falls back to a soft lock (a file that a killed process leaves locked) where
 # the file system has no OS locks; refuse that instead, so a crash can never block a folder.
-_OS_LOCK_ONLY = (
+_OS_LOCK_ONLY: dict[str, Any] = (
     {"fallback_to_soft": False}
     if "fallback_to_soft" in inspect.signature(filelock.FileLock.__init__).parameters
     else {}
