@@ -208,7 +208,7 @@ def test_a_store_that_cannot_be_used_is_a_clear_error_before_training(
         assert result.code == 2, result
         assert "MLFLOW_TRACKING_URI" in result.stderr and words in result.stderr
         assert "Traceback" not in result.stderr
-        assert not (tmp_path / "run").exists()
+        assert not (tmp_path / "run").exists() and not (tmp_path / "run-cv").exists()
 
 
 def test_param_values_are_cut_to_mlflows_limit():

@@ -109,6 +109,28 @@ def test_cv_json_has_the_promised_shape_and_writes_its_files(cli, small_config, 
     assert [float(r["mse"]) for r in rows] == [f["mse"] for f in out["per_fold"]]
 
 
+def test_cv_writes_into_its_own_folder_beside_the_run_folder(cli, small_config, tmp_path):
+    from mse_train.outputs import run_folder
+
+    cfg = small_config(train={"epochs": 2})  # output.dir: tmp_path/run
+    assert cli("run", cfg, "-q").code == 0
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = cli("cv", cfg, "--folds", "2")
+    assert result.code == 0, result
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # untouched
+    assert {"cv.csv", "cv.json"} <= {p.name for p in (tmp_path / "run-cv").iterdir()}
+    assert f"wrote {tmp_path / 'run-cv' / 'cv.csv'}" in result.stderr
+    # The cv folder is held from the start: a second cv into it is refused before training.
+    with run_folder.lock(tmp_path / "run-cv"):
+        busy = cli("cv", cfg, "--folds", "2")
+    assert busy.code == 2 and "another mse-train run is using this folder" in busy.stderr
+    assert "fold 1/2" not in busy.stderr
+    # A cv that fails writes nothing, not even the folder it would have made.
+    failed = cli("cv", cfg, "--folds", "500", "-o", tmp_path / "failed")
+    assert failed.code == 2 and not (tmp_path / "failed").exists()
+
+
 def test_cv_and_sweep_say_why_a_config_trains_one_model_at_a_time(cli, small_config, tmp_path):
     embedded = small_config(model={"type": "mlp", "hidden": [4], "dropout": 0.1})
     result = cli("cv", embedded, "--folds", "2", "-o", tmp_path / "cv")

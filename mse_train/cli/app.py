@@ -246,6 +246,17 @@ OutputDir = Annotated[
 ]
 
 
+CvOutputDir = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--output-dir",
+        "-o",
+        help="Folder for cv.csv and cv.json; default <output.dir>-cv.",
+        show_default=False,
+    ),
+]
+
+
 NoPack = Annotated[
     bool,
     typer.Option(
@@ -259,13 +270,16 @@ def cv(
     config_file: ConfigPath,
     folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (K >= 2).")] = 5,
     overrides: Overrides = None,
-    output_dir: OutputDir = None,
+    output_dir: CvOutputDir = None,
     no_pack: NoPack = False,
     quiet: Quiet = False,
     as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
-    """K-fold cross-validation of CONFIG_FILE: mean and std of MSE, RMSE, MAE and R² over folds."""
+    """K-fold cross-validation of CONFIG_FILE: mean and std of MSE, RMSE, MAE and R² over folds.
+
+    Writes cv.csv and cv.json into its own folder: <output.dir>-cv (runs/NAME-cv), or --output-dir.
+    """
 
     def work() -> None:
         _one_process_only("cv")
@@ -273,14 +287,10 @@ def cv(
 
         cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
         from mse_train import runtime
-        from mse_train.errors import TrainingDiverged, TrainingInterrupted
-        from mse_train.outputs import fsio, metrics, run_folder, tables
         from mse_train.selection import cv as cross
         from mse_train.training import signals
-        from mse_train.training.records import Status
 
-        out = output_dir.resolve() if output_dir is not None else Path(str(cfg.output.dir))
-        run_folder.check_not_a_system_folder(out)
+        out = cross.folder(cfg, output_dir)
         device = runtime.resolve_device(cfg.train.device)
         console = Console(stderr=True, highlight=False, soft_wrap=True)
         store = None
@@ -302,35 +312,9 @@ def cv(
             if (alone := packed.why_alone(cfg)) is not None:
                 view.notes(console, [f"the folds train one at a time: {alone}"])
         with signals.on_signals() as stop:
-            result = cross.cross_validate(cfg, folds, device, on_fold, stop.requested, pack=not no_pack)
-        if result.status is Status.INTERRUPTED:
-            raise TrainingInterrupted(
-                f"interrupted in fold {result.failed_fold} of {folds}; nothing was written",
-                ["cross-validation has no resume: run the same command again"],
+            summary = cross.run(
+                cfg, folds, out, device, on_fold, stop.requested, not no_pack, store, console.print
             )
-        if result.status is Status.DIVERGED:
-            raise TrainingDiverged(
-                f"fold {result.failed_fold} of {folds} diverged: {result.reason}",
-                ["lower optimizer.lr or set data.standardize: true; no cv.csv or cv.json was written"],
-            )
-        summary = result.summary()
-        fsio.ensure_writable_dir(out)
-        with run_folder.lock(out):
-            columns = ["fold", "n", *cross.METRICS]
-            rows = [{"fold": i, **r} for i, r in enumerate(result.per_fold, start=1)]
-            target_columns = []
-            for row in rows:
-                for name, m in row.pop("targets", {}).items():
-                    for metric in cross.METRICS:
-                        row[f"{metric}_{name}"] = m[metric]
-                        if f"{metric}_{name}" not in target_columns:
-                            target_columns.append(f"{metric}_{name}")
-            tables.write_rows(out / "cv.csv", columns + target_columns, rows)
-            metrics.write_json(out / "cv.json", summary)
-            if store is not None:
-                from mse_train.outputs import mlflow_sweep
-
-                mlflow_sweep.log_cv(store, out, cfg, summary, lambda text: console.print(text))
         if as_json:
             sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
         elif not quiet:

@@ -4,24 +4,33 @@ Each fold fits its own preprocessing on its training rows (no leakage), trains a
 would (with `data.val_fraction` of its training rows choosing the best epoch and early
 stopping), and is scored on its held-out rows, which took no part in any choice, in the
 targets' own units.
+
+`run` is the whole command without its console: cv's own folder (never a run's folder),
+locked while it trains and writes, cv.csv and cv.json in it, and the MLflow run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mse_train.config.schema import Config
 from mse_train.data import folds, prepare
+from mse_train.errors import TrainingDiverged, TrainingInterrupted
+from mse_train.outputs import fsio, metrics, mlflow_log, mlflow_sweep, run_folder, tables
 from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
 from mse_train.training import packed
 from mse_train.training.records import Status
 
 METRICS = ("mse", "rmse", "mae", "r2")
+FOLDER_SUFFIX = "-cv"  # runs/NAME-cv beside the run folder runs/NAME, never inside it
+FILES = ("cv.csv", "cv.json")
 
 
 @dataclass
@@ -109,3 +118,82 @@ def fold_splits(loaded: prepare.Loaded, cfg: Config, k: int) -> list[tuple[prepa
         prepare.fit_split(loaded, cfg.data, train_rows, test_rows, f"fold {i} of {k}", cfg.seed)
         for i, (train_rows, test_rows) in enumerate(folds.kfold(loaded.table.n_rows, k, cfg.seed), start=1)
     ]
+
+
+# ------------------------------------------------------------------ the command's work
+def folder(cfg: Config, output_dir: Path | None) -> Path:
+    """cv's folder: `--output-dir` itself, else `<output.dir>-cv` (runs/NAME-cv), so cv never
+    writes into (or locks) the run folder of `run`, nor its mlflow.json."""
+    if output_dir is not None:
+        out = output_dir.resolve()
+    else:
+        run_dir = Path(str(cfg.output.dir))
+        out = run_dir.with_name(run_dir.name + FOLDER_SUFFIX)
+    run_folder.check_not_a_system_folder(out)
+    return out
+
+
+def run(
+    cfg: Config,
+    k: int,
+    out: Path,
+    device: torch.device,
+    on_fold: Callable[[int, Scored], None],
+    should_stop: Callable[[], bool],
+    pack: bool,
+    store: mlflow_log.Store | None,
+    note: mlflow_log.Note,
+) -> dict[str, Any]:
+    """Cross-validate `cfg` into `out`; returns the summary written to cv.json.
+
+    The folder is locked from before the first fold to the last file, so a second cv into
+    it is refused at once, not after training. A cv that fails (bad data, a fold diverged,
+    interrupted) writes nothing: a folder it made is removed again.
+    """
+    with _folder(out), run_folder.lock(out):
+        result = cross_validate(cfg, k, device, on_fold, should_stop, pack=pack)
+        if result.status is Status.INTERRUPTED:
+            raise TrainingInterrupted(
+                f"interrupted in fold {result.failed_fold} of {k}; nothing was written",
+                ["cross-validation has no resume: run the same command again"],
+            )
+        if result.status is Status.DIVERGED:
+            raise TrainingDiverged(
+                f"fold {result.failed_fold} of {k} diverged: {result.reason}",
+                ["lower optimizer.lr or set data.standardize: true; no cv.csv or cv.json was written"],
+            )
+        summary = result.summary()
+        write(out, result, summary)
+        if store is not None:
+            mlflow_sweep.log_cv(store, out, cfg, summary, note)
+        return summary
+
+
+def write(out: Path, result: CVResult, summary: dict[str, Any]) -> None:
+    """cv.csv (a row per fold; with several targets, `mse_<target>`, ... columns) and cv.json."""
+    columns = ["fold", "n", *METRICS]
+    rows = [{"fold": i, **r} for i, r in enumerate(result.per_fold, start=1)]
+    target_columns: list[str] = []
+    for row in rows:
+        for name, m in row.pop("targets", {}).items():
+            for metric in METRICS:
+                row[f"{metric}_{name}"] = m[metric]
+                if f"{metric}_{name}" not in target_columns:
+                    target_columns.append(f"{metric}_{name}")
+    tables.write_rows(out / FILES[0], columns + target_columns, rows)
+    metrics.write_json(out / FILES[1], summary)
+
+
+@contextlib.contextmanager
+def _folder(out: Path) -> Iterator[None]:
+    """Make `out`; if this cv made it and fails, remove it again (it holds only the lock file)."""
+    made = not out.exists()
+    fsio.ensure_writable_dir(out)
+    try:
+        yield
+    except BaseException:
+        if made and {p.name for p in out.iterdir()} <= {run_folder.LOCK_FILE}:
+            with contextlib.suppress(OSError):
+                (out / run_folder.LOCK_FILE).unlink(missing_ok=True)
+                out.rmdir()
+        raise
