@@ -237,7 +237,14 @@ def test_resume_ignores_what_the_config_name_and_location_resolve_to(cli, tmp_pa
     moved = tmp_path / "b" / "p12.yaml"
     moved.parent.mkdir()
     (tmp_path / "b" / "t.csv").write_bytes(table.read_bytes())
-    write_config(moved, {**config, "train": {"epochs": 3}, "output": {"plot": True, "checkpoint_every": 1}})
+    lrs = {"params": {"optimizer.lr": [0.01, 0.1]}}  # `run` ignores what a sweep would search
+    renamed = {
+        **config,
+        "train": {"epochs": 3},
+        "output": {"plot": True, "checkpoint_every": 1},
+        "sweep": lrs,
+    }
+    write_config(moved, renamed)
     resumed = cli("run", moved, "-q", "-o", run, "--resume")
     assert resumed.code == 0, resumed.stderr
     assert checkpoint.load(run / "last.pt")["epoch"] == 3

@@ -18,8 +18,8 @@ DATA_ROLES = ("train", "val")  # config keys naming data files, compared by cont
 # resolved from the config's name and location (output.dir = runs/<name>, the MLflow experiment
 # = <name>, paths made absolute), so a renamed or moved config, or another run folder, would
 # otherwise read as changed settings. A resumed MLflow log that lands in a new MLflow run gets
-# the restored epochs first, so even output.mlflow* may change.
-NOT_TRAINING = ("output", "data.cache", "train.epochs")
+# the restored epochs first, so even output.mlflow* may change. `run` ignores `sweep:`.
+NOT_TRAINING = ("output", "sweep", "data.cache", "train.epochs")
 
 
 def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[str, Any]:
@@ -36,8 +36,8 @@ def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[s
             [
                 *changes,
                 *data_changes,
-                "only train.epochs, the output settings and the path of an unchanged data file may "
-                "change on --resume; "
+                "only train.epochs, the output and sweep settings and the path of an unchanged data "
+                "file may change on --resume; "
                 "add --force to resume anyway, "
                 "or start a new run in another folder",
             ],
