@@ -82,16 +82,21 @@ def test_a_lock_dies_with_its_process(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(OutputError, match="another mse-train run is using this folder"):
-            with run_folder.lock(out):
-                pass
+        with (
+            pytest.raises(OutputError, match="another mse-train run is using this folder"),
+            run_folder.lock(out),
+        ):
+            pass
     finally:
         holder.kill()  # SIGKILL: no cleanup of its own runs
         holder.communicate(timeout=60)
-    with run_folder.lock(out):  # the lock file is still there, its lock is not
-        with pytest.raises(OutputError, match="another mse-train run"):
-            with run_folder.lock(out):  # a second holder in the same process is refused too
-                pass
+    # The lock file is still there, its lock is not; a second holder in this process is refused too.
+    with (
+        run_folder.lock(out),
+        pytest.raises(OutputError, match="another mse-train run"),
+        run_folder.lock(out),
+    ):
+        pass
     with run_folder.lock(out):  # released on leaving
         pass
 
