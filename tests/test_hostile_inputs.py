@@ -450,6 +450,19 @@ def test_run_refuses_a_system_folder_before_reading_data(cli, tmp_path, folder):
         no_crash(result)
 
 
+@pytest.mark.parametrize("folder", ["/", "/etc", "/usr"])
+def test_cv_refuses_a_system_folder_as_output_dir_before_reading_data(cli, tmp_path, folder):
+    # cv's folder is <output.dir>-cv: /etc is still refused, not made into /etc-cv.
+    cfg = linear_config(tmp_path, data={"target": "no_such_column"})
+    for args in (["--output-dir", folder], ["--set", f"output.dir={folder}"]):
+        result = cli("cv", cfg, "-q", "--folds", "2", *args)
+        assert result.code == 2, result
+        assert "no_such_column" not in result.stderr, f"{folder} was accepted for cv: {result}"
+        no_crash(result)
+    if folder != "/":
+        assert not Path(f"{folder}-cv").exists()
+
+
 # ------------------------------------ 9. a missing folder is called missing
 @pytest.mark.parametrize("command", ["init", "predict", "plot"])
 def test_an_output_in_a_missing_folder_says_the_folder_does_not_exist(cli, trained, tmp_path, command):

@@ -128,6 +128,7 @@ def folder(cfg: Config, output_dir: Path | None) -> Path:
         out = output_dir.resolve()
     else:
         run_dir = Path(str(cfg.output.dir))
+        run_folder.check_not_a_system_folder(run_dir)  # `/etc` is refused, not turned into /etc-cv
         out = run_dir.with_name(run_dir.name + FOLDER_SUFFIX)
     run_folder.check_not_a_system_folder(out)
     return out
