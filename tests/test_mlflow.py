@@ -156,6 +156,25 @@ def test_resume_without_a_record_starts_a_new_run_with_every_epoch(cli, small_co
     assert len(rows) == 3
 
 
+def test_a_renamed_config_resumes_into_the_experiment_its_new_name_gives(cli, small_config, tmp_path, store):
+    """The default experiment is the config's name: a renamed config is no changed setting."""
+    first = small_config("p5.yaml", output={"mlflow": True}, train={"epochs": 2})
+    assert cli("run", first, "-q").code == 0
+    folder = tmp_path / "run"
+    before = run_id(folder)
+    renamed = tmp_path / "p12.yaml"
+    renamed.write_text(first.read_text().replace("epochs: 2", "epochs: 3"))
+    first.unlink()
+    result = cli("run", renamed, "-q", "--resume")
+    assert result.code == 0, result
+    after = run_id(folder)
+    assert store.get_experiment(store.get_run(after).info.experiment_id).name == "p12"
+    assert store.get_experiment(store.get_run(before).info.experiment_id).name == "p5"
+    rows = read_metrics(folder / "metrics.csv")
+    assert len(rows) == 3  # the new MLflow run has the whole curve, restored epochs first
+    assert history(store, after, "train_loss") == [(int(r["epoch"]), float(r["train_loss"])) for r in rows]
+
+
 def test_a_store_that_fails_during_training_stops_logging_not_training(
     cli, small_config, tmp_path, store, monkeypatch
 ):
