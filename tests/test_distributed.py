@@ -300,3 +300,12 @@ def test_other_errors_are_not_taken_for_a_lost_peer():
 
     assert not distributed.peer_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not distributed.peer_lost(ValueError("connection reset"))
+
+
+def test_a_lost_peer_before_any_checkpoint_says_to_start_again(tmp_path):
+    from mse_train import recipe
+
+    options = recipe.Options(resume_command="mse-train run c.yaml --resume")
+    options.overwrite_command = "mse-train run c.yaml --overwrite"
+    said = recipe._what_is_kept(tmp_path, options)
+    assert said == ["no checkpoint was written yet; start again with: mse-train run c.yaml --overwrite"]
