@@ -230,7 +230,7 @@ NoPack = Annotated[
 @app.command()
 def cv(
     config_file: ConfigPath,
-    folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (K >= 2).")] = 5,
+    folds: Annotated[int, typer.Option("--folds", "-k", min=2, help="Number of folds (K >= 2).")] = 5,
     overrides: Overrides = None,
     output_dir: OutputDir = None,
     no_pack: NoPack = False,
@@ -434,8 +434,8 @@ def eval_(
 def explain(
     checkpoint_file: CheckpointArg,
     csv_file: ScoredCsv,
-    repeats: Annotated[int, typer.Option("--repeats", "-r", help="Shuffles per column.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seeds the shuffles.")] = 0,
+    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="Shuffles per column.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the shuffles (a whole number >= 0).")] = 0,
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--output", "-o", help="Also draw the importances to this PNG.", show_default=False),
@@ -625,6 +625,17 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
     _guard(debug, work)
 
 
+def _one_character(value: str) -> str:
+    """--delimiter: one character, as `data.delimiter` takes; `\\t` as typed in a shell is a tab."""
+    if value == "\\t":
+        return "\t"
+    if len(value) != 1:
+        raise typer.BadParameter(
+            f"{value!r} is {len(value)} characters; give one, e.g. ';' (or \\t for a tab)"
+        )
+    return value
+
+
 @app.command()
 def init(
     csv_file: Annotated[
@@ -641,7 +652,12 @@ def init(
         "config.yaml"
     ),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
-    delimiter: Annotated[str, typer.Option(help="Field separator of the CSV.")] = ",",
+    delimiter: Annotated[
+        str,
+        typer.Option(
+            callback=_one_character, help="Field separator of the CSV: one character (\\t for a tab)."
+        ),
+    ] = ",",
     quick: Annotated[
         bool,
         typer.Option(
