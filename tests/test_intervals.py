@@ -180,6 +180,12 @@ def test_a_checkpoint_without_residuals_or_with_edited_ones(cli, small, tmp_path
         result.code == 2 and "holds no validation residuals" in result.stderr and "--resume" in result.stderr
     )
     assert cli("predict", tmp_path / "old.pt", data).code == 0  # predictions need no residuals
+    torch.save({**stripped, "no_residuals": "not_finite"}, tmp_path / "overflow.pt")
+    result = cli("predict", tmp_path / "overflow.pt", data, "--interval", 0.9)
+    assert result.code == 2 and "overflowed" in result.stderr and "--resume" not in result.stderr, result
+    torch.save({**stripped, "no_residuals": "bogus"}, tmp_path / "edited.pt")
+    result = cli("predict", tmp_path / "edited.pt", data)
+    assert result.code == 2 and "`no_residuals`" in result.stderr, result
     for bad in (
         -ckpt["residuals"],
         ckpt["residuals"].flip(0) + 1,
