@@ -685,6 +685,27 @@ def test_init_takes_backslash_t_as_a_tab(cli, tmp_path):
     assert yaml.safe_load((tmp_path / "c.yaml").read_text())["data"]["delimiter"] == "\t"
 
 
+@pytest.mark.parametrize("what", ["missing", "folder"])
+@pytest.mark.parametrize("command", ["eval", "predict", "explain", "export", "init"])
+def test_a_table_named_on_the_command_line_is_named_as_the_argument(cli, trained, tmp_path, command, what):
+    """Not "check `data.train`/`data.val`": the file came from the command line."""
+    bad = tmp_path / "nope.csv"
+    if what == "folder":
+        bad.mkdir()
+    args = {
+        "eval": [trained, bad],
+        "predict": [trained, bad],
+        "explain": [trained, bad],
+        "export": [trained, "--check", bad],
+        "init": [bad, "-t", "y", "-o", tmp_path / "c.yaml"],
+    }[command]
+    result = cli(command, *args)
+    assert result.code == 2, result
+    assert ("'--check'" if command == "export" else "'CSV'") in result.stderr
+    assert "nope.csv" in result.stderr and "data.train" not in result.stderr
+    no_crash(result)
+
+
 HEADER = "epoch,train_loss,val_loss,lr,penalty,seconds\n"
 DAMAGED_METRICS = {
     "truncated-row": HEADER + "1,0.5,,0.01,,0.1\n2,0.4",

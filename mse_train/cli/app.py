@@ -48,9 +48,14 @@ ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_defau
 CheckpointArg = Annotated[
     Path, typer.Argument(metavar="CHECKPOINT", help="best.pt or last.pt of a run.", show_default=False)
 ]
+# A table named on the command line: a missing or unreadable one is named as the argument
+# (exit 2) before anything is read; a FIFO or a damaged file is named by the reader.
 ScoredCsv = Annotated[
     Path,
     typer.Argument(
+        exists=True,
+        dir_okay=False,
+        readable=True,
         metavar="CSV",
         help="Rows to score (CSV, .csv.gz or .parquet); needs the feature and target columns.",
         show_default=False,
@@ -476,6 +481,9 @@ def predict(
     csv_file: Annotated[
         Path,
         typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
             metavar="CSV",
             help="Rows to predict (CSV, .csv.gz or .parquet); target columns are optional.",
             show_default=False,
@@ -539,6 +547,9 @@ def export(
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--check",
+            exists=True,
+            dir_okay=False,
+            readable=True,
             metavar="CSV",
             help="Also compare the graph with predict on these rows before writing.",
             show_default=False,
@@ -641,7 +652,12 @@ def init(
     csv_file: Annotated[
         Path,
         typer.Argument(
-            metavar="CSV", help="The table to train on (CSV, .csv.gz or .parquet).", show_default=False
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="CSV",
+            help="The table to train on (CSV, .csv.gz or .parquet).",
+            show_default=False,
         ),
     ],
     target: Annotated[
