@@ -567,7 +567,8 @@ def export(
     where predict refuses a row (an empty cell under data.missing error, an unseen
     category under data.unknown_category error) or leaves it empty (missing: drop), the
     graph predicts NaN. Exit 1, and nothing written, when the graph and predict differ by
-    more than 1e-5 of a target's standard deviation. Needs pip install 'mse-train[onnx]'.
+    more than 1e-5 of a target's standard deviation, plus float32 rounding of each row's
+    values (README). Needs pip install 'mse-train[onnx]'.
     """
 
     def work() -> None:
