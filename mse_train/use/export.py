@@ -228,14 +228,15 @@ def _predicted(ckpt_path: Path, path: Path, folder: Path, pre: Preprocessor, del
     out = folder / "predicted.csv"
     predict.predict(ckpt_path, path, out)
     names = [f"{t}_pred" for t in pre.target_names]
-    # Python's float() reads predict's repr() back exactly; an empty cell is a skipped row.
+    # predict writes the shortest text of each float32 (predict.float32_text): read back as
+    # float32, it is the value predict computed; an empty cell is a skipped row.
     with open(out, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader)
         at = [len(header) - len(names) + j for j in range(len(names))]  # predict appends them last
         if [header[k] for k in at] != names:
             raise RuntimeError(f"predict wrote the columns {header[-len(names) :]}, not {names}")
-        rows = [[float(row[k]) if row[k] else np.nan for k in at] for row in reader]
+        rows = [[float(np.float32(row[k])) if row[k] else np.nan for k in at] for row in reader]
     return np.array(rows, dtype=np.float64).reshape(-1, len(names))
 
 
