@@ -145,7 +145,8 @@ class DataConfig(Section):
         "onehot",
         description="How a categorical column enters the model: onehot (one 0/1 input per category) "
         "or embedding (a learned vector per category, fitted with the network; lifts "
-        "`max_categories`). Not packable, not exportable to ONNX.",
+        "`max_categories`). Exported to ONNX as a lookup table; trains as a module, not as a "
+        "stack (`cv`/`sweep` train such configs one at a time).",
     )
     category_embedding_size: PositiveInt | None = Field(
         None,
