@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from mse_train.config import reference, schema, starter
 from mse_train.config.registry import unregistered
@@ -64,7 +65,7 @@ def test_starter_comments_list_every_choice(tmp_path):
         assert " | ".join(schema.choices(key)) in text, key
 
 
-def _dotted_keys(model: type, prefix: str) -> list[str]:
+def _dotted_keys(model: type[BaseModel], prefix: str) -> list[str]:
     """Every key of a section as the reference writes it, nested sections included."""
     keys = []
     for name, field in model.model_fields.items():
@@ -85,8 +86,8 @@ def test_reference_lists_every_key_by_its_full_dotted_name():
             tag = f"{section}.{schema.TAG_KEYS[section]}"  # named in the section's intro, not a row
             for model in schema.VARIANTS[section].values():
                 keys += [key for key in _dotted_keys(model, f"{section}.") if key != tag]
-        elif (model := schema.model_in(field.annotation)) is not None:
-            keys += _dotted_keys(model, f"{section}.")
+        elif (section_model := schema.model_in(field.annotation)) is not None:
+            keys += _dotted_keys(section_model, f"{section}.")
         else:
             keys.append(section)
     assert "train.early_stopping.patience" in keys and "train.early_stopping.min_delta" in keys

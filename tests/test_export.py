@@ -291,7 +291,7 @@ FAR_MODELS = {**EMBEDDED, "mlp": {"type": "mlp", "hidden": [16, 8], "activation"
 
 def far_rows(n: int = 24) -> list[list[str]]:
     """Rows with both numbers at ±1e6 (and ±3e5): every intermediate value is huge."""
-    rows = make_rows(n, 3)
+    rows: list[list[str]] = make_rows(n, 3)
     for i, row in enumerate(rows):
         scale = (1e6, -1e6, 3e5, -7e5)[i % 4]
         row[0], row[1] = f"{scale:.4f}", f"{-0.9 * scale:.4f}"
@@ -349,3 +349,16 @@ def test_the_rounding_allowance_follows_the_intermediate_values():
     wide = net.double()(x.double()).detach()
     narrow = net.float()(x).detach().double()
     assert ((wide - narrow).abs() <= 4 * torch.finfo(torch.float32).eps * scale).all()
+
+
+def test_the_rounding_allowance_is_the_same_in_chunks(monkeypatch):
+    import torch
+
+    from mse_train.models import inference
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(10, 2) * 1e3
+    whole = inference.rounding_scale(net, x)
+    monkeypatch.setattr(inference, "EVAL_CHUNK", 3)
+    torch.testing.assert_close(inference.rounding_scale(net, x), whole)

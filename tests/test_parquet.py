@@ -217,7 +217,7 @@ def test_integers_beyond_2_53_are_read_as_the_same_digits_in_a_csv(cli, tmp_path
     """pyarrow's exact cast to float64 refused these (an internal error); a CSV reads them
     as the nearest float32, and so does Parquet now, with and without empty cells."""
     cols = _columns(n=60)
-    codes = [i % 7 for i in range(60)]
+    codes: list[int | None] = [i % 7 for i in range(60)]
     codes[5], codes[9] = huge, None
     cols["x0"] = codes
     pq_path = _as_parquet(tmp_path / "t.parquet", cols, x0=kind)

@@ -232,10 +232,19 @@ NoPack = Annotated[
 ]
 
 
+def _two_or_more(value: int) -> int:
+    """cv --folds, checked before the table is read."""
+    if value < 2:
+        raise typer.BadParameter(f"{value}: cross-validation needs at least 2 folds; use 5 or 10")
+    return value
+
+
 @app.command()
 def cv(
     config_file: ConfigPath,
-    folds: Annotated[int, typer.Option("--folds", "-k", min=2, help="Number of folds (K >= 2).")] = 5,
+    folds: Annotated[
+        int, typer.Option("--folds", "-k", callback=_two_or_more, help="Number of folds (K >= 2).")
+    ] = 5,
     overrides: Overrides = None,
     output_dir: OutputDir = None,
     no_pack: NoPack = False,

@@ -37,6 +37,14 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def rounding_scale(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per row and output, how far float32 rounding can move the output (see `_rounding_scale`),
+    in chunks of EVAL_CHUNK rows, so that the activations kept for the gradients stay small."""
+    if len(x) <= EVAL_CHUNK:
+        return _rounding_scale(model, x)
+    return torch.cat([_rounding_scale(model, x[s : s + EVAL_CHUNK]) for s in range(0, len(x), EVAL_CHUNK)])
+
+
+def _rounding_scale(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Per row and output, how far float32 rounding can move the output: [rows, outputs].
 
     Another float32 implementation of the same network (onnxruntime, another summation
