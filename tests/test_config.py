@@ -192,3 +192,89 @@ def test_every_shipped_config_is_valid(path):
 
     cfg = config.load(path)
     assert cfg.data.train and cfg.targets
+
+
+# ---------------------------------------------- YAML 1.1's yes/no words in keys that take text
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("off", "off"), ("Off", "off"), ("false", "off"), ("NO", "off"), ('"False"', "off"), ("on", "auto")],
+)
+@pytest.mark.parametrize("way", ["file", "--set"])
+def test_cache_off_as_the_readme_writes_it_means_off(tmp_path, written, meant, way):
+    from mse_train import config
+
+    path = tmp_path / "cfg.yaml"
+    overrides = []
+    if way == "file":
+        path.write_text(GOOD_DATA + f"  cache: {written}\n")
+    else:
+        path.write_text(GOOD_DATA)
+        overrides = [f"data.cache={written}"]
+    assert config.load(path, overrides).data.cache == meant
+
+
+def test_a_cache_folder_whose_name_is_a_yes_no_word_is_written_with_a_dot(tmp_path):
+    from mse_train import config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(GOOD_DATA + "  cache: ./off\n")
+    assert config.load(path).data.cache == str(tmp_path / "off")
+
+
+@pytest.mark.parametrize("key", ["data.train", "data.val", "output.dir"])
+@pytest.mark.parametrize("written", ["off", "'False'", "Yes"])
+def test_a_path_key_given_a_yes_no_word_is_refused_not_made_a_folder(cli, tmp_path, key, written):
+    text = f"data:\n  train: {REPO / 'data' / 'linear.csv'}\n  target: y\n"
+    if key == "data.train":
+        text = f"data:\n  train: {written}\n  target: y\n"
+    elif key == "data.val":
+        text += f"  val: {written}\n"
+    else:
+        text += f"output:\n  dir: {written}\n"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "cfg.yaml").write_text(text)
+    result = cli("validate", work / "cfg.yaml")
+    assert result.code == 2, result
+    shown = written.strip("'")
+    assert f"`{key}`: '{shown}' is a yes/no word" in result.stderr
+    assert f"./{shown}" in result.stderr and "quote it" not in result.stderr
+    assert list(work.iterdir()) == [work / "cfg.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("data:\n  missing: no", "`data.missing` is 'no', which is not one of: error, drop"),
+        ("train:\n  epochs: on", "`train.epochs` must be a whole number, got true; YAML reads an unquoted"),
+        ("model:\n  type: mlp\n  activation: Yes", "`model.activation` is 'Yes', which is not one of"),
+        ("train:\n  device: off", "`train.device` is 'off'; use auto"),
+    ],
+)
+def test_a_yes_no_word_where_a_word_is_wanted_is_named_as_written(cli, tmp_path, line, fragment):
+    text = GOOD_DATA + "\n" + line + "\n" if not line.startswith("data:") else GOOD_DATA + line[5:] + "\n"
+    err = check(cli, tmp_path, text, fragment)
+    assert "quote it" not in err
+
+
+def test_a_column_named_yes_is_the_column_yes(tmp_path):
+    from mse_train import config
+
+    table = tmp_path / "t.csv"
+    table.write_text("no,yes\n1,2\n2,4\n")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"data:\n  train: {table}\n  target: yes\n  features: [no]\n")
+    cfg = config.load(path)
+    assert cfg.data.target == "yes" and cfg.data.features == ["no"]
+    assert config.load(path, ["data.target=Yes"]).data.target == "Yes"
+
+
+def test_a_true_or_false_without_its_written_word_says_how_yaml_reads_them(tmp_path):
+    from mse_train.config import loading, yamlio
+    from mse_train.errors import ConfigError
+
+    doc = yamlio.parse(GOOD_DATA, "cfg.yaml")
+    with pytest.raises(ConfigError) as caught:  # a sweep's value: no word as written
+        loading.from_document(doc, tmp_path, values={"output.mlflow_experiment": False})
+    text = " ".join(caught.value.problems)
+    assert "YAML reads an unquoted yes, no, on, off" in text and 'quote it: "False"' not in text

@@ -284,3 +284,81 @@ def test_the_readme_example_runs(cli, trained, tmp_path, monkeypatch):
     exec(compile(example.group(1), "README.md", "exec"), scope)
     want = predicted(cli, trained, new, tmp_path / "p.csv")
     assert_close_to_predict(scope["prediction"], want, target_std(trained))
+
+
+FAR_MODELS = {**EMBEDDED, "mlp": {"type": "mlp", "hidden": [16, 8], "activation": "gelu"}}
+
+
+def far_rows(n: int = 24) -> list[list[str]]:
+    """Rows with both numbers at ±1e6 (and ±3e5): every intermediate value is huge."""
+    rows: list[list[str]] = make_rows(n, 3)
+    for i, row in enumerate(rows):
+        scale = (1e6, -1e6, 3e5, -7e5)[i % 4]
+        row[0], row[1] = f"{scale:.4f}", f"{-0.9 * scale:.4f}"
+    return rows
+
+
+@pytest.mark.parametrize("name", list(FAR_MODELS))
+def test_rows_at_a_million_pass_the_check_as_float32_rounding_allows(cli, tmp_path, name):
+    """An MLP with categorical embeddings on rows at ±1e6 failed: ONNX -1018104.25 against
+    predict -1018104.53, two float32 steps apart, called "a bug in mse-train's export". The
+    allowance now follows the float32 rounding of each row's intermediate values."""
+    checkpoint = train(
+        tmp_path, make_rows(200, 0), missing="mean", categorical_encoding="embedding", model=FAR_MODELS[name]
+    )
+    new = write_csv(tmp_path / "far.csv", HEADER, far_rows())
+    result = cli("export", checkpoint, "-o", tmp_path / "m.onnx", "--check", new)
+    assert result.code == 0, result
+
+
+@pytest.mark.parametrize("shift", [1e-3, 1e-2])
+def test_a_wrong_bias_fails_the_check_even_beside_rows_at_a_million(cli, tmp_path, monkeypatch, shift):
+    """The per-row allowance stays tight where the values are small: a hidden layer's bias
+    off by a little is still caught."""
+    checkpoint = train(
+        tmp_path, make_rows(200, 0), missing="mean", categorical_encoding="embedding", model=FAR_MODELS["mlp"]
+    )
+    real = onnx_graph.build
+
+    def wrong_bias(*args: Any) -> onnx.ModelProto:
+        model = real(*args)
+        tensor = next(t for t in model.graph.initializer if "bias" in t.name)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(tensor) + shift, tensor.name))
+        return model
+
+    monkeypatch.setattr(onnx_graph, "build", wrong_bias)
+    new = write_csv(tmp_path / "far.csv", HEADER, far_rows())
+    result = cli("export", checkpoint, "-o", tmp_path / "m.onnx", "--check", new)
+    assert result.code == 1, result
+    assert "not written" in result.stderr and not (tmp_path / "m.onnx").exists()
+
+
+def test_the_rounding_allowance_follows_the_intermediate_values():
+    """inference.rounding_scale: zero for a zero network, growing with the input's size."""
+    import torch
+
+    from mse_train.models import inference
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    x = torch.tensor([[0.1, -0.2, 0.3], [1e6, -1e6, 3e5]])
+    scale = inference.rounding_scale(net, x)
+    assert scale.shape == (2, 2) and (scale > 0).all()
+    assert (scale[1] > 1e5 * scale[0]).all()
+    # the scale bounds the real float32-vs-float64 difference (with room to spare)
+    wide = net.double()(x.double()).detach()
+    narrow = net.float()(x).detach().double()
+    assert ((wide - narrow).abs() <= 4 * torch.finfo(torch.float32).eps * scale).all()
+
+
+def test_the_rounding_allowance_is_the_same_in_chunks(monkeypatch):
+    import torch
+
+    from mse_train.models import inference
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x = torch.randn(10, 2) * 1e3
+    whole = inference.rounding_scale(net, x)
+    monkeypatch.setattr(inference, "EVAL_CHUNK", 3)
+    torch.testing.assert_close(inference.rounding_scale(net, x), whole)

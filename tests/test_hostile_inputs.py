@@ -628,6 +628,97 @@ def test_a_bad_device_is_exit_2(cli, trained, command, device):
     no_crash(result)
 
 
+def _numeric_options() -> list[tuple[str, str, str]]:
+    """(command, option, a value out of range) for every number-taking option of every command."""
+    import typing
+
+    found = []
+    for command in app.registered_commands:
+        assert command.callback is not None
+        name = command.name or command.callback.__name__
+        for param, hint in typing.get_type_hints(command.callback, include_extras=True).items():
+            if typing.get_origin(hint) is not typing.Annotated:
+                continue
+            base, info, *_ = typing.get_args(hint)
+            kinds = set(typing.get_args(base) or (base,))
+            if not kinds & {int, float}:
+                continue
+            first = info.default if isinstance(info.default, str) and info.default.startswith("--") else None
+            option = first or "--" + param.replace("_", "-")
+            found.append((name, option, "-1" if int in kinds else "-0.5"))
+    return found
+
+
+NUMERIC_OPTIONS = _numeric_options()
+
+
+def test_the_numeric_options_found_are_the_ones_we_know():
+    """The next test covers every number-taking option; this one fails when one is added
+    without the arguments its command needs being known below."""
+    assert {(c, o) for c, o, _ in NUMERIC_OPTIONS} >= {
+        ("explain", "--seed"),
+        ("explain", "--repeats"),
+        ("cv", "--folds"),
+        ("sweep", "--trials"),
+        ("sweep", "--folds"),
+        ("eval", "--interval"),
+        ("predict", "--interval"),
+    }
+
+
+@pytest.mark.parametrize(("command", "option", "bad"), NUMERIC_OPTIONS)
+def test_every_numeric_option_out_of_range_is_exit_2_naming_it(cli, trained, tmp_path, command, option, bad):
+    needs = {
+        "eval": [trained, LINEAR],
+        "predict": [trained, LINEAR],
+        "explain": [trained, LINEAR],
+        "cv": [linear_config(tmp_path)],
+        "sweep": [linear_config(tmp_path)],
+    }
+    result = cli(command, *needs[command], option, bad)
+    assert result.code == 2, result
+    assert option in result.stderr
+    no_crash(result)
+
+
+@pytest.mark.parametrize("delimiter", [";;", "", "tab"])
+def test_init_refuses_a_delimiter_that_is_not_one_character(cli, tmp_path, delimiter):
+    result = cli("init", LINEAR, "-t", "y", "-o", tmp_path / "c.yaml", "--quick", "--delimiter", delimiter)
+    assert result.code == 2, result
+    assert "--delimiter" in result.stderr
+    no_crash(result)
+    assert not (tmp_path / "c.yaml").exists()
+
+
+def test_init_takes_backslash_t_as_a_tab(cli, tmp_path):
+    data = tmp_path / "t.tsv"
+    data.write_text("x\ty\n1\t2\n2\t4\n3\t6\n")
+    result = cli("init", data, "-t", "y", "-o", tmp_path / "c.yaml", "--quick", "--delimiter", "\\t")
+    assert result.code == 0, result
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text())["data"]["delimiter"] == "\t"
+
+
+@pytest.mark.parametrize("what", ["missing", "folder"])
+@pytest.mark.parametrize("command", ["eval", "predict", "explain", "export", "init"])
+def test_a_table_named_on_the_command_line_is_named_as_the_argument(cli, trained, tmp_path, command, what):
+    """Not "check `data.train`/`data.val`": the file came from the command line."""
+    bad = tmp_path / "nope.csv"
+    if what == "folder":
+        bad.mkdir()
+    args = {
+        "eval": [trained, bad],
+        "predict": [trained, bad],
+        "explain": [trained, bad],
+        "export": [trained, "--check", bad],
+        "init": [bad, "-t", "y", "-o", tmp_path / "c.yaml"],
+    }[command]
+    result = cli(command, *args)
+    assert result.code == 2, result
+    assert ("'--check'" if command == "export" else "'CSV'") in result.stderr
+    assert "nope.csv" in result.stderr and "data.train" not in result.stderr
+    no_crash(result)
+
+
 HEADER = "epoch,train_loss,val_loss,lr,penalty,seconds\n"
 DAMAGED_METRICS = {
     "truncated-row": HEADER + "1,0.5,,0.01,,0.1\n2,0.4",

@@ -62,7 +62,9 @@ def test_predict_adds_lo_and_hi_that_agree_with_eval(cli, diamonds, tmp_path):
     assert np.all(lo < pred) and np.all(pred < hi)
     assert np.allclose(width, width[0])  # split conformal: one width for every row
     out = json.loads(cli("eval", checkpoint, test, "--interval", 0.9, "--json").stdout)
-    assert width[0] == pytest.approx(out["interval"]["mean_width"], rel=1e-9)
+    # predict writes float32 values (lo and hi rounded to float32 each): eval's width to their last place
+    last_place = float(np.spacing(np.float32(np.abs(hi).max())))
+    assert width[0] == pytest.approx(out["interval"]["mean_width"], abs=2 * last_place)
     inside = float(np.mean((actual >= lo) & (actual <= hi)))
     assert inside == pytest.approx(out["interval"]["coverage"], abs=2 / len(rows))  # printed rounding
     # A wider level gives a wider interval around the same prediction.
@@ -180,6 +182,12 @@ def test_a_checkpoint_without_residuals_or_with_edited_ones(cli, small, tmp_path
         result.code == 2 and "holds no validation residuals" in result.stderr and "--resume" in result.stderr
     )
     assert cli("predict", tmp_path / "old.pt", data).code == 0  # predictions need no residuals
+    torch.save({**stripped, "no_residuals": "not_finite"}, tmp_path / "overflow.pt")
+    result = cli("predict", tmp_path / "overflow.pt", data, "--interval", 0.9)
+    assert result.code == 2 and "overflowed" in result.stderr and "--resume" not in result.stderr, result
+    torch.save({**stripped, "no_residuals": "bogus"}, tmp_path / "edited.pt")
+    result = cli("predict", tmp_path / "edited.pt", data)
+    assert result.code == 2 and "`no_residuals`" in result.stderr, result
     for bad in (
         -ckpt["residuals"],
         ckpt["residuals"].flip(0) + 1,
@@ -222,3 +230,39 @@ def test_a_file_with_only_a_header_gets_the_columns_and_no_rows(cli, small, tmp_
     result = cli("predict", checkpoint, data, "--interval", 0.9)
     assert result.code == 0, result
     assert result.stdout.splitlines() == ["x,y_pred,y_lo,y_hi"]
+
+
+def test_predict_writes_each_float32_in_its_shortest_text_in_every_chunk(cli, small, tmp_path, monkeypatch):
+    """17 significant digits from a float32 model were noise: each _pred, _lo and _hi cell is
+    the shortest text that reads back as the same float32, whether written in one chunk or many."""
+    from mse_train.use import predict
+
+    checkpoint, data = small
+    one = tmp_path / "one.csv"
+    assert cli("predict", checkpoint, data, "--interval", 0.8, "-o", one).code == 0
+    monkeypatch.setattr(predict, "CHUNK_ROWS", 7)
+    many = tmp_path / "many.csv"
+    assert cli("predict", checkpoint, data, "--interval", 0.8, "-o", many).code == 0
+    stdout = cli("predict", checkpoint, data, "--interval", 0.8).stdout
+    assert one.read_text() == many.read_text() == stdout
+    rows = read_rows(one)
+    assert len(rows) == 100
+    for row in rows:
+        for name in ("y_pred", "y_lo", "y_hi"):
+            text = row[name]
+            value = np.float32(text)
+            assert predict.float32_text(float(value)) == text  # reads back, writes the same
+            digits = text.lstrip("-").split("e")[0].replace(".", "").strip("0")
+            assert len(digits) <= 9, text  # float32 needs at most 9 significant digits
+            assert str(value) == text or float(str(value)) == float(text)  # numpy's shortest
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(1.5, "1.5"), (0.1, "0.1"), (3.0, "3.0"), (-1018104.53125, "-1018104.5"), (1e30, "1e+30"),
+     (1.2345678e-05, "1.2345678e-05"), (0.1 + 0.2, "0.3")],
+)  # fmt: skip
+def test_float32_text_is_the_shortest_round_trip(value, text):
+    from mse_train.use import predict
+
+    assert predict.float32_text(value) == text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import yaml
 
 from mse_train import __version__
 
-from conftest import read_json, read_metrics, signal_at_step, write_config
+from conftest import read_json, read_metrics, run_process, signal_at_step, write_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed"
@@ -319,3 +320,21 @@ def test_cv_logs_one_run_with_each_folds_metrics_and_their_mean(cli, table, tmp_
     assert [step for step, _ in folds] == [1, 2, 3]
     assert [value for _, value in folds] == pytest.approx([f["rmse"] for f in summary["per_fold"]], rel=1e-12)
     assert {"cv.csv", "cv.json"} <= {f.path for f in store.list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.parametrize("experiment", ["fresh", "existing"])
+def test_a_read_only_store_prints_only_our_message(small_config, tmp_path, experiment):
+    """MLflow logged SQLAlchemy's whole error (SQL, parameters) on stderr before our exit-2
+    message; in a real process, as a user sees it, stderr is our message and nothing else."""
+    database = tmp_path / "ro" / "mlflow.db"
+    database.parent.mkdir()
+    writable = client(f"sqlite:///{database}")
+    writable.create_experiment("existing")
+    read_only = f"sqlite:///file:{database}?mode=ro&uri=true"  # read-only even for root
+    cfg = small_config(output={"mlflow": True, "mlflow_experiment": experiment})
+    done = run_process("run", cfg, env={**os.environ, "MLFLOW_TRACKING_URI": read_only})
+    assert done.returncode == 2, done
+    assert done.stderr.startswith("error: "), done.stderr
+    assert "readonly database" in done.stderr and "read-only: make both writable" in done.stderr
+    assert "[SQL:" not in done.stderr and "raised as a result" not in done.stderr
+    assert not (tmp_path / "run" / "best.pt").exists()  # stopped before training

@@ -210,6 +210,71 @@ def test_infinite_and_beyond_float32_values_are_named(cli, tmp_path):
     assert "column `x1`: 1 infinite value(s) at row(s) 71 (row group 1)" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("kind", "huge"), [(pa.int64(), 2**60), (pa.uint64(), 2**64 - 1), (pa.int64(), -(2**62) - 1)]
+)
+def test_integers_beyond_2_53_are_read_as_the_same_digits_in_a_csv(cli, tmp_path, kind, huge):
+    """pyarrow's exact cast to float64 refused these (an internal error); a CSV reads them
+    as the nearest float32, and so does Parquet now, with and without empty cells."""
+    cols = _columns(n=60)
+    codes: list[int | None] = [i % 7 for i in range(60)]
+    codes[5], codes[9] = huge, None
+    cols["x0"] = codes
+    pq_path = _as_parquet(tmp_path / "t.parquet", cols, x0=kind)
+    csv_path = _as_csv(tmp_path / "t.csv", cols)
+    from mse_train.data import table
+
+    read = {p.suffix: table.read(p, ["x0", "y"]).frame["x0"].to_numpy() for p in (pq_path, csv_path)}
+    np.testing.assert_array_equal(read[".parquet"], read[".csv"])
+    assert read[".parquet"][5] == np.float32(huge) and np.isnan(read[".parquet"][9])
+    for name, path in (("a", csv_path), ("b", pq_path)):
+        result = cli("run", _config(tmp_path, path, name, missing="mean", features=["x0", "x1"]), "-q")
+        assert result.code == 0, result
+    assert _losses(tmp_path / "a" / "metrics.csv") == _losses(tmp_path / "b" / "metrics.csv")
+    out = tmp_path / "p.csv"
+    result = cli("predict", tmp_path / "b" / "best.pt", pq_path, "-o", out)
+    assert result.code == 0, result
+    assert out.read_text().splitlines()[6].split(",")[0] == str(huge)  # written back as it is
+    assert cli("init", pq_path, "-t", "y", "-o", tmp_path / "i.yaml", "--quick").code == 0
+
+
+@pytest.mark.parametrize(
+    ("array", "words"),
+    [
+        (pa.array([0] * 120, pa.timestamp("us")), "seconds since 1970"),
+        (pa.array([0] * 120, pa.date32()), "seconds since 1970"),
+        (pa.array([5] * 120, pa.duration("s")), "e.g. seconds"),
+        (pa.array([{"a": 1}] * 120, pa.struct([("a", pa.int64())])), "cast `x2`"),
+        (pa.array([b"x"] * 120, pa.binary()), "cast `x2`"),
+    ],
+    ids=["timestamp", "date", "duration", "struct", "binary"],
+)
+def test_a_column_of_a_type_that_is_not_a_number_or_text_is_named_with_the_fix(cli, tmp_path, array, words):
+    cols: dict[str, Any] = _columns()
+    arrays = {n: pa.array(v) for n, v in cols.items()}
+    arrays["x2"] = array
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table(arrays), path)
+    result = cli("run", _config(tmp_path, path, "r"), "-q")
+    assert result.code == 2, result
+    assert f"{path}, column `x2`: Parquet type `{array.type}`" in result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_string_view_column_reads_as_a_string_column(cli, tmp_path, three):
+    if not hasattr(pa, "string_view"):
+        pytest.skip("pyarrow without string_view")
+    cols = _columns()
+    arrays = {n: pa.array(v) for n, v in cols.items()}
+    arrays["c"] = pa.array(cols["c"], pa.string_view())
+    path = tmp_path / "v.parquet"
+    pq.write_table(pa.table(arrays), path, store_schema=True)
+    assert cli("run", _config(tmp_path, three["csv"], "a"), "-q").code == 0
+    result = cli("run", _config(tmp_path, path, "b"), "-q")
+    assert result.code == 0, result
+    assert _losses(tmp_path / "a" / "metrics.csv") == _losses(tmp_path / "b" / "metrics.csv")
+
+
 def test_text_in_a_numeric_string_column_is_named(cli, tmp_path):
     cols = _columns()
     cols["y"] = [str(v) for v in cols["y"]]  # numbers stored as strings: read as a CSV reads them

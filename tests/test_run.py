@@ -347,3 +347,14 @@ def test_divergence_in_the_first_epoch_promises_no_best_pt(cli, small_config, tm
     assert "diverged at epoch 1" in result.stderr and "there is no best.pt" in result.stderr
     assert not (tmp_path / "run" / "best.pt").exists()
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 0
+
+
+def test_resume_from_a_best_pt_copied_over_last_pt_says_what_it_lacks(cli, small_config, tmp_path):
+    """A checkpoint without training state is named for what it is, with the fix."""
+    cfg = small_config()
+    assert cli("run", cfg, "-q").code == 0
+    shutil.copyfile(tmp_path / "run" / "best.pt", tmp_path / "run" / "last.pt")
+    result = cli("run", cfg, "--resume", "-q")
+    assert result.code == 2, result
+    assert "holds no training state" in result.stderr and "best.pt (kind 'best')" in result.stderr
+    assert "--overwrite" in result.stderr and "Traceback" not in result.stderr

@@ -102,6 +102,12 @@ def test_streamed_run_fits_about_as_well_as_in_memory(cli, tmp_path, mixed):
     assert streamed < 0.1 and streamed < 2 * memory + 0.01 and streamed < first
     scored = cli("eval", tmp_path / "streamed" / "best.pt", mixed, "--json")
     assert scored.code == 0, scored
+    # a streamed run keeps no residuals: --interval says so, not "written before its run ended"
+    for command in ("eval", "predict"):
+        refused = cli(command, tmp_path / "streamed" / "best.pt", mixed, "--interval", "0.9")
+        assert refused.code == 2, refused
+        assert "streamed its table" in refused.stderr and "data.memory_budget" in refused.stderr
+        assert "--resume" not in refused.stderr and "before its run ended" not in refused.stderr
 
 
 def test_full_batch_training_cannot_stream(cli, tmp_path, mixed):

@@ -75,9 +75,14 @@ ConfigPath = Annotated[Path, typer.Argument(help="YAML config file.", show_defau
 CheckpointArg = Annotated[
     Path, typer.Argument(metavar="CHECKPOINT", help="best.pt or last.pt of a run.", show_default=False)
 ]
+# A table named on the command line: a missing or unreadable one is named as the argument
+# (exit 2) before anything is read; a FIFO or a damaged file is named by the reader.
 ScoredCsv = Annotated[
     Path,
     typer.Argument(
+        exists=True,
+        dir_okay=False,
+        readable=True,
         metavar="CSV",
         help="Rows to score (CSV, .csv.gz or .parquet); needs the feature and target columns.",
         show_default=False,
@@ -265,10 +270,19 @@ NoPack = Annotated[
 ]
 
 
+def _two_or_more(value: int) -> int:
+    """cv --folds, checked before the table is read."""
+    if value < 2:
+        raise typer.BadParameter(f"{value}: cross-validation needs at least 2 folds; use 5 or 10")
+    return value
+
+
 @app.command(cls=_Command)
 def cv(
     config_file: ConfigPath,
-    folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (K >= 2).")] = 5,
+    folds: Annotated[
+        int, typer.Option("--folds", "-k", callback=_two_or_more, help="Number of folds (K >= 2).")
+    ] = 5,
     overrides: Overrides = None,
     output_dir: CvOutputDir = None,
     no_pack: NoPack = False,
@@ -445,8 +459,8 @@ def eval_(
 def explain(
     checkpoint_file: CheckpointArg,
     csv_file: ScoredCsv,
-    repeats: Annotated[int, typer.Option("--repeats", "-r", help="Shuffles per column.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seeds the shuffles.")] = 0,
+    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="Shuffles per column.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds the shuffles (a whole number >= 0).")] = 0,
     output: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--output", "-o", help="Also draw the importances to this PNG.", show_default=False),
@@ -487,6 +501,9 @@ def predict(
     csv_file: Annotated[
         Path,
         typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
             metavar="CSV",
             help="Rows to predict (CSV, .csv.gz or .parquet); target columns are optional.",
             show_default=False,
@@ -550,6 +567,9 @@ def export(
         Optional[Path],  # noqa: UP045
         typer.Option(
             "--check",
+            exists=True,
+            dir_okay=False,
+            readable=True,
             metavar="CSV",
             help="Also compare the graph with predict on these rows before writing.",
             show_default=False,
@@ -567,7 +587,8 @@ def export(
     where predict refuses a row (an empty cell under data.missing error, an unseen
     category under data.unknown_category error) or leaves it empty (missing: drop), the
     graph predicts NaN. Exit 1, and nothing written, when the graph and predict differ by
-    more than 1e-5 of a target's standard deviation. Needs pip install 'mse-train[onnx]'.
+    more than 1e-5 of a target's standard deviation, plus float32 rounding of each row's
+    values (README). Needs pip install 'mse-train[onnx]'.
     """
 
     def work() -> None:
@@ -636,12 +657,28 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
     _guard(debug, work)
 
 
+def _one_character(value: str) -> str:
+    """--delimiter: one character, as `data.delimiter` takes; `\\t` as typed in a shell is a tab."""
+    if value == "\\t":
+        return "\t"
+    if len(value) != 1:
+        raise typer.BadParameter(
+            f"{value!r} is {len(value)} characters; give one, e.g. ';' (or \\t for a tab)"
+        )
+    return value
+
+
 @app.command(cls=_Command)
 def init(
     csv_file: Annotated[
         Path,
         typer.Argument(
-            metavar="CSV", help="The table to train on (CSV, .csv.gz or .parquet).", show_default=False
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="CSV",
+            help="The table to train on (CSV, .csv.gz or .parquet).",
+            show_default=False,
         ),
     ],
     target: Annotated[
@@ -652,7 +689,12 @@ def init(
         "config.yaml"
     ),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
-    delimiter: Annotated[str, typer.Option(help="Field separator of the CSV.")] = ",",
+    delimiter: Annotated[
+        str,
+        typer.Option(
+            callback=_one_character, help="Field separator of the CSV: one character (\\t for a tab)."
+        ),
+    ] = ",",
     quick: Annotated[
         bool,
         typer.Option(

@@ -58,13 +58,17 @@ def from_document(
         )
     data = doc.data
     set_paths: dict[KeyPath, str] = {}
+    words = dict(doc.words)
     for text in overrides:
-        key_path = _apply_override(data, text)
+        key_path, given = _apply_override(data, text)
         set_paths[key_path] = f"--set {'.'.join(map(str, key_path))}"
+        words = {p: w for p, w in words.items() if p[: len(key_path)] != key_path}
+        words.update({(*key_path, *p): w for p, w in given.items()})
     for key, value in (values or {}).items():
         parts = tuple(key.split("."))
         _set(data, parts, value, f"sweep.params.{key}")
         set_paths[parts] = f"sweep.params.{key} = {json.dumps(value)}"
+        words = {p: w for p, w in words.items() if p[: len(parts)] != parts}
     if values:
         for name in _drop_inapplicable(data, values):
             if dropped is not None:
@@ -78,18 +82,50 @@ def from_document(
         return doc.where(loc)
 
     problems: list[str] = []
-    config: Config | None = None
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        for error, loc in messages.plain_errors(exc.errors(include_url=False), data):
-            problems.append(messages.describe(error, loc, data, where))
+    config, errors = _validate(data)
+    if errors and _words_where_text_is_wanted(errors, data, words):
+        config, errors = _validate(data)
+    for error, loc in errors:
+        problems.append(messages.describe(error, loc, data, where))
     problems.extend(messages.cross_checks(data, where))
     problems.sort(key=messages.line_of)
     if problems or config is None:
         count = len(problems)
         raise ConfigError(f"{doc.source}: {count} problem{'s' if count != 1 else ''} in the config", problems)
     return _resolve(config, base, default_name)
+
+
+def _validate(data: dict[str, Any]) -> tuple[Config | None, list[tuple[Any, KeyPath]]]:
+    """The config, or pydantic's errors at the user's keys."""
+    try:
+        return Config.model_validate(data), []
+    except ValidationError as exc:
+        return None, messages.plain_errors(exc.errors(include_url=False), data)
+
+
+_TEXT_WANTED = ("string_type", "literal_error", "union_type")  # a number key keeps true/false
+
+
+def _words_where_text_is_wanted(
+    errors: list[tuple[Any, KeyPath]], data: dict[str, Any], words: Mapping[KeyPath, str]
+) -> int:
+    """Put back `off`, `yes`, `No` as written where YAML 1.1 made them true/false but the key
+    does not take true or false: `data.target: yes` is the column `yes`, `data.missing: no`
+    is the word `no` (then named as not one of the choices). Returns how many were put back."""
+    put = 0
+    for error, loc in errors:
+        word = words.get(loc)
+        if word is None or not isinstance(error.get("input"), bool) or error["type"] not in _TEXT_WANTED:
+            continue
+        node: Any = data
+        try:
+            for part in loc[:-1]:
+                node = node[part]
+            node[loc[-1]] = word
+        except (KeyError, IndexError, TypeError):
+            continue  # not where the word was written: the message names the value
+        put += 1
+    return put
 
 
 def _drop_inapplicable(data: dict[str, Any], values: Mapping[str, Any]) -> list[str]:
@@ -146,7 +182,8 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ overrides
-def _apply_override(data: dict[str, Any], text: str) -> KeyPath:
+def _apply_override(data: dict[str, Any], text: str) -> tuple[KeyPath, dict[KeyPath, str]]:
+    """Set one `KEY=VALUE`; returns the key path and the yes/no words in the value, as written."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -155,8 +192,8 @@ def _apply_override(data: dict[str, Any], text: str) -> KeyPath:
     if any(not p for p in parts):
         raise ConfigError(f"--set {text!r}: empty part in key path {key!r}")
     value = yamlio.parse_value(raw, f"--set {key}")
-    _set(data, tuple(parts), value, f"--set {key}")
-    return tuple(parts)
+    _set(data, tuple(parts), value.data, f"--set {key}")
+    return tuple(parts), value.words
 
 
 def _set(data: dict[str, Any], parts: tuple[str, ...], value: Any, label: str) -> None:

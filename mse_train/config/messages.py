@@ -217,7 +217,12 @@ def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
                 fix = "; write a number, e.g. 10"
         if isinstance(value, float) and kind == "int_type":
             fix = f"; write a whole number, e.g. {int(value) if math.isfinite(value) else 10}"
-        if isinstance(value, (int, float)) and kind == "string_type":
+        if isinstance(value, bool) and kind != "bool_type":
+            fix = (
+                "; YAML reads an unquoted yes, no, on, off, true or false as true/false: "
+                'quote the word you mean, e.g. "off"'
+            )
+        elif isinstance(value, (int, float)) and kind == "string_type":
             fix = f'; quote it: "{value}"'
         return f"{place}: `{dotted}` must be {expected}, got {_show(value)}{fix}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -227,6 +232,8 @@ def describe(error: Any, loc: KeyPath, data: Any, where: Where) -> str:
         bound = next(iter(ctx.values()), "?")
         bound = f"{bound:g}" if isinstance(bound, (int, float)) else bound
         return f"{place}: `{dotted}` must be {op} {bound}, got {_show(value)}"
+    if kind == "value_error":
+        return f"{place}: `{dotted}`: {ctx.get('error', error['msg'])}"
     if kind == "finite_number":
         return f"{place}: `{dotted}` must be a finite number, got {_show(value)}"
     if kind == "string_too_short" and ctx.get("min_length") == 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,31 @@ def _tagged_section(section: str) -> list[str]:
 
 
 def _table(fields: list[tuple[str, FieldInfo]], prefix: str) -> str:
-    rows = ["| key | default | meaning |", "|---|---|---|"]
+    return "\n".join(["| key | default | meaning |", "|---|---|---|", *_rows(fields, prefix)])
+
+
+def _rows(fields: list[tuple[str, FieldInfo]], prefix: str) -> list[str]:
+    """A row per key, and below a key that holds a section (`train.early_stopping`) a row
+    per key of that section, so that no key of the schema is missing from the reference."""
+    rows = []
     for name, field in fields:
         meaning = field.description or ""
         choices = schema.literal_choices(field.annotation)
         if choices:
             meaning += f" One of: {', '.join(f'`{c}`' for c in choices)}."
         rows.append(f"| `{prefix}{name}` | {_default(field)} | {meaning.strip()} |")
-    return "\n".join(rows)
+        nested = schema.model_in(field.annotation)
+        if nested is not None:
+            inner = f"{prefix}{name}.KEY." if _is_mapping(field.annotation) else f"{prefix}{name}."
+            rows += _rows(list(nested.model_fields.items()), inner)
+    return rows
+
+
+def _is_mapping(annotation: Any) -> bool:
+    """A `dict[str, ...]` (possibly inside Annotated or Optional): its keys are the user's."""
+    if typing.get_origin(annotation) is dict:
+        return True
+    return any(_is_mapping(arg) for arg in typing.get_args(annotation) if not isinstance(arg, FieldInfo))
 
 
 def _default(field: FieldInfo) -> str:

@@ -98,12 +98,40 @@ def _check_size(value: str) -> str:
 MemorySize = Annotated[Str, AfterValidator(_check_size)]
 
 
+# The words YAML 1.1 reads as true or false. A file or folder key given one is refused (an
+# unquoted `off` used to reach the check as false, and a quoted "False" became ./False).
+SWITCH_WORDS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
+
+
+def _not_a_switch(value: str) -> str:
+    if value.strip().lower() in SWITCH_WORDS:
+        raise ValueError(
+            f"{value!r} is a yes/no word, not a file or folder name; write null to leave it "
+            f"unset, or ./{value.strip()} for a file or folder that really has that name"
+        )
+    return value
+
+
+def _cache_switch(value: Any) -> Any:
+    """`cache: off` (false, no, in any case) is off; true, yes, on are auto."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    if isinstance(value, str) and value.strip().lower() in SWITCH_WORDS:
+        return "auto" if SWITCH_WORDS[value.strip().lower()] else "off"
+    return value
+
+
+PathText = Annotated[Str, AfterValidator(_not_a_switch)]
+
+
 class DataConfig(Section):
-    train: Str = Field(description="CSV with the training rows; relative to the YAML file's folder.")
+    train: PathText = Field(description="CSV with the training rows; relative to the YAML file's folder.")
     target: Str | Annotated[list[Str], Field(min_length=1)] = Field(
         description="Column to predict, or a list of columns for several targets."
     )
-    val: Str | None = Field(None, description="Optional CSV with validation rows (same columns as train).")
+    val: PathText | None = Field(
+        None, description="Optional CSV with validation rows (same columns as train)."
+    )
     val_fraction: Fraction = Field(
         0.0, description="Hold out this share of train rows for validation, shuffled with `seed`."
     )
@@ -117,7 +145,8 @@ class DataConfig(Section):
         "onehot",
         description="How a categorical column enters the model: onehot (one 0/1 input per category) "
         "or embedding (a learned vector per category, fitted with the network; lifts "
-        "`max_categories`). Not packable, not exportable to ONNX.",
+        "`max_categories`). Exported to ONNX as a lookup table; trains as a module, not as a "
+        "stack (`cv`/`sweep` train such configs one at a time).",
     )
     category_embedding_size: PositiveInt | None = Field(
         None,
@@ -150,10 +179,11 @@ class DataConfig(Section):
     delimiter: Annotated[str, Strict(), Field(min_length=1, max_length=1)] = Field(
         ",", description="Field separator of the CSV files."
     )
-    cache: Str = Field(
+    cache: Annotated[Str, BeforeValidator(_cache_switch)] = Field(
         "auto",
         description="Binary cache of parsed tables: auto (~/.cache/mse-train, or "
-        "$MSE_TRAIN_CACHE_DIR), off, or a folder (relative to the YAML file's folder).",
+        "$MSE_TRAIN_CACHE_DIR; also true, yes, on), off (also false, no), or a folder "
+        "(relative to the YAML file's folder; ./off for a folder named off).",
     )
 
     memory_budget: MemorySize = Field(
@@ -520,7 +550,7 @@ class TrainConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: Str | None = Field(
+    dir: PathText | None = Field(
         None,
         description="Run folder, relative to the YAML file's folder; null = runs/<config name>. "
         "`--output-dir` overrides.",

@@ -37,12 +37,16 @@ _Loader.add_implicit_resolver(
 
 
 class Document:
-    """A parsed YAML document: its data and the 1-based line of each key path."""
+    """A parsed YAML document: its data, the 1-based line of each key path, and the words
+    that YAML 1.1 read as true or false (`off`, `Yes`, ...) as they were written."""
 
-    def __init__(self, data: Any, lines: dict[KeyPath, int], source: str) -> None:
+    def __init__(
+        self, data: Any, lines: dict[KeyPath, int], source: str, words: dict[KeyPath, str] | None = None
+    ) -> None:
         self.data = data
         self.lines = lines
         self.source = source
+        self.words = words or {}
 
     def where(self, path: KeyPath) -> str:
         """`file, line N` for the deepest part of `path` that was written in the file."""
@@ -83,10 +87,11 @@ def parse(text: str, source: str) -> Document:
         raise ConfigError(f"{source}: YAML error: {exc}") from None
     finally:
         loader.dispose()
-    return Document(data, walk.lines, source)
+    return Document(data, walk.lines, source, walk.words)
 
 
 _TYPED_KEYS = {f"tag:yaml.org,2002:{kind}" for kind in ("int", "float", "bool", "null")}
+_BOOL = "tag:yaml.org,2002:bool"
 
 
 class _Walk:
@@ -100,6 +105,7 @@ class _Walk:
         self.loader = loader
         self.source = source
         self.lines: dict[KeyPath, int] = {}
+        self.words: dict[KeyPath, str] = {}  # `off` as written, where YAML 1.1 made it false
         self.problems: list[str] = []
         self.count = 0
         self.open: set[int] = set()  # ids of the collections on the current path
@@ -119,6 +125,8 @@ class _Walk:
                     "write the values out instead of repeating them with `&anchor`/`*alias`"
                 ],
             )
+        if isinstance(node, yaml.ScalarNode) and node.tag == _BOOL:
+            self.words[path] = str(node.value)
         if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             return
         if id(node) in self.open:
@@ -175,6 +183,6 @@ def read(path: Path) -> Document:
     return parse(text, str(path))
 
 
-def parse_value(text: str, source: str) -> Any:
+def parse_value(text: str, source: str) -> Document:
     """Parse the value part of a `--set key=value` override as YAML."""
-    return parse(text, source).data
+    return parse(text, source)

@@ -7,8 +7,10 @@ text `True`/`False`, which is how pandas writes them to CSV) are cells of text t
 follow the CSV rules exactly: stripped, the MISSING_VALUES empty, parsed as numbers in a
 numeric column, categorical when listed in `data.categorical` or mostly not numbers. A
 numeric column listed in `data.categorical` has its values as text (`3`, `2.5`), as a
-CSV's integer codes are. Other types (lists, structs, dates, timestamps, binary) are an
-error naming the column, its type and the fix.
+CSV's integer codes are. Integers beyond float32's exact range (2**24) become the nearest
+float32, as the same digits in a CSV do; decimals go through float64. Other types (lists,
+structs, dates, timestamps, durations, binary) are an error naming the column, its type
+and the fix.
 
 Parquet has no lines: a message names the row, counted from 1 over the whole file, and
 its row group, counted from 0 as pyarrow's `read_row_group(i)` does.
@@ -96,20 +98,37 @@ def _kind(path: Path, name: str, kind: Any) -> str:
     import pyarrow as pa
 
     t = pa.types
+    if t.is_dictionary(kind):
+        kind = kind.value_type  # a dictionary is read as its values
     if t.is_integer(kind) or t.is_floating(kind) or t.is_decimal(kind):
         return "number"
-    if t.is_string(kind) or t.is_large_string(kind) or t.is_boolean(kind) or t.is_null(kind):
+    if t.is_string(kind) or t.is_large_string(kind) or _is_string_view(kind):
         return "text"
-    if t.is_dictionary(kind) and (t.is_string(kind.value_type) or t.is_large_string(kind.value_type)):
+    if t.is_boolean(kind) or t.is_null(kind):
         return "text"
+    if t.is_duration(kind):
+        how = f"convert `{name}` to a number before writing the file (e.g. seconds)"
+    elif t.is_temporal(kind):
+        how = (
+            f"convert `{name}` to a number before writing the file (e.g. seconds since 1970, or "
+            "days since the first date) or to a string to use it as a category"
+        )
+    else:
+        how = f"cast `{name}` to a number or a string before writing the file"
     raise DataError(
         f"{path}, column `{name}`: Parquet type `{kind}` cannot be used as a feature or target",
         [
             "only numbers, strings (also dictionary-encoded) and booleans are read",
-            f"cast `{name}` to a number or a string before writing the file, or leave it out "
-            "(`data.features` lists the columns to use)",
+            f"{how}, or leave it out (`data.features` lists the columns to use)",
         ],
     )
+
+
+def _is_string_view(kind: Any) -> bool:
+    import pyarrow as pa
+
+    check = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
+    return bool(check is not None and check(kind))
 
 
 def _text(array: Any) -> pd.Series:
@@ -120,6 +139,9 @@ def _text(array: Any) -> pd.Series:
     if pa.types.is_dictionary(kind):
         array = array.cast(kind.value_type)
         kind = kind.value_type
+    if _is_string_view(kind):
+        array = array.cast(pa.string())
+        kind = pa.string()
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         values = array.to_numpy(zero_copy_only=False)
     else:  # numbers listed as categorical, booleans: as Python (and pandas' to_csv) writes them
@@ -129,13 +151,26 @@ def _text(array: Any) -> pd.Series:
 
 
 def _numbers(array: Any) -> np.ndarray:
-    """float32, NaN where null; beyond float32 becomes inf, which the caller's check names."""
+    """float32, NaN where null; beyond float32 becomes inf, which the caller's check names.
+
+    Integers go straight to float32, as the CSV reader's int64/uint64 cells do (one
+    rounding: 2**60 and 2**64 - 1 are read as the nearest float32, like the same cells
+    of a CSV); pyarrow's own cast would refuse integers beyond 2**53 as not exact.
+    """
     import pyarrow as pa
 
-    wide = np.asarray(array.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    if pa.types.is_integer(array.type):
+        exact = array.fill_null(0).to_numpy(zero_copy_only=False)
+        values = np.asarray(exact).astype(np.float32)
+        if array.null_count:
+            values[np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = np.nan
+        return values
+    wide = array.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "overflow encountered in cast", RuntimeWarning)
-        return wide.astype(np.float32)
+        return np.asarray(wide, dtype=np.float64).astype(np.float32)
 
 
 def typed(

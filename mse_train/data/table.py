@@ -109,7 +109,10 @@ def read_header(path: Path, delimiter: str = ",") -> list[str]:
     if parquet.is_parquet(path):
         parquet.require()  # before anything else: the fix is to install it
     if not path.exists():
-        raise DataError(f"{path}: file not found", ["check `data.train`/`data.val` or the path given"])
+        raise DataError(
+            f"{path}: file not found",
+            ["check the path; a config's `data.train` and `data.val` are taken from the config's folder"],
+        )
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a CSV file")
     kind = files.irregular_kind(path)

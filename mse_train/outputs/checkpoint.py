@@ -44,6 +44,16 @@ K_BEST = "best"  # {"epoch": int, "loss": float}
 # Optional (older checkpoints lack them):
 K_RESIDUALS = "residuals"  # |actual - predicted| of the validation rows, target units, sorted per target
 K_PROFILE = "profile"  # drift.profile(): each feature's training range and empty cells
+# Why the run's end stored no residuals: one of NO_RESIDUALS' keys. Absent with no residuals:
+# the checkpoint was written before its run ended (killed), or by an older mse-train.
+K_NO_RESIDUALS = "no_residuals"
+NO_RESIDUALS = {
+    "no_validation": "the model was trained without validation rows",
+    "streamed": "the run streamed its table (larger than `data.memory_budget`), and a streamed run "
+    "keeps no validation residuals",
+    "not_finite": "the model's predictions overflowed on some validation rows, so its residuals "
+    "are not finite numbers",
+}
 
 MIN_TORCH = (2, 6)  # earlier releases let weights_only=True be bypassed (CVE-2025-32434)
 
@@ -60,8 +70,9 @@ def build(
     training: dict[str, Any] | None = None,
     residuals: torch.Tensor | None = None,
     profile: dict[str, Any] | None = None,
+    no_residuals: str | None = None,
 ) -> dict[str, Any]:
-    """Assemble a checkpoint dict."""
+    """Assemble a checkpoint dict; `no_residuals` says why the end of a run stored none."""
     return {
         K_FORMAT: FORMAT,
         K_FORMAT_VERSION: FORMAT_VERSION,
@@ -77,6 +88,7 @@ def build(
         K_TRAINING: training,
         K_RESIDUALS: residuals,
         K_PROFILE: profile,
+        K_NO_RESIDUALS: no_residuals,
     }
 
 
@@ -218,6 +230,9 @@ def _check_values(data: dict[str, Any]) -> list[str]:
         )
     if data.get(K_PROFILE) is not None:
         problems += drift.problems(data[K_PROFILE], pre, K_PROFILE)
+    why = data.get(K_NO_RESIDUALS)
+    if why is not None and why not in NO_RESIDUALS:
+        problems.append(f"`{K_NO_RESIDUALS}` must be one of {', '.join(NO_RESIDUALS)}, got {_short(why)}")
     return problems + _check_residuals(data.get(K_RESIDUALS), len(pre.targets))
 
 

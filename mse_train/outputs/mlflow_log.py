@@ -89,6 +89,7 @@ def connect(experiment: str) -> Store:
         raise EnvironmentProblem(
             f"cannot use the MLflow tracking store {uri} ({source}): {_first_line(exc)}",
             [
+                *_read_only(exc),
                 f"set {ENV} to a store you can reach, e.g. sqlite:///mlflow.db or http://HOST:5000 "
                 "for a running `mlflow server`",
                 "or set output.mlflow: false",
@@ -139,7 +140,7 @@ class Store:
         except Exception as exc:
             raise EnvironmentProblem(
                 f"cannot start an MLflow run in {self.uri}: {_first_line(exc)}",
-                [f"check the store {ENV} names, or set output.mlflow: false"],
+                [*_read_only(exc), f"check the store {ENV} names, or set output.mlflow: false"],
             ) from None
         continued = run_id is not None
         run_id = run_id or str(created.info.run_id)
@@ -367,16 +368,21 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ quiet, and fast to fail
+_THEIR_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "urllib3", "git")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """MLflow and its database layer log INFO lines and warn about their own deprecations
-    (SQLAlchemy 2.1 warns on MLflow's models); mse-train reports what matters itself."""
+    """MLflow and its database layer log INFO lines, log a whole SQLAlchemy error with its SQL
+    before raising it (a read-only SQLite store), and warn about their own deprecations
+    (SQLAlchemy 2.1 warns on MLflow's models); mse-train reports what matters itself, from
+    the exception, so none of them print while MLflow works for us."""
     import mlflow  # noqa: F401  (importing it sets its logger's level: set ours after)
 
-    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    loggers = [logging.getLogger(name) for name in _THEIR_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -400,5 +406,16 @@ def _fail_fast() -> Iterator[None]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    # SQLAlchemy puts a note on how the query was flushed before the database's own error.
+    text = [line for line in str(exc).strip().splitlines() if not line.startswith("(raised as a result")]
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _read_only(exc: BaseException) -> list[str]:
+    """The fix for a SQLite store that cannot be written, if that is what `exc` says."""
+    if "readonly database" not in str(exc) and "read-only" not in str(exc):
+        return []
+    return [
+        "the store's database (or its folder, where SQLite writes its journal) is read-only: "
+        "make both writable, or point MLFLOW_TRACKING_URI at another store"
+    ]

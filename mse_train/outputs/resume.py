@@ -27,7 +27,17 @@ def load(out: Path, cfg: Config, digests: dict[str, str], force: bool) -> dict[s
     path = out / "last.pt"
     ckpt = checkpoint.load(path)
     if ckpt.get(checkpoint.K_TRAINING) is None:
-        raise CheckpointError(f"{path}: holds no training state to resume from")
+        # Only a best.pt is written without it (the weights of its best epoch, no optimizer).
+        kind = ckpt.get(checkpoint.K_KIND)
+        what = "it is a best.pt (kind 'best'), which" if kind == "best" else "it"
+        raise CheckpointError(
+            f"{path}: holds no training state to resume from: {what} keeps the weights but not "
+            "the optimizer, schedule and epoch that --resume continues",
+            [
+                "put back the run's own last.pt, or train again with --overwrite "
+                "(predict and eval can still use this checkpoint)"
+            ],
+        )
     changes = _config_changes(ckpt[checkpoint.K_CONFIG], config.to_dict(cfg))
     data_changes = _data_changes(ckpt, cfg, digests)
     if (changes or data_changes) and not force:

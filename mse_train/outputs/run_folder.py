@@ -82,26 +82,29 @@ class Saver:
         best = {"epoch": progress.best_epoch, "loss": progress.best_loss}
         self.metrics.write(state["history"])
         if loop.best_weights is not None and (final or progress.best_epoch != self._best_written):
-            residuals = self._residuals(loop.best_weights) if final else None
-            self._save("best", progress.best_epoch, loop.best_weights, best, residuals=residuals)
+            residuals, why = self._residuals(loop.best_weights) if final else (None, None)
+            self._save("best", progress.best_epoch, loop.best_weights, best, residuals, why)
             self._best_written = progress.best_epoch
         weights = state.pop("model")
-        residuals = self._residuals(weights) if final else None
-        self._save("last", progress.epoch, weights, best, training=state, residuals=residuals)
+        residuals, why = self._residuals(weights) if final else (None, None)
+        self._save("last", progress.epoch, weights, best, residuals, why, training=state)
 
-    def _residuals(self, weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """|actual - predicted| of the validation rows in the targets' units, sorted per target."""
+    def _residuals(self, weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
+        """|actual - predicted| of the validation rows in the targets' units, sorted per target;
+        or None and why not (a key of checkpoint.NO_RESIDUALS)."""
         val = self.prepared.val
-        if val is None or isinstance(val, Rows):  # streamed validation rows: no intervals (README)
-            return None
+        if val is None:
+            return None, "no_validation"
+        if isinstance(val, Rows):  # streamed validation rows: no intervals (README)
+            return None, "streamed"
         model = networks.from_spec(self.model_spec)
         model.load_state_dict({k: v.detach().cpu() for k, v in weights.items()})
         predicted = inference.predict(model, torch.from_numpy(val.x)).numpy()
         pre = self.prepared.pre
         residuals = np.abs(pre.unscale_targets(predicted) - pre.unscale_targets(val.y))
         if not np.isfinite(residuals).all():  # weights that overflow on some row: no intervals
-            return None
-        return torch.from_numpy(np.sort(residuals, axis=0))
+            return None, "not_finite"
+        return torch.from_numpy(np.sort(residuals, axis=0)), None
 
     def _save(
         self,
@@ -109,8 +112,9 @@ class Saver:
         epoch: int,
         weights: dict[str, torch.Tensor],
         best: dict[str, Any],
+        residuals: torch.Tensor | None,
+        no_residuals: str | None,
         training: dict[str, Any] | None = None,
-        residuals: torch.Tensor | None = None,
     ) -> None:
         checkpoint.save(
             self.out / f"{kind}.pt",
@@ -126,6 +130,7 @@ class Saver:
                 training=training,
                 residuals=residuals,
                 profile=self.prepared.profile,
+                no_residuals=no_residuals,
             ),
         )
 

@@ -36,20 +36,8 @@ def half_widths(ckpt_path: Path, ckpt: dict[str, Any], level: float) -> np.ndarr
     check_level(level)
     residuals = ckpt.get(checkpoint.K_RESIDUALS)
     if residuals is None:
-        data = ckpt[checkpoint.K_CONFIG].get("data", {})
-        had_val = data.get("val") is not None or float(data.get("val_fraction") or 0) > 0
-        if had_val:
-            raise CheckpointError(
-                f"{ckpt_path}: holds no validation residuals, so no intervals",
-                [
-                    "it was written before its run ended (killed), or by an older mse-train: finish "
-                    "the run with `mse-train run CONFIG --resume`, or train it again"
-                ],
-            )
         raise CheckpointError(
-            f"{ckpt_path}: the model was trained without validation rows, so there are no "
-            "residuals to build intervals from",
-            ["set `data.val` (a CSV) or `data.val_fraction` (e.g. 0.2) and run again"],
+            f"{ckpt_path}: holds no validation residuals, so no intervals", [_why_none(ckpt)]
         )
     sorted_residuals = residuals.numpy()
     n = len(sorted_residuals)
@@ -61,6 +49,29 @@ def half_widths(ckpt_path: Path, ckpt: dict[str, Any], level: float) -> np.ndarr
         )
     out: np.ndarray = sorted_residuals[_rank(n, level) - 1]
     return out
+
+
+_FIXES = {
+    "no_validation": "set `data.val` (a CSV) or `data.val_fraction` (e.g. 0.2) and train again",
+    "streamed": "train it in memory: raise `data.memory_budget` above the table's size (or train "
+    "on fewer rows) and run again",
+    "not_finite": "train a model whose predictions stay finite (a lower `optimizer.lr`, "
+    "`data.standardize: true`) and run again",
+}
+
+
+def _why_none(ckpt: dict[str, Any]) -> str:
+    """Why a checkpoint holds no residuals, and the fix, as truthfully as it can tell."""
+    why = ckpt.get(checkpoint.K_NO_RESIDUALS)
+    if why in _FIXES:
+        return f"{checkpoint.NO_RESIDUALS[why]}: {_FIXES[why]}"
+    data = ckpt[checkpoint.K_CONFIG].get("data", {})
+    if data.get("val") is None and not float(data.get("val_fraction") or 0) > 0:
+        return f"{checkpoint.NO_RESIDUALS['no_validation']}: {_FIXES['no_validation']}"
+    return (
+        "it was written before its run ended (killed), or by an older mse-train: finish the "
+        "run with `mse-train run CONFIG --resume`, or train it again"
+    )
 
 
 def _rank(n: int, level: float) -> int:

@@ -113,6 +113,17 @@ def _copy(source: IO[str], sink: IO[str], rows: int) -> int:
     return rows
 
 
+def float32_text(value: float) -> str:
+    """The shortest text that reads back as the same float32: the model computes in float32,
+    so the digits a float64 repr adds beyond it (17 in all) are noise. Written as Python
+    writes a float (3.0, 0.1, 1e+30: exponent below -4 or from 16 on), so any reader
+    parses it; float32(text) gives the value predict computed, rounded once to float32."""
+    number = np.float32(value)
+    if not np.isfinite(number) or number == 0 or 1e-4 <= abs(number) < 1e16:
+        return np.format_float_positional(number, unique=True, trim="0")
+    return np.format_float_scientific(number, unique=True, trim="-")
+
+
 def _predict_to(
     sink: IO[str],
     csv_path: Path,
@@ -143,7 +154,7 @@ def _predict_to(
         out = scoring.predictions(model, x, dev, pre, view, skip=dropped)
         if half is not None:  # per target: prediction, low end, high end
             out = np.stack([out, out - half, out + half], axis=2).reshape(len(out), len(names))
-        predicted = [[repr(float(v)) for v in row] for row in out]
+        predicted = [[float32_text(v) for v in row] for row in out]
         if dropped is not None:
             for index in np.flatnonzero(dropped):
                 predicted[index] = [""] * len(names)
