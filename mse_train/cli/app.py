@@ -715,7 +715,8 @@ def plot(
     ] = None,
     debug: Debug = False,
 ) -> None:
-    """Plot loss curves: one run's loss.png again, or several runs overlaid to compare."""
+    """Plot loss curves: one run's loss.png again, or several runs overlaid to compare (a panel per
+    loss unit when their `loss.reduction` or target standardisation differ)."""
 
     def work() -> None:
         from mse_train.data import files
