@@ -215,7 +215,9 @@ def _run(
     if writes and cfg.output.plot and history and not restored:
         from mse_train.outputs import plots  # matplotlib costs ~0.3 s; import only when plotting
 
-        plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0)
+        units = metrics.loss_units(bool(cfg.data.standardize_target))
+        label = plots.loss_label(cfg.loss.reduction, units)
+        plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0, label)
     if tracked.run is not None:  # a restored previous run's files are not this run's artifacts
         mlflow_log.end_training(tracked.run, status, result, None if restored else out)
     if status is Status.DIVERGED and restored:

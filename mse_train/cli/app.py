@@ -768,7 +768,8 @@ def plot(
     ] = None,
     debug: Debug = False,
 ) -> None:
-    """Plot loss curves: one run's loss.png again, or several runs overlaid to compare."""
+    """Plot loss curves: one run's loss.png again, or several runs overlaid to compare (a panel per
+    loss unit when their `loss.reduction` or target standardisation differ)."""
 
     def work() -> None:
         from mse_train.data import files
@@ -790,16 +791,25 @@ def plot(
             history = metrics.read_history(path)
             if not history:
                 raise UserError(f"{path}: holds no epochs yet")
-            runs.append((folder.name or str(folder), history))
+            label = plots.loss_label(*metrics.read_loss_kind(folder))
+            runs.append((folder.name or str(folder), history, label))
         if output is not None:
             fsio.check_not_an_input(output, [d / "metrics.csv" for d in run_dirs])
         if len(runs) == 1:
             target = output or run_dirs[0] / "loss.png"
             best = _best_epoch(runs[0][1])
-            plots.write_loss_plot(target, runs[0][1], best)
+            plots.write_loss_plot(target, runs[0][1], best, runs[0][2])
         else:
             target = output or Path("compare.png")
             plots.write_comparison(target, runs)
+        units = {label: [name for name, _, other in runs if other == label] for _, _, label in runs}
+        if len(units) > 1:  # one axis would set a sum beside a mean, standardised beside raw
+            view.stderr().print(
+                f"note: the runs' losses are in {len(units)} different units, so {target} draws "
+                "one panel per unit: "
+                + "; ".join(f"{', '.join(names)}: {label}" for label, names in units.items()),
+                markup=False,
+            )
         view.stderr().print(f"wrote {target}")
 
     _guard(debug, work)

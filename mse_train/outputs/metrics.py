@@ -14,7 +14,9 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import yaml
 
 from mse_train.errors import UserError
 from mse_train.outputs import fsio
@@ -116,6 +118,34 @@ def _history_row(cells: dict[str, str], where: str, fix: str) -> dict[str, Any]:
     if row["lr"] is None:
         raise UserError(f"{where}: `lr` is empty; every epoch has a learning rate", [fix])
     return row
+
+
+LossUnits = Literal["standardised targets", "target units"]
+
+
+def loss_units(standardize_target: bool) -> LossUnits:
+    """The units of the losses a run records (summary.json's `loss_units`)."""
+    return "standardised targets" if standardize_target else "target units"
+
+
+def read_loss_kind(folder: Path) -> tuple[str | None, str | None]:
+    """(`loss.reduction`, `loss_units`) of the run in `folder`, from its config.yaml (written
+    when the run starts); None for what it does not say (no config.yaml, an edited one)."""
+    try:
+        saved = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None, None
+    saved = saved if isinstance(saved, dict) else {}
+    data, loss = saved.get("data"), saved.get("loss")
+    reduction = loss.get("reduction") if isinstance(loss, dict) else None
+    standardize = None
+    if isinstance(data, dict):
+        standardize = data.get("standardize_target")
+        standardize = data.get("standardize") if standardize is None else standardize
+    return (
+        reduction if isinstance(reduction, str) else None,
+        loss_units(standardize) if isinstance(standardize, bool) else None,
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

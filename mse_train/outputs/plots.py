@@ -4,19 +4,44 @@ importance chart of `explain` and the fit plots of `eval --plot`."""
 from __future__ import annotations
 
 import io
+import json
 import math
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 # The Figure API renders with Agg and never opens a window; skipping pyplot saves import time.
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import (
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+)
 
 from mse_train.outputs import fsio
 
 SIZE = (8.0, 5.0)  # inches; at DPI 100 -> 800 x 500 pixels
 DPI = 100
+# Constrained layout sizes the axes around their labels, tick labels and outside legends, so
+# nothing is cut off whatever the numbers look like (it costs one extra layout pass per save).
+LAYOUT: Final = "constrained"
+MARKED_EPOCHS = 20  # up to this many epochs each one gets a dot: one epoch is a dot, not nothing
+WRAP = 60  # characters per line of a title or a label built from a (column) name
+
+# What `loss.reduction` makes of the squared errors; the units are summary.json's `loss_units`.
+_REDUCTION = {"mean": "MSE", "sum": "squared error summed over rows"}
+
+
+def loss_label(reduction: str | None, units: str | None) -> str:
+    """The loss axis's label: which loss (`loss.reduction`) in which units (`loss_units`);
+    plain "loss (units unknown)" when the run does not say."""
+    if reduction not in _REDUCTION or not units:
+        return "loss (units unknown)"
+    return f"loss: {_REDUCTION[reduction]}, {units}"
 
 
 def _positive(values: Sequence[Any]) -> list[float]:
@@ -30,77 +55,171 @@ def _positive(values: Sequence[Any]) -> list[float]:
     return out
 
 
-def write_loss_plot(path: Path, history: Sequence[dict[str, Any]], best_epoch: int) -> None:
-    """Train and val loss per epoch on a log scale, lr on a second axis, best epoch marked."""
+_PLAIN = FuncFormatter(lambda value, _: f"{value:.3g}")
+
+
+def _log_scale(ax: Axes, which: str) -> None:
+    """A log axis (call it once the data are drawn); one whose view spans under a decade is
+    labelled 0.4, 0.5, 0.6 rather than 4×10⁻¹: no decade is in view there to label, and at
+    most 8 minor ticks and one decade are, all labelled."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    low, high = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+    if low > 0 and high / low < 10:
+        axis.set_major_formatter(_PLAIN)
+        if which == "y":
+            axis.set_minor_formatter(_PLAIN)
+        else:  # side by side, 8 labels collide: 1, 2 and 5 times a power of ten
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_minor_formatter(NullFormatter())
+
+
+def _wrap(text: str, width: int = WRAP) -> str:
+    """Break a long title or label into lines (names without spaces too)."""
+    return textwrap.fill(text, width, break_long_words=True, break_on_hyphens=False)
+
+
+def _draw_losses(ax: Axes, history: Sequence[dict[str, Any]], name: str = "", color: str = "") -> None:
+    """train (solid), val (dashed when a colour is shared) and end-of-epoch train loss."""
     epochs = [int(r["epoch"]) for r in history]
-    fig = Figure(figsize=SIZE, dpi=DPI)
-    ax = fig.add_subplot()
-    ax.plot(epochs, _positive([r.get("train_loss") for r in history]), label="train loss", color="tab:blue")
-    for key, label, color in (
-        ("val_loss", "val loss", "tab:orange"),
-        ("train_end_loss", "train loss, end of epoch", "tab:purple"),
-    ):
+    marker = "o" if len(epochs) <= MARKED_EPOCHS else None
+    prefix = f"{name} " if name else ""
+    series = [("train_loss", "train loss", color or "tab:blue", "-")]
+    series.append(("val_loss", "val loss", color or "tab:orange", "--" if color else "-"))
+    if not color:
+        series.append(("train_end_loss", "train loss, end of epoch", "tab:purple", "-"))
+    for key, label, line_color, style in series:
         values = _positive([r.get(key) for r in history])
-        if any(math.isfinite(v) for v in values):
-            ax.plot(epochs, values, label=label, color=color)
+        if key == "train_loss" or any(math.isfinite(v) for v in values):
+            ax.plot(
+                epochs, values, label=prefix + label, color=line_color, linestyle=style, marker=marker, ms=3
+            )
+
+
+def _epoch_axis(ax: Axes, epochs: Sequence[int]) -> None:
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # no epoch 1.25
+    if epochs and max(epochs) - min(epochs) < 2:  # one or two epochs: whole numbers around them
+        ax.set_xlim(min(epochs) - 1, max(epochs) + 1)
+
+
+def write_loss_plot(
+    path: Path, history: Sequence[dict[str, Any]], best_epoch: int, ylabel: str = "loss (units unknown)"
+) -> None:
+    """loss.png: `loss_figure`."""
+    _save(loss_figure(history, best_epoch, ylabel), path)
+
+
+def loss_figure(history: Sequence[dict[str, Any]], best_epoch: int, ylabel: str) -> Figure:
+    """Train and val loss per epoch on a log scale, lr on a second axis, best epoch marked;
+    `ylabel` names the loss and its units (`loss_label`)."""
+    epochs = [int(r["epoch"]) for r in history]
+    fig = Figure(figsize=SIZE, dpi=DPI, layout=LAYOUT)
+    ax = fig.add_subplot()
+    _draw_losses(ax, history)
+    _log_scale(ax, "y")
     if best_epoch:
         ax.axvline(
             best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})"
         )
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (MSE)")
+    _epoch_axis(ax, epochs)
+    ax.set_ylabel(_wrap(ylabel))
     ax.grid(True, which="both", alpha=0.3)
     lr_ax = ax.twinx()
-    lr_ax.plot(epochs, [float(r["lr"]) for r in history], color="tab:gray", linestyle=":", label="lr")
+    lrs = [float(r["lr"]) for r in history]
+    marker = "o" if len(epochs) <= MARKED_EPOCHS else None
+    lr_ax.plot(epochs, lrs, color="tab:gray", linestyle=":", marker=marker, ms=3, label="lr")
     lr_ax.set_ylabel("learning rate")
-    if min(float(r["lr"]) for r in history) > 0:
-        lr_ax.set_yscale("log")
-    lines = ax.get_legend_handles_labels()
-    lr_lines = lr_ax.get_legend_handles_labels()
-    ax.legend(lines[0] + lr_lines[0], lines[1] + lr_lines[1], loc="upper right")
-    fig.subplots_adjust(left=0.1, right=0.88, top=0.95, bottom=0.1)  # tight_layout costs ~0.1 s
-    _save(fig, path)
+    if min(lrs) > 0:
+        _log_scale(lr_ax, "y")
+    handles, labels = ax.get_legend_handles_labels()
+    lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
+    # Above the axes: inside them a legend always covers some curve (the lr's, the val's).
+    fig.legend(
+        handles + lr_handles,
+        labels + lr_labels,
+        loc="outside upper center",
+        ncols=len(handles + lr_handles),
+        fontsize="small",
+        frameon=False,
+    )
+    return fig
 
 
-def write_comparison(path: Path, runs: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> None:
-    """Overlay the loss curves of several runs: solid train, dashed val."""
-    fig = Figure(figsize=SIZE, dpi=DPI)
-    ax = fig.add_subplot()
-    for index, (name, history) in enumerate(runs):
-        color = f"C{index % 10}"
-        epochs = [int(r["epoch"]) for r in history]
-        ax.plot(epochs, _positive([r.get("train_loss") for r in history]), color=color, label=f"{name} train")
-        val = _positive([r.get("val_loss") for r in history])
-        if any(math.isfinite(v) for v in val):
-            ax.plot(epochs, val, color=color, linestyle="--", label=f"{name} val")
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (MSE)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right", fontsize="small")
-    fig.subplots_adjust(left=0.1, right=0.95, top=0.95, bottom=0.1)
-    _save(fig, path)
+Run = tuple[str, Sequence[dict[str, Any]], str]  # name, metrics.csv rows, `loss_label`
 
 
-def write_sweep_plot(path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[str], best: int) -> None:
-    """Score against each swept key, one panel per key; the best trial in red."""
+def write_comparison(path: Path, runs: Sequence[Run]) -> None:
+    """compare.png: `comparison_figure`."""
+    _save(comparison_figure(runs), path)
+
+
+def comparison_figure(runs: Sequence[Run]) -> Figure:
+    """Overlay the loss curves of several runs (name, history, `loss_label`): solid train,
+    dashed val. Runs whose losses are in different units (a summed loss, standardised
+    targets) are not comparable on one axis: each unit gets its own panel."""
+    panels: dict[str, list[tuple[int, str, Sequence[dict[str, Any]]]]] = {}
+    for index, (name, history, label) in enumerate(runs):
+        panels.setdefault(label, []).append((index, name, history))
+    fig = Figure(figsize=(SIZE[0], SIZE[1] + 3.0 * (len(panels) - 1)), dpi=DPI, layout=LAYOUT)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (label, members) in zip(axes, panels.items(), strict=True):
+        for index, name, history in members:
+            _draw_losses(ax, history, _wrap(name, 30), f"C{index % 10}")
+        _log_scale(ax, "y")
+        ax.set_ylabel(_wrap(label, 40))
+        ax.grid(True, which="both", alpha=0.3)
+        # Beside the axes, so that no curve is hidden however many runs there are.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    _epoch_axis(axes[-1], [int(r["epoch"]) for _, history, _ in runs for r in history])
+    return fig
+
+
+def _text(value: Any) -> str:
+    """A swept value as the leaderboard shows it (a float in its shortest form)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None or isinstance(value, (bool, list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def write_sweep_plot(
+    path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[str] | Mapping[str, Any], best: int
+) -> None:
+    """sweep.png: `sweep_figure`."""
+    _save(sweep_figure(rows, keys, best), path)
+
+
+def sweep_figure(
+    rows: Sequence[dict[str, Any]], keys: Sequence[str] | Mapping[str, Any], best: int
+) -> Figure:
+    """Score against each swept key, one panel per key; the best trial in red.
+
+    `keys` may map each key to its `sweep.params` entry: a list of choices gets one slot
+    per choice in the order written, a range its declared extent, on a log axis when it
+    is sampled on a log scale. Without it the values alone decide.
+    """
+    specs: Mapping[str, Any] = keys if isinstance(keys, Mapping) else dict.fromkeys(keys)
     scored = [r for r in rows if r.get("score_mean") is not None]
-    columns = min(3, max(1, len(keys)))
-    panels = max(1, math.ceil(len(keys) / columns))
-    fig = Figure(figsize=(4.0 * columns, 3.2 * panels), dpi=DPI)
-    for index, key in enumerate(keys):
+    columns = min(3, max(1, len(specs)))
+    panels = max(1, math.ceil(len(specs) / columns))
+    fig = Figure(figsize=(4.0 * columns, 3.2 * panels), dpi=DPI, layout=LAYOUT)
+    for index, (key, spec) in enumerate(specs.items()):
         ax = fig.add_subplot(panels, columns, index + 1)
         pairs = [
             (r[key], float(r["score_mean"]), r["trial"] == best) for r in scored if r.get(key) is not None
         ]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _, _ in pairs)
-        if numeric:
+        if isinstance(spec, list) or not numeric:  # choices: one slot each
+            labels = list(dict.fromkeys(_text(v) for v in (spec if isinstance(spec, list) else [])))
+            labels += [t for t in dict.fromkeys(_text(v) for v, _, _ in pairs) if t not in labels]
+            xs = [float(labels.index(_text(v))) for v, _, _ in pairs]
+            ax.set_xticks(range(len(labels)), [_wrap(t, 12) for t in labels], fontsize="small")
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        else:
             xs = [float(v) for v, _, _ in pairs]
-        else:  # choices: one slot each, in the order they first appear
-            labels = list(dict.fromkeys(str(v) for v, _, _ in pairs))
-            xs = [float(labels.index(str(v))) for v, _, _ in pairs]
-            ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize="small")
+            _range_axis(ax, spec, xs)
         ys = [y for _, y, _ in pairs]
         ax.scatter(xs, ys, s=18, color="tab:blue", alpha=0.7)
         ax.scatter(
@@ -110,63 +229,82 @@ def write_sweep_plot(path: Path, rows: Sequence[dict[str, Any]], keys: Sequence[
             color="tab:red",
             label=f"best (trial {best})",
         )
-        positive = [x for x in xs if x > 0]
-        if numeric and positive and len(positive) == len(xs) and max(xs) / min(positive) > 100:
-            ax.set_xscale("log")
         if ys and min(ys) > 0 and max(ys) / min(ys) > 100:  # diverging trials next to good ones
-            ax.set_yscale("log")
-        ax.set_xlabel(key, fontsize="small")
-        ax.set_ylabel("score (val MSE)", fontsize="small")
+            _log_scale(ax, "y")
+        ax.set_xlabel(_wrap(key, 40), fontsize="small")
+        ax.set_ylabel("score: val MSE, target units", fontsize="small")
+        ax.tick_params(labelsize="small")
         ax.grid(True, alpha=0.3)
-        if index == 0:
-            ax.legend(fontsize="small")
-    fig.subplots_adjust(left=0.08, right=0.97, top=0.95, bottom=0.15, hspace=0.5, wspace=0.3)
-    _save(fig, path)
+        if index == 0:  # above the panels, where it hides no trial
+            fig.legend(loc="outside upper center", fontsize="small", frameon=False)
+    return fig
+
+
+def _range_axis(ax: Axes, spec: Any, xs: Sequence[float]) -> None:
+    """A numeric key's axis: log when the range is sampled on a log scale (or, with no range
+    given, when positive values span more than 100x), the range's extent, few ticks."""
+    positive = bool(xs) and min(xs) > 0
+    log = bool(spec.log) if spec is not None else positive and max(xs) / min(xs) > 100
+    if spec is not None and spec.high > spec.low:  # the whole range searched, 5% either side
+        low, high = float(spec.low), float(spec.high)
+        pad = (high / low) ** 0.05 if log else (high - low) * 0.05
+        ax.set_xlim(low / pad, high * pad) if log else ax.set_xlim(low - pad, high + pad)
+    if log:
+        ax.xaxis.set_major_locator(LogLocator(numticks=4))  # a panel is narrow: few decades
+        ax.xaxis.set_minor_formatter(NullFormatter())  # 2×10⁻³, 3×10⁻³ ... would collide
+        _log_scale(ax, "x")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=bool(getattr(spec, "integer", False))))
 
 
 def write_importance_plot(path: Path, importance: dict[str, dict[str, float]], title: str) -> None:
+    """`explain`'s chart: `importance_figure`."""
+    _save(importance_figure(importance, title), path)
+
+
+def importance_figure(importance: dict[str, dict[str, float]], title: str) -> Figure:
     """Horizontal bars of the MSE increase per column, largest on top, std as error bars."""
     names = list(importance)[::-1]
-    fig = Figure(figsize=(8.0, max(2.5, 0.35 * len(names) + 1.2)), dpi=DPI)
+    fig = Figure(figsize=(8.0, max(2.5, 0.35 * len(names) + 1.2)), dpi=DPI, layout=LAYOUT)
     ax = fig.add_subplot()
     ax.barh(
-        names,
+        range(len(names)),
         [importance[n]["mean"] for n in names],
         xerr=[importance[n]["std"] for n in names],
         color="tab:blue",
         alpha=0.8,
         capsize=3,
     )
+    ax.set_yticks(range(len(names)), [_wrap(n, 30) for n in names])
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("increase in MSE when the column is shuffled (target units)")
-    ax.set_title(title, fontsize="medium")
+    fig.suptitle(_wrap(title, 90), fontsize="medium")  # over the figure: long names push the axes right
     ax.grid(True, axis="x", alpha=0.3)
-    longest = max((len(n) for n in names), default=1)
-    fig.subplots_adjust(left=min(0.45, 0.04 + 0.012 * longest), right=0.97, top=0.9, bottom=0.15)
-    _save(fig, path)
+    return fig
 
 
 def fit_figures(name: str, actual: np.ndarray, predicted: np.ndarray) -> tuple[Figure, Figure]:
     """Predicted against actual with the y = x line, and a histogram of the residuals."""
-    fit = Figure(figsize=(6.0, 6.0), dpi=DPI)
+    fit = Figure(figsize=(6.0, 6.0), dpi=DPI, layout=LAYOUT)
     ax = fit.add_subplot()
     ax.scatter(actual, predicted, s=10, alpha=0.5, color="tab:blue", edgecolors="none")
     low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
     ax.plot([low, high], [low, high], color="tab:red", linewidth=1, label="y = x")
-    ax.set_xlabel(f"actual {name}")
-    ax.set_ylabel(f"predicted {name}")
-    ax.set_title(f"{name}: predicted against actual ({len(actual)} rows)", fontsize="medium")
+    ax.set_xlabel(_wrap(f"actual {name}", 50))
+    ax.set_ylabel(_wrap(f"predicted {name}", 50))
+    ax.set_title(_wrap(f"{name}: predicted against actual ({len(actual)} rows)", 50), fontsize="medium")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left")
     residuals = predicted - actual
-    hist = Figure(figsize=SIZE, dpi=DPI)
+    hist = Figure(figsize=SIZE, dpi=DPI, layout=LAYOUT)
     bx = hist.add_subplot()
     bx.hist(residuals, bins=min(50, max(5, len(residuals) // 10)), color="tab:blue", alpha=0.8)
     bx.axvline(0, color="tab:red", linewidth=1)
-    bx.set_xlabel(f"residual: predicted - actual {name}")
+    bx.set_xlabel(_wrap(f"residual: predicted - actual {name}", 70))
     bx.set_ylabel("rows")
     bx.set_title(
-        f"{name}: residuals, mean {residuals.mean():.4g}, std {residuals.std():.4g}", fontsize="medium"
+        _wrap(f"{name}: residuals, mean {residuals.mean():.4g}, std {residuals.std():.4g}", 70),
+        fontsize="medium",
     )
     bx.grid(True, alpha=0.3)
     return fit, hist

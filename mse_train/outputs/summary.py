@@ -11,6 +11,7 @@ import torch
 
 from mse_train import __version__
 from mse_train.config import Config
+from mse_train.outputs import metrics
 from mse_train.training.records import Status
 
 
@@ -54,7 +55,7 @@ class Summary(TypedDict):
     epochs_configured: int
     final: FinalLosses
     best: BestLosses
-    loss_units: Literal["standardised targets", "target units"]
+    loss_units: metrics.LossUnits
     rows: Rows
     inputs: list[str]
     targets: list[str]
@@ -103,7 +104,7 @@ def build(
             "train_end_loss": best.get("train_end_loss"),
             "watched": "val_loss" if rows["val"] else "train_end_loss",
         },
-        "loss_units": "standardised targets" if cfg.data.standardize_target else "target units",
+        "loss_units": metrics.loss_units(bool(cfg.data.standardize_target)),
         "rows": rows,
         "inputs": inputs,
         "targets": cfg.targets,

@@ -176,7 +176,7 @@ def run(
                 f"into {best_cfg.output.dir}: mse-train run {out / 'best.yaml'}\n"
             )
             fsio.write_text(out / "best.yaml", text + loading.to_yaml(best_cfg))
-            _plot(out / "sweep.png", rows, keys, best_row["trial"])
+            _plot(out / "sweep.png", rows, the_space.params, best_row["trial"])  # ranges: log axes
         checkpoint = None
         if sweep.refit:
             refit_options = recipe.Options(
@@ -540,7 +540,7 @@ def _quiet_optuna() -> Iterator[None]:
         yield
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], best: int) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], keys: dict[str, Any], best: int) -> None:
     from mse_train.outputs import plots
 
     plots.write_sweep_plot(path, rows, keys, best)
