@@ -131,11 +131,13 @@ class Saver:
 
 # ------------------------------------------------------------------ one run at a time
 @contextlib.contextmanager
-def lock(out: Path) -> Iterator[None]:
+def lock(out: Path, shared: bool = False) -> Iterator[None]:
     """Hold the run folder for this process: a second run, resume or overwrite is refused.
 
     An OS lock (flock) on the folder itself, so nothing is left behind and it is released
-    however the process ends, even by kill -9.
+    however the process ends, even by kill -9. `shared`: the workers of one sweep hold it
+    together (each writes whole files atomically, from the study they share); a run, cv or
+    overwrite still cannot take the folder from them.
     """
     try:
         fd = os.open(out, os.O_RDONLY)
@@ -143,7 +145,7 @@ def lock(out: Path) -> Iterator[None]:
         raise OutputError(f"{out}: cannot lock the run folder: {exc.strerror or exc}") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutputError(
                 f"{out}: another mse-train run is using this folder",

@@ -34,6 +34,7 @@ class Scored:
     overall: dict[str, Any] | None = None  # mse, rmse, mae, r2, n
     per_target: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""  # why it diverged
+    best_epochs: list[int] = field(default_factory=list)  # of the weights scored, one per split
 
 
 def train_and_score(
@@ -55,7 +56,9 @@ def train_and_score(
     if status in (Status.INTERRUPTED, Status.DIVERGED):
         return Scored(status, epochs, time.perf_counter() - started, reason=loop.divergence)
     model = loop.models.best_model(0)
-    return _score(model, prepared, held, device, status, epochs, time.perf_counter() - started)
+    scored = _score(model, prepared, held, device, status, epochs, time.perf_counter() - started)
+    scored.best_epochs = [loop.progress.best_epoch]
+    return scored
 
 
 def train_and_score_packed(
@@ -77,7 +80,9 @@ def train_and_score_packed(
         if status is Status.DIVERGED:
             scored.append(Scored(status, epochs, seconds, reason=reason))
         else:
-            scored.append(_score(stack.best_model(i), prepared, held, device, status, epochs, seconds))
+            one = _score(stack.best_model(i), prepared, held, device, status, epochs, seconds)
+            one.best_epochs = [loop.best_epoch_of(i)]
+            scored.append(one)
     return scored
 
 

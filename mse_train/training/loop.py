@@ -133,6 +133,10 @@ class Loop:
         status = m.status or (Status.EARLY_STOPPED if m.progress.stopped_early else Status.COMPLETED)
         return status, m.progress.epoch, m.reason
 
+    def best_epoch_of(self, i: int) -> int:
+        """The epoch whose weights model i keeps as its best (0 before any)."""
+        return self._model[i].progress.best_epoch
+
     # ------------------------------------------------------------------ the loop
     def run(
         self,
