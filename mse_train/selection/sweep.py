@@ -495,7 +495,8 @@ def _combine(parts: list[Scored]) -> Scored:
     status = (
         Status.EARLY_STOPPED if all(p.status is Status.EARLY_STOPPED for p in parts) else Status.COMPLETED
     )
-    return Scored(status, epochs, seconds, overall)
+    best_epochs = [e for p in parts for e in p.best_epochs]
+    return Scored(status, epochs, seconds, overall, best_epochs=best_epochs)
 
 
 def _tell(study: Any, trial: Any, scored: Scored, dropped: list[str]) -> None:
