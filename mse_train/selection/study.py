@@ -97,13 +97,21 @@ def _rdb(url: str, shown: str, heartbeat: int) -> Any:
     # SQLite: a writer waits this long for another worker's write (Optuna's are short).
     engine = {"connect_args": {"timeout": 10}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=heartbeat,
-            grace_period=MISSED * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(RETRIES),
-        )
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=heartbeat,
+                    grace_period=MISSED * heartbeat,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(RETRIES),
+                )
+            except Exception as exc:  # workers started together race to create Optuna's tables
+                text = " ".join(str(e) for e in _chain(exc))
+                if attempt == 4 or not any(w in text for w in ("already exists", "duplicate key")):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ModuleNotFoundError as exc:  # the database's driver, which Optuna imports lazily
         raise EnvironmentProblem(
             f"{shown}: needs the Python package `{exc.name}`, which is not installed",

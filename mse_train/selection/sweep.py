@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,7 @@ from mse_train.training.records import Status
 
 PACK = 16  # trials asked of Optuna at once (so those of one shape can train side by side)
 RETRY_OF = "mse_train_retry_of"  # user attr of a trial queued again after an interrupt
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -301,6 +303,8 @@ class _Worker:
                         continue
                     asked = [self.study.ask(self.space.distributions()) for _ in range(size)]
                     beats.track([t._trial_id for t in asked])
+                    for trial in asked:  # which worker ran it, in the leaderboard's study and the dashboard
+                        trial.set_user_attr("worker", WORKER)
                     mine = self._within_budget(asked)
                     if mine:
                         self._train(mine, trainer, keys, on_trial, tracked, stop.requested)
