@@ -622,7 +622,7 @@ def test_the_refit_trains_the_epochs_its_folds_kept_as_best(cli, table, tmp_path
     out = strict_json(result.stdout)
     trial = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
     best = next(t for t in trial.get_trials() if t.number == out["best"]["trial"])
-    epochs = best.user_attrs["best_epochs"]
+    epochs = best.user_attrs["mse_train_result"]["best_epochs"]
     assert len(epochs) == 2 and max(epochs) < 60  # early stopped
     refit = load(Path(out["best"]["config"]))
     assert refit.train.epochs == max(1, round(sum(epochs) / 2))

@@ -17,7 +17,7 @@ from mse_train.config.schema import Config
 from mse_train.data.digest import Digest
 from mse_train.errors import ConfigError, OutputError
 from mse_train.outputs import resume
-from mse_train.selection import storage
+from mse_train.selection import storage, worker
 from mse_train.selection.storage import Where
 
 CONFIG_ATTR = "mse_train_config"  # the config every worker must run, data files as sha256
@@ -175,7 +175,7 @@ def _check_agrees(where: Where, the_study: Any) -> None:
             listed = {int(row["trial"]) for row in csv.DictReader(f)}
     except (OSError, ValueError, KeyError, TypeError, csv.Error):
         return  # a damaged leaderboard is rewritten from the database
-    stored = {t.number for t in the_study.get_trials(deepcopy=False) if t.user_attrs.get("status")}
+    stored = {t.number for t in the_study.get_trials(deepcopy=False) if worker.result_of(t) is not None}
     lost = sorted(listed - stored)
     if lost:
         raise OutputError(

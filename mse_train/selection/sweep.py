@@ -161,7 +161,17 @@ def run(
         return Outcome(best, len(rows), checkpoint, rows, keys, out)
     except BaseException as exc:  # the parent run ends FAILED or KILLED, not left RUNNING
         tracked.abort(exc)
+        if _storage_failed(exc):  # the database failed midway (locked, server gone)
+            shown = storage.shown_url(spec) if spec else str(out / storage.DEFAULT_FILE)
+            raise storage.storage_error(exc, shown) from None
         raise
+
+
+def _storage_failed(exc: BaseException) -> bool:
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError  # Optuna's own dependency
+
+    return isinstance(exc, (SQLAlchemyError, optuna.exceptions.StorageInternalError))
 
 
 def _results(
@@ -189,7 +199,8 @@ def _results(
     best_row = min(completed, key=lambda r: r["score_mean"])
     best_values = _values_of(the_study, best_row["trial"], the_space)
     best_cfg = config_of(best_values)
-    best_epochs = worker.trial_of(the_study, best_row["trial"]).user_attrs.get("best_epochs") or []
+    winner = worker.result_of(worker.trial_of(the_study, best_row["trial"])) or {}
+    best_epochs = winner.get("best_epochs") or []
     best_cfg = _refit_config(best_cfg, out, best_epochs)
     epochs_said = (
         f"for {best_cfg.train.epochs} epochs, the mean of the epochs its validated training kept as best "

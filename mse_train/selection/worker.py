@@ -29,6 +29,7 @@ from mse_train.selection.fit import Scored, train_and_score, train_and_score_pac
 from mse_train.training import packed, signals
 from mse_train.training.records import Status
 
+RESULT = "mse_train_result"  # user attr of a finished trial: its scores, epochs, status
 RETRY_OF = "mse_train_retry_of"  # user attr of a trial queued again after an interrupt
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -156,12 +157,15 @@ class Worker:
             interrupted(self.out, self.study, self.resume_command)
         for trial, (scored, dropped) in zip(trials, results, strict=True):
             _tell(self.study, trial, scored, dropped)
-            rows = leaderboard(self.study, keys)
-            tables.write_rows(self.out / "leaderboard.csv", columns(keys), rows)
-            row = next(r for r in rows if r["trial"] == trial.number)
-            done = finished(self.study.get_trials(deepcopy=False))
-            on_trial(done, self.n_trials, row)
-            tracked.trial(trial.number, swept(self.study, trial.number, self.space), row)
+        # Read once per pack (the study's every trial, whoever ran it), not once per trial.
+        rows = leaderboard(self.study, keys)
+        tables.write_rows(self.out / "leaderboard.csv", columns(keys), rows)
+        by_number = {r["trial"]: r for r in rows}
+        done = len(rows) - len(trials)
+        for trial in trials:
+            done += 1
+            on_trial(done, self.n_trials, by_number[trial.number])
+            tracked.trial(trial.number, swept(self.study, trial.number, self.space), by_number[trial.number])
 
     def _queue_again(self, trials: list[Any]) -> None:
         """Trials this worker cannot finish: failed, and queued with the same settings."""
@@ -177,7 +181,7 @@ def _live(trials: list[Any], grid: bool) -> list[Any]:
 
     live, seen = [], set()
     for t in sorted(trials, key=lambda t: t.number):
-        if t.user_attrs.get("status") is None and t.state not in (TrialState.RUNNING, TrialState.WAITING):
+        if result_of(t) is None and t.state not in (TrialState.RUNNING, TrialState.WAITING):
             continue  # interrupted, lost with its worker, or surplus: not a trial of the search
         if grid:
             key = _params_key(t)
@@ -296,19 +300,29 @@ def _combine(parts: list[Scored]) -> Scored:
 
 
 def _tell(study: Any, trial: Any, scored: Scored, dropped: list[str]) -> None:
-    trial.set_user_attr("dropped", dropped)
-    trial.set_user_attr("epochs", scored.epochs)
-    trial.set_user_attr("seconds", scored.seconds)
-    trial.set_user_attr("best_epochs", scored.best_epochs)
+    """The score, and everything the leaderboard shows, in one user attr: one write."""
+    result: dict[str, Any] = {
+        "dropped": dropped,
+        "epochs": scored.epochs,
+        "seconds": scored.seconds,
+        "best_epochs": scored.best_epochs,
+    }
     if scored.overall is None:
-        trial.set_user_attr("status", "diverged")
-        trial.set_user_attr("reason", scored.reason)
+        trial.set_user_attr(RESULT, {**result, "status": "diverged", "reason": scored.reason})
         study.tell(trial, state=_failed())
         return
-    for metric, value in scored.overall.items():
-        trial.set_user_attr(metric, value)
-    trial.set_user_attr("status", scored.status.value)
+    trial.set_user_attr(RESULT, {**result, **scored.overall, "status": scored.status.value})
     study.tell(trial, scored.overall["mse"])
+
+
+def result_of(trial: Any) -> dict[str, Any] | None:
+    """A finished trial's result (None while it runs, or when it was interrupted); the
+    separate attrs of sweeps written before mse-train kept them in one."""
+    attrs = trial.user_attrs
+    found = attrs.get(RESULT)
+    if isinstance(found, dict):
+        return found
+    return attrs if attrs.get("status") is not None else None
 
 
 def columns(keys: list[str]) -> list[str]:
@@ -319,8 +333,8 @@ def leaderboard(study: Any, keys: list[str]) -> list[dict[str, Any]]:
     """One row per finished trial, in trial order; a dropped key is an empty cell."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        attrs = trial.user_attrs
-        if attrs.get("status") is None:
+        attrs = result_of(trial)
+        if attrs is None:
             continue  # running, or interrupted and queued again
         row: dict[str, Any] = {"trial": trial.number}
         dropped = set(attrs.get("dropped", []))
@@ -348,7 +362,7 @@ def trial_of(the_study: Any, number: int) -> Any:
 def swept(the_study: Any, number: int, the_space: space.Space) -> dict[str, Any]:
     """A trial's swept values, without the keys its choices made inapplicable."""
     trial = trial_of(the_study, number)
-    dropped = set(trial.user_attrs.get("dropped", []))
+    dropped = set((result_of(trial) or {}).get("dropped", []))
     return {k: v for k, v in the_space.decode(trial.params).items() if k not in dropped}
 
 
@@ -360,7 +374,7 @@ def _discard(out: Path) -> None:
 
 
 def finished(trials: list[Any]) -> int:
-    return sum(1 for t in trials if t.user_attrs.get("status") is not None)
+    return sum(1 for t in trials if result_of(t) is not None)
 
 
 def _failed() -> Any:
