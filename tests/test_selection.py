@@ -627,3 +627,21 @@ def test_the_refit_trains_the_epochs_its_folds_kept_as_best(cli, table, tmp_path
     refit = load(Path(out["best"]["config"]))
     assert refit.train.epochs == max(1, round(sum(epochs) / 2))
     assert refit.data.val_fraction == 0
+
+
+def test_a_time_limit_stops_asking_for_trials_and_keeps_what_finished(cli, table, tmp_path):
+    lr = {"low": 0.001, "high": 0.1, "log": True}
+    sweep = {
+        "method": "random",
+        "trials": 1000,
+        "time_limit": 5,
+        "refit": False,
+        "params": {"optimizer.lr": lr},
+    }
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 2})
+    result = cli("sweep", cfg, "--no-pack", "--json")
+    assert result.code == 0, result
+    assert "time_limit reached" in result.stderr
+    rows = leaderboard(tmp_path / "sweep")
+    assert 1 <= len(rows) < 1000 and strict_json(result.stdout)["trials"] == len(rows)
+    assert (tmp_path / "sweep" / "best.yaml").exists()

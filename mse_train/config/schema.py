@@ -574,6 +574,11 @@ class SweepConfig(Section):
         "--storage and $MSE_TRAIN_SWEEP_STORAGE override it.",
     )
     study: Str = Field("sweep", description="The study's name in the storage (--study overrides it).")
+    time_limit: PositiveFloat | None = Field(
+        None,
+        description="Seconds for the whole study, from its start, shared by every worker: no "
+        "trial is asked after it; packs in flight finish. None: until `trials` have run.",
+    )
     heartbeat: Annotated[Int, Field(ge=1, le=3600)] = Field(
         10,
         description="Seconds between a worker's signs of life; the trials of a worker silent for "

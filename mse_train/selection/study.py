@@ -21,9 +21,11 @@ from mse_train.selection import storage, worker
 from mse_train.selection.storage import Where
 
 CONFIG_ATTR = "mse_train_config"  # the config every worker must run, data files as sha256
+STARTED_ATTR = "mse_train_started"  # when the study was created (epoch seconds): sweep.time_limit
 # Where results go, which device trains and how workers meet: may differ between workers.
 _LOCAL = {"output.dir", "output.mlflow", "output.mlflow_experiment", "output.plot", "data.cache",
-          "train.device", "sweep.trials", "sweep.storage", "sweep.study", "sweep.heartbeat"}  # fmt: skip
+          "train.device", "sweep.trials", "sweep.storage", "sweep.study", "sweep.heartbeat",
+          "sweep.time_limit"}  # fmt: skip
 _DATA_ROLES = ("train", "val")
 
 
@@ -159,6 +161,7 @@ def _create(where: Where, name: str, fingerprint: dict[str, Any], grid: list[dic
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
         return optuna.load_study(study_name=name, storage=where.storage)
     the_study.set_user_attr(CONFIG_ATTR, fingerprint)
+    the_study.set_user_attr(STARTED_ATTR, time.time())
     for params in grid:
         the_study.enqueue_trial(params)
     return the_study
@@ -183,3 +186,15 @@ def _check_agrees(where: Where, the_study: Any) -> None:
             "leaderboard.csv lists; the database was damaged or replaced",
             ["start the sweep again in another folder with --output-dir"],
         )
+
+
+def deadline(the_study: Any, time_limit: float | None) -> float | None:
+    """When the study's time is up (epoch seconds), counted from its creation, for every worker."""
+    if time_limit is None:
+        return None
+    started = the_study.user_attrs.get(STARTED_ATTR)
+    if not isinstance(started, (int, float)):  # a study from before time limits: its first trial
+        trials = the_study.get_trials(deepcopy=False)
+        starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
+        started = min(starts, default=time.time())
+    return float(started) + time_limit

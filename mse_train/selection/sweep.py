@@ -141,6 +141,7 @@ def run(
             if alone is not None:
                 reporter.note(f"trials of the base config train one at a time: {alone}")
             searcher = worker.Worker(the_study, where, the_space, n_trials, batch, sweep.heartbeat, out)
+            searcher.deadline = study.deadline(the_study, sweep.time_limit)
             searcher.search(trainer, keys, on_trial, tracked, reporter.note, resume, options.resume_command)
             results = _results(the_study, where, the_space, config_of, keys, out)
             rows, best_row, best_values, best_cfg = results

@@ -52,6 +52,7 @@ class Worker:
         heartbeat: int,
         out: Path,
     ) -> None:
+        self.deadline: float | None = None  # epoch seconds after which no trial is asked (time_limit)
         self.study, self.where, self.space = the_study, where, the_space
         self.n_trials, self.batch, self.heartbeat = n_trials, batch, heartbeat
         self.out = out
@@ -71,6 +72,7 @@ class Worker:
         """Until the study has its trials: ask, train, tell; then return (Ctrl-C: raises
         TrainingInterrupted with its trials in flight queued again)."""
         import optuna
+        from optuna.trial import TrialState
 
         self.resume, self.resume_command = resume, resume_command
 
@@ -85,6 +87,12 @@ class Worker:
                     trials = self.study.get_trials(deepcopy=False)
                     if finished(trials) >= self.n_trials:
                         return
+                    if self.deadline is not None and time.time() >= self.deadline:
+                        if not any(t.state == TrialState.RUNNING for t in trials):
+                            note(f"sweep.time_limit reached: {finished(trials)} of {self.n_trials} ran")
+                            return
+                        time.sleep(min(2.0, self.heartbeat))  # packs in flight elsewhere finish
+                        continue
                     if self.grid:
                         self._top_up_grid(trials)
                         trials = self.study.get_trials(deepcopy=False)
