@@ -645,3 +645,30 @@ def test_a_time_limit_stops_asking_for_trials_and_keeps_what_finished(cli, table
     rows = leaderboard(tmp_path / "sweep")
     assert 1 <= len(rows) < 1000 and strict_json(result.stdout)["trials"] == len(rows)
     assert (tmp_path / "sweep" / "best.yaml").exists()
+
+
+@pytest.mark.parametrize(("pruner", "args", "trials"), [("median", (), 20), ("halving", ("--no-pack",), 8)])
+def test_a_pruner_stops_lagging_trials_early_and_never_picks_one(cli, table, tmp_path, pruner, args, trials):
+    import optuna
+
+    lr = {"low": 1.0e-5, "high": 0.1, "log": True}
+    sweep = {
+        "method": "random",
+        "trials": trials,
+        "pruner": pruner,
+        "refit": False,
+        "params": {"optimizer.lr": lr},
+    }
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 30})
+    result = cli("sweep", cfg, "--json", *args)
+    assert result.code == 0, result
+    rows = leaderboard(tmp_path / "sweep")
+    assert len(rows) == trials
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert pruned and all(int(r["epochs"]) < 30 for r in pruned)  # frozen when pruned
+    assert all(int(r["epochs"]) == 30 for r in rows if r["status"] == "completed")
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
+    states = {t.number: t.state for t in study.get_trials()}
+    assert {int(r["trial"]) for r in pruned} == {n for n, s in states.items() if s.name == "PRUNED"}
+    best = strict_json(result.stdout)["best"]["trial"]
+    assert next(r for r in rows if int(r["trial"]) == best)["status"] == "completed"

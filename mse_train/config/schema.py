@@ -574,6 +574,11 @@ class SweepConfig(Section):
         "--storage and $MSE_TRAIN_SWEEP_STORAGE override it.",
     )
     study: Str = Field("sweep", description="The study's name in the storage (--study overrides it).")
+    pruner: Literal["none", "median", "halving"] = Field(
+        "none",
+        description="Stop trials whose validation loss lags, epoch by epoch: Optuna's MedianPruner "
+        "or SuccessiveHalvingPruner; a pruned model is frozen as early stopping freezes it.",
+    )
     time_limit: PositiveFloat | None = Field(
         None,
         description="Seconds for the whole study, from its start, shared by every worker: no "

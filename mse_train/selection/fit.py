@@ -44,6 +44,7 @@ def train_and_score(
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
     stack: bool = True,
+    judge: Callable[[int, dict[int, float]], set[int]] | None = None,
 ) -> Scored:
     """Train as `run` would (no files), then score the best epoch's weights on `held`.
 
@@ -51,6 +52,7 @@ def train_and_score(
     """
     started = time.perf_counter()
     loop = recipe.build_loop(cfg, prepared, device, stack=stack)
+    loop.judge = judge
     status = loop.run(lambda record: None, should_stop)
     epochs = loop.progress.epoch
     if status in (Status.INTERRUPTED, Status.DIVERGED):
@@ -65,12 +67,14 @@ def train_and_score_packed(
     jobs: list[tuple[Config, Prepared, Held]],
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
+    judge: Callable[[int, dict[int, float]], set[int]] | None = None,
 ) -> list[Scored] | None:
     """Train jobs that share a `packed.pack_key` side by side in one stack, then score each
     as above. Seconds are the stack's time shared equally; None when asked to stop."""
     started = time.perf_counter()
     stack = Stack([recipe.build_one(cfg, prepared, device) for cfg, prepared, _ in jobs], device)
     loop = Loop(stack, [recipe.member(cfg, prepared, device) for cfg, prepared, _ in jobs])
+    loop.judge = judge
     if loop.run(lambda record: None, should_stop) is Status.INTERRUPTED:
         return None
     seconds = (time.perf_counter() - started) / len(jobs)

@@ -142,6 +142,7 @@ def run(
                 reporter.note(f"trials of the base config train one at a time: {alone}")
             searcher = worker.Worker(the_study, where, the_space, n_trials, batch, sweep.heartbeat, out)
             searcher.deadline = study.deadline(the_study, sweep.time_limit)
+            the_study.pruner, searcher.pruning = _pruner(sweep.pruner), sweep.pruner != "none"
             searcher.search(trainer, keys, on_trial, tracked, reporter.note, resume, options.resume_command)
             results = _results(the_study, where, the_space, config_of, keys, out)
             rows, best_row, best_values, best_cfg = results
@@ -191,7 +192,7 @@ def _results(
             ["wait for its workers to finish one, or start one: the same command without --report"],
         )
     tables.write_rows(out / "leaderboard.csv", worker.columns(keys), rows)
-    completed = [r for r in rows if r["status"] not in ("diverged",)]
+    completed = [r for r in rows if r["status"] not in ("diverged", "pruned")]
     if not completed:
         raise TrainingDiverged(
             f"every trial of the sweep diverged ({len(rows)}); see {out / 'leaderboard.csv'}",
@@ -284,6 +285,17 @@ def _sampler(method: str, the_space: space.Space, seed: int) -> Any:
     # Trials are asked in batches (to train side by side): the liar keeps TPE from asking
     # the same point again while a batch is still running.
     return optuna.samplers.TPESampler(seed=seed32, constant_liar=True)
+
+
+def _pruner(name: str) -> Any:
+    import optuna
+
+    pruners = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,  # below the median of earlier trials at that epoch
+        "halving": optuna.pruners.SuccessiveHalvingPruner,  # asynchronous successive halving
+    }
+    return pruners[name]()
 
 
 @contextlib.contextmanager

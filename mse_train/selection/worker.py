@@ -52,6 +52,7 @@ class Worker:
         heartbeat: int,
         out: Path,
     ) -> None:
+        self.pruning = False  # report each epoch's loss to the study's pruner (sweep.pruner)
         self.deadline: float | None = None  # epoch seconds after which no trial is asked (time_limit)
         self.study, self.where, self.space = the_study, where, the_space
         self.n_trials, self.batch, self.heartbeat = n_trials, batch, heartbeat
@@ -153,7 +154,8 @@ class Worker:
         should_stop: Callable[[], bool],
     ) -> None:
         try:
-            results = trainer.score([self.space.decode(t.params) for t in trials], should_stop)
+            asked = trials if self.pruning else None
+            results = trainer.score([self.space.decode(t.params) for t in trials], should_stop, asked)
         except UserError:  # a trial's data does not work: the sweep stops here
             self._queue_again(trials)
             nobody = finished(self.study.get_trials(deepcopy=False)) == 0
@@ -231,11 +233,12 @@ class Trainer:
         return self._loaded[key]
 
     def score(
-        self, trials: list[dict[str, Any]], should_stop: Callable[[], bool]
+        self, trials: list[dict[str, Any]], should_stop: Callable[[], bool], asked: list[Any] | None = None
     ) -> list[tuple[Scored, list[str]]] | None:
         """Each trial's score (and dropped keys); None when asked to stop.
 
         Jobs (a trial's folds, or its holdout) that share a pack key train side by side.
+        `asked`: the Optuna trials, to report each epoch's validation loss to for pruning.
         """
         jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]] = []
         dropped_of = []
@@ -256,14 +259,17 @@ class Trainer:
         scores: dict[int, Scored] = {}
         for key, members in groups.items():
             if key is not None and len(members) > 1:
-                together = train_and_score_packed([jobs[i][1:] for i in members], self.device, should_stop)
+                judge = _judge([jobs[i][0] for i in members], asked)
+                pack = [jobs[i][1:] for i in members]
+                together = train_and_score_packed(pack, self.device, should_stop, judge)
                 if together is None:
                     return None
                 scores.update(zip(members, together, strict=True))
                 continue
             for i in members:
-                _, cfg, prepared, held = jobs[i]
-                scored = train_and_score(cfg, prepared, held, self.device, should_stop, stack=self.pack)
+                number, cfg, prepared, held = jobs[i]
+                judge = _judge([number], asked) if self.folds == 0 else None  # a fold alone: no trial's curve
+                scored = train_and_score(cfg, prepared, held, self.device, should_stop, self.pack, judge)
                 if scored.status is Status.INTERRUPTED:
                     return None
                 scores[i] = scored
@@ -289,6 +295,25 @@ class Trainer:
         return [(prepared, prepare.Held(prepared.val, y_true))]
 
 
+def _judge(numbers: list[int], asked: list[Any] | None) -> Callable[[int, dict[int, float]], set[int]] | None:
+    """For a pack whose model i is a fold (or the holdout) of trial `numbers[i]`: report each
+    trial's epoch loss (the mean over its folds still training) to Optuna, and name the
+    models of the trials its pruner stops."""
+    if asked is None:
+        return None
+
+    def judge(epoch: int, losses: dict[int, float]) -> set[int]:
+        pruned: set[int] = set()
+        for number in sorted({numbers[i] for i in losses}):
+            mine = [i for i in losses if numbers[i] == number]
+            asked[number].report(sum(losses[i] for i in mine) / len(mine), epoch)
+            if asked[number].should_prune():
+                pruned |= {i for i, n in enumerate(numbers) if n == number}
+        return pruned
+
+    return judge
+
+
 def _combine(parts: list[Scored]) -> Scored:
     """One trial's score from its folds (or its one holdout): the mean, and the std over folds."""
     epochs, seconds = sum(p.epochs for p in parts), sum(p.seconds for p in parts)
@@ -301,7 +326,11 @@ def _combine(parts: list[Scored]) -> Scored:
     overall["score_std"] = stats["mse"]["std"] if len(parts) > 1 else None
     overall["n"] = sum(r["n"] for r in rows)
     status = (
-        Status.EARLY_STOPPED if all(p.status is Status.EARLY_STOPPED for p in parts) else Status.COMPLETED
+        Status.PRUNED
+        if any(p.status is Status.PRUNED for p in parts)
+        else Status.EARLY_STOPPED
+        if all(p.status is Status.EARLY_STOPPED for p in parts)
+        else Status.COMPLETED
     )
     best_epochs = [e for p in parts for e in p.best_epochs]
     return Scored(status, epochs, seconds, overall, best_epochs=best_epochs)
@@ -320,6 +349,11 @@ def _tell(study: Any, trial: Any, scored: Scored, dropped: list[str]) -> None:
         study.tell(trial, state=_failed())
         return
     trial.set_user_attr(RESULT, {**result, **scored.overall, "status": scored.status.value})
+    if scored.status is Status.PRUNED:  # scored on its best epoch so far, but not a finished search point
+        from optuna.trial import TrialState
+
+        study.tell(trial, state=TrialState.PRUNED)
+        return
     study.tell(trial, scored.overall["mse"])
 
 
