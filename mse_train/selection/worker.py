@@ -100,7 +100,12 @@ class Worker:
                     size = min(self.batch, self._askable(trials))
                     if size <= 0:  # the rest are in flight in other workers: one of them may die
                         if not waited:
-                            note("waiting for trials in flight in other workers of the study")
+                            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+                            note(
+                                f"waiting for {running} trial(s) in flight in other workers (those of a "
+                                f"worker that stopped run again after {storage.MISSED * self.heartbeat} s "
+                                "without its heartbeat)"
+                            )
                             waited = True
                         time.sleep(min(2.0, self.heartbeat))
                         continue
