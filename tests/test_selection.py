@@ -307,6 +307,7 @@ def test_resume_refuses_a_changed_sweep_or_a_damaged_database(cli, table, tmp_pa
     changed = cli("sweep", cfg, "-q", "--resume", "--set", "optimizer.lr=0.2")
     assert changed.code == 2, changed
     assert "different config" in changed.stderr
+    assert "optimizer.lr: 0.05 in the study, 0.2 now" in changed.stderr  # what differs, named
     db = tmp_path / "sweep" / "sweep.db"
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE trials")
