@@ -329,6 +329,7 @@ def test_resume_refuses_a_changed_sweep_or_a_damaged_database(cli, table, tmp_pa
     changed = cli("sweep", cfg, "-q", "--resume", "--set", "optimizer.lr=0.2")
     assert changed.code == 2, changed
     assert "different config" in changed.stderr
+    assert "optimizer.lr: 0.05 in the study, 0.2 now" in changed.stderr  # what differs, named
     db = tmp_path / "sweep" / "sweep.db"
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE trials")
@@ -562,3 +563,135 @@ def test_every_activation_packs_as_it_trains_alone(cli, table, tmp_path, activat
         assert result.code == 0, result
         folds.append([f["mse"] for f in strict_json(result.stdout)["per_fold"]])
     assert folds[0] == pytest.approx(folds[1], rel=1e-4)
+
+
+# ------------------------------------------------------------------ resume that never repeats
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_an_extended_sweep_searches_new_points_not_the_first_ones_again(cli, table, tmp_path, method):
+    # Rebuilt from the config's seed, the sampler replayed its sequence: trials 3-5 were 0-2.
+    lr = {"low": 0.001, "high": 0.1, "log": True}
+    sweep = {"method": method, "trials": 3, "refit": False, "params": {"optimizer.lr": lr}}
+    cfg = sweep_config(tmp_path, table, sweep)
+    assert cli("sweep", cfg, "-q").code == 0
+    longer = cli("sweep", cfg, "-q", "--resume", "--trials", "6")
+    assert longer.code == 0, longer
+    rows = leaderboard(tmp_path / "sweep")
+    assert len(rows) == 6
+    assert len({r["optimizer.lr"] for r in rows}) == 6  # as many points as a sweep of 6
+
+
+def test_an_interrupted_random_sweep_resumes_with_as_many_distinct_points(tmp_path):
+    header, values = linear_rows(2000, n_features=4)
+    table = write_csv(tmp_path / "big.csv", header, values.round(6).tolist())
+    lr = {"low": 0.001, "high": 0.01, "log": True}
+    sweep = {"method": "random", "trials": 5, "refit": False, "params": {"optimizer.lr": lr}}
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 30, "batch_size": 16})
+    process = start_process("sweep", cfg, "--no-pack")
+    assert process.stderr is not None
+    for line in process.stderr:  # the first trial finished: the second is in flight
+        if line.startswith("trial "):
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    resumed = start_process("sweep", cfg, "--resume", "-q", "--no-pack")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    rows = leaderboard(tmp_path / "sweep")
+    assert len(rows) == 5 and len({r["optimizer.lr"] for r in rows}) == 5
+
+
+def test_resume_refuses_changed_data_naming_the_file(cli, table, tmp_path):
+    sweep = {"method": "random", "trials": 1, "refit": False, "params": {"optimizer.lr": [0.01, 0.02]}}
+    cfg = sweep_config(tmp_path, table, sweep)
+    assert cli("sweep", cfg, "-q").code == 0
+    with open(table, "a") as f:
+        f.write("0.1,0.2,0.3,0.4\n")  # one row more
+    changed = cli("sweep", cfg, "-q", "--resume", "--trials", "2")
+    assert changed.code == 2, changed
+    assert "data.train" in changed.stderr and "sha256" in changed.stderr
+    assert len(leaderboard(tmp_path / "sweep")) == 1
+
+
+def test_a_sweep_db_that_is_a_folder_or_locked_is_told_cleanly(cli, table, tmp_path):
+    sweep = {"method": "random", "trials": 1, "refit": False, "params": {"optimizer.lr": [0.01]}}
+    cfg = sweep_config(tmp_path, table, sweep)
+    (tmp_path / "sweep" / "sweep.db").mkdir(parents=True)
+    for args in ((), ("--resume",)):
+        folder = cli("sweep", cfg, "-q", *args)
+        assert folder.code == 2, folder
+        assert "is a folder" in folder.stderr and "Traceback" not in folder.stderr
+    (tmp_path / "sweep" / "sweep.db").rmdir()
+    assert cli("sweep", cfg, "-q").code == 0
+    holder = sqlite3.connect(tmp_path / "sweep" / "sweep.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another program holds it
+    try:
+        locked = cli("sweep", cfg, "-q", "--resume", "--trials", "2")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert locked.code == 2, locked
+    assert "locked" in locked.stderr and "not a sweep database" not in locked.stderr
+    assert cli("sweep", cfg, "-q", "--resume", "--trials", "2").code == 0  # nothing was lost
+
+
+def test_the_refit_trains_the_epochs_its_folds_kept_as_best(cli, table, tmp_path):
+    import optuna
+
+    sweep = {"method": "random", "trials": 2, "folds": 2, "params": {"optimizer.lr": [0.2, 0.3]}}
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 60, "early_stopping": {"patience": 2}})
+    result = cli("sweep", cfg, "--json")
+    assert result.code == 0, result
+    out = strict_json(result.stdout)
+    trial = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
+    best = next(t for t in trial.get_trials() if t.number == out["best"]["trial"])
+    epochs = best.user_attrs["mse_train_result"]["best_epochs"]
+    assert len(epochs) == 2 and max(epochs) < 60  # early stopped
+    refit = load(Path(out["best"]["config"]))
+    assert refit.train.epochs == max(1, round(sum(epochs) / 2))
+    assert refit.data.val_fraction == 0
+
+
+def test_a_time_limit_stops_asking_for_trials_and_keeps_what_finished(cli, table, tmp_path):
+    lr = {"low": 0.001, "high": 0.1, "log": True}
+    sweep = {
+        "method": "random",
+        "trials": 1000,
+        "time_limit": 5,
+        "refit": False,
+        "params": {"optimizer.lr": lr},
+    }
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 2})
+    result = cli("sweep", cfg, "--no-pack", "--json")
+    assert result.code == 0, result
+    assert "time_limit reached" in result.stderr
+    rows = leaderboard(tmp_path / "sweep")
+    assert 1 <= len(rows) < 1000 and strict_json(result.stdout)["trials"] == len(rows)
+    assert (tmp_path / "sweep" / "best.yaml").exists()
+
+
+@pytest.mark.parametrize(("pruner", "args", "trials"), [("median", (), 20), ("halving", ("--no-pack",), 8)])
+def test_a_pruner_stops_lagging_trials_early_and_never_picks_one(cli, table, tmp_path, pruner, args, trials):
+    import optuna
+
+    lr = {"low": 1.0e-5, "high": 0.1, "log": True}
+    sweep = {
+        "method": "random",
+        "trials": trials,
+        "pruner": pruner,
+        "refit": False,
+        "params": {"optimizer.lr": lr},
+    }
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 30})
+    result = cli("sweep", cfg, "--json", *args)
+    assert result.code == 0, result
+    rows = leaderboard(tmp_path / "sweep")
+    assert len(rows) == trials
+    pruned = [r for r in rows if r["status"] == "pruned"]
+    assert pruned and all(int(r["epochs"]) < 30 for r in pruned)  # frozen when pruned
+    assert all(int(r["epochs"]) == 30 for r in rows if r["status"] == "completed")
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
+    states = {t.number: t.state for t in study.get_trials()}
+    assert {int(r["trial"]) for r in pruned} == {n for n, s in states.items() if s.name == "PRUNED"}
+    best = strict_json(result.stdout)["best"]["trial"]
+    assert next(r for r in rows if int(r["trial"]) == best)["status"] == "completed"

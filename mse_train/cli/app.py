@@ -357,12 +357,39 @@ def sweep(
     overrides: Overrides = None,
     output_dir: OutputDir = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep.")] = False,
+    storage: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--storage",
+            metavar="URL",
+            help="The study's storage, shared by every worker: an Optuna database URL "
+            "(postgresql://..., sqlite:///...) or a journal file's path; over "
+            "$MSE_TRAIN_SWEEP_STORAGE and sweep.storage. Default: sweep.db in the sweep folder.",
+            show_default=False,
+        ),
+    ] = None,
+    study: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--study", metavar="NAME", help="The study's name; over sweep.study.", show_default=False
+        ),
+    ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Write leaderboard.csv, best.yaml and sweep.png from the study; train nothing."
+        ),
+    ] = False,
     no_pack: NoPack = False,
     quiet: Quiet = False,
     as_json: JsonOut = False,
     debug: Debug = False,
 ) -> None:
-    """Search the config's `sweep:` section with Optuna; write a leaderboard and best.yaml."""
+    """Search the config's `sweep:` section with Optuna; write a leaderboard and best.yaml.
+
+    The same command started several times (on one machine or many, with --storage) makes
+    workers of one study: each trains the trials it asks for, and one refits the winner.
+    """
 
     def work() -> None:
         _one_process_only("sweep")
@@ -375,13 +402,28 @@ def sweep(
         again = ["mse-train", "sweep", str(config_file)]
         for item in overrides or []:
             again += ["--set", item]
-        for flag, value in (("--trials", trials), ("--folds", folds), ("--output-dir", output_dir)):
+        flags = (
+            ("--trials", trials),
+            ("--folds", folds),
+            ("--output-dir", output_dir),
+            ("--storage", storage),
+            ("--study", study),
+        )
+        for flag, value in flags:
             if value is not None:
                 again += [flag, str(value)]
         if no_pack:
             again.append("--no-pack")
         options = search.Options(
-            trials, folds, resume, output_dir, shlex.join([*again, "--resume"]), not no_pack
+            trials,
+            folds,
+            resume,
+            output_dir,
+            shlex.join([*again, "--resume"]),
+            not no_pack,
+            storage,
+            study,
+            report,
         )
 
         def on_trial(done: int, total: int, row: dict[str, Any]) -> None:

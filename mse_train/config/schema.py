@@ -592,7 +592,33 @@ class SweepConfig(Section):
     folds: Annotated[Int, Field(ge=0)] = Field(
         0, description="Score each trial by K-fold CV (K >= 2); 0 = on `data.val` / `data.val_fraction`."
     )
-    refit: Bool = Field(True, description="Retrain the winner on all training rows into <dir>/best/.")
+    refit: Bool = Field(
+        True,
+        description="Retrain the winner on all training rows into <dir>/best/, for the epochs its "
+        "validated training found best (their mean over the folds).",
+    )
+    storage: Str | None = Field(
+        None,
+        description="Where the study lives, shared by every worker: an Optuna database URL "
+        "(postgresql://, mysql://, sqlite:///) or a journal file's path; default <dir>/sweep.db. "
+        "--storage and $MSE_TRAIN_SWEEP_STORAGE override it.",
+    )
+    study: Str = Field("sweep", description="The study's name in the storage (--study overrides it).")
+    pruner: Literal["none", "median", "halving"] = Field(
+        "none",
+        description="Stop trials whose validation loss lags, epoch by epoch: Optuna's MedianPruner "
+        "or SuccessiveHalvingPruner; a pruned model is frozen as early stopping freezes it.",
+    )
+    time_limit: PositiveFloat | None = Field(
+        None,
+        description="Seconds for the whole study, from its start, shared by every worker: no "
+        "trial is asked after it; packs in flight finish. None: until `trials` have run.",
+    )
+    heartbeat: Annotated[Int, Field(ge=1, le=3600)] = Field(
+        10,
+        description="Seconds between a worker's signs of life; the trials of a worker silent for "
+        "3 heartbeats are failed and run once more by another worker.",
+    )
     params: Annotated[dict[str, SweepValues], Field(min_length=1)] = Field(
         description="Dotted config key -> a list of choices, or a range {low, high, log, step, integer}."
     )

@@ -84,17 +84,29 @@ def _data_changes(ckpt: dict[str, Any], cfg: Config, digests: dict[str, str]) ->
     return changes
 
 
-def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    # data files are compared by their contents, in _data_changes
+    skip = {*NOT_TRAINING, *(f"data.{role}" for role in DATA_ROLES)}
+    return config_changes(old, new, skip, "run")
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], skip: set[str], was: str) -> list[str]:
+    """Each dotted key whose value differs, as `key: old in the <was>, new now`; `skip` keys
+    (and what is under them) are not compared."""
     changes = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if path in NOT_TRAINING or path in (f"data.{role}" for role in DATA_ROLES):
-            continue  # data files are compared by their contents, in _data_changes
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += _config_changes(a, b, path + ".")
-        elif a != b:
-            changes.append(f"{path}: {a!r} in the run, {b!r} now")
+
+    def walk(a: dict[str, Any], b: dict[str, Any], prefix: str) -> None:
+        for key in sorted(set(a) | set(b)):
+            path = f"{prefix}{key}"
+            if path in skip:
+                continue
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                walk(x, y, path + ".")
+            elif x != y:
+                changes.append(f"{path}: {x!r} in the {was}, {y!r} now")
+
+    walk(old, new, "")
     return changes
 
 

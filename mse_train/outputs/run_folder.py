@@ -4,9 +4,9 @@ the old run, and `Saver`, which writes checkpoints and metrics into it."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,32 +137,27 @@ class Saver:
 
 # ------------------------------------------------------------------ one run at a time
 LOCK_FILE = ".mse-train.lock"  # in the folder; it stays after release, holding no lock
-# filelock >= 4 falls back to a soft lock (a file that a killed process leaves locked) where
-# the file system has no OS locks; refuse that instead, so a crash can never block a folder.
-_OS_LOCK_ONLY: dict[str, Any] = (
-    {"fallback_to_soft": False}
-    if "fallback_to_soft" in inspect.signature(filelock.FileLock.__init__).parameters
-    else {}
-)
 
 
 @contextlib.contextmanager
-def lock(out: Path) -> Iterator[None]:
+def lock(out: Path, shared: bool = False) -> Iterator[None]:
     """Hold the run folder for this process: a second run, resume or overwrite is refused.
 
-    An OS lock (flock on Unix, LockFileEx on Windows, through filelock) on LOCK_FILE in the
-    folder, so it is released however the process ends, even by kill -9: a lock file left
-    by a dead process blocks nothing.
+    filelock's reader/writer lock on LOCK_FILE in the folder (SQLite's OS locks: fcntl on
+    Unix, LockFileEx on Windows), so it is released however the process ends, even by
+    kill -9: a lock file left by a dead process blocks nothing. `shared`: the workers of one
+    sweep hold it together (each writes whole files atomically, from the study they share);
+    a run, cv or overwrite, which take it alone, still cannot take the folder from them.
     """
-    held = filelock.FileLock(out / LOCK_FILE, timeout=0, **_OS_LOCK_ONLY)
     try:
-        held.acquire()
+        held = filelock.ReadWriteLock(out / LOCK_FILE, timeout=0, blocking=False, is_singleton=False)
+        (held.acquire_read if shared else held.acquire_write)(blocking=False)
     except filelock.Timeout:
         raise OutputError(
             f"{out}: another mse-train run is using this folder",
             ["wait for it to finish, or choose another folder with --output-dir"],
         ) from None
-    except (OSError, NotImplementedError) as exc:
+    except (OSError, sqlite3.Error, ValueError, NotImplementedError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise OutputError(
             f"{out}: cannot lock the run folder: {why or type(exc).__name__}",
@@ -172,6 +167,7 @@ def lock(out: Path) -> Iterator[None]:
         yield
     finally:
         held.release()
+        held.close()
 
 
 # ------------------------------------------------------------------- folders to refuse

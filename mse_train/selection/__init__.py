@@ -3,7 +3,10 @@
   fit.py    train one config on one split (no files) and score its best epoch
   cv.py     `mse-train cv`: K folds, each with preprocessing fitted on its own rows
   space.py  a `sweep:` section -> Optuna distributions, and each trial's checked config
-  sweep.py  `mse-train sweep`: the Optuna study, leaderboard, best.yaml, refit, resume
+  sweep.py  `mse-train sweep`: one worker's sweep, then leaderboard, best.yaml and the refit
+  worker.py   a worker's search: ask the study for trials, train them (packed), tell them
+  study.py    the study opened or created; the config and data its workers must share
+  storage.py  where studies live (sweep.db, a database URL, a journal file), heartbeats, claims
   linearity.py  a closed-form check: do random ReLU features add CV R² to ridge regression?
   choose.py     `mse-train init`'s starter model, from that check on the table
 

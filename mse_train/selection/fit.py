@@ -34,6 +34,7 @@ class Scored:
     overall: dict[str, Any] | None = None  # mse, rmse, mae, r2, n
     per_target: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""  # why it diverged
+    best_epochs: list[int] = field(default_factory=list)  # of the weights scored, one per split
 
 
 def train_and_score(
@@ -43,6 +44,7 @@ def train_and_score(
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
     stack: bool = True,
+    judge: Callable[[int, dict[int, float]], set[int]] | None = None,
 ) -> Scored:
     """Train as `run` would (no files), then score the best epoch's weights on `held`.
 
@@ -50,24 +52,29 @@ def train_and_score(
     """
     started = time.perf_counter()
     loop = recipe.build_loop(cfg, prepared, device, stack=stack)
+    loop.judge = judge
     status = loop.run(lambda record: None, should_stop)
     epochs = loop.progress.epoch
     if status in (Status.INTERRUPTED, Status.DIVERGED):
         return Scored(status, epochs, time.perf_counter() - started, reason=loop.divergence)
     model = loop.models.best_model(0)
-    return _score(model, prepared, held, device, status, epochs, time.perf_counter() - started)
+    scored = _score(model, prepared, held, device, status, epochs, time.perf_counter() - started)
+    scored.best_epochs = [loop.progress.best_epoch]
+    return scored
 
 
 def train_and_score_packed(
     jobs: list[tuple[Config, Prepared, Held]],
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
+    judge: Callable[[int, dict[int, float]], set[int]] | None = None,
 ) -> list[Scored] | None:
     """Train jobs that share a `packed.pack_key` side by side in one stack, then score each
     as above. Seconds are the stack's time shared equally; None when asked to stop."""
     started = time.perf_counter()
     stack = Stack([recipe.build_one(cfg, prepared, device) for cfg, prepared, _ in jobs], device)
     loop = Loop(stack, [recipe.member(cfg, prepared, device) for cfg, prepared, _ in jobs])
+    loop.judge = judge
     if loop.run(lambda record: None, should_stop) is Status.INTERRUPTED:
         return None
     seconds = (time.perf_counter() - started) / len(jobs)
@@ -77,7 +84,9 @@ def train_and_score_packed(
         if status is Status.DIVERGED:
             scored.append(Scored(status, epochs, seconds, reason=reason))
         else:
-            scored.append(_score(stack.best_model(i), prepared, held, device, status, epochs, seconds))
+            one = _score(stack.best_model(i), prepared, held, device, status, epochs, seconds)
+            one.best_epochs = [loop.best_epoch_of(i)]
+            scored.append(one)
     return scored
 
 

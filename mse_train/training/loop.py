@@ -104,6 +104,9 @@ class Loop:
         self._stacked: list[torch.Tensor | None] = [None, None]  # K > 1: this epoch's losses, penalties
         self._zero = torch.zeros(self.k, device=self.device)
         self.last_good = LastGood(models, self._model[0].shuffle, self.device) if self.k == 1 else None
+        # A sweep's pruner: told each epoch's watched loss of the models still training (by
+        # index), it names those to stop, which are frozen as early stopping freezes them.
+        self.judge: Callable[[int, dict[int, float]], set[int]] | None = None
 
     # ---------------------------------------------------------- one model (a run)
     @property
@@ -132,6 +135,10 @@ class Loop:
         m = self._model[i]
         status = m.status or (Status.EARLY_STOPPED if m.progress.stopped_early else Status.COMPLETED)
         return status, m.progress.epoch, m.reason
+
+    def best_epoch_of(self, i: int) -> int:
+        """The epoch whose weights model i keeps as its best (0 before any)."""
+        return self._model[i].progress.best_epoch
 
     # ------------------------------------------------------------------ the loop
     def run(
@@ -279,6 +286,13 @@ class Loop:
             )
             m.history.append(record.row())
             records.append(record)
+        if self.judge is not None:
+            still = {i: numbers[3][i] for i, m in enumerate(self._model) if active[i] and m.status is None}
+            if still:
+                epoch = self._model[next(iter(still))].progress.epoch
+                for i in self.judge(epoch, still) & set(still):
+                    self._model[i].status = Status.PRUNED
+                    self.models.freeze(i)
         if self.last_good is not None and self._model[0].status is not Status.DIVERGED:
             self.last_good.capture(self.progress)
         return records

@@ -18,6 +18,7 @@ class Status(str, Enum):
     EARLY_STOPPED = "early_stopped"
     INTERRUPTED = "interrupted"
     DIVERGED = "diverged"
+    PRUNED = "pruned"  # a sweep's pruner stopped it (frozen as early stopping freezes a model)
 
 
 @dataclass

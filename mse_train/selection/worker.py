@@ -1,0 +1,439 @@
+"""One worker of a sweep: asks the study for trials, trains them, tells their scores.
+
+Trials that share a pack key train side by side (selection/fit.py); each trial's folds
+(or its holdout) are its jobs. The leaderboard is one row per finished trial of the
+study, whichever worker ran it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from mse_train.config import yamlio
+from mse_train.config.schema import Config
+from mse_train.data import prepare
+from mse_train.errors import ConfigError, TrainingInterrupted, UserError
+from mse_train.outputs import mlflow_log, mlflow_sweep, tables
+from mse_train.selection import cv, space, storage
+from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
+from mse_train.training import packed, signals
+from mse_train.training.records import Status
+
+RESULT = "mse_train_result"  # user attr of a finished trial: its scores, epochs, status
+RETRY_OF = "mse_train_retry_of"  # user attr of a trial queued again after an interrupt
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    """Asks for trials while the study needs them, trains them, tells their scores.
+
+    The study's budget is shared: trials finished, running (in any worker) and queued count
+    against `n_trials`, in trial-number order, so workers that ask at once never overshoot
+    it: a trial asked beyond it is told failed, with a `surplus` attr, and not trained.
+    """
+
+    def __init__(
+        self,
+        the_study: Any,
+        where: storage.Where,
+        the_space: space.Space,
+        n_trials: int,
+        batch: int,
+        heartbeat: int,
+        out: Path,
+    ) -> None:
+        self.pruning = False  # report each epoch's loss to the study's pruner (sweep.pruner)
+        self.deadline: float | None = None  # epoch seconds after which no trial is asked (time_limit)
+        self.study, self.where, self.space = the_study, where, the_space
+        self.n_trials, self.batch, self.heartbeat = n_trials, batch, heartbeat
+        self.out = out
+        self.resume, self.resume_command = False, ""
+        self.grid = the_space.method == "grid"
+
+    def search(
+        self,
+        trainer: Trainer,
+        keys: list[str],
+        on_trial: Callable[[int, int, dict[str, Any]], None],
+        tracked: mlflow_sweep.Tracked,
+        note: Callable[[str], None],
+        resume: bool,
+        resume_command: str,
+    ) -> None:
+        """Until the study has its trials: ask, train, tell; then return (Ctrl-C: raises
+        TrainingInterrupted with its trials in flight queued again)."""
+        import optuna
+        from optuna.trial import TrialState
+
+        self.resume, self.resume_command = resume, resume_command
+
+        beats = storage.Heartbeats(self.where.storage, self.heartbeat)
+        waited = False
+        try:
+            with signals.on_signals() as stop:
+                while True:
+                    if stop.requested():
+                        interrupted(self.out, self.study, self.resume_command)
+                    optuna.storages.fail_stale_trials(self.study)  # a dead worker's trials run again
+                    trials = self.study.get_trials(deepcopy=False)
+                    if finished(trials) >= self.n_trials:
+                        return
+                    if self.deadline is not None and time.time() >= self.deadline:
+                        if not any(t.state == TrialState.RUNNING for t in trials):
+                            note(f"sweep.time_limit reached: {finished(trials)} of {self.n_trials} ran")
+                            return
+                        time.sleep(min(2.0, self.heartbeat))  # packs in flight elsewhere finish
+                        continue
+                    if self.grid:
+                        self._top_up_grid(trials)
+                        trials = self.study.get_trials(deepcopy=False)
+                    size = min(self.batch, self._askable(trials))
+                    if size <= 0:  # the rest are in flight in other workers: one of them may die
+                        if not waited:
+                            running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+                            note(
+                                f"waiting for {running} trial(s) in flight in other workers (those of a "
+                                f"worker that stopped run again after {storage.MISSED * self.heartbeat} s "
+                                "without its heartbeat)"
+                            )
+                            waited = True
+                        time.sleep(min(2.0, self.heartbeat))
+                        continue
+                    asked = [self.study.ask(self.space.distributions()) for _ in range(size)]
+                    beats.track([t._trial_id for t in asked])
+                    for trial in asked:  # which worker ran it, in the leaderboard's study and the dashboard
+                        trial.set_user_attr("worker", WORKER)
+                    mine = self._within_budget(asked)
+                    if mine:
+                        self._train(mine, trainer, keys, on_trial, tracked, stop.requested)
+                    beats.track([])
+        finally:
+            beats.close()
+
+    def _askable(self, trials: list[Any]) -> int:
+        """How many trials this worker may ask now: those queued, and room left in the budget."""
+        from optuna.trial import TrialState
+
+        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+        return waiting + self.n_trials - len(_live(trials, self.grid))
+
+    def _top_up_grid(self, trials: list[Any]) -> None:
+        """Queue the grid's points that no trial holds (one whose retry also failed)."""
+        from optuna.trial import TrialState
+
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        held = {_params_key(t) for t in _live(trials, True)}
+        for params in self.space.grid():
+            if json.dumps(params, sort_keys=True) not in held:
+                self.study.enqueue_trial(params)
+
+    def _within_budget(self, asked: list[Any]) -> list[Any]:
+        """The asked trials this worker trains; the others are told failed as surplus."""
+        ranked = [t.number for t in _live(self.study.get_trials(deepcopy=False), self.grid)]
+        allowed = set(ranked[: self.n_trials])
+        mine = [t for t in asked if t.number in allowed]
+        for trial in asked:
+            if trial.number not in allowed:
+                trial.set_user_attr("surplus", True)
+                self.study.tell(trial, state=_failed())
+        return mine
+
+    def _train(
+        self,
+        trials: list[Any],
+        trainer: Trainer,
+        keys: list[str],
+        on_trial: Callable[[int, int, dict[str, Any]], None],
+        tracked: mlflow_sweep.Tracked,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        try:
+            asked = trials if self.pruning else None
+            results = trainer.score([self.space.decode(t.params) for t in trials], should_stop, asked)
+        except UserError:  # a trial's data does not work: the sweep stops here
+            self._queue_again(trials)
+            nobody = finished(self.study.get_trials(deepcopy=False)) == 0
+            if nobody and self.where.default and not self.resume:
+                _discard(self.out)  # nothing finished: leave no sweep behind to resume
+            raise
+        if results is None:  # interrupted: the trials run again, from their start
+            self._queue_again(trials)
+            interrupted(self.out, self.study, self.resume_command)
+        for trial, (scored, dropped) in zip(trials, results, strict=True):
+            _tell(self.study, trial, scored, dropped)
+        # Read once per pack (the study's every trial, whoever ran it), not once per trial.
+        rows = leaderboard(self.study, keys)
+        tables.write_rows(self.out / "leaderboard.csv", columns(keys), rows)
+        by_number = {r["trial"]: r for r in rows}
+        done = len(rows) - len(trials)
+        for trial in trials:
+            done += 1
+            on_trial(done, self.n_trials, by_number[trial.number])
+            tracked.trial(trial.number, swept(self.study, trial.number, self.space), by_number[trial.number])
+
+    def _queue_again(self, trials: list[Any]) -> None:
+        """Trials this worker cannot finish: failed, and queued with the same settings."""
+        for trial in trials:
+            self.study.tell(trial, state=_failed())
+            self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+
+
+def _live(trials: list[Any], grid: bool) -> list[Any]:
+    """The trials that count against the budget, in number order: finished, running, queued
+    (for a grid, one per point: a second trial of a point is surplus)."""
+    from optuna.trial import TrialState
+
+    live, seen = [], set()
+    for t in sorted(trials, key=lambda t: t.number):
+        if result_of(t) is None and t.state not in (TrialState.RUNNING, TrialState.WAITING):
+            continue  # interrupted, lost with its worker, or surplus: not a trial of the search
+        if grid:
+            key = _params_key(t)
+            if key in seen:
+                continue
+            seen.add(key)
+        live.append(t)
+    return live
+
+
+def _params_key(trial: Any) -> str:
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    return json.dumps(params, sort_keys=True)
+
+
+class Trainer:
+    """Trains trial configs, reading each distinct `data:` section once."""
+
+    def __init__(
+        self,
+        doc: yamlio.Document,
+        base: Path,
+        overrides: Sequence[str],
+        name: str,
+        folds: int,
+        device: torch.device,
+        pack: bool,
+    ) -> None:
+        self.doc, self.base, self.overrides, self.name = doc, base, overrides, name
+        self.folds, self.device, self.pack = folds, device, pack
+        self._loaded: dict[str, prepare.Loaded] = {}
+        self._prepared: dict[str, prepare.Prepared] = {}
+
+    def load(self, cfg: Config) -> prepare.Loaded:
+        """The training table of `cfg`'s data section, read once per distinct section."""
+        key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        if key not in self._loaded:
+            self._loaded[key] = prepare.load_training(cfg.data, cfg.targets)
+        return self._loaded[key]
+
+    def score(
+        self, trials: list[dict[str, Any]], should_stop: Callable[[], bool], asked: list[Any] | None = None
+    ) -> list[tuple[Scored, list[str]]] | None:
+        """Each trial's score (and dropped keys); None when asked to stop.
+
+        Jobs (a trial's folds, or its holdout) that share a pack key train side by side.
+        `asked`: the Optuna trials, to report each epoch's validation loss to for pruning.
+        """
+        jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]] = []
+        dropped_of = []
+        for number, values in enumerate(trials):
+            try:
+                cfg, dropped = space.trial_config(self.doc, self.base, self.overrides, values, self.name)
+                splits = self._splits(cfg, values)
+            except UserError as exc:
+                shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+                exc.problems.append(f"in the sweep's trial with {shown}; nothing of it was trained")
+                raise
+            dropped_of.append(dropped)
+            jobs += [(number, cfg, prepared, held) for prepared, held in splits]
+        groups: dict[str | None, list[int]] = {}
+        for index, (_, cfg, _, _) in enumerate(jobs):
+            key = packed.pack_key(cfg) if self.pack else None
+            groups.setdefault(key, []).append(index)
+        scores: dict[int, Scored] = {}
+        for key, members in groups.items():
+            if key is not None and len(members) > 1:
+                judge = _judge([jobs[i][0] for i in members], asked)
+                pack = [jobs[i][1:] for i in members]
+                together = train_and_score_packed(pack, self.device, should_stop, judge)
+                if together is None:
+                    return None
+                scores.update(zip(members, together, strict=True))
+                continue
+            for i in members:
+                number, cfg, prepared, held = jobs[i]
+                judge = _judge([number], asked) if self.folds == 0 else None  # a fold alone: no trial's curve
+                scored = train_and_score(cfg, prepared, held, self.device, should_stop, self.pack, judge)
+                if scored.status is Status.INTERRUPTED:
+                    return None
+                scores[i] = scored
+        out = []
+        for number, dropped in enumerate(dropped_of):
+            parts = [scores[i] for i, job in enumerate(jobs) if job[0] == number]
+            out.append((_combine(parts), dropped))
+        return out
+
+    def _splits(self, cfg: Config, values: dict[str, Any]) -> list[tuple[prepare.Prepared, prepare.Held]]:
+        if self.folds >= 2:
+            return cv.fold_splits(self.load(cfg), cfg, self.folds)
+        key = json.dumps([cfg.data.model_dump(mode="json"), cfg.seed], sort_keys=True)
+        if key not in self._prepared:  # trials that do not change `data:` share one read
+            self._prepared[key] = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+        prepared = self._prepared[key]
+        if prepared.val is None:
+            raise ConfigError(
+                f"{self.doc.source}: a trial with {values} has no validation rows to be scored on",
+                ["set `sweep.folds: 5`, or keep `data.val_fraction` above 0 in every trial"],
+            )
+        y_true = prepared.pre.unscale_targets(prepared.val.y).astype(np.float64)
+        return [(prepared, prepare.Held(prepared.val, y_true))]
+
+
+def _judge(numbers: list[int], asked: list[Any] | None) -> Callable[[int, dict[int, float]], set[int]] | None:
+    """For a pack whose model i is a fold (or the holdout) of trial `numbers[i]`: report each
+    trial's epoch loss (the mean over its folds still training) to Optuna, and name the
+    models of the trials its pruner stops."""
+    if asked is None:
+        return None
+
+    def judge(epoch: int, losses: dict[int, float]) -> set[int]:
+        pruned: set[int] = set()
+        for number in sorted({numbers[i] for i in losses}):
+            mine = [i for i in losses if numbers[i] == number]
+            asked[number].report(sum(losses[i] for i in mine) / len(mine), epoch)
+            if asked[number].should_prune():
+                pruned |= {i for i, n in enumerate(numbers) if n == number}
+        return pruned
+
+    return judge
+
+
+def _combine(parts: list[Scored]) -> Scored:
+    """One trial's score from its folds (or its one holdout): the mean, and the std over folds."""
+    epochs, seconds = sum(p.epochs for p in parts), sum(p.seconds for p in parts)
+    failed = next((p for p in parts if p.overall is None), None)
+    if failed is not None:
+        return Scored(failed.status, epochs, seconds, reason=failed.reason)
+    rows = [p.overall for p in parts if p.overall is not None]
+    stats = cv.mean_std(rows)
+    overall: dict[str, Any] = {m: stats[m]["mean"] for m in cv.METRICS}
+    overall["score_std"] = stats["mse"]["std"] if len(parts) > 1 else None
+    overall["n"] = sum(r["n"] for r in rows)
+    status = (
+        Status.PRUNED
+        if any(p.status is Status.PRUNED for p in parts)
+        else Status.EARLY_STOPPED
+        if all(p.status is Status.EARLY_STOPPED for p in parts)
+        else Status.COMPLETED
+    )
+    best_epochs = [e for p in parts for e in p.best_epochs]
+    return Scored(status, epochs, seconds, overall, best_epochs=best_epochs)
+
+
+def _tell(study: Any, trial: Any, scored: Scored, dropped: list[str]) -> None:
+    """The score, and everything the leaderboard shows, in one user attr: one write."""
+    result: dict[str, Any] = {
+        "dropped": dropped,
+        "epochs": scored.epochs,
+        "seconds": scored.seconds,
+        "best_epochs": scored.best_epochs,
+    }
+    if scored.overall is None:
+        trial.set_user_attr(RESULT, {**result, "status": "diverged", "reason": scored.reason})
+        study.tell(trial, state=_failed())
+        return
+    trial.set_user_attr(RESULT, {**result, **scored.overall, "status": scored.status.value})
+    if scored.status is Status.PRUNED:  # scored on its best epoch so far, but not a finished search point
+        from optuna.trial import TrialState
+
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    study.tell(trial, scored.overall["mse"])
+
+
+def result_of(trial: Any) -> dict[str, Any] | None:
+    """A finished trial's result (None while it runs, or when it was interrupted); the
+    separate attrs of sweeps written before mse-train kept them in one."""
+    attrs = trial.user_attrs
+    found = attrs.get(RESULT)
+    if isinstance(found, dict):
+        return found
+    return attrs if attrs.get("status") is not None else None
+
+
+def columns(keys: list[str]) -> list[str]:
+    return ["trial", *keys, "score_mean", "score_std", "rmse", "mae", "r2", "epochs", "seconds", "status"]
+
+
+def leaderboard(study: Any, keys: list[str]) -> list[dict[str, Any]]:
+    """One row per finished trial, in trial order; a dropped key is an empty cell."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = result_of(trial)
+        if attrs is None:
+            continue  # running, or interrupted and queued again
+        row: dict[str, Any] = {"trial": trial.number}
+        dropped = set(attrs.get("dropped", []))
+        for key in keys:
+            value = trial.params.get(key)
+            row[key] = None if key in dropped else value
+        row.update(
+            score_mean=attrs.get("mse"),
+            score_std=attrs.get("score_std"),
+            rmse=attrs.get("rmse"),
+            mae=attrs.get("mae"),
+            r2=attrs.get("r2"),
+            epochs=attrs.get("epochs"),
+            seconds=round(float(attrs.get("seconds", 0.0)), 3),
+            status=attrs["status"],
+        )
+        rows.append(row)
+    return rows
+
+
+def trial_of(the_study: Any, number: int) -> Any:
+    return next(t for t in the_study.get_trials(deepcopy=False) if t.number == number)
+
+
+def swept(the_study: Any, number: int, the_space: space.Space) -> dict[str, Any]:
+    """A trial's swept values, without the keys its choices made inapplicable."""
+    trial = trial_of(the_study, number)
+    dropped = set((result_of(trial) or {}).get("dropped", []))
+    return {k: v for k, v in the_space.decode(trial.params).items() if k not in dropped}
+
+
+def _discard(out: Path) -> None:
+    """Remove a sweep that never finished a trial, so that the same command can start again."""
+    for name in (storage.DEFAULT_FILE, "leaderboard.csv", mlflow_log.RECORD):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+
+
+def finished(trials: list[Any]) -> int:
+    return sum(1 for t in trials if result_of(t) is not None)
+
+
+def _failed() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL
+
+
+def interrupted(out: Path, the_study: Any, resume_command: str) -> NoReturn:
+    done = finished(the_study.get_trials(deepcopy=False))
+    raise TrainingInterrupted(
+        f"sweep interrupted after {done} finished trial(s); its trials in flight are queued to run "
+        f"again. {out / 'leaderboard.csv'} holds the finished ones and the study the search",
+        [f"continue with: {resume_command}"],
+    )
