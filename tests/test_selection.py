@@ -307,6 +307,20 @@ def test_refit_trains_the_winner_into_best_and_best_yaml_runs_as_it_is(cli, tabl
     assert scored.code == 0, scored
 
 
+def test_the_sweeps_own_settings_can_be_set_on_the_command_line(cli, table, tmp_path):
+    # a trial's config has no `sweep:` section; `--set sweep.KEY=...` must not bring one
+    # back without its params (every trial was refused with "`sweep.params` is required")
+    cfg = sweep_config(
+        tmp_path, table, {"method": "random", "trials": 2, "params": {"optimizer.lr": [0.01, 0.05]}}
+    )
+    result = cli("sweep", cfg, "--set", "sweep.refit=false", "--set", "sweep.method=grid", "--json")
+    assert result.code == 0, result
+    out = strict_json(result.stdout)
+    assert out["checkpoint"] is None
+    assert not (tmp_path / "sweep" / "best").exists()
+    assert len(leaderboard(tmp_path / "sweep")) == 2
+
+
 def test_a_sweep_folder_is_not_started_twice_and_resume_needs_one(cli, table, tmp_path):
     cfg = sweep_config(tmp_path, table, {"method": "random", "trials": 1, "refit": False,
                                          "params": {"optimizer.lr": [0.01]}})  # fmt: skip

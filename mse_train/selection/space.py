@@ -118,8 +118,11 @@ def trial_config(
     """The config of one trial (sweep section removed) and the keys dropped for its choices."""
     copied = yamlio.Document(copy.deepcopy(doc.data), doc.lines, doc.source)
     copied.data.pop("sweep", None)
+    # a trial runs without the sweep section, so `--set sweep.KEY=...` (the sweep's own
+    # settings, already applied to the sweep) must not bring back a `sweep:` without params
+    trial_overrides = [o for o in overrides if not o.strip().startswith(("sweep.", "sweep="))]
     dropped: list[str] = []
-    cfg = loading.from_document(copied, base, overrides, name, values=values, dropped=dropped)
+    cfg = loading.from_document(copied, base, trial_overrides, name, values=values, dropped=dropped)
     return cfg, dropped
 
 
