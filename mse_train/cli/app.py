@@ -179,7 +179,7 @@ def run(
         cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
         from mse_train import recipe, runtime
 
-        runtime.use_threads(cfg.train.threads)  # before any torch work (runtime.py, Threads)
+        runtime.use_threads(cfg.train.threads)  # before any torch work (runtime.use_threads)
 
         if output_dir is not None:
             cfg.output.dir = str(output_dir.resolve())
@@ -248,13 +248,13 @@ def cv(
 
         cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
         from mse_train import runtime
-
-        runtime.use_threads(cfg.train.threads)
         from mse_train.errors import TrainingDiverged, TrainingInterrupted
         from mse_train.outputs import fsio, metrics, run_folder, tables
         from mse_train.selection import cv as cross
         from mse_train.training import signals
         from mse_train.training.records import Status
+
+        runtime.use_threads(cfg.train.threads)  # every fold
 
         out = output_dir.resolve() if output_dir is not None else Path(str(cfg.output.dir))
         run_folder.check_not_a_system_folder(out)
