@@ -60,6 +60,7 @@ class RunInfo:
     targets: list[str]
     epochs: int
     from_epoch: int  # completed epochs before this call (non-zero when resuming)
+    threads: int  # torch's intra-op threads (runtime.use_threads)
 
 
 class Reporter(Protocol):
@@ -345,6 +346,7 @@ def _train_and_save(
             targets=cfg.targets,
             epochs=cfg.train.epochs,
             from_epoch=loop.progress.epoch,
+            threads=torch.get_num_threads(),
         )
     )
 

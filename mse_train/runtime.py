@@ -1,12 +1,15 @@
-"""The machine a command runs on: which torch device to use, its free memory, memory hand-back.
+"""The machine a command runs on: which torch device to use, its free memory, memory hand-back,
+and how many CPU threads torch may use.
 
-One home for both so that `run`, `eval` and `predict` check a device the same way.
+One home for each so that every command checks a device and sizes its threads the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,3 +143,124 @@ def _reclaimable(folder: Path) -> int:
         stats = dict(line.split() for line in lines if line.count(" ") == 1)
         return int(stats.get("total_inactive_file", stats.get("inactive_file", 0)))
     return 0
+
+
+# ------------------------------------------------------------------- threads
+THREADS_ENV = "MSE_TRAIN_THREADS"
+MAX_THREADS = 1024  # far above any machine's cores; torch crashes on counts like 100,000
+THREADS_CHOICES = f"auto or a whole number from 1 to {MAX_THREADS}"
+# `auto` never asks for more intra-op threads than this. The models mse-train ships (MLPs up
+# to 128-128, batches of 64-1024) trained no faster with a second thread on a quiet machine,
+# and 21-45x slower with it when a busy process ran on each core (bench/threads.py,
+# bench/results.md "Threads"): their operations are too small for OpenMP's fork/join to pay,
+# and one descheduled thread stalls every operation.
+AUTO_MAX_THREADS = 1
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def parse_threads(value: object, setting: str, fix: str = f"use {THREADS_CHOICES}") -> int | None:
+    """`auto` -> None, a whole number from 1 to MAX_THREADS (or its digits) -> itself;
+    UserError naming `setting` otherwise."""
+    if value == "auto":
+        return None
+    count = _digits(value) if isinstance(value, str) else value
+    if type(count) is int and 1 <= count <= MAX_THREADS:
+        return count
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:36] + "...'"
+    raise UserError(f"{setting} is {shown}, which is not a thread count", [fix])
+
+
+def _digits(text: str) -> int | None:
+    """`"12"` -> 12; None for anything but a few ASCII digits (int() refuses 4,300 and more)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else None
+
+
+def resolve_threads(setting: int | str = "auto", where: str = "train.threads") -> int:
+    """The thread count a command uses, first found of:
+
+    1. the environment variable MSE_TRAIN_THREADS, for every command (`auto` or a number);
+    2. an explicit `setting` (`train.threads: 4`);
+    3. for `auto`, the user's OMP_NUM_THREADS or MKL_NUM_THREADS, as torch itself reads them
+       (torchrun sets OMP_NUM_THREADS=1 for its ranks when it is unset);
+    4. `auto_threads()`.
+    """
+    env = os.environ.get(THREADS_ENV, "")
+    if env != "":
+        fix = f"set {THREADS_ENV} to {THREADS_CHOICES}, or unset it (`unset {THREADS_ENV}`)"
+        count = parse_threads(env, f"the environment variable {THREADS_ENV}", fix)
+    else:
+        count = parse_threads(setting, where)
+    if count is not None:
+        return count
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        count = _digits(os.environ.get(name, "").strip())
+        if count is not None and 1 <= count <= MAX_THREADS:
+            return count
+    return auto_threads()
+
+
+def auto_threads(root: Path = CGROUP_ROOT) -> int:
+    """This process's share of the CPUs it may use, at most AUTO_MAX_THREADS: the CPUs of its
+    affinity and its cgroup's CPU quota, divided among the processes torchrun started on
+    this machine (LOCAL_WORLD_SIZE)."""
+    ranks = max(1, _digits(os.environ.get("LOCAL_WORLD_SIZE", "1")) or 1)
+    return max(1, min(AUTO_MAX_THREADS, usable_cpus(root) // ranks))
+
+
+def usable_cpus(root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may run on (its affinity), lowered to its cgroup's CPU quota, rounded up."""
+    affinity = getattr(os, "sched_getaffinity", None)  # not on macOS or Windows
+    cpus = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+    quota = cpu_quota(root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def cpu_quota(root: Path = CGROUP_ROOT, own: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs' worth of time the cgroup quota allows (1.5 = 150 ms per 100 ms), None without one.
+
+    cgroup v2 `cpu.max` ("max 100000" or "150000 100000") and v1 `cpu.cfs_quota_us` over
+    `cpu.cfs_period_us` (-1 = none), read at `root` and in the process's own group from
+    `own` (/proc/self/cgroup), which is where docker and systemd put a limit.
+    """
+    v2 = [root]
+    v1 = [root / "cpu", root / "cpu,cpuacct"]
+    with contextlib.suppress(OSError), open(own, encoding="utf-8") as lines:
+        for line in lines:
+            _, controllers, group = line.rstrip("\n").split(":", 2)
+            if group in ("", "/"):
+                continue
+            if controllers == "":
+                v2.append(root / group.lstrip("/"))
+            elif "cpu" in controllers.split(","):
+                v1 += [folder / group.lstrip("/") for folder in v1[:2]]
+    found: list[float] = []
+    for folder in v2:
+        with contextlib.suppress(OSError, ValueError):
+            quota, period = (folder / "cpu.max").read_text(encoding="ascii").split()
+            if quota != "max" and int(period) > 0:
+                found.append(int(quota) / int(period))
+    for folder in v1:
+        with contextlib.suppress(OSError, ValueError):
+            quota_us = int((folder / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+            period_us = int((folder / "cpu.cfs_period_us").read_text(encoding="ascii"))
+            if quota_us > 0 and period_us > 0:
+                found.append(quota_us / period_us)
+    return min(found) if found else None
+
+
+def use_threads(setting: int | str = "auto", where: str = "train.threads") -> int:
+    """Resolve the thread count (`resolve_threads`) and give it to torch, before any work.
+
+    torch's inter-op pool can only be sized before its first parallel work; where that has
+    happened (a second call in one process) it keeps its size and only the intra-op count
+    changes.
+    """
+    import torch
+
+    count = resolve_threads(setting, where)
+    torch.set_num_threads(count)
+    with contextlib.suppress(RuntimeError):  # "cannot set number of interop threads after ..."
+        torch.set_num_interop_threads(count)
+    return count

@@ -54,7 +54,12 @@ def cli() -> Callable[..., Result]:
     return invoke
 
 
-def run_process(*args: Any, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+# Seconds after which a test gives up on a process: only a hang takes this long. Tests check
+# behaviour, never speed (a loaded machine can make a 2-second command take a minute).
+HANG_GUARD = 600.0
+
+
+def run_process(*args: Any, timeout: float = HANG_GUARD, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """`python -m mse_train ARGS...` in a real process."""
     return subprocess.run(
         [sys.executable, "-m", "mse_train", *map(str, args)],

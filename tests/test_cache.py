@@ -19,7 +19,7 @@ import torch
 from mse_train.data import cache, ingest, table
 from mse_train.data.digest import Digest
 
-from conftest import linear_rows, read_json, read_metrics, write_config, write_csv
+from conftest import HANG_GUARD, linear_rows, read_json, read_metrics, write_config, write_csv
 
 COLUMNS = ["x0", "colour", "size", "y"]
 
@@ -437,7 +437,7 @@ def test_two_processes_building_the_same_entry_at_once(tmp_path, data_cache):
         )
         for _ in range(2)
     ]
-    results = [json.loads(child.communicate(timeout=120)[0]) for child in children]
+    results = [json.loads(child.communicate(timeout=HANG_GUARD)[0]) for child in children]
     assert [child.returncode for child in children] == [0, 0]
     assert len(list(ready.iterdir())) == 2  # both built, and both were about to publish together
     assert results[0] == results[1]

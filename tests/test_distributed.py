@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import linear_rows, read_metrics, write_config, write_csv
+from conftest import HANG_GUARD, linear_rows, read_metrics, write_config, write_csv
 
 BIN = Path(sys.executable).parent
 RANK_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -44,12 +44,18 @@ def _torchrun(logs: Path, *args: Any) -> list[str]:
 
 
 def run2(logs: Path, *args: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_torchrun(logs, *args), capture_output=True, text=True, timeout=120, env=_env())
+    return subprocess.run(
+        _torchrun(logs, *args), capture_output=True, text=True, timeout=HANG_GUARD, env=_env()
+    )
 
 
 def run1(*args: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "mse-train"), *map(str, args)], capture_output=True, text=True, timeout=120, env=_env()
+        [str(BIN / "mse-train"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        env=_env(),
     )
 
 
@@ -183,11 +189,11 @@ def test_ctrl_c_stops_every_rank_and_leaves_a_resumable_last_pt(tmp_path, config
         start_new_session=True,  # its own process group, as a terminal's Ctrl-C reaches it
     )
     metrics = tmp_path / "stopped" / "metrics.csv"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + HANG_GUARD
     while not metrics.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=HANG_GUARD)
     # torchrun itself got the signal: it reports SignalException and exits 1 (rank 0 exits 130)
     assert process.returncode == 1, err[-3000:]
     assert "interrupted at epoch" in rank_output(logs, 0)

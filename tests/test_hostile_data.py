@@ -311,7 +311,7 @@ def test_a_fifo_as_data_file_is_named_and_never_read(tmp_path):
     fifo = tmp_path / "rows.csv"
     os.mkfifo(fifo)
     cfg = write_config(tmp_path / "c.yaml", {"data": {"train": str(fifo), "target": "y"}})
-    result = run_process("validate", cfg, timeout=60)  # a blocking open() would hang here
+    result = run_process("validate", cfg)  # a blocking open() would hang here (HANG_GUARD)
     assert result.returncode == 2, result
     assert f"{fifo}: is a FIFO (named pipe), not a regular file" in result.stderr
     assert "empty" not in result.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import linear_rows, read_json, run_process, start_process, write_config, write_csv
+from conftest import HANG_GUARD, linear_rows, read_json, run_process, start_process, write_config, write_csv
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(cli, tmp_path):
     cfg = _slow_config(tmp_path, out)
     first = start_process("run", cfg, "-q")
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + HANG_GUARD
         while not (out / "last.pt").exists():  # the first run is training
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.05)
@@ -57,7 +57,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(cli, tmp_path):
             assert str(out) in second.stderr and "another mse-train run is using this folder" in second.stderr
     finally:
         first.terminate()
-        first.communicate(timeout=60)
+        first.communicate(timeout=HANG_GUARD)
     assert first.returncode == 130
     assert read_json(out / "summary.json")["status"] == "interrupted"  # the first run's own files
     assert cli("run", cfg, "-q", "--resume", "--set", "train.epochs=1").code in (0, 2)  # lock released

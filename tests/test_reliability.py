@@ -17,7 +17,7 @@ import torch
 from mse_train.outputs import checkpoint
 from mse_train.use import evaluate
 
-from conftest import DATA, read_metrics, signal_at_step, start_process, write_config, write_csv
+from conftest import DATA, HANG_GUARD, read_metrics, signal_at_step, start_process, write_config, write_csv
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_signal_mid_run_saves_and_resume_is_bit_identical(cli, tmp_path, busy_ta
     _wait_for(run / "metrics.csv", process)
     time.sleep(random.Random(sig).uniform(0.05, 0.3))
     process.send_signal(sig)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 130, err
     assert "interrupted at epoch" in err and "--resume" in err
     saved = torch.load(run / "last.pt", weights_only=True)
@@ -140,7 +140,7 @@ def test_sigkill_at_random_moments_never_breaks_last_pt(tmp_path):
         _wait_for(run / "last.pt", process, newer_than=(run / "last.pt").stat().st_mtime if attempt else 0)
         time.sleep(rng.uniform(0.0, 0.4))
         process.kill()
-        process.communicate(timeout=30)
+        process.communicate(timeout=HANG_GUARD)
         ckpt = checkpoint.load(run / "last.pt")  # raises if damaged
         epochs_seen.append(int(ckpt["epoch"]))
         report = evaluate.evaluate(run / "last.pt", DATA / "linear.csv")
@@ -150,7 +150,7 @@ def test_sigkill_at_random_moments_never_breaks_last_pt(tmp_path):
     assert epochs_seen == sorted(epochs_seen) and epochs_seen[-1] > epochs_seen[0]
 
 
-def _wait_for(path: Path, process, newer_than: float = 0.0, timeout: float = 60.0) -> None:
+def _wait_for(path: Path, process, newer_than: float = 0.0, timeout: float = HANG_GUARD) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists() and path.stat().st_mtime > newer_than:

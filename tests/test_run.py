@@ -321,7 +321,15 @@ def test_progress_bar_on_a_terminal():
     progress = Progress(console, quiet=False)
     progress.start(
         RunInfo(
-            out="runs/x", device="cpu", rows=10, val_rows=2, inputs=3, targets=["y"], epochs=4, from_epoch=0
+            out="runs/x",
+            device="cpu",
+            rows=10,
+            val_rows=2,
+            inputs=3,
+            targets=["y"],
+            epochs=4,
+            from_epoch=0,
+            threads=1,
         )
     )
     assert progress.bar is not None

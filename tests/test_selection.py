@@ -17,7 +17,7 @@ import pytest
 from mse_train.config import load
 from mse_train.data import folds, prepare
 
-from conftest import DATA, linear_rows, start_process, write_config, write_csv
+from conftest import DATA, HANG_GUARD, linear_rows, start_process, write_config, write_csv
 
 
 def strict_json(text: str) -> Any:
@@ -363,20 +363,20 @@ def test_an_interrupted_sweep_resumes_without_running_finished_trials_again(tmp_
              "params": {"optimizer.lr": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]}}  # fmt: skip
     cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 40, "batch_size": 16})
     process = start_process("sweep", cfg, "--no-pack")  # one trial at a time: some finish first
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD
     assert process.stderr is not None
     for line in process.stderr:  # wait for the first finished trial
         if line.startswith("trial "):
             break
         assert time.monotonic() < deadline
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 130, err
     assert "--resume" in err
     before = leaderboard(tmp_path / "sweep")
     assert 1 <= len(before) < 6
     process = start_process("sweep", cfg, "--resume", "-q")  # the rest side by side
-    _, err = process.communicate(timeout=300)
+    _, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 0, err
     after = leaderboard(tmp_path / "sweep")
     assert len(after) == 6

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mse_train.config.schema import Config
 
-from conftest import DATA, linear_rows, read_metrics, write_config, write_csv
+from conftest import DATA, HANG_GUARD, linear_rows, read_metrics, write_config, write_csv
 
 SECTIONS = set(Config.model_fields)  # seed, data, model, ..., output
 
@@ -188,7 +188,7 @@ def test_predict_into_a_pipe_closed_early_stops_quietly(cli, small_config, tmp_p
         ["bash", "-c", f"set -o pipefail; '{exe}' predict '{ckpt}' '{big}' | head -1"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD,
     )
     assert piped.returncode == 141, piped  # 128 + SIGPIPE, as any writer cut off by `head`
     assert piped.stderr == "" and piped.stdout == "x0,x1,x2,y,y_pred\n"

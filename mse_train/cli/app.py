@@ -209,7 +209,9 @@ def run(
         from mse_train import config
 
         cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
-        from mse_train import recipe
+        from mse_train import recipe, runtime
+
+        runtime.use_threads(cfg.train.threads)  # before any torch work (runtime.use_threads)
 
         if output_dir is not None:
             cfg.output.dir = str(output_dir.resolve())
@@ -304,6 +306,8 @@ def cv(
         from mse_train.selection import cv as cross
         from mse_train.training import signals
 
+        runtime.use_threads(cfg.train.threads)  # every fold
+
         out = cross.folder(cfg, output_dir)
         device = runtime.resolve_device(cfg.train.device)
         console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -395,8 +399,11 @@ def sweep(
         _one_process_only("sweep")
         from mse_train import config
 
-        config.load(config_file, overrides or [])  # before torch: a config error answers at once
+        cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
+        from mse_train import runtime
         from mse_train.selection import sweep as search
+
+        runtime.use_threads(cfg.train.threads)  # every trial and the refit
 
         console = Console(stderr=True, highlight=False, soft_wrap=True)
         again = ["mse-train", "sweep", str(config_file)]
@@ -475,8 +482,11 @@ def eval_(
     """
 
     def work() -> None:
+        from mse_train import runtime
         from mse_train.outputs import fsio
         from mse_train.use import evaluate
+
+        runtime.use_threads()  # auto, or MSE_TRAIN_THREADS
 
         if plot is not None:
             fsio.check_not_an_input(plot, [csv_file, checkpoint_file])
@@ -514,8 +524,11 @@ def explain(
     """Which columns matter: the MSE increase when each column is shuffled (permutation importance)."""
 
     def work() -> None:
+        from mse_train import runtime
         from mse_train.outputs import fsio
         from mse_train.use import explain as explaining
+
+        runtime.use_threads()  # auto, or MSE_TRAIN_THREADS
 
         if output is not None:
             fsio.check_not_an_input(output, [csv_file, checkpoint_file])
@@ -572,9 +585,12 @@ def predict(
     """
 
     def work() -> None:
+        from mse_train import runtime
         from mse_train.errors import UserError
         from mse_train.outputs import fsio
         from mse_train.use import predict as predicting
+
+        runtime.use_threads()  # auto, or MSE_TRAIN_THREADS
 
         if as_json and output is None:
             raise UserError(
@@ -681,6 +697,7 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
 
             mlflow_log.check_available(mlflow_log.tracking_uri())
         device = runtime.resolve_device(cfg.train.device)
+        runtime.resolve_threads(cfg.train.threads)  # a bad MSE_TRAIN_THREADS stops run too
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
         recipe.build_loop(cfg, prepared, device)  # what run builds: validate passing means run starts
         checked = 0

@@ -49,7 +49,8 @@ class Progress:
         val = f" + {info.val_rows} val" if info.val_rows else ""
         self.console.print(
             f"training on {info.rows} rows{val}, {info.inputs} inputs -> "
-            f"{', '.join(info.targets)} | device {info.device}{resumed} | {info.out}"
+            f"{', '.join(info.targets)} | device {info.device}, {info.threads} thread"
+            f"{'s' if info.threads != 1 else ''}{resumed} | {info.out}"
         )
         self._total = info.epochs
         if self.live:

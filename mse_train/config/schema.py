@@ -22,6 +22,9 @@ from pydantic import (
     Strict,
     Tag,
 )
+from pydantic_core import PydanticCustomError
+
+from mse_train.runtime import MAX_THREADS, THREADS_CHOICES
 
 Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Int = Annotated[int, Strict()]
@@ -537,6 +540,15 @@ class EarlyStoppingConfig(Section):
     min_delta: NonNegFloat = Field(0.0, description="Smallest decrease that counts as improvement.")
 
 
+def _check_threads(value: Any) -> Any:
+    if value == "auto" or (type(value) is int and 1 <= value <= MAX_THREADS):
+        return value
+    raise PydanticCustomError("thread_count", f"must be {THREADS_CHOICES}")
+
+
+Threads = Annotated[int | str, BeforeValidator(_check_threads)]
+
+
 class TrainConfig(Section):
     epochs: PositiveInt = Field(100, description="Passes over the training rows.")
     batch_size: PositiveInt | None = Field(None, description="Rows per step; null = all rows in one batch.")
@@ -546,6 +558,14 @@ class TrainConfig(Section):
     )
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when val loss (train loss without validation) stops improving."
+    )
+    threads: Threads = Field(
+        "auto",
+        description="CPU threads torch uses within each operation: a whole number, or auto = "
+        "OMP_NUM_THREADS when set, else 1 (the models mse-train ships train no faster with 2 on "
+        "an idle machine, and 21-45x slower when another busy program shares the cores: "
+        "bench/results.md, Threads). The environment variable MSE_TRAIN_THREADS overrides it, "
+        "for every command.",
     )
 
 

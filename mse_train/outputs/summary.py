@@ -60,6 +60,7 @@ class Summary(TypedDict):
     inputs: list[str]
     targets: list[str]
     device: str
+    threads: int  # torch's intra-op threads for the run (train.threads, MSE_TRAIN_THREADS)
     wall_seconds: float
     timings: Timings
     output_dir: str
@@ -109,6 +110,7 @@ def build(
         "inputs": inputs,
         "targets": cfg.targets,
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "wall_seconds": round(seconds, 3),
         "timings": {
             "ingest_seconds": round(timings["ingest_seconds"], 3),
