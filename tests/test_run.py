@@ -307,17 +307,18 @@ def test_help_does_not_import_torch():
 NOT_ON_THE_RUN_PATH = ("optuna", "sqlalchemy", "mlflow", "onnx", "onnxruntime", "tensorboard")
 
 
-def test_a_plain_run_does_not_import_the_optional_extras(tmp_path):
+@pytest.mark.parametrize(("command", "written"), [(["run"], "best.pt"), (["cv", "--folds", "2"], "cv.json")])
+def test_a_plain_run_does_not_import_the_optional_extras(tmp_path, command, written):
     code = (
         "import sys\n"
         "from mse_train.cli import app\n"
         "try:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
         f"print(sorted(m for m in {NOT_ON_THE_RUN_PATH!r} if m in sys.modules))"
     )
-    args = ["run", CONFIGS / "linear.yaml", "--set", "train.epochs=1", "-o", tmp_path / "out"]
+    args = [*command, CONFIGS / "linear.yaml", "--set", "train.epochs=1", "-o", tmp_path / "out"]
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "out" / "best.pt").exists()
+    assert (tmp_path / "out" / written).exists()
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
