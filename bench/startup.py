@@ -12,7 +12,8 @@ so that a change in the machine's load falls on all of them alike:
   optimizer, which imports `torch._dynamo` when it is built (`Optimizer.add_param_group`
   is wrapped in `torch._disable_dynamo`, and `step` imports it too);
 - E: D plus `import pandas` and `matplotlib.figure`, the libraries `run` reads the CSV and
-  draws `loss.png` with: B - E is what mse-train itself adds.
+  draws `loss.png` with: B - E is what mse-train itself adds;
+- F: B with `--set output.plot=false`: B - F is what drawing `loss.png` costs.
 
 The data cache lives in a temporary folder, warmed by one untimed run, so B times a
 second run of the table as a user sees it. Prints medians, the ratio B / A (issue 23's
@@ -66,10 +67,12 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="mse-train-startup-"))
     env = {**os.environ, "MSE_TRAIN_CACHE_DIR": str(scratch / "cache")}
     run = [*_mse_train(), "run", "configs/linear.yaml", "--set", "train.epochs=1"]
+    no_plot = [*run, "--set", "output.plot=false"]
     commands: dict[str, Callable[[int], list[str]]] = {
         "python -c 'import torch'": lambda i: [sys.executable, "-c", "import torch"],
         "mse-train run configs/linear.yaml --set train.epochs=1": lambda i: [*run, "-o", f"{scratch}/run{i}"],
         "mse-train --help": lambda i: [*_mse_train(), "--help"],
+        "the run, --set output.plot=false": lambda i: [*no_plot, "-o", f"{scratch}/noplot{i}"],
         "python -c <import torch; torch.optim.SGD(...)>": lambda i: [sys.executable, "-c", OPTIM],
         "python -c <the same; import pandas, matplotlib.figure>": lambda i: [sys.executable, "-c", LIBRARIES],
     }
@@ -86,7 +89,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    torch_s, run_s, help_s, optim_s, libraries_s = medians.values()
+    torch_s, run_s, help_s, no_plot_s, optim_s, libraries_s = medians.values()
     lines = [
         f"Whole processes, median of {args.repeats}, interleaved;"
         f" OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')};"
@@ -101,7 +104,8 @@ def main() -> None:
         "",
         f"run / import torch: **{run_s / torch_s:.2f}x** (target 1.6x); torch + one optimizer / import torch:"
         f" {optim_s / torch_s:.2f}x; + pandas and matplotlib: {libraries_s / torch_s:.2f}x;"
-        f" run / those libraries: {run_s / libraries_s:.2f}x; --help: {help_s * 1000:.0f} ms.",
+        f" run / those libraries: {run_s / libraries_s:.2f}x; loss.png: {run_s - no_plot_s:.2f} s;"
+        f" --help: {help_s * 1000:.0f} ms.",
     ]
     text = "\n".join(lines)
     print(text)
