@@ -60,7 +60,7 @@ def test_train_threads_is_the_count_the_run_trains_with(tmp_path, threads):
     done = run_process("run", config(tmp_path, threads=threads), env=environment())
     assert done.returncode == 0, done.stderr
     assert read_json(tmp_path / "run" / "summary.json")["threads"] == threads
-    assert f"{threads} thread" in done.stdout  # the start line says it
+    assert f"{threads} thread" in done.stderr  # the start line (progress goes to stderr) says it
 
 
 def test_the_environment_variable_overrides_the_config(tmp_path):
