@@ -98,8 +98,8 @@ def test_words_among_numbers_in_the_training_file_are_read_as_empty(cli, tmp_pat
 def test_an_id_column_is_left_out_with_a_comment(cli, tmp_path):
     table = rows(200, 5)
     for i, row in enumerate(table):
-        row.insert(0, i + 1)  # a row counter, numbers this time
-    header = ["row", *HEADER]
+        row[:0] = [i + 1, ""]  # a row counter, numbers this time; a column empty in every row
+    header = ["row", "note", *HEADER]
     train = write_csv(tmp_path / "train.csv", header, table[:-40])
     test = write_csv(tmp_path / "test.csv", header, table[-40:])
     cfg = init_run_eval(cli, tmp_path, train, test)
@@ -108,6 +108,7 @@ def test_an_id_column_is_left_out_with_a_comment(cli, tmp_path):
         "# left out: row, name: a different value in each of the 160 rows"
         in (tmp_path / "starter.yaml").read_text()
     )
+    assert "# left out: note: empty in every row" in (tmp_path / "starter.yaml").read_text()
 
 
 def hand_written(tmp_path: Path, train: Path, **data: Any) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mse_train.config.schema import choices
@@ -41,6 +41,7 @@ class Survey:
     ids: list[str]  # features with a different value in every row: text, or a row counter
     stray: dict[str, int]  # numeric feature -> cells that are not numbers (read as empty)
     empty: list[str]  # features or targets with empty cells anywhere
+    blank: list[str] = field(default_factory=list)  # features with no value in any row
 
 
 MLP = Choice(False, ("an MLP: the default when the table has not been looked at",))
@@ -161,12 +162,18 @@ def _data_section(
     left_out = ""
     if survey is not None:
         ids = [f for f in survey.ids if f in features]
-        if ids and len(ids) < len(features):
-            features = [f for f in features if f not in ids]
+        blank = [f for f in survey.blank if f in features]
+        if ids and len(ids) + len(blank) < len(features):
             left_out = (
                 f"  # left out: {', '.join(ids)}: a different value in each of the {survey.rows:,} rows,\n"
                 "  # an ID (row number, name) a model cannot learn from; add it back if it is not\n"
             )
+        else:
+            ids = []
+        if blank and len(ids) + len(blank) < len(features):
+            left_out += f"  # left out: {', '.join(blank)}: empty in every row\n"
+            ids = [*ids, *blank]
+        features = [f for f in features if f not in ids]
         text = sorted(c for c in survey.categories if c in features)
         empty = sorted(set(survey.empty) - set(ids))
         where = "the table"

@@ -404,10 +404,11 @@ def survey(path: Path, features: Sequence[str], targets: Sequence[str], delimite
             ):
                 ids.append(name)  # 0..n-1 or 1..n in some order: a row number
     empty = [c for c in columns if bool(frame[c].isna().any())]
+    blank = [c for c in features if bool(frame[c].isna().all())]
     stray: dict[str, int] = {}
     numeric_empty = [c for c in empty if c in features and c not in data.categorical]
     if numeric_empty and not parquet.is_parquet(path):  # a Parquet column of numbers holds no words
         header = table.read_header(path, delimiter)
         found = csvscan.scan(path, header, delimiter, dict.fromkeys(numeric_empty, True))
         stray = {c: found.bad_counts[c] for c in numeric_empty if found.bad_counts.get(c)}
-    return Survey(n, categories, ids, stray, empty)
+    return Survey(n, categories, ids, stray, empty, blank)
