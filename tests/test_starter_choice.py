@@ -97,13 +97,25 @@ def test_init_quick_skips_the_check_and_tiny_tables_get_a_linear_model(cli, tmp_
     assert ran.code == 0, ran
 
 
-def test_a_table_init_cannot_read_whole_still_gets_a_starter_and_a_note(cli, tmp_path):
+def test_init_reads_every_row_for_its_data_settings(cli, tmp_path):
     rows: list[list[object]] = [[float(i), 2.0 * i] for i in range(1500)]
     rows[1200][0] = ""  # an empty cell after the first 1000 rows, which init's sketch reads
     csv = write_csv(tmp_path / "late.csv", ["x", "y"], rows)
     result = cli("init", csv, "-t", "y", "-o", tmp_path / "late.yaml")
     assert result.code == 0, result
+    text = (tmp_path / "late.yaml").read_text()
+    assert yaml.safe_load(text)["data"]["missing"] == "mean" and "empty cells in the table: x" in text
+    assert cli("validate", tmp_path / "late.yaml").code == 0
+
+
+def test_a_table_init_cannot_read_whole_still_gets_a_starter_and_a_note(cli, tmp_path):
+    csv = write_csv(tmp_path / "late.csv", ["x", "y"], [[float(i), 2.0 * i] for i in range(1500)])
+    lines = csv.read_text().splitlines()
+    lines[1201] += ",7"  # a row with an extra field after the first 1000 rows
+    csv.write_text("\n".join(lines) + "\n")
+    result = cli("init", csv, "-t", "y", "-o", tmp_path / "late.yaml")
+    assert result.code == 0, result
     assert "could not read the whole table" in result.stderr and "validate" in result.stderr
     assert yaml.safe_load((tmp_path / "late.yaml").read_text())["model"]["type"] == "mlp"
     checked = cli("validate", tmp_path / "late.yaml")
-    assert checked.code == 2 and "x" in checked.stderr
+    assert checked.code == 2 and "line 1202" in checked.stderr

@@ -771,15 +771,25 @@ def init(
     """
 
     def work() -> None:
+        import contextlib
+
         from mse_train.config import starter
         from mse_train.data import prepare
-        from mse_train.errors import OutputError
+        from mse_train.errors import DataError, OutputError
         from mse_train.outputs import fsio
+        from mse_train.selection import choose
 
         fsio.check_not_an_input(output, [csv_file])
         if output.exists() and not force:
             raise OutputError(f"{output}: already exists", ["choose another name with -o, or pass --force"])
         table = prepare.sketch(csv_file, target, delimiter)
+        survey = None
+        if csv_file.stat().st_size <= choose.CHECK_MAX_BYTES:
+            # Every row, so that the settings fit categories, IDs and words the first rows miss;
+            # a table `run` cannot read either is written from the first rows, and the
+            # choice below says what to fix.
+            with contextlib.suppress(DataError):
+                survey = prepare.survey(csv_file, table.features, target, delimiter)
 
         def render(choice: starter.Choice = starter.MLP) -> str:
             return starter.render(
@@ -792,12 +802,11 @@ def init(
                 delimiter,
                 rows=table.rows,
                 choice=choice,
+                survey=survey,
             )
 
         text = render()
         if not quick:
-            from mse_train.selection import choose
-
             choice, note = choose.starter_model(text, csv_file, output, target)
             text = render(choice)
             if note:

@@ -166,6 +166,13 @@ class DataConfig(Section):
         description="A category at eval/predict time that training never saw: error, or "
         "ignore (encode as all zeros: the one-hot row, or the embedding's fixed zero vector).",
     )
+    non_numeric: Literal["error", "missing"] = Field(
+        "error",
+        description="A cell that is not a number (e.g. `rotary`) in a numeric column, in any file "
+        "(train, val, eval, predict): error, naming the cells; or missing (read it as an empty "
+        "cell, then handled by `missing`). Stored in the checkpoint. A column mostly of words is "
+        "categorical either way.",
+    )
     missing: Literal["error", "drop", "mean", "median"] = Field(
         "error",
         description="Empty cells: error; drop the row; or fill features with the training "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mse_train.config.schema import choices
@@ -31,6 +31,19 @@ class Choice:
     numeric_embedding: str = "piecewise_linear"
 
 
+@dataclass(frozen=True)
+class Survey:
+    """Every row of the table as `init` read it (data/prepare.py `survey`): what the data
+    settings must allow so that `run`, and `eval` on rows held out of it, work unedited."""
+
+    rows: int
+    categories: dict[str, int]  # categorical feature -> distinct values (empty cells aside)
+    ids: list[str]  # features with a different value in every row: text, or a row counter
+    stray: dict[str, int]  # numeric feature -> cells that are not numbers (read as empty)
+    empty: list[str]  # features or targets with empty cells anywhere
+    blank: list[str] = field(default_factory=list)  # features with no value in any row
+
+
 MLP = Choice(False, ("an MLP: the default when the table has not been looked at",))
 
 
@@ -50,23 +63,17 @@ def render(
     delimiter: str = ",",
     rows: int | None = None,
     choice: Choice = MLP,
+    survey: Survey | None = None,
 ) -> str:
     """The text of a starter config for `csv_path`, to be saved at `config_path`.
 
     `text_columns` hold text in their first rows (so they are categorical), and
     `empty_columns` hold empty cells there (so missing values get filled). `rows`, when
     known and below MIN_ROWS_TO_HOLD_OUT, turns the validation split off. `choice` is the
-    model, with the reasons for it.
+    model, with the reasons for it. `survey`, when init could read every row, sets what
+    the first rows cannot tell: IDs left out, room for every category, stray words.
     """
-    features = list(features)
-    text_columns = sorted(set(text_columns) & set(features))
-    empty = sorted(empty_columns)
-    missing = "mean" if empty else "error"
-    missing_note = (
-        f"# empty cells in the first rows of: {', '.join(empty)}; {_options('data.missing')}"
-        if empty
-        else f"# empty cells: {_options('data.missing')}"
-    )
+    data = _data_section(list(features), text_columns, empty_columns, survey)
     train = os.path.relpath(csv_path.resolve(), config_path.resolve().parent)
     target = targets[0] if len(targets) == 1 else targets
 
@@ -81,11 +88,6 @@ def render(
     else:
         val_fraction = "0.2           # hold out 20% of the rows to choose the best epoch"
     folds = 5 if rows is None or rows >= MIN_ROWS_TO_HOLD_OUT else (2 if rows >= 2 else 0)
-    categorical_note = (
-        f"    # these hold text, so they are one-hot encoded: {', '.join(text_columns)}"
-        if text_columns
-        else "    # columns of integer codes to one-hot encode, e.g. [zip_code]"
-    )
     return f"""\
 # Starter config for {csv_path.name}, written by `mse-train init`.
 # Every section is here with its default; change what you need, delete what you don't.
@@ -96,15 +98,12 @@ seed: 0                       # seeds init, shuffling, dropout and the validatio
 data:
   train: {flow(train)}              # relative to this file's folder
   target: {flow(target)}
-  features: {flow(features)}
-  categorical: {flow(text_columns)}
-{categorical_note}
-  val_fraction: {val_fraction}
+  features: {flow(data.features)}
+{data.left_out}  categorical: {flow(data.categorical)}
+{data.categorical_note}
+{data.encoding}  val_fraction: {val_fraction}
   standardize: true           # z-score numeric features (and targets) on training rows
-  missing: {missing}               {missing_note}
-  unknown_category: error     # a category unseen in training: {_options("data.unknown_category")}
-  max_categories: 100
-  delimiter: {flow(delimiter)}
+{data.policies}  delimiter: {flow(delimiter)}
 
 {_model(choice)}
 loss:
@@ -134,6 +133,112 @@ sweep:                        # what `mse-train sweep` searches; run and cv igno
   params:                     # a list = the choices; a mapping = a range
 {_sweep_params(choice)}
 """
+
+
+ONEHOT_MOST = 1000  # more categories than this in a column: embeddings (see _encoding)
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The lines of the data section that depend on the table."""
+
+    features: list[str]
+    left_out: str
+    categorical: list[str]
+    categorical_note: str
+    encoding: str
+    policies: str
+
+
+def _data_section(
+    features: list[str], text_columns: Sequence[str], empty_columns: Sequence[str], survey: Survey | None
+) -> _Data:
+    """Settings that let `run` read every row, and `eval`/`predict` read rows it never saw.
+
+    The starter is forgiving where `run`'s defaults are strict, as scikit-learn's
+    OneHotEncoder(handle_unknown="ignore") is: an unseen category is encoded as all zeros,
+    a word in a numeric column is read as an empty cell, and empty cells are filled.
+    """
+    left_out = ""
+    if survey is not None:
+        ids = [f for f in survey.ids if f in features]
+        blank = [f for f in survey.blank if f in features]
+        if ids and len(ids) + len(blank) < len(features):
+            left_out = (
+                f"  # left out: {', '.join(ids)}: a different value in each of the {survey.rows:,} rows,\n"
+                "  # an ID (row number, name) a model cannot learn from; add it back if it is not\n"
+            )
+        else:
+            ids = []
+        if blank and len(ids) + len(blank) < len(features):
+            left_out += f"  # left out: {', '.join(blank)}: empty in every row\n"
+            ids = [*ids, *blank]
+        features = [f for f in features if f not in ids]
+        text = sorted(c for c in survey.categories if c in features)
+        empty = sorted(set(survey.empty) - set(ids))
+        where = "the table"
+    else:
+        text = sorted(set(text_columns) & set(features))
+        empty = sorted(empty_columns)
+        where = "its first rows"
+    categorical_note = (
+        f"  # these hold text, so they are categories: {', '.join(text)}"
+        if text
+        else "  # columns of integer codes to treat as categories, e.g. [zip_code]"
+    )
+    encoding = _encoding({c: n for c, n in (survey.categories if survey else {}).items() if c in text})
+    filled = (
+        f"  # empty cells in {where}: {', '.join(empty)}; {_options('data.missing')}\n"
+        if empty
+        else f"  # no empty cells in {where}; mean fills any in other files; {_options('data.missing')}\n"
+    )
+    stray = survey.stray if survey is not None else {}
+    words = (
+        "  # words among numbers in "
+        + ", ".join(f"{c} ({n} cell{'s' if n != 1 else ''})" for c, n in sorted(stray.items()))
+        + ": read as empty, then filled\n"
+        if stray
+        else ""
+    )
+    policies = (
+        f"  missing: mean\n{filled}"
+        "  unknown_category: ignore    # a category training never saw (as in held-out rows): all zeros;\n"
+        "                              # error refuses the file instead\n"
+        "  non_numeric: missing        # a word in a numeric column (`rotary` among numbers): an empty\n"
+        f"                              # cell; error refuses the file instead\n{words}"
+    )
+    return _Data(features, left_out, text, categorical_note, encoding, policies)
+
+
+def _encoding(categories: dict[str, int]) -> str:
+    """`categorical_encoding` and `max_categories` lines that take every column's categories.
+
+    One-hot stays up to ONEHOT_MOST categories: a linear model then learns one coefficient
+    per category, as ridge regression on dummies does, and `cv`/`sweep` train one-hot configs
+    packed as one stack (embeddings train one model at a time). Above that, one-hot inputs
+    would outnumber the rest of the network many times over, and a learned embedding takes any
+    number of categories in a few columns, for the linear model as for the MLP.
+    """
+    default = "  categorical_encoding: onehot  # " + _options("data.categorical_encoding") + "\n"
+    # +1: under `missing: mean` each column also gets a `(missing)` category
+    need = max(categories.values(), default=0) + 1
+    if need <= 100:
+        return default + "  max_categories: 100\n"
+    widest = max(categories, key=lambda c: categories[c])
+    if need <= ONEHOT_MOST:
+        most = -(-need // 100) * 100
+        return (
+            default
+            + f"  max_categories: {most:<14}# `{widest}` has {categories[widest]} values (+1: empty cells); "
+            f"one-hot up to {ONEHOT_MOST}\n"
+            "                              # keeps a coefficient per category and packed cv/sweep\n"
+        )
+    return (
+        "  categorical_encoding: embedding  # "
+        f"`{widest}` has {categories[widest]:,} values: one-hot would be that many inputs;\n"
+        "                              # a learned vector per category takes any number\n"
+        "  max_categories: 100         # applies to onehot only\n"
+    )
 
 
 def _model(choice: Choice) -> str:

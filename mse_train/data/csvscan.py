@@ -123,6 +123,10 @@ class Scan:
             fix = "fix those cells"
             if may_be_categorical & set(self.bad_cells):
                 fix += ", or list the column in `data.categorical` to treat its values as categories"
+            fix += (
+                ", or set `data.non_numeric: missing` to read them as empty cells "
+                "(for eval/predict: in the config the model is trained with)"
+            )
             raise DataError(f"{path}: non-numeric values in numeric columns", [*problems, fix])
 
 

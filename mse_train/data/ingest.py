@@ -43,13 +43,20 @@ def read(
     infer_from: Sequence[str] = (),
     delimiter: str = ",",
     store: Store | None = None,
+    non_numeric: str = "error",
 ) -> table.Table:
     """`table.read`, through `store` when there is one (same arguments, same frame)."""
     if store is None:
-        return table.read(path, columns, categorical, infer_from=infer_from, delimiter=delimiter)
-    entry, sha = _entry(path, columns, categorical, infer_from, delimiter, store, mapped=False)
+        return table.read(
+            path, columns, categorical, infer_from=infer_from, delimiter=delimiter, non_numeric=non_numeric
+        )
+    entry, sha = _entry(
+        path, columns, categorical, infer_from, delimiter, store, mapped=False, non_numeric=non_numeric
+    )
     if entry is None:  # the cache could not be written: parse without it
-        return table.read(path, columns, categorical, infer_from=infer_from, delimiter=delimiter)
+        return table.read(
+            path, columns, categorical, infer_from=infer_from, delimiter=delimiter, non_numeric=non_numeric
+        )
     return table.Table(
         path,
         entry.header,
@@ -70,10 +77,13 @@ def mapped(
     infer_from: Sequence[str],
     delimiter: str,
     store: Store,
+    non_numeric: str = "error",
 ) -> tuple[Entry, str] | None:
     """The table's cache entry with its columns memory-mapped, and the file's sha256; the
     entry is built first when needed. None when the cache cannot be written."""
-    entry, sha = _entry(path, columns, categorical, infer_from, delimiter, store, mapped=True)
+    entry, sha = _entry(
+        path, columns, categorical, infer_from, delimiter, store, mapped=True, non_numeric=non_numeric
+    )
     return None if entry is None else (entry, sha)
 
 
@@ -85,10 +95,11 @@ def _entry(
     delimiter: str,
     store: Store,
     mapped: bool,
+    non_numeric: str = "error",
 ) -> tuple[Entry | None, str]:
     header = table.read_header(path, delimiter)  # every check on the path itself comes first
     table.check_columns(path, header, columns, "needed")
-    wanted = settings(path, header, columns, categorical, infer_from, delimiter)
+    wanted = settings(path, header, columns, categorical, infer_from, delimiter, non_numeric)
     resolved = path.resolve()
     started = time.time_ns()
     try:
@@ -104,7 +115,7 @@ def _entry(
         found = _Found(store, Digest(resolved), wanted, columns, before, mapped)
     entry = found.entry()
     if entry is None:
-        entry = _build(store, found, path, header, columns, categorical, infer_from, delimiter)
+        entry = _build(store, found, path, header, columns, categorical, infer_from, delimiter, non_numeric)
     if sha is None:
         store.remember_sha256(resolved, before, found.sha256(), started)
     return entry, found.sha256()
@@ -169,13 +180,18 @@ def settings(
     categorical: Sequence[str],
     infer_from: Sequence[str],
     delimiter: str,
+    non_numeric: str = "error",
 ) -> dict[str, Any]:
     """Everything besides the file's bytes that changes what a read gives: part of the key.
 
     The mse-train and pandas versions are in it so that an upgrade that parses a cell
-    differently can never be served an older parse.
+    differently can never be served an older parse. `non_numeric` is in it only when it
+    is "missing" (a strict read of a file with stray words is never cached), so keys
+    written before it existed stay valid.
     """
+    extra = {"non_numeric": non_numeric} if non_numeric != "error" else {}
     return {
+        **extra,
         "format": "parquet" if parquet.is_parquet(path) else "csv.gz" if csvscan.is_gzip(path) else "csv",
         "header": list(header),
         "columns": list(columns),
@@ -197,6 +213,7 @@ def _build(
     categorical: Sequence[str],
     infer_from: Sequence[str],
     delimiter: str,
+    non_numeric: str = "error",
 ) -> Entry | None:
     """Parse the file into a new entry, publish it and read it back; None if the cache cannot be written."""
     groups: tuple[int, ...] | None = None
@@ -215,7 +232,14 @@ def _build(
             entry = found.entry(wait=True)
             if entry is not None:
                 return entry
-            exact = table.read(path, columns, categorical, infer_from=infer_from, delimiter=delimiter)
+            exact = table.read(
+                path,
+                columns,
+                categorical,
+                infer_from=infer_from,
+                delimiter=delimiter,
+                non_numeric=non_numeric,
+            )
             groups = exact.row_groups
             builder = store.builder(columns, exact.categorical)
             for start in range(0, exact.n_rows, CHUNK_ROWS):

@@ -18,7 +18,8 @@ import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
-from mse_train.data import cache, drift, ingest, preprocess, table
+from mse_train.config.starter import Survey
+from mse_train.data import cache, csvscan, drift, ingest, parquet, preprocess, table
 from mse_train.data.digest import Digest
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
@@ -112,6 +113,7 @@ def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
         infer_from=features,
         delimiter=cfg.delimiter,
         store=store,
+        non_numeric=cfg.non_numeric,
     )
     seconds = time.perf_counter() - started
     notes += _cache_notes(store)
@@ -198,6 +200,7 @@ def _fit(
         unknown_category=cfg.unknown_category,
         max_categories=cfg.max_categories,
         categorical_encoding=cfg.categorical_encoding,
+        non_numeric=cfg.non_numeric,
     )
 
 
@@ -218,6 +221,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
             infer_from=(),
             delimiter=cfg.delimiter,
             store=loaded.store,
+            non_numeric=cfg.non_numeric,
         )
         ingest_seconds += time.perf_counter() - started
         notes += _cache_notes(loaded.store)
@@ -324,6 +328,7 @@ def prepare_eval(
         infer_from=(),
         delimiter=delimiter,
         store=store,
+        non_numeric=pre.non_numeric,
     )
     if watch is not None:
         watch.observe(data.frame)
@@ -368,3 +373,42 @@ def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
         raise DataError(f"{path}: no feature column of a type that can be read (numbers, strings, booleans)")
     left_out = {f: unusable[f] for f in unusable}
     return Sketch(features, sorted(text & set(features)), sorted(empty - set(unusable)), rows, left_out)
+
+
+MIN_ROWS_FOR_ID = 20  # below this, a column of distinct values is no evidence of an ID
+
+
+def survey(path: Path, features: Sequence[str], targets: Sequence[str], delimiter: str) -> Survey:
+    """Read every row of a table as `run` would with `data.non_numeric: missing`, and say
+    what its settings must allow: how many categories, which columns are IDs, where
+    numeric columns hold stray words. Raises DataError when `run` could not read it either."""
+    columns = [*features, *targets]
+    data = table.read(path, columns, infer_from=features, delimiter=delimiter, non_numeric="missing")
+    frame, n = data.frame, data.n_rows
+    categories: dict[str, int] = {}
+    ids: list[str] = []
+    for name in features:
+        values = frame[name]
+        if name in data.categorical:
+            count = int(values.nunique(dropna=True))
+            categories[name] = count
+            if n >= MIN_ROWS_FOR_ID and count == n:
+                ids.append(name)
+        elif n >= MIN_ROWS_FOR_ID:
+            numbers = values.to_numpy(dtype=np.float64)
+            if (
+                np.isfinite(numbers).all()
+                and (numbers == np.round(numbers)).all()
+                and numbers.max() - numbers.min() == n - 1
+                and len(np.unique(numbers)) == n
+            ):
+                ids.append(name)  # 0..n-1 or 1..n in some order: a row number
+    empty = [c for c in columns if bool(frame[c].isna().any())]
+    blank = [c for c in features if bool(frame[c].isna().all())]
+    stray: dict[str, int] = {}
+    numeric_empty = [c for c in empty if c in features and c not in data.categorical]
+    if numeric_empty and not parquet.is_parquet(path):  # a Parquet column of numbers holds no words
+        header = table.read_header(path, delimiter)
+        found = csvscan.scan(path, header, delimiter, dict.fromkeys(numeric_empty, True))
+        stray = {c: found.bad_counts[c] for c in numeric_empty if found.bad_counts.get(c)}
+    return Survey(n, categories, ids, stray, empty, blank)

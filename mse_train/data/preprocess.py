@@ -54,6 +54,7 @@ class Preprocessor:
     missing: str = "error"
     unknown_category: str = "error"
     categorical_encoding: str = "onehot"
+    non_numeric: str = "error"  # `data.non_numeric`: how eval and predict read stray words
 
     @property
     def embedded(self) -> bool:
@@ -97,6 +98,8 @@ class Preprocessor:
             unknown_category=str(data["unknown_category"]),
             # checkpoints written before categorical embeddings lack the key: one-hot
             categorical_encoding=str(data.get("categorical_encoding", "onehot")),
+            # and those written before `data.non_numeric` read strictly
+            non_numeric=str(data.get("non_numeric", "error")),
         )
 
     # ------------------------------------------------------------------ transform
@@ -202,6 +205,7 @@ def fit(
     unknown_category: str,
     max_categories: int,
     categorical_encoding: str = "onehot",
+    non_numeric: str = "error",
 ) -> Preprocessor:
     """Fit on the given training rows of `table` (all rows when `rows` is None)."""
     frame = table.frame
@@ -245,7 +249,14 @@ def fit(
     if problems:
         raise DataError(f"{table.path}: cannot prepare the features", problems)
     return Preprocessor(
-        list(features), numeric, categorical, target_specs, missing, unknown_category, categorical_encoding
+        list(features),
+        numeric,
+        categorical,
+        target_specs,
+        missing,
+        unknown_category,
+        categorical_encoding,
+        non_numeric,
     )
 
 

@@ -17,6 +17,7 @@ from mse_train.config.schema import DataConfig
 
 MISSING_POLICIES = typing.get_args(DataConfig.model_fields["missing"].annotation)
 UNKNOWN_POLICIES = typing.get_args(DataConfig.model_fields["unknown_category"].annotation)
+NON_NUMERIC_POLICIES = typing.get_args(DataConfig.model_fields["non_numeric"].annotation)
 ENCODINGS = typing.get_args(DataConfig.model_fields["categorical_encoding"].annotation)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 IN_RANGE = " (in float32's range)"
@@ -31,9 +32,13 @@ def problems(data: Any, key: str = "preprocess") -> list[str]:
     """Everything wrong with a stored `Preprocessor.to_dict()`; empty when `from_dict` may use it."""
     if not isinstance(data, dict):
         return [f"`{key}` must be a mapping, got {_kind(data)}"]
-    # `categorical_encoding` is absent from checkpoints written before categorical embeddings
+    # `categorical_encoding` is absent from checkpoints written before categorical embeddings,
+    # `non_numeric` from those written before it
     found = _unexpected(
-        data, ("features", "missing", "unknown_category", *_FIELDS), key, ("categorical_encoding",)
+        data,
+        ("features", "missing", "unknown_category", *_FIELDS),
+        key,
+        ("categorical_encoding", "non_numeric"),
     )
     if found:
         return found
@@ -41,6 +46,11 @@ def problems(data: Any, key: str = "preprocess") -> list[str]:
     if encoding not in ENCODINGS:
         found.append(
             f"`{key}.categorical_encoding` must be one of {', '.join(ENCODINGS)}, got {_short(encoding)}"
+        )
+    if data.get("non_numeric", "error") not in NON_NUMERIC_POLICIES:
+        found.append(
+            f"`{key}.non_numeric` must be one of {', '.join(NON_NUMERIC_POLICIES)}, "
+            f"got {_short(data['non_numeric'])}"
         )
     features = data["features"]
     if not _names(features):

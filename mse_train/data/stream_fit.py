@@ -98,6 +98,7 @@ def prepare_run(
         infer_from=features,
         delimiter=cfg.delimiter,
         store=store,
+        non_numeric=cfg.non_numeric,
     )
     if found is None:
         return prepare.prepare(cfg, targets, seed)
@@ -132,6 +133,7 @@ def prepare_run(
             infer_from=(),
             delimiter=cfg.delimiter,
             store=store,
+            non_numeric=cfg.non_numeric,
         )
         if vfound is None:
             raise DataError(f"{vpath}: cannot be streamed: the data cache could not be written")

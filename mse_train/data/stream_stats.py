@@ -127,6 +127,7 @@ def fit(
         cfg.missing,
         cfg.unknown_category,
         cfg.categorical_encoding,
+        cfg.non_numeric,
     )
     profile = {
         "rows": n_rows,

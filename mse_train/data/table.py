@@ -187,12 +187,14 @@ def read(
     *,
     infer_from: Sequence[str] = (),
     delimiter: str = ",",
+    non_numeric: str = "error",
 ) -> Table:
     """Read `columns` of a CSV or Parquet file.
 
     `categorical` columns are read as text. A column in `infer_from` whose values are
     mostly not numbers is categorical too; a column of numbers with a few stray words
-    is an error naming the cells. Every other column must hold numbers.
+    is an error naming the cells, or (`non_numeric` "missing", `data.non_numeric`) reads
+    those cells as empty. Every other column must hold numbers.
     """
     header = read_header(path, delimiter)
     check_columns(path, header, columns, "needed")
@@ -205,7 +207,7 @@ def read(
         _check_cells(table)
         return table
     with csvscan.gzip_errors(path):
-        return _read_csv(path, header, columns, categorical, infer_from, delimiter)
+        return _read_csv(path, header, columns, categorical, infer_from, delimiter, non_numeric)
 
 
 def _read_csv(
@@ -215,6 +217,7 @@ def _read_csv(
     categorical: Sequence[str],
     infer_from: Sequence[str],
     delimiter: str,
+    non_numeric: str,
 ) -> Table:
     # Reading only some columns needs the delimiter count, so it runs alongside the parse;
     # otherwise the hash is only needed later, and runs while the data is prepared.
@@ -231,9 +234,20 @@ def _read_csv(
         if wordy:
             text_cols |= wordy
             frame, found = _parse(path, header, columns, text_cols, delimiter)
+    if found is not None and non_numeric == "missing":
+        # Stray words in numeric columns are read as text, then as numbers with the words empty.
+        stray = set(found.bad_cells)
+        frame, found = _parse(path, header, columns, text_cols | stray, delimiter)
+        for name in stray:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float32)
     if found is not None:
         found.raise_bad_numbers(path, inferable)
     for name in sorted(text_cols & inferable):
+        if non_numeric == "missing" and _mostly_numbers(frame[name]):
+            # The first rows showed a word, but the column is numbers: the words read as empty.
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float32)
+            text_cols.discard(name)
+            continue
         _check_mostly_text(path, header, frame, name, delimiter)
     if len(frame) == 0:
         raise DataError(f"{path}: has a header but no data rows", ["add rows below the header"])
@@ -346,6 +360,12 @@ def parse_warnings() -> Iterator[None]:
         yield
 
 
+def _mostly_numbers(values: pd.Series) -> bool:
+    """Whether more than half of a text column's non-empty cells are numbers."""
+    present = values.notna()
+    return bool(pd.to_numeric(values[present], errors="coerce").notna().sum() * 2 > present.sum())
+
+
 def _check_mostly_text(path: Path, header: list[str], frame: pd.DataFrame, name: str, delimiter: str) -> None:
     values = frame[name]
     present = values.notna()
@@ -358,7 +378,8 @@ def _check_mostly_text(path: Path, header: list[str], frame: pd.DataFrame, name:
             f"{path}, column `{name}`: mostly numbers, but {len(rows)} cell(s) are not",
             [
                 examples(cells, len(rows)),
-                f"fix those cells, or list `{name}` in `data.categorical` to treat every value as a category",
+                f"fix those cells, list `{name}` in `data.categorical` to treat every value as a "
+                "category, or set `data.non_numeric: missing` to read them as empty cells",
             ],
         )
 
@@ -385,7 +406,12 @@ def _check_cells(table: Table) -> None:
 
 
 def read_chunks(
-    path: Path, columns: Sequence[str], categorical: Sequence[str], delimiter: str, chunk_rows: int
+    path: Path,
+    columns: Sequence[str],
+    categorical: Sequence[str],
+    delimiter: str,
+    chunk_rows: int,
+    non_numeric: str = "error",
 ) -> Iterator[tuple[Table, pd.DataFrame]]:
     """The whole file, chunk by chunk: `columns` typed by the rules of `read`, and every cell as written.
 
@@ -402,7 +428,7 @@ def read_chunks(
             yield table, cells
         return
     with csvscan.gzip_errors(path):
-        yield from _csv_chunks(path, header, columns, categorical, delimiter, chunk_rows)
+        yield from _csv_chunks(path, header, columns, categorical, delimiter, chunk_rows, non_numeric)
 
 
 def _csv_chunks(
@@ -412,6 +438,7 @@ def _csv_chunks(
     categorical: Sequence[str],
     delimiter: str,
     chunk_rows: int,
+    non_numeric: str,
 ) -> Iterator[tuple[Table, pd.DataFrame]]:
     text_options = {**_AS_TEXT, "names": header, "header": 0}
     numeric = [c for c in columns if c not in categorical]
@@ -429,7 +456,9 @@ def _csv_chunks(
                     frame = _typed(chunk, columns, categorical)
                     frame.index = pd.RangeIndex(offset, offset + len(frame))
                     bad = [c for c in numeric if frame[c].isna().to_numpy().any() and _has_text(chunk[c])]
-                    if bad:  # the exact pass names every bad cell in the file, as `read` does
+                    # Under `missing`, _typed left those cells empty; else the exact pass names
+                    # every bad cell in the file, as `read` does.
+                    if bad and non_numeric != "missing":
                         found = csvscan.scan(path, header, delimiter, dict.fromkeys(bad, True))
                         found.raise_bad_numbers(path, set())
                     table = Table(path, header, frame, list(categorical), delimiter=delimiter)

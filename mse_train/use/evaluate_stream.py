@@ -51,6 +51,7 @@ def mapped_if_too_big(
         infer_from=(),
         delimiter=delimiter,
         store=store,
+        non_numeric=pre.non_numeric,
     )
     if found is None:
         return None

@@ -218,7 +218,9 @@ def _write_rows(path: Path, header: Sequence[str], rows: list[list[str]], delimi
 def _run(session: Any, path: Path, pre: Preprocessor, delimiter: str) -> np.ndarray:
     """The graph's predictions for a CSV, its cells read as predict reads them."""
     out = [np.empty((0, len(pre.targets)), np.float32)]
-    for view, _ in table.read_chunks(path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS):
+    for view, _ in table.read_chunks(
+        path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS, pre.non_numeric
+    ):
         out.append(session.run([onnx_graph.OUTPUT], inputs_from_frame(view.frame, pre))[0])
     return np.concatenate(out)
 
@@ -245,7 +247,9 @@ def _rounding(model: torch.nn.Module, path: Path, pre: Preprocessor, delimiter: 
     intermediate values can move the prediction (one unit in the last place of each)."""
     std = np.array([t.std for t in pre.targets])
     out = [np.zeros((0, len(pre.targets)))]
-    for view, _ in table.read_chunks(path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS):
+    for view, _ in table.read_chunks(
+        path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS, pre.non_numeric
+    ):
         x = torch.from_numpy(np.nan_to_num(pre.features_array(view)))  # a refused row: no allowance
         scale = inference.rounding_scale(model, x).numpy()
         out.append(np.where(np.isfinite(scale), scale, 0.0) * EPS32 * std)

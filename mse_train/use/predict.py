@@ -140,7 +140,7 @@ def _predict_to(
     writer.writerow([*header, *names])
     rows = 0
     for view, cells in table.read_chunks(
-        csv_path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS
+        csv_path, pre.features, pre.categorical_names, delimiter, CHUNK_ROWS, pre.non_numeric
     ):
         if watch is not None:
             watch.observe(view.frame)

@@ -1,0 +1,170 @@
+"""Every config `init` writes runs, and its checkpoint scores its own table's held-out rows.
+
+The starter's data settings come from every row (data/prepare.py `survey`): IDs left out,
+room for every category, and the forgiving policies for cells training never saw
+(`unknown_category: ignore`, `non_numeric: missing`, `missing: mean`). `run`'s own
+defaults stay strict, and their refusals name the key to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from mse_train.config import starter
+from mse_train.data import stored
+
+from conftest import write_config, write_csv
+
+HEADER = ["name", "x", "zip", "cyl", "grp", "y"]
+FAST = ("--set", "train.epochs=3", "--set", "output.plot=false")
+
+
+def rows(n: int, zips: int, seed: int = 0) -> list[list[Any]]:
+    """`name` unique per row (an ID), `zip` with `zips` categories, `cyl` small counts."""
+    rng = np.random.default_rng(seed)
+    out: list[list[Any]] = []
+    for i in range(n):
+        x, zip_code, cyl = float(rng.normal()), int(rng.integers(0, zips)), int(rng.choice([4, 6, 8]))
+        y = 2 * x + 0.1 * cyl + 0.01 * zip_code + 0.1 * float(rng.normal())
+        out.append([f"car {i:05d}", round(x, 4), f"z{zip_code}", cyl, "abc"[i % 3], round(y, 4)])
+    return out
+
+
+def split(tmp_path: Path, table: list[list[Any]], held: int = 40) -> tuple[Path, Path]:
+    train = write_csv(tmp_path / "train.csv", HEADER, table[:-held])
+    test = write_csv(tmp_path / "test.csv", HEADER, table[-held:])
+    return train, test
+
+
+def init_run_eval(cli: Any, tmp_path: Path, train: Path, test: Path, *extra: str) -> dict[str, Any]:
+    """`init` then `run` then `eval` on the held-out rows, each exit code 0; the config written."""
+    out = tmp_path / "starter.yaml"
+    made = cli("init", train, "-t", "y", "-o", out, *extra)
+    assert made.code == 0, made
+    ran = cli("run", out, "-q", "-o", tmp_path / "run", *FAST)
+    assert ran.code == 0, ran
+    scored = cli("eval", tmp_path / "run" / "best.pt", test)
+    assert scored.code == 0, scored
+    written: dict[str, Any] = yaml.safe_load(out.read_text())
+    return written
+
+
+def test_a_category_only_in_the_held_out_rows(cli, tmp_path):
+    table = rows(200, 5)
+    table[-1][4] = "new"  # `grp` never has this value in training
+    cfg = init_run_eval(cli, tmp_path, *split(tmp_path, table))
+    assert cfg["data"]["unknown_category"] == "ignore"
+
+
+def test_a_column_of_150_categories_stays_one_hot_with_room(cli, tmp_path):
+    train, test = split(tmp_path, rows(1500, 150))
+    cfg = init_run_eval(cli, tmp_path, train, test, "--quick")
+    assert cfg["data"]["categorical_encoding"] == "onehot" and cfg["data"]["max_categories"] >= 151
+    assert "`zip` has 150 values" in (tmp_path / "starter.yaml").read_text()
+
+
+def test_more_categories_than_one_hot_should_take_are_embedded():
+    assert "categorical_encoding: onehot" in starter._encoding({"a": 99})
+    raised = starter._encoding({"a": 150, "b": 3})
+    assert "max_categories: 200" in raised and "`a` has 150 values" in raised
+    embedded = starter._encoding({"a": starter.ONEHOT_MOST})
+    assert "categorical_encoding: embedding" in embedded
+
+
+def test_a_word_in_a_numeric_column_of_the_eval_file(cli, tmp_path):
+    table = rows(200, 5)
+    table[-3][3] = "rotary"
+    cfg = init_run_eval(cli, tmp_path, *split(tmp_path, table))
+    assert cfg["data"]["non_numeric"] == "missing" and cfg["data"]["missing"] == "mean"
+    predicted = cli("predict", tmp_path / "run" / "best.pt", tmp_path / "test.csv", "-o", tmp_path / "p.csv")
+    assert predicted.code == 0, predicted
+    assert "rotary" in (tmp_path / "p.csv").read_text()  # the row is predicted, its cell echoed
+
+
+def test_words_among_numbers_in_the_training_file_are_read_as_empty(cli, tmp_path):
+    table = rows(200, 5)
+    table[5][3] = "rotary"
+    table[150][3] = "n/a?"
+    cfg = init_run_eval(cli, tmp_path, *split(tmp_path, table))
+    assert cfg["data"]["categorical"] == ["grp", "zip"]  # `cyl` is still a number
+    assert "words among numbers in cyl (2 cells)" in (tmp_path / "starter.yaml").read_text()
+
+
+def test_an_id_column_is_left_out_with_a_comment(cli, tmp_path):
+    table = rows(200, 5)
+    for i, row in enumerate(table):
+        row[:0] = [i + 1, ""]  # a row counter, numbers this time; a column empty in every row
+    header = ["row", "note", *HEADER]
+    train = write_csv(tmp_path / "train.csv", header, table[:-40])
+    test = write_csv(tmp_path / "test.csv", header, table[-40:])
+    cfg = init_run_eval(cli, tmp_path, train, test)
+    assert cfg["data"]["features"] == ["x", "zip", "cyl", "grp"]
+    assert (
+        "# left out: row, name: a different value in each of the 160 rows"
+        in (tmp_path / "starter.yaml").read_text()
+    )
+    assert "# left out: note: empty in every row" in (tmp_path / "starter.yaml").read_text()
+
+
+def hand_written(tmp_path: Path, train: Path, **data: Any) -> Path:
+    config = {"data": {"train": str(train), "target": "y", "features": ["x", "zip", "cyl", "grp"], **data}}
+    config["train"] = {"epochs": 2, "batch_size": 32}
+    config["output"] = {"plot": False}
+    return write_config(tmp_path / "hand.yaml", config)
+
+
+def test_strict_defaults_still_refuse_many_categories_naming_the_keys(cli, tmp_path):
+    train, _ = split(tmp_path, rows(1500, 150))
+    result = cli("run", hand_written(tmp_path, train), "-q", "-o", tmp_path / "run")
+    assert result.code == 2 and "data.max_categories" in result.stderr and "Traceback" not in result.stderr
+    assert "data.categorical_encoding: embedding" in result.stderr
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_strict_defaults_refuse_a_word_at_eval_and_the_policy_reads_it_as_empty(cli, tmp_path, streamed):
+    table = rows(200, 5)
+    table[-3][3] = "rotary"
+    train, test = split(tmp_path, table)
+    budget = {"memory_budget": "1KiB"} if streamed else {}
+    strict = hand_written(tmp_path, train, **budget)
+    assert cli("run", strict, "-q", "-o", tmp_path / "strict").code == 0
+    refused = cli("eval", tmp_path / "strict" / "best.pt", test)
+    assert refused.code == 2 and "data.non_numeric: missing" in refused.stderr, refused
+    assert "rotary" in refused.stderr and "cyl" in refused.stderr
+    kind = hand_written(tmp_path, train, non_numeric="missing", missing="mean", **budget)
+    ran = cli("run", kind, "-o", tmp_path / "kind")
+    assert ran.code == 0, ran
+    assert ("streams it from the data cache" in ran.stdout + ran.stderr) == streamed
+    scored = cli("eval", tmp_path / "kind" / "best.pt", test, "--json")
+    assert scored.code == 0, scored
+
+
+def test_strict_run_refuses_a_word_in_the_training_file_naming_the_key(cli, tmp_path):
+    table = rows(200, 5)
+    table[5][3] = "rotary"
+    train, _ = split(tmp_path, table)
+    result = cli("run", hand_written(tmp_path, train), "-q", "-o", tmp_path / "run")
+    assert result.code == 2 and "line 7: 'rotary'" in result.stderr, result
+    assert "data.non_numeric: missing" in result.stderr
+
+
+def test_a_stored_non_numeric_policy_is_checked():
+    base = {
+        "features": ["x"],
+        "missing": "error",
+        "unknown_category": "error",
+        "numeric": [{"name": "x", "mean": 0.0, "std": 1.0, "fill": None}],
+        "categorical": [],
+        "targets": [{"name": "y", "mean": 0.0, "std": 1.0}],
+    }
+    assert stored.problems(base) == []  # written before the key existed: strict
+    assert stored.problems({**base, "non_numeric": "missing"}) == []
+    assert (
+        "`preprocess.non_numeric` must be one of error, missing"
+        in stored.problems({**base, "non_numeric": "maybe"})[0]
+    )
