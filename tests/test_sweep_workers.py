@@ -166,26 +166,3 @@ def test_three_workers_share_a_postgresql_study_and_survive_a_killed_one(cli, tm
     outputs = _three_workers_one_killed(tmp_path, (postgres, postgres))
     study = optuna.load_study(study_name="sweep", storage=postgres)
     _check_study(study, outputs, tmp_path, cli, postgres)
-
-
-def test_a_worker_asks_no_more_than_its_share_while_others_are_alive(tmp_path):
-    """With few trials and several workers, the first to ask does not pack them all."""
-    from mse_train.selection import space, storage, worker
-
-    study = optuna.create_study()  # in memory: the attrs are what the workers' storages keep
-    me = storage.ALIVE_PREFIX + "here:1"
-    nowhere: Any = None
-    searcher = worker.Worker(study, nowhere, space.Space({}, "random"), 6, 16, 10, tmp_path)
-    beats = storage.Heartbeats(study._storage, 10, alive=(study._study_id, me))
-    try:
-        assert study.user_attrs[me] > 0  # alive from the start, before its first ask
-        assert searcher._share(6) == 6  # alone: everything left, up to a pack
-        assert searcher._share(40) == 16
-        for other in ("there:2", "there:3"):
-            study.set_user_attr(storage.ALIVE_PREFIX + other, time.time())
-        assert [searcher._share(n) for n in (6, 7, 1, 0, 100)] == [2, 3, 1, 0, 16]
-        study.set_user_attr(storage.ALIVE_PREFIX + "there:3", time.time() - 31)  # 3 beats missed: gone
-        assert searcher._share(6) == 3
-    finally:
-        beats.close()
-    assert study.user_attrs[me] == 0.0  # a worker that ended is not counted

@@ -29,7 +29,6 @@ ENV = "MSE_TRAIN_SWEEP_STORAGE"
 DEFAULT_FILE = "sweep.db"
 RETRIES = 1  # a trial of a worker that died runs again once (a trial that kills its worker stops)
 MISSED = 3  # heartbeats missed before a worker's trials count as lost
-ALIVE_PREFIX = "mse_train_alive:"  # + host:pid, a study user attr: a worker's last own heartbeat
 HEARTBEAT_ATTR = "mse_train_heartbeat"  # the journal's heartbeat: a trial system attr, epoch seconds
 
 
@@ -248,16 +247,13 @@ def claim(where: Where, name: str) -> bool:
 
 
 class Heartbeats:
-    """Records a heartbeat for this worker's trials in flight, every interval, in a thread;
-    with `alive` (study id, attr name), the worker's own beat too, as a study user attr
-    (epoch seconds, 0 once it ends), so that workers can count those alive."""
+    """Records a heartbeat for this worker's trials in flight, every interval, in a thread."""
 
-    def __init__(self, storage: Any, interval: int, alive: tuple[int, str] | None = None) -> None:
-        self.storage, self.interval, self.alive = storage, interval, alive
+    def __init__(self, storage: Any, interval: int) -> None:
+        self.storage, self.interval = storage, interval
         self._ids: list[int] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._beat()
         self._thread = threading.Thread(target=self._run, daemon=True, name="sweep-heartbeat")
         self._thread.start()
 
@@ -272,12 +268,6 @@ class Heartbeats:
         for trial_id in ids:
             with contextlib.suppress(Exception):  # a storage hiccup: the next beat tries again
                 self.storage.record_heartbeat(trial_id)
-        self._say_alive(time.time())
-
-    def _say_alive(self, when: float) -> None:
-        if self.alive is not None:
-            with contextlib.suppress(Exception):
-                self.storage.set_study_user_attr(*self.alive, when)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -286,11 +276,3 @@ class Heartbeats:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._say_alive(0.0)
-
-
-def alive(study_attrs: dict[str, Any], interval: int) -> int:
-    """Workers whose own heartbeat (Heartbeats' `alive` attr) is recent."""
-    now = time.time()
-    beats = [v for k, v in study_attrs.items() if k.startswith(ALIVE_PREFIX) and isinstance(v, (int, float))]
-    return sum(1 for beat in beats if now - beat <= MISSED * interval)

@@ -77,8 +77,7 @@ class Worker:
 
         self.resume, self.resume_command = resume, resume_command
 
-        me = (self.study._study_id, storage.ALIVE_PREFIX + WORKER)
-        beats = storage.Heartbeats(self.where.storage, self.heartbeat, alive=me)
+        beats = storage.Heartbeats(self.where.storage, self.heartbeat)
         waited = False
         try:
             with signals.on_signals() as stop:
@@ -98,7 +97,7 @@ class Worker:
                     if self.grid:
                         self._top_up_grid(trials)
                         trials = self.study.get_trials(deepcopy=False)
-                    size = self._share(self._askable(trials))
+                    size = min(self.batch, self._askable(trials))
                     if size <= 0:  # the rest are in flight in other workers: one of them may die
                         if not waited:
                             running = sum(1 for t in trials if t.state == TrialState.RUNNING)
@@ -127,13 +126,6 @@ class Worker:
 
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
         return waiting + self.n_trials - len(_live(trials, self.grid))
-
-    def _share(self, askable: int) -> int:
-        """How many of the `askable` trials to ask at once: up to a pack, and with others alive
-        no more than a fair share (rounded up), so that a few trials spread over the workers
-        instead of one worker packing them all while the others wait."""
-        workers = max(1, storage.alive(self.study.user_attrs, self.heartbeat))
-        return min(self.batch, askable, -(-askable // workers))
 
     def _top_up_grid(self, trials: list[Any]) -> None:
         """Queue the grid's points that no trial holds (one whose retry also failed)."""
