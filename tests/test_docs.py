@@ -101,7 +101,8 @@ _FILE = re.compile(r"[\w./-]+\.(?:csv|csv\.gz|parquet|yaml|pt|onnx|png)$")
 def test_readme_commands_name_files_that_exist_or_that_an_earlier_command_writes():
     """`mse-train eval runs/diamonds/best.pt new_diamonds.csv` named a file that nothing made.
     Each command line of a bash block: every file it names is in the repository, or written
-    by a line above it (`-o FILE`, `> FILE`, or a run/sweep's folder runs/<config name>/)."""
+    by a line above it (`-o FILE`, `> FILE`, a run's folder runs/<config name>/, a sweep's
+    runs/<config name>-sweep/)."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     made: set[str] = set()
@@ -119,8 +120,10 @@ def test_readme_commands_name_files_that_exist_or_that_an_earlier_command_writes
             at = [k for k, w in enumerate(words) if w.endswith("mse-train")]
             command = words[at[0] + 1 : at[0] + 2] if at else None
             if (REPO / word).exists() or word in made or any(word.startswith(f) for f in folders):
-                if command in (["run"], ["sweep"]):
+                if command == ["run"]:
                     folders.add(f"runs/{Path(word).stem}/")
+                if command == ["sweep"]:  # the sweep's own folder, beside the run folder
+                    folders.add(f"runs/{Path(word).stem}-sweep/")
                 continue
             if command is not None:
                 unknown.append(f"{word} in: {line.strip()}")

@@ -464,6 +464,20 @@ def test_cv_refuses_a_system_folder_as_output_dir_before_reading_data(cli, tmp_p
         assert not Path(f"{folder}-cv").exists()
 
 
+@pytest.mark.parametrize("folder", ["/", "/etc", "/usr"])
+def test_sweep_refuses_a_system_folder_as_output_dir_before_reading_data(cli, tmp_path, folder):
+    # The sweep's folder is <output.dir>-sweep: /etc is still refused, not made into /etc-sweep.
+    sweep = {"method": "grid", "folds": 2, "params": {"optimizer.lr": [0.01, 0.1]}}
+    cfg = linear_config(tmp_path, data={"target": "no_such_column"}, sweep=sweep)
+    for args in (["--output-dir", folder], ["--set", f"output.dir={folder}"]):
+        result = cli("sweep", cfg, "-q", *args)
+        assert result.code == 2, result
+        assert "no_such_column" not in result.stderr, f"{folder} was accepted for sweep: {result}"
+        no_crash(result)
+    if folder != "/":
+        assert not Path(f"{folder}-sweep").exists()
+
+
 # ------------------------------------ 9. a missing folder is called missing
 @pytest.mark.parametrize("command", ["init", "predict", "plot"])
 def test_an_output_in_a_missing_folder_says_the_folder_does_not_exist(cli, trained, tmp_path, command):

@@ -254,7 +254,7 @@ def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any]) -> Path:
             "model": {"type": "mlp", "hidden": [8]},
             "optimizer": {"name": "adam", "lr": 0.05},
             "train": {"epochs": 2},
-            "output": {"dir": str(tmp_path / "sweep"), "plot": False, "mlflow": True},
+            "output": {"dir": str(tmp_path / "run"), "plot": False, "mlflow": True},
             "sweep": sweep,
         },
     )
@@ -269,9 +269,9 @@ def test_a_sweep_logs_a_parent_a_child_per_trial_and_the_refit(cli, table, tmp_p
     grid = {"method": "grid", "params": {"optimizer.lr": [0.01, 0.1], "model.hidden": [[4], [8]]}}
     result = cli("sweep", sweep_config(tmp_path, table, grid), "-q")
     assert result.code == 0, result
-    folder = tmp_path / "sweep"
+    folder = tmp_path / "run-sweep"
     parent = store.get_run(run_id(folder))
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "run-sweep"  # after the sweep folder
     runs = children(store, parent)
     trials = {int(r.data.tags["mse_train.trial"]): r for r in runs if "mse_train.trial" in r.data.tags}
     with open(folder / "leaderboard.csv", newline="") as f:
@@ -296,7 +296,7 @@ def test_a_resumed_sweep_continues_its_parent_run_and_logs_each_trial_once(cli, 
     random = {"method": "random", "trials": 2, "refit": False, "params": {"optimizer.lr": [0.01, 0.03, 0.1]}}
     cfg = sweep_config(tmp_path, table, random)
     assert cli("sweep", cfg, "-q").code == 0
-    folder = tmp_path / "sweep"
+    folder = tmp_path / "run-sweep"
     first = run_id(folder)
     assert cli("sweep", cfg, "-q", "--resume", "--trials", "3").code == 0
     assert run_id(folder) == first

@@ -38,7 +38,7 @@ def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any], **sections:
         "model": {"type": "mlp", "hidden": [8]},
         "optimizer": {"name": "adam", "lr": 0.05},
         "train": {"epochs": 4},
-        "output": {"dir": str(tmp_path / "sweep"), "plot": False},
+        "output": {"dir": str(tmp_path / "run"), "plot": False},
         "sweep": sweep,
     }
     config.update(sections)
@@ -131,6 +131,32 @@ def test_cv_writes_into_its_own_folder_beside_the_run_folder(cli, small_config, 
     assert failed.code == 2 and not (tmp_path / "failed").exists()
 
 
+def test_run_and_sweep_of_one_config_leave_each_other_s_files_alone(cli, small_config, tmp_path):
+    lrs = {"optimizer.lr": [0.01, 0.1]}
+    sweep = {"method": "grid", "folds": 0, "refit": True, "params": lrs}
+    cfg = small_config(train={"epochs": 2}, data={"val_fraction": 0.25}, sweep=sweep)  # output.dir: run
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    assert cli("run", cfg, "-q").code == 0
+    run, swept = tmp_path / "run", tmp_path / "run-sweep"
+    ran = files(run)
+    result = cli("sweep", cfg)
+    assert result.code == 0, result
+    assert files(run) == ran  # the sweep wrote nothing into the run folder
+    assert {"leaderboard.csv", "best.yaml", "sweep.db", "best/best.pt"} <= set(files(swept))
+    assert f"wrote {swept / 'leaderboard.csv'}" in result.stderr
+    assert load(swept / "best.yaml").output.dir == str(swept / "best")
+    searched = files(swept)
+    assert cli("run", cfg, "-q", "--overwrite").code == 0
+    assert files(swept) == searched  # nor the run into the sweep's folder
+    assert len(leaderboard(swept)) == 2
+    # -o names the sweep's folder itself.
+    assert cli("sweep", cfg, "-q", "--set", "sweep.refit=false", "-o", tmp_path / "mine").code == 0
+    assert len(leaderboard(tmp_path / "mine")) == 2 and files(swept) == searched
+
+
 def test_cv_and_sweep_say_why_a_config_trains_one_model_at_a_time(cli, small_config, tmp_path):
     embedded = small_config(model={"type": "mlp", "hidden": [4], "dropout": 0.1})
     result = cli("cv", embedded, "--folds", "2", "-o", tmp_path / "cv")
@@ -201,7 +227,7 @@ def test_a_grid_runs_every_combination_once(cli, table, tmp_path):
     cfg = sweep_config(tmp_path, table, {"method": "grid", "refit": False, "params": params})
     result = cli("sweep", cfg, "--json")
     assert result.code == 0, result
-    rows = leaderboard(tmp_path / "sweep")
+    rows = leaderboard(tmp_path / "run-sweep")
     seen = {(float(r["optimizer.lr"]), float(r["regularization.l2"]), r["model.hidden"]) for r in rows}
     assert len(rows) == 8
     assert seen == {(a, b, json.dumps(c)) for a, b, c in itertools.product(*params.values())}
@@ -223,7 +249,7 @@ def test_a_switched_choice_drops_the_keys_that_do_not_apply(cli, table, tmp_path
     )
     result = cli("sweep", cfg, "-q")
     assert result.code == 0, result
-    rows = leaderboard(tmp_path / "sweep")
+    rows = leaderboard(tmp_path / "run-sweep")
     assert len(rows) == 8
     assert all(r["model.hidden"] == "" for r in rows if r["model.type"] == "linear")
     assert all(r["model.hidden"] != "" for r in rows if r["model.type"] == "mlp")
@@ -240,7 +266,7 @@ def test_an_invalid_combination_is_refused_before_any_training(cli, table, tmp_p
     result = cli("sweep", cfg)
     assert result.code == 2, result
     assert "optimizer.nesterov" in result.stderr and "momentum" in result.stderr
-    assert not (tmp_path / "sweep" / "sweep.db").exists()
+    assert not (tmp_path / "run-sweep" / "sweep.db").exists()
 
 
 @pytest.mark.parametrize(
@@ -259,7 +285,7 @@ def test_bad_sweep_params_are_named_with_their_line(cli, table, tmp_path, params
     assert result.code == 2, result
     assert words in result.stderr, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert not (tmp_path / "sweep" / "sweep.db").exists()
+    assert not (tmp_path / "run-sweep" / "sweep.db").exists()
 
 
 def test_a_config_without_a_sweep_section_says_so(cli, small_config):
@@ -298,9 +324,9 @@ def test_refit_trains_the_winner_into_best_and_best_yaml_runs_as_it_is(cli, tabl
     result = cli("sweep", cfg, "--json")
     assert result.code == 0, result
     out = strict_json(result.stdout)
-    assert out["checkpoint"] == str(tmp_path / "sweep" / "best" / "best.pt")
+    assert out["checkpoint"] == str(tmp_path / "run-sweep" / "best" / "best.pt")
     assert Path(out["checkpoint"]).exists()
-    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+    assert (tmp_path / "run-sweep" / "sweep.png").stat().st_size > 0
     checked = cli("validate", out["best"]["config"])
     assert checked.code == 0, checked
     scored = cli("eval", out["checkpoint"], table, "--json")
@@ -317,8 +343,8 @@ def test_the_sweeps_own_settings_can_be_set_on_the_command_line(cli, table, tmp_
     assert result.code == 0, result
     out = strict_json(result.stdout)
     assert out["checkpoint"] is None
-    assert not (tmp_path / "sweep" / "best").exists()
-    assert len(leaderboard(tmp_path / "sweep")) == 2
+    assert not (tmp_path / "run-sweep" / "best").exists()
+    assert len(leaderboard(tmp_path / "run-sweep")) == 2
 
 
 def test_a_sweep_folder_is_not_started_twice_and_resume_needs_one(cli, table, tmp_path):
@@ -330,10 +356,10 @@ def test_a_sweep_folder_is_not_started_twice_and_resume_needs_one(cli, table, tm
     assert again.code == 2 and "--resume" in again.stderr
     finished = cli("sweep", cfg, "-q", "--resume")
     assert finished.code == 0, finished
-    assert len(leaderboard(tmp_path / "sweep")) == 1
+    assert len(leaderboard(tmp_path / "run-sweep")) == 1
     longer = cli("sweep", cfg, "-q", "--resume", "--trials", "3")
     assert longer.code == 0, longer
-    assert len(leaderboard(tmp_path / "sweep")) == 3
+    assert len(leaderboard(tmp_path / "run-sweep")) == 3
 
 
 def test_resume_refuses_a_changed_sweep_or_a_damaged_database(cli, table, tmp_path):
@@ -344,7 +370,7 @@ def test_resume_refuses_a_changed_sweep_or_a_damaged_database(cli, table, tmp_pa
     assert changed.code == 2, changed
     assert "different config" in changed.stderr
     assert "optimizer.lr: 0.05 in the study, 0.2 now" in changed.stderr  # what differs, named
-    db = tmp_path / "sweep" / "sweep.db"
+    db = tmp_path / "run-sweep" / "sweep.db"
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE trials")
     damaged = cli("sweep", cfg, "-q", "--resume")
@@ -373,12 +399,12 @@ def test_an_interrupted_sweep_resumes_without_running_finished_trials_again(tmp_
     _, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 130, err
     assert "--resume" in err
-    before = leaderboard(tmp_path / "sweep")
+    before = leaderboard(tmp_path / "run-sweep")
     assert 1 <= len(before) < 6
     process = start_process("sweep", cfg, "--resume", "-q")  # the rest side by side
     _, err = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 0, err
-    after = leaderboard(tmp_path / "sweep")
+    after = leaderboard(tmp_path / "run-sweep")
     assert len(after) == 6
     assert sorted(float(r["optimizer.lr"]) for r in after) == [0.001, 0.002, 0.003, 0.004, 0.005, 0.006]
     by_trial = {r["trial"]: r for r in after}
@@ -555,12 +581,12 @@ def test_a_trial_whose_data_fails_stops_the_sweep_and_leaves_nothing_to_resume(c
     result = cli("sweep", cfg)
     assert result.code == 2, result
     assert "nosuch" in result.stderr and "in the sweep's trial with" in result.stderr
-    assert not (tmp_path / "sweep" / "sweep.db").exists()
+    assert not (tmp_path / "run-sweep" / "sweep.db").exists()
     good = {"data.features": [["x0", "x1"], ["x0", "x2"]]}
     fixed = sweep_config(tmp_path, table, {"method": "grid", "refit": False, "params": good})
     again = cli("sweep", fixed, "-q")
     assert again.code == 0, again
-    assert len(leaderboard(tmp_path / "sweep")) == 2
+    assert len(leaderboard(tmp_path / "run-sweep")) == 2
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu"])
@@ -589,7 +615,7 @@ def test_an_extended_sweep_searches_new_points_not_the_first_ones_again(cli, tab
     assert cli("sweep", cfg, "-q").code == 0
     longer = cli("sweep", cfg, "-q", "--resume", "--trials", "6")
     assert longer.code == 0, longer
-    rows = leaderboard(tmp_path / "sweep")
+    rows = leaderboard(tmp_path / "run-sweep")
     assert len(rows) == 6
     assert len({r["optimizer.lr"] for r in rows}) == 6  # as many points as a sweep of 6
 
@@ -611,7 +637,7 @@ def test_an_interrupted_random_sweep_resumes_with_as_many_distinct_points(tmp_pa
     resumed = start_process("sweep", cfg, "--resume", "-q", "--no-pack")
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    rows = leaderboard(tmp_path / "sweep")
+    rows = leaderboard(tmp_path / "run-sweep")
     assert len(rows) == 5 and len({r["optimizer.lr"] for r in rows}) == 5
 
 
@@ -624,20 +650,20 @@ def test_resume_refuses_changed_data_naming_the_file(cli, table, tmp_path):
     changed = cli("sweep", cfg, "-q", "--resume", "--trials", "2")
     assert changed.code == 2, changed
     assert "data.train" in changed.stderr and "sha256" in changed.stderr
-    assert len(leaderboard(tmp_path / "sweep")) == 1
+    assert len(leaderboard(tmp_path / "run-sweep")) == 1
 
 
 def test_a_sweep_db_that_is_a_folder_or_locked_is_told_cleanly(cli, table, tmp_path):
     sweep = {"method": "random", "trials": 1, "refit": False, "params": {"optimizer.lr": [0.01]}}
     cfg = sweep_config(tmp_path, table, sweep)
-    (tmp_path / "sweep" / "sweep.db").mkdir(parents=True)
+    (tmp_path / "run-sweep" / "sweep.db").mkdir(parents=True)
     for args in ((), ("--resume",)):
         folder = cli("sweep", cfg, "-q", *args)
         assert folder.code == 2, folder
         assert "is a folder" in folder.stderr and "Traceback" not in folder.stderr
-    (tmp_path / "sweep" / "sweep.db").rmdir()
+    (tmp_path / "run-sweep" / "sweep.db").rmdir()
     assert cli("sweep", cfg, "-q").code == 0
-    holder = sqlite3.connect(tmp_path / "sweep" / "sweep.db", isolation_level=None)
+    holder = sqlite3.connect(tmp_path / "run-sweep" / "sweep.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # another program holds it
     try:
         locked = cli("sweep", cfg, "-q", "--resume", "--trials", "2")
@@ -657,7 +683,7 @@ def test_the_refit_trains_the_epochs_its_folds_kept_as_best(cli, table, tmp_path
     result = cli("sweep", cfg, "--json")
     assert result.code == 0, result
     out = strict_json(result.stdout)
-    trial = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
+    trial = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'run-sweep' / 'sweep.db'}")
     best = next(t for t in trial.get_trials() if t.number == out["best"]["trial"])
     epochs = best.user_attrs["mse_train_result"]["best_epochs"]
     assert len(epochs) == 2 and max(epochs) < 60  # early stopped
@@ -679,9 +705,9 @@ def test_a_time_limit_stops_asking_for_trials_and_keeps_what_finished(cli, table
     result = cli("sweep", cfg, "--no-pack", "--json")
     assert result.code == 0, result
     assert "time_limit reached" in result.stderr
-    rows = leaderboard(tmp_path / "sweep")
+    rows = leaderboard(tmp_path / "run-sweep")
     assert 1 <= len(rows) < 1000 and strict_json(result.stdout)["trials"] == len(rows)
-    assert (tmp_path / "sweep" / "best.yaml").exists()
+    assert (tmp_path / "run-sweep" / "best.yaml").exists()
 
 
 @pytest.mark.parametrize(("pruner", "args", "trials"), [("median", (), 20), ("halving", ("--no-pack",), 8)])
@@ -699,12 +725,12 @@ def test_a_pruner_stops_lagging_trials_early_and_never_picks_one(cli, table, tmp
     cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 30})
     result = cli("sweep", cfg, "--json", *args)
     assert result.code == 0, result
-    rows = leaderboard(tmp_path / "sweep")
+    rows = leaderboard(tmp_path / "run-sweep")
     assert len(rows) == trials
     pruned = [r for r in rows if r["status"] == "pruned"]
     assert pruned and all(int(r["epochs"]) < 30 for r in pruned)  # frozen when pruned
     assert all(int(r["epochs"]) == 30 for r in rows if r["status"] == "completed")
-    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'sweep' / 'sweep.db'}")
+    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'run-sweep' / 'sweep.db'}")
     states = {t.number: t.state for t in study.get_trials()}
     assert {int(r["trial"]) for r in pruned} == {n for n, s in states.items() if s.name == "PRUNED"}
     best = strict_json(result.stdout)["best"]["trial"]

@@ -90,7 +90,7 @@ def _config(tmp_path: Path) -> Path:
         "model": {"type": "mlp", "hidden": [8]},
         "optimizer": {"name": "adam", "lr": 0.01},
         "train": {"epochs": 40, "batch_size": 16},
-        "output": {"dir": str(tmp_path / "sweep"), "plot": False},
+        "output": {"dir": str(tmp_path / "run"), "plot": False},
         "sweep": {
             "method": "random",
             "trials": TRIALS,
@@ -146,10 +146,10 @@ def _check_study(study: Any, outputs: list[dict[str, Any]], tmp_path: Path, cli:
     for retry in retried:
         assert failed[retry.system_attrs["failed_trial"]].params == retry.params
     assert sum(1 for out in outputs if out["checkpoint"]) == 1  # one refit
-    assert (tmp_path / "sweep" / "best" / "best.pt").exists()
+    assert (tmp_path / "run-sweep" / "best" / "best.pt").exists()
     report = cli("sweep", tmp_path / "sweep.yaml", "--storage", storage, "--report", "-o", tmp_path / "r")
     assert report.code == 0, report
-    assert _board(tmp_path / "r" / "leaderboard.csv") == _board(tmp_path / "sweep" / "leaderboard.csv")
+    assert _board(tmp_path / "r" / "leaderboard.csv") == _board(tmp_path / "run-sweep" / "leaderboard.csv")
     assert len(_board(tmp_path / "r" / "leaderboard.csv")) == TRIALS
 
 

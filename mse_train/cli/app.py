@@ -245,14 +245,6 @@ def run(
 
 
 # ------------------------------------------------------------------------- cv
-OutputDir = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option(
-        "--output-dir", "-o", help="Folder for the results; overrides output.dir.", show_default=False
-    ),
-]
-
-
 CvOutputDir = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
@@ -268,6 +260,16 @@ NoPack = Annotated[
     bool,
     typer.Option(
         "--no-pack", help="Train models one at a time, each as a torch module, instead of side by side."
+    ),
+]
+
+SweepOutputDir = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--output-dir",
+        "-o",
+        help="Folder for the leaderboard, best.yaml, sweep.db and best/; default <output.dir>-sweep.",
+        show_default=False,
     ),
 ]
 
@@ -359,7 +361,7 @@ def sweep(
         ),
     ] = None,
     overrides: Overrides = None,
-    output_dir: OutputDir = None,
+    output_dir: SweepOutputDir = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted sweep.")] = False,
     storage: Annotated[
         Optional[str],  # noqa: UP045
@@ -393,6 +395,7 @@ def sweep(
 
     The same command started several times (on one machine or many, with --storage) makes
     workers of one study: each trains the trials it asks for, and one refits the winner.
+    Writes into its own folder: <output.dir>-sweep (runs/NAME-sweep), or --output-dir.
     """
 
     def work() -> None:

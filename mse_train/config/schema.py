@@ -621,14 +621,14 @@ class SweepConfig(Section):
     )
     refit: Bool = Field(
         True,
-        description="Retrain the winner on all training rows into <dir>/best/, for the epochs its "
+        description="Retrain the winner on all training rows into <sweep folder>/best/, for the epochs its "
         "validated training found best (their mean over the folds).",
     )
     storage: Str | None = Field(
         None,
         description="Where the study lives, shared by every worker: an Optuna database URL "
-        "(postgresql://, mysql://, sqlite:///) or a journal file's path; default <dir>/sweep.db. "
-        "--storage and $MSE_TRAIN_SWEEP_STORAGE override it.",
+        "(postgresql://, mysql://, sqlite:///) or a journal file's path; default sweep.db in the "
+        "sweep folder (<output.dir>-sweep, or -o). --storage and $MSE_TRAIN_SWEEP_STORAGE override it.",
     )
     study: Str = Field("sweep", description="The study's name in the storage (--study overrides it).")
     pruner: Literal["none", "median", "halving"] = Field(

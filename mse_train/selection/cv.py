@@ -121,15 +121,16 @@ def fold_splits(loaded: prepare.Loaded, cfg: Config, k: int) -> list[tuple[prepa
 
 
 # ------------------------------------------------------------------ the command's work
-def folder(cfg: Config, output_dir: Path | None) -> Path:
-    """cv's folder: `--output-dir` itself, else `<output.dir>-cv` (runs/NAME-cv), so cv never
-    writes into (or locks) the run folder of `run`, nor its mlflow.json."""
+def folder(cfg: Config, output_dir: Path | None, suffix: str = FOLDER_SUFFIX) -> Path:
+    """The folder of cv (or sweep, with its `suffix`): `--output-dir` itself, else
+    `<output.dir><suffix>` (runs/NAME-cv) beside the run folder, so the command never writes
+    into (or locks) the run folder of `run`, nor its mlflow.json."""
     if output_dir is not None:
         out = output_dir.resolve()
     else:
         run_dir = Path(str(cfg.output.dir))
         run_folder.check_not_a_system_folder(run_dir)  # `/etc` is refused, not turned into /etc-cv
-        out = run_dir.with_name(run_dir.name + FOLDER_SUFFIX)
+        out = run_dir.with_name(run_dir.name + suffix)
     run_folder.check_not_a_system_folder(out)
     return out
 

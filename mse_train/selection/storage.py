@@ -42,7 +42,7 @@ class Where:
 
 
 def storage_spec(option: str | None, sweep: SweepConfig) -> str | None:
-    """--storage, else $MSE_TRAIN_SWEEP_STORAGE, else `sweep.storage`; None: <dir>/sweep.db."""
+    """--storage, else $MSE_TRAIN_SWEEP_STORAGE, else `sweep.storage`; None: sweep.db in the sweep folder."""
     return option or os.environ.get(ENV) or sweep.storage
 
 

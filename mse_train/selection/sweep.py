@@ -1,6 +1,8 @@
 """`mse-train sweep`: search the `sweep:` section's space with Optuna, trial by trial.
 
-The study lives in `sweep.db` (Optuna's RDB storage, SQLite) in the sweep folder, so an
+The sweep's folder is `<output.dir>-sweep` (runs/NAME-sweep, beside the run folder of `run`
+for the same config, never in it), or `--output-dir` itself. The study lives in `sweep.db`
+(Optuna's RDB storage, SQLite) in the sweep folder, so an
 interrupted sweep continues with `--resume` without re-running finished trials, and
 `optuna-dashboard sqlite:///.../sweep.db` can open it. After every finished trial the
 leaderboard is rewritten atomically; at the end come best.yaml, sweep.png and, with
@@ -30,9 +32,10 @@ from mse_train.errors import (
     TrainingDiverged,
 )
 from mse_train.outputs import fsio, mlflow_log, mlflow_sweep, run_folder, tables
-from mse_train.selection import space, storage, study, worker
+from mse_train.selection import cv, space, storage, study, worker
 from mse_train.training import packed
 
+FOLDER_SUFFIX = "-sweep"  # runs/NAME-sweep beside the run folder runs/NAME, as cv's runs/NAME-cv
 PACK = 16  # trials asked of Optuna at once (so those of one shape can train side by side)
 
 
@@ -97,8 +100,7 @@ def run(
             f"{doc.source}: the sweep scores trials on validation rows, but the config has none",
             ["set `sweep.folds: 5` for cross-validation, or `data.val_fraction: 0.2`"],
         )
-    out = options.output_dir.resolve() if options.output_dir is not None else Path(str(cfg.output.dir))
-    run_folder.check_not_a_system_folder(out)
+    out = cv.folder(cfg, options.output_dir, FOLDER_SUFFIX)
     device = runtime.resolve_device(cfg.train.device)
     # Before the sweep folder is made: a missing extra or an unreachable store writes nothing.
     wants_mlflow = cfg.output.mlflow and not options.report
