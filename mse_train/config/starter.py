@@ -129,7 +129,7 @@ sweep:                        # what `mse-train sweep` searches; run and cv igno
   method: tpe                 # {_options("sweep.method")}
   trials: 20
   folds: {folds}                    # score each trial by K-fold CV; 0 = on the validation rows
-  refit: true                 # retrain the winner on all rows into <output.dir>/best/
+  refit: true                 # retrain the winner on all rows into <output.dir>-sweep/best/
   params:                     # a list = the choices; a mapping = a range
 {_sweep_params(choice)}
 """
