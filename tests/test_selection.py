@@ -149,6 +149,8 @@ def test_run_and_sweep_of_one_config_leave_each_other_s_files_alone(cli, small_c
     assert f"wrote {swept / 'leaderboard.csv'}" in result.stderr
     assert load(swept / "best.yaml").output.dir == str(swept / "best")
     searched = files(swept)
+    # the sweep lets go of its database when it ends: SQLite's write-ahead log is folded back
+    assert not {"sweep.db-wal", "sweep.db-shm"} & set(searched)
     assert cli("run", cfg, "-q", "--overwrite").code == 0
     assert files(swept) == searched  # nor the run into the sweep's folder
     assert len(leaderboard(swept)) == 2

@@ -234,6 +234,15 @@ def _journal_class() -> type:
     return Journal
 
 
+def close(where: Where | None) -> None:
+    """Let go of the database: its connections closed, so SQLite folds its write-ahead log
+    back into sweep.db and removes sweep.db-wal/-shm now, not whenever the process ends."""
+    engine = getattr(where.storage, "engine", None) if where is not None else None
+    if where is not None and engine is not None:
+        where.storage.remove_session()
+        engine.dispose()
+
+
 def claim(where: Where, name: str) -> bool:
     """True for exactly one of the workers that ask for `name` (a study created by name)."""
     import optuna

@@ -109,6 +109,7 @@ def run(
     tracked = mlflow_sweep.Tracked(store)
     spec = storage.storage_spec(options.storage, sweep)
     study_name = options.study or sweep.study
+    where = None
     try:
         # Shared: the workers of one study may use one folder; each writes whole files from it.
         with run_folder.lock(out, shared=True), _quiet_optuna():
@@ -169,6 +170,8 @@ def run(
             shown = storage.shown_url(spec) if spec else str(out / storage.DEFAULT_FILE)
             raise storage.storage_error(exc, shown) from None
         raise
+    finally:
+        storage.close(where)
 
 
 def _storage_failed(exc: BaseException) -> bool:
