@@ -149,11 +149,11 @@ def _reclaimable(folder: Path) -> int:
 THREADS_ENV = "MSE_TRAIN_THREADS"
 MAX_THREADS = 1024  # far above any machine's cores; torch crashes on counts like 100,000
 THREADS_CHOICES = f"auto or a whole number from 1 to {MAX_THREADS}"
-# `auto` never asks for more intra-op threads than this. The models mse-train ships (MLPs up
-# to 128-128, batches of 64-1024) trained no faster with a second thread on a quiet machine,
-# and 21-45x slower with it when a busy process ran on each core (bench/threads.py,
-# bench/results.md "Threads"): their operations are too small for OpenMP's fork/join to pay,
-# and one descheduled thread stalls every operation.
+# `auto` never asks for more intra-op threads than this. On an idle 2-core machine a second
+# thread trained the models mse-train ships (MLPs up to 128-128) level at batches of 64-256
+# and 1.2-1.6x faster at 1024; with a busy process on each core it was 21-45x slower
+# (bench/threads.py, bench/results.md "Threads"): one descheduled thread stalls every
+# operation. The loss under load is far larger than the gain when idle, so 1 is the default.
 AUTO_MAX_THREADS = 1
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

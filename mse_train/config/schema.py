@@ -569,10 +569,10 @@ class TrainConfig(Section):
     threads: Threads = Field(
         "auto",
         description="CPU threads torch uses within each operation: a whole number, or auto = "
-        "OMP_NUM_THREADS when set, else 1 (the models mse-train ships train no faster with 2 on "
-        "an idle machine, and 21-45x slower when another busy program shares the cores: "
-        "bench/results.md, Threads). The environment variable MSE_TRAIN_THREADS overrides it, "
-        "for every command.",
+        "OMP_NUM_THREADS when set, else 1 (on an idle machine 2 threads train the shipped models "
+        "at most 1.6x faster, at batch 1024; when another busy program shares the cores they are "
+        "21-45x slower: bench/results.md, Threads). Set 2 or more on cores of your own. The "
+        "environment variable MSE_TRAIN_THREADS overrides it, for every command.",
     )
 
 
