@@ -50,6 +50,11 @@ _BACKWARDS: dict[str, Backward] = {
     "elu": lambda g, z, h: _aten.elu_backward(g, 1.0, 1, 1, False, z),
 }
 
+# Activations whose gradient the stack leaves to autograd on purpose (through its batched
+# forward): any other activation of models/networks.py must have a kernel above, or
+# building a stack of it fails (a test walks ACTIVATIONS and checks every gradient).
+AUTOGRAD_ONLY = frozenset({"gelu"})
+
 
 @dataclass
 class Built:
@@ -96,6 +101,11 @@ class Stack:
         # The activation's backward pass, for the backward pass by hand; None (GELU) leaves
         # the whole backward pass to autograd.
         name = mcfg.activation if isinstance(mcfg, schema.MLPModel) else "none"
+        if name not in _BACKWARDS and name not in AUTOGRAD_ONLY:
+            raise NotImplementedError(
+                f"activation {name!r} has no stacked backward: add its kernel to _BACKWARDS in "
+                "training/stack.py, or its name to AUTOGRAD_ONLY (tests/test_stack_gradients.py)"
+            )
         self.derivative = _BACKWARDS.get(name)
         self._reads_input = name in ("leaky_relu", "elu")
         self.best = self.flat.detach().clone()
