@@ -7,7 +7,6 @@
   stack.py       ... as K small models in batched tensors, stepped together
   stack_embeddings.py  the numeric embeddings with a model axis, backward by hand
   stack_optimizer.py   SGD, Adam and AdamW for K models at once, as torch steps them
-  stack_optimizer.py   SGD, Adam and AdamW for K models at once, as torch steps them
   batches.py     one model's rows: the shuffled gather, slices, stream blocks, rank slices
   padded.py      K models' own rows side by side, shuffled and batched per model
   partial.py     the unfinished epoch's per-batch losses (kept on interrupt, summed over ranks)

@@ -1,7 +1,7 @@
 """One optimizer step on one batch: MSE (+ L1/L2 penalty), backward, update.
 
-`Step` is the loop's seam: whatever is called per batch is a Step, so a test (or a
-packed variant) can wrap or replace it without touching the loop.
+`Step` is the module axis's update (solo.py calls it once per batch); the stack
+(stack.py) writes the same loss, penalty and update out for K models at once.
 
 Under torchrun (`ranks` > 1) the model is wrapped in DistributedDataParallel, which
 averages gradients across ranks; each rank's loss is its share of the global batch loss
