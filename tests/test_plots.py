@@ -128,6 +128,26 @@ def test_a_loss_under_a_decade_is_labelled_in_plain_numbers():
     assert not [label for label in labels if "times" in label or "^" in label]
 
 
+def _drawn_tick_labels(fig: Figure, axis: Any) -> list[str]:
+    texts = drawn_texts(fig)
+    mine = {id(tick.label1) for tick in axis.get_major_ticks() + axis.get_minor_ticks()}
+    mine |= {id(tick.label2) for tick in axis.get_major_ticks() + axis.get_minor_ticks()}
+    return [t.get_text() for t, _ in texts if id(t) in mine]
+
+
+def test_log_axes_are_labelled_in_plain_text_not_mathtext():
+    """Decades read 10⁻¹, 10⁰, 10¹, on the ticks matplotlib labels, in plain text: the first
+    mathtext label of a process builds matplotlib's math parser, a good part of what drawing
+    a small run's loss.png costs."""
+    losses, lrs = [30 * 0.9**i for i in range(60)], [1e-2 * 0.95**i for i in range(60)]
+    fig = plots.loss_figure(history(losses, lrs), 1, "loss")
+    loss_labels = _drawn_tick_labels(fig, fig.axes[0].yaxis)
+    assert {"10⁻¹", "10⁰", "10¹"} <= set(loss_labels), loss_labels
+    lr_labels = _drawn_tick_labels(fig, fig.axes[1].yaxis)
+    assert {"10⁻³", "10⁻²"} <= set(lr_labels), lr_labels
+    assert not [label for label in loss_labels + lr_labels if "$" in label or "mathdefault" in label]
+
+
 def test_loss_png_legend_covers_no_curve():
     fig = plots.loss_figure(stepped(), 25, plots.loss_label("mean", "standardised targets"))
     assert legends(fig)

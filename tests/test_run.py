@@ -322,6 +322,23 @@ def test_a_plain_run_does_not_import_the_optional_extras(tmp_path, command, writ
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_a_run_without_loss_png_does_not_import_matplotlib(tmp_path):
+    """matplotlib (~0.3-1 s of imports) is loaded to draw loss.png, after training, and only then."""
+    code = (
+        "import sys\n"
+        "from mse_train.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('matplotlib' in sys.modules)"
+    )
+    out = tmp_path / "out"
+    args = ["run", CONFIGS / "linear.yaml", "--set", "train.epochs=1", "--set", "output.plot=false"]
+    args += ["-o", out]
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (out / "best.pt").exists() and not (out / "loss.png").exists()
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_python_dash_m_entry_point(tmp_path):
     result = run_process("--version")
     assert result.returncode == 0 and result.stdout.startswith("mse-train ")
