@@ -234,6 +234,11 @@ def test_load_predicts_with_intervals_and_drift_as_predict_does(cli, tmp_path):
     assert any(f.column == "a" for f in found.drift)
     saved = model.save(tmp_path / "copy.pt")
     assert saved.read_bytes() == ckpt.read_bytes()
+    if importlib.util.find_spec("onnxruntime") is not None:  # export as `mse-train export` writes it
+        assert cli("export", ckpt, "-o", tmp_path / "cli.onnx").code == 0
+        exported = model.export(tmp_path / "api.onnx", check_rows=rows.iloc[1:])
+        assert exported.check_rows == 19
+        assert (tmp_path / "api.onnx").read_bytes() == (tmp_path / "cli.onnx").read_bytes()
     with pytest.raises(DataError, match="colour"):
         model.predict(rows.drop(columns="colour"))
 
@@ -252,6 +257,23 @@ def test_train_and_cv_return_results_and_print_nothing(tmp_path, capsys):
     folds = mse_train.cv(cfg, folds=3, on_fold=lambda i, s: scores.append(i))
     assert scores == [1, 2, 3] and len(folds.folds) == 3
     assert folds.summary == json.loads((tmp_path / "run-cv" / "cv.json").read_text())
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_sweep_returns_the_leaderboard_as_a_frame(cli, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    table = mixed_table(tmp_path / "t.csv", n=80)
+    sweep = {"method": "grid", "folds": 0, "refit": True, "params": {"optimizer.lr": [0.01, 0.1]}}
+    cfg = config(tmp_path, table, sweep=sweep, train={"epochs": 3})
+    rows: list[int] = []
+    found = mse_train.sweep(cfg, on_trial=lambda done, total, row: rows.append(done), **{"train.epochs": 2})
+    assert rows == [1, 2] and len(found.leaderboard) == 2
+    board = pd.read_csv(tmp_path / "run-sweep" / "leaderboard.csv")
+    assert found.leaderboard["trial"].tolist() == board["trial"].tolist()
+    assert found.checkpoint == tmp_path / "run-sweep" / "best" / "best.pt"
+    assert found.model.predict(pd.read_csv(table)).shape == (80, 1)
+    assert json.loads((tmp_path / "run-sweep" / "best" / "summary.json").read_text())["epochs_run"] <= 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
 

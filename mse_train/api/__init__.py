@@ -1,6 +1,6 @@
 """Stage 8, the Python API: the commands' work as functions and objects, without a console.
 
-  train.py      `train(config)` and `cv(config)`: run's and cv's work, returning result
+  train.py      `train(config)`, `cv(config)`, `sweep(config)`: run's, cv's and sweep's work, returning result
                 objects; a config from a path, a dict or a Config, with settings on top
   model.py      `load(path)` -> `Model`: predict on a DataFrame (intervals, drift), save, export
   estimator.py  `Regressor`: a scikit-learn estimator (fit/predict/score) over `run`;
@@ -12,9 +12,9 @@ Sits above selection/ (it calls recipe, use and selection as the CLI does) and b
 from typing import Any
 
 from mse_train.api.model import Model, load
-from mse_train.api.train import TrainResult, cv, train
+from mse_train.api.train import CVResult, SweepResult, TrainResult, cv, sweep, train
 
-__all__ = ["Model", "Regressor", "TrainResult", "cv", "load", "train"]
+__all__ = ["CVResult", "Model", "Regressor", "SweepResult", "TrainResult", "cv", "load", "sweep", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -175,3 +175,57 @@ def cv(
     with signals.on_signals() as stop:
         summary = cross.run(cfg, folds, out, device, scored, stop.requested, pack, store, lambda text: None)
     return CVResult(summary, out)
+
+
+@dataclass
+class SweepResult:
+    """What `sweep` found: the best trial, the leaderboard, and the refit's checkpoint."""
+
+    best: dict[str, Any]  # trial, score, config (best.yaml's path), params
+    leaderboard: pd.DataFrame  # leaderboard.csv: a row per trial, best first
+    folder: Path
+    checkpoint: Path | None  # the winner refitted on every training row (best/best.pt)
+
+    @property
+    def model(self) -> Model:
+        if self.checkpoint is None:
+            raise ConfigError("this sweep refitted no model", ["see the sweep's leaderboard for why"])
+        return Model.load(self.checkpoint)
+
+
+def sweep(
+    config: str | Path,
+    *,
+    trials: int | None = None,
+    folds: int | None = None,
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    on_trial: Callable[[int, int, dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+    **settings: Any,
+) -> SweepResult:
+    """`mse-train sweep`: search the config's `sweep:` section; the leaderboard as a
+    DataFrame. `settings` are applied as `--set` overrides; `on_trial(done, total, row)`
+    after each trial, `progress` gets the refit's epochs."""
+    import json
+
+    from mse_train.selection import sweep as search
+
+    path = Path(config)
+    overrides = [f"{dotted(k)}={json.dumps(plain(v))}" for k, v in settings.items()]
+    options = search.Options(
+        trials,
+        folds,
+        resume,
+        Path(output_dir) if output_dir is not None else None,
+        "mse_train.sweep(config, resume=True)",
+    )
+    runtime.use_threads(resolve(path, settings).train.threads)
+    each = on_trial or (lambda done, total, row: None)
+    outcome = search.run(path, overrides, options, each, _Reporter(progress))
+    return SweepResult(
+        dict(outcome.best),
+        pd.DataFrame(outcome.leaderboard),
+        outcome.folder,
+        Path(outcome.checkpoint) if outcome.checkpoint else None,
+    )
