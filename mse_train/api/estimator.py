@@ -29,7 +29,7 @@ import pandas as pd
 from mse_train import config as configs
 from mse_train import recipe, runtime
 from mse_train.api.model import Model
-from mse_train.api.train import ConfigLike, Progress, _Reporter, dotted, resolve
+from mse_train.api.train import Callbacks, ConfigLike, Progress, dotted, resolve
 from mse_train.data import frames
 from mse_train.errors import DataError, EnvironmentProblem, MseTrainError
 
@@ -118,7 +118,7 @@ class Regressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
                 resume_command="fit again (a fit has no resume)",
                 overwrite_command="fit again",
             )
-            reporter = _Reporter(self.progress)
+            reporter = Callbacks(self.progress)
             summary = recipe.run(cfg, options, reporter)
             out = Path(str(cfg.output.dir))
             self.model_ = Model((out / "best.pt").read_bytes(), "Regressor.fit")

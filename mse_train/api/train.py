@@ -68,7 +68,7 @@ def resolve(config: ConfigLike, settings: Mapping[str, Any] | None = None, label
     return configs.from_document(doc, base, default_name=name, values=values, values_label=label)
 
 
-class _Reporter(recipe.Silent):
+class Callbacks(recipe.Silent):
     """recipe's Reporter, calling `progress` with each epoch's record."""
 
     def __init__(self, progress: Progress | None) -> None:
@@ -117,7 +117,7 @@ def train(
     """
     cfg = resolve(config, settings)
     runtime.use_threads(cfg.train.threads)
-    reporter = _Reporter(progress)
+    reporter = Callbacks(progress)
     options = recipe.Options(
         resume=resume,
         overwrite=overwrite,
@@ -222,7 +222,7 @@ def sweep(
     )
     runtime.use_threads(resolve(path, settings).train.threads)
     each = on_trial or (lambda done, total, row: None)
-    outcome = search.run(path, overrides, options, each, _Reporter(progress))
+    outcome = search.run(path, overrides, options, each, Callbacks(progress))
     return SweepResult(
         dict(outcome.best),
         pd.DataFrame(outcome.leaderboard),
