@@ -219,6 +219,11 @@ def _run(
         units = metrics.loss_units(bool(cfg.data.standardize_target))
         label = plots.loss_label(cfg.loss.reduction, units)
         plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0, label)
+    if tracked.run is not None and not restored and status in (Status.COMPLETED, Status.EARLY_STOPPED):
+        from mse_train.use import mlflow_model  # imports mlflow.pyfunc: only when logging
+
+        best = out / "best.pt"
+        tracked.run.model(lambda folder: mlflow_model.save(best, folder), mlflow_model.MODEL_FOLDER)
     if tracked.run is not None:  # a restored previous run's files are not this run's artifacts
         mlflow_log.end_training(tracked.run, status, result, None if restored else out)
     if status is Status.DIVERGED and restored:

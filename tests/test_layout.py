@@ -13,7 +13,7 @@ PACKAGE = REPO / "mse_train"
 # Lowest first. A module may import its own stage and any stage to its left, never to its right.
 STAGES = [
     "errors", "runtime", "config", "data", "models", "training",
-    "outputs", "use", "recipe", "selection", "cli",
+    "outputs", "use", "recipe", "selection", "api", "cli",
 ]  # fmt: skip
 # Leaves that any stage may use.
 SHARED = {"errors", "runtime", "__init__"}
@@ -62,7 +62,9 @@ def test_the_check_catches_an_upward_import(tmp_path):
     assert STAGES.index("training") > STAGES.index("data")  # so data/ importing it would fail above
 
 
-@pytest.mark.parametrize("stage", ["config", "data", "models", "training", "outputs", "use", "selection"])
+@pytest.mark.parametrize(
+    "stage", ["config", "data", "models", "training", "outputs", "use", "selection", "api"]
+)
 def test_each_stage_says_what_it_does(stage):
     doc = importlib.import_module(f"mse_train.{stage}").__doc__ or ""
     assert len(doc.splitlines()) >= 3, f"mse_train/{stage}/__init__.py needs a docstring naming its modules"

@@ -6,16 +6,20 @@ import csv
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from mse_train import __version__
 
-from conftest import read_json, read_metrics, run_process, signal_at_step, write_config
+from conftest import HANG_GUARD, read_json, read_metrics, run_process, signal_at_step, write_config
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("mlflow") is None, reason="the mlflow extra is not installed"
@@ -338,3 +342,79 @@ def test_a_read_only_store_prints_only_our_message(small_config, tmp_path, exper
     assert "readonly database" in done.stderr and "read-only: make both writable" in done.stderr
     assert "[SQL:" not in done.stderr and "raised as a result" not in done.stderr
     assert not (tmp_path / "run" / "best.pt").exists()  # stopped before training
+
+
+# ------------------------------------------------------------------ the MLflow Model
+def pyfunc() -> Any:
+    with warnings.catch_warnings():  # MLflow warns about its own dependencies on import
+        warnings.simplefilter("ignore")
+        import mlflow.pyfunc
+
+        return mlflow.pyfunc
+
+
+def categorical_table(path: Path, n: int = 120) -> Path:
+    rng = np.random.default_rng(5)
+    colour = rng.choice(["red", "green", "blue"], n)
+    x = rng.normal(size=n).round(4)
+    y = x * 2 + (colour == "red") * 3 + rng.normal(size=n).round(3) * 0.1
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["x", "colour", "y"])
+        writer.writerows(zip(x, colour, y.round(4), strict=True))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["numeric", "categorical"])
+def test_a_run_logs_an_mlflow_model_that_predicts_as_predict_does(cli, small_config, tmp_path, store, kind):
+    data: dict[str, Any] = {"val_fraction": 0.2}
+    if kind == "categorical":
+        data["train"] = str(categorical_table(tmp_path / "cat.csv"))
+    cfg = small_config(output={"mlflow": True}, data=data, model={"type": "mlp", "hidden": [8]})
+    assert cli("run", cfg).code == 0
+    table = Path(yaml.safe_load(cfg.read_text())["data"]["train"])
+    rid = run_id(tmp_path / "run")
+    assert "model" in {f.path for f in store.list_artifacts(rid)}
+    out = tmp_path / "p.csv"
+    assert cli("predict", tmp_path / "run" / "best.pt", table, "-o", out).code == 0
+    want = pd.read_csv(out)["y_pred"].to_numpy()
+    frame = pd.read_csv(table).drop(columns="y")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's notes on loading (type hints, environment)
+        model = pyfunc().load_model(f"runs:/{rid}/model")
+        got = model.predict(frame)
+    np.testing.assert_allclose(got["y_pred"].to_numpy(), want, rtol=2**-23, atol=0)
+    signature = model.metadata.get_input_schema().to_dict()
+    types = {c["name"]: c["type"] for c in signature}
+    assert list(types) == list(frame.columns)
+    assert types.get("colour", "string") == "string" and types[frame.columns[0]] == "double"
+    # registrable: the registry takes it, and serves the same numbers back
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow
+
+        mlflow.set_tracking_uri(store.tracking_uri)
+        version = mlflow.register_model(f"runs:/{rid}/model", f"mse-{kind}")
+        again = pyfunc().load_model(f"models:/mse-{kind}/{version.version}").predict(frame.head(5))
+    np.testing.assert_allclose(again["y_pred"].to_numpy(), want[:5], rtol=2**-23, atol=0)
+
+
+def test_mlflow_models_predict_answers_as_predict_does(cli, small_config, tmp_path, store):
+    """MLflow's own command, offline, in this environment (`--env-manager local`)."""
+    cfg = small_config(output={"mlflow": True}, data={"train": str(categorical_table(tmp_path / "cat.csv"))})
+    assert cli("run", cfg).code == 0
+    rows = tmp_path / "rows.csv"
+    pd.read_csv(tmp_path / "cat.csv").drop(columns="y").head(8).to_csv(rows, index=False)
+    out = tmp_path / "p.csv"
+    assert cli("predict", tmp_path / "run" / "best.pt", rows, "-o", out).code == 0
+    model = f"runs:/{run_id(tmp_path / 'run')}/model"
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "models", "predict", "-m", model, "-i", rows, "-t", "csv",
+         "--env-manager", "local"],
+        capture_output=True, text=True, timeout=HANG_GUARD,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])["predictions"]
+    np.testing.assert_allclose(
+        [row["y_pred"] for row in answer], pd.read_csv(out)["y_pred"].to_numpy(), rtol=2**-23, atol=0
+    )

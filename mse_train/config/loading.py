@@ -33,11 +33,13 @@ def from_document(
     default_name: str = "run",
     values: Mapping[str, Any] | None = None,
     dropped: list[str] | None = None,
+    values_label: str = "sweep.params",
 ) -> Config:
     """Validate a parsed document; relative paths are taken from `base`.
 
     `values` (dotted key -> value) are set after the overrides: a sweep trial's choices,
-    reported as `sweep.params.KEY` in messages. When a value picks a tagged choice
+    reported as `sweep.params.KEY` in messages (`values_label` names them otherwise: the
+    Python API's keyword arguments). When a value picks a tagged choice
     (`model.type`, `optimizer.name`, ...), keys of that section that do not apply to the
     choice are removed and their dotted names appended to `dropped`: a search over
     `[linear, mlp]` with `model.hidden` is a normal search, not an error.
@@ -66,8 +68,8 @@ def from_document(
         words.update({(*key_path, *p): w for p, w in given.items()})
     for key, value in (values or {}).items():
         parts = tuple(key.split("."))
-        _set(data, parts, value, f"sweep.params.{key}")
-        set_paths[parts] = f"sweep.params.{key} = {json.dumps(value)}"
+        _set(data, parts, value, f"{values_label}.{key}")
+        set_paths[parts] = f"{values_label}.{key} = {json.dumps(value, default=repr)}"
         words = {p: w for p, w in words.items() if p[: len(parts)] != parts}
     if values:
         for name in _drop_inapplicable(data, values):

@@ -17,6 +17,8 @@ fitted preprocessing out, through a binary cache of parsed tables.
   preprocess.py  standardisation, fill values and category vocabularies (one-hot
                  columns or embedding codes), fitted on training rows and stored in checkpoints
   stored.py      that preprocessing read back from a checkpoint, checked key by key
+  frames.py      a DataFrame (or array) from the Python API -> the table file the readers
+                 read, so a frame is parsed by the same rules; messages name the frame
   files.py       only regular files are input: a FIFO or device is named, never opened
   prepare.py     config -> train/validation splits ready for the loop; eval's reading;
                  one fold's split (`fit_split`) for cross-validation

@@ -158,8 +158,11 @@ def fit_split(
                 f"out `data.val_fraction: {cfg.val_fraction}` of them",
                 ["use fewer folds, more rows, or data.val_fraction: 0"],
             )
-        shuffled = np.random.default_rng(seed).permutation(train_rows)
-        val_rows, fit_rows = np.sort(shuffled[:n_val]), np.sort(shuffled[n_val:])
+        # The holdout `prepare` makes of a table of these rows (the same permutation of
+        # them, the same order), so a fold trains exactly as `run` on the fold's rows would.
+        order = np.random.default_rng(seed).permutation(len(train_rows))
+        cut = len(train_rows) - n_val
+        fit_rows, val_rows = train_rows[order[:cut]], train_rows[order[cut:]]
     pre = _fit(loaded.table, fit_rows, loaded.features, loaded.targets, cfg)
     if cfg.unknown_category == "error":
         _check_split_categories(loaded.table, pre, test_rows, cfg, split_name)

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -208,6 +209,18 @@ class Run:
                     self.client.log_artifact(self.run_id, str(path))
 
         self._guarded(upload)
+
+    def model(self, save: Callable[[Path], None], name: str) -> None:
+        """Log the MLflow Model that `save(folder)` writes, as the artifact folder `name`
+        (`runs:/<run id>/<name>`, which mlflow.pyfunc loads and the registry registers)."""
+
+        def log() -> None:
+            with tempfile.TemporaryDirectory(prefix="mse-train-mlflow-") as tmp:
+                folder = Path(tmp) / name
+                save(folder)
+                self.client.log_artifacts(self.run_id, str(folder), artifact_path=name)
+
+        self._guarded(log)
 
     def child(
         self, name: str, params: dict[str, str], metrics: dict[str, Any], tags: dict[str, str], status: str

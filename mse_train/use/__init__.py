@@ -3,7 +3,8 @@
   evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units; interval coverage
   evaluate_stream.py  `eval` of a table larger than data.memory_budget, a block at a time
   predict.py   `predict`: rows with predictions (and intervals) appended, streamed in
-               chunks, all or nothing
+               chunks, all or nothing; `predict_frame` for a DataFrame (the Python API)
+  mlflow_model.py  the MLflow pyfunc model a run logs (`output.mlflow`), over predict
   scoring.py   predictions in the targets' units; a non-finite one is an error naming its row
   explain.py   `explain`: permutation importance of each original column
   intervals.py split-conformal prediction intervals from the validation rows' residuals

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+import pandas as pd
 import torch
 
 from mse_train import runtime
-from mse_train.data import files, table
+from mse_train.data import files, frames, table
 from mse_train.data.drift import Finding, Watch
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
@@ -93,6 +94,26 @@ def predict(
         else:
             _into_file(out_path, lambda sink: _copy(spool, sink, rows))
     return Predicted(rows, watch.findings() if watch is not None else [])
+
+
+def predict_frame(
+    ckpt_path: Path, rows: pd.DataFrame, interval: float | None = None, device: str = "cpu"
+) -> tuple[pd.DataFrame, list[Finding]]:
+    """`predict` on a DataFrame (the Python API, the MLflow model): the `<target>_pred`
+    (and `_lo`, `_hi`) columns, indexed like `rows`, and the drift findings.
+
+    The rows go through `predict` itself as a table file (data/frames.py), so a frame and
+    the same rows in a CSV give the same numbers; messages name the frame.
+    """
+    with tempfile.TemporaryDirectory(prefix="mse-train-predict-") as tmp:
+        source, out = Path(tmp) / "rows.csv", Path(tmp) / "predicted.csv"
+        with frames.named(source):
+            frames.write(rows, source)
+            done = predict(ckpt_path, source, out, device, interval)
+        added = [c for c in pd.read_csv(out, nrows=0).columns if c not in rows.columns]
+        values = pd.read_csv(out, usecols=added, dtype=np.float64)
+    values.index = rows.index
+    return values, done.drift
 
 
 def _into_file(path: Path, write: Callable[[IO[str]], int]) -> int:
