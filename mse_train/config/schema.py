@@ -624,6 +624,14 @@ class SweepConfig(Section):
         description="Retrain the winner on all training rows into <sweep folder>/best/, for the epochs its "
         "validated training found best (their mean over the folds).",
     )
+    ensemble: Annotated[Int, Field(ge=0, le=1000)] = Field(
+        0,
+        description="Greedy ensemble selection (Caruana et al. 2004) over the trials' out-of-fold "
+        "predictions (needs `folds` >= 2): N steps, each adding (with replacement) the trial that "
+        "lowers the ensemble's out-of-fold MSE most; the refit trains the chosen trials on all "
+        "training rows into one checkpoint, <sweep folder>/ensemble/best.pt, predicting their mean "
+        "weighted by times chosen / N. 0 = off.",
+    )
     storage: Str | None = Field(
         None,
         description="Where the study lives, shared by every worker: an Optuna database URL "
