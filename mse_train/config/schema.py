@@ -622,7 +622,8 @@ class SweepConfig(Section):
     refit: Bool = Field(
         True,
         description="Retrain the winner on all training rows into <sweep folder>/best/, for the epochs its "
-        "validated training found best (their mean over the folds).",
+        "validated training found best (their mean over the folds); with `ensemble`, the ensemble's "
+        "trials into <sweep folder>/ensemble/.",
     )
     ensemble: Annotated[Int, Field(ge=0, le=1000)] = Field(
         0,

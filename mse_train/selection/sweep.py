@@ -6,7 +6,8 @@ for the same config, never in it), or `--output-dir` itself. The study lives in 
 interrupted sweep continues with `--resume` without re-running finished trials, and
 `optuna-dashboard sqlite:///.../sweep.db` can open it. After every finished trial the
 leaderboard is rewritten atomically; at the end come best.yaml, sweep.png and, with
-`refit`, a normal run folder `best/` trained on all the training rows.
+`refit`, a normal run folder `best/` trained on all the training rows (with
+`sweep.ensemble`, ensemble.json and the ensemble's one checkpoint, ensemble/best.pt).
 """
 
 from __future__ import annotations
