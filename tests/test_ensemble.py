@@ -176,6 +176,18 @@ def test_an_edited_out_of_fold_file_is_refused_and_a_missing_one_left_out(cli, t
     assert json.loads(again.stdout)["ensemble"]["candidates"] == 2
 
 
+def test_a_finished_sweep_without_an_ensemble_can_be_given_one_afterwards(cli, tmp_path):
+    cfg = _config(tmp_path, _table(tmp_path), ensemble=0, refit=False, params={"optimizer.lr": [0.01, 0.05]})
+    out = tmp_path / "sw"
+    first = cli("sweep", cfg, "-o", out, "--json")
+    assert first.code == 0, first
+    assert "ensemble" not in json.loads(first.stdout)
+    later = cli("sweep", cfg, "-o", out, "--report", "--json", "--set", "sweep.ensemble=3")
+    assert later.code == 0, later
+    chosen = json.loads(later.stdout)["ensemble"]
+    assert chosen["steps"] == 3 and chosen["candidates"] == 2
+
+
 def test_an_ensemble_needs_out_of_fold_predictions(cli, tmp_path):
     cfg = _config(tmp_path, _table(tmp_path), folds=0)
     result = cli("sweep", cfg, "-o", tmp_path / "sw")
