@@ -186,6 +186,10 @@ def test_a_finished_sweep_without_an_ensemble_can_be_given_one_afterwards(cli, t
     assert later.code == 0, later
     chosen = json.loads(later.stdout)["ensemble"]
     assert chosen["steps"] == 3 and chosen["candidates"] == 2
+    shown = cli("sweep", cfg, "-o", out, "--report", "--set", "sweep.ensemble=3")
+    mix = ", ".join(f"{m['trial']} ({m['count']}/3)" for m in chosen["members"])
+    said = f"ensemble: trial {mix}; out-of-fold MSE {chosen['oof_mse']:.6g}, best single trial"
+    assert said in shown.stderr
 
 
 def test_an_ensemble_needs_out_of_fold_predictions(cli, tmp_path):
