@@ -450,6 +450,8 @@ def sweep(
         elif not quiet:
             view.print_leaderboard(Console(highlight=False), outcome.leaderboard, outcome.keys)
             console.print(f"best: trial {outcome.best['trial']}, score {outcome.best['score']:.6g}")
+            if outcome.ensemble is not None:
+                view.print_ensemble(console, outcome.ensemble)
             console.print(f"wrote {outcome.folder / 'leaderboard.csv'}, {outcome.best['config']}")
             if outcome.checkpoint:
                 console.print(f"refit on all training rows: {outcome.checkpoint}")

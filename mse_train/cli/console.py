@@ -258,6 +258,16 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def print_ensemble(console: Console, chosen: dict[str, Any]) -> None:
+    """`sweep`'s ensemble (sweep.ensemble): its trials and weights, its score beside the winner's."""
+    mix = ", ".join(f"{m['trial']} ({m['count']}/{chosen['steps']})" for m in chosen["members"])
+    best = chosen["best_trial"]
+    console.print(
+        f"ensemble: trial {mix}; out-of-fold MSE {chosen['oof_mse']:.6g}, "
+        f"best single trial ({best['trial']}) {best['oof_mse']:.6g}"
+    )
+
+
 def print_importance(result: Importance, title: str) -> None:
     """`explain`'s table: columns by how much shuffling them raises the MSE."""
     console = Console(highlight=False)

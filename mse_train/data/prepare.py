@@ -136,6 +136,7 @@ class Held:
 
     split: Split
     y_true: np.ndarray  # float64, the targets' own units
+    rows: np.ndarray | None = None  # their indices in the training table (a fold's held-out rows)
 
 
 def fit_split(
@@ -178,7 +179,7 @@ def fit_split(
     prepared = Prepared(
         rows(fit_rows), rows(val_rows) if val_rows is not None else None, pre, loaded.digests, []
     )
-    return prepared, Held(rows(test_rows), y_true)
+    return prepared, Held(rows(test_rows), y_true, test_rows)
 
 
 def whole_table(cfg: DataConfig, targets: list[str]) -> Split:

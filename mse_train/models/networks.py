@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from mse_train.config import schema
@@ -183,13 +184,37 @@ def spec(
 
 
 SIZE_KEYS = ("n_inputs", "n_outputs", "n_numeric", "categories", "category_widths")
+ENSEMBLE = "ensemble"  # the `type` of an ensemble's spec: never a `model.type` of a config
+
+
+class WeightedMean(nn.Module):
+    """A sweep's ensemble (selection/ensemble.py): K members on the same input row, whose
+    prediction is the mean of theirs weighted by how often the greedy selection chose each."""
+
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = sum(w * member(x) for w, member in zip(self.weights, self.members, strict=True))
+        return out
+
+
+def ensemble_spec(members: Sequence[dict[str, Any]], weights: Sequence[float]) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild a `WeightedMean`: each member's `spec()` and its
+    weight, and the members' (shared) input and output sizes."""
+    sizes = {k: v for k, v in members[0].items() if k in SIZE_KEYS}
+    return {"type": ENSEMBLE, "members": list(members), "weights": [float(w) for w in weights], **sizes}
 
 
 def from_spec(data: dict[str, Any]) -> nn.Module:
-    """Rebuild an (untrained) model from `spec()`'s output.
+    """Rebuild an (untrained) model from `spec()`'s (or `ensemble_spec()`'s) output.
 
     Checkpoints written before numeric embeddings lack `n_numeric`; their models do not read it.
     """
+    if data.get("type") == ENSEMBLE:
+        return WeightedMean([from_spec(m) for m in data["members"]], data["weights"])
     fields = {k: v for k, v in data.items() if k not in SIZE_KEYS}
     entry = MODELS[str(fields.get("type"))]
     n_inputs = int(data["n_inputs"])

@@ -290,48 +290,76 @@ def _check_config(config: Any) -> list[str]:
     return []
 
 
-def _check_model_spec(spec: Any) -> list[str]:
+def _check_model_spec(spec: Any, where: str = K_MODEL) -> list[str]:
     if not isinstance(spec, dict):
-        return [f"`{K_MODEL}` must be a mapping, got {_short(spec)}"]
+        return [f"`{where}` must be a mapping, got {_short(spec)}"]
+    if spec.get("type") == networks.ENSEMBLE and where == K_MODEL:
+        return _check_ensemble(spec)
     problems = [
-        f"`{K_MODEL}.{key}` must be a whole number >= 1, got {_short(spec.get(key))}"
+        f"`{where}.{key}` must be a whole number >= 1, got {_short(spec.get(key))}"
         for key in ("n_inputs", "n_outputs")
         if not _whole(spec.get(key), 1)
     ]
     if "n_numeric" in spec and not _whole(spec["n_numeric"], 0):
-        problems.append(f"`{K_MODEL}.n_numeric` must be a whole number >= 0, got {_short(spec['n_numeric'])}")
-    problems += _check_categories(spec)
+        problems.append(f"`{where}.n_numeric` must be a whole number >= 0, got {_short(spec['n_numeric'])}")
+    problems += _check_categories(spec, where)
     fields = {k: v for k, v in spec.items() if k not in networks.SIZE_KEYS}
     name = fields.get("type")
     entry = networks.MODELS.get(name) if isinstance(name, str) else None
     if entry is None:
         names = ", ".join(networks.MODELS)
-        return [*problems, f"`{K_MODEL}.type` must be one of {names}, got {_short(fields.get('type'))}"]
+        return [*problems, f"`{where}.type` must be one of {names}, got {_short(fields.get('type'))}"]
     try:
         entry.schema.model_validate(fields)
     except pydantic.ValidationError as exc:
         for error in exc.errors():
-            where = ".".join(str(part) for part in (K_MODEL, *error["loc"]))
-            problems.append(f"`{where}`: {error['msg']}, got {_short(error.get('input'))}")
+            at = ".".join(str(part) for part in (where, *error["loc"]))
+            problems.append(f"`{at}`: {error['msg']}, got {_short(error.get('input'))}")
     return problems
 
 
-def _check_categories(spec: dict[str, Any]) -> list[str]:
+def _check_ensemble(spec: dict[str, Any]) -> list[str]:
+    """An ensemble's spec: its members' specs, each as a model's, with the same sizes, and one
+    weight per member (> 0, summing to 1: the counts of the greedy selection over its steps)."""
+    members, weights = spec.get("members"), spec.get("weights")
+    if not isinstance(members, list) or not members:
+        return [f"`{K_MODEL}.members` must be a non-empty list of model descriptions, got {_short(members)}"]
+    problems = []
+    if (
+        not isinstance(weights, list)
+        or len(weights) != len(members)
+        or not all(isinstance(w, float) and 0 < w <= 1 for w in weights)
+        or abs(sum(weights) - 1) > 1e-6
+    ):
+        problems.append(
+            f"`{K_MODEL}.weights` must hold one weight in (0, 1] per member, summing to 1, "
+            f"got {_short(weights)}"
+        )
+    for i, member in enumerate(members):
+        where = f"{K_MODEL}.members.{i}"
+        found = _check_model_spec(member, where)  # another ensemble: not a model type
+        problems += found
+        if not found and any(member.get(k) != spec.get(k) for k in networks.SIZE_KEYS):
+            problems.append(f"`{where}` must have the ensemble's sizes ({', '.join(networks.SIZE_KEYS)})")
+    return problems
+
+
+def _check_categories(spec: dict[str, Any], where: str = K_MODEL) -> list[str]:
     """`categories` and `category_widths`: both or neither, equal-length lists of whole numbers >= 1."""
     if "categories" not in spec and "category_widths" not in spec:
         return []
     counts, widths = spec.get("categories"), spec.get("category_widths")
     if not (_counts(counts) and _counts(widths)):
         return [
-            f"`{K_MODEL}.categories` and `{K_MODEL}.category_widths` must both be non-empty lists of "
+            f"`{where}.categories` and `{where}.category_widths` must both be non-empty lists of "
             f"whole numbers >= 1, got {_short(counts)} and {_short(widths)}"
         ]
     assert isinstance(counts, list) and isinstance(widths, list)
     if len(counts) != len(widths):
-        return [f"`{K_MODEL}.categories` and `{K_MODEL}.category_widths` must have one entry per column each"]
+        return [f"`{where}.categories` and `{where}.category_widths` must have one entry per column each"]
     n_inputs, n_numeric = spec.get("n_inputs"), spec.get("n_numeric")
     if isinstance(n_inputs, int) and (not isinstance(n_numeric, int) or n_inputs != n_numeric + len(counts)):
-        return [f"`{K_MODEL}.n_inputs` must be `n_numeric` plus one code column per entry of `categories`"]
+        return [f"`{where}.n_inputs` must be `n_numeric` plus one code column per entry of `categories`"]
     return []
 
 

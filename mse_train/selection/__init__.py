@@ -7,6 +7,8 @@
   worker.py   a worker's search: ask the study for trials, train them (packed), tell them
   study.py    the study opened or created; the config and data its workers must share
   storage.py  where studies live (sweep.db, a database URL, a journal file), heartbeats, claims
+  oof.py      each cross-validated trial's out-of-fold predictions, kept and checked
+  ensemble.py   greedy ensemble selection over them (sweep.ensemble), refit into one checkpoint
   linearity.py  a closed-form check: do random ReLU features add CV R² to ridge regression?
   choose.py     `mse-train init`'s starter model, from that check on the table
 

@@ -35,6 +35,11 @@ class Scored:
     per_target: list[dict[str, Any]] = field(default_factory=list)
     reason: str = ""  # why it diverged
     best_epochs: list[int] = field(default_factory=list)  # of the weights scored, one per split
+    # The held-out rows' predictions (target units, float64) and their indices in the table: a
+    # fold's share of its trial's out-of-fold predictions (selection/ensemble.py).
+    predictions: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    data: str = ""  # oof.data_key of the config: what rows `predictions` are of
 
 
 def train_and_score(
@@ -105,4 +110,4 @@ def _score(
     if not np.isfinite(y_pred).all():
         return Scored(Status.DIVERGED, epochs, seconds, reason="its predictions are not finite numbers")
     overall, per_target = regression_metrics(held.y_true, y_pred)
-    return Scored(status, epochs, seconds, overall, per_target)
+    return Scored(status, epochs, seconds, overall, per_target, predictions=y_pred, rows=held.rows)

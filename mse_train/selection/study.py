@@ -25,7 +25,7 @@ STARTED_ATTR = "mse_train_started"  # when the study was created (epoch seconds)
 # Where results go, which device trains and how workers meet: may differ between workers.
 _LOCAL = {"output.dir", "output.mlflow", "output.mlflow_experiment", "output.plot", "data.cache",
           "train.device", "sweep.trials", "sweep.storage", "sweep.study", "sweep.heartbeat",
-          "sweep.time_limit"}  # fmt: skip
+          "sweep.time_limit", "sweep.ensemble"}  # fmt: skip
 _DATA_ROLES = ("train", "val")
 
 

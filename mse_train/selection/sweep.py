@@ -6,7 +6,8 @@ for the same config, never in it), or `--output-dir` itself. The study lives in 
 interrupted sweep continues with `--resume` without re-running finished trials, and
 `optuna-dashboard sqlite:///.../sweep.db` can open it. After every finished trial the
 leaderboard is rewritten atomically; at the end come best.yaml, sweep.png and, with
-`refit`, a normal run folder `best/` trained on all the training rows.
+`refit`, a normal run folder `best/` trained on all the training rows (with
+`sweep.ensemble`, ensemble.json and the ensemble's one checkpoint, ensemble/best.pt).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mse_train import recipe, runtime
 from mse_train.config import loading, yamlio
 from mse_train.config.schema import Config, SweepConfig
@@ -32,7 +35,7 @@ from mse_train.errors import (
     TrainingDiverged,
 )
 from mse_train.outputs import fsio, mlflow_log, mlflow_sweep, run_folder, tables
-from mse_train.selection import cv, space, storage, study, worker
+from mse_train.selection import cv, ensemble, space, storage, study, worker
 from mse_train.training import packed
 
 FOLDER_SUFFIX = "-sweep"  # runs/NAME-sweep beside the run folder runs/NAME, as cv's runs/NAME-cv
@@ -63,8 +66,11 @@ class Outcome:
     keys: list[str] = field(default_factory=list)
     folder: Path = Path()
 
+    ensemble: dict[str, Any] | None = None  # with sweep.ensemble: ensemble.Selection.as_json()
+
     def as_json(self) -> dict[str, Any]:
-        return {"best": self.best, "trials": self.trials, "checkpoint": self.checkpoint}
+        out = {"best": self.best, "trials": self.trials, "checkpoint": self.checkpoint}
+        return out if self.ensemble is None else {**out, "ensemble": self.ensemble}
 
 
 def run(
@@ -84,6 +90,12 @@ def run(
     folds = sweep.folds if options.folds is None else options.folds
     if folds == 1:
         raise ConfigError(f"{doc.source}: folds is 1; use 0 (score on validation rows) or 2 and more")
+    if sweep.ensemble and folds < 2:
+        raise ConfigError(
+            f"{doc.source}: sweep.ensemble is {sweep.ensemble}, but the trials are scored on "
+            "validation rows (folds 0): the ensemble is chosen on out-of-fold predictions",
+            ["set `sweep.folds: 5` (or --folds 5), or `sweep.ensemble: 0`"],
+        )
     the_space = space.space_of(sweep, doc, sweep.method)
     if sweep.method == "grid":
         n_trials = the_space.grid_size()
@@ -128,8 +140,12 @@ def run(
                 return space.trial_config(doc, base, overrides, values, name)[0]
 
             if report:
-                rows, best_row, best_values, _ = _results(the_study, where, the_space, config_of, keys, out)
-                return Outcome(_best(best_row, best_values, out), len(rows), None, rows, keys, out)
+                rows, best_row, best_values, best_cfg = _results(
+                    the_study, where, the_space, config_of, keys, out
+                )
+                chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
+                mix = chosen.as_json() if chosen is not None else None
+                return Outcome(_best(best_row, best_values, out), len(rows), None, rows, keys, out, mix)
             # A sampler seeded as every other worker's would ask the same points again: only the
             # study's creator uses the config's seed (a fresh sweep repeats itself exactly).
             worker_seed = cfg.seed if created else _worker_seed(cfg.seed, the_study)
@@ -149,21 +165,32 @@ def run(
             searcher.search(trainer, keys, on_trial, tracked, reporter.note, resume, options.resume_command)
             results = _results(the_study, where, the_space, config_of, keys, out)
             rows, best_row, best_values, best_cfg = results
+            chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
+            members = {
+                n: _member_config(the_study, n, the_space, config_of, out)
+                for n in (chosen.counts if chosen else {})
+            }
         checkpoint = None
         if sweep.refit and storage.claim(where, f"{study_name}:refit-after-{n_trials}"):
-            refit_options = recipe.Options(
-                overwrite=True,
-                resume_command=f"mse-train run {out / 'best.yaml'} --resume",
-                overwrite_command=f"mse-train run {out / 'best.yaml'} --overwrite",
-                mlflow_tags=tracked.refit_tags(best_row["trial"]),
-            )
-            recipe.run(best_cfg, refit_options, reporter)
-            checkpoint = str(Path(str(best_cfg.output.dir)) / "best.pt")
+            if chosen is not None:  # the ensemble's members, into <sweep folder>/ensemble/
+                found = ensemble.refit(
+                    members, chosen, out / ensemble.FOLDER, device, options.pack, reporter.note
+                )
+                checkpoint = str(found)
+            else:
+                refit_options = recipe.Options(
+                    overwrite=True,
+                    resume_command=f"mse-train run {out / 'best.yaml'} --resume",
+                    overwrite_command=f"mse-train run {out / 'best.yaml'} --overwrite",
+                    mlflow_tags=tracked.refit_tags(best_row["trial"]),
+                )
+                recipe.run(best_cfg, refit_options, reporter)
+                checkpoint = str(Path(str(best_cfg.output.dir)) / "best.pt")
         elif sweep.refit:
             reporter.note(f"another worker of the study refits the winner (trial {best_row['trial']})")
         best = _best(best_row, best_values, out)
         tracked.finish(out, best, len(rows))
-        return Outcome(best, len(rows), checkpoint, rows, keys, out)
+        return Outcome(best, len(rows), checkpoint, rows, keys, out, chosen.as_json() if chosen else None)
     except BaseException as exc:  # the parent run ends FAILED or KILLED, not left RUNNING
         tracked.abort(exc)
         if _storage_failed(exc):  # the database failed midway (locked, server gone)
@@ -233,6 +260,45 @@ def _best(best_row: dict[str, Any], best_values: dict[str, Any], out: Path) -> d
         "score": best_row["score_mean"],
         "config": str(out / "best.yaml"),
     }
+
+
+def _select(
+    sweep: SweepConfig,
+    trainer: worker.Trainer,
+    the_study: Any,
+    best_cfg: Config,
+    best_row: dict[str, Any],
+    out: Path,
+    options: Options,
+    reporter: recipe.Reporter,
+) -> ensemble.Selection | None:
+    """With `sweep.ensemble`: the greedy selection over the trials' out-of-fold predictions,
+    written to ensemble.json in the sweep folder."""
+    if not sweep.ensemble:
+        return None
+    loaded = trainer.load(best_cfg)
+    y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)
+    fix = f"or set sweep.ensemble: 0; then: {options.resume_command.replace(' --resume', ' --report')}"
+    chosen = ensemble.select(the_study, out, y_true, sweep.ensemble, best_row["trial"], fix, reporter.note)
+    if chosen is not None:
+        ensemble.write_report(out, chosen)
+    return chosen
+
+
+def _member_config(
+    the_study: Any,
+    number: int,
+    the_space: space.Space,
+    config_of: Callable[[dict[str, Any]], Config],
+    out: Path,
+) -> Config:
+    """Trial `number` as the ensemble's refit trains it (as best.yaml trains the winner)."""
+    found = worker.result_of(worker.trial_of(the_study, number)) or {}
+    cfg = _refit_config(
+        config_of(_values_of(the_study, number, the_space)), out, found.get("best_epochs") or []
+    )
+    cfg.output.dir = str(out / ensemble.FOLDER)
+    return cfg
 
 
 def _worker_seed(seed: int, the_study: Any) -> int:

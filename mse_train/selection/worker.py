@@ -24,7 +24,7 @@ from mse_train.config.schema import Config
 from mse_train.data import prepare
 from mse_train.errors import ConfigError, TrainingInterrupted, UserError
 from mse_train.outputs import mlflow_log, mlflow_sweep, tables
-from mse_train.selection import cv, space, storage
+from mse_train.selection import cv, oof, space, storage
 from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
 from mse_train.training import packed, signals
 from mse_train.training.records import Status
@@ -171,7 +171,12 @@ class Worker:
             self._queue_again(trials)
             interrupted(self.out, self.study, self.resume_command)
         for trial, (scored, dropped) in zip(trials, results, strict=True):
-            _tell(self.study, trial, scored, dropped)
+            kept = None
+            if scored.predictions is not None and scored.status in (Status.COMPLETED, Status.EARLY_STOPPED):
+                kept = oof.write(
+                    self.out, self.study.study_name, trial.number, scored.predictions, scored.data
+                )
+            _tell(self.study, trial, scored, dropped, kept)
         # Read once per pack (the study's every trial, whoever ran it), not once per trial.
         rows = leaderboard(self.study, keys)
         tables.write_rows(self.out / "leaderboard.csv", columns(keys), rows)
@@ -246,7 +251,7 @@ class Trainer:
         `asked`: the Optuna trials, to report each epoch's validation loss to for pruning.
         """
         jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]] = []
-        dropped_of = []
+        dropped_of, configs = [], []
         for number, values in enumerate(trials):
             try:
                 cfg, dropped = space.trial_config(self.doc, self.base, self.overrides, values, self.name)
@@ -256,6 +261,7 @@ class Trainer:
                 exc.problems.append(f"in the sweep's trial with {shown}; nothing of it was trained")
                 raise
             dropped_of.append(dropped)
+            configs.append(cfg)
             jobs += [(number, cfg, prepared, held) for prepared, held in splits]
         groups: dict[str | None, list[int]] = {}
         for index, (_, cfg, _, _) in enumerate(jobs):
@@ -281,7 +287,9 @@ class Trainer:
         out = []
         for number, dropped in enumerate(dropped_of):
             parts = [scores[i] for i, job in enumerate(jobs) if job[0] == number]
-            out.append((_combine(parts), dropped))
+            combined = _combine(parts)
+            combined.data = oof.data_key(configs[number])
+            out.append((combined, dropped))
         return out
 
     def _splits(self, cfg: Config, values: dict[str, Any]) -> list[tuple[prepare.Prepared, prepare.Held]]:
@@ -338,17 +346,24 @@ def _combine(parts: list[Scored]) -> Scored:
         else Status.COMPLETED
     )
     best_epochs = [e for p in parts for e in p.best_epochs]
-    return Scored(status, epochs, seconds, overall, best_epochs=best_epochs)
+    held = [(p.rows, p.predictions) for p in parts if p.rows is not None and p.predictions is not None]
+    predictions = oof.combine(held) if len(parts) > 1 and len(held) == len(parts) else None
+    return Scored(status, epochs, seconds, overall, best_epochs=best_epochs, predictions=predictions)
 
 
-def _tell(study: Any, trial: Any, scored: Scored, dropped: list[str]) -> None:
-    """The score, and everything the leaderboard shows, in one user attr: one write."""
+def _tell(
+    study: Any, trial: Any, scored: Scored, dropped: list[str], kept: dict[str, Any] | None = None
+) -> None:
+    """The score, and everything the leaderboard shows, in one user attr: one write
+    (`kept`: the record of its out-of-fold predictions' file, oof.py)."""
     result: dict[str, Any] = {
         "dropped": dropped,
         "epochs": scored.epochs,
         "seconds": scored.seconds,
         "best_epochs": scored.best_epochs,
     }
+    if kept is not None:
+        result[oof.KEY] = kept
     if scored.overall is None:
         trial.set_user_attr(RESULT, {**result, "status": "diverged", "reason": scored.reason})
         study.tell(trial, state=_failed())

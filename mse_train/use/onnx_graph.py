@@ -28,7 +28,7 @@ from torch import nn
 from mse_train.data.csvscan import MISSING_VALUES
 from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
 from mse_train.errors import CheckpointError, UserError
-from mse_train.models import blocks
+from mse_train.models import blocks, networks
 from mse_train.use import onnx_embeddings
 
 if TYPE_CHECKING:
@@ -96,23 +96,22 @@ def build(pre: Preprocessor, model: nn.Module, version: str) -> onnx.ModelProto:
     for name, kind in input_types(pre).items():
         dtype = TensorProto.STRING if kind == "string" else TensorProto.FLOAT
         inputs.append(h.make_tensor_value_info(name, dtype, ["batch", 1]))
-    embedded = model if isinstance(model, blocks.Embedded) else None
-    network = _exportable(embedded) if embedded is not None else model
+    members = list(model.members) if isinstance(model, networks.WeightedMean) else [model]
+    for member in members:  # refused before any node is written
+        if isinstance(member, blocks.Embedded):
+            _exportable(member)
     refused: list[str] = []  # float [batch, 1] per check: 1 where the row cannot be predicted
-    parts = []
-    if pre.numeric:
-        numbers = _numeric(g, pre, refused)
-        if embedded is not None and embedded.embedding is not None:
-            numbers = onnx_embeddings.numeric(g, embedded.embedding, numbers)
-        parts.append(numbers)
+    numbers = _numeric(g, pre, refused) if pre.numeric else None
     positions = [_position(g, pre, col.name, col.categories, refused) for col in pre.categorical]
-    if embedded is not None and embedded.categorical is not None:
-        parts.append(onnx_embeddings.categorical(g, embedded.categorical, positions))
+    outputs = [_member(g, pre, member, numbers, positions) for member in members]
+    if isinstance(model, networks.WeightedMean):  # an ensemble: the weighted mean of its members
+        weighted = [
+            g.op("Mul", out, g.const("weight", np.array(w, np.float32)))
+            for out, w in zip(outputs, model.weights, strict=True)
+        ]
+        y = weighted[0] if len(weighted) == 1 else g.op("Sum", *weighted)
     else:
-        for col, position in zip(pre.categorical, positions, strict=True):
-            parts.append(_one_hot(g, position, len(col.categories)))
-    x = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
-    y = _network(g, network, x)
+        y = outputs[0]
     # Back to target units in float64, as predict does, then float32 for the output.
     y = g.op("Cast", y, to=TensorProto.DOUBLE)
     y = g.op("Mul", y, g.const("target_std", np.array([[t.std for t in pre.targets]], np.float64)))
@@ -147,6 +146,24 @@ def build(pre: Preprocessor, model: nn.Module, version: str) -> onnx.ModelProto:
     )
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def _member(g: _Graph, pre: Preprocessor, model: nn.Module, numbers: str | None, positions: list[str]) -> str:
+    """One model's output (scaled target units) from the standardised numbers and category positions."""
+    embedded = model if isinstance(model, blocks.Embedded) else None
+    network = _exportable(embedded) if embedded is not None else model
+    parts = []
+    if numbers is not None:
+        if embedded is not None and embedded.embedding is not None:
+            numbers = onnx_embeddings.numeric(g, embedded.embedding, numbers)
+        parts.append(numbers)
+    if embedded is not None and embedded.categorical is not None:
+        parts.append(onnx_embeddings.categorical(g, embedded.categorical, positions))
+    else:
+        for col, position in zip(pre.categorical, positions, strict=True):
+            parts.append(_one_hot(g, position, len(col.categories)))
+    x = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=1)
+    return _network(g, network, x)
 
 
 def _numeric(g: _Graph, pre: Preprocessor, refused: list[str]) -> str:

@@ -1,0 +1,240 @@
+"""A sweep's ensemble: greedy ensemble selection with replacement (Caruana et al. 2004, as
+AutoGluon builds its weighted ensembles) over the trials' out-of-fold predictions (oof.py),
+and its refit into one checkpoint.
+
+Selection: start from no model; at each of `sweep.ensemble` steps add (again, if it is
+already in) the trial whose addition gives the mean prediction with the lowest out-of-fold
+MSE, the sweep's objective; ties go to the lower trial number. A trial's weight is the
+number of times it was chosen over the steps. Only trials whose predictions are of the
+winner's data (the same `data:` section and targets, so one preprocessing serves them all)
+take part.
+
+Refit: each chosen trial trains on all training rows as `best.yaml` would, those that pack
+side by side in one stack (training/packed.py); the checkpoint holds the members as one
+`networks.WeightedMean`, its intervals calibrated on the residuals of the ensemble's
+out-of-fold predictions (rows that no member's fold trained on).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mse_train import config, recipe
+from mse_train.config.schema import Config
+from mse_train.data import prepare
+from mse_train.errors import TrainingDiverged, TrainingInterrupted
+from mse_train.models import networks
+from mse_train.outputs import checkpoint, fsio, metrics, run_folder
+from mse_train.selection import oof, worker
+from mse_train.training import packed, signals
+from mse_train.training.loop import Loop
+from mse_train.training.records import Status
+from mse_train.training.stack import Stack
+
+FOLDER = "ensemble"  # <sweep folder>/ensemble/best.pt
+REPORT = "ensemble.json"  # in the sweep folder: the selection; in FOLDER: the members trained
+
+
+def greedy(predictions: np.ndarray, y: np.ndarray, steps: int) -> list[int]:
+    """How many times each of the M candidates ([M, rows, targets] predictions of `y`) is
+    chosen in `steps` greedy steps with replacement, each minimising the MSE of the mean."""
+    total = np.zeros_like(y, dtype=np.float64)
+    counts = [0] * len(predictions)
+    for step in range(1, steps + 1):
+        scores = [float(np.mean(((total + p) / step - y) ** 2)) for p in predictions]
+        chosen = int(np.argmin(scores))  # the first of equal scores: the lower trial number
+        counts[chosen] += 1
+        total += predictions[chosen]
+    return counts
+
+
+@dataclass
+class Selection:
+    """The chosen trials and how often, and the out-of-fold MSE of the mix and of the winner."""
+
+    steps: int
+    counts: dict[int, int]  # trial number -> times chosen (> 0)
+    score: float  # the ensemble's out-of-fold MSE
+    best_trial: int
+    best_score: float  # the sweep's best single trial's out-of-fold MSE (all rows at once)
+    candidates: int
+    residuals: np.ndarray = field(repr=False)  # |y - ensemble's out-of-fold prediction|, sorted per target
+    left_out: list[int] = field(default_factory=list)  # trials whose predictions' file is gone
+
+    def weights(self) -> dict[int, float]:
+        return {trial: count / self.steps for trial, count in self.counts.items()}
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "members": [
+                {"trial": t, "count": c, "weight": c / self.steps} for t, c in sorted(self.counts.items())
+            ],
+            "oof_mse": self.score,
+            "best_trial": {"trial": self.best_trial, "oof_mse": self.best_score},
+            "candidates": self.candidates,
+            "left_out": self.left_out,
+        }
+
+
+def select(
+    the_study: Any,
+    out: Path,
+    y_true: np.ndarray,
+    steps: int,
+    best_trial: int,
+    fix: str,
+    note: Callable[[str], None],
+) -> Selection | None:
+    """The ensemble of the study's trials, or None (said in a note) when the winner kept no
+    out-of-fold predictions. A file that does not match its trial's record is refused."""
+    results = {t.number: worker.result_of(t) for t in the_study.get_trials(deepcopy=False)}
+    record = (results.get(best_trial) or {}).get(oof.KEY)
+    if not isinstance(record, dict):
+        note(f"no ensemble: the best trial ({best_trial}) kept no out-of-fold predictions")
+        return None
+    numbers, arrays, left_out = [], [], []
+    for number in sorted(results):
+        result = results[number] or {}
+        kept = result.get(oof.KEY)
+        if result.get("status") not in ("completed", "early_stopped") or not isinstance(kept, dict):
+            continue
+        if kept.get("data") != record.get("data") or kept.get("rows") != len(y_true):
+            continue  # predictions of other rows or another preprocessing
+        array = oof.read(out, kept, number, fix)
+        if array is None:
+            left_out.append(number)
+            continue
+        numbers.append(number)
+        arrays.append(array)
+    if best_trial not in numbers:
+        note(f"no ensemble: the best trial's out-of-fold predictions ({out / oof.FOLDER}) are gone")
+        return None
+    if left_out:
+        shown = ", ".join(map(str, left_out))
+        note(f"trial(s) {shown} left out of the ensemble: their out-of-fold predictions are gone")
+    predictions = np.stack(arrays)
+    counts = greedy(predictions, y_true, steps)
+    mixed = np.tensordot(np.array(counts, dtype=np.float64) / steps, predictions, axes=1)
+    best = predictions[numbers.index(best_trial)]
+    return Selection(
+        steps,
+        {numbers[i]: c for i, c in enumerate(counts) if c},
+        float(np.mean((mixed - y_true) ** 2)),
+        best_trial,
+        float(np.mean((best - y_true) ** 2)),
+        len(numbers),
+        np.sort(np.abs(y_true - mixed), axis=0),
+        left_out,
+    )
+
+
+def write_report(out: Path, selection: Selection) -> None:
+    metrics.write_json(out / REPORT, selection.as_json())
+
+
+def refit(
+    members: dict[int, Config],
+    selection: Selection,
+    out: Path,
+    device: torch.device,
+    pack: bool,
+    note: Callable[[str], None],
+) -> Path:
+    """Train each chosen trial's refit config (`members`, by trial) on all training rows and
+    write their weighted mean as one checkpoint, `out`/best.pt; returns its path."""
+    numbers = sorted(members)
+    cfgs = [members[n] for n in numbers]
+    first = cfgs[0]
+    prepared = prepare.prepare(first.data, first.targets, first.seed)
+    fsio.ensure_writable_dir(out)
+    with run_folder.lock(out):
+        fix = f"the best single trial trains with: mse-train run {out.parent / 'best.yaml'}"
+        modules, epochs = _train(cfgs, prepared, device, pack, fix, note)
+        weights = [selection.weights()[n] for n in numbers]
+        model = networks.WeightedMean(modules, weights).cpu()
+        specs = [
+            networks.spec(
+                cfg.model,
+                prepared.train.inputs,
+                prepared.train.outputs,
+                len(prepared.pre.numeric),
+                **networks.category_sizes(prepared.pre.category_counts, cfg.data.category_embedding_size),
+            )
+            for cfg in cfgs
+        ]
+        ckpt = checkpoint.build(
+            "best",
+            max(epochs),
+            networks.ensemble_spec(specs, weights),
+            model.state_dict(),
+            prepared.pre,
+            config.to_dict(members.get(selection.best_trial, first)),
+            prepared.digests,
+            {"epoch": max(epochs), "loss": None},
+            residuals=torch.from_numpy(selection.residuals),
+            profile=prepared.profile,
+        )
+        checkpoint.save(out / "best.pt", ckpt)
+        described = [
+            {"trial": n, "weight": w, "epochs": e, "config": config.to_dict(c)}
+            for n, w, e, c in zip(numbers, weights, epochs, cfgs, strict=True)
+        ]
+        metrics.write_json(out / REPORT, {**selection.as_json(), "trained": described})
+    return out / "best.pt"
+
+
+def _train(
+    cfgs: list[Config],
+    prepared: prepare.Prepared,
+    device: torch.device,
+    pack: bool,
+    fix: str,
+    note: Callable[[str], None],
+) -> tuple[list[torch.nn.Module], list[int]]:
+    """Each config trained on `prepared`: those with one pack key side by side in a stack."""
+    groups: dict[str | None, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault(packed.pack_key(cfg) if pack else None, []).append(i)
+    stacks = [len(g) for key, g in groups.items() if key is not None and len(g) > 1]
+    how = f" ({' + '.join(map(str, stacks))} side by side)" if stacks else ""
+    note(f"the ensemble's {len(cfgs)} distinct trial(s) train on all training rows{how}")
+    modules: dict[int, torch.nn.Module] = {}
+    epochs: dict[int, int] = {}
+    with signals.on_signals() as stop:
+        for key, group in groups.items():
+            if key is not None and len(group) > 1:
+                stack = Stack([recipe.build_one(cfgs[i], prepared, device) for i in group], device)
+                loop = Loop(stack, [recipe.member(cfgs[i], prepared, device) for i in group])
+                status = loop.run(lambda record: None, stop.requested)
+                _check(status, [loop.status_of(j) for j in range(len(group))], fix)
+                for j, i in enumerate(group):
+                    modules[i], epochs[i] = stack.best_model(j), loop.best_epoch_of(j)
+                continue
+            for i in group:
+                one = recipe.build_loop(cfgs[i], prepared, device, stack=pack)
+                status = one.run(lambda record: None, stop.requested)
+                _check(status, [one.status_of(0)], fix)
+                modules[i], epochs[i] = one.models.best_model(0), one.progress.best_epoch
+    return [modules[i] for i in range(len(cfgs))], [epochs[i] for i in range(len(cfgs))]
+
+
+def _check(status: Status, ends: list[tuple[Status, int, str]], fix: str) -> None:
+    if status is Status.INTERRUPTED:
+        raise TrainingInterrupted(
+            "interrupted while the ensemble's members trained: the sweep's leaderboard and "
+            "ensemble.json are kept, and no ensemble checkpoint was written",
+            [fix],
+        )
+    for end, epoch, reason in ends:
+        if end is Status.DIVERGED:
+            raise TrainingDiverged(
+                f"a member of the ensemble diverged at epoch {epoch} on all training rows: {reason}",
+                ["set sweep.ensemble: 0 to refit the best trial alone, or narrow the sweep's ranges"],
+            )

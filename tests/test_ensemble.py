@@ -1,0 +1,211 @@
+"""A sweep's ensemble: greedy selection over out-of-fold predictions, its one checkpoint, and
+the out-of-fold files it trusts only when they check out."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mse_train.selection import ensemble
+
+from conftest import write_config, write_csv
+
+
+# ------------------------------------------------------------------ the greedy selection
+def test_greedy_selection_adds_the_trial_that_lowers_the_mean_s_error_most():
+    y = np.array([[1.0], [-1.0]])
+    a = np.array([[1.2], [-0.8]])  # MSE 0.04: the best alone
+    b = np.array([[0.7], [-1.3]])  # MSE 0.09, but its errors cancel a's
+    c = np.array([[3.0], [3.0]])  # never helps
+    counts = ensemble.greedy(np.stack([a, b, c]), y, 3)
+    # step 1: a alone; step 2: (a + b) / 2 (MSE 0.0025) beats a twice; step 3: (2a + b) / 3
+    assert counts == [2, 1, 0]
+    assert ensemble.greedy(np.stack([a, b, c]), y, 1) == [1, 0, 0]
+
+
+def test_greedy_selection_breaks_ties_towards_the_lower_trial_and_repeats_itself():
+    y = np.zeros((4, 1))
+    plus, minus, far = np.ones((4, 1)), -np.ones((4, 1)), np.full((4, 1), 2.0)
+    # step 1: +1 and -1 tie (the first wins); 2: -1 cancels it; 3: tie again; 4: -1
+    assert ensemble.greedy(np.stack([plus, minus, far]), y, 4) == [2, 2, 0]
+    assert ensemble.greedy(np.stack([minus, plus, far]), y, 3) == [2, 1, 0]
+
+
+# ------------------------------------------------------------------ a sweep with an ensemble
+def _table(tmp_path: Path) -> Path:
+    """A curved target: linear models and MLPs of different widths err differently."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, size=(160, 2))
+    y = np.sin(2 * x[:, 0]) + 0.5 * x[:, 1] ** 2 + 0.05 * rng.normal(size=160)
+    rows = np.column_stack([x, y]).round(5).tolist()
+    cats = ["a" if i % 3 else "b" for i in range(160)]
+    return write_csv(
+        tmp_path / "t.csv",
+        ["x0", "x1", "c", "y"],
+        [[*r[:2], k, r[2]] for r, k in zip(rows, cats, strict=True)],
+    )
+
+
+def _config(tmp_path: Path, table: Path, **sweep: Any) -> Path:
+    config = {
+        "data": {"train": str(table), "target": "y", "val_fraction": 0.2},
+        "model": {"type": "mlp", "hidden": [16]},
+        "optimizer": {"name": "adam", "lr": 0.02},
+        "train": {"epochs": 6, "batch_size": 32},
+        "output": {"dir": str(tmp_path / "run"), "plot": False},
+        "sweep": {
+            "method": "grid",
+            "folds": 3,
+            "ensemble": 6,
+            "params": {"model.hidden": [[4], [16], [32, 32]], "optimizer.lr": [0.01, 0.05]},
+            **sweep,
+        },
+    }
+    return write_config(tmp_path / "sweep.yaml", config)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One sweep with an ensemble (refit), shared by the tests that use its checkpoint."""
+    from typer.testing import CliRunner
+
+    from mse_train.cli import app
+
+    tmp_path = tmp_path_factory.mktemp("ensemble")
+    table = _table(tmp_path)
+    cfg = _config(tmp_path, table)
+    out = tmp_path / "sw"
+    result = CliRunner().invoke(app, ["sweep", str(cfg), "-o", str(out), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return {"out": out, "table": table, "json": json.loads(result.stdout), "stderr": result.stderr}
+
+
+def test_a_sweep_with_an_ensemble_writes_one_checkpoint_of_its_chosen_trials(swept):
+    found, out = swept["json"], swept["out"]
+    chosen = found["ensemble"]
+    assert found["checkpoint"] == str(out / "ensemble" / "best.pt")
+    assert chosen["steps"] == 6 and sum(m["count"] for m in chosen["members"]) == 6
+    assert len(chosen["members"]) >= 2, chosen  # a mix, not the winner alone
+    assert sum(m["weight"] for m in chosen["members"]) == pytest.approx(1.0)
+    # greedy from the empty set: its first pick is the best single trial, so it ends no worse
+    assert chosen["oof_mse"] <= chosen["best_trial"]["oof_mse"]
+    assert chosen["best_trial"]["trial"] == found["best"]["trial"]
+    assert json.loads((out / "ensemble.json").read_text())["members"] == chosen["members"]
+    assert not (out / "best").exists()  # the ensemble is the refit
+    for name in (f"sweep-{t}.npy" for t in range(6)):
+        assert (out / "oof" / name).is_file()
+
+
+def test_the_ensemble_predicts_the_weighted_mean_of_its_members_trained_alone(swept, cli, tmp_path):
+    out, table = swept["out"], swept["table"]
+    trained = json.loads((out / "ensemble" / "ensemble.json").read_text())["trained"]
+    mixed = _predictions(cli, out / "ensemble" / "best.pt", table, tmp_path / "mix.csv")
+    alone = np.zeros_like(mixed)
+    for member in trained:
+        config = member["config"]
+        config["output"]["dir"] = str(tmp_path / f"m{member['trial']}")
+        path = write_config(tmp_path / f"m{member['trial']}.yaml", config)
+        assert cli("run", path).code == 0
+        predicted = _predictions(cli, tmp_path / f"m{member['trial']}" / "best.pt", table, tmp_path / "p.csv")
+        alone += member["weight"] * predicted
+    np.testing.assert_allclose(mixed, alone, rtol=1e-4, atol=1e-5)
+
+
+def _predictions(cli: Any, ckpt: Path, table: Path, out: Path) -> np.ndarray:
+    result = cli("predict", ckpt, table, "-o", out)
+    assert result.code == 0, result
+    with open(out, newline="") as f:
+        return np.array([float(row["y_pred"]) for row in csv.DictReader(f)])
+
+
+def test_every_command_that_takes_a_checkpoint_takes_the_ensemble(swept, cli, tmp_path):
+    ckpt, table = swept["out"] / "ensemble" / "best.pt", swept["table"]
+    report = json.loads(cli("eval", ckpt, table, "--json", "--interval", "0.8").stdout)
+    assert report["mse"] < 0.5
+    assert 0.6 <= report["interval"]["coverage"] <= 1.0
+    result = cli("predict", ckpt, table, "--interval", "0.9", "-o", tmp_path / "p.csv")
+    assert result.code == 0, result
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["y_lo"]) <= float(r["y_pred"]) <= float(r["y_hi"]) for r in rows)
+    assert cli("explain", ckpt, table, "--json").code == 0
+    exported = cli("export", ckpt, "-o", tmp_path / "m.onnx", "--check", table)
+    assert exported.code == 0, exported
+    drifted = write_csv(tmp_path / "far.csv", ["x0", "x1", "c", "y"], [[50.0, 0.0, "a", 1.0]])
+    assert "x0" in cli("predict", ckpt, drifted).stderr  # the training profile travels with it
+
+
+def test_an_edited_ensemble_checkpoint_is_refused(swept, cli, tmp_path):
+    ckpt = torch.load(swept["out"] / "ensemble" / "best.pt", weights_only=True)
+    ckpt["model"]["weights"] = [0.9] * len(ckpt["model"]["weights"])
+    torch.save(ckpt, tmp_path / "edited.pt")
+    result = cli("eval", tmp_path / "edited.pt", swept["table"])
+    assert result.code == 2
+    assert "`model.weights` must hold one weight in (0, 1] per member, summing to 1" in result.stderr
+
+
+# ------------------------------------------------------------------ the out-of-fold files
+def test_an_edited_out_of_fold_file_is_refused_and_a_missing_one_left_out(cli, tmp_path):
+    table = _table(tmp_path)
+    cfg = _config(tmp_path, table, refit=False, params={"optimizer.lr": [0.01, 0.03, 0.1]})
+    out = tmp_path / "sw"
+    first = cli("sweep", cfg, "-o", out, "--json")
+    assert first.code == 0, first
+    assert json.loads(first.stdout)["checkpoint"] is None
+    best = json.loads(first.stdout)["best"]["trial"]
+    other = next(t for t in range(3) if t != best)
+    edited = out / "oof" / f"sweep-{other}.npy"
+    values = np.load(edited)
+    np.save(edited, values + 1.0)
+    result = cli("sweep", cfg, "-o", out, "--report")
+    assert result.code == 2
+    assert f"{edited}: trial {other}'s out-of-fold predictions do not check out" in result.stderr
+    assert "delete it to leave trial" in result.stderr
+    assert "Traceback" not in result.stderr
+    edited.unlink()
+    again = cli("sweep", cfg, "-o", out, "--report", "--json")
+    assert again.code == 0, again
+    assert f"trial(s) {other} left out of the ensemble" in again.stderr
+    assert json.loads(again.stdout)["ensemble"]["candidates"] == 2
+
+
+def test_a_finished_sweep_without_an_ensemble_can_be_given_one_afterwards(cli, tmp_path):
+    cfg = _config(tmp_path, _table(tmp_path), ensemble=0, refit=False, params={"optimizer.lr": [0.01, 0.05]})
+    out = tmp_path / "sw"
+    first = cli("sweep", cfg, "-o", out, "--json")
+    assert first.code == 0, first
+    assert "ensemble" not in json.loads(first.stdout)
+    later = cli("sweep", cfg, "-o", out, "--report", "--json", "--set", "sweep.ensemble=3")
+    assert later.code == 0, later
+    chosen = json.loads(later.stdout)["ensemble"]
+    assert chosen["steps"] == 3 and chosen["candidates"] == 2
+    shown = cli("sweep", cfg, "-o", out, "--report", "--set", "sweep.ensemble=3")
+    mix = ", ".join(f"{m['trial']} ({m['count']}/3)" for m in chosen["members"])
+    said = f"ensemble: trial {mix}; out-of-fold MSE {chosen['oof_mse']:.6g}, best single trial"
+    assert said in shown.stderr
+
+
+def test_an_ensemble_needs_out_of_fold_predictions(cli, tmp_path):
+    cfg = _config(tmp_path, _table(tmp_path), folds=0)
+    result = cli("sweep", cfg, "-o", tmp_path / "sw")
+    assert result.code == 2
+    assert "sweep.ensemble is 6, but the trials are scored on validation rows (folds 0)" in result.stderr
+    assert not (tmp_path / "sw").exists()
+
+
+def test_a_single_model_checkpoint_is_written_as_before_without_an_ensemble(cli, tmp_path):
+    cfg = _config(tmp_path, _table(tmp_path), ensemble=0, params={"optimizer.lr": [0.01, 0.05]})
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert result.code == 0, result
+    found = json.loads(result.stdout)
+    assert "ensemble" not in found and found["checkpoint"] == str(tmp_path / "sw" / "best" / "best.pt")
+    spec = torch.load(found["checkpoint"], weights_only=True)["model"]
+    assert spec["type"] == "mlp" and "members" not in spec
+    assert yaml.safe_load((tmp_path / "sw" / "best" / "config.yaml").read_text())["model"]["type"] == "mlp"
