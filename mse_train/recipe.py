@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from mse_train import config, runtime
@@ -436,7 +437,14 @@ def member(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> 
     """The rows and loop settings of one model trained on `prepared`."""
     train = _tensors(prepared.train, device)
     val = _tensors(prepared.val, device) if prepared.val is not None else None
-    return Member(train, val, _settings(cfg, prepared), cfg.seed)
+    return Member(
+        train,
+        val,
+        _settings(cfg, prepared),
+        cfg.seed,
+        _weights(prepared.train, device),
+        _weights(prepared.val, device) if prepared.val is not None else None,
+    )
 
 
 def build_one(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> Built:
@@ -494,6 +502,13 @@ def _tensors(split: Split | Rows, device: torch.device) -> tuple[torch.Tensor, t
     if isinstance(split, Rows):  # streamed: the loop reads it a block at a time
         return split
     return torch.from_numpy(split.x).to(device), torch.from_numpy(split.y).to(device)
+
+
+def _weights(split: Split | Rows, device: torch.device) -> torch.Tensor | None:
+    """The rows' sample weights (`data.weight`) on the device, float32; None without them."""
+    if isinstance(split, Rows) or split.w is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(split.w, dtype=np.float32)).to(device)
 
 
 def _settings(cfg: Config, prepared: Prepared | Streamed) -> Settings:

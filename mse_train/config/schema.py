@@ -141,6 +141,13 @@ class DataConfig(Section):
     features: Annotated[list[Str], Field(min_length=1)] | None = Field(
         None, description="Input columns; null = every column except the target(s)."
     )
+    weight: Str | None = Field(
+        None,
+        description="Column of per-row sample weights (non-negative numbers, not all zero): "
+        "not a feature. Weights the loss, validation, early stopping, the best epoch, `cv` and "
+        "`sweep` scores and `eval`'s metrics (when the evaluated file has the column). "
+        "null = every row weighs 1.",
+    )
     categorical: list[Str] = Field(
         [], description="Columns to treat as categories even if they hold numbers (e.g. integer codes)."
     )
@@ -538,7 +545,9 @@ class RegularizationConfig(Section):
 
 class LossConfig(Section):
     reduction: Literal["mean", "sum"] = Field(
-        "mean", description="`nn.MSELoss` reduction; sum is the old `size_average=False`."
+        "mean",
+        description="`nn.MSELoss` reduction; sum is the old `size_average=False`. With "
+        "`data.weight` w: mean = sum(w * err^2) / (sum(w) * targets), sum = sum(w * err^2).",
     )
 
 

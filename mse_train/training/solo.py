@@ -54,15 +54,26 @@ class Module:
             self.model.train()
 
     def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, batch: object = None, divisor: float | None = None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        batch: object = None,
+        divisor: float | None = None,
+        wb: torch.Tensor | None = None,
     ) -> StepResult:
         """One update; the MSE and penalty come back as [1], the model axis of one."""
-        out, mse, pen = self._step(xb, yb) if divisor is None else self._step(xb, yb, divisor)
+        out, mse, pen = self._step(xb, yb, divisor, wb)
         return StepResult(out, mse.reshape(1), None if pen is None else pen.reshape(1))
 
-    def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Sum of squared errors per target in eval mode, [1, targets]."""
-        return per_target_sse(self.model, x, y).unsqueeze(0)
+    def sse(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        counts: torch.Tensor | None = None,
+        w: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sum of (weighted, with `w`) squared errors per target in eval mode, [1, targets]."""
+        return per_target_sse(self.model, x, y, w).unsqueeze(0)
 
     def norms(self) -> torch.Tensor:
         """The sum of the parameters' norms, [1]: not finite once a weight is not."""
