@@ -40,7 +40,7 @@ from mse_train.outputs import (
     tensorboard_log,
 )
 from mse_train.outputs.summary import Summary
-from mse_train.training import distributed, footprint, optimizers, packed, rng, signals, solo
+from mse_train.training import distributed, footprint, optimizers, packed, precision, rng, signals, solo
 from mse_train.training.axis import Models
 from mse_train.training.distributed import World
 from mse_train.training.loop import WORLD_SIZE, Loop, Member
@@ -428,7 +428,13 @@ def build_loop(
     else:
         penalty = build_penalty(built.model, cfg.regularization)
         models = solo.Module(
-            built.model, built.optimizer, built.scheduler, penalty, cfg.loss.reduction, world
+            built.model,
+            built.optimizer,
+            built.scheduler,
+            penalty,
+            cfg.loss.reduction,
+            world,
+            cfg.train.precision,
         )
     return Loop(models, [member(cfg, prepared, device)], world)
 
@@ -451,7 +457,9 @@ def build_one(cfg: Config, prepared: Prepared | Streamed, device: torch.device) 
     """Seed, then build the model (initialised), its optimizer and its scheduler.
 
     Under torchrun every rank seeds alike, so all start from the same weights.
+    `train.precision` is checked against the device, and its TF32 switches set, here.
     """
+    precision.prepare(cfg.train.precision, device)
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)

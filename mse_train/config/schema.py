@@ -575,6 +575,13 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when val loss (train loss without validation) stops improving."
     )
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32",
+        description="CUDA arithmetic: fp32; tf32 (float32 matrix products on TF32 tensor cores); "
+        "bf16 (the forward pass autocast to bfloat16; weights, optimizer state and loss stay "
+        "float32; trains as a module, not a stack). tf32 and bf16 need a CUDA device (exit 2 on a "
+        "CPU). Validation, eval and predict score in float32.",
+    )
     threads: Threads = Field(
         "auto",
         description="CPU threads torch uses within each operation: a whole number, or auto = "

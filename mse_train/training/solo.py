@@ -33,16 +33,17 @@ class Module:
         penalty: Penalty | None,
         reduction: str,
         world: World | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.device = next(model.parameters()).device
         if world is None:
-            self._step = Step(model, optimizer, penalty, nn.MSELoss(reduction=reduction))
+            self._step = Step(model, optimizer, penalty, nn.MSELoss(reduction=reduction), 1, precision)
         else:  # each rank's loss is a share of the global batch's: see step.py
             forward = distributed.wrap(model, self.device)
-            self._step = Step(forward, optimizer, penalty, nn.MSELoss(reduction="sum"), world.size)
+            self._step = Step(forward, optimizer, penalty, nn.MSELoss(reduction="sum"), world.size, precision)
         self._params: list[torch.Tensor] = list(model.parameters())
         self.best = ModelCopy(model)
         self._kept_model = ModelCopy(model)

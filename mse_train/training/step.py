@@ -26,6 +26,7 @@ from torch import nn
 
 from mse_train.config.schema import RegularizationConfig
 from mse_train.models import networks
+from mse_train.training import precision as precisions
 
 Penalty = Callable[[], torch.Tensor]
 
@@ -61,8 +62,11 @@ class Step:
         penalty: Penalty | None,
         loss_fn: nn.Module,
         ranks: int = 1,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
+        self.precision = precision  # `train.precision`: bf16 autocasts the forward pass (precision.py)
+        self.device = next(model.parameters()).device
         self.optimizer = optimizer
         self.penalty = penalty
         self.loss_fn = loss_fn  # with ranks > 1: reduction="sum", divided by the call's divisor
@@ -89,7 +93,9 @@ class Step:
     ) -> tuple[torch.Tensor, StepResult]:
         """Forward, loss plus penalty, and backward, with fresh gradients."""
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(xb)
+        with precisions.forward(self.precision, self.device):
+            out = self.model(xb)
+        out = out.float()  # the loss in float32 whatever the forward's precision (a no-op in fp32)
         mse = member_loss(self.loss_fn, out, yb, wb)
         pen = self.penalty() if self.penalty is not None else None
         if divisor is not None:  # a share of the global batch: the ranks' gradients are summed
