@@ -7,6 +7,8 @@ reason, elsewhere; bench/gpu.py runs the whole CUDA path end to end.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import torch
 from mse_train import config
 from mse_train.training import packed
 
-from conftest import linear_rows, read_metrics, write_config, write_csv
+from conftest import HANG_GUARD, REPO, linear_rows, read_metrics, write_config, write_csv
 
 no_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device; torch sees none here"
@@ -76,3 +78,12 @@ def test_a_cuda_run_in_reduced_precision_ends_near_fp32(cli, tmp_path, precision
     assert all(t.dtype == torch.float32 for t in ckpt["weights"].values())  # the master copy
     result = cli("eval", tmp_path / precision / "best.pt", tmp_path / "t.csv", "--json", "--device", "cuda")
     assert result.code == 0 and json.loads(result.stdout)["mse"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: bench/gpu.py would run")
+def test_the_gpu_bench_says_no_cuda_here_and_checks_nothing():
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu.py")], capture_output=True, text=True, timeout=HANG_GUARD
+    )
+    assert done.returncode == 1, done
+    assert "no CUDA here" in done.stdout and "checked nothing" in done.stdout
