@@ -335,3 +335,16 @@ def test_init_never_picks_a_weight_column(cli, tmp_path):
     assert cli("init", weighted, "-t", "y", "-o", out, "--quick").code == 0
     written = yaml.safe_load(out.read_text())
     assert written["data"].get("weight") is None
+
+
+def test_eval_of_a_weighted_table_too_large_to_hold_is_refused(cli, tmp_path, monkeypatch):
+    """Streamed eval (a table beyond data.memory_budget) does not weigh its metrics yet: a
+    file with the weight column is refused, not scored unweighted under a weighted name."""
+    from mse_train.data import stream_fit
+
+    weighted, _, _ = _tables(tmp_path)
+    assert cli("run", _config(tmp_path, "w", weighted, data={"weight": "w"})).code == 0
+    monkeypatch.setattr(stream_fit, "budget_of", lambda setting: 1)  # every table is too large
+    result = cli("eval", tmp_path / "w" / "best.pt", weighted)
+    assert result.code == 2, result
+    assert "weight the metrics of a streamed table" in result.stderr and "`w`" in result.stderr
