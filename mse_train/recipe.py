@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from mse_train import config, runtime
@@ -39,7 +40,7 @@ from mse_train.outputs import (
     tensorboard_log,
 )
 from mse_train.outputs.summary import Summary
-from mse_train.training import distributed, footprint, optimizers, packed, rng, signals, solo
+from mse_train.training import distributed, footprint, optimizers, packed, precision, rng, signals, solo
 from mse_train.training.axis import Models
 from mse_train.training.distributed import World
 from mse_train.training.loop import WORLD_SIZE, Loop, Member
@@ -432,7 +433,13 @@ def build_loop(
     else:
         penalty = build_penalty(built.model, cfg.regularization)
         models = solo.Module(
-            built.model, built.optimizer, built.scheduler, penalty, cfg.loss.reduction, world
+            built.model,
+            built.optimizer,
+            built.scheduler,
+            penalty,
+            cfg.loss.reduction,
+            world,
+            cfg.train.precision,
         )
     return Loop(models, [member(cfg, prepared, device)], world)
 
@@ -441,14 +448,23 @@ def member(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> 
     """The rows and loop settings of one model trained on `prepared`."""
     train = _tensors(prepared.train, device)
     val = _tensors(prepared.val, device) if prepared.val is not None else None
-    return Member(train, val, _settings(cfg, prepared), cfg.seed)
+    return Member(
+        train,
+        val,
+        _settings(cfg, prepared),
+        cfg.seed,
+        _weights(prepared.train, device),
+        _weights(prepared.val, device) if prepared.val is not None else None,
+    )
 
 
 def build_one(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> Built:
     """Seed, then build the model (initialised), its optimizer and its scheduler.
 
     Under torchrun every rank seeds alike, so all start from the same weights.
+    `train.precision` is checked against the device, and its TF32 switches set, here.
     """
+    precision.prepare(cfg.train.precision, device)
     rng.seed_everything(cfg.seed)
     model = _setup_model(cfg, prepared, device)
     optimizer = optimizers.build_optimizer(list(model.parameters()), cfg.optimizer)
@@ -499,6 +515,13 @@ def _tensors(split: Split | Rows, device: torch.device) -> tuple[torch.Tensor, t
     if isinstance(split, Rows):  # streamed: the loop reads it a block at a time
         return split
     return torch.from_numpy(split.x).to(device), torch.from_numpy(split.y).to(device)
+
+
+def _weights(split: Split | Rows, device: torch.device) -> torch.Tensor | None:
+    """The rows' sample weights (`data.weight`) on the device, float32; None without them."""
+    if isinstance(split, Rows) or split.w is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(split.w, dtype=np.float32)).to(device)
 
 
 def _settings(cfg: Config, prepared: Prepared | Streamed) -> Settings:

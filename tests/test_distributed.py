@@ -128,6 +128,27 @@ def test_two_processes_train_as_one(tmp_path, config, optimizer, reduction):
     assert rank_output(logs, 1) == ""
 
 
+def test_two_processes_train_as_one_with_sample_weights(tmp_path, config):
+    """Each rank's share of a weighted batch is its rows' weighted SSE over the global batch's
+    sum of weights (times targets): the two ranks' gradients add up to one process's."""
+    header, values = linear_rows(203)
+    w = np.random.default_rng(5).integers(0, 4, size=len(values))
+    values = np.column_stack([values, np.sin(values[:, 0]), w])
+    table = write_csv(tmp_path / "tw.csv", [*header, "z", "w"], values.round(6).tolist())
+    data = {"train": str(table), "weight": "w"}
+    one, two = config("one", data=data), config("two", data=data)
+    assert run1("run", one, "-q").returncode == 0
+    result = run2(tmp_path / "logs", "run", two)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = read_metrics(tmp_path / "one" / "metrics.csv"), read_metrics(tmp_path / "two" / "metrics.csv")
+    for row_a, row_b in zip(a, b, strict=True):
+        for key in ("train_loss", "train_end_loss", "train_mse_y", "train_mse_z"):
+            assert float(row_b[key]) == pytest.approx(float(row_a[key]), rel=1e-4), key
+    wa, wb = best_weights(tmp_path / "one"), best_weights(tmp_path / "two")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], atol=1e-5, rtol=0)
+
+
 def test_a_batch_the_processes_cannot_share_is_a_config_error(tmp_path, config):
     cfg = config("odd", train={"batch_size": 33})
     logs = tmp_path / "logs"

@@ -170,6 +170,8 @@ def print_report(report: Report, title: str) -> None:
         table.add_row(name, *metric_cells(m), n)
     if len(rows) > 1:
         table.add_row("average", *metric_cells(report.overall), n, style="bold")
+    if report.weight is not None:
+        table.caption = f"weighted by column `{report.weight}` (data.weight)"
     console.print(table)
     if report.interval is not None:
         interval = report.interval

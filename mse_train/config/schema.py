@@ -141,6 +141,13 @@ class DataConfig(Section):
     features: Annotated[list[Str], Field(min_length=1)] | None = Field(
         None, description="Input columns; null = every column except the target(s)."
     )
+    weight: Str | None = Field(
+        None,
+        description="Column of per-row sample weights (non-negative numbers, not all zero): "
+        "not a feature. Weights the loss, validation, early stopping, the best epoch, `cv` and "
+        "`sweep` scores and `eval`'s metrics (when the evaluated file has the column). "
+        "null = every row weighs 1.",
+    )
     categorical: list[Str] = Field(
         [], description="Columns to treat as categories even if they hold numbers (e.g. integer codes)."
     )
@@ -538,7 +545,9 @@ class RegularizationConfig(Section):
 
 class LossConfig(Section):
     reduction: Literal["mean", "sum"] = Field(
-        "mean", description="`nn.MSELoss` reduction; sum is the old `size_average=False`."
+        "mean",
+        description="`nn.MSELoss` reduction; sum is the old `size_average=False`. With "
+        "`data.weight` w: mean = sum(w * err^2) / (sum(w) * targets), sum = sum(w * err^2).",
     )
 
 
@@ -565,6 +574,13 @@ class TrainConfig(Section):
     )
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when val loss (train loss without validation) stops improving."
+    )
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32",
+        description="CUDA arithmetic: fp32; tf32 (float32 matrix products on TF32 tensor cores); "
+        "bf16 (the forward pass autocast to bfloat16; weights, optimizer state and loss stay "
+        "float32; trains as a module, not a stack). tf32 and bf16 need a CUDA device (exit 2 on a "
+        "CPU). Validation, eval and predict score in float32.",
     )
     threads: Threads = Field(
         "auto",

@@ -99,6 +99,7 @@ data:
   train: {flow(train)}              # relative to this file's folder
   target: {flow(target)}
   features: {flow(data.features)}
+  weight: null                # a column of per-row sample weights (not a feature); init picks none
 {data.left_out}  categorical: {flow(data.categorical)}
 {data.categorical_note}
 {data.encoding}  val_fraction: {val_fraction}

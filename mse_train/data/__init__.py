@@ -14,6 +14,7 @@ fitted preprocessing out, through a binary cache of parsed tables.
                  parse settings, checked on every read, published by atomic rename
   digest.py      the file's sha256, in a background thread
   missing.py     the `data.missing` policy for empty cells
+  weights.py     the sample weights column (`data.weight`): checked where it is read
   preprocess.py  standardisation, fill values and category vocabularies (one-hot
                  columns or embedding codes), fitted on training rows and stored in checkpoints
   stored.py      that preprocessing read back from a checkpoint, checked key by key

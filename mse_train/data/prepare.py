@@ -19,7 +19,7 @@ import pandas as pd
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
 from mse_train.config.starter import Survey
-from mse_train.data import cache, csvscan, drift, ingest, parquet, preprocess, table
+from mse_train.data import cache, csvscan, drift, ingest, parquet, preprocess, table, weights
 from mse_train.data.digest import Digest
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
@@ -28,10 +28,12 @@ from mse_train.errors import EXAMPLES, DataError, examples
 
 @dataclass
 class Split:
-    """Inputs and (scaled) targets of one set of rows, float32, C-contiguous."""
+    """Inputs and (scaled) targets of one set of rows, float32, C-contiguous; with
+    `data.weight`, each row's sample weight (float32, [rows]), else None (every row weighs 1)."""
 
     x: np.ndarray
     y: np.ndarray
+    w: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.x)
@@ -61,8 +63,16 @@ class Prepared:
         return {path: hasher.result() for path, hasher in self.hashers.items()}
 
 
-def feature_names(features: list[str] | None, header: list[str], targets: list[str], path: Path) -> list[str]:
-    """`data.features` when given, or else every named column except the targets."""
+def feature_names(
+    features: list[str] | None,
+    header: list[str],
+    targets: list[str],
+    path: Path,
+    weight: str | None = None,
+) -> list[str]:
+    """`data.features` when given, or else every named column except the targets and the
+    sample weight (`data.weight`)."""
+    weights.check_roles(weight, features or [], targets, path)
     if features is not None:
         return list(features)
     unnamed = [i + 1 for i, name in enumerate(header) if not name]
@@ -71,7 +81,7 @@ def feature_names(features: list[str] | None, header: list[str], targets: list[s
             f"{path}, line 1: column(s) {', '.join(map(str, unnamed))} have no name in the header",
             ["name them, or list the columns to use in `data.features`"],
         )
-    features = [name for name in header if name not in targets]
+    features = [name for name in header if name not in targets and name != weight]
     if not features:
         raise DataError(f"{path}: no feature columns: the file holds only the target(s)")
     return features
@@ -88,6 +98,11 @@ class Loaded:
     notes: list[str]
     store: cache.Store | None = None  # the data cache, for reading `data.val` too
     ingest_seconds: float = 0.0
+    weight: str | None = None  # `data.weight`: a column of the table, checked
+
+    def weights(self) -> np.ndarray | None:
+        """Each row's sample weight (float64), or None without `data.weight`."""
+        return None if self.weight is None else self.table.frame[self.weight].to_numpy(np.float64)
 
 
 def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
@@ -97,9 +112,10 @@ def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
     store = cache.open_store(cfg.cache, notes)
     train_path = Path(cfg.train)
     header = table.read_header(train_path, cfg.delimiter)
-    features = feature_names(cfg.features, header, targets, train_path)
+    features = feature_names(cfg.features, header, targets, train_path, cfg.weight)
     table.check_columns(train_path, header, features, "feature")
     table.check_columns(train_path, header, targets, "target")
+    weight = _weight_columns(cfg.weight, train_path, header)
     unknown = [c for c in cfg.categorical if c not in features]
     if unknown:
         raise DataError(
@@ -108,7 +124,7 @@ def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
         )
     train = ingest.read(
         train_path,
-        [*features, *targets],
+        [*features, *targets, *weight],
         cfg.categorical,
         infer_from=features,
         delimiter=cfg.delimiter,
@@ -117,9 +133,25 @@ def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
     )
     seconds = time.perf_counter() - started
     notes += _cache_notes(store)
+    if cfg.weight is not None:
+        weights.read(train, cfg.weight)
     train, missing_notes = handle_missing(train, features, targets, cfg.missing)
+    if cfg.weight is not None:  # rows with empty cells may have gone: some weight must be left
+        weights.check_not_all_zero(_weights(train, cfg.weight), train_path, cfg.weight, "rows left")
     digests = {str(train_path): train.hasher}
-    return Loaded(train, features, list(targets), digests, notes + missing_notes, store, seconds)
+    return Loaded(train, features, list(targets), digests, notes + missing_notes, store, seconds, cfg.weight)
+
+
+def _weight_columns(weight: str | None, path: Path, header: list[str]) -> list[str]:
+    """[`data.weight`] when set (checked to be a column of the file), else []."""
+    if weight is None:
+        return []
+    table.check_columns(path, header, [weight], weights.ROLE)
+    return [weight]
+
+
+def _weights(data: table.Table, weight: str) -> np.ndarray:
+    return data.frame[weight].to_numpy(np.float64)
 
 
 def _cache_notes(store: cache.Store | None) -> list[str]:
@@ -171,9 +203,20 @@ def fit_split(
             _check_split_categories(loaded.table, pre, val_rows, cfg, f"the validation rows of {split_name}")
     x = pre.features_array(loaded.table)
     y = pre.targets_array(loaded.table.frame)
+    w = loaded.weights()
+    if w is not None:
+        weights.check_not_all_zero(w[fit_rows], cfg.train, str(cfg.weight), f"training rows of {split_name}")
+        if val_rows is not None:
+            where = f"validation rows of {split_name}"
+            weights.check_not_all_zero(w[val_rows], cfg.train, str(cfg.weight), where)
+        weights.check_not_all_zero(w[test_rows], cfg.train, str(cfg.weight), f"held-out rows of {split_name}")
 
     def rows(index: np.ndarray) -> Split:
-        return Split(np.ascontiguousarray(x[index]), np.ascontiguousarray(y[index]))
+        return Split(
+            np.ascontiguousarray(x[index]),
+            np.ascontiguousarray(y[index]),
+            None if w is None else w[index].astype(np.float32),
+        )
 
     y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)[test_rows]
     prepared = Prepared(
@@ -205,6 +248,7 @@ def _fit(
         max_categories=cfg.max_categories,
         categorical_encoding=cfg.categorical_encoding,
         non_numeric=cfg.non_numeric,
+        weights=None if cfg.weight is None else _weights(train, cfg.weight),
     )
 
 
@@ -218,9 +262,10 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     if cfg.val is not None:
         val_path = Path(cfg.val)
         started = time.perf_counter()
+        weight = _weight_columns(cfg.weight, val_path, table.read_header(val_path, cfg.delimiter))
         val = ingest.read(
             val_path,
-            [*features, *targets],
+            [*features, *targets, *weight],
             train.categorical,
             infer_from=(),
             delimiter=cfg.delimiter,
@@ -229,7 +274,11 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
         )
         ingest_seconds += time.perf_counter() - started
         notes += _cache_notes(loaded.store)
+        if cfg.weight is not None:
+            weights.read(val, cfg.weight, "validation rows")
         val, val_notes = handle_missing(val, features, targets, cfg.missing)
+        if cfg.weight is not None:
+            weights.check_not_all_zero(_weights(val, cfg.weight), val_path, cfg.weight, "rows left")
         notes += val_notes
         digests[str(val_path)] = val.hasher
         train_rows = None
@@ -252,18 +301,33 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     profile = drift.profile(train.frame, train_rows, pre)
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
+    w = None if cfg.weight is None else _weights(train, cfg.weight).astype(np.float32)
     del train
     runtime.release_freed_memory()
     if cfg.val is not None:
-        val_split = Split(pre.features_array(val), pre.targets_array(val.frame))
-        return Prepared(Split(x, y), val_split, pre, digests, notes, profile, ingest_seconds)
+        val_w = None if cfg.weight is None else _weights(val, cfg.weight).astype(np.float32)
+        val_split = Split(pre.features_array(val), pre.targets_array(val.frame), val_w)
+        return Prepared(Split(x, y, w), val_split, pre, digests, notes, profile, ingest_seconds)
     if train_rows is None:
-        return Prepared(Split(x, y), None, pre, digests, notes, profile, ingest_seconds)
+        return Prepared(Split(x, y, w), None, pre, digests, notes, profile, ingest_seconds)
     # One gather puts train rows first and validation rows after; both are then views.
     x, y = x[order], y[order]
     cut = len(train_rows)
+    if w is None:
+        return Prepared(
+            Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes, profile, ingest_seconds
+        )
+    w = w[order]
+    for part, rows in ((w[:cut], "training rows"), (w[cut:], "validation rows (`data.val_fraction`)")):
+        weights.check_not_all_zero(part, train_path, str(cfg.weight), rows)
     return Prepared(
-        Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes, profile, ingest_seconds
+        Split(x[:cut], y[:cut], w[:cut]),
+        Split(x[cut:], y[cut:], w[cut:]),
+        pre,
+        digests,
+        notes,
+        profile,
+        ingest_seconds,
     )
 
 
@@ -315,19 +379,22 @@ def prepare_eval(
     with_targets: bool = True,
     watch: drift.Watch | None = None,
     store: cache.Store | None = None,
+    weight: str | None = None,
 ) -> tuple[table.Table, Split, list[str]]:
     """Read a CSV with the columns a checkpoint was trained on and preprocess it the same way.
 
     `watch`, when given, sees the rows as read, before empty cells are dropped or filled;
-    `store`, the data cache to read through.
+    `store`, the data cache to read through; `weight`, the checkpoint's `data.weight`: when
+    the file has that column, the split holds its rows' weights (checked as for training).
     """
     header = table.read_header(path, delimiter)
     targets = pre.target_names if with_targets else []
     table.check_columns(path, header, pre.features, "feature the model was trained on")
     table.check_columns(path, header, targets, "target")
+    weighted = [weight] if weight is not None and weight in header and weight not in pre.features else []
     data = ingest.read(
         path,
-        [*pre.features, *targets],
+        [*pre.features, *targets, *weighted],
         pre.categorical_names,
         infer_from=(),
         delimiter=delimiter,
@@ -336,12 +403,18 @@ def prepare_eval(
     )
     if watch is not None:
         watch.observe(data.frame)
+    for name in weighted:
+        weights.read(data, name)
     policy = pre.missing
     data, notes = handle_missing(data, pre.features, targets, policy)
     notes = _cache_notes(store) + notes
     x = pre.features_array(data)
     y = pre.targets_array(data.frame) if with_targets else np.empty((len(x), 0), np.float32)
-    return data, Split(x, y), notes
+    w = None
+    for name in weighted:
+        w = _weights(data, name)
+        weights.check_not_all_zero(w, path, name, "rows left")
+    return data, Split(x, y, w), notes
 
 
 @dataclass

@@ -206,13 +206,21 @@ def fit(
     max_categories: int,
     categorical_encoding: str = "onehot",
     non_numeric: str = "error",
+    weights: np.ndarray | None = None,
 ) -> Preprocessor:
-    """Fit on the given training rows of `table` (all rows when `rows` is None)."""
+    """Fit on the given training rows of `table` (all rows when `rows` is None).
+
+    With `weights` (each row of the table's sample weight, `data.weight`) the means,
+    standard deviations and fill values are weighted, so that an integer weight fits what
+    repeating the row fits; the category vocabularies hold every training row's values.
+    """
     frame = table.frame
 
     def column(name: str) -> np.ndarray:
         values = frame[name].to_numpy()
         return values if rows is None else values[rows]
+
+    w = None if weights is None else (weights if rows is None else weights[rows])
 
     numeric: list[NumericColumn] = []
     categorical: list[CategoricalColumn] = []
@@ -230,21 +238,24 @@ def fit(
                 problems.append(problem)
             categorical.append(CategoricalColumn(name, cats))
             continue
-        observed = _observed(column(name))
+        cells = column(name)
+        observed = _observed(cells)
         if len(observed) == 0:
             problems.append(f"column `{name}` has no values in the training rows")
             continue
         spec = NumericColumn(name)
+        ow = _observed_weights(cells, w)
         if missing in ("mean", "median"):
-            spec.fill = float(observed.mean(dtype=np.float64) if missing == "mean" else np.median(observed))
+            spec.fill = _mean_std(observed, ow)[0] if missing == "mean" else _median(observed, ow)
         if standardize:
-            spec.mean, spec.std = _mean_std(observed)
+            spec.mean, spec.std = _mean_std(observed, ow)
         numeric.append(spec)
     target_specs = []
     for name in targets:
         target = TargetColumn(name)
         if standardize_target:
-            target.mean, target.std = _mean_std(_observed(column(name)))
+            cells = column(name)
+            target.mean, target.std = _mean_std(_observed(cells), _observed_weights(cells, w))
         target_specs.append(target)
     if problems:
         raise DataError(f"{table.path}: cannot prepare the features", problems)
@@ -266,9 +277,36 @@ def _observed(values: np.ndarray) -> np.ndarray:
     return values[~empty] if empty.any() else values
 
 
-def _mean_std(values: np.ndarray) -> tuple[float, float]:
+def _observed_weights(values: np.ndarray, w: np.ndarray | None) -> np.ndarray | None:
+    """The weights of the non-empty values; None without weights, or when those weigh 0 in
+    all (then the values count alike, rather than not at all)."""
+    if w is None:
+        return None
+    kept = w[~np.isnan(values)]
+    return kept if kept.any() else None
+
+
+def _mean_std(values: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
+    """Mean and (population) standard deviation, weighted by `w` when given."""
+    if w is not None:
+        mean = float(np.average(values.astype(np.float64), weights=w))
+        var = float(np.average((values.astype(np.float64) - mean) ** 2, weights=w))
+        return mean, tiny_std_to_one(float(np.sqrt(var)))
     mean = float(values.mean(dtype=np.float64))  # float64 sums: float32 ones drift on big tables
     return mean, tiny_std_to_one(float(values.std(dtype=np.float64)))
+
+
+def _median(values: np.ndarray, w: np.ndarray | None = None) -> float:
+    """The median; weighted, the one of the values repeated by integer weights: the mean of
+    the two values where the cumulative weight reaches and passes half the total."""
+    if w is None:
+        return float(np.median(values))
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(w[order].astype(np.float64))
+    half = cumulative[-1] / 2
+    low = values[order[np.searchsorted(cumulative, half, side="left")]]
+    high = values[order[min(int(np.searchsorted(cumulative, half, side="right")), len(values) - 1)]]
+    return float((float(low) + float(high)) / 2)
 
 
 def tiny_std_to_one(std: float) -> float:

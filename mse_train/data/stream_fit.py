@@ -86,7 +86,7 @@ def prepare_run(
     notes: list[str] = []
     store = cache.open_store(cfg.cache, notes)
     header = table.read_header(path, cfg.delimiter)
-    features = prepare.feature_names(cfg.features, header, targets, path)
+    features = prepare.feature_names(cfg.features, header, targets, path, cfg.weight)
     table.check_columns(path, header, features, "feature")
     table.check_columns(path, header, targets, "target")
     if store is None:
@@ -108,6 +108,13 @@ def prepare_run(
     if need <= limit:
         del entry
         return prepare.prepare(cfg, targets, seed)
+    if cfg.weight is not None:
+        raise DataError(
+            f"{path}: the table needs about {need >> 20} MiB in memory, more than `data.memory_budget` "
+            f"({limit >> 20} MiB), and mse-train does not stream a table with sample weights "
+            "(`data.weight`) yet",
+            ["raise `data.memory_budget` so the table is held in memory, or train on a sample of the rows"],
+        )
     if batch_size is None:
         raise DataError(
             f"{path}: the table needs about {need >> 20} MiB in memory, more than `data.memory_budget` "

@@ -13,15 +13,21 @@ from torch import nn
 EVAL_CHUNK = 4096  # rows per forward pass when evaluating: activations stay in cache
 
 
-def per_target_sse(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum of squared errors per target over all rows, in chunks, in eval mode."""
+def per_target_sse(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of squared errors per target over all rows, in chunks, in eval mode; each row's
+    times its sample weight in `w` when given."""
     was_training = model.training
     model.eval()
     total = torch.zeros(y.shape[1], device=x.device)
     with torch.inference_mode():
         for start in range(0, len(x), EVAL_CHUNK):
             out = model(x[start : start + EVAL_CHUNK])
-            total += (out - y[start : start + EVAL_CHUNK]).pow(2).sum(0)
+            sq = (out - y[start : start + EVAL_CHUNK]).pow(2)
+            if w is not None:
+                sq = sq * w[start : start + EVAL_CHUNK, None]
+            total += sq.sum(0)
     model.train(was_training)
     return total
 

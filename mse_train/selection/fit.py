@@ -109,5 +109,5 @@ def _score(
     y_pred = prepared.pre.unscale_targets(raw).astype(np.float64)
     if not np.isfinite(y_pred).all():
         return Scored(Status.DIVERGED, epochs, seconds, reason="its predictions are not finite numbers")
-    overall, per_target = regression_metrics(held.y_true, y_pred)
+    overall, per_target = regression_metrics(held.y_true, y_pred, held.split.w)
     return Scored(status, epochs, seconds, overall, per_target, predictions=y_pred, rows=held.rows)

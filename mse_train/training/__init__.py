@@ -11,6 +11,7 @@
   padded.py      K models' own rows side by side, shuffled and batched per model
   partial.py     the unfinished epoch's per-batch losses (kept on interrupt, summed over ranks)
   step.py        `Step`: one optimizer update (loss + L1/L2 penalty) of a module
+  precision.py   `train.precision` on CUDA: TF32 switches, bf16 autocast of the forward pass
   records.py     `Settings` in; `Status`, `EpochRecord`, `Progress` out
   tracking.py    the end-of-epoch rules: divergence, the best epoch, early stopping
   rollback.py    the last finite epoch, to return to after a divergence

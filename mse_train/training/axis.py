@@ -23,12 +23,25 @@ class Models(Protocol):
         """Training mode (dropout on), before an epoch's steps."""
 
     def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, batch: Batch | None = None, divisor: float | None = None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        batch: Batch | None = None,
+        divisor: float | None = None,
+        wb: torch.Tensor | None = None,
     ) -> StepResult:
-        """One update: forward, MSE (+ penalty) per model, backward, optimizer step."""
+        """One update: forward, MSE (+ penalty) per model, backward, optimizer step; with
+        `wb`, each row's squared error weighted by its sample weight (step.py says how)."""
 
-    def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Each model's sum of squared errors per target in eval mode, [K, targets]."""
+    def sse(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        counts: torch.Tensor | None = None,
+        w: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each model's sum of (sample-weighted, with `w`) squared errors per target in eval
+        mode, [K, targets]."""
 
     def norms(self) -> torch.Tensor:
         """A number per model that is not finite once one of its weights is not."""

@@ -17,6 +17,11 @@ Under torchrun (`world` given; see distributed.py) each rank trains on its slice
 global batch; its per-batch losses are its shares, summed over the ranks once per epoch
 (partial.py), so the records mean what they mean in one process. The end-of-epoch numbers
 are rank 0's, broadcast, so every rank decides alike.
+With sample weights (`data.weight`) every loss here is weighted (step.py): the steps', the
+watched loss that picks the best epoch and stops early (sum(w * err^2) / (sum(w) * targets)
+for a mean), and the per-target MSEs. The epoch's train_loss averages its batches' weighted
+losses by their rows, as without weights: exact for full-batch training.
+
 Reports go through callbacks; nothing here prints.
 """
 
@@ -51,6 +56,8 @@ class Member:
     val: Tensors | Rows | None
     settings: Settings
     seed: int
+    train_w: torch.Tensor | None = None  # each training row's sample weight (None: 1)
+    val_w: torch.Tensor | None = None  # each validation row's
 
 
 @dataclass
@@ -88,17 +95,26 @@ class Loop:
             self._model.append(_Model(n, min(m.settings.batch_size or n, n), shuffle, stopping))
         self.members = list(members)
         self.val = first.val
+        self.val_w = first.val_w
         if self.k == 1:
-            self.one = batches.OneTable(first.train, world, self.device)
+            self.one = batches.OneTable(first.train, world, self.device, first.train_w)
         else:
             self.table, self._counts = padded.pad([_in_memory(m.train) for m in members], self.device)
+            counts = [m.n for m in self._model]
+            self.table_w = padded.pad_weights([m.train_w for m in members], counts, self.device)
             vals = [m.val for m in members]
             self.val_table = (
                 padded.pad([_in_memory(v) for v in vals], self.device)
                 if all(v is not None for v in vals)
                 else None
             )
+            self.val_table_w = None
+            if self.val_table is not None:
+                val_counts = [len(_in_memory(m.val)[0]) for m in members]
+                self.val_table_w = padded.pad_weights([m.val_w for m in members], val_counts, self.device)
         self.n_train = self._model[0].n  # (the first model's)
+        # What per-target MSEs divide by: rows, or their weights' sum (the first model's).
+        self._train_amount = float(first.train_w.sum()) if first.train_w is not None else float(self.n_train)
         self._multi = len(self.settings.target_names) > 1 and self.k == 1
         self._weights: torch.Tensor | None = None
         self._stacked: list[torch.Tensor | None] = [None, None]  # K > 1: this epoch's losses, penalties
@@ -193,13 +209,14 @@ class Loop:
         self.models.train_mode()
         last_report = time.perf_counter()
         epoch = self.one.epoch(order, size, p.batch, self.settings.reduction)
-        for b, (xb, yb, divisor) in enumerate(epoch, start=p.batch):
-            out, mse, pen = self.models.step(xb, yb, None, divisor)
+        for b, (xb, yb, wb, divisor) in enumerate(epoch, start=p.batch):
+            out, mse, pen = self.models.step(xb, yb, None, divisor, wb)
             losses.append(mse)
             if pen is not None:
                 penalties.append(pen)
             if self._multi:
-                sq.append((out - yb).pow(2).sum(0))
+                err = (out - yb).pow(2)
+                sq.append((err if wb is None else err * wb[:, None]).sum(0))
             if on_batch is not None and (now := time.perf_counter()) - last_report > 0.25:
                 on_batch(b + 1, n_batches)
                 last_report = now
@@ -222,10 +239,11 @@ class Loop:
             [m.n for m in self._model],
             [m.shuffle if shuffle else None for m in self._model],
             active,
+            self.table_w,
         )
         losses, penalties = [], []
-        for xb, yb, batch in batches:
-            _, mse, pen = self.models.step(xb, yb, batch)
+        for xb, yb, wb, batch in batches:
+            _, mse, pen = self.models.step(xb, yb, batch, None, wb)
             losses.append(mse)
             if pen is not None:
                 penalties.append(pen)
@@ -323,11 +341,14 @@ class Loop:
         its per-target SSE on the validation rows."""
         if self.k > 1:
             (x, y), counts = self.val_table if self.val_table is not None else (self.table, self._counts)
-            sq = self.models.sse(x, y, counts)
+            w = self.val_table_w if self.val_table is not None else self.table_w
+            sq = self.models.sse(x, y, counts, w)
+            amount = counts if w is None else w.sum(1)
             return (
-                sq.sum(1) if self.settings.reduction == "sum" else sq.sum(1) / (counts * y.shape[-1])
+                sq.sum(1) if self.settings.reduction == "sum" else sq.sum(1) / (amount * y.shape[-1])
             ), None
         rows = self.val if self.val is not None else self.one.scoring()
+        w = self.val_w if self.val is not None else self.one.w
         if isinstance(rows, Rows):  # streamed: summed block by block
             sq = torch.zeros(rows.outputs, device=self.device)
             for xb, yb in rows.blocks():
@@ -336,25 +357,28 @@ class Loop:
                 )[0]
             numel = len(rows) * rows.outputs
         else:
-            sq = self.models.sse(*rows)[0]
+            sq = self.models.sse(*rows, None, w)[0]
             numel = int(rows[1].numel())
+            if w is not None:  # the rows count as their weights' sum
+                amount = w.sum() * rows[1].shape[1]
+                loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / amount
+                return loss.reshape(1), sq
         loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / numel
         return loss.reshape(1), sq
 
     def _per_target(self, train_sq: torch.Tensor | None, val_sq: torch.Tensor | None) -> dict[str, float]:
-        """Per-target MSE in each target's own units, for several targets (one model)."""
+        """Per-target MSE in each target's own units, for several targets (one model); with
+        sample weights, sum(w * err^2) / sum(w)."""
         if not self._multi:
             return {}
         scale = torch.tensor(self.settings.target_std, dtype=torch.float64) ** 2
         out: dict[str, float] = {}
-        for prefix, sq, n in (
-            ("train", train_sq, self.n_train),
-            (
-                "val",
-                val_sq,
-                (len(self.val) if isinstance(self.val, Rows) else len(self.val[0])) if self.val else 0,
-            ),
-        ):
+        val_amount = float(
+            (len(self.val) if isinstance(self.val, Rows) else len(self.val[0])) if self.val else 0
+        )
+        if self.val_w is not None:
+            val_amount = float(self.val_w.sum())
+        for prefix, sq, n in (("train", train_sq, self._train_amount), ("val", val_sq, val_amount)):
             if sq is None:
                 continue
             values = (sq.double().cpu() / n * scale).tolist()

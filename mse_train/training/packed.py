@@ -30,6 +30,8 @@ def why_alone(cfg: Config) -> str | None:
         return "optimizer.amsgrad: the stack's Adam has no amsgrad"
     if not isinstance(opt, (schema.SGDConfig, schema.AdamConfig)):
         return f"optimizer.name {opt.name}: the stack steps SGD, Adam and AdamW only"
+    if cfg.train.precision == "bf16":
+        return "train.precision bf16: the stack's backward pass by hand is float32 (a module autocasts)"
     return None
 
 
@@ -50,6 +52,7 @@ def pack_key(cfg: Config) -> str | None:
             train.epochs,
             train.shuffle,
             train.device,
+            train.precision,
             cfg.loss.reduction,
             validated,
         ],

@@ -5,6 +5,8 @@ same. Each model's rows sit in a [K, rows, columns] tensor padded to the longest
 epoch every model draws its own permutation from its own generator (the very draw `run`
 makes for that model alone), its rows are gathered once, and batches are slices, with a
 mask where a model's batch is short or it has no rows left (a frozen model has none).
+Sample weights (`data.weight`), when the models have them, sit in a [K, rows] tensor,
+0 on padding, and are gathered with their rows.
 """
 
 from __future__ import annotations
@@ -30,15 +32,30 @@ def pad(rows: Sequence[Tensors], device: torch.device) -> tuple[Tensors, torch.T
     return (x, y), torch.tensor([len(xi) for xi, _ in rows], device=device)
 
 
+def pad_weights(
+    weights: Sequence[torch.Tensor | None], counts: Sequence[int], device: torch.device
+) -> torch.Tensor | None:
+    """Each model's sample weights in a [K, longest] tensor, 0 on padding (a model without
+    them weighs each row 1); None when no model has any."""
+    if all(w is None for w in weights):
+        return None
+    out = torch.zeros(len(weights), max(counts), device=device)
+    for i, (w, n) in enumerate(zip(weights, counts, strict=True)):
+        out[i, :n] = 1.0 if w is None else w.to(device)
+    return out
+
+
 def epoch(
     table: Tensors,
     sizes: Sequence[int],
     counts: Sequence[int],
     generators: Sequence[torch.Generator | None],
     active: Sequence[bool],
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, Batch | None]]:
+    weights: torch.Tensor | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Batch | None]]:
     """One epoch's batches: model i's rows in its own order (None: in order), `sizes[i]` at
-    a time; a batch is None-masked where every model has all its rows."""
+    a time, with their sample weights [K, rows] when `weights` holds them (else None); a
+    batch is None-masked where every model has all its rows."""
     x, y = table
     k, device = len(sizes), x.device
     width = max(sizes)
@@ -62,12 +79,14 @@ def epoch(
     flat_index = index.to(device).view(k, -1)
     xs = x[arange, flat_index].view(k, n_batches, width, -1)
     ys = y[arange, flat_index].view(k, n_batches, width, -1)
+    ws = None if weights is None else weights[arange, flat_index].view(k, n_batches, width)
     on_device = rows.to(device)
     mask = (torch.arange(width, device=device)[None, None, :] < on_device[:, :, None]).float()
     full = rows.gt(0).all(0).tolist()  # batches where every model has rows
     whole = rows.eq(width).all(0).tolist()  # ... and every row of the batch is real
     for b in range(n_batches):
-        yield xs[:, b], ys[:, b], None if whole[b] else Batch(mask[:, b], on_device[:, b], bool(full[b]))
+        batch = None if whole[b] else Batch(mask[:, b], on_device[:, b], bool(full[b]))
+        yield xs[:, b], ys[:, b], None if ws is None else ws[:, b], batch
 
 
 def batch_weights(counts: Sequence[int], sizes: Sequence[int], reduction: str) -> torch.Tensor:

@@ -33,16 +33,17 @@ class Module:
         penalty: Penalty | None,
         reduction: str,
         world: World | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.device = next(model.parameters()).device
         if world is None:
-            self._step = Step(model, optimizer, penalty, nn.MSELoss(reduction=reduction))
+            self._step = Step(model, optimizer, penalty, nn.MSELoss(reduction=reduction), 1, precision)
         else:  # each rank's loss is a share of the global batch's: see step.py
             forward = distributed.wrap(model, self.device)
-            self._step = Step(forward, optimizer, penalty, nn.MSELoss(reduction="sum"), world.size)
+            self._step = Step(forward, optimizer, penalty, nn.MSELoss(reduction="sum"), world.size, precision)
         self._params: list[torch.Tensor] = list(model.parameters())
         self.best = ModelCopy(model)
         self._kept_model = ModelCopy(model)
@@ -54,15 +55,26 @@ class Module:
             self.model.train()
 
     def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, batch: object = None, divisor: float | None = None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        batch: object = None,
+        divisor: float | None = None,
+        wb: torch.Tensor | None = None,
     ) -> StepResult:
         """One update; the MSE and penalty come back as [1], the model axis of one."""
-        out, mse, pen = self._step(xb, yb) if divisor is None else self._step(xb, yb, divisor)
+        out, mse, pen = self._step(xb, yb, divisor, wb)
         return StepResult(out, mse.reshape(1), None if pen is None else pen.reshape(1))
 
-    def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Sum of squared errors per target in eval mode, [1, targets]."""
-        return per_target_sse(self.model, x, y).unsqueeze(0)
+    def sse(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        counts: torch.Tensor | None = None,
+        w: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sum of (weighted, with `w`) squared errors per target in eval mode, [1, targets]."""
+        return per_target_sse(self.model, x, y, w).unsqueeze(0)
 
     def norms(self) -> torch.Tensor:
         """The sum of the parameters' norms, [1]: not finite once a weight is not."""

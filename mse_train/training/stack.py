@@ -154,24 +154,37 @@ class Stack:
         """Nothing to switch: the stack has no dropout or normalisation."""
 
     def step(
-        self, xb: torch.Tensor, yb: torch.Tensor, batch: Batch | None = None, divisor: float | None = None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        batch: Batch | None = None,
+        divisor: float | None = None,
+        wb: torch.Tensor | None = None,
     ) -> StepResult:
         """One update of every live model. `xb` is [K, rows, inputs], or [rows, inputs] for K = 1;
-        `batch` is None when every model has all the rows of the batch."""
+        `batch` is None when every model has all the rows of the batch; `wb`, the rows' sample
+        weights ([K, rows], or [rows]), None when each weighs 1."""
         assert divisor is None, "a stack trains in one process"
         one = xb.dim() == 2
         if one:
             xb, yb = xb.unsqueeze(0), yb.unsqueeze(0)
+            wb = None if wb is None else wb.unsqueeze(0)
         if batch is None:
             mask, counts, full = None, torch.full((self.k,), float(xb.shape[1]), device=self.device), True
         else:
             mask, counts, full = batch.mask, batch.counts.float(), batch.full
+        # Sample weights take the mask's place: a row's squared error counts its weight times
+        # (padding 0), and the rows of a batch count as their weights' sum.
+        weight, amount = mask, counts
+        if wb is not None:
+            weight = wb if mask is None else wb * mask
+            amount = weight.sum(1)
         pen = self._penalty() if self.penalized else None
         if self.derivative is not None:
             with torch.no_grad():
-                out, mse = self._by_hand(xb, yb, mask, counts)
+                out, mse = self._by_hand(xb, yb, weight, amount, wb is not None)
         else:
-            out, mse = self._autograd(xb, yb, mask, counts)
+            out, mse = self._autograd(xb, yb, weight, amount)
         with torch.no_grad():
             live = (counts > 0)[:, None]
             self.update.step(self.flat, live if self._all_live else live & self.live, full and self._all_live)
@@ -203,7 +216,12 @@ class Stack:
         return torch.cat([embedded.flatten(2), x[..., self._numeric :]], -1), saved
 
     def _denominator(self, counts: torch.Tensor, targets: int) -> torch.Tensor:
-        return (counts * targets if self.reduction == "mean" else torch.ones_like(counts)).clamp(min=1)
+        """Rows (or their weights' sum) times targets for a mean, 1 for a sum; 1 where a model
+        has nothing in the batch (its loss is 0 then, not 0 / 0)."""
+        if self.reduction != "mean":
+            return torch.ones_like(counts)
+        amount = counts * targets
+        return torch.where(amount > 0, amount, torch.ones_like(amount))
 
     def _autograd(
         self, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor
@@ -221,7 +239,12 @@ class Stack:
         return out.detach(), mse.detach()
 
     def _by_hand(
-        self, xb: torch.Tensor, yb: torch.Tensor, mask: torch.Tensor | None, counts: torch.Tensor
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        mask: torch.Tensor | None,
+        counts: torch.Tensor,
+        weighted: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradients of the stack without the autograd engine: for an MLP the
         backward pass is a few batched matmuls, and the engine's per-node cost is most of
@@ -247,11 +270,17 @@ class Stack:
             else:
                 h = z
         diff = h - yb
-        if mask is not None:
-            diff = diff * mask[..., None]
         denom = self._denominator(counts, yb.shape[-1])
-        mse = (diff * diff).sum((1, 2)) / denom
-        grad_out = diff * (2 / denom)[:, None, None]
+        if weighted:  # `mask` holds sample weights: sum(w * diff^2), gradient 2 * w * diff
+            assert mask is not None
+            scaled = diff * mask[..., None]
+            mse = (scaled * diff).sum((1, 2)) / denom
+            grad_out = scaled * (2 / denom)[:, None, None]
+        else:
+            if mask is not None:
+                diff = diff * mask[..., None]
+            mse = (diff * diff).sum((1, 2)) / denom
+            grad_out = diff * (2 / denom)[:, None, None]
         grads: list[torch.Tensor] = [torch.empty(0)] * len(views)
         for i in reversed(range(layers)):
             # Each layer's saved tensors are let go once used, as autograd lets go of them:
@@ -275,21 +304,31 @@ class Stack:
         return h, mse
 
     # ------------------------------------------------------------------ epoch ends
-    def sse(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
-        """Each model's sum of squared errors per target, [K, targets], in chunks of rows.
+    def sse(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        counts: torch.Tensor | None = None,
+        w: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each model's sum of squared errors per target, [K, targets], in chunks of rows;
+        each row's times its sample weight in `w` ([K, rows], 0 on padding) when given.
 
         `x` is [K, rows, inputs] (rows past each model's `counts` are padding), or
         [rows, inputs] for K = 1.
         """
         if x.dim() == 2:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
+            w = None if w is None else w.unsqueeze(0)
         total = torch.zeros(self.k, y.shape[-1], device=self.device)
         with torch.no_grad():
             for start in range(0, x.shape[1], EVAL_CHUNK):
                 err = (
                     self._forward(x[:, start : start + EVAL_CHUNK]) - y[:, start : start + EVAL_CHUNK]
                 ) ** 2
-                if counts is not None:
+                if w is not None:
+                    err = err * w[:, start : start + EVAL_CHUNK, None]
+                elif counts is not None:
                     rows = torch.arange(start, start + err.shape[1], device=self.device)
                     err = err * (rows[None, :] < counts[:, None]).to(err.dtype)[..., None]
                 total += err.sum(1)

@@ -8,10 +8,15 @@ averages gradients across ranks; each rank's loss is its share of the global bat
 (its squared errors over the `divisor` the loop passes) plus penalty / ranks, and it
 back-propagates that times `ranks`, so the averaged gradient is the sum of the shares:
 the one-process gradient of that global batch.
+
+With sample weights (`data.weight`) each row's squared error is multiplied by its weight:
+mean = sum(w * err^2) / (sum(w) * targets), sum = sum(w * err^2) (`weighted_loss`); under
+torchrun the divisor is the global batch's sum of weights times targets.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -21,6 +26,7 @@ from torch import nn
 
 from mse_train.config.schema import RegularizationConfig
 from mse_train.models import networks
+from mse_train.training import precision as precisions
 
 Penalty = Callable[[], torch.Tensor]
 
@@ -56,29 +62,41 @@ class Step:
         penalty: Penalty | None,
         loss_fn: nn.Module,
         ranks: int = 1,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
+        self.precision = precision  # `train.precision`: bf16 autocasts the forward pass (precision.py)
+        self.device = next(model.parameters()).device
         self.optimizer = optimizer
         self.penalty = penalty
         self.loss_fn = loss_fn  # with ranks > 1: reduction="sum", divided by the call's divisor
         self.ranks = ranks
         self._lbfgs = isinstance(optimizer, torch.optim.LBFGS)
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, divisor: float | None = None) -> StepResult:
-        """One update; `divisor` (ranks > 1 only) turns this rank's SSE into its share of the loss."""
+    def __call__(
+        self, xb: torch.Tensor, yb: torch.Tensor, divisor: float | None = None, wb: torch.Tensor | None = None
+    ) -> StepResult:
+        """One update; `divisor` (ranks > 1 only) turns this rank's SSE into its share of the
+        loss; `wb`, the rows' sample weights (None: each weighs 1)."""
         if self._lbfgs:
-            return self._lbfgs_step(xb, yb)
-        _, result = self._loss(xb, yb, divisor)
+            return self._lbfgs_step(xb, yb, wb)
+        _, result = self._loss(xb, yb, divisor, wb)
         self.optimizer.step()
         return result
 
     def _loss(
-        self, xb: torch.Tensor, yb: torch.Tensor, divisor: float | None = None
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        divisor: float | None = None,
+        wb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, StepResult]:
         """Forward, loss plus penalty, and backward, with fresh gradients."""
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(xb)
-        mse = member_loss(self.loss_fn, out, yb)
+        with precisions.forward(self.precision, self.device):
+            out = self.model(xb)
+        out = out.float()  # the loss in float32 whatever the forward's precision (a no-op in fp32)
+        mse = member_loss(self.loss_fn, out, yb, wb)
         pen = self.penalty() if self.penalty is not None else None
         if divisor is not None:  # a share of the global batch: the ranks' gradients are summed
             mse = mse / divisor
@@ -92,11 +110,11 @@ class Step:
             out = out.mean(1)
         return total, StepResult(out.detach(), mse.detach(), None if pen is None else pen.detach())
 
-    def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor) -> StepResult:
+    def _lbfgs_step(self, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None) -> StepResult:
         first: list[StepResult] = []  # L-BFGS evaluates several times; report the first
 
         def closure() -> torch.Tensor:
-            total, result = self._loss(xb, yb)
+            total, result = self._loss(xb, yb, None, wb)
             if not first:
                 first.append(result)
             return total
@@ -105,16 +123,35 @@ class Step:
         return first[0]
 
 
-def member_loss(loss_fn: nn.Module, out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+def member_loss(
+    loss_fn: nn.Module, out: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor | None = None
+) -> torch.Tensor:
     """The MSE of `out` (rows, targets), or for an ensemble in training mode (TabM's
     (rows, k, targets)) the mean of its k members' MSEs, each member trained on its own loss
-    as TabM does. With `loss.reduction: sum` that mean is a sum over rows, as for one model."""
+    as TabM does. With `loss.reduction: sum` that mean is a sum over rows, as for one model.
+    With `wb` (each row's sample weight) the weighted MSE: `weighted_loss`."""
+    if wb is not None:
+        return weighted_loss(out, yb, wb, str(getattr(loss_fn, "reduction", "mean")))
     if out.dim() == 2:
         loss: torch.Tensor = loss_fn(out, yb)
         return loss
     k = out.shape[1]
     loss = loss_fn(out, yb[:, None, :].expand_as(out))
     return loss / k if getattr(loss_fn, "reduction", "mean") == "sum" else loss
+
+
+def weighted_loss(out: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor, reduction: str) -> torch.Tensor:
+    """sum(w * err^2) over rows and targets, divided by sum(w) * targets for `mean`; for an
+    ensemble's (rows, k, targets) output the mean over its k members, as `member_loss` takes.
+
+    A batch whose weights are all 0 has a loss of 0 (and no gradient), not 0 / 0.
+    """
+    err = (out - (yb if out.dim() == 2 else yb[:, None, :])).pow(2)
+    total = (err * wb.reshape(-1, *([1] * (err.dim() - 1)))).sum()
+    if reduction == "mean":
+        per_row = math.prod(err.shape[1:])  # targets (times k for an ensemble)
+        return total / (wb.sum() * per_row).clamp(min=torch.finfo(total.dtype).tiny)
+    return total / out.shape[1] if out.dim() == 3 else total
 
 
 def build_penalty(model: nn.Module, cfg: RegularizationConfig) -> Penalty | None:

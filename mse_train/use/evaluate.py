@@ -33,9 +33,12 @@ class Report:
     predicted: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
     interval: dict[str, Any] | None = None  # intervals.coverage() when --interval was given
     drift: list[Finding] = field(default_factory=list)
+    weight: str | None = None  # the column (`data.weight`) the metrics are weighted by, if any
 
     def as_json(self) -> dict[str, Any]:
         out = dict(self.overall)
+        if self.weight is not None:
+            out["weighted_by"] = self.weight
         if len(self.targets) > 1:
             out["targets"] = self.targets
         if self.interval is not None:
@@ -44,22 +47,34 @@ class Report:
         return out
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """MSE, RMSE, MAE and R² per target column and averaged over targets (float64)."""
+def regression_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, w: np.ndarray | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """MSE, RMSE, MAE and R² per target column and averaged over targets (float64).
+
+    With `w`, each row's sample weight, they are weighted as scikit-learn's `sample_weight`
+    weighs them: MSE = sum(w * err^2) / sum(w), MAE likewise, R² = 1 - sum(w * err^2) /
+    sum(w * (y - weighted mean of y)^2).
+    """
     err = y_pred.astype(np.float64) - y_true.astype(np.float64)
     n = len(y_true)
+    weights = None if w is None else np.asarray(w, dtype=np.float64)
     per = []
     for j in range(y_true.shape[1]):
-        mse = float(np.mean(err[:, j] ** 2))
-        sst = float(np.sum((y_true[:, j] - y_true[:, j].mean()) ** 2))
-        r2 = 1.0 - float(np.sum(err[:, j] ** 2)) / sst if sst > 0 else None
-        per.append({"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(err[:, j]))), "r2": r2})
-    mse = float(np.mean(err**2))
+        mse = float(np.average(err[:, j] ** 2, weights=weights))
+        centre = np.average(y_true[:, j], weights=weights)
+        sst = float(np.sum((1.0 if weights is None else weights) * (y_true[:, j] - centre) ** 2))
+        sse = float(np.sum((1.0 if weights is None else weights) * err[:, j] ** 2))
+        r2 = 1.0 - sse / sst if sst > 0 else None
+        mae = float(np.average(np.abs(err[:, j]), weights=weights))
+        per.append({"mse": mse, "rmse": math.sqrt(mse), "mae": mae, "r2": r2})
+    mse = float(np.mean([p["mse"] for p in per])) if weights is not None else float(np.mean(err**2))
+    mae = float(np.mean([p["mae"] for p in per])) if weights is not None else float(np.mean(np.abs(err)))
     r2s = [p["r2"] for p in per if p["r2"] is not None]
     overall = {
         "mse": mse,
         "rmse": math.sqrt(mse),
-        "mae": float(np.mean(np.abs(err))),
+        "mae": mae,
         "r2": float(np.mean(r2s)) if len(r2s) == len(per) else None,
         "n": n,
     }
@@ -99,8 +114,18 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: flo
     cache_notes: list[str] = []
     store = data_cache(ckpt, cache_notes)
     setting = str(ckpt[checkpoint.K_CONFIG].get("data", {}).get("memory_budget", "auto"))
+    weight = ckpt[checkpoint.K_CONFIG].get("data", {}).get("weight")
     big = evaluate_stream.mapped_if_too_big(csv_path, pre, delimiter, setting, store)
     if big is not None:  # the table's arrays exceed data.memory_budget: scored block by block
+        if weight is not None and weight in big[1]:
+            raise DataError(
+                f"{csv_path}: the table is larger than data.memory_budget, and mse-train does not "
+                f"yet weight the metrics of a streamed table by its column `{weight}` (`data.weight`)",
+                [
+                    "raise `data.memory_budget` in the checkpoint's run config, or evaluate a copy of "
+                    f"the file without the column `{weight}` for unweighted metrics",
+                ],
+            )
         if interval is not None:
             raise DataError(
                 f"{csv_path}: --interval is not scored on a table larger than data.memory_budget",
@@ -120,13 +145,15 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: flo
             None,
             watch.findings() if watch is not None else [],
         )
-    data, split, notes = prepare.prepare_eval(csv_path, pre, delimiter, watch=watch, store=store)
+    data, split, notes = prepare.prepare_eval(
+        csv_path, pre, delimiter, watch=watch, store=store, weight=None if weight is None else str(weight)
+    )
     notes = cache_notes + notes
     model.to(dev)
     y_pred = scoring.predictions(model, split.x, dev, pre, data)
     # The targets as read, not unscale(scale(y)): scaling a far-out target in float32 overflows.
     y_true = data.frame[pre.target_names].to_numpy(dtype=np.float64)
-    overall, per = regression_metrics(y_true, y_pred)
+    overall, per = regression_metrics(y_true, y_pred, split.w)
     # Finite predictions and float32 targets give finite float64 metrics; this keeps it so.
     if not all(math.isfinite(v) for v in (overall["mse"], overall["mae"])):
         raise DataError(f"{csv_path}: the metrics are not finite numbers", ["check the target cells"])
@@ -141,4 +168,5 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: flo
         if half is None
         else intervals.coverage(y_true, y_pred, half, float(interval or 0), pre.target_names),
         watch.findings() if watch is not None else [],
+        None if split.w is None else str(weight),
     )
