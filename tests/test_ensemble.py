@@ -38,6 +38,16 @@ def test_greedy_selection_breaks_ties_towards_the_lower_trial_and_repeats_itself
     assert ensemble.greedy(np.stack([minus, plus, far]), y, 3) == [2, 1, 0]
 
 
+def test_greedy_selection_weighs_rows_by_their_sample_weights():
+    """With data.weight the sweep scores trials by weighted MSE; the ensemble picks by it too."""
+    y = np.zeros((2, 1))
+    first, second = np.array([[0.0], [1.0]]), np.array([[1.0], [0.0]])  # each right on one row
+    both = np.stack([first, second])
+    assert ensemble.greedy(both, y, 1) == [1, 0]  # a tie: the lower trial
+    assert ensemble.greedy(both, y, 1, np.array([1.0, 10.0])) == [0, 1]
+    assert ensemble.greedy(both, y, 1, np.array([10.0, 1.0])) == [1, 0]
+
+
 # ------------------------------------------------------------------ a sweep with an ensemble
 def _table(tmp_path: Path) -> Path:
     """A curved target: linear models and MLPs of different widths err differently."""

@@ -41,13 +41,20 @@ FOLDER = "ensemble"  # <sweep folder>/ensemble/best.pt
 REPORT = "ensemble.json"  # in the sweep folder: the selection; in FOLDER: the members trained
 
 
-def greedy(predictions: np.ndarray, y: np.ndarray, steps: int) -> list[int]:
+def _mse(predicted: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> float:
+    """The MSE the sweep scores trials by: weighted by `data.weight` ([rows]) when set."""
+    squared = ((predicted - y) ** 2).mean(-1)
+    return float(np.mean(squared) if w is None else np.average(squared, weights=w))
+
+
+def greedy(predictions: np.ndarray, y: np.ndarray, steps: int, w: np.ndarray | None = None) -> list[int]:
     """How many times each of the M candidates ([M, rows, targets] predictions of `y`) is
-    chosen in `steps` greedy steps with replacement, each minimising the MSE of the mean."""
+    chosen in `steps` greedy steps with replacement, each minimising the MSE of the mean
+    (weighted by the rows' sample weights `w` when given)."""
     total = np.zeros_like(y, dtype=np.float64)
     counts = [0] * len(predictions)
     for step in range(1, steps + 1):
-        scores = [float(np.mean(((total + p) / step - y) ** 2)) for p in predictions]
+        scores = [_mse((total + p) / step, y, w) for p in predictions]
         chosen = int(np.argmin(scores))  # the first of equal scores: the lower trial number
         counts[chosen] += 1
         total += predictions[chosen]
@@ -91,6 +98,7 @@ def select(
     best_trial: int,
     fix: str,
     note: Callable[[str], None],
+    w: np.ndarray | None = None,
 ) -> Selection | None:
     """The ensemble of the study's trials, or None (said in a note) when the winner kept no
     out-of-fold predictions. A file that does not match its trial's record is refused."""
@@ -120,15 +128,15 @@ def select(
         shown = ", ".join(map(str, left_out))
         note(f"trial(s) {shown} left out of the ensemble: their out-of-fold predictions are gone")
     predictions = np.stack(arrays)
-    counts = greedy(predictions, y_true, steps)
+    counts = greedy(predictions, y_true, steps, w)
     mixed = np.tensordot(np.array(counts, dtype=np.float64) / steps, predictions, axes=1)
     best = predictions[numbers.index(best_trial)]
     return Selection(
         steps,
         {numbers[i]: c for i, c in enumerate(counts) if c},
-        float(np.mean((mixed - y_true) ** 2)),
+        _mse(mixed, y_true, w),
         best_trial,
-        float(np.mean((best - y_true) ** 2)),
+        _mse(best, y_true, w),
         len(numbers),
         np.sort(np.abs(y_true - mixed), axis=0),
         left_out,

@@ -279,7 +279,9 @@ def _select(
     loaded = trainer.load(best_cfg)
     y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)
     fix = f"or set sweep.ensemble: 0; then: {options.resume_command.replace(' --resume', ' --report')}"
-    chosen = ensemble.select(the_study, out, y_true, sweep.ensemble, best_row["trial"], fix, reporter.note)
+    chosen = ensemble.select(
+        the_study, out, y_true, sweep.ensemble, best_row["trial"], fix, reporter.note, loaded.weights()
+    )
     if chosen is not None:
         ensemble.write_report(out, chosen)
     return chosen
