@@ -307,7 +307,8 @@ def _sweep_params(rows: int | None) -> str:
     train one after another, so each shape more is a pack that the time limit may not reach.
     `rows`: the table's (None: not counted, a large one)."""
     batch = 64 if rows is not None and rows <= SWEEP_SMALL else SWEEP_BATCH
-    return f"""    model.type:               # each type searched with settings of its own
+    return f"""    model.type:               # each type with settings of its own: Adam in batches for
+                              # both, so trials train side by side (L-BFGS: one at a time)
       linear:
         optimizer.name: [adam]
         optimizer.lr: {{low: 1.0e-3, high: 0.3, log: true}}
@@ -316,7 +317,7 @@ def _sweep_params(rows: int | None) -> str:
         optimizer.name: [adam]
         optimizer.lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}
     regularization.l2: {{low: 1.0e-6, high: 1.0e-2, log: true}}
-    train.batch_size: [{batch}]        # Adam in batches: trials of one shape train side by side"""
+    train.batch_size: [{batch}]        # every trial's; trials of one shape share a pack"""
 
 
 def _number(value: float) -> str:

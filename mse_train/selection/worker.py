@@ -140,7 +140,7 @@ class Worker:
                                 f"trials finished" + (f", {cut} cut short (status `cut`)" if cut else "")
                             )
                             return
-                        time.sleep(min(2.0, self.heartbeat))  # packs in flight elsewhere finish
+                        time.sleep(min(2.0, self.heartbeat))  # packs in flight elsewhere are cut, then told
                         continue
                     if self.grid:
                         self._top_up_grid(trials)
