@@ -143,6 +143,14 @@ def test_bad_conditional_params_are_named_with_their_line(cli, table, tmp_path, 
     assert not (tmp_path / "run-sweep" / "sweep.db").exists()
 
 
+def test_the_config_reference_still_lists_a_ranges_keys():
+    from mse_train.config import reference
+
+    text = reference.render()
+    for key in ("low", "high", "log", "step", "integer"):
+        assert f"| `sweep.params.KEY.{key}` |" in text
+
+
 # ------------------------------------------------------------- init's sweep
 def _init(cli: Any, tmp_path: Path, table: Path) -> Path:
     config = tmp_path / "config.yaml"
@@ -222,7 +230,7 @@ def test_a_time_limit_cuts_the_trials_in_flight_keeps_the_finished_and_refits(cl
 
 
 def test_a_time_limit_that_lets_no_trial_finish_refits_the_best_cut_one(cli, table, tmp_path):
-    sweep = {"method": "random", "trials": 2, "time_limit": 5, "params": {"optimizer.lr": [0.01, 0.02]}}
+    sweep = {"method": "random", "trials": 2, "time_limit": 10, "params": {"optimizer.lr": [0.01, 0.02]}}
     cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 100_000})
     result = cli("sweep", cfg, "--json")
     assert result.code == 0, result

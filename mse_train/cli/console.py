@@ -198,7 +198,7 @@ class SweepProgress:
         line = f"trial {row.get('trial')} ({done}/{total}): {shown}, {row.get('seconds')} s"
         if self.bar is not None:
             self.console.print(line, markup=False)
-            self.bar.update(self.task, completed=done, best=f"best {_fmt(self.best)}")
+            self.bar.update(self.task, completed=done, best=f"best {_fmt(self.best)}", pack="")
             return
         self.console.print(f"{line}{self._times()}", markup=False)
         self._printed_at = time.monotonic()

@@ -712,6 +712,8 @@ def model_in(annotation: Any) -> type[BaseModel] | None:
     """The first config section class inside a field's type (e.g. `X | None` -> X)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if isinstance(annotation, TypeAliasType):  # SweepValues
+        annotation = annotation.__value__
     for arg in typing.get_args(annotation):
         found = model_in(arg)
         if found is not None:
