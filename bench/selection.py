@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import machine, write_csv  # noqa: E402
 
 from mse_train import config as config_module  # noqa: E402
-from mse_train.selection import cv, sweep  # noqa: E402
+from mse_train.selection import cv, sweep, worker  # noqa: E402
 
 ROWS = 20_000
 EPOCHS = 10
@@ -83,7 +83,7 @@ def config(csv_path: Path, batch: int, out: Path, folds: int) -> dict[str, Any]:
 def time_sweep(cfg_path: Path, out: Path, pack: bool) -> tuple[float, list[float]]:
     options = sweep.Options(output_dir=out, pack=pack)
     started = time.perf_counter()
-    outcome = sweep.run(cfg_path, [], options, lambda done, total, row: None, _Silent())
+    outcome = sweep.run(cfg_path, [], options, worker.Unwatched(), _Silent())
     seconds = time.perf_counter() - started
     return seconds, [float(r["score_mean"]) for r in outcome.leaderboard]
 

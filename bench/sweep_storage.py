@@ -70,11 +70,12 @@ def per_trial_ms(spec: str, folder: Path, trials: int) -> tuple[float, float]:
     where = storage.connect(spec, folder, heartbeat=10)
     study = optuna.create_study(study_name="bench", storage=where.storage, direction="minimize")
     the_space = space.Space({"optimizer.lr": _lr_range(), "model.hidden": [[16], [32]]}, "random")
-    keys = list(the_space.params)
+    keys = the_space.keys()
     times = []
     for i in range(trials):
         started = time.perf_counter()
-        trial = study.ask(the_space.distributions())
+        trial = study.ask()
+        the_space.suggest(trial)
         trial.set_user_attr("worker", worker.WORKER)
         where.storage.record_heartbeat(trial._trial_id)
         overall = {"mse": 1.0 / (i + 1), "rmse": 1.0, "mae": 1.0, "r2": 0.5, "score_std": None, "n": 100}

@@ -174,7 +174,7 @@ def test_cv_and_sweep_say_why_a_config_trains_one_model_at_a_time(cli, small_con
     swept = small_config(optimizer={"name": "rmsprop", "lr": 0.01}, data={"val_fraction": 0.25}, sweep=sweep)
     result = cli("sweep", swept, "-o", tmp_path / "s")
     assert result.code == 0, result
-    assert "trials of the base config train one at a time: optimizer.name rmsprop" in result.stderr
+    assert "the sweep's trials train one at a time: optimizer.name rmsprop" in result.stderr
 
 
 def test_cv_reports_each_target_with_several(cli, tmp_path):

@@ -436,15 +436,12 @@ def sweep(
             report,
         )
 
-        def on_trial(done: int, total: int, row: dict[str, Any]) -> None:
-            if quiet:
-                return
-            score = row.get("score_mean")
-            shown = f"score {score:.6g}" if score is not None else row.get("status", "")
-            console.print(f"trial {row.get('trial')} ({done}/{total}): {shown}, {row.get('seconds')} s")
-
+        watch = view.SweepProgress(console, quiet)
         reporter = view.Progress(console, quiet)  # the refit of the winner shows its progress
-        outcome = search.run(config_file, overrides or [], options, on_trial, reporter)
+        try:
+            outcome = search.run(config_file, overrides or [], options, watch, reporter)
+        finally:
+            watch.close()  # a bar left running would hide the error below it
         if as_json:
             sys.stdout.write(json.dumps(outcome.as_json(), allow_nan=False) + "\n")  # strict JSON
         elif not quiet:

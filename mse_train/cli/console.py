@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mse_train.data.prepare import Prepared
     from mse_train.outputs.summary import Summary
     from mse_train.recipe import RunInfo
+    from mse_train.selection.worker import Plan
     from mse_train.training.records import EpochRecord
     from mse_train.use.evaluate import Report
     from mse_train.use.explain import Importance
@@ -110,6 +111,143 @@ class Progress:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class SweepProgress:
+    """A sweep's progress on stderr from its first second: a start line, then on a terminal a
+    live bar (trials done, best score so far, the pack's epochs, elapsed and remaining time);
+    elsewhere plain lines, one per update (a pack's epochs at most every 10 s)."""
+
+    def __init__(self, console: Console, quiet: bool) -> None:
+        self.console, self.quiet = console, quiet
+        self.live = console.is_terminal and not quiet
+        self.bar: Any = None
+        self.task: Any = None
+        self.best: float | None = None
+        self.deadline: float | None = None  # epoch seconds (time.time), shared by the study's workers
+        self.started = time.monotonic()
+        self._printed_at = 0.0
+
+    def begin(self, plan: Plan) -> None:
+        self.started, self.deadline = time.monotonic(), plan.deadline
+        if self.quiet:
+            return
+        scored = f"{plan.folds}-fold CV" if plan.folds else "scored on its validation rows"
+        packs = (
+            f"asked {plan.batch} at a time, those of one shape trained side by side as one pack"
+            if plan.batch > 1
+            else "one at a time"
+        )
+        budget = "no time limit"
+        if plan.time_limit is not None and plan.deadline is not None:
+            budget = f"budget {plan.time_limit:g} s ({max(0.0, plan.deadline - time.time()):.0f} s left)"
+        before = f" ({plan.done} finished before)" if plan.done else ""
+        self.console.print(
+            f"sweep: {plan.trials} trials{before}, each {scored}; {packs}; {budget} | {plan.folder}",
+            markup=False,
+        )
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(
+                TextColumn("trials"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.fields[best]}"),
+                TextColumn("{task.fields[pack]}"),
+                TimeElapsedColumn(),
+                _remaining_column(self),
+                console=self.console,
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("sweep", total=plan.trials, completed=plan.done, best="", pack="")
+
+    def pack(self, trials: int, models: int, epochs: int) -> None:
+        if self.quiet:
+            return
+        what = f"{trials} trial{'s' if trials != 1 else ''}"
+        what += f" ({models} models)" if models > trials else ""
+        if self.bar is not None:
+            self.bar.update(self.task, pack=f"| {what}: starting")
+            return
+        self.console.print(f"pack of {what} starts, up to {epochs} epochs{self._times()}", markup=False)
+        self._printed_at = time.monotonic()
+
+    def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None:
+        if self.quiet:
+            return
+        text = f"epoch {epoch}/{epochs}, {training} of {models} model{'s' if models != 1 else ''} training"
+        if self.bar is not None:
+            self.bar.update(self.task, pack=f"| pack {text}")
+            return
+        if time.monotonic() - self._printed_at >= 10:
+            self.console.print(f"pack {text}{self._times()}", markup=False)
+            self._printed_at = time.monotonic()
+
+    def trial(self, done: int, total: int, row: dict[str, Any]) -> None:
+        score, status = row.get("score_mean"), row.get("status")
+        if score is not None and status not in ("diverged", "pruned", "cut"):
+            self.best = score if self.best is None else min(self.best, score)
+        if self.quiet:
+            return
+        shown = f"score {score:.6g}" if score is not None else ""
+        if status in ("cut", "pruned", "diverged") or score is None:
+            shown = f"{shown} ({status})".strip()
+        line = f"trial {row.get('trial')} ({done}/{total}): {shown}, {row.get('seconds')} s"
+        if self.bar is not None:
+            self.console.print(line, markup=False)
+            self.bar.update(self.task, completed=done, best=f"best {_fmt(self.best)}", pack="")
+            return
+        self.console.print(f"{line}{self._times()}", markup=False)
+        self._printed_at = time.monotonic()
+
+    def end(self, finished: int, cut: int) -> None:
+        self.close()
+        if not self.quiet:
+            cuts = f", {cut} cut by sweep.time_limit" if cut else ""
+            self.console.print(
+                f"search ended: {finished} trial{'s' if finished != 1 else ''} finished{cuts} in "
+                f"{time.monotonic() - self.started:.1f} s",
+                markup=False,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def remaining(self) -> str:
+        """Time left: to sweep.time_limit, or else as the trials so far pace it."""
+        if self.deadline is not None:
+            return f"{_clock(self.deadline - time.time())} left"
+        if self.bar is not None and self.task is not None:
+            left = self.bar.tasks[0].time_remaining
+            if left is not None:
+                return f"~{_clock(left)} left"
+        return ""
+
+    def _times(self) -> str:
+        best = f" | best {_fmt(self.best)}" if self.best is not None else ""
+        left = self.remaining()
+        return f"{best} | {_clock(time.monotonic() - self.started)} elapsed" + (f", {left}" if left else "")
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _remaining_column(progress: SweepProgress) -> Any:
+    """A rich column of the sweep's time left, read at each refresh."""
+    from rich.progress import ProgressColumn
+
+    class Remaining(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(progress.remaining())
+
+    return Remaining()
 
 
 # What a run may write, in the order the summary line names them (loss.png only with output.plot).

@@ -31,7 +31,24 @@ def user_loc(loc: tuple[int | str, ...], data: Any) -> KeyPath:
         and not (isinstance(data.get(loc[0]), dict) and loc[1] in data[loc[0]])
     ):
         return (loc[0], *loc[2:])
+    if loc[:2] == ("sweep", "params"):
+        return _without_sweep_tags(tuple(loc), data)
     return tuple(loc)
+
+
+_SWEEP_TAGS = ("list", "range", "branches")  # schema.SweepValues' members
+
+
+def _without_sweep_tags(loc: tuple[int | str, ...], data: Any) -> KeyPath:
+    """`sweep.params.KEY.range.high` -> `sweep.params.KEY.high`, at any depth of branches."""
+    kept: list[int | str] = []
+    node: Any = data
+    for part in loc:
+        if part in _SWEEP_TAGS and not (isinstance(node, dict) and part in node):
+            continue
+        kept.append(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return tuple(kept)
 
 
 _BASE_NAMES = {"str": "text value", "int": "whole number", "float": "number", "bool": "true or false"}

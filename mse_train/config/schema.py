@@ -23,6 +23,7 @@ from pydantic import (
     Tag,
 )
 from pydantic_core import PydanticCustomError
+from typing_extensions import TypeAliasType
 
 from mse_train.runtime import MAX_THREADS, THREADS_CHOICES
 
@@ -624,7 +625,35 @@ class SweepRange(Section):
     integer: Bool = Field(False, description="Whole numbers only (layer widths, patience).")
 
 
-SweepValues = Annotated[list[Any], Field(min_length=1)] | SweepRange
+_RANGE_KEYS = frozenset(SweepRange.model_fields)
+
+
+def _sweep_kind(value: Any) -> str:
+    """A mapping with a range's keys is a range; another mapping is a choice whose values
+    bring settings of their own (branches); anything else must be a list."""
+    if isinstance(value, SweepRange):  # serializing a validated config
+        return "range"
+    if isinstance(value, dict):
+        return "range" if not value or set(value) & _RANGE_KEYS else "branches"
+    return "list"
+
+
+# `model.type: {linear: {optimizer.lr: ...}, mlp: {model.hidden: [...], ...}}`: the choice
+# of model.type, and for each choice the keys searched only in its trials (null: none).
+if typing.TYPE_CHECKING:  # mypy does not follow the recursion of TypeAliasType
+    SweepValues = list[Any] | SweepRange | dict[Any, Any]
+else:
+    SweepValues = TypeAliasType(
+        "SweepValues",
+        Annotated[
+            Annotated[Annotated[list[Any], Field(min_length=1)], Tag("list")]
+            | Annotated[SweepRange, Tag("range")]
+            | Annotated[
+                Annotated[dict[Any, "dict[str, SweepValues] | None"], Field(min_length=1)], Tag("branches")
+            ],
+            Discriminator(_sweep_kind),
+        ],
+    )
 
 
 class SweepConfig(Section):
@@ -665,7 +694,9 @@ class SweepConfig(Section):
     time_limit: PositiveFloat | None = Field(
         None,
         description="Seconds for the whole study, from its start, shared by every worker: no "
-        "trial is asked after it; packs in flight finish. None: until `trials` have run.",
+        "trial is asked after it, and trials still training then stop, kept with the score of their "
+        "best epoch as status `cut` (Optuna: PRUNED); the refit takes the best finished trial. "
+        "None: until `trials` have run.",
     )
     heartbeat: Annotated[Int, Field(ge=1, le=3600)] = Field(
         10,
@@ -673,7 +704,9 @@ class SweepConfig(Section):
         "3 heartbeats are failed and run once more by another worker.",
     )
     params: Annotated[dict[str, SweepValues], Field(min_length=1)] = Field(
-        description="Dotted config key -> a list of choices, or a range {low, high, log, step, integer}."
+        description="Dotted config key -> a list of choices, a range {low, high, log, step, integer}, "
+        "or a mapping of choices to the keys searched only with that choice "
+        "(`model.type: {linear: {optimizer.lr: ...}, mlp: {model.hidden: [...]}}`)."
     )
 
 
@@ -705,6 +738,8 @@ def model_in(annotation: Any) -> type[BaseModel] | None:
     """The first config section class inside a field's type (e.g. `X | None` -> X)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if isinstance(annotation, TypeAliasType):  # SweepValues
+        annotation = annotation.__value__
     for arg in typing.get_args(annotation):
         found = model_in(arg)
         if found is not None:

@@ -88,6 +88,12 @@ def render(
     else:
         val_fraction = "0.2           # hold out 20% of the rows to choose the best epoch"
     folds = 5 if rows is None or rows >= MIN_ROWS_TO_HOLD_OUT else (2 if rows >= 2 else 0)
+    counted = survey.rows if survey is not None else None  # every row (`rows`: the first ones read)
+    scored = "score each trial by K-fold CV; 0 = on the validation rows"
+    uncounted = counted is None and folds == 5  # a table too large (or odd) to read whole here
+    if uncounted or (counted is not None and counted > SWEEP_HOLDOUT_ROWS):
+        folds = 0
+        scored = "score each trial on the validation rows: plenty here, and 5x less work than 5 folds"
     return f"""\
 # Starter config for {csv_path.name}, written by `mse-train init`.
 # Every section is here with its default; change what you need, delete what you don't.
@@ -129,10 +135,12 @@ output:
 sweep:                        # what `mse-train sweep` searches; run and cv ignore it
   method: tpe                 # {_options("sweep.method")}
   trials: 20
-  folds: {folds}                    # score each trial by K-fold CV; 0 = on the validation rows
+  folds: {folds}                    # {scored}
+  time_limit: {SWEEP_SECONDS}             # seconds for the search: trials still training then stop and
+                              # are kept as `cut`; the refit of the winner comes after
   refit: true                 # retrain the winner on all rows into <output.dir>-sweep/best/
-  params:                     # a list = the choices; a mapping = a range
-{_sweep_params(choice)}
+  params:                     # a list = the choices; a mapping = a range; choice: {{its own keys}}
+{_sweep_params(counted)}
 """
 
 
@@ -286,13 +294,31 @@ def _batch_size(choice: Choice) -> str:
     return "batch_size: 64              # null = all rows in one batch"
 
 
-def _sweep_params(choice: Choice) -> str:
-    if choice.linear:
-        return """    model.type: [linear, mlp]
-    regularization.l2: {low: 1.0e-6, high: 1.0e-1, log: true}"""
-    return """    model.hidden: [[32], [64, 64], [128, 128]]
-    optimizer.lr: {low: 1.0e-4, high: 1.0e-1, log: true}
-    regularization.l2: [0.0, 1.0e-4, 1.0e-3]"""
+SWEEP_SECONDS = 300  # init's sweep.time_limit (bench/sweep_budget.py measures what it buys)
+SWEEP_BATCH = 256  # every trial's batch above SWEEP_SMALL rows: fewer steps per epoch on large tables
+SWEEP_SMALL = 4096  # up to this many rows, batches of 64 (a batch of 256 would be most of the table)
+SWEEP_HOLDOUT_ROWS = 10_000  # above this many rows, trials are scored on the 20% validation rows
+
+
+def _sweep_params(rows: int | None) -> str:
+    """The starter's search: every trial trains in a stack (packed), whatever the starter's
+    model. Each model type brings its own optimizer settings, Adam for both: L-BFGS (the
+    linear starter's solver) trains one model at a time and needs every row in each step.
+    Two MLP widths: trials of one shape share a pack, and the packs of a batch of trials
+    train one after another, so each shape more is a pack that the time limit may not reach.
+    `rows`: the table's (None: not counted, a large one)."""
+    batch = 64 if rows is not None and rows <= SWEEP_SMALL else SWEEP_BATCH
+    return f"""    model.type:               # each type with settings of its own: Adam in batches for
+                              # both, so trials train side by side (L-BFGS: one at a time)
+      linear:
+        optimizer.name: [adam]
+        optimizer.lr: {{low: 1.0e-3, high: 0.3, log: true}}
+      mlp:
+        model.hidden: [[64, 64], [256, 256]]
+        optimizer.name: [adam]
+        optimizer.lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}
+    regularization.l2: {{low: 1.0e-6, high: 1.0e-2, log: true}}
+    train.batch_size: [{batch}]        # every trial's; trials of one shape share a pack"""
 
 
 def _number(value: float) -> str:

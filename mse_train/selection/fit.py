@@ -40,6 +40,10 @@ class Scored:
     predictions: np.ndarray | None = None
     rows: np.ndarray | None = None
     data: str = ""  # oof.data_key of the config: what rows `predictions` are of
+    cut: bool = False  # sweep.time_limit stopped it before it finished (scored on its best epoch so far)
+
+
+CUT_REASON = "cut by sweep.time_limit before it finished"
 
 
 def train_and_score(
@@ -50,16 +54,21 @@ def train_and_score(
     should_stop: Callable[[], bool] = lambda: False,
     stack: bool = True,
     judge: Callable[[int, dict[int, float]], set[int]] | None = None,
+    cut: Callable[[], bool] = lambda: False,
 ) -> Scored:
     """Train as `run` would (no files), then score the best epoch's weights on `held`.
 
     `stack` False: as a torch module even where a stack of one could (`--no-pack`).
+    `cut`: true once the sweep's time is up; the training stops then, even inside an epoch,
+    and is scored on its best epoch so far, marked `cut` (should_stop: INTERRUPTED, unscored).
     """
     started = time.perf_counter()
     loop = recipe.build_loop(cfg, prepared, device, stack=stack)
     loop.judge = judge
-    status = loop.run(lambda record: None, should_stop)
+    status = loop.run(lambda record: None, lambda: should_stop() or cut())
     epochs = loop.progress.epoch
+    if status is Status.INTERRUPTED and not should_stop():
+        return _cut(loop, 0, loop.models.best_model, prepared, held, device, time.perf_counter() - started)
     if status in (Status.INTERRUPTED, Status.DIVERGED):
         return Scored(status, epochs, time.perf_counter() - started, reason=loop.divergence)
     model = loop.models.best_model(0)
@@ -73,26 +82,56 @@ def train_and_score_packed(
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
     judge: Callable[[int, dict[int, float]], set[int]] | None = None,
+    cut: Callable[[], bool] = lambda: False,
 ) -> list[Scored] | None:
     """Train jobs that share a `packed.pack_key` side by side in one stack, then score each
-    as above. Seconds are the stack's time shared equally; None when asked to stop."""
+    as above. Seconds are the stack's time shared equally; None when asked to stop. When
+    `cut` turns true, the models still training stop and are scored on their best epoch so
+    far, marked `cut`; those that had ended (early stopped, diverged, pruned) keep their result."""
     started = time.perf_counter()
     stack = Stack([recipe.build_one(cfg, prepared, device) for cfg, prepared, _ in jobs], device)
     loop = Loop(stack, [recipe.member(cfg, prepared, device) for cfg, prepared, _ in jobs])
     loop.judge = judge
-    if loop.run(lambda record: None, should_stop) is Status.INTERRUPTED:
-        return None
+    cutting = False
+    if loop.run(lambda record: None, lambda: should_stop() or cut()) is Status.INTERRUPTED:
+        if should_stop():
+            return None
+        cutting = True
     seconds = (time.perf_counter() - started) / len(jobs)
     scored = []
     for i, (_, prepared, held) in enumerate(jobs):
         status, epochs, reason = loop.status_of(i)
-        if status is Status.DIVERGED:
+        if cutting and loop.training(i):
+            scored.append(_cut(loop, i, stack.best_model, prepared, held, device, seconds))
+        elif status is Status.DIVERGED:
             scored.append(Scored(status, epochs, seconds, reason=reason))
         else:
             one = _score(stack.best_model(i), prepared, held, device, status, epochs, seconds)
             one.best_epochs = [loop.best_epoch_of(i)]
             scored.append(one)
     return scored
+
+
+def _cut(
+    loop: Loop,
+    i: int,
+    best_model: Callable[[int], torch.nn.Module],
+    prepared: Prepared,
+    held: Held,
+    device: torch.device,
+    seconds: float,
+) -> Scored:
+    """Model i, stopped by the time limit: its best epoch so far scored (none before its
+    first epoch ended), marked cut."""
+    _, epochs, _ = loop.status_of(i)
+    best = loop.best_epoch_of(i)
+    if best == 0:
+        return Scored(Status.PRUNED, epochs, seconds, reason=f"{CUT_REASON} (in its first epoch)", cut=True)
+    one = _score(best_model(i), prepared, held, device, Status.PRUNED, epochs, seconds)
+    if one.overall is not None:
+        one.reason = f"{CUT_REASON} (after {epochs} epochs; scored on epoch {best})"
+    one.best_epochs, one.cut = [best], True
+    return one
 
 
 def _score(

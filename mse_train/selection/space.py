@@ -11,7 +11,7 @@ import copy
 import itertools
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,70 +24,178 @@ GRID_LIMIT = 4096  # combinations checked one by one before training (all of a g
 _PLAIN = (str, int, float, bool, type(None))
 
 
+Values = list[Any] | SweepRange | dict[Any, Any]  # choices, a range, or choices with branches
+
+
 @dataclass
 class Space:
-    params: dict[str, list[Any] | SweepRange]
+    """`params`: key -> a list of choices, a range, or (a dict) choices each with the keys
+    searched only in its trials: `{choice: {key: values, ...} | None}` (branches may nest).
+    Optuna names each parameter by its dotted key, in whichever branch it is searched."""
+
+    params: dict[str, Values]
     method: str = "tpe"
 
-    def distributions(self) -> dict[str, Any]:
-        """Optuna distributions by key (Optuna is an extra: imported only here)."""
-        from optuna import distributions as dist
-
-        out: dict[str, dist.BaseDistribution] = {}
-        for key, values in self.params.items():
-            if self.method == "grid":  # every value listed, a stepped range as its points
-                out[key] = dist.CategoricalDistribution([_label(v) for v in _points(values)])
-            elif isinstance(values, list):
-                out[key] = dist.CategoricalDistribution([_label(v) for v in values])
-            elif values.integer:
-                step = int(values.step or 1)
-                out[key] = dist.IntDistribution(int(values.low), int(values.high), log=values.log, step=step)
-            else:
-                out[key] = dist.FloatDistribution(values.low, values.high, log=values.log, step=values.step)
-        return out
+    def suggest(self, trial: Any) -> None:
+        """Ask `trial` (Optuna's, from `study.ask()`) for a value of every key that applies:
+        the keys of a branch only once its choice is made (define-by-run, as Optuna's
+        conditional search spaces are written)."""
+        _suggest(trial, self.params, self.method)
 
     def decode(self, params: dict[str, Any]) -> dict[str, Any]:
         """Optuna's params (labels) -> config values, in the sweep's key order."""
-        out = {}
-        for key, values in self.params.items():
-            if key not in params:
-                continue
-            label = params[key]
-            if isinstance(values, list):
-                out[key] = next(v for v in values if _label(v) == label)
-            elif isinstance(label, bool) or not isinstance(label, (int, float)):
-                raise ValueError(f"{key}: {label!r} is not a number of its range")
-            else:
-                out[key] = int(label) if values.integer else float(label)
+        out: dict[str, Any] = {}
+        _decode(self.params, params, out)
+        return out
+
+    def keys(self) -> list[str]:
+        """Every key searched, branches' keys after the choice that brings them, each once."""
+        return list(self.flat())
+
+    def flat(self) -> dict[str, list[Any] | SweepRange]:
+        """Each key's values where it is first searched (a choice with branches: its choices)."""
+        out: dict[str, list[Any] | SweepRange] = {}
+        _flatten(self.params, out)
         return out
 
     def grid(self) -> list[dict[str, Any]]:
-        """Every combination of every key's values (labels, as Optuna stores them), in order."""
-        keys = list(self.params)
-        points = [[_label(v) for v in _points(self.params[k])] for k in keys]
-        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*points)]
+        """Every combination of every key's values (labels, as Optuna stores them), in order;
+        a choice with branches combines each choice with its own keys' combinations."""
+        return list(_combos(self.params, lambda v: [_label(p) for p in _points(v)], labels=True))
 
     def grid_size(self) -> int:
-        return math.prod(len(_points(v)) for v in self.params.values())
+        return _size(self.params)
 
     def combinations(self) -> Iterator[dict[str, Any]]:
         """Every combination of the lists and each range's ends (config values)."""
-        keys = list(self.params)
-        for combo in itertools.product(*(_ends(self.params[k]) for k in keys)):
-            yield dict(zip(keys, combo, strict=True))
+        return _combos(self.params, _ends, labels=False)
+
+
+def _suggest(trial: Any, params: dict[str, Values], method: str) -> None:
+    for key, values in params.items():
+        if isinstance(values, dict):
+            label = trial.suggest_categorical(key, [_label(c) for c in values])
+            branch = next(b for c, b in values.items() if _label(c) == label)
+            _suggest(trial, branch or {}, method)
+        elif method == "grid":  # every value listed, a stepped range as its points
+            trial.suggest_categorical(key, [_label(v) for v in _points(values)])
+        elif isinstance(values, list):
+            trial.suggest_categorical(key, [_label(v) for v in values])
+        elif values.integer:
+            step = int(values.step or 1)
+            trial.suggest_int(key, int(values.low), int(values.high), step=step, log=values.log)
+        else:
+            trial.suggest_float(key, values.low, values.high, step=values.step, log=values.log)
+
+
+def _decode(space: dict[str, Values], params: dict[str, Any], out: dict[str, Any]) -> None:
+    for key, values in space.items():
+        if key not in params:
+            continue
+        label = params[key]
+        if isinstance(values, dict):
+            choice = next((c for c in values if _label(c) == label), None)
+            if choice is None:
+                raise ValueError(f"{key}: {label!r} is not one of its choices")
+            out[key] = choice
+            _decode(values[choice] or {}, params, out)
+        elif isinstance(values, list):
+            out[key] = next(v for v in values if _label(v) == label)
+        elif isinstance(label, bool) or not isinstance(label, (int, float)):
+            raise ValueError(f"{key}: {label!r} is not a number of its range")
+        else:
+            out[key] = int(label) if values.integer else float(label)
+
+
+def _flatten(space: dict[str, Values], out: dict[str, list[Any] | SweepRange]) -> None:
+    for key, values in space.items():
+        if isinstance(values, dict):
+            out.setdefault(key, list(values))
+            for branch in values.values():
+                _flatten(branch or {}, out)
+        else:
+            out.setdefault(key, values)
+
+
+def _combos(
+    space: dict[str, Values], points: Callable[[Any], list[Any]], labels: bool
+) -> Iterator[dict[str, Any]]:
+    """Every combination of `space`, each value from `points` (a choice with branches: each
+    choice, then its branch's combinations); `labels`: choices as Optuna stores them."""
+
+    def one(key: str, values: Values) -> list[dict[str, Any]]:
+        if not isinstance(values, dict):
+            return [{key: v} for v in points(values)]
+        return [
+            {key: _label(choice) if labels else choice, **sub}
+            for choice, branch in values.items()
+            for sub in _combos(branch or {}, points, labels)
+        ]
+
+    parts = [one(k, v) for k, v in space.items()]
+    for combo in itertools.product(*parts):
+        merged: dict[str, Any] = {}
+        for part in combo:
+            merged.update(part)
+        yield merged
+
+
+def _size(space: dict[str, Values]) -> int:
+    return math.prod(
+        sum(_size(b or {}) for b in v.values()) if isinstance(v, dict) else len(_points(v))
+        for v in space.values()
+    )
 
 
 def space_of(sweep: SweepConfig, doc: yamlio.Document, method: str) -> Space:
     """Check the ranges and keys of `sweep.params` (file/line errors) and build the space."""
     problems: list[str] = []
-    for key, values in sweep.params.items():
-        place = doc.where(("sweep", "params", key))
+    _check(dict(sweep.params), doc, method, ("sweep", "params"), frozenset(), {}, problems)
+    if problems:
+        raise ConfigError(f"{doc.source}: {len(problems)} problem(s) in `sweep.params`", problems)
+    return Space(dict(sweep.params), method)
+
+
+def _check(
+    params: dict[str, Values],
+    doc: yamlio.Document,
+    method: str,
+    at: tuple[Any, ...],
+    above: frozenset[str],
+    seen: dict[str, tuple[str, Values]],
+    problems: list[str],
+) -> None:
+    """Problems of `params` (at key path `at` of the document). `above`: the keys a trial of
+    this branch searches outside it; `seen`: each key where it was first searched (a key may be
+    searched again in another choice's branch, with values Optuna can hold as one parameter)."""
+    here = above | set(params)
+    for key, values in params.items():
+        place = doc.where((*at, key))
         head = key.split(".")[0]
         if head in ("sweep", "output"):
             problems.append(
                 f"{place}: `{key}` cannot be searched; a sweep chooses model and training settings"
             )
-        if isinstance(values, SweepRange):
+        earlier = seen.setdefault(key, (place, values))
+        if earlier[0] != place and (why := _clash(earlier[1], values, method)):
+            problems.append(
+                f"{place}: `{key}` is also searched at {earlier[0]}, {why}; Optuna keeps one kind of "
+                "values per key: give both the same list, or ranges of one kind"
+            )
+        if isinstance(values, dict):
+            choices = [_label(c) for c in values]
+            if len(set(choices)) != len(choices):
+                problems.append(f"{place}: `{key}` lists a choice twice")
+            for choice, branch in values.items():
+                twice = [k for k in branch or {} if k in here]
+                for k in twice:
+                    problems.append(
+                        f"{doc.where((*at, key, choice, k))}: `{k}` is searched for every trial with "
+                        f"`{key}: {choice}` already (outside this choice); search it in one place"
+                    )
+                inner = {k: v for k, v in (branch or {}).items() if k not in twice}
+                _check(inner, doc, method, (*at, key, choice), here, seen, problems)
+        elif isinstance(values, SweepRange):
             if values.low > values.high:
                 problems.append(f"{place}: `{key}` has low {values.low:g} above high {values.high:g}")
             if values.log and values.low <= 0:
@@ -107,9 +215,31 @@ def space_of(sweep: SweepConfig, doc: yamlio.Document, method: str) -> Space:
             labels = [_label(v) for v in values]
             if len(set(labels)) != len(labels):
                 problems.append(f"{place}: `{key}` lists a value twice")
-    if problems:
-        raise ConfigError(f"{doc.source}: {len(problems)} problem(s) in `sweep.params`", problems)
-    return Space(dict(sweep.params), method)
+
+
+def _clash(before: Values, now: Values, method: str) -> str:
+    """Why one key's values in two branches cannot be one Optuna parameter ('' if they can)."""
+
+    def kind(values: Values) -> str:
+        return (
+            "choices with keys of their own"
+            if isinstance(values, dict)
+            else ("a range" if isinstance(values, SweepRange) else "a list")
+        )
+
+    if kind(before) != kind(now):
+        return f"as {kind(before)} there and {kind(now)} here"
+    if isinstance(before, dict):
+        return "with keys of their own in both places"
+    assert not isinstance(now, dict)
+    ranges = isinstance(before, SweepRange) and isinstance(now, SweepRange)
+    if ranges and method == "grid" and None in (getattr(before, "step", 0), getattr(now, "step", 0)):
+        return ""  # a grid's range without a step is its own problem
+    if isinstance(before, list) or method == "grid":  # Optuna's categorical: the same choices
+        same = [_label(v) for v in _points(before)] == [_label(v) for v in _points(now)]
+        return "" if same else "with other choices"
+    assert isinstance(before, SweepRange) and isinstance(now, SweepRange)
+    return "" if before.integer == now.integer else "whole numbers in one place only"
 
 
 def trial_config(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import itertools
 import logging
 import os
 import warnings
@@ -77,7 +78,7 @@ def run(
     config_path: Path,
     overrides: Sequence[str],
     options: Options,
-    on_trial: Callable[[int, int, dict[str, Any]], None],
+    watch: worker.Watch,
     reporter: recipe.Reporter,
 ) -> Outcome:
     require_optuna()
@@ -134,14 +135,14 @@ def run(
             fingerprint = study.fingerprint(cfg, folds)
             opened = study.open_study(where, study_name, resume, report, fingerprint, doc.source, grid)
             the_study, created = opened
-            keys = list(the_space.params)
+            keys = the_space.keys()
 
             def config_of(values: dict[str, Any]) -> Config:
                 return space.trial_config(doc, base, overrides, values, name)[0]
 
             if report:
                 rows, best_row, best_values, best_cfg = _results(
-                    the_study, where, the_space, config_of, keys, out
+                    the_study, where, the_space, config_of, keys, out, reporter.note
                 )
                 chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
                 mix = chosen.as_json() if chosen is not None else None
@@ -155,15 +156,22 @@ def run(
                 tracked.trial(row["trial"], worker.swept(the_study, row["trial"], the_space), row)
             # Trials are asked in batches only when they can train side by side: trained one at
             # a time, each is told (and on the leaderboard) as soon as it ends.
-            alone = packed.why_alone(cfg) if options.pack else None
+            alone = _alone(the_space, config_of) if options.pack else None
             batch = PACK if options.pack and alone is None else 1
             if alone is not None:
-                reporter.note(f"trials of the base config train one at a time: {alone}")
+                reporter.note(f"the sweep's trials train one at a time: {alone}")
             searcher = worker.Worker(the_study, where, the_space, n_trials, batch, sweep.heartbeat, out)
             searcher.deadline = study.deadline(the_study, sweep.time_limit)
             the_study.pruner, searcher.pruning = _pruner(sweep.pruner), sweep.pruner != "none"
-            searcher.search(trainer, keys, on_trial, tracked, reporter.note, resume, options.resume_command)
-            results = _results(the_study, where, the_space, config_of, keys, out)
+            before = worker.finished(the_study.get_trials(deepcopy=False))
+            plan = worker.Plan(n_trials, before, folds, batch, sweep.time_limit, searcher.deadline, out)
+            trainer.watch = watch
+            watch.begin(plan)
+            searcher.search(trainer, keys, watch, tracked, reporter.note, resume, options.resume_command)
+            trials = the_study.get_trials(deepcopy=False)
+            cut = sum(1 for t in trials if (worker.result_of(t) or {}).get("status") == worker.CUT)
+            watch.end(worker.finished(trials) - cut, cut)  # before the refit shows its own progress
+            results = _results(the_study, where, the_space, config_of, keys, out, reporter.note)
             rows, best_row, best_values, best_cfg = results
             chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
             members = {
@@ -201,6 +209,19 @@ def run(
         storage.close(where)
 
 
+def _alone(the_space: space.Space, config_of: Callable[[dict[str, Any]], Config]) -> str | None:
+    """Why no trial of the space can train in a stack (None when some can): then trials are
+    asked one at a time, each told as soon as it ends. A trial's own settings count (a trial
+    that sets optimizer.name: adam packs although the base config's L-BFGS does not)."""
+    reasons = set()
+    for values in itertools.islice(the_space.combinations(), space.GRID_LIMIT):
+        reason = packed.why_alone(config_of(values))
+        if reason is None:
+            return None
+        reasons.add(reason)
+    return "; ".join(sorted(reasons)) or None
+
+
 def _storage_failed(exc: BaseException) -> bool:
     import optuna
     from sqlalchemy.exc import SQLAlchemyError  # Optuna's own dependency
@@ -215,6 +236,7 @@ def _results(
     config_of: Callable[[dict[str, Any]], Config],
     keys: list[str],
     out: Path,
+    note: Callable[[str], None],
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], Config]:
     """leaderboard.csv, best.yaml and sweep.png from the study (any worker, or --report)."""
     rows = worker.leaderboard(the_study, keys)
@@ -224,13 +246,25 @@ def _results(
             ["wait for its workers to finish one, or start one: the same command without --report"],
         )
     tables.write_rows(out / "leaderboard.csv", worker.columns(keys), rows)
-    completed = [r for r in rows if r["status"] not in ("diverged", "pruned")]
+    completed = [r for r in rows if r["status"] not in ("diverged", "pruned", worker.CUT)]
+    cut = [r for r in rows if r["status"] == worker.CUT and r["score_mean"] is not None]
+    if not completed and cut:  # the time limit ended every trial: the best of what they reached
+        note(
+            f"no trial finished within sweep.time_limit; the best is trial {min(cut, key=_score)['trial']}, "
+            "cut short (a larger time_limit lets trials finish)"
+        )
+        completed = cut
+    if not completed and any(r["status"] == worker.CUT for r in rows):
+        raise TrainingDiverged(
+            f"sweep.time_limit ended every trial before it could be scored; see {out / 'leaderboard.csv'}",
+            ["raise sweep.time_limit, or lower train.epochs or the rows per trial"],
+        )
     if not completed:
         raise TrainingDiverged(
             f"every trial of the sweep diverged ({len(rows)}); see {out / 'leaderboard.csv'}",
             ["narrow the ranges (e.g. lower optimizer.lr) or set data.standardize: true"],
         )
-    best_row = min(completed, key=lambda r: r["score_mean"])
+    best_row = min(completed, key=_score)
     best_values = _values_of(the_study, best_row["trial"], the_space)
     best_cfg = config_of(best_values)
     winner = worker.result_of(worker.trial_of(the_study, best_row["trial"])) or {}
@@ -249,8 +283,12 @@ def _results(
         f"{epochs_said}into {best_cfg.output.dir}: mse-train run {out / 'best.yaml'}\n"
     )
     fsio.write_text(out / "best.yaml", text + loading.to_yaml(best_cfg))
-    _plot(out / "sweep.png", rows, the_space.params, best_row["trial"])  # ranges: log axes
+    _plot(out / "sweep.png", rows, the_space.flat(), best_row["trial"])  # ranges: log axes
     return rows, best_row, best_values, best_cfg
+
+
+def _score(row: dict[str, Any]) -> float:
+    return float(row["score_mean"])
 
 
 def _best(best_row: dict[str, Any], best_values: dict[str, Any], out: Path) -> dict[str, Any]:

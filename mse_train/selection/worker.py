@@ -13,8 +13,9 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 import torch
@@ -25,13 +26,56 @@ from mse_train.data import prepare
 from mse_train.errors import ConfigError, TrainingInterrupted, UserError
 from mse_train.outputs import mlflow_log, mlflow_sweep, tables
 from mse_train.selection import cv, oof, space, storage
-from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
+from mse_train.selection.fit import CUT_REASON, Scored, train_and_score, train_and_score_packed
 from mse_train.training import packed, signals
 from mse_train.training.records import Status
 
 RESULT = "mse_train_result"  # user attr of a finished trial: its scores, epochs, status
+CUT = "cut"  # a finished trial's status when sweep.time_limit stopped it (fit.CUT_REASON)
 RETRY_OF = "mse_train_retry_of"  # user attr of a trial queued again after an interrupt
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Plan:
+    """What a sweep worker is about to do, for its start line."""
+
+    trials: int  # the study's budget of trials
+    done: int  # finished before (a resume, or other workers)
+    folds: int  # 0: each trial scored on its validation rows
+    batch: int  # trials asked at once; those of one shape train as one pack
+    time_limit: float | None  # sweep.time_limit
+    deadline: float | None  # when it is up (epoch seconds), shared by the study's workers
+    folder: Path
+
+
+class Watch(Protocol):
+    """Receives a sweep's progress as it happens; the CLI shows it (cli/console.py)."""
+
+    def begin(self, plan: Plan) -> None: ...
+    def pack(self, trials: int, models: int, epochs: int) -> None: ...
+    def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None: ...
+    def trial(self, done: int, total: int, row: dict[str, Any]) -> None: ...
+    def end(self, finished: int, cut: int) -> None: ...
+
+
+class Unwatched:
+    """A Watch that shows nothing."""
+
+    def begin(self, plan: Plan) -> None:
+        pass
+
+    def pack(self, trials: int, models: int, epochs: int) -> None:
+        pass
+
+    def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None:
+        pass
+
+    def trial(self, done: int, total: int, row: dict[str, Any]) -> None:
+        pass
+
+    def end(self, finished: int, cut: int) -> None:
+        pass
 
 
 class Worker:
@@ -64,7 +108,7 @@ class Worker:
         self,
         trainer: Trainer,
         keys: list[str],
-        on_trial: Callable[[int, int, dict[str, Any]], None],
+        watch: Watch,
         tracked: mlflow_sweep.Tracked,
         note: Callable[[str], None],
         resume: bool,
@@ -88,11 +132,15 @@ class Worker:
                     trials = self.study.get_trials(deepcopy=False)
                     if finished(trials) >= self.n_trials:
                         return
-                    if self.deadline is not None and time.time() >= self.deadline:
+                    if self._time_up():
                         if not any(t.state == TrialState.RUNNING for t in trials):
-                            note(f"sweep.time_limit reached: {finished(trials)} of {self.n_trials} ran")
+                            cut = sum(1 for t in trials if (result_of(t) or {}).get("status") == CUT)
+                            note(
+                                f"sweep.time_limit reached: {finished(trials) - cut} of {self.n_trials} "
+                                f"trials finished" + (f", {cut} cut short (status `cut`)" if cut else "")
+                            )
                             return
-                        time.sleep(min(2.0, self.heartbeat))  # packs in flight elsewhere finish
+                        time.sleep(min(2.0, self.heartbeat))  # packs in flight elsewhere are cut, then told
                         continue
                     if self.grid:
                         self._top_up_grid(trials)
@@ -109,13 +157,15 @@ class Worker:
                             waited = True
                         time.sleep(min(2.0, self.heartbeat))
                         continue
-                    asked = [self.study.ask(self.space.distributions()) for _ in range(size)]
+                    asked = [self.study.ask() for _ in range(size)]
+                    for trial in asked:
+                        self.space.suggest(trial)
                     beats.track([t._trial_id for t in asked])
                     for trial in asked:  # which worker ran it, in the leaderboard's study and the dashboard
                         trial.set_user_attr("worker", WORKER)
                     mine = self._within_budget(asked)
                     if mine:
-                        self._train(mine, trainer, keys, on_trial, tracked, stop.requested)
+                        self._train(mine, trainer, keys, watch, tracked, stop.requested)
                     beats.track([])
         finally:
             beats.close()
@@ -154,13 +204,14 @@ class Worker:
         trials: list[Any],
         trainer: Trainer,
         keys: list[str],
-        on_trial: Callable[[int, int, dict[str, Any]], None],
+        watch: Watch,
         tracked: mlflow_sweep.Tracked,
         should_stop: Callable[[], bool],
     ) -> None:
         try:
             asked = trials if self.pruning else None
-            results = trainer.score([self.space.decode(t.params) for t in trials], should_stop, asked)
+            values = [self.space.decode(t.params) for t in trials]
+            results = trainer.score(values, should_stop, asked, self._time_up)
         except UserError:  # a trial's data does not work: the sweep stops here
             self._queue_again(trials)
             nobody = finished(self.study.get_trials(deepcopy=False)) == 0
@@ -184,8 +235,12 @@ class Worker:
         done = len(rows) - len(trials)
         for trial in trials:
             done += 1
-            on_trial(done, self.n_trials, by_number[trial.number])
+            watch.trial(done, self.n_trials, by_number[trial.number])
             tracked.trial(trial.number, swept(self.study, trial.number, self.space), by_number[trial.number])
+
+    def _time_up(self) -> bool:
+        """sweep.time_limit has passed: packs in flight stop and tell what they have."""
+        return self.deadline is not None and time.time() >= self.deadline
 
     def _queue_again(self, trials: list[Any]) -> None:
         """Trials this worker cannot finish: failed, and queued with the same settings."""
@@ -234,6 +289,7 @@ class Trainer:
         self.folds, self.device, self.pack = folds, device, pack
         self._loaded: dict[str, prepare.Loaded] = {}
         self._prepared: dict[str, prepare.Prepared] = {}
+        self.watch: Watch = Unwatched()  # told when a pack starts and as its epochs end
 
     def load(self, cfg: Config) -> prepare.Loaded:
         """The training table of `cfg`'s data section, read once per distinct section."""
@@ -243,12 +299,17 @@ class Trainer:
         return self._loaded[key]
 
     def score(
-        self, trials: list[dict[str, Any]], should_stop: Callable[[], bool], asked: list[Any] | None = None
+        self,
+        trials: list[dict[str, Any]],
+        should_stop: Callable[[], bool],
+        asked: list[Any] | None = None,
+        cut: Callable[[], bool] = lambda: False,
     ) -> list[tuple[Scored, list[str]]] | None:
         """Each trial's score (and dropped keys); None when asked to stop.
 
         Jobs (a trial's folds, or its holdout) that share a pack key train side by side.
         `asked`: the Optuna trials, to report each epoch's validation loss to for pruning.
+        `cut`: true once the sweep's time is up: jobs training stop, scored as they are (cut).
         """
         jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]] = []
         dropped_of, configs = [], []
@@ -269,18 +330,28 @@ class Trainer:
             groups.setdefault(key, []).append(index)
         scores: dict[int, Scored] = {}
         for key, members in groups.items():
+            if cut():  # the time is up before this pack started: its trials are cut untrained
+                why = f"{CUT_REASON} (before it started)"
+                unstarted = Scored(Status.PRUNED, 0, 0.0, reason=why, cut=True)
+                scores.update((i, unstarted) for i in members)
+                continue
+            numbers = [jobs[i][0] for i in members]
+            epochs = jobs[members[0]][1].train.epochs
             if key is not None and len(members) > 1:
-                judge = _judge([jobs[i][0] for i in members], asked)
+                self.watch.pack(len(set(numbers)), len(members), epochs)
+                judge = _watched(_judge(numbers, asked), self.watch, epochs, len(members))
                 pack = [jobs[i][1:] for i in members]
-                together = train_and_score_packed(pack, self.device, should_stop, judge)
+                together = train_and_score_packed(pack, self.device, should_stop, judge, cut)
                 if together is None:
                     return None
                 scores.update(zip(members, together, strict=True))
                 continue
             for i in members:
                 number, cfg, prepared, held = jobs[i]
-                judge = _judge([number], asked) if self.folds == 0 else None  # a fold alone: no trial's curve
-                scored = train_and_score(cfg, prepared, held, self.device, should_stop, self.pack, judge)
+                self.watch.pack(1, 1, cfg.train.epochs)
+                pruner = _judge([number], asked) if self.folds == 0 else None  # a fold alone: no curve
+                judge = _watched(pruner, self.watch, cfg.train.epochs, 1)
+                scored = train_and_score(cfg, prepared, held, self.device, should_stop, self.pack, judge, cut)
                 if scored.status is Status.INTERRUPTED:
                     return None
                 scores[i] = scored
@@ -327,12 +398,26 @@ def _judge(numbers: list[int], asked: list[Any] | None) -> Callable[[int, dict[i
     return judge
 
 
+def _watched(
+    judge: Callable[[int, dict[int, float]], set[int]] | None, watch: Watch, epochs: int, models: int
+) -> Callable[[int, dict[int, float]], set[int]]:
+    """The loop's per-epoch call (`Loop.judge`): the pruner's, if any, then the watch told the
+    pack's epoch and how many of its models still train."""
+
+    def judged(epoch: int, losses: dict[int, float]) -> set[int]:
+        pruned = judge(epoch, losses) if judge is not None else set()
+        watch.epoch(epoch, epochs, len(set(losses) - pruned), models)
+        return pruned
+
+    return judged
+
+
 def _combine(parts: list[Scored]) -> Scored:
     """One trial's score from its folds (or its one holdout): the mean, and the std over folds."""
     epochs, seconds = sum(p.epochs for p in parts), sum(p.seconds for p in parts)
     failed = next((p for p in parts if p.overall is None), None)
     if failed is not None:
-        return Scored(failed.status, epochs, seconds, reason=failed.reason)
+        return Scored(failed.status, epochs, seconds, reason=failed.reason, cut=failed.cut)
     rows = [p.overall for p in parts if p.overall is not None]
     stats = cv.mean_std(rows)
     overall: dict[str, Any] = {m: stats[m]["mean"] for m in cv.METRICS}
@@ -348,7 +433,18 @@ def _combine(parts: list[Scored]) -> Scored:
     best_epochs = [e for p in parts for e in p.best_epochs]
     held = [(p.rows, p.predictions) for p in parts if p.rows is not None and p.predictions is not None]
     predictions = oof.combine(held) if len(parts) > 1 and len(held) == len(parts) else None
-    return Scored(status, epochs, seconds, overall, best_epochs=best_epochs, predictions=predictions)
+    cut = next((p for p in parts if p.cut), None)  # one fold cut by the time limit: the trial is
+    why = cut.reason if cut is not None else ""
+    return Scored(
+        status,
+        epochs,
+        seconds,
+        overall,
+        best_epochs=best_epochs,
+        reason=why,
+        predictions=predictions,
+        cut=cut is not None,
+    )
 
 
 def _tell(
@@ -364,6 +460,13 @@ def _tell(
     }
     if kept is not None:
         result[oof.KEY] = kept
+    if scored.cut:  # PRUNED, as a pruner's: stopped by a decision, its curve real, not a finished point
+        from optuna.trial import TrialState
+
+        got = {**result, **(scored.overall or {}), "status": CUT, "reason": scored.reason}
+        trial.set_user_attr(RESULT, got)
+        study.tell(trial, state=TrialState.PRUNED)
+        return
     if scored.overall is None:
         trial.set_user_attr(RESULT, {**result, "status": "diverged", "reason": scored.reason})
         study.tell(trial, state=_failed())

@@ -152,6 +152,10 @@ class Loop:
         status = m.status or (Status.EARLY_STOPPED if m.progress.stopped_early else Status.COMPLETED)
         return status, m.progress.epoch, m.reason
 
+    def training(self, i: int) -> bool:
+        """Model i had epochs left to train when the loop returned (it was stopped)."""
+        return self._active()[i]
+
     def best_epoch_of(self, i: int) -> int:
         """The epoch whose weights model i keeps as its best (0 before any)."""
         return self._model[i].progress.best_epoch
