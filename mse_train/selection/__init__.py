@@ -7,8 +7,9 @@
   worker.py   a worker's search: ask the study for trials, train them (packed), tell them
   study.py    the study opened or created; the config and data its workers must share
   storage.py  where studies live (sweep.db, a database URL, a journal file), heartbeats, claims
-  linearity.py  a closed-form check: do random ReLU features add CV R² to ridge regression?
-  choose.py     `mse-train init`'s starter model, from that check on the table
+  ridge.py    ridge regression's penalty by exact leave-one-out error (the linear starter's L2)
+  race.py     the starter's candidates cross-validated on the table within a time budget
+  choose.py   `mse-train init`'s starter model: the race's winner, and comments that say why
 
 Sits above recipe.py (it builds loops the way `run` does) and below cli/.
 """
