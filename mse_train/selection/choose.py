@@ -81,7 +81,7 @@ def starter_model(
         )
         return Choice(True, why), None
     rows = race.sample(loaded, race.MAX_ROWS, cfg.seed)
-    linear = Choice(True, (), l2=_ridge_l2(rows, cfg, n))
+    linear = Choice(True, (), l2=ridge_l2(rows, cfg, n))
     candidates = {"linear": linear, "mlp": MLP}
     m = rows.table.n_rows
     say(
@@ -105,7 +105,7 @@ def starter_model(
     return Choice(chosen.linear, (*head, *_verdict(best.name)), l2=chosen.l2), None
 
 
-def _ridge_l2(loaded: prepare.Loaded, cfg: Config, n: int) -> float:
+def ridge_l2(loaded: prepare.Loaded, cfg: Config, n: int) -> float:
     """`regularization.l2` for the linear model: ridge's penalty by leave-one-out error on
     `loaded`, per element of the mean loss over the rows `run` trains on (of `n`)."""
     whole = prepare.whole_table(loaded, cfg.data)
