@@ -256,8 +256,8 @@ def markdown(
     methods: Sequence[str],
     spreads: dict[str, float] | None = None,
 ) -> str:
-    """One table: a row per data table, a column per method; then where the starter loses
-    and what the linearity check would have picked."""
+    """One table: a row per data table, a column per method; then where the starter trails
+    the best reference or the better of its two candidates, and what init's race found."""
     head = ["table", "rows", *methods, "best reference", "starter - best", "starter - better", "init chose"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     losses: list[str] = []
