@@ -238,7 +238,8 @@ def combine(runs: list[tuple[dict[str, Result], str]]) -> tuple[dict[str, Result
             combined[method] = Result(None, None, note)
             continue
         r2 = float(np.mean([f.r2 for f in found]))
-        combined[method] = Result(r2, float(np.mean([f.seconds or 0.0 for f in found])))
+        timed = [f.seconds for f in found if f.seconds is not None]
+        combined[method] = Result(r2, float(np.mean(timed)) if timed else None)
     refs = {k: combined[k].r2 for k in REFERENCES if combined[k].r2 is not None}
     best = max(refs, key=lambda k: refs[k] or 0.0)
     if combined["starter"].r2 is None:
