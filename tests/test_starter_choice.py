@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -14,7 +15,7 @@ from mse_train.config import yamlio
 from mse_train.data import prepare
 from mse_train.selection import race, ridge
 
-from conftest import DATA, write_csv
+from conftest import DATA, write_config, write_csv
 
 
 def linear_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -181,3 +182,33 @@ def test_a_table_init_cannot_read_whole_still_gets_a_starter_and_a_note(cli, tmp
     assert yaml.safe_load((tmp_path / "late.yaml").read_text())["model"]["type"] == "mlp"
     checked = cli("validate", tmp_path / "late.yaml")
     assert checked.code == 2 and "line 1202" in checked.stderr
+
+
+def rare_category_rows(n: int) -> list[list[object]]:
+    """A categorical column with a value in one row only: the fold whose held-out rows take
+    that row has one one-hot input fewer than the other folds."""
+    rng = np.random.default_rng(5)
+    out: list[list[object]] = []
+    for i in range(n):
+        x, c = float(rng.normal()), "rare" if i == 7 else "ab"[i % 2]
+        out.append([round(x, 4), c, round(2 * abs(x) + (c == "a") + 0.1 * float(rng.normal()), 4)])
+    return out
+
+
+def test_folds_of_different_widths_pack_one_stack_per_width(cli, tmp_path):
+    csv = write_csv(tmp_path / "rare.csv", ["x", "c", "y"], rare_category_rows(150))
+    data = {"train": str(csv), "target": "y", "categorical": ["c"], "unknown_category": "ignore"}
+    model = {"type": "mlp", "hidden": [16], "numeric_embedding": "piecewise_linear"}
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {"data": data, "model": model, "train": {"epochs": 5, "batch_size": 16}, "output": {"plot": False}},
+    )
+    packed = cli("cv", cfg, "--folds", "5", "--json", "-o", tmp_path / "packed")
+    assert packed.code == 0, packed  # was an internal error: a stack of models of two shapes
+    alone = cli("cv", cfg, "--folds", "5", "--json", "--no-pack", "-o", tmp_path / "alone")
+    assert alone.code == 0, alone
+    ours, theirs = json.loads(packed.stdout)["per_fold"], json.loads(alone.stdout)["per_fold"]
+    assert [f["r2"] for f in ours] == pytest.approx([f["r2"] for f in theirs], abs=1e-4)
+    made = cli("init", csv, "-t", "y", "-o", tmp_path / "rare.yaml")
+    assert made.code == 0, made
+    assert set(race_scores((tmp_path / "rare.yaml").read_text())) == {"linear", "mlp"}  # both finished
