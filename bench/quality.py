@@ -5,26 +5,33 @@
     .venv/bin/python bench/quality.py --quick                # 3 small tables, fewer variants
     .venv/bin/python bench/quality.py --tables concrete,housing --variants linear_l2
     .venv/bin/python bench/quality.py --splits 5             # means over 5 random splits
+    .venv/bin/python bench/quality.py --variants none        # the starter, its candidates, references
 
 For each table (bench/tables.py; sources and licences in data/README.md) a fixed, seeded
 75/25 split of the rows is written to bench/out/quality/TABLE/{train,test}.csv (the test
 row numbers to split.json). Then, on the same split:
-  - starter: `mse-train init train.csv` (which runs its check and picks a linear model or
-    an MLP) then `mse-train run` with nothing changed, through the installed CLI as a user
-    runs it; test R² from `mse-train eval best.pt test.csv --json`;
+  - starter: `mse-train init train.csv` (which races a linear model and an MLP by CV on
+    the training rows and writes the winner) then `mse-train run` with nothing changed,
+    through the installed CLI as a user runs it; test R² from `mse-train eval best.pt
+    test.csv --json`;
+  - linear / mlp: each of the two candidates as init would write it, trained and scored
+    the same way (the one init chose is the starter's own run; the MLP is the `init
+    --quick` config; the linear one that config with init's linear model section and
+    ridge's penalty). "better of" is the higher of the two test R²s: what a perfect
+    choice between them would score;
   - each variant in VARIANTS: the `mse-train init --quick` config (the MLP, unchecked) with
     its `--set` overrides. A variant whose key or choice the installed mse-train does not
     know is reported as n/a, not an error;
   - references from scikit-learn, with the preprocessing mse-train does (numeric columns
     filled with training means and standardised, the starter's categorical columns one-hot
-    encoded with empty cells as their own category): RidgeCV, HistGradientBoostingRegressor
-    (defaults; categories as native categorical features) and MLPRegressor((64, 64)) with
-    early stopping, its target standardised as mse-train's is.
-and what init's check found on the training rows: how much 5-fold CV R² random ReLU
-features add to ridge (read from the comment init writes; the "init chose" column).
+    encoded with empty cells as their own category): RidgeCV, HistGradientBoostingRegressor,
+    LightGBM and XGBoost (defaults; categories as native categorical features) and
+    MLPRegressor((64, 64)) with early stopping, its target standardised as mse-train's is;
+and what init's race found on the training rows: each candidate's 5-fold CV R² (read from
+the comments init writes; the "init chose" column).
 The wall seconds of mse-train are those of the `mse-train run` process (start-up included);
-those of scikit-learn are fit + predict in this process. scikit-learn is needed only here:
-pip install -e '.[bench]'.
+those of scikit-learn are fit + predict in this process. scikit-learn, LightGBM and XGBoost are
+needed only here: pip install -e '.[bench]'.
 """
 
 from __future__ import annotations
@@ -62,6 +69,8 @@ WORK = ROOT / "bench" / "out" / "quality"
 SEED = 0
 TEST_SHARE = 0.25
 LOSS_MARGIN = 0.01  # the issue's bar: within 0.01 R² of the best reference
+CHOICE_MARGIN = 0.005  # and never below the better of the linear and MLP starters by more
+CANDIDATES = ("linear", "mlp")  # init's two candidates, trained as init writes them
 
 
 @dataclass(frozen=True)
@@ -76,11 +85,10 @@ class Variant:
 
 # Add a line here to measure a new option. A variant the installed mse-train rejects for an
 # unknown key or choice shows as "n/a", so lines for options still on other branches can stay.
-# Each applies to the `init --quick` config: the MLP with piecewise-linear embeddings.
+# Each applies to the `init --quick` config: the MLP with piecewise-linear embeddings (the
+# "mlp" column, always measured).
 LINEAR_L2 = ("model={type: linear}", "regularization.l2=0.001")
 VARIANTS: list[Variant] = [
-    # the MLP init writes when its check finds curvature, and `init --quick` always
-    Variant("mlp_piecewise", (), quick=True),
     # the starter before issue 13: the same MLP, numeric inputs as they are
     Variant("mlp_plain", ("model.numeric_embedding=none",), quick=True),
     # a linear model as the old starter trained it (Adam, batches of 64): on small tables it
@@ -135,9 +143,28 @@ def starter(table: Table, train_csv: Path, work: Path) -> tuple[dict[str, Any], 
             raise RuntimeError(f"mse-train init failed on {train_csv}: {done.stderr.strip()}")
     text = (work / "starter.yaml").read_text()
     loaded: dict[str, Any] = yaml.safe_load(text)
-    gain = re.search(r"features of the inputs add ([-+][0-9.]+)", text)
-    chose = f"{loaded['model']['type']} ({gain.group(1)})" if gain else loaded["model"]["type"]
+    raced = re.findall(r"^#   (linear|MLP)[^:]*: +(\S+)", text, flags=re.MULTILINE)
+    scores = " / ".join(f"{name.lower()} {score}" for name, score in raced)
+    chose = f"{loaded['model']['type']} ({scores})" if scores else loaded["model"]["type"]
     return loaded, chose
+
+
+def linear_sets(work: Path) -> tuple[str, ...]:
+    """The `--set`s that turn quick.yaml (the MLP) into the linear model init would write:
+    its model and optimizer sections, and ridge's penalty from the rows init races on."""
+    from mse_train.config import loading
+    from mse_train.data import prepare
+    from mse_train.selection import choose, race
+
+    cfg = loading.load(work / "quick.yaml")
+    loaded = prepare.load_training(cfg.data, cfg.targets)
+    l2 = choose.ridge_l2(race.sample(loaded, race.MAX_ROWS, cfg.seed), cfg, loaded.table.n_rows)
+    return (
+        "model={type: linear}",
+        "optimizer={name: lbfgs, lr: 1.0}",
+        "train.batch_size=null",
+        f"regularization.l2={l2!r}",
+    )
 
 
 def train(work: Path, name: str, sets: Sequence[str], test_csv: Path, base: str = "quick") -> Result:
@@ -175,6 +202,15 @@ def measure(
     train_csv, test_csv = split(table, work, seed)
     config, chose = starter(table, train_csv, work)
     results = {"starter": train(work, "starter", table.sets, test_csv, base="starter")}
+    for kind in CANDIDATES:  # the one init chose is the starter itself (the same config and seed)
+        if config["model"]["type"] == kind:
+            results[kind] = results["starter"]
+        else:
+            sets = linear_sets(work) if kind == "linear" else ()
+            results[kind] = train(work, kind, (*table.sets, *sets), test_csv)
+    scores = [results[k].r2 for k in CANDIDATES]
+    better = max(scores) if None not in scores else None  # type: ignore[type-var]
+    results["better"] = Result(better, None, "" if better is not None else "a candidate failed")
     for variant in variants:
         if variant.name in rejected:
             results[variant.name] = Result(None, None, "n/a (unknown key)")
@@ -202,7 +238,8 @@ def combine(runs: list[tuple[dict[str, Result], str]]) -> tuple[dict[str, Result
             combined[method] = Result(None, None, note)
             continue
         r2 = float(np.mean([f.r2 for f in found]))
-        combined[method] = Result(r2, float(np.mean([f.seconds or 0.0 for f in found])))
+        timed = [f.seconds for f in found if f.seconds is not None]
+        combined[method] = Result(r2, float(np.mean(timed)) if timed else None)
     refs = {k: combined[k].r2 for k in REFERENCES if combined[k].r2 is not None}
     best = max(refs, key=lambda k: refs[k] or 0.0)
     if combined["starter"].r2 is None:
@@ -220,11 +257,12 @@ def markdown(
     methods: Sequence[str],
     spreads: dict[str, float] | None = None,
 ) -> str:
-    """One table: a row per data table, a column per method; then where the starter loses
-    and what the linearity check would have picked."""
-    head = ["table", "rows", *methods, "best reference", "starter - best", "init chose"]
+    """One table: a row per data table, a column per method; then where the starter trails
+    the best reference or the better of its two candidates, and what init's race found."""
+    head = ["table", "rows", *methods, "best reference", "starter - best", "starter - better", "init chose"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    losses = []
+    losses: list[str] = []
+    misses: list[str] = []
     for name, results in rows.items():
         refs = {k: results[k].r2 for k in REFERENCES if results[k].r2 is not None}
         best = max(refs, key=lambda k: refs[k] or 0.0)
@@ -234,11 +272,16 @@ def markdown(
         shown = "-" if gap is None else f"{gap:+.3f}"
         if gap is not None and spreads and name in spreads:
             shown += f" ± {spreads[name]:.3f}"
-        cells += [f"{best} {refs[best]:.3f}", shown]
+        better = results["better"].r2
+        choice_gap = mine - better if mine is not None and better is not None else None
+        cells += [f"{best} {refs[best]:.3f}", shown, "-" if choice_gap is None else f"{choice_gap:+.3f}"]
         cells.append(checks[name])
         lines.append("| " + " | ".join(cells) + " |")
         if gap is None or gap < -LOSS_MARGIN:
             losses.append(f"- {name}: starter {results['starter'].cell()} vs {best} {refs[best]:.3f}")
+        if choice_gap is None or choice_gap < -CHOICE_MARGIN:
+            mine_cell, better_cell = results["starter"].cell(), results["better"].cell()
+            misses.append(f"- {name}: starter {mine_cell} vs the better candidate {better_cell}")
     notes = [
         f"- {name} {m}: {results[m].note}"
         for name, results in rows.items()
@@ -250,10 +293,12 @@ def markdown(
         text += "\n" + "\n".join(notes) + "\n"
     text += f"\nWhere the starter trails the best reference by more than {LOSS_MARGIN} R²:\n"
     text += ("\n".join(losses) if losses else "- nowhere") + "\n"
+    text += f"\nWhere the starter trails the better of its two candidates by more than {CHOICE_MARGIN} R²:\n"
+    text += ("\n".join(misses) if misses else "- nowhere") + "\n"
     text += (
-        "\ninit chose: the starter's model, and the 5-fold CV R² that random ReLU features add "
-        "to ridge on the training rows (init's check, mse_train/selection/linearity.py; an MLP "
-        "from +0.02).\n"
+        "\nbetter: per split the higher test R² of the linear and MLP candidates, then the mean. "
+        "init chose: the starter's model, and each candidate's 5-fold CV R² in init's race on the "
+        "training rows (mse_train/selection/race.py).\n"
     )
     return text
 
@@ -264,7 +309,7 @@ def header(argv: Sequence[str], splits: int = 1) -> str:
 
     command = " ".join([".venv/bin/python bench/quality.py", *argv])
     return (
-        "# mse-train's starter against scikit-learn on real tables (issue 13)\n\n"
+        "# mse-train's starter against scikit-learn, LightGBM and XGBoost on real tables (issues 13, 23)\n\n"
         f"Machine: {machine()}.\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}). "
         + (
             "Cells: test R² (wall seconds)"
@@ -283,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tables", help=f"comma-separated, from: {', '.join(TABLES)}")
-    parser.add_argument("--variants", help=f"comma-separated, from: {', '.join(v.name for v in VARIANTS)}")
+    parser.add_argument(
+        "--variants", help=f"comma-separated, from: {', '.join(v.name for v in VARIANTS)}; or none"
+    )
     parser.add_argument("--quick", action="store_true", help="3 small tables and the quick variants")
     parser.add_argument("--write", type=Path, help="also write the markdown table to this file")
     parser.add_argument("--mlp-rows", type=int, default=20_000, help="training rows for MLPRegressor at most")
@@ -298,14 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     names = args.tables.split(",") if args.tables else list(QUICK_TABLES if args.quick else TABLES)
-    chosen = args.variants.split(",") if args.variants else None
+    chosen = [v for v in args.variants.split(",") if v != "none"] if args.variants else None
     unknown = [n for n in names if n not in TABLES]
     unknown += [v for v in chosen or () if v not in {v.name for v in VARIANTS}]
     if unknown:
         print(f"error: unknown table or variant: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    variants = [v for v in VARIANTS if (v.name in chosen if chosen else (v.quick or not args.quick))]
-    methods = ["starter", *(v.name for v in variants), *REFERENCES]
+    variants = [
+        v for v in VARIANTS if (v.name in chosen if chosen is not None else (v.quick or not args.quick))
+    ]
+    methods = ["starter", *CANDIDATES, "better", *(v.name for v in variants), *REFERENCES]
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # scikit-learn's convergence chatter
     rows: dict[str, dict[str, Result]] = {}
     sizes: dict[str, int] = {}

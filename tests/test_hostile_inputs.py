@@ -722,6 +722,7 @@ def test_the_numeric_options_found_are_the_ones_we_know():
         ("sweep", "--folds"),
         ("eval", "--interval"),
         ("predict", "--interval"),
+        ("init", "--budget"),
     }
 
 
@@ -733,6 +734,7 @@ def test_every_numeric_option_out_of_range_is_exit_2_naming_it(cli, trained, tmp
         "explain": [trained, LINEAR],
         "cv": [linear_config(tmp_path)],
         "sweep": [linear_config(tmp_path)],
+        "init": [LINEAR, "-t", "y", "-o", tmp_path / "c.yaml"],
     }
     result = cli(command, *needs[command], option, bad)
     assert result.code == 2, result

@@ -1,15 +1,21 @@
-"""`mse-train init` chooses its starter model with a short check (selection/linearity.py)."""
+"""`mse-train init` chooses its starter model by a race of the candidates (selection/race.py)."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
+import torch
 import yaml
 from sklearn.linear_model import RidgeCV
 
-from mse_train.selection import linearity
+from mse_train.config import yamlio
+from mse_train.data import prepare
+from mse_train.selection import race, ridge
 
-from conftest import DATA, write_csv
+from conftest import DATA, write_config, write_csv
 
 
 def linear_rows(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,25 +37,16 @@ def test_the_ridge_matches_scikit_learns_ridgecv(columns):
     x = rng.normal(size=(300, columns))
     x[:, 3] = x[:, 2] + 0.01 * x[:, 3]  # nearly collinear: the penalty matters
     y = x[:, :6] @ rng.normal(size=6) + 0.5 * rng.normal(size=300)
-    mine = linearity._Ridge(x, y[:, None])
-    theirs = RidgeCV(alphas=linearity.ALPHAS).fit(x, y)
+    mine = ridge.Ridge(x, y[:, None])
+    theirs = RidgeCV(alphas=ridge.ALPHAS).fit(x, y)
     assert mine.alpha == pytest.approx(theirs.alpha_)
     np.testing.assert_allclose(mine.predict(x)[:, 0], theirs.predict(x), rtol=1e-6, atol=1e-6)
 
 
-def test_the_check_tells_a_linear_table_from_a_threshold_table():
-    linear = linearity.check(*linear_rows(400), seed=0)
-    threshold = linearity.check(*threshold_rows(400), seed=0)
-    assert linear.ridge_r2 > 0.8 and not linear.nonlinear
-    assert threshold.nonlinear and threshold.gain > 0.1
-    assert linearity.check(*threshold_rows(400), seed=0) == threshold  # deterministic under the seed
-
-
-def test_the_check_samples_large_tables_and_refuses_tiny_ones():
-    found = linearity.check(*linear_rows(linearity.MAX_ROWS + 500), seed=1)
-    assert found.rows == linearity.MAX_ROWS
-    with pytest.raises(ValueError, match="at least"):
-        linearity.check(*linear_rows(linearity.MIN_ROWS - 1), seed=0)
+def race_scores(text: str) -> dict[str, float]:
+    """The CV R² per candidate from the comments init writes above `model:`."""
+    found = re.findall(r"^#   (linear|MLP)[^:]*: +(-?[0-9.]+) \(", text, flags=re.MULTILINE)
+    return {name.lower(): float(r2) for name, r2 in found}
 
 
 def table(tmp_path, name, rows):
@@ -58,35 +55,101 @@ def table(tmp_path, name, rows):
     return write_csv(tmp_path / name, header, np.column_stack([x, y]).round(5).tolist())
 
 
-def test_init_writes_a_linear_starter_that_trains_like_ridge(cli, tmp_path):
-    x, y = linear_rows(300, seed=3)
-    csv = table(tmp_path, "lin.csv", (x, y))
-    result = cli("init", csv, "-t", "y", "-o", tmp_path / "lin.yaml")
-    assert result.code == 0, result
-    text = (tmp_path / "lin.yaml").read_text()
+def init_run_eval(cli, tmp_path, name, train, test):
+    """`init` on `train`, `run` as written, `eval` on the held-out `test`: the config text,
+    and the held-out R²."""
+    config = tmp_path / f"{name}.yaml"
+    made = cli("init", table(tmp_path, f"{name}.csv", train), "-t", "y", "-o", config)
+    assert made.code == 0, made
+    assert "racing a linear model and an MLP by 5-fold CV" in made.stderr
+    ran = cli("run", config, "-q", "--set", "output.plot=false", "-o", tmp_path / name)
+    assert ran.code == 0, ran
+    scored = cli("eval", tmp_path / name / "best.pt", table(tmp_path, f"{name}-test.csv", test), "--json")
+    assert scored.code == 0, scored
+    return config.read_text(), yaml.safe_load(scored.stdout)["r2"]
+
+
+def test_a_linear_table_gets_the_linear_model_and_run_reproduces_the_race(cli, tmp_path):
+    x, y = linear_rows(600, seed=3)
+    text, held_out = init_run_eval(cli, tmp_path, "lin", (x[:400], y[:400]), (x[400:], y[400:]))
     parsed = yaml.safe_load(text)
     assert parsed["model"] == {"type": "linear"}
     assert parsed["optimizer"]["name"] == "lbfgs" and parsed["train"]["batch_size"] is None
     assert parsed["regularization"]["l2"] > 0
-    assert "init's check on 300 rows" in text
-    ran = cli("run", tmp_path / "lin.yaml", "-q", "--set", "output.plot=false", "-o", tmp_path / "run")
-    assert ran.code == 0, ran
-    scored = cli("eval", tmp_path / "run" / "best.pt", csv, "--json")
-    ridge = RidgeCV(alphas=linearity.ALPHAS).fit(x, y[:, 0]).score(x, y[:, 0])
-    assert yaml.safe_load(scored.stdout)["r2"] == pytest.approx(ridge, abs=0.01)
+    scores = race_scores(text)
+    assert "5-fold CV R² on all 400 rows, within 60 s" in text
+    assert set(scores) == {"linear", "mlp"} and scores["linear"] >= scores["mlp"]
+    assert held_out == pytest.approx(scores["linear"], abs=0.02)
+    ridge_r2 = RidgeCV(alphas=ridge.ALPHAS).fit(x[:400], y[:400, 0]).score(x[400:], y[400:, 0])
+    assert held_out == pytest.approx(ridge_r2, abs=0.01)
 
 
-def test_init_writes_an_mlp_with_piecewise_embeddings_for_a_threshold_table(cli, tmp_path):
-    csv = table(tmp_path, "thr.csv", threshold_rows(400))
-    assert cli("init", csv, "-t", "y", "-o", tmp_path / "thr.yaml").code == 0
-    parsed = yaml.safe_load((tmp_path / "thr.yaml").read_text())
+def test_a_threshold_table_gets_the_mlp_and_run_reproduces_the_race(cli, tmp_path):
+    x, y = threshold_rows(900)
+    text, held_out = init_run_eval(cli, tmp_path, "thr", (x[:600], y[:600]), (x[600:], y[600:]))
+    parsed = yaml.safe_load(text)
     assert parsed["model"]["type"] == "mlp"
     assert parsed["model"]["numeric_embedding"] == "piecewise_linear"
     assert parsed["optimizer"]["name"] == "adam" and parsed["train"]["batch_size"] == 64
-    assert cli("validate", tmp_path / "thr.yaml").code == 0
+    scores = race_scores(text)
+    assert scores["mlp"] > scores["linear"] + 0.1
+    assert "MLP, piecewise-linear embedding, folds packed:" in text  # the MLP's folds trained as one stack
+    assert held_out == pytest.approx(scores["mlp"], abs=0.04)
 
 
-def test_init_quick_skips_the_check_and_tiny_tables_get_a_linear_model(cli, tmp_path):
+def test_a_candidate_cut_by_the_budget_is_reported_and_cannot_win(cli, tmp_path, monkeypatch):
+    # The race's clock jumps 40 s at every look: the 60 s budget runs out during the
+    # first candidate, which is stopped and reported; the second never starts.
+    ticks = iter(range(0, 10**6, 40))
+    monkeypatch.setattr(race, "clock", lambda: float(next(ticks)))
+    csv = table(tmp_path, "lin.csv", linear_rows(300))
+    made = cli("init", csv, "-t", "y", "-o", tmp_path / "cut.yaml")
+    assert made.code == 0, made
+    text = (tmp_path / "cut.yaml").read_text()
+    assert "within 60 s" in made.stderr and "within 60 s:" in text
+    assert re.search(r"#   linear.*: +not finished in the budget", text)
+    assert re.search(r"#   MLP.*: +not started: the budget was spent", text)
+    assert "No candidate finished" in text and yaml.safe_load(text)["model"]["type"] == "mlp"
+    assert cli("validate", tmp_path / "cut.yaml").code == 0
+
+
+def test_the_budget_stops_training_that_would_run_far_longer(tmp_path):
+    from mse_train.config import loading
+
+    csv = table(tmp_path, "thr.csv", threshold_rows(300))
+    base = {"data": {"train": str(csv), "target": "y"}, "model": {"type": "mlp"}}
+    long = {**base, "train": {"epochs": 10**6, "batch_size": 8, "early_stopping": {"patience": 10**6}}}
+    cfg = loading.from_document(yamlio.parse(yaml.safe_dump(long), "long.yaml"), tmp_path)
+    loaded = prepare.load_training(cfg.data, cfg.targets)
+    entries = race.run([("mlp", cfg), ("linear", cfg)], loaded, 1.0, torch.device("cpu"))
+    assert [(e.r2, e.note) for e in entries] == [
+        (None, "not finished in the budget"),
+        (None, "not started: the budget was spent"),
+    ]
+    assert race.winner(entries) is None
+
+
+def test_large_tables_race_on_a_seeded_sample(tmp_path):
+    from mse_train.config import loading
+
+    csv = table(tmp_path, "big.csv", linear_rows(race.MAX_ROWS + 500))
+    doc = yamlio.parse(yaml.safe_dump({"data": {"train": str(csv), "target": "y"}}), "c.yaml")
+    loaded = prepare.load_training(loading.from_document(doc, tmp_path).data, ["y"])
+    one, two = race.sample(loaded, race.MAX_ROWS, 0), race.sample(loaded, race.MAX_ROWS, 0)
+    assert one.table.n_rows == race.MAX_ROWS
+    assert one.table.frame.equals(two.table.frame)  # the same rows under the same seed
+    assert race.sample(loaded, 10**6, 0) is loaded
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_bad_budget_is_refused(cli, tmp_path, value):
+    csv = table(tmp_path, "lin.csv", linear_rows(50))
+    result = cli("init", csv, "-t", "y", "-o", tmp_path / "b.yaml", "--budget", value)
+    assert result.code == 2 and "--budget" in result.stderr
+    assert not (tmp_path / "b.yaml").exists()
+
+
+def test_init_quick_skips_the_race_and_tiny_tables_get_a_linear_model(cli, tmp_path):
     csv = table(tmp_path, "lin.csv", linear_rows(300))
     assert cli("init", csv, "-t", "y", "-o", tmp_path / "q.yaml", "--quick").code == 0
     assert yaml.safe_load((tmp_path / "q.yaml").read_text())["model"]["type"] == "mlp"
@@ -119,3 +182,33 @@ def test_a_table_init_cannot_read_whole_still_gets_a_starter_and_a_note(cli, tmp
     assert yaml.safe_load((tmp_path / "late.yaml").read_text())["model"]["type"] == "mlp"
     checked = cli("validate", tmp_path / "late.yaml")
     assert checked.code == 2 and "line 1202" in checked.stderr
+
+
+def rare_category_rows(n: int) -> list[list[object]]:
+    """A categorical column with a value in one row only: the fold whose held-out rows take
+    that row has one one-hot input fewer than the other folds."""
+    rng = np.random.default_rng(5)
+    out: list[list[object]] = []
+    for i in range(n):
+        x, c = float(rng.normal()), "rare" if i == 7 else "ab"[i % 2]
+        out.append([round(x, 4), c, round(2 * abs(x) + (c == "a") + 0.1 * float(rng.normal()), 4)])
+    return out
+
+
+def test_folds_of_different_widths_pack_one_stack_per_width(cli, tmp_path):
+    csv = write_csv(tmp_path / "rare.csv", ["x", "c", "y"], rare_category_rows(150))
+    data = {"train": str(csv), "target": "y", "categorical": ["c"], "unknown_category": "ignore"}
+    model = {"type": "mlp", "hidden": [16], "numeric_embedding": "piecewise_linear"}
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        {"data": data, "model": model, "train": {"epochs": 5, "batch_size": 16}, "output": {"plot": False}},
+    )
+    packed = cli("cv", cfg, "--folds", "5", "--json", "-o", tmp_path / "packed")
+    assert packed.code == 0, packed  # was an internal error: a stack of models of two shapes
+    alone = cli("cv", cfg, "--folds", "5", "--json", "--no-pack", "-o", tmp_path / "alone")
+    assert alone.code == 0, alone
+    ours, theirs = json.loads(packed.stdout)["per_fold"], json.loads(alone.stdout)["per_fold"]
+    assert [f["r2"] for f in ours] == pytest.approx([f["r2"] for f in theirs], abs=1e-4)
+    made = cli("init", csv, "-t", "y", "-o", tmp_path / "rare.yaml")
+    assert made.code == 0, made
+    assert set(race_scores((tmp_path / "rare.yaml").read_text())) == {"linear", "mlp"}  # both finished

@@ -19,7 +19,7 @@ MIN_ROWS_TO_HOLD_OUT = 10  # below this, a 20% validation split leaves too littl
 
 @dataclass(frozen=True)
 class Choice:
-    """The starter's model, as `init` chose it from a look at the table (selection/linearity.py).
+    """The starter's model, as `init` chose it by a race on the table (selection/choose.py).
 
     `why` is written above the model section as comment lines. A linear choice is trained
     as ridge regression is solved: L-BFGS on the whole table, L2 penalty `l2`.

@@ -225,10 +225,9 @@ def fit_split(
     return prepared, Held(rows(test_rows), y_true, test_rows)
 
 
-def whole_table(cfg: DataConfig, targets: list[str]) -> Split:
-    """Every row of `data.train`, the preprocessing fitted on all of them: for `init`'s
-    look at a table before any split, never for training or scoring a model."""
-    loaded = load_training(cfg, targets)
+def whole_table(loaded: Loaded, cfg: DataConfig) -> Split:
+    """Every row of `loaded`, the preprocessing fitted on all of them: for `init`'s look at a
+    table before any split (ridge's penalty), never for training or scoring a model."""
     pre = _fit(loaded.table, None, loaded.features, loaded.targets, cfg)
     return Split(pre.features_array(loaded.table), pre.targets_array(loaded.table.frame))
 

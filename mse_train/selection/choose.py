@@ -1,33 +1,49 @@
-"""`mse-train init`'s choice of starter model: the table read as the starter config reads it,
-then linearity.py's check, and comment lines that say what it found.
+"""`mse-train init`'s choice of starter model: a race of the real candidates on the table.
 
 The rule (the README's "The starter model"):
-- fewer than linearity.MIN_ROWS rows: a linear model (too few rows to check, or to fit more);
+- fewer than MIN_ROWS rows: a linear model (too few rows to race, or to fit more);
 - a file over CHECK_MAX_BYTES: an MLP without numeric embeddings, which can stream;
-- else the check: random ReLU features add at least linearity.MARGIN to ridge's CV R² ->
-  an MLP with piecewise-linear numeric embeddings; less -> a linear model with the L2
-  penalty ridge chose, solved by L-BFGS on the whole table.
+- else the race (race.py): the linear model (L-BFGS, with the L2 penalty ridge's
+  leave-one-out error picks) and the MLP with piecewise-linear numeric embeddings, each
+  written as init would write it and scored by 5-fold CV within `budget` seconds. The
+  higher mean CV R² wins (the linear model on a tie); a candidate that did not finish
+  cannot win. If none finished, the MLP, as `--quick` writes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from mse_train import runtime
 from mse_train.config import loading, yamlio
+from mse_train.config.schema import Config
 from mse_train.config.starter import MLP, Choice
 from mse_train.data import prepare
 from mse_train.errors import UserError
-from mse_train.selection import linearity
+from mse_train.selection import race, ridge
 
 CHECK_MAX_BYTES = 256 << 20  # a larger file is not read by init (it may need streaming)
+MIN_ROWS = 20  # fewer rows: no race (5 folds of 4 rows say nothing); the starter is linear
+CANDIDATES = {  # what the comments call each candidate
+    "linear": "linear, L-BFGS (ridge)",
+    "mlp": "MLP, piecewise-linear embedding",
+}
 
 
 def starter_model(
-    text: str, table: Path, config_path: Path, targets: Sequence[str]
+    render: Callable[[Choice], str],
+    table: Path,
+    config_path: Path,
+    targets: Sequence[str],
+    budget: float,
+    say: Callable[[str], None] = lambda line: None,
 ) -> tuple[Choice, str | None]:
-    """The model for the starter config `text` (to be saved at `config_path`) of `table`,
-    and a note for the user when the table could not be looked at."""
+    """The model for the starter config of `table` (to be saved at `config_path`; `render`
+    writes its text for a choice), and a note for the user when the table could not be read.
+    The race takes at most `budget` seconds (`init --budget`); `say` hears one line before it."""
     size = table.stat().st_size
     if size > CHECK_MAX_BYTES:
         return (
@@ -42,45 +58,81 @@ def starter_model(
             ),
             None,
         )
-    cfg = loading.from_document(yamlio.parse(text, str(config_path)), config_path.resolve().parent)
+
+    def config(choice: Choice) -> Config:
+        return loading.from_document(
+            yamlio.parse(render(choice), str(config_path)), config_path.resolve().parent
+        )
+
+    cfg = config(MLP)
     try:
-        rows = prepare.whole_table(cfg.data, list(targets))
+        loaded = prepare.load_training(cfg.data, list(targets))
     except UserError as exc:
         note = (
             f"init could not read the whole table to choose the model ({exc.summary}); "
             f"it wrote the MLP starter. `mse-train validate {config_path}` says what to fix."
         )
         return MLP, note
-    n = len(rows.x)
-    why: tuple[str, ...]
-    if n < linearity.MIN_ROWS:
+    n = loaded.table.n_rows
+    if n < MIN_ROWS:
         why = (
-            f"a linear model: {n} row{'s' if n != 1 else ''} are too few to learn more (or to check",
-            f"for more: init checks tables of {linearity.MIN_ROWS} rows or more).",
+            f"a linear model: {n} row{'s' if n != 1 else ''} are too few to learn more (or to race",
+            f"models on: init races them on tables of {MIN_ROWS} rows or more).",
         )
         return Choice(True, why), None
-    found = linearity.check(rows.x, rows.y, cfg.seed)
+    rows = race.sample(loaded, race.MAX_ROWS, cfg.seed)
+    linear = Choice(True, (), l2=ridge_l2(rows, cfg, n))
+    candidates = {"linear": linear, "mlp": MLP}
+    m = rows.table.n_rows
+    say(
+        f"init: racing a linear model and an MLP by {race.FOLDS}-fold CV on "
+        + (f"{m:,} of {n:,} rows" if m < n else f"{n:,} rows")
+        + f", within {budget:g} s (--budget)"
+    )
+    runtime.use_threads(cfg.train.threads)
+    device = runtime.resolve_device(cfg.train.device)
+    entries = race.run([(name, config(c)) for name, c in candidates.items()], rows, budget, device)
+    best = race.winner(entries)
     head = (
-        f"init's check on {found.rows:,} rows: ridge regression scores 5-fold CV R² "
-        f"{found.ridge_r2:.3f}, and {linearity.UNITS}",
-        f"random ReLU features of the inputs add {found.gain:+.3f} to it (an MLP from "
-        f"{linearity.MARGIN:+.2f}; see the README's",
-        '"The starter model").',
+        f"init's race: {race.FOLDS}-fold CV R² on "
+        + (f"a seeded sample of {m:,} of the {n:,} rows" if m < n else f"all {n:,} rows")
+        + f", within {budget:g} s:",
+        *(_line(e) for e in entries),
     )
-    if found.nonlinear:
-        why = (
-            *head,
-            "So an MLP, its numeric inputs embedded piecewise-linearly (bins from training-row",
-            "quantiles): on tables with sharp, threshold-like effects this beats the plain MLP by",
-            "0.03-0.04 R² (bench/quality_results.md).",
+    if best is None:
+        return Choice(False, (*head, *_verdict(None))), None
+    chosen = candidates[best.name]
+    return Choice(chosen.linear, (*head, *_verdict(best.name)), l2=chosen.l2), None
+
+
+def ridge_l2(loaded: prepare.Loaded, cfg: Config, n: int) -> float:
+    """`regularization.l2` for the linear model: ridge's penalty by leave-one-out error on
+    `loaded`, per element of the mean loss over the rows `run` trains on (of `n`)."""
+    whole = prepare.whole_table(loaded, cfg.data)
+    y = whole.y.astype(np.float64).reshape(len(whole.y), -1)
+    alpha = ridge.Ridge(whole.x.astype(np.float64), y).alpha
+    fit_rows = n - round(n * cfg.data.val_fraction)
+    return alpha / (max(fit_rows, 1) * y.shape[1])
+
+
+def _line(entry: race.Entry) -> str:
+    name = f"{CANDIDATES[entry.name]}{', folds packed' if entry.packed else ''}:"
+    score = f"{entry.r2:.4f}" if entry.r2 is not None else entry.note
+    return f"  {name:<52} {score} ({entry.seconds:.1f} s)"
+
+
+def _verdict(name: str | None) -> tuple[str, ...]:
+    if name is None:
+        return (
+            "No candidate finished, so the MLP, as `init --quick` writes it. A longer",
+            "`init --budget` lets the race finish.",
         )
-        return Choice(False, why), None
-    fit_rows = n - round(n * cfg.data.val_fraction)  # the rows `run` will train on
-    l2 = found.alpha / (fit_rows * rows.y.shape[1])  # ridge's penalty, per element of the mean loss
-    why = (
-        *head,
-        "So a linear model, solved as ridge regression is (L-BFGS on all rows at once), with the",
-        f"L2 penalty that ridge's leave-one-out error picked (alpha {found.alpha:.3g} / training rows).",
-        "`mse-train init --quick` writes the MLP instead.",
+    if name == "linear":
+        return (
+            "So the linear model, solved as ridge regression is (L-BFGS on all rows at once), with",
+            "the L2 penalty that ridge's leave-one-out error picked. `init --quick` writes the MLP.",
+        )
+    return (
+        "So the MLP, its numeric inputs embedded piecewise-linearly (bins from training-row",
+        'quantiles). The README\'s "The starter model" says how the race runs.',
     )
-    return Choice(True, why, l2=l2), None

@@ -20,7 +20,7 @@ from mse_train.data.prepare import Held, Prepared
 from mse_train.models import inference
 from mse_train.training.loop import Loop
 from mse_train.training.records import Status
-from mse_train.training.stack import Stack
+from mse_train.training.stack import Built, Stack
 from mse_train.use.evaluate import regression_metrics
 
 
@@ -87,9 +87,44 @@ def train_and_score_packed(
     """Train jobs that share a `packed.pack_key` side by side in one stack, then score each
     as above. Seconds are the stack's time shared equally; None when asked to stop. When
     `cut` turns true, the models still training stop and are scored on their best epoch so
-    far, marked `cut`; those that had ended (early stopped, diverged, pruned) keep their result."""
+    far, marked `cut`; those that had ended (early stopped, diverged, pruned) keep their result.
+
+    Equal configs can still build models of different shapes: a fold whose training rows
+    lack a rare category has one one-hot input fewer. Models of one shape share a stack,
+    one stack per shape (the `judge` then only sees a pack that is one stack, as its
+    trials' losses per epoch must come from all their folds at once).
+    """
+    builts = [recipe.build_one(cfg, prepared, device) for cfg, prepared, _ in jobs]
+    shapes: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+    for i, built in enumerate(builts):
+        shapes.setdefault(tuple(tuple(t.shape) for t in built.model.state_dict().values()), []).append(i)
+    scored: dict[int, Scored] = {}
+    for members in shapes.values():
+        part = _train_stack(
+            [builts[i] for i in members],
+            [jobs[i] for i in members],
+            device,
+            should_stop,
+            judge if len(shapes) == 1 else None,
+            cut,
+        )
+        if part is None:
+            return None
+        scored.update(zip(members, part, strict=True))
+    return [scored[i] for i in range(len(jobs))]
+
+
+def _train_stack(
+    builts: list[Built],
+    jobs: list[tuple[Config, Prepared, Held]],
+    device: torch.device,
+    should_stop: Callable[[], bool],
+    judge: Callable[[int, dict[int, float]], set[int]] | None,
+    cut: Callable[[], bool],
+) -> list[Scored] | None:
+    """The models `builts` (of one shape) of `jobs` trained as one stack, each scored."""
     started = time.perf_counter()
-    stack = Stack([recipe.build_one(cfg, prepared, device) for cfg, prepared, _ in jobs], device)
+    stack = Stack(builts, device)
     loop = Loop(stack, [recipe.member(cfg, prepared, device) for cfg, prepared, _ in jobs])
     loop.judge = judge
     cutting = False
