@@ -418,3 +418,58 @@ def test_mlflow_models_predict_answers_as_predict_does(cli, small_config, tmp_pa
     np.testing.assert_allclose(
         [row["y_pred"] for row in answer], pd.read_csv(out)["y_pred"].to_numpy(), rtol=2**-23, atol=0
     )
+
+
+def test_mlflow_models_serve_answers_as_predict_does(cli, small_config, tmp_path, store):
+    """`mlflow models serve`, MLflow's own REST server, on this environment's packages: it
+    starts where the server's dependencies (FastAPI, uvicorn) are installed, as with the
+    mlflow extra here; elsewhere the test says why it is skipped."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        pytest.skip("MLflow's scoring server needs fastapi and uvicorn, not installed here")
+    cfg = small_config(output={"mlflow": True}, data={"train": str(categorical_table(tmp_path / "cat.csv"))})
+    assert cli("run", cfg).code == 0
+    frame = pd.read_csv(tmp_path / "cat.csv").drop(columns="y").head(8)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "p.csv"
+    assert cli("predict", tmp_path / "run" / "best.pt", tmp_path / "rows.csv", "-o", out).code == 0
+    with socket.socket() as free:  # a port nobody listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    model = f"runs:/{run_id(tmp_path / 'run')}/model"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "-h", "127.0.0.1", "-p", str(port),
+         "--env-manager", "local", "-w", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        # MLflow starts `uvicorn` by name: the environment's scripts on PATH, as when it is active
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + HANG_GUARD
+        while True:  # until it answers /ping
+            assert server.poll() is None, server.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the server did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.5)
+        body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=HANG_GUARD) as answer:
+            predictions = json.loads(answer.read())["predictions"]
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+    np.testing.assert_allclose(
+        [row["y_pred"] for row in predictions], pd.read_csv(out)["y_pred"].to_numpy(), rtol=2**-23, atol=0
+    )
