@@ -71,3 +71,51 @@ def test_each_stage_says_what_it_does(stage):
     for path in (PACKAGE / stage).glob("*.py"):
         if path.name != "__init__.py":
             assert path.name in doc, f"mse_train/{stage}/__init__.py does not mention {path.name}"
+
+
+def _edges() -> dict[str, set[str]]:
+    """Module -> the modules of mse_train it imports (at the top, in a function, or for
+    type checking alike); `from mse_train.use import onnx_nodes` names the module."""
+    modules = dict(_module_files())
+    edges: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mse_train"):
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    found.add(child if child in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("mse_train"))
+        edges[module] = {m for m in found if m in modules and m != module}
+    return edges
+
+
+def _circles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Import circles between modules (a package's __init__ aside: it only names its modules)."""
+    plain = {m: {o for o in out if not o.endswith("__init__")} for m, out in edges.items()}
+    circles, done = [], set()
+    for start in sorted(plain):
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(plain.get(node, ())):
+                if nxt == start:
+                    circle = sorted(path)
+                    if tuple(circle) not in done:
+                        done.add(tuple(circle))
+                        circles.append(path)
+                elif nxt not in path and nxt > start:
+                    stack.append((nxt, [*path, nxt]))
+    return circles
+
+
+def test_no_two_modules_import_each_other():
+    """One way within a stage too: a module that imports another that imports it back (even
+    for type checking) is one thing in two files."""
+    circles = [c for c in _circles(_edges()) if not any(m.endswith("__init__") for m in c)]
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -11,6 +11,7 @@
   export.py    `export`: the model as ONNX, compared with predict before it is written
   onnx_graph.py  the ONNX graph: raw columns -> fill, standardise, one-hot -> network -> units
   onnx_embeddings.py  its nodes for the numeric and categorical embeddings
+  onnx_nodes.py  the graph both write into (nodes, constants, fresh names)
 
 Imports outputs/ (checkpoints), data/, models/; never training/.
 """

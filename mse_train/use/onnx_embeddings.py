@@ -9,7 +9,6 @@ Einsum), periodic (Mul, Cos, Sin, Einsum or MatMul, Relu) and categorical tables
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,10 +16,7 @@ from torch import nn
 
 from mse_train.models.categorical import CategoricalEmbeddings
 from mse_train.models.embeddings import PeriodicEmbedding, PiecewiseLinearEmbedding
-
-if TYPE_CHECKING:
-    from mse_train.use.onnx_graph import _Graph
-
+from mse_train.use.onnx_nodes import Graph
 
 EXPORTABLE = (PiecewiseLinearEmbedding, PeriodicEmbedding)  # numeric embeddings `numeric` writes
 
@@ -29,7 +25,7 @@ def _array(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
 
 
-def numeric(g: _Graph, embedding: nn.Module, x: str) -> str:
+def numeric(g: Graph, embedding: nn.Module, x: str) -> str:
     """[batch, features] standardised -> [batch, features * size], for a module in EXPORTABLE."""
     if isinstance(embedding, PiecewiseLinearEmbedding):
         return _piecewise(g, embedding, x)
@@ -37,11 +33,11 @@ def numeric(g: _Graph, embedding: nn.Module, x: str) -> str:
     return _periodic(g, embedding, x)
 
 
-def _per_feature(g: _Graph, x: str) -> str:
+def _per_feature(g: Graph, x: str) -> str:
     return g.op("Unsqueeze", x, g.const("axes", np.array([2], np.int64)))  # [batch, features, 1]
 
 
-def _piecewise(g: _Graph, emb: PiecewiseLinearEmbedding, x: str) -> str:
+def _piecewise(g: Graph, emb: PiecewiseLinearEmbedding, x: str) -> str:
     x3 = _per_feature(g, x)
     z = g.op("Add", g.op("Mul", x3, g.const("scale", _array(emb.scale))), g.const("shift", _array(emb.shift)))
     # The module's clamps as bounds per slot: the first bin is open below, the middle ones
@@ -61,7 +57,7 @@ def _piecewise(g: _Graph, emb: PiecewiseLinearEmbedding, x: str) -> str:
     return g.op("Flatten", g.op("Add", linear, encoded), axis=1)
 
 
-def _periodic(g: _Graph, emb: PeriodicEmbedding, x: str) -> str:
+def _periodic(g: Graph, emb: PeriodicEmbedding, x: str) -> str:
     with torch.no_grad():
         frequency = _array(2 * math.pi * emb.frequency)  # as the module computes it, in float32
     v = g.op("Mul", g.const("frequency", frequency), _per_feature(g, x))
@@ -74,7 +70,7 @@ def _periodic(g: _Graph, emb: PeriodicEmbedding, x: str) -> str:
     return g.op("Flatten", g.op("Relu", g.op("Add", z, g.const("bias", _array(emb.bias)))), axis=1)
 
 
-def categorical(g: _Graph, tables: nn.Module, positions: list[str]) -> str:
+def categorical(g: Graph, tables: nn.Module, positions: list[str]) -> str:
     """Each column's LabelEncoder position (-1 unseen, -2 empty) -> its table's row, side by side.
 
     Code = position + 1, as the preprocessing writes it, and an unseen category reads the

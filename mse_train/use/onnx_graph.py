@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
@@ -30,6 +30,7 @@ from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
 from mse_train.errors import CheckpointError, UserError
 from mse_train.models import blocks, networks
 from mse_train.use import onnx_embeddings
+from mse_train.use.onnx_nodes import Graph
 
 if TYPE_CHECKING:
     import onnx
@@ -39,34 +40,6 @@ ML_OPSET = 2  # LabelEncoder-2: string keys to int64 values with a default
 IR_VERSION = 8  # what onnx 1.10+ and onnxruntime 1.10+ read; opset 17 needs no more
 OUTPUT = "prediction"
 UNKNOWN, EMPTY = -1, -2  # LabelEncoder codes of an unseen category and of an empty cell
-
-
-class _Graph:
-    """Nodes and constants being collected, each output given a fresh name."""
-
-    def __init__(self) -> None:
-        import onnx.helper
-
-        self.helper = onnx.helper
-        self.nodes: list[onnx.NodeProto] = []
-        self.constants: list[onnx.TensorProto] = []
-        self._count = 0
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"mse_train/{hint}_{self._count}"  # a prefix no column name is likely to have
-
-    def const(self, hint: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = self.name(hint)
-        self.constants.append(numpy_helper.from_array(value, name))
-        return name
-
-    def op(self, op_type: str, *inputs: str, domain: str = "", **attrs: Any) -> str:
-        out = self.name(op_type.lower())
-        self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], domain=domain, **attrs))
-        return out
 
 
 def input_types(pre: Preprocessor) -> dict[str, str]:
@@ -90,7 +63,7 @@ def build(pre: Preprocessor, model: nn.Module, version: str) -> onnx.ModelProto:
             f"a feature column is named `{OUTPUT}`, the name of the graph's output",
             ["rename the column and train again to export this model"],
         )
-    g = _Graph()
+    g = Graph()
     h = g.helper
     inputs = []
     for name, kind in input_types(pre).items():
@@ -148,7 +121,7 @@ def build(pre: Preprocessor, model: nn.Module, version: str) -> onnx.ModelProto:
     return proto
 
 
-def _member(g: _Graph, pre: Preprocessor, model: nn.Module, numbers: str | None, positions: list[str]) -> str:
+def _member(g: Graph, pre: Preprocessor, model: nn.Module, numbers: str | None, positions: list[str]) -> str:
     """One model's output (scaled target units) from the standardised numbers and category positions."""
     embedded = model if isinstance(model, blocks.Embedded) else None
     network = _exportable(embedded) if embedded is not None else model
@@ -166,7 +139,7 @@ def _member(g: _Graph, pre: Preprocessor, model: nn.Module, numbers: str | None,
     return _network(g, network, x)
 
 
-def _numeric(g: _Graph, pre: Preprocessor, refused: list[str]) -> str:
+def _numeric(g: Graph, pre: Preprocessor, refused: list[str]) -> str:
     """[batch, numeric] float32: empty cells filled (or flagged), then standardised."""
     x = (
         g.op("Concat", *(c.name for c in pre.numeric), axis=1)
@@ -185,7 +158,7 @@ def _numeric(g: _Graph, pre: Preprocessor, refused: list[str]) -> str:
     return g.op("Div", x, g.const("std", np.array([[c.std for c in pre.numeric]], np.float32)))
 
 
-def _position(g: _Graph, pre: Preprocessor, name: str, categories: list[str], refused: list[str]) -> str:
+def _position(g: Graph, pre: Preprocessor, name: str, categories: list[str], refused: list[str]) -> str:
     """[batch, 1] int64: the cell's place in `categories`, UNKNOWN for an unseen one; an
     empty cell is the `(missing)` category when missing cells are filled, else refused."""
     fills = pre.missing in ("mean", "median")
@@ -208,24 +181,24 @@ def _position(g: _Graph, pre: Preprocessor, name: str, categories: list[str], re
     return code
 
 
-def _one_hot(g: _Graph, position: str, count: int) -> str:
+def _one_hot(g: Graph, position: str, count: int) -> str:
     """[batch, count] float32: 1 at the cell's category, all zeros for an unseen one."""
     positions = g.const("positions", np.arange(count, dtype=np.int64)[None, :])
     return g.op("Cast", g.op("Equal", position, positions), to=1)  # FLOAT
 
 
-def _flag(g: _Graph, code: str, value: int) -> str:
+def _flag(g: Graph, code: str, value: int) -> str:
     return g.op("Cast", g.op("Equal", code, g.const("code", np.array(value, np.int64))), to=1)
 
 
-def _linear(g: _Graph, layer: nn.Module, x: str) -> str:
+def _linear(g: Graph, layer: nn.Module, x: str) -> str:
     assert isinstance(layer, nn.Linear)
     weight = g.const("weight", layer.weight.detach().cpu().numpy().astype(np.float32))
     bias = g.const("bias", layer.bias.detach().cpu().numpy().astype(np.float32))
     return g.op("Gemm", x, weight, bias, transB=1)  # x Wᵀ + b, as nn.Linear
 
 
-def _gelu(g: _Graph, layer: nn.Module, x: str) -> str:
+def _gelu(g: Graph, layer: nn.Module, x: str) -> str:
     # nn.GELU() is the exact erf form; the Gelu operator needs opset 20.
     assert isinstance(layer, nn.GELU) and layer.approximate == "none"
     erf = g.op("Erf", g.op("Div", x, g.const("sqrt2", np.array(math.sqrt(2.0), np.float32))))
@@ -233,18 +206,18 @@ def _gelu(g: _Graph, layer: nn.Module, x: str) -> str:
     return g.op("Mul", g.op("Mul", x, one_plus), g.const("half", np.array(0.5, np.float32)))
 
 
-def _leaky_relu(g: _Graph, layer: nn.Module, x: str) -> str:
+def _leaky_relu(g: Graph, layer: nn.Module, x: str) -> str:
     assert isinstance(layer, nn.LeakyReLU)
     return g.op("LeakyRelu", x, alpha=float(layer.negative_slope))
 
 
-def _elu(g: _Graph, layer: nn.Module, x: str) -> str:
+def _elu(g: Graph, layer: nn.Module, x: str) -> str:
     assert isinstance(layer, nn.ELU)
     return g.op("Elu", x, alpha=float(layer.alpha))
 
 
 # Each layer type models/networks.py builds -> its nodes (tied to ACTIVATIONS by a test).
-LAYERS: dict[type[nn.Module], Callable[[_Graph, nn.Module, str], str]] = {
+LAYERS: dict[type[nn.Module], Callable[[Graph, nn.Module, str], str]] = {
     nn.Linear: _linear,
     nn.ReLU: lambda g, _, x: g.op("Relu", x),
     nn.Tanh: lambda g, _, x: g.op("Tanh", x),
@@ -270,7 +243,7 @@ def _exportable(model: blocks.Embedded) -> nn.Module:
     return network
 
 
-def _network(g: _Graph, model: nn.Module, x: str) -> str:
+def _network(g: Graph, model: nn.Module, x: str) -> str:
     layers = list(model) if isinstance(model, nn.Sequential) else [model]
     for layer in layers:
         write = LAYERS.get(type(layer))
