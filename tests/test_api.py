@@ -289,3 +289,27 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
         exec(compile(example.group(1), "README.md", "exec"), scope)
     assert scope["scores"].shape == (3,)
     assert (tmp_path / "model.pt").exists()
+
+
+def test_sample_weight_is_data_weight_and_integer_weights_repeat_rows(tmp_path):
+    """fit(X, y, sample_weight=w) trains as `data.weight` does: integer weights give the model
+    of each row repeated that many times (full batch, every row training), as scikit-learn's
+    estimators promise; negative weights are refused as scikit-learn refuses them."""
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)})
+    y = pd.Series(np.sin(X["a"]) + X["b"] ** 2, name="y")
+    w = rng.integers(1, 4, size=40)
+    settings = {
+        "model": {"type": "mlp", "hidden": [8]},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "train__epochs": 40,
+        "train__batch_size": None,
+        "data__val_fraction": 0.0,
+    }
+    weighted = Regressor(**settings).fit(X, y, sample_weight=w)
+    repeated = Regressor(**settings).fit(X.loc[X.index.repeat(w)], y.loc[y.index.repeat(w)])
+    np.testing.assert_allclose(weighted.predict(X), repeated.predict(X), rtol=1e-4, atol=1e-5)
+    unweighted = Regressor(**settings).fit(X, y)
+    assert not np.allclose(weighted.predict(X), unweighted.predict(X), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"[Nn]egative"):
+        Regressor(**settings).fit(X, y, sample_weight=-w)
