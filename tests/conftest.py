@@ -169,3 +169,24 @@ def signal_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> Callable[[], None
             monkeypatch.setattr(cls, "step", real)
 
     return restore
+
+
+# ------------------------------------------------------------------ sweeps
+def leaderboard(folder: Path) -> list[dict[str, str]]:
+    """A sweep folder's leaderboard.csv, a dict per row."""
+    with open(folder / "leaderboard.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any], **sections: Any) -> Path:
+    """A small MLP config with this `sweep:` section (and `sections` replaced), as sweep.yaml."""
+    config: dict[str, Any] = {
+        "data": {"train": str(table), "target": "y", "val_fraction": 0.25},
+        "model": {"type": "mlp", "hidden": [8]},
+        "optimizer": {"name": "adam", "lr": 0.05},
+        "train": {"epochs": 4},
+        "output": {"dir": str(tmp_path / "run"), "plot": False},
+        "sweep": sweep,
+    }
+    config.update(sections)
+    return write_config(tmp_path / "sweep.yaml", config)

@@ -17,7 +17,16 @@ import pytest
 from mse_train.config import load
 from mse_train.data import folds, prepare
 
-from conftest import DATA, HANG_GUARD, linear_rows, start_process, write_config, write_csv
+from conftest import (
+    DATA,
+    HANG_GUARD,
+    leaderboard,
+    linear_rows,
+    start_process,
+    sweep_config,
+    write_config,
+    write_csv,
+)
 
 
 def strict_json(text: str) -> Any:
@@ -25,24 +34,6 @@ def strict_json(text: str) -> Any:
         raise ValueError(f"not JSON: {constant}")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def leaderboard(folder: Path) -> list[dict[str, str]]:
-    with open(folder / "leaderboard.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any], **sections: Any) -> Path:
-    config: dict[str, Any] = {
-        "data": {"train": str(table), "target": "y", "val_fraction": 0.25},
-        "model": {"type": "mlp", "hidden": [8]},
-        "optimizer": {"name": "adam", "lr": 0.05},
-        "train": {"epochs": 4},
-        "output": {"dir": str(tmp_path / "run"), "plot": False},
-        "sweep": sweep,
-    }
-    config.update(sections)
-    return write_config(tmp_path / "sweep.yaml", config)
 
 
 # ------------------------------------------------------------------------ folds

@@ -3,7 +3,6 @@ cuts packs in flight cleanly, and progress on stderr from the first second."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -21,26 +20,7 @@ from mse_train.config.schema import SweepRange
 from mse_train.selection import space, worker
 from mse_train.training import packed
 
-from conftest import HANG_GUARD, start_process, write_config
-
-
-def leaderboard(folder: Path) -> list[dict[str, str]]:
-    with open(folder / "leaderboard.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any], **sections: Any) -> Path:
-    config: dict[str, Any] = {
-        "data": {"train": str(table), "target": "y", "val_fraction": 0.25},
-        "model": {"type": "mlp", "hidden": [8]},
-        "optimizer": {"name": "adam", "lr": 0.05},
-        "train": {"epochs": 4},
-        "output": {"dir": str(tmp_path / "run"), "plot": False},
-        "sweep": sweep,
-    }
-    config.update(sections)
-    return write_config(tmp_path / "sweep.yaml", config)
-
+from conftest import HANG_GUARD, leaderboard, start_process, sweep_config
 
 # A choice with keys of its own: linear trials with one learning-rate range, MLP trials with
 # widths and another range, both with Adam in batches (so a base config's L-BFGS never trains).

@@ -210,6 +210,7 @@ def sweep(
     import json
 
     from mse_train.selection import sweep as search
+    from mse_train.selection import worker
 
     path = Path(config)
     overrides = [f"{dotted(k)}={json.dumps(plain(v))}" for k, v in settings.items()]
@@ -221,34 +222,10 @@ def sweep(
         "mse_train.sweep(config, resume=True)",
     )
     runtime.use_threads(resolve(path, settings).train.threads)
-    outcome = search.run(path, overrides, options, _Trials(on_trial), Callbacks(progress))
+    outcome = search.run(path, overrides, options, worker.Unwatched(on_trial), Callbacks(progress))
     return SweepResult(
         dict(outcome.best),
         pd.DataFrame(outcome.leaderboard),
         outcome.folder,
         Path(outcome.checkpoint) if outcome.checkpoint else None,
     )
-
-
-class _Trials:
-    """A sweep's Watch (selection/worker.py): `on_trial(done, total, row)` after each trial,
-    nothing else shown."""
-
-    def __init__(self, on_trial: Callable[[int, int, dict[str, Any]], None] | None) -> None:
-        self.on_trial = on_trial
-
-    def begin(self, plan: Any) -> None:
-        pass
-
-    def pack(self, trials: int, models: int, epochs: int) -> None:
-        pass
-
-    def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None:
-        pass
-
-    def trial(self, done: int, total: int, row: dict[str, Any]) -> None:
-        if self.on_trial is not None:
-            self.on_trial(done, total, row)
-
-    def end(self, finished: int, cut: int) -> None:
-        pass

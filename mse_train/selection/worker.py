@@ -60,7 +60,11 @@ class Watch(Protocol):
 
 
 class Unwatched:
-    """A Watch that shows nothing."""
+    """A Watch that shows nothing, but for `on_trial(done, total, row)` after each trial
+    when given (the Python API's `mse_train.sweep(on_trial=...)`)."""
+
+    def __init__(self, on_trial: Callable[[int, int, dict[str, Any]], None] | None = None) -> None:
+        self.on_trial = on_trial
 
     def begin(self, plan: Plan) -> None:
         pass
@@ -72,7 +76,8 @@ class Unwatched:
         pass
 
     def trial(self, done: int, total: int, row: dict[str, Any]) -> None:
-        pass
+        if self.on_trial is not None:
+            self.on_trial(done, total, row)
 
     def end(self, finished: int, cut: int) -> None:
         pass
