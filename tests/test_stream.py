@@ -14,7 +14,6 @@ import torch
 from mse_train import config, recipe
 from mse_train.data import prepare, stream_fit
 from mse_train.data.stream import BLOCK_ROWS, Rows
-from mse_train.use import evaluate_stream
 
 from conftest import read_metrics, signal_at_step, write_config
 
@@ -178,24 +177,34 @@ def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
     run = cli("run", cfg, "-q", "-o", tmp_path / "s", "--set", "data.memory_budget=1KiB")
     assert run.code == 0, run
     calls = []
-    metrics = evaluate_stream.metrics
+    blocks = stream_fit.eval_blocks
 
     def spy(*args):
         calls.append(1)
-        return metrics(*args)
+        return blocks(*args)
 
-    monkeypatch.setattr(evaluate_stream, "metrics", spy)
+    monkeypatch.setattr(stream_fit, "eval_blocks", spy)
     streamed = cli("eval", tmp_path / "s" / "best.pt", mixed, "--json")
     assert streamed.code == 0, streamed
     assert calls == [1]  # the checkpoint's budget (1KiB) made eval stream
-    monkeypatch.setattr(evaluate_stream, "mapped_if_too_big", lambda *args: None)
+    monkeypatch.setattr(stream_fit, "mapped_if_too_big", lambda *args: None)
     memory = cli("eval", tmp_path / "s" / "best.pt", mixed, "--json")
     assert memory.code == 0, memory
     assert calls == [1]
     a, b = json.loads(streamed.stdout), json.loads(memory.stdout)
     assert a["n"] == b["n"] == len(pd.read_csv(mixed).dropna(subset=["y"]))
+    # each block's targets are read as written (not unscale(scale(y)), float32), as in memory
     for key in ("mse", "rmse", "mae", "r2"):
-        assert a[key] == pytest.approx(b[key], rel=1e-5)
+        assert a[key] == pytest.approx(b[key], rel=1e-9)
     assert a["drift"] == b["drift"]
     refused = cli("eval", tmp_path / "s" / "best.pt", mixed, "--interval", "0.9")
     assert refused.code == 2
+    # A prediction that is not a finite number is named as in memory: the file's line and
+    # the feature furthest out, wherever its block lies.
+    far = pd.read_csv(mixed)
+    far.loc[BLOCK_ROWS + 10, ["c", "y"]] = [3e38, 1.0]  # 3e40 standard deviations out
+    far.to_csv(tmp_path / "far.csv", index=False)
+    bad = cli("eval", tmp_path / "s" / "best.pt", tmp_path / "far.csv")
+    assert bad.code == 2, bad
+    assert f"line {BLOCK_ROWS + 12}" in bad.stderr and "`c` is 3e+38" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -26,8 +26,8 @@ fitted preprocessing out, through a binary cache of parsed tables.
   folds.py       K-fold row numbers, shuffled with the seed
   stream.py      rows of a memory-mapped cache entry in blocks: shuffled epochs of batches
                  and scoring, encoded as preprocess.py does, for tables larger than memory
-  stream_fit.py  `run`'s data: in memory when it fits `data.memory_budget`, else streamed
-                 (empty cells, the validation split, the checks, block by block)
+  stream_fit.py  `run`'s and `eval`'s data: in memory when it fits `data.memory_budget`,
+                 else streamed (empty cells, the validation split, the checks, block by block)
   stream_stats.py  preprocess.fit and drift.profile in streaming passes (float64 moments
                  merged by Chan's formula, exact medians, vocabularies from code counts)
   drift.py       what the training rows held (range, empty cells), and how new rows

@@ -148,6 +148,12 @@ class Rows:
         rows = None if self.mask is None else self.mask[start:stop]
         return self.encoder.x(start, stop, rows), self.encoder.y(start, stop, rows)
 
+    def places(self, b: int) -> np.ndarray:
+        """The rows of block `b` as places in the file (0-based data rows), in file order."""
+        start = self.starts[b]
+        stop = min(start + BLOCK_ROWS, self.encoder.entry.rows)
+        return np.arange(start, stop) if self.mask is None else start + np.flatnonzero(self.mask[start:stop])
+
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every block with rows, in file order (for scoring)."""
         for b in range(len(self.starts)):

@@ -13,6 +13,7 @@ streamed too, for scoring.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig, size_in_bytes
-from mse_train.data import cache, csvscan, ingest, parquet, prepare, stream_stats, table
+from mse_train.data import cache, csvscan, drift, ingest, parquet, prepare, stream_stats, table
 from mse_train.data.digest import Digest
 from mse_train.data.preprocess import Preprocessor
 from mse_train.data.stream import BLOCK_ROWS, Encoder, Rows
@@ -162,18 +163,97 @@ def prepare_run(
     return Streamed(train, val, pre, digests, notes, profile, seconds)
 
 
+def mapped_if_too_big(
+    path: Path, pre: Preprocessor, delimiter: str, setting: str, store: cache.Store | None
+) -> tuple[cache.Entry, list[str]] | None:
+    """`eval`'s table as a mapped cache entry, and its header, when its arrays exceed the
+    budget `setting` (a checkpoint's `data.memory_budget`); None: it is read into memory."""
+    if store is None:
+        return None
+    limit = budget_of(setting)
+    targets = pre.target_names
+    header = table.read_header(path, delimiter)
+    if not parquet.is_parquet(path):
+        most_rows = path.stat().st_size // max(1, len(header))
+        if in_memory_bytes(most_rows, len(header), len(header), len(targets)) <= limit:
+            return None
+    table.check_columns(path, header, pre.features, "feature the model was trained on")
+    table.check_columns(path, header, targets, "target")
+    found = ingest.mapped(
+        path,
+        [*pre.features, *targets],
+        pre.categorical_names,
+        infer_from=(),
+        delimiter=delimiter,
+        store=store,
+        non_numeric=pre.non_numeric,
+    )
+    if found is None:
+        return None
+    entry = found[0]
+    inputs = len(pre.numeric) + sum(len(c.categories) for c in pre.categorical)
+    need = in_memory_bytes(entry.rows, len(entry.columns), inputs, len(targets))
+    return (entry, header) if need > limit else None
+
+
+def eval_blocks(
+    path: Path,
+    entry: cache.Entry,
+    header: list[str],
+    pre: Preprocessor,
+    watch: drift.Watch | None,
+    notes: list[str],
+) -> Iterator[tuple[np.ndarray, np.ndarray, None, table.Table]]:
+    """`prepare.prepare_eval` for a mapped table, a block at a time: each block's inputs, its
+    targets as read (float64), no weights, and its rows (numeric features as read, indexed
+    by place in the file) for messages. `watch` sees every row as read first."""
+    notes.append(
+        f"{path.name}: scored a block at a time from the data cache (larger than data.memory_budget)"
+    )
+    source = Source(path, entry, header)
+    if watch is not None:
+        for start in source.slices():
+            watch.observe(source.frame(pre.features, slice(start, min(start + BLOCK_ROWS, entry.rows))))
+    rows = Rows(Encoder(pre, entry, path), keep(source, pre.features, pre.target_names, pre.missing, notes))
+    for b, count in enumerate(rows.counts):
+        if count:
+            x, _ = rows.block(b)
+            places = rows.places(b)
+            y_true = np.stack([entry.columns[t][places] for t in pre.target_names], axis=1).astype(np.float64)
+            yield x, y_true, None, source.table(source.frame([c.name for c in pre.numeric], places))
+            runtime.release_freed_memory()
+
+
 @dataclass
 class Source:
     path: Path
     entry: cache.Entry
     header: list[str]
 
+    def table(self, frame: pd.DataFrame) -> table.Table:
+        """Some of the file's rows as a Table (`frame` indexed by place in the file)."""
+        return table.Table(
+            self.path, self.header, frame, self.entry.categorical, row_groups=self.entry.row_groups
+        )
+
     def lines(self, rows: np.ndarray) -> list[str]:
         """Where rows are, for messages (a CSV's lines, a Parquet file's rows)."""
-        empty = table.Table(
-            self.path, self.header, pd.DataFrame(), self.entry.categorical, row_groups=self.entry.row_groups
-        )
-        return empty.line_of(rows)
+        return self.table(pd.DataFrame()).line_of(rows)
+
+    def frame(self, names: list[str], places: np.ndarray | slice) -> pd.DataFrame:
+        """Columns of some rows (`places`, 0-based) as read: categories decoded, as
+        `table.read` gives them, indexed by place."""
+        cells: dict[str, Any] = {}
+        for name in names:
+            part = np.asarray(self.entry.columns[name][places])
+            vocabulary = self.entry.vocabularies.get(name)
+            cells[name] = (
+                part
+                if vocabulary is None
+                else pd.Categorical.from_codes(part.astype(np.int64), categories=pd.Index(vocabulary))
+            )
+        index = np.arange(places.start, places.stop) if isinstance(places, slice) else places
+        return pd.DataFrame(cells, index=index)
 
     def slices(self) -> range:
         return range(0, self.entry.rows, BLOCK_ROWS)

@@ -30,29 +30,46 @@ from mse_train.errors import DataError
 
 
 class Moments:
-    """Count, mean, squared deviations (float64), min, max and empty cells of a column's values."""
+    """Count, mean, squared deviations (float64), min, max and empty cells of a column's
+    values; with weights, `n` is their sum and the mean and squared deviations are weighted.
+
+    The first block's numbers are taken as computed (not merged into zeros), so one block
+    gives exactly what numpy gives for the whole column.
+    """
 
     def __init__(self) -> None:
-        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.n: float = 0
+        self.mean, self.m2 = 0.0, 0.0
         self.low, self.high, self.empty = np.inf, -np.inf, 0
 
-    def add(self, values: np.ndarray) -> None:
+    def add(self, values: np.ndarray, w: np.ndarray | None = None) -> None:
         empty = np.isnan(values)
         if empty.any():
             self.empty += int(empty.sum())
             values = values[~empty]
-        n = len(values)
-        if n == 0:
+            w = None if w is None else w[~empty]
+        if len(values) == 0:
             return
-        mean = float(values.mean(dtype=np.float64))
-        m2 = float(np.square(values.astype(np.float64) - mean).sum())
-        total = self.n + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.n * n / total
-        self.n = total
         self.low = min(self.low, float(values.min()))
         self.high = max(self.high, float(values.max()))
+        if w is None:
+            n: float = len(values)
+            mean = float(values.mean(dtype=np.float64))
+            m2 = float(np.square(values.astype(np.float64) - mean).sum())
+        else:
+            n = float(w.sum(dtype=np.float64))
+            if n == 0:  # rows that weigh nothing move neither the mean nor the spread
+                return
+            mean = float(np.average(values.astype(np.float64), weights=w))
+            m2 = float(np.sum(w * (values.astype(np.float64) - mean) ** 2))
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n, mean, m2
+        else:
+            total = self.n + n
+            delta = mean - self.mean
+            self.mean += delta * n / total
+            self.m2 += m2 + delta * delta * self.n * n / total
+            self.n = total
 
     def mean_std(self) -> tuple[float, float]:
         return self.mean, tiny_std_to_one(float(np.sqrt(self.m2 / self.n)))
@@ -107,7 +124,7 @@ def fit(
         if cfg.missing == "mean":
             spec.fill = m.mean
         elif cfg.missing == "median":
-            spec.fill = _median(entry, name, rows, m.n)
+            spec.fill = _median(entry, name, rows, int(m.n))
         if cfg.standardize:
             spec.mean, spec.std = m.mean_std()
         numeric.append(spec)

@@ -1,7 +1,7 @@
 """Putting a trained model to use: everything that starts from a checkpoint.
 
-  evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units; interval coverage
-  evaluate_stream.py  `eval` of a table larger than data.memory_budget, a block at a time
+  evaluate.py  `eval`: MSE, RMSE, MAE and R² in each target's own units, summed a block
+               at a time (one block when the table fits data.memory_budget); interval coverage
   predict.py   `predict`: rows with predictions (and intervals) appended, streamed in
                chunks, all or nothing; `predict_frame` for a DataFrame (the Python API)
   mlflow_model.py  the MLflow pyfunc model a run logs (`output.mlflow`), over predict
