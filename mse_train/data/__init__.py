@@ -11,12 +11,16 @@ fitted preprocessing out, through a binary cache of parsed tables.
   ingest.py      a table read through the data cache: from it when it holds the table,
                  else parsed in chunks into it (falling back on table.py's exact reader)
   cache.py       the data cache: per-column files keyed by the file's sha256 and the
-                 parse settings, checked on every read, published by atomic rename
+                 parse settings, checked on every read, published by atomic rename; its
+                 `Entry` is the one column form (float32 numbers, category codes + vocabulary)
   digest.py      the file's sha256, in a background thread
   missing.py     the `data.missing` policy for empty cells
   weights.py     the sample weights column (`data.weight`): checked where it is read
   preprocess.py  standardisation, fill values and category vocabularies (one-hot
-                 columns or embedding codes), fitted on training rows and stored in checkpoints
+                 columns or embedding codes), fitted on training rows and stored in checkpoints;
+                 the one fitter reads the table in column form (cache.py's), a block at a
+                 time (one block in memory: float64 moments merged by Chan's formula, exact
+                 medians, vocabularies from code counts), and makes the drift profile too
   stored.py      that preprocessing read back from a checkpoint, checked key by key
   frames.py      a DataFrame (or array) from the Python API -> the table file the readers
                  read, so a frame is parsed by the same rules; messages name the frame
@@ -28,8 +32,6 @@ fitted preprocessing out, through a binary cache of parsed tables.
                  and scoring, encoded as preprocess.py does, for tables larger than memory
   stream_fit.py  `run`'s and `eval`'s data: in memory when it fits `data.memory_budget`,
                  else streamed (empty cells, the validation split, the checks, block by block)
-  stream_stats.py  preprocess.fit and drift.profile in streaming passes (float64 moments
-                 merged by Chan's formula, exact medians, vocabularies from code counts)
   drift.py       what the training rows held (range, empty cells), and how new rows
                  differ from it beyond chance, for eval/predict warnings
 

@@ -115,6 +115,20 @@ class Entry:
     def categorical(self) -> list[str]:
         return list(self.vocabularies)
 
+    @classmethod
+    def of_frame(cls, frame: pd.DataFrame, names: Sequence[str], categorical: Sequence[str]) -> Entry:
+        """Columns of a parsed frame in this form, in memory (the inverse of `frame`):
+        numbers as they are, categories as codes into a vocabulary in order of appearance."""
+        columns: dict[str, np.ndarray] = {}
+        vocabularies: dict[str, list[str]] = {}
+        for name in names:
+            if name in categorical:
+                codes, uniques = pd.factorize(frame[name].to_numpy(dtype=object), use_na_sentinel=True)
+                columns[name], vocabularies[name] = codes, [str(v) for v in uniques]
+            else:
+                columns[name] = frame[name].to_numpy()
+        return cls(list(names), len(frame), columns, vocabularies, None)
+
     @property
     def frame(self) -> pd.DataFrame:
         """The columns as the parser gives them: categories as Python strings, NaN where empty."""

@@ -39,26 +39,8 @@ FAR = 1.0  # a value beyond the training range by more than this many ranges is 
 
 
 # ------------------------------------------------------------------ training side
-def profile(frame: pd.DataFrame, rows: np.ndarray | None, pre: Preprocessor) -> dict[str, Any]:
-    """What the training rows held, as plain data for the checkpoint."""
-
-    def column(name: str) -> np.ndarray:
-        values = frame[name].to_numpy()
-        return values if rows is None else values[rows]
-
-    n = len(frame) if rows is None else len(rows)
-    numeric = {}
-    for col in pre.numeric:
-        values = column(col.name).astype(np.float64)
-        empty = np.isnan(values)
-        observed = values[~empty]
-        numeric[col.name] = {
-            "min": float(observed.min()),
-            "max": float(observed.max()),
-            "missing": int(empty.sum()),
-        }
-    categorical = {col.name: {"missing": int(pd.isna(column(col.name)).sum())} for col in pre.categorical}
-    return {"rows": n, "numeric": numeric, "categorical": categorical}
+# The profile (each numeric feature's range and empty cells, each categorical feature's
+# empty cells, in the training rows) is made by preprocess.fit, with the preprocessing.
 
 
 def problems(data: Any, pre: Preprocessor, key: str = "profile") -> list[str]:

@@ -54,7 +54,7 @@ class Prepared:
     pre: Preprocessor
     hashers: dict[str, Digest]  # file path -> its sha256, computed in the background
     notes: list[str] = field(default_factory=list)
-    profile: dict[str, Any] | None = None  # drift.profile() of the training rows
+    profile: dict[str, Any] | None = None  # the drift profile of the training rows (preprocess.fit)
     ingest_seconds: float = 0.0  # reading the tables (parsing them, or from the data cache)
 
     @property
@@ -196,7 +196,7 @@ def fit_split(
         order = np.random.default_rng(seed).permutation(len(train_rows))
         cut = len(train_rows) - n_val
         fit_rows, val_rows = train_rows[order[:cut]], train_rows[order[cut:]]
-    pre = _fit(loaded.table, fit_rows, loaded.features, loaded.targets, cfg)
+    pre, _ = _fit(loaded.table, fit_rows, loaded.features, loaded.targets, cfg)
     if cfg.unknown_category == "error":
         _check_split_categories(loaded.table, pre, test_rows, cfg, split_name)
         if val_rows is not None:
@@ -228,26 +228,18 @@ def fit_split(
 def whole_table(loaded: Loaded, cfg: DataConfig) -> Split:
     """Every row of `loaded`, the preprocessing fitted on all of them: for `init`'s look at a
     table before any split (ridge's penalty), never for training or scoring a model."""
-    pre = _fit(loaded.table, None, loaded.features, loaded.targets, cfg)
+    pre, _ = _fit(loaded.table, None, loaded.features, loaded.targets, cfg)
     return Split(pre.features_array(loaded.table), pre.targets_array(loaded.table.frame))
 
 
 def _fit(
     train: table.Table, rows: np.ndarray | None, features: list[str], targets: list[str], cfg: DataConfig
-) -> Preprocessor:
+) -> tuple[Preprocessor, dict[str, Any]]:
+    """`preprocess.fit` on the table in column form, in memory: one block."""
+    columns = cache.Entry.of_frame(train.frame, [*features, *targets], train.categorical)
+    w = None if cfg.weight is None else _weights(train, cfg.weight)
     return preprocess.fit(
-        train,
-        rows,
-        features,
-        targets,
-        standardize=cfg.standardize,
-        standardize_target=bool(cfg.standardize_target),
-        missing=cfg.missing,
-        unknown_category=cfg.unknown_category,
-        max_categories=cfg.max_categories,
-        categorical_encoding=cfg.categorical_encoding,
-        non_numeric=cfg.non_numeric,
-        weights=None if cfg.weight is None else _weights(train, cfg.weight),
+        train.path, columns, rows, features, targets, cfg, block_rows=columns.rows, weights=w
     )
 
 
@@ -294,10 +286,9 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     else:
         train_rows = None
 
-    pre = _fit(train, train_rows, features, targets, cfg)
+    pre, profile = _fit(train, train_rows, features, targets, cfg)
     if train_rows is not None and cfg.unknown_category == "error":
         _check_split_categories(train, pre, order[len(train_rows) :], cfg, "the validation split")
-    profile = drift.profile(train.frame, train_rows, pre)
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
     w = None if cfg.weight is None else _weights(train, cfg.weight).astype(np.float32)

@@ -6,13 +6,17 @@ data, and applied the same way by training, `eval` and `predict`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mse_train.config.schema import DataConfig
+from mse_train.data.cache import Entry
 from mse_train.data.table import Table
 from mse_train.errors import EXAMPLES, DataError
 
@@ -193,119 +197,179 @@ def too_many_categories(name: str, count: int, max_categories: int, encoding: st
     )
 
 
+class Moments:
+    """Count, mean, squared deviations (float64), min, max and empty cells of a column's
+    values; with weights, `n` is their sum and the mean and squared deviations are weighted.
+
+    The first block's numbers are taken as computed (not merged into zeros), so one block
+    gives exactly what numpy gives for the whole column.
+    """
+
+    def __init__(self) -> None:
+        self.n: float = 0
+        self.mean, self.m2 = 0.0, 0.0
+        self.low, self.high, self.empty = np.inf, -np.inf, 0
+
+    def add(self, values: np.ndarray, w: np.ndarray | None = None) -> None:
+        empty = np.isnan(values)
+        if empty.any():
+            self.empty += int(empty.sum())
+            values = values[~empty]
+            w = None if w is None else w[~empty]
+        if len(values) == 0:
+            return
+        self.low = min(self.low, float(values.min()))
+        self.high = max(self.high, float(values.max()))
+        n: float = 0.0 if w is None else float(w.sum(dtype=np.float64))
+        if w is not None and n > 0:
+            mean = float(np.average(values.astype(np.float64), weights=w))
+            m2 = float(np.sum(w * (values.astype(np.float64) - mean) ** 2))
+        else:  # unweighted, or values that weigh nothing in all: then they count alike
+            n = len(values)
+            mean = float(values.mean(dtype=np.float64))  # float64 sums: float32 ones drift
+            m2 = float(np.square(values.astype(np.float64) - mean).sum())
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n, mean, m2
+        else:
+            total = self.n + n
+            delta = mean - self.mean
+            self.mean += delta * n / total
+            self.m2 += m2 + delta * delta * self.n * n / total
+            self.n = total
+
+    def mean_std(self) -> tuple[float, float]:
+        return self.mean, tiny_std_to_one(float(np.sqrt(self.m2 / self.n)))
+
+
 def fit(
-    table: Table,
+    path: Path,
+    entry: Entry,
     rows: np.ndarray | None,
     features: Sequence[str],
     targets: Sequence[str],
+    cfg: DataConfig,
     *,
-    standardize: bool,
-    standardize_target: bool,
-    missing: str,
-    unknown_category: str,
-    max_categories: int,
-    categorical_encoding: str = "onehot",
-    non_numeric: str = "error",
+    block_rows: int,
     weights: np.ndarray | None = None,
-) -> Preprocessor:
-    """Fit on the given training rows of `table` (all rows when `rows` is None).
+) -> tuple[Preprocessor, dict[str, Any]]:
+    """The preprocessing fitted on the training rows of a table in column form, and the
+    drift profile of those rows; in memory or memory-mapped alike.
 
-    With `weights` (each row of the table's sample weight, `data.weight`) the means,
-    standard deviations and fill values are weighted, so that an integer weight fits what
-    repeating the row fits; the category vocabularies hold every training row's values.
+    `rows`: None (all), a boolean mask, or row indices (read as one block, in their order).
+    The table is read `block_rows` at a time (the whole table when it is in memory): each
+    block's count, float64 mean and squared deviations, merged by Chan et al.'s parallel
+    formula (one block gives numpy's numbers exactly); an exact median from the column's
+    training values gathered; vocabularies from counts of category codes, sorted. With
+    `weights` (each row of the table's sample weight, `data.weight`) the means, standard
+    deviations and fill values are weighted, so that an integer weight fits what repeating
+    the row fits; the vocabularies hold every training row's values.
     """
-    frame = table.frame
 
-    def column(name: str) -> np.ndarray:
-        values = frame[name].to_numpy()
-        return values if rows is None else values[rows]
+    def parts(values: np.ndarray) -> Iterator[np.ndarray]:
+        if rows is not None and rows.dtype != np.bool_:
+            yield values[rows]
+            return
+        for start in range(0, entry.rows, block_rows):
+            part = values[start : start + block_rows]
+            yield part if rows is None else part[rows[start : start + block_rows]]
 
-    w = None if weights is None else (weights if rows is None else weights[rows])
+    def weight_parts() -> Iterator[np.ndarray | None]:
+        return parts(weights) if weights is not None else itertools.repeat(None)
 
-    numeric: list[NumericColumn] = []
-    categorical: list[CategoricalColumn] = []
-    problems = []
+    filled = cfg.missing in ("mean", "median")
+    moments: dict[str, Moments] = {}
+    counts: dict[str, np.ndarray] = {}
+    for name in [*features, *targets]:
+        if name in entry.vocabularies:
+            size = len(entry.vocabularies[name]) + 1  # code -1 (empty) counted first
+            counts[name] = sum(
+                (
+                    np.bincount(part.astype(np.int64) + 1, minlength=size)
+                    for part in parts(entry.columns[name])
+                ),
+                np.zeros(size, np.int64),
+            )
+        else:
+            moments[name] = Moments()
+            for part, w in zip(parts(entry.columns[name]), weight_parts(), strict=False):
+                moments[name].add(part, w)
+    numeric, cats, problems = [], [], []
     for name in features:
-        if name in table.categorical:
-            values = pd.Series(column(name))
-            if missing in ("mean", "median"):
-                values = values.fillna(MISSING_CATEGORY)
-            cats = sorted({str(v) for v in values.dropna().unique()})
-            if missing in ("mean", "median") and MISSING_CATEGORY not in cats:
-                cats.append(MISSING_CATEGORY)
-            problem = too_many_categories(name, len(cats), max_categories, categorical_encoding)
+        if name in counts:
+            present = [entry.vocabularies[name][i] for i in np.flatnonzero(counts[name][1:])]
+            names = sorted(set(present) | ({MISSING_CATEGORY} if filled and counts[name][0] else set()))
+            if filled and MISSING_CATEGORY not in names:
+                names.append(MISSING_CATEGORY)
+            problem = too_many_categories(name, len(names), cfg.max_categories, cfg.categorical_encoding)
             if problem:
                 problems.append(problem)
-            categorical.append(CategoricalColumn(name, cats))
+            cats.append(CategoricalColumn(name, names))
             continue
-        cells = column(name)
-        observed = _observed(cells)
-        if len(observed) == 0:
+        m = moments[name]
+        if m.n == 0:
             problems.append(f"column `{name}` has no values in the training rows")
             continue
         spec = NumericColumn(name)
-        ow = _observed_weights(cells, w)
-        if missing in ("mean", "median"):
-            spec.fill = _mean_std(observed, ow)[0] if missing == "mean" else _median(observed, ow)
-        if standardize:
-            spec.mean, spec.std = _mean_std(observed, ow)
+        if cfg.missing == "mean":
+            spec.fill = m.mean
+        elif cfg.missing == "median":
+            spec.fill = _median(parts(entry.columns[name]), weight_parts())
+        if cfg.standardize:
+            spec.mean, spec.std = m.mean_std()
         numeric.append(spec)
     target_specs = []
     for name in targets:
         target = TargetColumn(name)
-        if standardize_target:
-            cells = column(name)
-            target.mean, target.std = _mean_std(_observed(cells), _observed_weights(cells, w))
+        if cfg.standardize_target:
+            target.mean, target.std = moments[name].mean_std()
         target_specs.append(target)
     if problems:
-        raise DataError(f"{table.path}: cannot prepare the features", problems)
-    return Preprocessor(
+        raise DataError(f"{path}: cannot prepare the features", problems)
+    pre = Preprocessor(
         list(features),
         numeric,
-        categorical,
+        cats,
         target_specs,
-        missing,
-        unknown_category,
-        categorical_encoding,
-        non_numeric,
+        cfg.missing,
+        cfg.unknown_category,
+        cfg.categorical_encoding,
+        cfg.non_numeric,
     )
+    profile = {
+        "rows": entry.rows if rows is None else int(rows.sum()) if rows.dtype == np.bool_ else len(rows),
+        "numeric": {
+            c.name: {
+                "min": moments[c.name].low,
+                "max": moments[c.name].high,
+                "missing": moments[c.name].empty,
+            }
+            for c in numeric
+        },
+        "categorical": {c.name: {"missing": int(counts[c.name][0])} for c in cats},
+    }
+    return pre, profile
 
 
-def _observed(values: np.ndarray) -> np.ndarray:
-    """The non-empty values (no copy when there are no empty cells)."""
-    empty = np.isnan(values)
-    return values[~empty] if empty.any() else values
-
-
-def _observed_weights(values: np.ndarray, w: np.ndarray | None) -> np.ndarray | None:
-    """The weights of the non-empty values; None without weights, or when those weigh 0 in
-    all (then the values count alike, rather than not at all)."""
-    if w is None:
-        return None
-    kept = w[~np.isnan(values)]
-    return kept if kept.any() else None
-
-
-def _mean_std(values: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
-    """Mean and (population) standard deviation, weighted by `w` when given."""
-    if w is not None:
-        mean = float(np.average(values.astype(np.float64), weights=w))
-        var = float(np.average((values.astype(np.float64) - mean) ** 2, weights=w))
-        return mean, tiny_std_to_one(float(np.sqrt(var)))
-    mean = float(values.mean(dtype=np.float64))  # float64 sums: float32 ones drift on big tables
-    return mean, tiny_std_to_one(float(values.std(dtype=np.float64)))
-
-
-def _median(values: np.ndarray, w: np.ndarray | None = None) -> float:
-    """The median; weighted, the one of the values repeated by integer weights: the mean of
-    the two values where the cumulative weight reaches and passes half the total."""
-    if w is None:
-        return float(np.median(values))
-    order = np.argsort(values, kind="stable")
+def _median(values: Iterator[np.ndarray], weights: Iterator[np.ndarray | None]) -> float:
+    """The median of the non-empty values; weighted (unless those weigh 0 in all), the one
+    of the values repeated by integer weights: the mean of the two values where the
+    cumulative weight reaches and passes half the total."""
+    kept: list[np.ndarray] = []
+    kept_w: list[np.ndarray] = []
+    for part, w in zip(values, weights, strict=False):
+        observed = ~np.isnan(part)
+        kept.append(part[observed])
+        if w is not None:
+            kept_w.append(w[observed])
+    v = np.concatenate(kept)
+    w = np.concatenate(kept_w) if kept_w else None
+    if w is None or not w.any():
+        return float(np.median(v))
+    order = np.argsort(v, kind="stable")
     cumulative = np.cumsum(w[order].astype(np.float64))
     half = cumulative[-1] / 2
-    low = values[order[np.searchsorted(cumulative, half, side="left")]]
-    high = values[order[min(int(np.searchsorted(cumulative, half, side="right")), len(values) - 1)]]
+    low = v[order[np.searchsorted(cumulative, half, side="left")]]
+    high = v[order[min(int(np.searchsorted(cumulative, half, side="right")), len(v) - 1)]]
     return float((float(low) + float(high)) / 2)
 
 

@@ -1,14 +1,13 @@
-"""`run`'s data: in memory when the table's arrays fit `data.memory_budget`, else streamed.
+"""`run`'s and `eval`'s data: in memory when the table's arrays fit `data.memory_budget`,
+else streamed.
 
 A streamed table is read from the data cache, memory-mapped, in passes of BLOCK_ROWS rows:
-one pass finds the empty cells (`data.missing`), one fits the preprocessing on the
-training rows (means and standard deviations merged block by block in float64, by Chan's
-parallel formula; category vocabularies from code counts; min, max and empty cells for the
-drift profile), and `data.missing: median` adds one pass per numeric column that gathers
-its training values (4 bytes a row) for an exact median. Validation rows (`data.val`, or
+one pass finds the empty cells (`data.missing`), one fits the preprocessing and the drift
+profile on the training rows (preprocess.fit, the fitter the in-memory path runs as one
+block), and `data.missing: median` adds one pass per numeric column that gathers its
+training values (4 bytes a row) for an exact median. Validation rows (`data.val`, or
 `data.val_fraction` of the training file, chosen with `seed` exactly as in memory) are
-streamed too, for scoring.
-"""
+streamed too, for scoring."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig, size_in_bytes
-from mse_train.data import cache, csvscan, drift, ingest, parquet, prepare, stream_stats, table
+from mse_train.data import cache, csvscan, drift, ingest, parquet, prepare, preprocess, table
 from mse_train.data.digest import Digest
 from mse_train.data.preprocess import Preprocessor
 from mse_train.data.stream import BLOCK_ROWS, Encoder, Rows
@@ -154,7 +153,9 @@ def prepare_run(
         val_source = source if val_mask is not None else None
         digests = {str(path): Digest.known(sha)}
     seconds = time.perf_counter() - started
-    pre, profile = stream_stats.fit(source.path, entry, train_mask, features, targets, cfg)
+    pre, profile = preprocess.fit(
+        source.path, entry, train_mask, features, targets, cfg, block_rows=BLOCK_ROWS
+    )
     train = Rows(Encoder(pre, entry, path), train_mask)
     val = None
     if val_source is not None:
