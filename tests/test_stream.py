@@ -201,13 +201,24 @@ def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
     assert refused.code == 2
     # A prediction that is not a finite number is named as in memory: the file's line and
     # the feature furthest out, wherever its block lies.
+    monkeypatch.undo()  # streamed again
+    monkeypatch.setattr(stream_fit, "eval_blocks", spy)
+    calls.clear()
     far = pd.read_csv(mixed)
     far.loc[BLOCK_ROWS + 10, ["c", "y"]] = [3e38, 1.0]  # 3e40 standard deviations out
     far.to_csv(tmp_path / "far.csv", index=False)
     bad = cli("eval", tmp_path / "s" / "best.pt", tmp_path / "far.csv")
     assert bad.code == 2, bad
     assert f"line {BLOCK_ROWS + 12}" in bad.stderr and "`c` is 3e+38" in bad.stderr, bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert "Traceback" not in bad.stderr and calls == [1], calls
+    # So is a category training never saw: the one transform names its value and line.
+    unseen = pd.read_csv(mixed)
+    unseen.loc[BLOCK_ROWS + 20, "kind"] = "purple"
+    unseen.to_csv(tmp_path / "unseen.csv", index=False)
+    bad = cli("eval", tmp_path / "s" / "best.pt", tmp_path / "unseen.csv")
+    assert bad.code == 2, bad
+    assert "`kind`: 1 row(s) of a block hold categories that training never saw" in bad.stderr, bad.stderr
+    assert f"values: 'purple'; first at line(s) {BLOCK_ROWS + 22}" in bad.stderr, bad.stderr
 
 
 @pytest.mark.parametrize("missing", ["mean", "median"])

@@ -18,6 +18,7 @@ fitted preprocessing out, through a binary cache of parsed tables.
   weights.py     the sample weights column (`data.weight`): checked where it is read
   preprocess.py  standardisation, fill values and category vocabularies (one-hot
                  columns or embedding codes), fitted on training rows and stored in checkpoints;
+                 the one transform (`Encoder`) turns rows in column form into model inputs;
                  the one fitter reads the table in column form (cache.py's), a block at a
                  time (one block in memory: float64 moments merged by Chan's formula, exact
                  medians, vocabularies from code counts), and makes the drift profile too
@@ -29,7 +30,7 @@ fitted preprocessing out, through a binary cache of parsed tables.
                  one fold's split (`fit_split`) for cross-validation
   folds.py       K-fold row numbers, shuffled with the seed
   stream.py      rows of a memory-mapped cache entry in blocks: shuffled epochs of batches
-                 and scoring, encoded as preprocess.py does, for tables larger than memory
+                 and scoring, through preprocess.py's Encoder, for tables larger than memory
   stream_fit.py  `run`'s and `eval`'s data: in memory when it fits `data.memory_budget`,
                  else streamed (empty cells, the validation split, the checks, block by block)
   drift.py       what the training rows held (range, empty cells), and how new rows

@@ -107,64 +107,24 @@ class Preprocessor:
         )
 
     # ------------------------------------------------------------------ transform
-    def features_array(self, table: Table, frame: pd.DataFrame | None = None) -> np.ndarray:
-        """float32 (rows, inputs): filled, standardised numbers, then one-hot blocks (or codes)."""
-        frame = table.frame if frame is None else frame
-        block = frame[[c.name for c in self.numeric]].to_numpy(dtype=np.float32, copy=True)
-        if self.missing in ("mean", "median") and len(self.numeric):
-            fills = np.array(
-                [[c.fill if c.fill is not None else np.nan for c in self.numeric]], dtype=np.float32
-            )
-            np.copyto(block, np.broadcast_to(fills, block.shape), where=np.isnan(block))
-        if len(self.numeric):
-            # A value far outside the training rows may overflow float32 here; the prediction
-            # is then not finite, and use/scoring.py names the row instead of warning.
-            with np.errstate(over="ignore", invalid="ignore"):
-                block -= np.array([c.mean for c in self.numeric], dtype=np.float32)
-                block /= np.array([c.std for c in self.numeric], dtype=np.float32)
-        if not self.categorical:
-            return block
-        parts = [block] + [self._encode(table, frame, col) for col in self.categorical]
-        return np.concatenate(parts, axis=1)
+    def numeric_constants(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The numeric features' fill values (NaN: none), means and standard deviations, as
+        the float32 the transform (Encoder) and its ONNX export (use/onnx_graph.py) apply."""
+        fill = np.array([c.fill if c.fill is not None else np.nan for c in self.numeric], dtype=np.float32)
+        mean = np.array([c.mean for c in self.numeric], dtype=np.float32)
+        return fill, mean, np.array([c.std for c in self.numeric], dtype=np.float32)
 
-    def _encode(self, table: Table, frame: pd.DataFrame, col: CategoricalColumn) -> np.ndarray:
-        """A column's one-hot block, or (embedding) its codes: 1 + the category's place, 0 for
-        none (an unseen category under `ignore`), the embedding's fixed zero row."""
-        codes = self._codes(table, frame, col)
-        if self.embedded:
-            return (codes + 1).astype(np.float32)[:, None]
-        out = np.zeros((len(codes), len(col.categories)), dtype=np.float32)
-        known = codes >= 0
-        out[np.flatnonzero(known), codes[known]] = 1.0
-        return out
-
-    def _codes(self, table: Table, frame: pd.DataFrame, col: CategoricalColumn) -> np.ndarray:
-        """Each row's place in the vocabulary, -1 for none; an unseen one is an error unless `ignore`."""
-        values = frame[col.name]
-        if self.missing in ("mean", "median"):
-            values = values.fillna(MISSING_CATEGORY)
-        codes = pd.Index(col.categories).get_indexer(pd.Index(values)).astype(np.int64)  # -1: unknown/empty
-        unknown = np.flatnonzero((codes < 0) & values.notna().to_numpy())
-        if len(unknown) and self.unknown_category == "error":
-            seen = pd.unique(values.iloc[unknown])
-            lines = table.line_of(frame.index.to_numpy()[unknown[:EXAMPLES]])
-            shown = ", ".join(repr(v) for v in seen[:EXAMPLES])
-            raise DataError(
-                f"{table.path}, column `{col.name}`: {len(unknown)} row(s) hold categories "
-                "that training never saw",
-                [
-                    f"values: {shown}{' ...' if len(seen) > EXAMPLES else ''}; first at {table.unit}(s) "
-                    f"{', '.join(map(str, lines))}",
-                    f"known categories: {', '.join(col.categories[:20])}"
-                    + (" ..." if len(col.categories) > 20 else ""),
-                    "fix the values, or train with `data.unknown_category: ignore` (all-zero encoding)",
-                ],
-            )
-        return codes
+    def features_array(self, table: Table) -> np.ndarray:
+        """float32 (rows, inputs) of a table read into memory: the Encoder on one block."""
+        entry = Entry.of_frame(table.frame, self.features, self.categorical_names)
+        return Encoder(self, entry, table, table.frame.index.to_numpy()).x(0, entry.rows, None)
 
     def targets_array(self, frame: pd.DataFrame) -> np.ndarray:
         """float32 (rows, targets), standardised when training scaled the targets."""
-        y = frame[self.target_names].to_numpy(dtype=np.float32, copy=True)
+        return self.scale_targets(frame[self.target_names].to_numpy(dtype=np.float32, copy=True))
+
+    def scale_targets(self, y: np.ndarray) -> np.ndarray:
+        """float32 targets standardised in place, as training scaled them."""
         with np.errstate(over="ignore", invalid="ignore"):  # far-out targets of eval rows: inf
             y -= np.array([t.mean for t in self.targets], dtype=np.float32)
             y /= np.array([t.std for t in self.targets], dtype=np.float32)
@@ -176,6 +136,104 @@ class Preprocessor:
         std = np.array([t.std for t in self.targets])
         out: np.ndarray = y.astype(np.float64) * std + mean
         return out
+
+
+@dataclass
+class Encoder:
+    """The transform, one definition: rows of a table in column form (cache.Entry, in memory
+    or memory-mapped) -> float32 model inputs (empty cells filled, numbers standardised,
+    then one-hot blocks or embedding codes) and scaled targets.
+
+    `table` names the file in messages; `places` maps the entry's rows to the file's data
+    rows (None: the same), so that an unseen category is named by line (or Parquet row).
+    """
+
+    pre: Preprocessor
+    entry: Entry
+    table: Table
+    places: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        pre = self.pre
+        self.fill, self.mean, self.std = pre.numeric_constants()
+        # Per categorical column: entry code + 1 -> place in the fitted categories (-1: none).
+        self.lookups: list[np.ndarray] = []
+        for col in pre.categorical:
+            index = {c: i for i, c in enumerate(col.categories)}
+            vocab = self.entry.vocabularies[col.name]
+            empty = index.get(MISSING_CATEGORY, -1) if pre.missing in ("mean", "median") else -1
+            self.lookups.append(np.array([empty, *(index.get(v, -1) for v in vocab)], dtype=np.int64))
+        widths = [1 if pre.embedded else len(c.categories) for c in pre.categorical]
+        self.inputs = len(pre.numeric) + sum(widths)
+
+    def x(self, start: int, stop: int, rows: np.ndarray | None) -> np.ndarray:
+        """Inputs of the entry's rows `start:stop` (only those where `rows` is True)."""
+        cols = self.entry.columns
+
+        def pick(column: np.ndarray) -> np.ndarray:
+            return column[start:stop] if rows is None else column[start:stop][rows]
+
+        n = (stop - start) if rows is None else int(rows.sum())
+        out = np.empty((n, self.inputs), dtype=np.float32)
+        width = len(self.pre.numeric)
+        block = out[:, :width]
+        for j, number in enumerate(self.pre.numeric):
+            block[:, j] = pick(cols[number.name])
+        if self.pre.missing in ("mean", "median") and width:
+            np.copyto(block, np.broadcast_to(self.fill, block.shape), where=np.isnan(block))
+        if width:
+            # A value far outside the training rows may overflow float32 here; the prediction
+            # is then not finite, and use/scoring.py names the row instead of warning.
+            with np.errstate(over="ignore", invalid="ignore"):
+                block -= self.mean
+                block /= self.std
+        at = width
+        for col, lookup in zip(self.pre.categorical, self.lookups, strict=True):
+            codes = pick(cols[col.name])
+            where = lookup[codes.astype(np.int64) + 1]
+            unknown = (where < 0) & (codes >= 0)
+            if self.pre.unknown_category == "error" and unknown.any():
+                within = np.flatnonzero(unknown)
+                bad = start + (within if rows is None else np.flatnonzero(rows)[within])
+                raise self._unseen(col, bad, whole=(start, stop) == (0, self.entry.rows))
+            if self.pre.embedded:  # the code column: 1 + place, 0 for none (the fixed zero row)
+                out[:, at] = (where + 1).astype(np.float32)
+                at += 1
+                continue
+            part = out[:, at : at + len(col.categories)]
+            part[:] = 0.0
+            known = np.flatnonzero(where >= 0)
+            part[known, where[known]] = 1.0
+            at += len(col.categories)
+        return out
+
+    def y(self, start: int, stop: int, rows: np.ndarray | None) -> np.ndarray:
+        """Scaled targets of the entry's rows `start:stop` (only those where `rows` is True)."""
+        cols = self.entry.columns
+        names = self.pre.target_names
+        y = np.empty(((stop - start) if rows is None else int(rows.sum()), len(names)), dtype=np.float32)
+        for j, name in enumerate(names):
+            y[:, j] = cols[name][start:stop] if rows is None else cols[name][start:stop][rows]
+        return self.pre.scale_targets(y)
+
+    def _unseen(self, col: CategoricalColumn, bad: np.ndarray, whole: bool) -> DataError:
+        """The error for rows (of the entry) holding categories that training never saw;
+        `whole`: they were counted in every row, not in one block."""
+        vocab = self.entry.vocabularies[col.name]
+        seen = list(dict.fromkeys(vocab[int(c)] for c in self.entry.columns[col.name][bad]))
+        places = bad if self.places is None else self.places[bad]
+        lines = self.table.line_of(places[:EXAMPLES])
+        shown = ", ".join(repr(v) for v in seen[:EXAMPLES]) + (" ..." if len(seen) > EXAMPLES else "")
+        return DataError(
+            f"{self.table.path}, column `{col.name}`: {len(bad)} row(s){'' if whole else ' of a block'} "
+            "hold categories that training never saw",
+            [
+                f"values: {shown}; first at {self.table.unit}(s) {', '.join(lines)}",
+                f"known categories: {', '.join(col.categories[:20])}"
+                + (" ..." if len(col.categories) > 20 else ""),
+                "fix the values, or train with `data.unknown_category: ignore` (all-zero encoding)",
+            ],
+        )
 
 
 def too_many_categories(name: str, count: int, max_categories: int, encoding: str) -> str | None:

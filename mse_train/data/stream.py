@@ -19,98 +19,14 @@ their blocks.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from mse_train import runtime
-from mse_train.data.cache import Entry
-from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
-from mse_train.errors import DataError
+from mse_train.data.preprocess import Encoder
 
 BLOCK_ROWS = 1 << 16  # rows of the file per block: ~6 MB for 24 columns of float32
-
-
-@dataclass
-class Encoder:
-    """`Preprocessor.features_array` / `targets_array` on cache columns: the same float32 steps."""
-
-    pre: Preprocessor
-    entry: Entry
-    path: Path
-
-    def __post_init__(self) -> None:
-        pre = self.pre
-        self.mean = np.array([c.mean for c in pre.numeric], dtype=np.float32)
-        self.std = np.array([c.std for c in pre.numeric], dtype=np.float32)
-        self.fill = np.array(
-            [c.fill if c.fill is not None else np.nan for c in pre.numeric], dtype=np.float32
-        )
-        self.y_mean = np.array([t.mean for t in pre.targets], dtype=np.float32)
-        self.y_std = np.array([t.std for t in pre.targets], dtype=np.float32)
-        # Per categorical column: cache code + 1 -> position in the fitted categories (-1: none).
-        self.lookups: list[np.ndarray] = []
-        for col in pre.categorical:
-            index = {c: i for i, c in enumerate(col.categories)}
-            vocab = self.entry.vocabularies[col.name]
-            empty = index.get(MISSING_CATEGORY, -1) if pre.missing in ("mean", "median") else -1
-            self.lookups.append(np.array([empty, *(index.get(v, -1) for v in vocab)], dtype=np.int64))
-        widths = [1 if pre.embedded else len(c.categories) for c in pre.categorical]
-        self.inputs = len(pre.numeric) + sum(widths)
-
-    def x(self, start: int, stop: int, rows: np.ndarray | None) -> np.ndarray:
-        """Inputs of rows `start:stop` of the file (only those where `rows` is True)."""
-        cols = self.entry.columns
-
-        def pick(column: np.ndarray) -> np.ndarray:
-            return column[start:stop] if rows is None else column[start:stop][rows]
-
-        n = (stop - start) if rows is None else int(rows.sum())
-        out = np.empty((n, self.inputs), dtype=np.float32)
-        width = len(self.pre.numeric)
-        block = out[:, :width]
-        for j, number in enumerate(self.pre.numeric):
-            block[:, j] = pick(cols[number.name])
-        if self.pre.missing in ("mean", "median") and width:
-            np.copyto(block, np.broadcast_to(self.fill, block.shape), where=np.isnan(block))
-        if width:
-            with np.errstate(over="ignore", invalid="ignore"):
-                block -= self.mean
-                block /= self.std
-        at = width
-        for col, lookup in zip(self.pre.categorical, self.lookups, strict=True):
-            codes = pick(cols[col.name])
-            where = lookup[codes.astype(np.int64) + 1]
-            unknown = (where < 0) & (codes >= 0)
-            if unknown.any() and self.pre.unknown_category == "error":
-                raise DataError(
-                    f"{self.path}, column `{col.name}`: rows hold categories that training never saw",
-                    ["train with `data.unknown_category: ignore` (all-zero encoding)"],
-                )
-            if self.pre.embedded:  # the code column, as preprocess writes it: 1 + place, 0 for none
-                out[:, at] = (where + 1).astype(np.float32)
-                at += 1
-                continue
-            part = out[:, at : at + len(col.categories)]
-            part[:] = 0.0
-            known = np.flatnonzero(where >= 0)
-            part[known, where[known]] = 1.0
-            at += len(col.categories)
-        return out
-
-    def y(self, start: int, stop: int, rows: np.ndarray | None) -> np.ndarray:
-        """Scaled targets of rows `start:stop` (only those where `rows` is True)."""
-        cols = self.entry.columns
-        names = self.pre.target_names
-        y = np.empty(((stop - start) if rows is None else int(rows.sum()), len(names)), dtype=np.float32)
-        for j, name in enumerate(names):
-            y[:, j] = cols[name][start:stop] if rows is None else cols[name][start:stop][rows]
-        with np.errstate(over="ignore", invalid="ignore"):
-            y -= self.y_mean
-            y /= self.y_std
-        return y
 
 
 class Rows:

@@ -24,8 +24,8 @@ from mse_train import runtime
 from mse_train.config.schema import DataConfig, size_in_bytes
 from mse_train.data import cache, csvscan, drift, ingest, parquet, prepare, preprocess, table
 from mse_train.data.digest import Digest
-from mse_train.data.preprocess import Preprocessor
-from mse_train.data.stream import BLOCK_ROWS, Encoder, Rows
+from mse_train.data.preprocess import Encoder, Preprocessor
+from mse_train.data.stream import BLOCK_ROWS, Rows
 from mse_train.errors import EXAMPLES, DataError, examples
 
 AUTO_SHARE = 0.5  # `data.memory_budget: auto`: this share of the memory available at the start
@@ -156,11 +156,11 @@ def prepare_run(
     pre, profile = preprocess.fit(
         source.path, entry, train_mask, features, targets, cfg, block_rows=BLOCK_ROWS
     )
-    train = Rows(Encoder(pre, entry, path), train_mask)
+    train = Rows(Encoder(pre, entry, source.table()), train_mask)
     val = None
     if val_source is not None:
         _check_categories(val_source, val_mask, pre, cfg, val_source is source)
-        val = Rows(Encoder(pre, val_source.entry, val_source.path), val_mask)
+        val = Rows(Encoder(pre, val_source.entry, val_source.table()), val_mask)
     return Streamed(train, val, pre, digests, notes, profile, seconds)
 
 
@@ -215,7 +215,9 @@ def eval_blocks(
     if watch is not None:
         for start in source.slices():
             watch.observe(source.frame(pre.features, slice(start, min(start + BLOCK_ROWS, entry.rows))))
-    rows = Rows(Encoder(pre, entry, path), keep(source, pre.features, pre.target_names, pre.missing, notes))
+    rows = Rows(
+        Encoder(pre, entry, source.table()), keep(source, pre.features, pre.target_names, pre.missing, notes)
+    )
     for b, count in enumerate(rows.counts):
         if count:
             x, _ = rows.block(b)
@@ -231,15 +233,17 @@ class Source:
     entry: cache.Entry
     header: list[str]
 
-    def table(self, frame: pd.DataFrame) -> table.Table:
-        """Some of the file's rows as a Table (`frame` indexed by place in the file)."""
+    def table(self, frame: pd.DataFrame | None = None) -> table.Table:
+        """Some of the file's rows as a Table (`frame` indexed by place in the file; none:
+        the file, for naming places in messages)."""
+        rows = pd.DataFrame() if frame is None else frame
         return table.Table(
-            self.path, self.header, frame, self.entry.categorical, row_groups=self.entry.row_groups
+            self.path, self.header, rows, self.entry.categorical, row_groups=self.entry.row_groups
         )
 
     def lines(self, rows: np.ndarray) -> list[str]:
         """Where rows are, for messages (a CSV's lines, a Parquet file's rows)."""
-        return self.table(pd.DataFrame()).line_of(rows)
+        return self.table().line_of(rows)
 
     def frame(self, names: list[str], places: np.ndarray | slice) -> pd.DataFrame:
         """Columns of some rows (`places`, 0-based) as read: categories decoded, as

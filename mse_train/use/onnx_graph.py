@@ -147,15 +147,15 @@ def _numeric(g: Graph, pre: Preprocessor, refused: list[str]) -> str:
         else pre.numeric[0].name
     )
     empty = g.op("IsNaN", x)
+    fill, mean, std = pre.numeric_constants()  # the transform's own float32 constants
     if pre.missing in ("mean", "median"):
-        fills = np.array([[c.fill if c.fill is not None else np.nan for c in pre.numeric]], np.float32)
-        x = g.op("Where", empty, g.const("fill", fills), x)
+        x = g.op("Where", empty, g.const("fill", fill[None, :]), x)
     else:  # error / drop: predict refuses or skips the row
         empties = g.op("Cast", empty, to=1)  # FLOAT
         refused.append(g.op("ReduceSum", empties, g.const("axis", np.array([1], np.int64)), keepdims=1))
-    # float32 constants and the same two operations as Preprocessor.features_array.
-    x = g.op("Sub", x, g.const("mean", np.array([[c.mean for c in pre.numeric]], np.float32)))
-    return g.op("Div", x, g.const("std", np.array([[c.std for c in pre.numeric]], np.float32)))
+    # the same two operations as data/preprocess.py's Encoder
+    x = g.op("Sub", x, g.const("mean", mean[None, :]))
+    return g.op("Div", x, g.const("std", std[None, :]))
 
 
 def _position(g: Graph, pre: Preprocessor, name: str, categories: list[str], refused: list[str]) -> str:
