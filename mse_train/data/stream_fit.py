@@ -22,7 +22,7 @@ import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig, size_in_bytes
-from mse_train.data import cache, csvscan, drift, ingest, parquet, prepare, preprocess, table
+from mse_train.data import cache, csvscan, drift, ingest, missing, parquet, prepare, preprocess, table
 from mse_train.data.digest import Digest
 from mse_train.data.preprocess import Encoder, Preprocessor
 from mse_train.data.stream import BLOCK_ROWS, Rows
@@ -128,7 +128,7 @@ def prepare_run(
         f"of {BLOCK_ROWS} rows"
     )
     source = Source(path, entry, header)
-    kept = keep(source, features, targets, cfg.missing, notes)
+    kept = source.keep(features, targets, cfg.missing, notes)
     val_source: Source | None = None
     val_mask: np.ndarray | None = None
     if cfg.val is not None:
@@ -145,7 +145,7 @@ def prepare_run(
         if vfound is None:
             raise DataError(f"{vpath}: cannot be streamed: the data cache could not be written")
         val_source = Source(vpath, vfound[0], table.read_header(vpath, cfg.delimiter))
-        val_mask = keep(val_source, features, targets, cfg.missing, notes)
+        val_mask = val_source.keep(features, targets, cfg.missing, notes)
         train_mask = kept
         digests = {str(path): Digest.known(sha), str(vpath): Digest.known(vfound[1])}
     else:
@@ -216,7 +216,7 @@ def eval_blocks(
         for start in source.slices():
             watch.observe(source.frame(pre.features, slice(start, min(start + BLOCK_ROWS, entry.rows))))
     rows = Rows(
-        Encoder(pre, entry, source.table()), keep(source, pre.features, pre.target_names, pre.missing, notes)
+        Encoder(pre, entry, source.table()), source.keep(pre.features, pre.target_names, pre.missing, notes)
     )
     for b, count in enumerate(rows.counts):
         if count:
@@ -260,67 +260,16 @@ class Source:
         index = np.arange(places.start, places.stop) if isinstance(places, slice) else places
         return pd.DataFrame(cells, index=index)
 
+    def keep(
+        self, features: list[str], targets: list[str], policy: str, notes: list[str]
+    ) -> np.ndarray | None:
+        """`data.missing` over the table, a block at a time: the rows kept (None: all)."""
+        kept, said = missing.keep(self.entry, features, targets, policy, self.table(), block_rows=BLOCK_ROWS)
+        notes += said
+        return kept
+
     def slices(self) -> range:
         return range(0, self.entry.rows, BLOCK_ROWS)
-
-
-def _empty(values: np.ndarray, categorical: bool) -> np.ndarray:
-    return values < 0 if categorical else np.isnan(values)
-
-
-def keep(
-    source: Source, features: list[str], targets: list[str], policy: str, notes: list[str]
-) -> np.ndarray | None:
-    """`data.missing` over a streamed table (as missing.handle_missing): the rows kept, None: all."""
-    entry, cat = source.entry, set(source.entry.categorical)
-    n = entry.rows
-    target_empty = np.zeros(n, dtype=bool)
-    feature_empty = np.zeros(n, dtype=bool)
-    counts = dict.fromkeys([*targets, *features], 0)
-    first: dict[str, list[int]] = {name: [] for name in counts}
-    for start in source.slices():
-        stop = min(start + BLOCK_ROWS, n)
-        for name in counts:
-            empty = _empty(entry.columns[name][start:stop], name in cat)
-            if not empty.any():
-                continue
-            counts[name] += int(empty.sum())
-            first[name] += [start + int(r) for r in np.flatnonzero(empty)[:EXAMPLES]]
-            (target_empty if name in targets else feature_empty)[start:stop] |= empty
-    if not any(counts.values()):
-        return None
-    if policy == "error":
-        problems = []
-        for name, count in counts.items():
-            if count:
-                role = "target" if name in targets else "feature"
-                more = " ..." if count > EXAMPLES else ""
-                unit = "row" if entry.row_groups is not None else "line"
-                lines = ", ".join(source.lines(np.array(first[name][:EXAMPLES])))
-                problems.append(
-                    f"column `{name}` ({role}): {count} empty cell(s), at {unit}(s) {lines}{more}"
-                )
-        problems.append(
-            "fill them in, or set `data.missing` to drop (skip those rows), mean or median "
-            "(fill features from the training rows); rows with an empty target are then dropped"
-        )
-        raise DataError(f"{source.path}: empty cells (counted as empty: blank, NA, NaN, null, ...)", problems)
-    if target_empty.any():
-        notes.append(f"{source.path.name}: dropped {int(target_empty.sum())} row(s) with an empty target")
-    drop = target_empty
-    if policy == "drop":
-        only = int((feature_empty & ~target_empty).sum())
-        drop = drop | feature_empty
-        if only:
-            notes.append(f"{source.path.name}: dropped {only} row(s) with an empty feature")
-    elif feature_empty.any():
-        filled = sum(counts[f] for f in features)
-        notes.append(
-            f"{source.path.name}: filled {filled} empty feature cell(s) with the training rows' {policy}"
-        )
-    if drop.all():
-        raise DataError(f"{source.path}: no rows left after dropping rows with empty cells")
-    return ~drop
 
 
 def _split(
