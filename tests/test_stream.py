@@ -14,6 +14,7 @@ import torch
 from mse_train import config, recipe
 from mse_train.data import cache, prepare, preprocess, stream_fit
 from mse_train.data.stream import BLOCK_ROWS, Rows
+from mse_train.errors import DataError
 
 from conftest import read_metrics, signal_at_step, write_config
 
@@ -264,3 +265,22 @@ def test_one_fitter_gives_in_blocks_what_it_gives_in_one_block(mixed, missing):
     assert (weighted.targets[0].mean, weighted.targets[0].std) == pytest.approx(
         (plain.targets[0].mean, plain.targets[0].std), rel=1e-9
     )
+
+
+def test_a_category_only_in_validation_rows_is_named_alike_streamed_and_in_memory(tmp_path, mixed):
+    cfg = config.load(data_config(tmp_path, mixed, missing="mean", memory_budget="1KiB"))
+    streamed = stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, 512)
+    assert isinstance(streamed, stream_fit.Streamed) and streamed.val is not None
+    assert streamed.val.mask is not None
+    row = int(np.flatnonzero(streamed.val.mask)[-1])  # a validation row in the second block
+    rare = pd.read_csv(mixed)
+    rare.loc[row, "kind"] = "rare"
+    rare.to_csv(mixed, index=False)
+    with pytest.raises(DataError) as in_blocks:
+        stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, 512)
+    cfg.data.memory_budget = "1GiB"
+    with pytest.raises(DataError) as in_memory:
+        stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, 512)
+    assert str(in_blocks.value) == str(in_memory.value)
+    assert "'rare' only in 1 row(s) that fell in the validation split" in str(in_blocks.value)
+    assert f"(line(s) {row + 2})" in str(in_blocks.value)

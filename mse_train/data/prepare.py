@@ -8,13 +8,12 @@ training rows alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
@@ -324,29 +323,50 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
 def _check_split_categories(
     train: table.Table, pre: Preprocessor, val_rows: np.ndarray, cfg: DataConfig, split_name: str
 ) -> None:
-    """A category held only by rows that `data.val_fraction` put in validation: say so.
+    """`check_categories` on held-out rows (indices) of a table read into memory."""
+    columns = cache.Entry.of_frame(train.frame, pre.categorical_names, pre.categorical_names)
+    check_categories(columns, val_rows, pre, cfg, train, split_name, train.frame.index.to_numpy())
 
-    The vocabulary comes from the training rows alone, so such a value would otherwise be
-    reported as one "training never saw", against a file that holds it.
-    """
+
+def check_categories(
+    entry: cache.Entry,
+    rows: np.ndarray,
+    pre: Preprocessor,
+    cfg: DataConfig,
+    where: table.Table,
+    split_name: str,
+    places: np.ndarray | None = None,
+    block_rows: int | None = None,
+) -> None:
+    """A category held only by held-out rows (`rows`: indices, or a mask read `block_rows`
+    at a time) of a table in column form: say so. The vocabulary comes from the training
+    rows alone, so such a value would otherwise be reported as one "training never saw",
+    against a file that holds it. `where` names the file, `places` maps rows to its data rows."""
     problems = []
     for col in pre.categorical:
-        values = train.frame[col.name].to_numpy()[val_rows]
-        if pre.missing in ("mean", "median"):
-            values = np.where(pd.isna(values), preprocess.MISSING_CATEGORY, values)
-        present = ~pd.isna(values)
-        unseen = present & ~np.isin(values, col.categories)
-        if unseen.any():
-            rows = val_rows[np.flatnonzero(unseen)]
-            seen = list(dict.fromkeys(values[unseen]))
-            lines = train.line_of(train.frame.index.to_numpy()[np.sort(rows)[:EXAMPLES]])
+        vocab, known_names = entry.vocabularies[col.name], set(col.categories)
+        known = np.array([v in known_names for v in vocab] + [True])  # code -1 (empty) last
+        column = entry.columns[col.name]
+        seen: dict[str, None] = {}
+        bad_rows: list[np.ndarray] = []
+        count = 0
+        for picked in _held_out(rows, entry.rows, block_rows):
+            codes = column[picked]
+            bad = ~known[codes]
+            if bad.any():
+                count += int(bad.sum())
+                seen.update(dict.fromkeys(vocab[c] for c in codes[bad]))
+                bad_rows.append(np.sort(picked[bad])[:EXAMPLES])
+        if count:
+            first = np.concatenate(bad_rows)[:EXAMPLES]
+            lines = where.line_of(first if places is None else places[first])
             problems.append(
                 f"column `{col.name}`: {examples([repr(v) for v in seen])} only in "
-                f"{len(rows)} row(s) that fell in {split_name} ({train.unit}(s) {examples(lines, len(rows))})"
+                f"{count} row(s) that fell in {split_name} ({where.unit}(s) {examples(lines, count)})"
             )
     if problems:
         raise DataError(
-            f"{cfg.train}: categories that no training row holds: {split_name}"
+            f"{where.path}: categories that no training row holds: {split_name}"
             + (
                 f" (`data.val_fraction: {cfg.val_fraction}`, shuffled with `seed`)"
                 if split_name == "the validation split"
@@ -360,6 +380,16 @@ def _check_split_categories(
                 "`data.unknown_category: ignore` (validation rows with them are encoded as all zeros)",
             ],
         )
+
+
+def _held_out(rows: np.ndarray, n: int, block_rows: int | None) -> Iterator[np.ndarray]:
+    """The held-out row numbers: the indices as given, or a mask's a block at a time."""
+    if rows.dtype != np.bool_:
+        yield rows
+        return
+    step = block_rows or max(1, n)
+    for start in range(0, n, step):
+        yield start + np.flatnonzero(rows[start : start + step])
 
 
 def prepare_eval(

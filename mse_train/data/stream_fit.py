@@ -26,7 +26,7 @@ from mse_train.data import cache, csvscan, drift, ingest, missing, parquet, prep
 from mse_train.data.digest import Digest
 from mse_train.data.preprocess import Encoder, Preprocessor
 from mse_train.data.stream import BLOCK_ROWS, Rows
-from mse_train.errors import EXAMPLES, DataError, examples
+from mse_train.errors import DataError
 
 AUTO_SHARE = 0.5  # `data.memory_budget: auto`: this share of the memory available at the start
 
@@ -159,7 +159,13 @@ def prepare_run(
     train = Rows(Encoder(pre, entry, source.table()), train_mask)
     val = None
     if val_source is not None:
-        _check_categories(val_source, val_mask, pre, cfg, val_source is source)
+        if cfg.unknown_category == "error":
+            held = val_mask if val_mask is not None else np.ones(val_source.entry.rows, dtype=bool)
+            split_name = "the validation split" if val_source is source else "`data.val`"
+            where = val_source.table()
+            prepare.check_categories(
+                val_source.entry, held, pre, cfg, where, split_name, block_rows=BLOCK_ROWS
+            )
         val = Rows(Encoder(pre, val_source.entry, val_source.table()), val_mask)
     return Streamed(train, val, pre, digests, notes, profile, seconds)
 
@@ -292,48 +298,3 @@ def _split(
     train = np.zeros(n_rows, dtype=bool)
     train[kept[chosen] if kept is not None else chosen] = True
     return train, (~train if keep is None else keep & ~train)
-
-
-def _check_categories(
-    source: Source, rows: np.ndarray | None, pre: Preprocessor, cfg: DataConfig, same_file: bool
-) -> None:
-    """Validation rows holding a category no training row holds: the in-memory messages' gist."""
-    if cfg.unknown_category != "error":
-        return
-    problems = []
-    for col in pre.categorical:
-        vocab = source.entry.vocabularies[col.name]
-        known = np.array([v in set(col.categories) for v in vocab] + [True])  # code -1 (empty) last
-        codes = source.entry.columns[col.name]
-        unseen: list[int] = []
-        count = 0
-        for start in source.slices():
-            part = codes[start : start + BLOCK_ROWS]
-            bad = ~known[part]
-            if rows is not None:
-                bad &= rows[start : start + BLOCK_ROWS]
-            if bad.any():
-                count += int(bad.sum())
-                unseen += [start + int(r) for r in np.flatnonzero(bad)[:EXAMPLES]]
-        if count:
-            values = list(dict.fromkeys(vocab[codes[r]] for r in unseen))
-            lines = source.lines(np.array(unseen[:EXAMPLES]))
-            unit = "row" if source.entry.row_groups is not None else "line"
-            problems.append(
-                f"column `{col.name}`: {examples([repr(v) for v in values])} in {count} validation row(s) "
-                f"({unit}(s) {examples(lines, count)})"
-            )
-    if problems:
-        where = (
-            "the validation split (`data.val_fraction`, shuffled with `seed`)"
-            if same_file
-            else str(source.path)
-        )
-        raise DataError(
-            f"{source.path}: categories that no training row holds: {where}",
-            [
-                *problems,
-                "change `seed` for another split, add rows with those values, or set "
-                "`data.unknown_category: ignore` (rows with them are encoded as all zeros)",
-            ],
-        )
