@@ -284,3 +284,32 @@ def test_a_category_only_in_validation_rows_is_named_alike_streamed_and_in_memor
     assert str(in_blocks.value) == str(in_memory.value)
     assert "'rare' only in 1 row(s) that fell in the validation split" in str(in_blocks.value)
     assert f"(line(s) {row + 2})" in str(in_blocks.value)
+
+
+def test_eval_of_a_gzip_table_over_the_budget_streams(cli, tmp_path, monkeypatch):
+    """A .gz file's size bounds nothing about its rows: eval maps it and measures, as run does."""
+    import gzip
+
+    n = BLOCK_ROWS + 5000
+    a = (np.arange(n) % 10) * 0.5
+    frame = pd.DataFrame({"a": a, "b": a[::-1], "y": a + 2 * a[::-1]})
+    path = tmp_path / "rep.csv.gz"
+    with gzip.open(path, "wt") as f:
+        frame.to_csv(f, index=False)
+    bound = stream_fit.in_memory_bytes(path.stat().st_size // 3, 3, 3, 1)
+    need = stream_fit.in_memory_bytes(n, 3, 2, 1)
+    budget = (bound >> 10) + 1  # KiB: the compressed size says it fits; it does not
+    assert budget << 10 < need
+    cfg = data_config(tmp_path, path, memory_budget=f"{budget}KiB", val_fraction=0.0)
+    assert cli("run", cfg, "-q", "-o", tmp_path / "s").code == 0
+    calls = []
+    blocks = stream_fit.eval_blocks
+
+    def spy(*args):
+        calls.append(1)
+        return blocks(*args)
+
+    monkeypatch.setattr(stream_fit, "eval_blocks", spy)
+    result = cli("eval", tmp_path / "s" / "best.pt", path, "--json")
+    assert result.code == 0, result
+    assert calls == [1]

@@ -12,7 +12,7 @@ streamed too, for scoring."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +76,8 @@ def prepare_run(
     """The data for `run`: `prepare.prepare` when it fits the budget, else streamed."""
     limit = budget(cfg)
     path = Path(cfg.train)
-    if not parquet.is_parquet(path) and not csvscan.is_gzip(path):
-        # A plain CSV row takes at least one byte per column: a bound on the rows, unread.
-        header = table.read_header(path, cfg.delimiter)
-        most_rows = path.stat().st_size // max(1, len(header))
-        if in_memory_bytes(most_rows, len(header), len(header), len(targets)) <= limit:
-            return prepare.prepare(cfg, targets, seed)
+    if surely_fits(path, table.read_header(path, cfg.delimiter), len(targets), limit):
+        return prepare.prepare(cfg, targets, seed)
     started = time.perf_counter()
     notes: list[str] = []
     store = cache.open_store(cfg.cache, notes)
@@ -89,25 +85,22 @@ def prepare_run(
     features = prepare.feature_names(cfg.features, header, targets, path, cfg.weight)
     table.check_columns(path, header, features, "feature")
     table.check_columns(path, header, targets, "target")
-    if store is None:
-        return prepare.prepare(cfg, targets, seed)
-    found = ingest.mapped(
+    found = mapped_over(
         path,
         [*features, *targets],
         cfg.categorical,
-        infer_from=features,
-        delimiter=cfg.delimiter,
-        store=store,
-        non_numeric=cfg.non_numeric,
+        features,
+        cfg.delimiter,
+        store,
+        cfg.non_numeric,
+        limit,
+        lambda entry: sum(len(entry.vocabularies.get(f, [0])) for f in features),
+        len(targets),
     )
     if found is None:
         return prepare.prepare(cfg, targets, seed)
-    entry, sha = found
-    inputs = sum(len(entry.vocabularies.get(f, [0])) for f in features)
-    need = in_memory_bytes(entry.rows, len(entry.columns), inputs, len(targets))
-    if need <= limit:
-        del entry
-        return prepare.prepare(cfg, targets, seed)
+    entry, sha, need = found
+    assert store is not None  # the entry came from it
     if cfg.weight is not None:
         raise DataError(
             f"{path}: the table needs about {need >> 20} MiB in memory, more than `data.memory_budget` "
@@ -170,37 +163,74 @@ def prepare_run(
     return Streamed(train, val, pre, digests, notes, profile, seconds)
 
 
+def surely_fits(path: Path, header: list[str], targets: int, limit: int) -> bool:
+    """True when even the most rows a plain CSV of this size could hold (a row takes at least
+    one byte per column) fit `limit` bytes in memory: decided without reading it. The size
+    of a Parquet or gzip file bounds nothing."""
+    if parquet.is_parquet(path) or csvscan.is_gzip(path):
+        return False
+    most_rows = path.stat().st_size // max(1, len(header))
+    return in_memory_bytes(most_rows, len(header), len(header), targets) <= limit
+
+
+def mapped_over(
+    path: Path,
+    columns: list[str],
+    categorical: list[str],
+    infer_from: list[str],
+    delimiter: str,
+    store: cache.Store | None,
+    non_numeric: str,
+    limit: int,
+    inputs: Callable[[cache.Entry], int],
+    targets: int,
+) -> tuple[cache.Entry, str, int] | None:
+    """The table's cache entry, memory-mapped, its sha256 and the bytes its arrays need in
+    memory (`inputs` model inputs), when those exceed `limit`; None: read it into memory."""
+    if store is None:
+        return None
+    found = ingest.mapped(
+        path,
+        columns,
+        categorical,
+        infer_from=infer_from,
+        delimiter=delimiter,
+        store=store,
+        non_numeric=non_numeric,
+    )
+    if found is None:
+        return None
+    entry, sha = found
+    need = in_memory_bytes(entry.rows, len(entry.columns), inputs(entry), targets)
+    return (entry, sha, need) if need > limit else None
+
+
 def mapped_if_too_big(
     path: Path, pre: Preprocessor, delimiter: str, setting: str, store: cache.Store | None
 ) -> tuple[cache.Entry, list[str]] | None:
     """`eval`'s table as a mapped cache entry, and its header, when its arrays exceed the
     budget `setting` (a checkpoint's `data.memory_budget`); None: it is read into memory."""
-    if store is None:
-        return None
     limit = budget_of(setting)
     targets = pre.target_names
     header = table.read_header(path, delimiter)
-    if not parquet.is_parquet(path):
-        most_rows = path.stat().st_size // max(1, len(header))
-        if in_memory_bytes(most_rows, len(header), len(header), len(targets)) <= limit:
-            return None
+    if store is None or surely_fits(path, header, len(targets), limit):
+        return None
     table.check_columns(path, header, pre.features, "feature the model was trained on")
     table.check_columns(path, header, targets, "target")
-    found = ingest.mapped(
+    inputs = len(pre.numeric) + sum(len(c.categories) for c in pre.categorical)
+    found = mapped_over(
         path,
         [*pre.features, *targets],
         pre.categorical_names,
-        infer_from=(),
-        delimiter=delimiter,
-        store=store,
-        non_numeric=pre.non_numeric,
+        [],
+        delimiter,
+        store,
+        pre.non_numeric,
+        limit,
+        lambda _: inputs,
+        len(targets),
     )
-    if found is None:
-        return None
-    entry = found[0]
-    inputs = len(pre.numeric) + sum(len(c.categories) for c in pre.categorical)
-    need = in_memory_bytes(entry.rows, len(entry.columns), inputs, len(targets))
-    return (entry, header) if need > limit else None
+    return None if found is None else (found[0], header)
 
 
 def eval_blocks(
