@@ -183,17 +183,9 @@ def fit_split(
     val_rows: np.ndarray | None = None
     fit_rows = train_rows
     if cfg.val_fraction > 0:
-        n_val = round(len(train_rows) * cfg.val_fraction)
-        if n_val < 1 or len(train_rows) - n_val < 1:
-            raise DataError(
-                f"{cfg.train}: {split_name} has {len(train_rows)} training row(s), too few to hold "
-                f"out `data.val_fraction: {cfg.val_fraction}` of them",
-                ["use fewer folds, more rows, or data.val_fraction: 0"],
-            )
         # The holdout `prepare` makes of a table of these rows (the same permutation of
         # them, the same order), so a fold trains exactly as `run` on the fold's rows would.
-        order = np.random.default_rng(seed).permutation(len(train_rows))
-        cut = len(train_rows) - n_val
+        order, cut = holdout(len(train_rows), cfg, seed, split_name)
         fit_rows, val_rows = train_rows[order[:cut]], train_rows[order[cut:]]
     pre, _ = _fit(loaded.table, fit_rows, loaded.features, loaded.targets, cfg)
     if cfg.unknown_category == "error":
@@ -222,6 +214,26 @@ def fit_split(
         rows(fit_rows), rows(val_rows) if val_rows is not None else None, pre, loaded.digests, []
     )
     return prepared, Held(rows(test_rows), y_true, test_rows)
+
+
+def holdout(n: int, cfg: DataConfig, seed: int, split_name: str | None = None) -> tuple[np.ndarray, int]:
+    """The one draw of `data.val_fraction`'s validation rows, in memory, for a fold's rows
+    (`split_name`) and streamed: a permutation of `n` rows drawn with `seed`, and where it
+    is cut (its first `cut` rows train, the rest validate)."""
+    n_val = round(n * cfg.val_fraction)
+    if n_val < 1 or n - n_val < 1:
+        if split_name is not None:
+            raise DataError(
+                f"{cfg.train}: {split_name} has {n} training row(s), too few to hold "
+                f"out `data.val_fraction: {cfg.val_fraction}` of them",
+                ["use fewer folds, more rows, or data.val_fraction: 0"],
+            )
+        raise DataError(
+            f"{Path(cfg.train)}: {n} row(s) are too few to hold out `data.val_fraction: "
+            f"{cfg.val_fraction}` ({n_val} validation, {n - n_val} training)",
+            ["use more rows, a different val_fraction, or set it to 0"],
+        )
+    return np.random.default_rng(seed).permutation(n), n - n_val
 
 
 def whole_table(loaded: Loaded, cfg: DataConfig) -> Split:
@@ -273,21 +285,14 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
         digests[str(val_path)] = val.hasher
         train_rows = None
     elif cfg.val_fraction > 0:
-        n_val = round(n * cfg.val_fraction)
-        if n_val < 1 or n - n_val < 1:
-            raise DataError(
-                f"{train_path}: {n} row(s) are too few to hold out `data.val_fraction: "
-                f"{cfg.val_fraction}` ({n_val} validation, {n - n_val} training)",
-                ["use more rows, a different val_fraction, or set it to 0"],
-            )
-        order = np.random.default_rng(seed).permutation(n)
-        train_rows = order[: n - n_val]
+        order, cut = holdout(n, cfg, seed)
+        train_rows = order[:cut]
     else:
         train_rows = None
 
     pre, profile = _fit(train, train_rows, features, targets, cfg)
     if train_rows is not None and cfg.unknown_category == "error":
-        _check_split_categories(train, pre, order[len(train_rows) :], cfg, "the validation split")
+        _check_split_categories(train, pre, order[cut:], cfg, "the validation split")
     x = pre.features_array(train)
     y = pre.targets_array(train.frame)
     w = None if cfg.weight is None else _weights(train, cfg.weight).astype(np.float32)
@@ -300,18 +305,14 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
     if train_rows is None:
         return Prepared(Split(x, y, w), None, pre, digests, notes, profile, ingest_seconds)
     # One gather puts train rows first and validation rows after; both are then views.
-    x, y = x[order], y[order]
-    cut = len(train_rows)
-    if w is None:
-        return Prepared(
-            Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:]), pre, digests, notes, profile, ingest_seconds
-        )
-    w = w[order]
-    for part, rows in ((w[:cut], "training rows"), (w[cut:], "validation rows (`data.val_fraction`)")):
-        weights.check_not_all_zero(part, train_path, str(cfg.weight), rows)
+    x, y, w = x[order], y[order], None if w is None else w[order]
+    if w is not None:
+        for part, rows in ((w[:cut], "training rows"), (w[cut:], "validation rows (`data.val_fraction`)")):
+            weights.check_not_all_zero(part, train_path, str(cfg.weight), rows)
+    fit_part, val_part = (None, None) if w is None else (w[:cut], w[cut:])
     return Prepared(
-        Split(x[:cut], y[:cut], w[:cut]),
-        Split(x[cut:], y[cut:], w[cut:]),
+        Split(x[:cut], y[:cut], fit_part),
+        Split(x[cut:], y[cut:], val_part),
         pre,
         digests,
         notes,

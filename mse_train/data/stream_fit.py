@@ -316,15 +316,8 @@ def _split(
     if cfg.val_fraction <= 0:
         return keep, None
     kept = np.flatnonzero(keep) if keep is not None else None
-    n = len(kept) if kept is not None else n_rows
-    n_val = round(n * cfg.val_fraction)
-    if n_val < 1 or n - n_val < 1:
-        raise DataError(
-            f"{path}: {n} row(s) are too few to hold out `data.val_fraction: {cfg.val_fraction}` "
-            f"({n_val} validation, {n - n_val} training)",
-            ["use more rows, a different val_fraction, or set it to 0"],
-        )
-    chosen = np.random.default_rng(seed).permutation(n)[: n - n_val]
+    order, cut = prepare.holdout(len(kept) if kept is not None else n_rows, cfg, seed)
+    chosen = order[:cut]
     train = np.zeros(n_rows, dtype=bool)
     train[kept[chosen] if kept is not None else chosen] = True
     return train, (~train if keep is None else keep & ~train)
