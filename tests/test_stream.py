@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mse_train import config, recipe
-from mse_train.data import cache, prepare, preprocess, stream_fit
+from mse_train.data import cache, fitting, prepare, stream_fit
 from mse_train.data.stream import BLOCK_ROWS, Rows
 from mse_train.errors import DataError
 
@@ -224,7 +224,7 @@ def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
 
 @pytest.mark.parametrize("missing", ["mean", "median"])
 def test_one_fitter_gives_in_blocks_what_it_gives_in_one_block(mixed, missing):
-    """preprocess.fit over a table in column form: blocks of 1,000 rows (weighted too,
+    """fitting.fit over a table in column form: blocks of 1,000 rows (weighted too,
     which streaming does not offer yet) agree with one block to ~1e-12; the vocabularies,
     fill medians and the drift profile exactly."""
     cfg = config.schema.DataConfig(train=str(mixed), target="y", missing=missing)
@@ -238,10 +238,10 @@ def test_one_fitter_gives_in_blocks_what_it_gives_in_one_block(mixed, missing):
     rows = rng.random(entry.rows) < 0.8
     w = rng.integers(0, 3, entry.rows).astype(np.float64)
     for weights in (None, w):
-        whole = preprocess.fit(
+        whole = fitting.fit(
             mixed, entry, rows, ["a", "b", "c", "kind"], ["y"], cfg, block_rows=entry.rows, weights=weights
         )
-        blocks = preprocess.fit(
+        blocks = fitting.fit(
             mixed, entry, rows, ["a", "b", "c", "kind"], ["y"], cfg, block_rows=1000, weights=weights
         )
         assert whole[1] == blocks[1]
@@ -254,12 +254,10 @@ def test_one_fitter_gives_in_blocks_what_it_gives_in_one_block(mixed, missing):
     # integer weights fit what repeating the rows fits
     picked = np.flatnonzero(rows)
     repeated = np.repeat(picked, w[picked].astype(int))
-    weighted = preprocess.fit(
+    weighted = fitting.fit(
         mixed, entry, rows, ["a", "b", "c", "kind"], ["y"], cfg, block_rows=1000, weights=w
     )[0]
-    plain = preprocess.fit(
-        mixed, entry, repeated, ["a", "b", "c", "kind"], ["y"], cfg, block_rows=entry.rows
-    )[0]
+    plain = fitting.fit(mixed, entry, repeated, ["a", "b", "c", "kind"], ["y"], cfg, block_rows=entry.rows)[0]
     for a, b in zip(weighted.numeric, plain.numeric, strict=True):
         assert (a.mean, a.std, a.fill) == pytest.approx((b.mean, b.std, b.fill), rel=1e-9)
     assert (weighted.targets[0].mean, weighted.targets[0].std) == pytest.approx(

@@ -14,20 +14,21 @@ fitted preprocessing out, through a binary cache of parsed tables.
                  parse settings, checked on every read, published by atomic rename; its
                  `Entry` is the one column form (float32 numbers, category codes + vocabulary)
   digest.py      the file's sha256, in a background thread
-  missing.py     the `data.missing` policy for empty cells
+  missing.py     the `data.missing` policy for empty cells, over rows in column form
   weights.py     the sample weights column (`data.weight`): checked where it is read
-  preprocess.py  standardisation, fill values and category vocabularies (one-hot
-                 columns or embedding codes), fitted on training rows and stored in checkpoints;
-                 the one transform (`Encoder`) turns rows in column form into model inputs;
-                 the one fitter reads the table in column form (cache.py's), a block at a
-                 time (one block in memory: float64 moments merged by Chan's formula, exact
-                 medians, vocabularies from code counts), and makes the drift profile too
+  preprocess.py  what is learned (standardisation, fill values, category vocabularies for
+                 one-hot columns or embedding codes), stored in checkpoints, and the one
+                 transform (`Encoder`) from rows in column form to model inputs
+  fitting.py     the one fitter: that preprocessing and the drift profile from the training
+                 rows in column form, a block at a time (one block in memory; float64
+                 moments merged by Chan's formula, exact medians, vocabularies from codes)
   stored.py      that preprocessing read back from a checkpoint, checked key by key
   frames.py      a DataFrame (or array) from the Python API -> the table file the readers
                  read, so a frame is parsed by the same rules; messages name the frame
   files.py       only regular files are input: a FIFO or device is named, never opened
   prepare.py     config -> train/validation splits ready for the loop; eval's reading;
-                 one fold's split (`fit_split`) for cross-validation
+                 one fold's split (`fit_split`) for cross-validation; the holdout draw
+                 and the held-out category check that streamed tables share
   folds.py       K-fold row numbers, shuffled with the seed
   stream.py      rows of a memory-mapped cache entry in blocks: shuffled epochs of batches
                  and scoring, through preprocess.py's Encoder, for tables larger than memory

@@ -40,7 +40,7 @@ FAR = 1.0  # a value beyond the training range by more than this many ranges is 
 
 # ------------------------------------------------------------------ training side
 # The profile (each numeric feature's range and empty cells, each categorical feature's
-# empty cells, in the training rows) is made by preprocess.fit, with the preprocessing.
+# empty cells, in the training rows) is made by fitting.fit, with the preprocessing.
 
 
 def problems(data: Any, pre: Preprocessor, key: str = "profile") -> list[str]:

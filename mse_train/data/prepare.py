@@ -18,7 +18,7 @@ import numpy as np
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
 from mse_train.config.starter import Survey
-from mse_train.data import cache, csvscan, drift, ingest, parquet, preprocess, table, weights
+from mse_train.data import cache, csvscan, drift, fitting, ingest, parquet, table, weights
 from mse_train.data.digest import Digest
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
@@ -53,7 +53,7 @@ class Prepared:
     pre: Preprocessor
     hashers: dict[str, Digest]  # file path -> its sha256, computed in the background
     notes: list[str] = field(default_factory=list)
-    profile: dict[str, Any] | None = None  # the drift profile of the training rows (preprocess.fit)
+    profile: dict[str, Any] | None = None  # the drift profile of the training rows (fitting.fit)
     ingest_seconds: float = 0.0  # reading the tables (parsing them, or from the data cache)
 
     @property
@@ -246,12 +246,10 @@ def whole_table(loaded: Loaded, cfg: DataConfig) -> Split:
 def _fit(
     train: table.Table, rows: np.ndarray | None, features: list[str], targets: list[str], cfg: DataConfig
 ) -> tuple[Preprocessor, dict[str, Any]]:
-    """`preprocess.fit` on the table in column form, in memory: one block."""
+    """`fitting.fit` on the table in column form, in memory: one block."""
     columns = cache.Entry.of_frame(train.frame, [*features, *targets], train.categorical)
     w = None if cfg.weight is None else _weights(train, cfg.weight)
-    return preprocess.fit(
-        train.path, columns, rows, features, targets, cfg, block_rows=columns.rows, weights=w
-    )
+    return fitting.fit(train.path, columns, rows, features, targets, cfg, block_rows=columns.rows, weights=w)
 
 
 def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:

@@ -3,7 +3,7 @@ else streamed.
 
 A streamed table is read from the data cache, memory-mapped, in passes of BLOCK_ROWS rows:
 one pass finds the empty cells (`data.missing`), one fits the preprocessing and the drift
-profile on the training rows (preprocess.fit, the fitter the in-memory path runs as one
+profile on the training rows (fitting.fit, the fitter the in-memory path runs as one
 block), and `data.missing: median` adds one pass per numeric column that gathers its
 training values (4 bytes a row) for an exact median. Validation rows (`data.val`, or
 `data.val_fraction` of the training file, chosen with `seed` exactly as in memory) are
@@ -22,7 +22,7 @@ import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig, size_in_bytes
-from mse_train.data import cache, csvscan, drift, ingest, missing, parquet, prepare, preprocess, table
+from mse_train.data import cache, csvscan, drift, fitting, ingest, missing, parquet, prepare, table
 from mse_train.data.digest import Digest
 from mse_train.data.preprocess import Encoder, Preprocessor
 from mse_train.data.stream import BLOCK_ROWS, Rows
@@ -146,9 +146,7 @@ def prepare_run(
         val_source = source if val_mask is not None else None
         digests = {str(path): Digest.known(sha)}
     seconds = time.perf_counter() - started
-    pre, profile = preprocess.fit(
-        source.path, entry, train_mask, features, targets, cfg, block_rows=BLOCK_ROWS
-    )
+    pre, profile = fitting.fit(source.path, entry, train_mask, features, targets, cfg, block_rows=BLOCK_ROWS)
     train = Rows(Encoder(pre, entry, source.table()), train_mask)
     val = None
     if val_source is not None:

@@ -43,7 +43,7 @@ K_TRAINING = "training"  # Loop.state_dict(): optimizer, scheduler, progress, RN
 K_BEST = "best"  # {"epoch": int, "loss": float}
 # Optional (older checkpoints lack them):
 K_RESIDUALS = "residuals"  # |actual - predicted| of the validation rows, target units, sorted per target
-K_PROFILE = "profile"  # preprocess.fit's profile: each feature's training range and empty cells
+K_PROFILE = "profile"  # fitting.fit's profile: each feature's training range and empty cells
 # Why the run's end stored no residuals: one of NO_RESIDUALS' keys. Absent with no residuals:
 # the checkpoint was written before its run ended (killed), or by an older mse-train.
 K_NO_RESIDUALS = "no_residuals"

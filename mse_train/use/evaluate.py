@@ -18,7 +18,8 @@ import torch
 from mse_train import runtime
 from mse_train.data import cache, prepare, stream_fit
 from mse_train.data.drift import Finding, Watch
-from mse_train.data.preprocess import Moments, Preprocessor
+from mse_train.data.fitting import Moments
+from mse_train.data.preprocess import Preprocessor
 from mse_train.data.table import Table
 from mse_train.errors import DataError
 from mse_train.outputs import checkpoint
