@@ -247,8 +247,10 @@ def test_one_fitter_gives_in_blocks_what_it_gives_in_one_block(mixed, missing):
         assert whole[1] == blocks[1]
         one, many = whole[0], blocks[0]
         assert one.categorical == many.categorical
-        for a, b in zip([*one.numeric, *one.targets], [*many.numeric, *many.targets], strict=True):
-            assert (a.mean, a.std) == pytest.approx((b.mean, b.std), rel=1e-12)
+        pairs = [(a.mean, a.std, b.mean, b.std) for a, b in zip(one.numeric, many.numeric, strict=True)]
+        pairs += [(a.mean, a.std, b.mean, b.std) for a, b in zip(one.targets, many.targets, strict=True)]
+        for mean_a, std_a, mean_b, std_b in pairs:
+            assert (mean_a, std_a) == pytest.approx((mean_b, std_b), rel=1e-12)
         if missing == "median":
             assert [c.fill for c in one.numeric] == [c.fill for c in many.numeric]
     # integer weights fit what repeating the rows fits
