@@ -46,7 +46,8 @@ from run import write_csv  # noqa: E402
 from mse_train import config as config_module  # noqa: E402
 from mse_train import recipe  # noqa: E402
 from mse_train.data import folds, prepare  # noqa: E402
-from mse_train.training.stack import Built, Stack  # noqa: E402
+from mse_train.training.records import Built  # noqa: E402
+from mse_train.training.stack import Stack  # noqa: E402
 
 
 def _config(work: Path, embedding: str) -> Path:

@@ -103,11 +103,11 @@ def test_interrupt_inside_an_epoch_keeps_the_position(tmp_path, busy_table, monk
     With dropout the model trains as a module; without, as a stack of one (training/stack.py)."""
     from mse_train import config, recipe
     from mse_train.errors import TrainingInterrupted
-    from mse_train.training import packed
+    from mse_train.training.stack import why_alone
 
     cfg = config.load(everything_in_play(tmp_path, busy_table, epochs=3))
     cfg.model.dropout = dropout  # type: ignore[union-attr]
-    assert (packed.why_alone(cfg) is None) == (dropout == 0)
+    assert (why_alone(cfg) is None) == (dropout == 0)
     cfg.output.dir = str(tmp_path / "a")
     restore = signal_at_step(monkeypatch, 40)
     with pytest.raises(TrainingInterrupted):

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from mse_train.training.step import Batch, StepResult
+from mse_train.training.records import Batch, StepResult
 
 
 class Models(Protocol):

@@ -39,25 +39,13 @@ from mse_train.training import batches, distributed, padded, rng, tracking
 from mse_train.training.axis import Models
 from mse_train.training.distributed import World
 from mse_train.training.partial import EpochLosses
-from mse_train.training.records import EpochRecord, Progress, Settings, Status
+from mse_train.training.records import EpochRecord, Member, Progress, Status
 from mse_train.training.rollback import LastGood
 from mse_train.training.tracking import EarlyStopping
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 
 WORLD_SIZE = "world_size"  # key of the training state: how many processes trained (absent: 1)
-
-
-@dataclass
-class Member:
-    """One model's rows and settings (a fold of a cv, a trial of a sweep, or a run's one)."""
-
-    train: Tensors | Rows
-    val: Tensors | Rows | None
-    settings: Settings
-    seed: int
-    train_w: torch.Tensor | None = None  # each training row's sample weight (None: 1)
-    val_w: torch.Tensor | None = None  # each validation row's
 
 
 @dataclass

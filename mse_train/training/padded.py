@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from mse_train.training.step import Batch
+from mse_train.training.records import Batch
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
 

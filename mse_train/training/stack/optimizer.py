@@ -1,4 +1,4 @@
-"""The optimizer of a stack (stack.py): SGD, Adam and AdamW for K models at once.
+"""The optimizer of a stack (stacked.py): SGD, Adam and AdamW for K models at once.
 
 Each model's settings (learning rate, weight decay, momentum, dampening, nesterov, betas,
 eps) are [K, 1] columns that broadcast over the stack's flat [K, P] parameters, so one

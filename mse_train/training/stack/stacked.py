@@ -1,10 +1,10 @@
 """K small models of one shape held as one stack of tensors and stepped together.
 
-One of the loop's two model axes (the other is solo.py): a linear model, or an MLP without
-dropout, with or without a numeric embedding (stack_embeddings.py), trained with SGD, Adam
+One of the loop's two model axes (the other is training/module.py): a linear model, or an MLP without
+dropout, with or without a numeric embedding (embeddings.py), trained with SGD, Adam
 or AdamW, K >= 1 at a time. `run` trains
 such a config as a stack of one; `cv` and `sweep` stack the folds of a cv and the trials
-that share a `packed.pack_key`.
+that share a `pack_key` (__init__.py).
 
 Small tabular models leave a CPU or GPU mostly idle: at batch 64 a 64-64 MLP step is
 per-operation overhead. Every model's parameters sit side by side in one flat [K, P]
@@ -14,7 +14,7 @@ optimizer's update is a handful of elementwise operations, however deep the mode
 
 Each model keeps the module and the torch optimizer and scheduler `run` would build for it
 alone: they seed and initialise its weights, drive its learning rate, and give its
-checkpoint the very format a solo run writes (so last.pt resumes either way). Its own
+checkpoint the very format a module's run writes (so last.pt resumes either way). Its own
 learning rate, weight decay, momentum or betas and L1/L2 are [K, 1] columns.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,17 +30,17 @@ from torch import nn
 from mse_train.config import schema
 from mse_train.models import blocks, networks
 from mse_train.models.inference import EVAL_CHUNK
-from mse_train.training import optimizers, stack_embeddings
-from mse_train.training.optimizers import Scheduler
-from mse_train.training.stack_optimizer import StackedOptimizer
-from mse_train.training.step import Batch, StepResult
+from mse_train.training import optimizers
+from mse_train.training.records import Batch, Built, StepResult
+from mse_train.training.stack import embeddings as stack_embeddings
+from mse_train.training.stack.optimizer import StackedOptimizer
 
 # (gradient at the output, input, output) -> gradient at the input: the backward kernels
 # autograd itself calls for each activation (one fused pass over the activations).
 Backward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _aten = torch.ops.aten
 
-_BACKWARDS: dict[str, Backward] = {
+BACKWARDS: dict[str, Backward] = {
     "none": lambda g, z, h: g,  # a linear model: one layer, never called
     "relu": lambda g, z, h: _aten.threshold_backward(g, h, 0),
     "tanh": lambda g, z, h: _aten.tanh_backward(g, h),
@@ -54,16 +53,6 @@ _BACKWARDS: dict[str, Backward] = {
 # forward): any other activation of models/networks.py must have a kernel above, or
 # building a stack of it fails (a test walks ACTIVATIONS and checks every gradient).
 AUTOGRAD_ONLY = frozenset({"gelu"})
-
-
-@dataclass
-class Built:
-    """What `run` builds for one model alone: the module, its optimizer and scheduler, its config."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Scheduler | None
-    cfg: schema.Config
 
 
 class Stack:
@@ -101,12 +90,12 @@ class Stack:
         # The activation's backward pass, for the backward pass by hand; None (GELU) leaves
         # the whole backward pass to autograd.
         name = mcfg.activation if isinstance(mcfg, schema.MLPModel) else "none"
-        if name not in _BACKWARDS and name not in AUTOGRAD_ONLY:
+        if name not in BACKWARDS and name not in AUTOGRAD_ONLY:
             raise NotImplementedError(
-                f"activation {name!r} has no stacked backward: add its kernel to _BACKWARDS in "
-                "training/stack.py, or its name to AUTOGRAD_ONLY (tests/test_stack_gradients.py)"
+                f"activation {name!r} has no stacked backward: add its kernel to BACKWARDS in "
+                "training/stack/stacked.py, or its name to AUTOGRAD_ONLY (tests/test_stack_gradients.py)"
             )
-        self.derivative = _BACKWARDS.get(name)
+        self.derivative = BACKWARDS.get(name)
         self._reads_input = name in ("leaky_relu", "elu")
         self.best = self.flat.detach().clone()
         self._has_best = [False] * self.k
@@ -120,7 +109,7 @@ class Stack:
 
     # ------------------------------------------------------------------ setup
     def _embedding(self, builts: Sequence[Built], where: dict[int, int], device: torch.device) -> None:
-        """A numeric embedding before the layers (stack_embeddings.py), each model's own."""
+        """A numeric embedding before the layers (embeddings.py), each model's own."""
         modules = [s.model for s in builts]
         first = modules[0]
         self._numeric = 0
