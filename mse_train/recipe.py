@@ -41,9 +41,8 @@ from mse_train.outputs import (
 )
 from mse_train.outputs.summary import Summary
 from mse_train.training import distributed, footprint, module, optimizers, precision, rng, signals
-from mse_train.training.axis import Models
 from mse_train.training.distributed import World
-from mse_train.training.loop import WORLD_SIZE, Loop
+from mse_train.training.loop import WORLD_SIZE, Loop, Models
 from mse_train.training.module import build_penalty
 from mse_train.training.records import Built, EpochRecord, Member, Settings, Status
 from mse_train.training.stack import Stack, why_alone

@@ -177,7 +177,7 @@ def test_the_door_check_catches_a_way_in(tmp_path):
 
 # ------------------------------------------------------------------ the two model axes
 MODULE_AXIS = "mse_train.training.module"
-LOOP_ROOM = ("mse_train.training.loop", "mse_train.training.batches", "mse_train.training.padded")
+LOOP_ROOM = ("mse_train.training.loop", "mse_train.training.batches", "mse_train.training.keeping")
 
 
 def _named(path) -> set[str]:

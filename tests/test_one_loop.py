@@ -1,4 +1,4 @@
-"""One loop, two model axes: a run trains as a stack of one (training/stack.py) where its
+"""One loop, two model axes: a run trains as a stack of one (training/stack/) where its
 config can stack, and as a torch module (training/module.py) otherwise or with --no-pack.
 The two must give the same run: the same epochs, losses and weights up to float rounding,
 and a last.pt that either one can resume."""

@@ -76,10 +76,6 @@ class Module:
         self._kept_optimizer = OptimizerCopy(optimizer)
         self._kept_scheduler: dict[str, Any] | None = None
 
-    def train_mode(self) -> None:
-        if not self.model.training:
-            self.model.train()
-
     def step(
         self,
         xb: torch.Tensor,
@@ -88,7 +84,9 @@ class Module:
         divisor: float | None = None,
         wb: torch.Tensor | None = None,
     ) -> StepResult:
-        """One update; the MSE and penalty come back as [1], the model axis of one."""
+        """One update in training mode; the MSE and penalty come back as [1], the model axis of one."""
+        if not self.model.training:  # scoring left it in eval mode
+            self.model.train()
         out, mse, pen = self._step(xb, yb, divisor, wb)
         return StepResult(out, mse.reshape(1), None if pen is None else pen.reshape(1))
 
@@ -107,18 +105,14 @@ class Module:
         with torch.no_grad():
             return torch.stack(torch._foreach_norm(self._params)).sum().reshape(1)
 
-    def lr_of(self, i: int) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    def step_scheduler(self, i: int, watched: float) -> None:
+    def schedule(self, i: int, watched: float) -> float:
+        lr = float(self.optimizer.param_groups[0]["lr"])
         if self.scheduler is not None:
             optimizers.step_scheduler(self.scheduler, watched)
+        return lr
 
     def keep_best(self, i: int) -> None:
         self.best.capture()
-
-    def freeze(self, i: int) -> None:
-        """Nothing to do: a model alone stops with the loop."""
 
     def best_state(self, i: int) -> dict[str, torch.Tensor] | None:
         return self.best.state_dict()

@@ -99,12 +99,11 @@ class Stack:
         self._reads_input = name in ("leaky_relu", "elu")
         self.best = self.flat.detach().clone()
         self._has_best = [False] * self.k
-        self.live = torch.ones(self.k, 1, dtype=torch.bool, device=device)  # False: frozen
-        self._all_live = True
         self._penalties([s.cfg for s in builts])
-        lrs = [float(s.optimizer.param_groups[0]["lr"]) for s in builts]
         scheduled = any(s.cfg.scheduler.name != "none" for s in builts)
-        self.update = StackedOptimizer([s.cfg.optimizer for s in builts], lrs, self.flat, scheduled, device)
+        self.update = StackedOptimizer(
+            [s.cfg.optimizer for s in builts], [s.optimizer for s in builts], self.flat, scheduled, device
+        )
         self._kept: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -139,9 +138,6 @@ class Stack:
         return out
 
     # ------------------------------------------------------------------ steps
-    def train_mode(self) -> None:
-        """Nothing to switch: the stack has no dropout or normalisation."""
-
     def step(
         self,
         xb: torch.Tensor,
@@ -150,9 +146,10 @@ class Stack:
         divisor: float | None = None,
         wb: torch.Tensor | None = None,
     ) -> StepResult:
-        """One update of every live model. `xb` is [K, rows, inputs], or [rows, inputs] for K = 1;
-        `batch` is None when every model has all the rows of the batch; `wb`, the rows' sample
-        weights ([K, rows], or [rows]), None when each weighs 1."""
+        """One update of every model with rows in the batch (a model that stopped has none).
+        `xb` is [K, rows, inputs], or [rows, inputs] for K = 1; `batch` is None when every
+        model has all the rows of the batch; `wb`, the rows' sample weights ([K, rows], or
+        [rows]), None when each weighs 1. (No dropout or normalisation: no training mode.)"""
         assert divisor is None, "a stack trains in one process"
         one = xb.dim() == 2
         if one:
@@ -175,8 +172,7 @@ class Stack:
         else:
             out, mse = self._autograd(xb, yb, weight, amount)
         with torch.no_grad():
-            live = (counts > 0)[:, None]
-            self.update.step(self.flat, live if self._all_live else live & self.live, full and self._all_live)
+            self.update.step(self.flat, (counts > 0)[:, None], full)
         return StepResult(out[0] if one else out, mse, pen)
 
     def _penalty(self) -> torch.Tensor:
@@ -327,28 +323,21 @@ class Stack:
         """Each model's sum of |weights|: not finite once a weight is not."""
         return self.flat.detach().abs().sum(1)
 
-    def lr_of(self, i: int) -> float:
-        """Model i's lr as its torch optimizer holds it (the column is its float32 copy)."""
-        return float(self.builts[i].optimizer.param_groups[0]["lr"])
-
-    def step_scheduler(self, i: int, watched: float) -> None:
-        """Model i's own scheduler moves the lr of its own (never stepped) torch optimizer."""
+    def schedule(self, i: int, watched: float) -> float:
+        """Model i's lr this epoch, where it lives: in its own (never stepped) torch optimizer,
+        whose scheduler then moves it (the update reads it from there: `follow_lr`)."""
         solo = self.builts[i]
-        if solo.scheduler is None:
-            return
-        solo.optimizer.step()  # no gradients: changes nothing, but a scheduler expects a step first
-        optimizers.step_scheduler(solo.scheduler, watched)
-        self.update.lr[i] = float(solo.optimizer.param_groups[0]["lr"])
+        lr = float(solo.optimizer.param_groups[0]["lr"])
+        if solo.scheduler is not None:
+            solo.optimizer.step()  # no gradients: changes nothing, but a scheduler expects a step first
+            optimizers.step_scheduler(solo.scheduler, watched)
+            self.update.follow_lr(i)
+        return lr
 
     def keep_best(self, i: int) -> None:
         with torch.no_grad():
             self.best[i] = self.flat[i]
         self._has_best[i] = True
-
-    def freeze(self, i: int) -> None:
-        """Model i stopped (early, or diverged): no more updates, whatever its rows."""
-        self.live[i] = False
-        self._all_live = False
 
     def best_state(self, i: int) -> dict[str, torch.Tensor] | None:
         """Model i's best weights by the solo module's names; None before one is kept."""
@@ -410,6 +399,7 @@ class Stack:
             if solo.scheduler is not None and (state := _copied(saved)) is not None:
                 solo.scheduler.load_state_dict(state)
             solo.optimizer.param_groups[0]["lr"] = lrs[i]
+        self.update.follow_lr()
 
 
 def _copied(state: dict[str, Any] | None) -> dict[str, Any] | None:
