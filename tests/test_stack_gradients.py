@@ -101,3 +101,44 @@ def test_an_activation_with_no_stacked_form_fails_loudly(tmp_path, monkeypatch):
     built = recipe.build_one(cfg, prepared, torch.device("cpu"))
     with pytest.raises(NotImplementedError, match="relu"):
         Stack([built], torch.device("cpu"))
+
+
+def test_a_stacked_models_lr_lives_in_its_torch_optimizer(tmp_path):
+    """A stacked model's lr has one home, its own torch optimizer (what its scheduler moves
+    and its checkpoint holds); the update's float32 column follows it after a schedule step,
+    a rollback and a checkpoint load, and the fused Adam path reads it there."""
+    from mse_train.config import schema
+
+    cfg, prepared = _prepared(tmp_path, "relu", "none", "mean")
+    device = torch.device("cpu")
+
+    def built(seed: int, gamma: float):
+        one = cfg.model_copy(
+            update={"seed": seed, "scheduler": schema.ExponentialScheduler(name="exponential", gamma=gamma)}
+        )
+        return recipe.build_one(one, prepared, device)
+
+    stack = Stack([built(0, 0.5), built(1, 0.25)], device)
+
+    def agree() -> list[float]:
+        lrs = [b.optimizer.param_groups[0]["lr"] for b in stack.builts]
+        column = stack.update.lr[:, 0].tolist()
+        assert column == torch.tensor(lrs, dtype=torch.float32).tolist(), (column, lrs)
+        return lrs
+
+    assert agree() == [0.01, 0.01]
+    assert [stack.schedule(i, 1.0) for i in range(2)] == [0.01, 0.01]  # this epoch's, then a step
+    assert agree() == pytest.approx([0.005, 0.0025])
+    stack.capture()
+    stack.schedule(0, 1.0)
+    assert agree() == pytest.approx([0.0025, 0.0025])
+    stack.restore()  # a rollback puts the lr back where it lives, and the column follows
+    assert agree() == pytest.approx([0.005, 0.0025])
+
+    one = Stack([built(0, 0.5)], device)
+    one.schedule(0, 1.0)
+    state = one.state_dict()
+    fresh = Stack([built(0, 0.5)], device)
+    fresh.load_state_dict(state)  # a checkpoint's lr, in the torch optimizer and the column
+    assert fresh.builts[0].optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert fresh.update.lr[0, 0].item() == pytest.approx(0.005)

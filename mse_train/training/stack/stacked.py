@@ -1,10 +1,9 @@
 """K small models of one shape held as one stack of tensors and stepped together.
 
-One of the loop's two model axes (the other is training/module.py): a linear model, or an MLP without
-dropout, with or without a numeric embedding (embeddings.py), trained with SGD, Adam
-or AdamW, K >= 1 at a time. `run` trains
-such a config as a stack of one; `cv` and `sweep` stack the folds of a cv and the trials
-that share a `pack_key` (__init__.py).
+One of the loop's two model axes (the other is training/module.py): a linear model, or
+an MLP without dropout, with or without a numeric embedding (embeddings.py), trained with
+SGD, Adam or AdamW, K >= 1 at a time. `run` trains such a config as a stack of one; `cv`
+and `sweep` stack the folds of a cv and the trials that share a `pack_key` (__init__.py).
 
 Small tabular models leave a CPU or GPU mostly idle: at batch 64 a 64-64 MLP step is
 per-operation overhead. Every model's parameters sit side by side in one flat [K, P]
@@ -14,8 +13,9 @@ optimizer's update is a handful of elementwise operations, however deep the mode
 
 Each model keeps the module and the torch optimizer and scheduler `run` would build for it
 alone: they seed and initialise its weights, drive its learning rate, and give its
-checkpoint the very format a module's run writes (so last.pt resumes either way). Its own
-learning rate, weight decay, momentum or betas and L1/L2 are [K, 1] columns.
+checkpoint the very format a module's run writes (so last.pt resumes either way). Its
+learning rate lives in that torch optimizer (optimizer.py keeps a float32 column of it);
+its weight decay, momentum or betas and L1/L2 are [K, 1] columns.
 """
 
 from __future__ import annotations
