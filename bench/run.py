@@ -320,7 +320,7 @@ def main() -> None:
             )
     say()
     say(
-        "`run` trains this config as a stack of one (training/stack.py: flat parameters, the "
+        "`run` trains this config as a stack of one (training/stack/: flat parameters, the "
         "backward pass written out, the activations' own backward kernels); the bare loop is the "
         "same model as a torch module with autograd. Where a step is per-operation overhead "
         "(small batches) the stack passes it; at batch 1024 and full batch the end-of-epoch "

@@ -4,9 +4,9 @@
     .venv/bin/python bench/stack_k1.py
 
 Issue 9 asks for one loop whose model axis has size K >= 1, with `run` as K = 1. Both
-sides here are that loop (training/loop.py); only the model axis differs: training/stack.py
+sides here are that loop (training/loop.py); only the model axis differs: training/stack/
 (flat parameters, batched matmuls, the backward pass and the update written out) or
-training/solo.py (the nn.Module, autograd, torch's optimizer). The same config, rows and
+training/module.py (the nn.Module, autograd, torch's optimizer). The same config, rows and
 scoring, through `selection.fit` (as cv trains a fold), at batch 64, 256, 1024 and full
 batch (200 epochs there). Generated
 data as bench/run.py makes it (20,000 rows x 16 features; a fold of 16,000 rows, 20% of

@@ -1,4 +1,4 @@
-"""Can torch itself step a stack of small models as fast as training/stack.py does by hand?
+"""Can torch itself step a stack of small models as fast as training/stack/ does by hand?
 
     .venv/bin/python bench/stack_torch.py                 # K = 16, batch 64 and 256
     .venv/bin/python bench/stack_torch.py --k 16 --batches 64 --rounds 5 --embedding piecewise_linear
@@ -9,7 +9,7 @@ from it), and to adopt that if it keeps >= 0.9x of today's packed speed at batch
 same K models (one config, K seeds, as a packed sweep or cv trains them), the same rows and
 batches, one epoch each, median of interleaved rounds, 1 thread:
 
-  by hand    training/stack.py as `cv`/`sweep` run it: batched matmuls, the backward pass
+  by hand    training/stack/ as `cv`/`sweep` run it: batched matmuls, the backward pass
              written out, the optimizer's update written out (StackedOptimizer)
   autograd   the same Stack with its written-out backward switched off: its batched forward,
              torch's autograd engine for the gradients, the same written-out update
@@ -46,7 +46,8 @@ from run import write_csv  # noqa: E402
 from mse_train import config as config_module  # noqa: E402
 from mse_train import recipe  # noqa: E402
 from mse_train.data import folds, prepare  # noqa: E402
-from mse_train.training.stack import Built, Stack  # noqa: E402
+from mse_train.training.records import Built  # noqa: E402
+from mse_train.training.stack import Stack  # noqa: E402
 
 
 def _config(work: Path, embedding: str) -> Path:

@@ -40,13 +40,12 @@ from mse_train.outputs import (
     tensorboard_log,
 )
 from mse_train.outputs.summary import Summary
-from mse_train.training import distributed, footprint, optimizers, packed, precision, rng, signals, solo
-from mse_train.training.axis import Models
+from mse_train.training import distributed, footprint, module, optimizers, precision, rng, signals
 from mse_train.training.distributed import World
-from mse_train.training.loop import WORLD_SIZE, Loop, Member
-from mse_train.training.records import EpochRecord, Settings, Status
-from mse_train.training.stack import Built, Stack
-from mse_train.training.step import build_penalty
+from mse_train.training.loop import WORLD_SIZE, Loop, Models
+from mse_train.training.module import build_penalty
+from mse_train.training.records import Built, EpochRecord, Member, Settings, Status
+from mse_train.training.stack import Stack, why_alone
 
 
 @dataclass(frozen=True)
@@ -416,7 +415,7 @@ def build_loop(
     stack: bool = True,
 ) -> Loop:
     """The loop for one model: checked to fit in memory, built (`build_one`), and held as a
-    stack of one when its config can stack (training/stack.py) and `stack` allows, else as
+    stack of one when its config can stack (training/stack/) and `stack` allows, else as
     a module with its torch optimizer.
     """
     n_inputs, n_outputs = prepared.train.inputs, prepared.train.outputs
@@ -428,11 +427,11 @@ def build_loop(
     _check_batch_norm(cfg, len(prepared.train), batch_rows)
     built = build_one(cfg, prepared, device)
     models: Models
-    if stack and world is None and packed.why_alone(cfg) is None:  # a stack of one: see training/stack.py
+    if stack and world is None and why_alone(cfg) is None:  # a stack of one: see training/stack/
         models = Stack([built], device)
     else:
         penalty = build_penalty(built.model, cfg.regularization)
-        models = solo.Module(
+        models = module.Module(
             built.model,
             built.optimizer,
             built.scheduler,

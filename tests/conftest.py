@@ -149,7 +149,7 @@ def signal_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> Callable[[], None
     axis takes it (a module, or a stack); returns what puts the real steps back."""
     import signal
 
-    from mse_train.training.solo import Module
+    from mse_train.training.module import Module
     from mse_train.training.stack import Stack
 
     steps = {"n": 0}

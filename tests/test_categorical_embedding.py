@@ -14,8 +14,8 @@ import torch
 from mse_train.config import schema
 from mse_train.models import blocks, categorical, embeddings, init, networks
 from mse_train.outputs import checkpoint
-from mse_train.training import packed
-from mse_train.training.step import build_penalty
+from mse_train.training.module import build_penalty
+from mse_train.training.stack import pack_key
 
 from conftest import DATA, read_json, write_config, write_csv
 
@@ -107,9 +107,9 @@ def test_the_unseen_row_is_zeros_and_never_trains():
 
 def test_embedding_configs_are_not_packed():
     cfg = schema.Config(data={"train": "t.csv", "target": "y"}, model={"type": "mlp"}, optimizer="adam")
-    assert packed.pack_key(cfg) is not None
+    assert pack_key(cfg) is not None
     cfg.data.categorical_encoding = "embedding"
-    assert packed.pack_key(cfg) is None
+    assert pack_key(cfg) is None
 
 
 # ---------------------------------------------------------------- through the CLI

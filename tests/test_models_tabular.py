@@ -13,8 +13,8 @@ import torch
 
 from mse_train.config import schema
 from mse_train.models import blocks, embeddings, init, networks
-from mse_train.training import packed
-from mse_train.training.step import build_penalty, member_loss
+from mse_train.training.module import build_penalty, member_loss
+from mse_train.training.stack import pack_key
 
 from conftest import DATA, read_json, read_metrics, write_config, write_csv
 
@@ -184,10 +184,10 @@ def test_l1_l2_count_weights_not_biases_or_scalings():
 def test_new_models_train_one_at_a_time_not_packed(tmp_path):
     for name, options in OPTIONS.items():
         cfg = schema.Config(data={"train": "t.csv", "target": "y"}, model=options, optimizer="adam")
-        stacks = name.startswith("mlp-")  # the stack embeds numbers (training/stack_embeddings.py)
-        assert (packed.pack_key(cfg) is not None) == stacks, name
+        stacks = name.startswith("mlp-")  # the stack embeds numbers (training/stack/embeddings.py)
+        assert (pack_key(cfg) is not None) == stacks, name
     plain = schema.Config(data={"train": "t.csv", "target": "y"}, model={"type": "mlp"}, optimizer="adam")
-    assert packed.pack_key(plain) is not None
+    assert pack_key(plain) is not None
 
 
 # ---------------------------------------------------------------- through the CLI

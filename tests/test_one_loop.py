@@ -1,5 +1,5 @@
-"""One loop, two model axes: a run trains as a stack of one (training/stack.py) where its
-config can stack, and as a torch module (training/solo.py) otherwise or with --no-pack.
+"""One loop, two model axes: a run trains as a stack of one (training/stack/) where its
+config can stack, and as a torch module (training/module.py) otherwise or with --no-pack.
 The two must give the same run: the same epochs, losses and weights up to float rounding,
 and a last.pt that either one can resume."""
 
@@ -15,7 +15,8 @@ import torch
 
 from mse_train import config, recipe
 from mse_train.errors import TrainingInterrupted
-from mse_train.training import packed, solo, stack
+from mse_train.training import module, stack
+from mse_train.training.stack import why_alone
 
 from conftest import read_metrics, signal_at_step, write_config, write_csv
 
@@ -98,7 +99,7 @@ def assert_close_runs(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_a_stack_of_one_trains_as_the_module_does(cli, tmp_path, curved, name):
     cfg = write_config(tmp_path / "cfg.yaml", settings(curved, tmp_path / "x", SETTINGS[name]))
-    assert packed.why_alone(config.load(cfg)) is None  # this config does train as a stack
+    assert why_alone(config.load(cfg)) is None  # this config does train as a stack
     for folder, extra in (("stacked", []), ("module", ["--no-pack"])):
         result = cli("run", cfg, "-q", "-o", tmp_path / folder, *extra)
         assert result.code == 0, result
@@ -120,9 +121,9 @@ def test_run_builds_the_axis_its_config_allows(tmp_path, curved):
         return type(recipe.build_loop(cfg, prepared, torch.device("cpu"), stack=stacked).models)
 
     assert axis({}) is stack.Stack
-    assert axis({}, stacked=False) is solo.Module
-    assert axis({"model": {"type": "mlp", "hidden": [8], "dropout": 0.1}}) is solo.Module
-    assert axis({"optimizer": {"name": "rmsprop", "lr": 0.01}}) is solo.Module
+    assert axis({}, stacked=False) is module.Module
+    assert axis({"model": {"type": "mlp", "hidden": [8], "dropout": 0.1}}) is module.Module
+    assert axis({"optimizer": {"name": "rmsprop", "lr": 0.01}}) is module.Module
 
 
 @pytest.mark.parametrize(
@@ -194,7 +195,7 @@ def test_a_piecewise_embedding_with_one_hot_columns_stacks_as_the_module_trains(
     body = settings(table, tmp_path / "x", extra)
     body["data"] = {"train": str(table), "target": "y", "val_fraction": 0.25}
     cfg = write_config(tmp_path / "cfg.yaml", body)
-    assert packed.why_alone(config.load(cfg)) is None
+    assert why_alone(config.load(cfg)) is None
     for folder, flags in (("stacked", []), ("module", ["--no-pack"])):
         result = cli("run", cfg, "-q", "-o", tmp_path / folder, *flags)
         assert result.code == 0, result

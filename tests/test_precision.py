@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mse_train import config
-from mse_train.training import packed
+from mse_train.training.stack import pack_key, why_alone
 
 from conftest import HANG_GUARD, REPO, linear_rows, read_metrics, write_config, write_csv
 
@@ -56,9 +56,9 @@ def test_bf16_trains_as_a_module_and_tf32_packs_apart_from_fp32(tmp_path):
     def load(**train: Any) -> config.Config:
         return config.load(_config(tmp_path, "p", train=train))
 
-    assert packed.why_alone(load(precision="bf16")) is not None
-    assert packed.why_alone(load(precision="tf32")) is None
-    assert packed.pack_key(load(precision="tf32")) != packed.pack_key(load(precision="fp32"))
+    assert why_alone(load(precision="bf16")) is not None
+    assert why_alone(load(precision="tf32")) is None
+    assert pack_key(load(precision="tf32")) != pack_key(load(precision="fp32"))
 
 
 @pytest.mark.cuda

@@ -100,14 +100,14 @@ def test_signal_mid_run_saves_and_resume_is_bit_identical(cli, tmp_path, busy_ta
 @pytest.mark.parametrize("dropout", [0.2, 0.0], ids=["module", "stack-of-one"])
 def test_interrupt_inside_an_epoch_keeps_the_position(tmp_path, busy_table, monkeypatch, dropout):
     """SIGINT lands on a known batch (the 40th step, inside epoch 2); the run goes on from there.
-    With dropout the model trains as a module; without, as a stack of one (training/stack.py)."""
+    With dropout the model trains as a module; without, as a stack of one (training/stack/)."""
     from mse_train import config, recipe
     from mse_train.errors import TrainingInterrupted
-    from mse_train.training import packed
+    from mse_train.training.stack import why_alone
 
     cfg = config.load(everything_in_play(tmp_path, busy_table, epochs=3))
     cfg.model.dropout = dropout  # type: ignore[union-attr]
-    assert (packed.why_alone(cfg) is None) == (dropout == 0)
+    assert (why_alone(cfg) is None) == (dropout == 0)
     cfg.output.dir = str(tmp_path / "a")
     restore = signal_at_step(monkeypatch, 40)
     with pytest.raises(TrainingInterrupted):

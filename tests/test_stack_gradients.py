@@ -1,7 +1,7 @@
 """The stack's written-out backward pass against autograd through the models/ definition.
 
-training/stack.py steps K small models with a backward pass written by hand (and
-training/stack_embeddings.py the numeric embeddings'), because at batch 64 torch's own
+training/stack/stacked.py steps K small models with a backward pass written by hand (and
+training/stack/embeddings.py the numeric embeddings'), because at batch 64 torch's own
 batched path is slower (bench/stack_torch.py: torch.func.vmap + autograd + torch.optim at
 0.48x the hand-written stack, K = 16, MLP 64-64). So that the two definitions cannot
 drift, each activation and each numeric embedding's stacked gradient is checked here
@@ -22,9 +22,9 @@ from mse_train import recipe
 from mse_train.config import schema
 from mse_train.data import prepare
 from mse_train.models import networks
-from mse_train.training import stack as stack_module
+from mse_train.training import stack as stack_module  # the door: BACKWARDS, AUTOGRAD_ONLY
+from mse_train.training.module import build_penalty
 from mse_train.training.stack import Stack
-from mse_train.training.step import build_penalty
 
 EMBEDDINGS = [e for e in schema.NumericEmbedding.__args__]  # type: ignore[attr-defined]
 
@@ -90,14 +90,55 @@ def test_stacked_gradient_is_autograds_through_the_module(tmp_path, activation, 
 
 def test_every_activation_has_a_stacked_backward_or_is_named_as_autograds():
     """A new activation in models/ without a kernel here would silently train through
-    autograd, slower: it must be added to _BACKWARDS, or to AUTOGRAD_ONLY on purpose."""
-    missing = set(networks.ACTIVATIONS) - set(stack_module._BACKWARDS) - stack_module.AUTOGRAD_ONLY
+    autograd, slower: it must be added to BACKWARDS, or to AUTOGRAD_ONLY on purpose."""
+    missing = set(networks.ACTIVATIONS) - set(stack_module.BACKWARDS) - stack_module.AUTOGRAD_ONLY
     assert not missing, f"activations with no stacked backward: {sorted(missing)}"
 
 
 def test_an_activation_with_no_stacked_form_fails_loudly(tmp_path, monkeypatch):
     cfg, prepared = _prepared(tmp_path, "relu", "none", "mean")
-    monkeypatch.delitem(stack_module._BACKWARDS, "relu")
+    monkeypatch.delitem(stack_module.BACKWARDS, "relu")
     built = recipe.build_one(cfg, prepared, torch.device("cpu"))
     with pytest.raises(NotImplementedError, match="relu"):
         Stack([built], torch.device("cpu"))
+
+
+def test_a_stacked_models_lr_lives_in_its_torch_optimizer(tmp_path):
+    """A stacked model's lr has one home, its own torch optimizer (what its scheduler moves
+    and its checkpoint holds); the update's float32 column follows it after a schedule step,
+    a rollback and a checkpoint load, and the fused Adam path reads it there."""
+    from mse_train.config import schema
+
+    cfg, prepared = _prepared(tmp_path, "relu", "none", "mean")
+    device = torch.device("cpu")
+
+    def built(seed: int, gamma: float):
+        one = cfg.model_copy(
+            update={"seed": seed, "scheduler": schema.ExponentialScheduler(name="exponential", gamma=gamma)}
+        )
+        return recipe.build_one(one, prepared, device)
+
+    stack = Stack([built(0, 0.5), built(1, 0.25)], device)
+
+    def agree() -> list[float]:
+        lrs = [b.optimizer.param_groups[0]["lr"] for b in stack.builts]
+        column = stack.update.lr[:, 0].tolist()
+        assert column == torch.tensor(lrs, dtype=torch.float32).tolist(), (column, lrs)
+        return lrs
+
+    assert agree() == [0.01, 0.01]
+    assert [stack.schedule(i, 1.0) for i in range(2)] == [0.01, 0.01]  # this epoch's, then a step
+    assert agree() == pytest.approx([0.005, 0.0025])
+    stack.capture()
+    stack.schedule(0, 1.0)
+    assert agree() == pytest.approx([0.0025, 0.0025])
+    stack.restore()  # a rollback puts the lr back where it lives, and the column follows
+    assert agree() == pytest.approx([0.005, 0.0025])
+
+    one = Stack([built(0, 0.5)], device)
+    one.schedule(0, 1.0)
+    state = one.state_dict()
+    fresh = Stack([built(0, 0.5)], device)
+    fresh.load_state_dict(state)  # a checkpoint's lr, in the torch optimizer and the column
+    assert fresh.builts[0].optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    assert fresh.update.lr[0, 0].item() == pytest.approx(0.005)

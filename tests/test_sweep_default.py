@@ -18,7 +18,7 @@ from mse_train.cli import console as view
 from mse_train.config import load, yamlio
 from mse_train.config.schema import SweepRange
 from mse_train.selection import space, worker
-from mse_train.training import packed
+from mse_train.training.stack import why_alone
 
 from conftest import HANG_GUARD, leaderboard, start_process, sweep_config
 
@@ -162,7 +162,7 @@ def test_every_trial_of_inits_sweep_trains_packed_whatever_the_starter(cli, tabl
         built = 0
         for values in the_space.combinations():  # every choice, each range's ends
             trial = space.trial_config(doc, path.parent, [], values, "t")[0]
-            assert packed.why_alone(trial) is None, (values, packed.why_alone(trial))
+            assert why_alone(trial) is None, (values, why_alone(trial))
             built += 1
         assert built >= 8 and {v["model.type"] for v in the_space.combinations()} == {"linear", "mlp"}
 

@@ -19,7 +19,7 @@ from mse_train.data import prepare
 from mse_train.outputs import checkpoint
 from mse_train.selection import cv
 from mse_train.selection.fit import train_and_score_packed
-from mse_train.training import packed
+from mse_train.training.stack import pack_key
 
 from conftest import linear_rows, read_metrics, write_config, write_csv
 
@@ -176,7 +176,7 @@ def test_a_packed_cv_weighs_each_fold_as_repeated_rows(tmp_path, model):
     path = _config(tmp_path, "cv", weighted, data={"weight": "w", "val_fraction": 0.25}, model=MODELS[model],
                    train={"epochs": 12, "early_stopping": {"patience": 3}})  # fmt: skip
     cfg = config.load(path)
-    assert packed.pack_key(cfg) is not None  # the folds train side by side, as one stack
+    assert pack_key(cfg) is not None  # the folds train side by side, as one stack
     jobs, repeated = _packed_jobs(cfg, 3)
     a = train_and_score_packed(jobs, torch.device("cpu"))
     b = train_and_score_packed(repeated, torch.device("cpu"))

@@ -327,9 +327,9 @@ def cv(
                 )
 
         if not no_pack and not quiet:
-            from mse_train.training import packed
+            from mse_train.training.stack import why_alone
 
-            if (alone := packed.why_alone(cfg)) is not None:
+            if (alone := why_alone(cfg)) is not None:
                 view.notes(console, [f"the folds train one at a time: {alone}"])
         with signals.on_signals() as stop:
             summary = cross.run(

@@ -25,8 +25,8 @@ from mse_train.data import folds, prepare
 from mse_train.errors import TrainingDiverged, TrainingInterrupted
 from mse_train.outputs import fsio, metrics, mlflow_log, mlflow_sweep, run_folder, tables
 from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
-from mse_train.training import packed
 from mse_train.training.records import Status
+from mse_train.training.stack import pack_key
 
 METRICS = ("mse", "rmse", "mae", "r2")
 FOLDER_SUFFIX = "-cv"  # runs/NAME-cv beside the run folder runs/NAME, never inside it
@@ -85,12 +85,12 @@ def cross_validate(
     """Train and score `cfg` on each of `k` folds (shuffled with `cfg.seed`).
 
     With `pack`, the folds train side by side as one stack when the config allows it
-    (training/packed.py), each as it would alone.
+    (training/stack/), each as it would alone.
     """
     loaded = loaded or prepare.load_training(cfg.data, cfg.targets)
     jobs = [(cfg, prepared, held) for prepared, held in fold_splits(loaded, cfg, k)]
     together = None
-    if pack and packed.pack_key(cfg) is not None:
+    if pack and pack_key(cfg) is not None:
         together = train_and_score_packed(jobs, device, should_stop)
         if together is None:
             return CVResult(k, [], Status.INTERRUPTED, 1)

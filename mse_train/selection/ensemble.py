@@ -10,7 +10,7 @@ winner's data (the same `data:` section and targets, so one preprocessing serves
 take part.
 
 Refit: each chosen trial trains on all training rows as `best.yaml` would, those that pack
-side by side in one stack (training/packed.py); the checkpoint holds the members as one
+side by side in one stack (training/stack/); the checkpoint holds the members as one
 `networks.WeightedMean`, its intervals calibrated on the residuals of the ensemble's
 out-of-fold predictions (rows that no member's fold trained on).
 """
@@ -32,10 +32,10 @@ from mse_train.errors import TrainingDiverged, TrainingInterrupted
 from mse_train.models import networks
 from mse_train.outputs import checkpoint, fsio, metrics, run_folder
 from mse_train.selection import oof, worker
-from mse_train.training import packed, signals
+from mse_train.training import signals
 from mse_train.training.loop import Loop
 from mse_train.training.records import Status
-from mse_train.training.stack import Stack
+from mse_train.training.stack import Stack, pack_key
 
 FOLDER = "ensemble"  # <sweep folder>/ensemble/best.pt
 REPORT = "ensemble.json"  # in the sweep folder: the selection; in FOLDER: the members trained
@@ -209,7 +209,7 @@ def _train(
     """Each config trained on `prepared`: those with one pack key side by side in a stack."""
     groups: dict[str | None, list[int]] = {}
     for i, cfg in enumerate(cfgs):
-        groups.setdefault(packed.pack_key(cfg) if pack else None, []).append(i)
+        groups.setdefault(pack_key(cfg) if pack else None, []).append(i)
     stacks = [len(g) for key, g in groups.items() if key is not None and len(g) > 1]
     how = f" ({' + '.join(map(str, stacks))} side by side)" if stacks else ""
     note(f"the ensemble's {len(cfgs)} distinct trial(s) train on all training rows{how}")

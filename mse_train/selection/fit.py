@@ -19,8 +19,8 @@ from mse_train.config.schema import Config
 from mse_train.data.prepare import Held, Prepared
 from mse_train.models import inference
 from mse_train.training.loop import Loop
-from mse_train.training.records import Status
-from mse_train.training.stack import Built, Stack
+from mse_train.training.records import Built, Status
+from mse_train.training.stack import Stack
 from mse_train.use.evaluate import regression_metrics
 
 
@@ -84,7 +84,7 @@ def train_and_score_packed(
     judge: Callable[[int, dict[int, float]], set[int]] | None = None,
     cut: Callable[[], bool] = lambda: False,
 ) -> list[Scored] | None:
-    """Train jobs that share a `packed.pack_key` side by side in one stack, then score each
+    """Train jobs that share a `pack_key` side by side in one stack, then score each
     as above. Seconds are the stack's time shared equally; None when asked to stop. When
     `cut` turns true, the models still training stop and are scored on their best epoch so
     far, marked `cut`; those that had ended (early stopped, diverged, pruned) keep their result.

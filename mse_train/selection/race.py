@@ -21,8 +21,8 @@ from mse_train.config.schema import Config
 from mse_train.data import prepare
 from mse_train.errors import UserError
 from mse_train.selection import cv
-from mse_train.training import packed
 from mse_train.training.records import Status
+from mse_train.training.stack import pack_key
 
 MAX_ROWS = 4000  # rows raced on (a seeded sample of larger tables)
 FOLDS = 5
@@ -68,7 +68,7 @@ def run(
 
     entries = []
     for name, cfg in candidates:
-        together = packed.pack_key(cfg) is not None
+        together = pack_key(cfg) is not None
         if out_of_time():
             entries.append(Entry(name, None, 0.0, together, "not started: the budget was spent"))
             continue

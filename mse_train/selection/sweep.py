@@ -37,7 +37,7 @@ from mse_train.errors import (
 )
 from mse_train.outputs import fsio, mlflow_log, mlflow_sweep, run_folder, tables
 from mse_train.selection import cv, ensemble, space, storage, study, worker
-from mse_train.training import packed
+from mse_train.training.stack import why_alone
 
 FOLDER_SUFFIX = "-sweep"  # runs/NAME-sweep beside the run folder runs/NAME, as cv's runs/NAME-cv
 PACK = 16  # trials asked of Optuna at once (so those of one shape can train side by side)
@@ -215,7 +215,7 @@ def _alone(the_space: space.Space, config_of: Callable[[dict[str, Any]], Config]
     that sets optimizer.name: adam packs although the base config's L-BFGS does not)."""
     reasons = set()
     for values in itertools.islice(the_space.combinations(), space.GRID_LIMIT):
-        reason = packed.why_alone(config_of(values))
+        reason = why_alone(config_of(values))
         if reason is None:
             return None
         reasons.add(reason)

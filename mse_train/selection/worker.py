@@ -27,8 +27,9 @@ from mse_train.errors import ConfigError, TrainingInterrupted, UserError
 from mse_train.outputs import mlflow_log, mlflow_sweep, tables
 from mse_train.selection import cv, oof, space, storage
 from mse_train.selection.fit import CUT_REASON, Scored, train_and_score, train_and_score_packed
-from mse_train.training import packed, signals
+from mse_train.training import signals
 from mse_train.training.records import Status
+from mse_train.training.stack import pack_key
 
 RESULT = "mse_train_result"  # user attr of a finished trial: its scores, epochs, status
 CUT = "cut"  # a finished trial's status when sweep.time_limit stopped it (fit.CUT_REASON)
@@ -331,7 +332,7 @@ class Trainer:
             jobs += [(number, cfg, prepared, held) for prepared, held in splits]
         groups: dict[str | None, list[int]] = {}
         for index, (_, cfg, _, _) in enumerate(jobs):
-            key = packed.pack_key(cfg) if self.pack else None
+            key = pack_key(cfg) if self.pack else None
             groups.setdefault(key, []).append(index)
         scores: dict[int, Scored] = {}
         for key, members in groups.items():

@@ -1,24 +1,27 @@
-"""Stage 4, training: the loop over epochs and batches, and what it needs.
+"""Stage 4, training: the loop over epochs and batches, and what it needs, in three rooms.
 
-  loop.py        `Loop.run`: the one loop, for K >= 1 models: epochs of batches, then
-                 validation and score-keeping per model (a run is K = 1)
-  axis.py        `Models`: what the loop steps, K >= 1 models at a time
-  solo.py        the model axis as one module with its torch optimizer (K = 1)
-  stack.py       ... as K small models in batched tensors, stepped together
-  stack_embeddings.py  the numeric embeddings with a model axis, backward by hand
-  stack_optimizer.py   SGD, Adam and AdamW for K models at once, as torch steps them
-  batches.py     one model's rows: the shuffled gather, slices, stream blocks, rank slices
-  padded.py      K models' own rows side by side, shuffled and batched per model
-  partial.py     the unfinished epoch's per-batch losses (kept on interrupt, summed over ranks)
-  step.py        `Step`: one optimizer update (loss + L1/L2 penalty) of a module
-  precision.py   `train.precision` on CUDA: TF32 switches, bf16 autocast of the forward pass
-  records.py     `Settings` in; `Status`, `EpochRecord`, `Progress` out
-  tracking.py    the end-of-epoch rules: divergence, the best epoch, early stopping
-  rollback.py    the last finite epoch, to return to after a divergence
-  snapshot.py    cheap in-memory copies of weights and optimizer state
+The loop (for any K >= 1 models; a run is K = 1):
+  loop.py        `Loop.run`: epochs of batches, one epoch method for any K, then
+                 validation and score-keeping per model; `Models`, what it steps
+  batches.py     the one batch source: one model's rows (the shuffled gather, slices,
+                 stream blocks, rank slices) or K models' own rows side by side, padded
+  keeping.py     what is kept between epochs: divergence, the best epoch, early stopping,
+                 the unfinished epoch's losses (summed over ranks), the last finite epoch
+  records.py     the plain records the loop and both axes share: `Member`, `Built`,
+                 `Batch`, `StepResult`, `Settings` in; `Status`, `EpochRecord`, `Progress` out
+
+The module axis (K = 1):
+  module.py      one torch module with its torch optimizer: `Step`, one optimizer update
+                 (loss + L1/L2 penalty, DDP shares), and cheap in-memory copies
+
+The stack (K >= 1), an accelerator for many small models:
+  stack/         K small models in batched tensors, stepped together, entered only through
+                 its __init__ (which configs it holds, and which can share one)
+
+Around them:
   optimizers.py  OPTIMIZERS and SCHEDULERS registries
+  precision.py   `train.precision` on CUDA: TF32 switches, bf16 autocast of the forward pass
   footprint.py   the memory a config needs, checked before anything is allocated
-  packed.py      which configs train as a stack, and which can share one (cv, sweeps)
   rng.py         seeding, and generator states as checkpoint-safe data
   signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved
   distributed.py torchrun: ranks, the process group, DDP with summed gradients, collectives

@@ -1,23 +1,25 @@
 """The training loop: epochs of mini-batches for K >= 1 models, each keeping its own score.
 
-There is one loop. Its model axis is what it steps: `solo.Module` (one module of any kind
-with its torch optimizer, K = 1) or `stack.Stack` (K small models of one shape in batched
-tensors). `run` is K = 1, as a stack of one when its config can stack (packed.why_alone)
-and a module otherwise; `cv` and `sweep` stack their folds and trials. Everything around
-the step is written once: the shuffled order, the epoch's losses, scoring the weights at
-each epoch's end, divergence, schedules, the best epoch, early stopping, records; for one
-model also mid-epoch interrupts, rollback and the state a checkpoint holds.
+There is one loop, and one epoch method. Its model axis (`Models`, below) is what it
+steps: `module.Module` (one module of any kind with its torch optimizer, K = 1) or
+`stack.Stack` (K small models of one shape in batched tensors); the loop imports neither.
+`run` is K = 1, as a stack of one when its config can stack (`stack.why_alone`) and a
+module otherwise; `cv` and `sweep` stack their folds and trials. Everything around the
+step is written once: the shuffled order, the epoch's losses, scoring the weights at each
+epoch's end, divergence, schedules, the best epoch, early stopping, records, interrupts.
+For one model also rollback and the state a checkpoint holds (keeping.py).
 
 Each epoch a model draws one permutation from its own seeded generator and its batches
-are slices of its rows gathered once (batches.py for one model, padded.py for K models
-with their own rows). The step keeps no host syncs: batch losses stay on the device and
-are read once per epoch, in `_finish_epoch`.
+are slices of its rows gathered once, from one batch source (batches.py). A model that
+stops (early, diverged, pruned) gets no more rows while the others train. The step keeps
+no host syncs: batch losses stay on the device and are read once per epoch, in
+`_finish_epoch`.
 
 Under torchrun (`world` given; see distributed.py) each rank trains on its slice of every
 global batch; its per-batch losses are its shares, summed over the ranks once per epoch
-(partial.py), so the records mean what they mean in one process. The end-of-epoch numbers
+(keeping.py), so the records mean what they mean in one process. The end-of-epoch numbers
 are rank 0's, broadcast, so every rank decides alike.
-With sample weights (`data.weight`) every loss here is weighted (step.py): the steps', the
+With sample weights (`data.weight`) every loss here is weighted (module.py): the steps', the
 watched loss that picks the best epoch and stops early (sum(w * err^2) / (sum(w) * targets)
 for a mean), and the per-target MSEs. The epoch's train_loss averages its batches' weighted
 losses by their rows, as without weights: exact for full-batch training.
@@ -30,34 +32,77 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from mse_train.data.stream import Rows
-from mse_train.training import batches, distributed, padded, rng, tracking
-from mse_train.training.axis import Models
+from mse_train.training import batches, distributed, keeping, rng
 from mse_train.training.distributed import World
-from mse_train.training.partial import EpochLosses
-from mse_train.training.records import EpochRecord, Progress, Settings, Status
-from mse_train.training.rollback import LastGood
-from mse_train.training.tracking import EarlyStopping
-
-Tensors = tuple[torch.Tensor, torch.Tensor]
+from mse_train.training.keeping import EarlyStopping, EpochLosses, LastGood
+from mse_train.training.records import Batch, EpochRecord, Member, Progress, Status, StepResult
 
 WORLD_SIZE = "world_size"  # key of the training state: how many processes trained (absent: 1)
 
 
-@dataclass
-class Member:
-    """One model's rows and settings (a fold of a cv, a trial of a sweep, or a run's one)."""
+class Models(Protocol):
+    """The loop's model axis: K >= 1 models stepped together. Numbers per model are [K]
+    tensors; `i` names one model. The last four are for K = 1 (a run's checkpoint and
+    rollback). A model that stopped is not frozen by a call: its batches have no rows."""
 
-    train: Tensors | Rows
-    val: Tensors | Rows | None
-    settings: Settings
-    seed: int
-    train_w: torch.Tensor | None = None  # each training row's sample weight (None: 1)
-    val_w: torch.Tensor | None = None  # each validation row's
+    k: int
+    device: torch.device
+
+    def step(
+        self,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        batch: Batch | None = None,
+        divisor: float | None = None,
+        wb: torch.Tensor | None = None,
+    ) -> StepResult:
+        """One update in training mode: forward, MSE (+ penalty) per model, backward,
+        optimizer step; with `wb`, each row's squared error weighted by its sample weight
+        (module.py says how); `batch`, which rows are real when the models' rows differ."""
+
+    def sse(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        counts: torch.Tensor | None = None,
+        w: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each model's sum of (sample-weighted, with `w`) squared errors per target in eval
+        mode, [K, targets]."""
+
+    def norms(self) -> torch.Tensor:
+        """A number per model that is not finite once one of its weights is not."""
+
+    def schedule(self, i: int, watched: float) -> float:
+        """Model i's learning rate this epoch, as its torch optimizer holds it; then its
+        scheduler steps at the epoch's end (plateau reads `watched`)."""
+
+    def keep_best(self, i: int) -> None:
+        """Model i's weights now are its best so far: keep a copy."""
+
+    def best_state(self, i: int) -> dict[str, torch.Tensor] | None:
+        """Model i's best weights by its module's parameter names; None before any."""
+
+    def best_model(self, i: int) -> nn.Module:
+        """Model i's module, holding its best weights."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"model", "optimizer", "scheduler"}: torch's formats, whichever axis wrote them."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """From `state_dict()`'s output, written by either axis."""
+
+    def capture(self) -> None:
+        """Keep weights, optimizer and scheduler state in memory (the last finite epoch)."""
+
+    def restore(self) -> None:
+        """Put back what `capture` kept."""
 
 
 @dataclass
@@ -76,7 +121,7 @@ class _Model:
 
 class Loop:
     """Trains K >= 1 models (`models`) on their members' rows, epoch by epoch, each keeping
-    its own score; a model that stops early or diverges is frozen while the others go on."""
+    its own score; a model that stops early or diverges gets no more rows while the others go on."""
 
     def __init__(self, models: Models, members: Sequence[Member], world: World | None = None) -> None:
         self.models = models
@@ -96,32 +141,17 @@ class Loop:
         self.members = list(members)
         self.val = first.val
         self.val_w = first.val_w
-        if self.k == 1:
-            self.one = batches.OneTable(first.train, world, self.device, first.train_w)
-        else:
-            self.table, self._counts = padded.pad([_in_memory(m.train) for m in members], self.device)
-            counts = [m.n for m in self._model]
-            self.table_w = padded.pad_weights([m.train_w for m in members], counts, self.device)
-            vals = [m.val for m in members]
-            self.val_table = (
-                padded.pad([_in_memory(v) for v in vals], self.device)
-                if all(v is not None for v in vals)
-                else None
-            )
-            self.val_table_w = None
-            if self.val_table is not None:
-                val_counts = [len(_in_memory(m.val)[0]) for m in members]
-                self.val_table_w = padded.pad_weights([m.val_w for m in members], val_counts, self.device)
+        self.source = batches.source(members, [m.size for m in self._model], world, self.device)
         self.n_train = self._model[0].n  # (the first model's)
         # What per-target MSEs divide by: rows, or their weights' sum (the first model's).
         self._train_amount = float(first.train_w.sum()) if first.train_w is not None else float(self.n_train)
         self._multi = len(self.settings.target_names) > 1 and self.k == 1
         self._weights: torch.Tensor | None = None
-        self._stacked: list[torch.Tensor | None] = [None, None]  # K > 1: this epoch's losses, penalties
         self._zero = torch.zeros(self.k, device=self.device)
+        # A run rolls back to its last finite epoch; a model of several that diverges is only stopped.
         self.last_good = LastGood(models, self._model[0].shuffle, self.device) if self.k == 1 else None
         # A sweep's pruner: told each epoch's watched loss of the models still training (by
-        # index), it names those to stop, which are frozen as early stopping freezes them.
+        # index), it names those to stop, which stop as early stopping stops them.
         self.judge: Callable[[int, dict[int, float]], set[int]] | None = None
 
     # ---------------------------------------------------------- one model (a run)
@@ -173,12 +203,7 @@ class Loop:
             self.last_good.capture(self.progress)
         while any(active := self._active()):
             started = time.perf_counter() - self.progress.partial_seconds
-            trained = (
-                self._train_epoch(should_stop, on_batch, started)
-                if self.k == 1
-                else self._train_stack_epoch(active, should_stop)
-            )
-            if not trained:
+            if not self._train_epoch(active, should_stop, on_batch, started):
                 return Status.INTERRUPTED
             for record in self._finish_epoch(active, started):
                 on_epoch(record)
@@ -196,25 +221,30 @@ class Loop:
         ]
 
     def _train_epoch(
-        self, should_stop: Callable[[], bool], on_batch: Callable[[int, int], None] | None, started: float
+        self,
+        active: list[bool],
+        should_stop: Callable[[], bool],
+        on_batch: Callable[[int, int], None] | None,
+        started: float,
     ) -> bool:
-        """The batches of one epoch (from where an interrupt left it); False when asked to stop."""
+        """The batches of one epoch, each model on its own rows in its own order, from where
+        an interrupt left it; False when asked to stop before the epoch's last batch. The
+        unfinished epoch's numbers are kept in the (first) model's progress, which a run's
+        checkpoint holds; a stack of several starts its epoch over (cv and sweep restart)."""
         p = self.progress
-        size = self._model[0].size
-        n_batches = -(-self.n_train // size)
         if p.batch == 0:
             p.epoch_start_shuffle = self.shuffle.get_state()
         else:  # resuming inside an epoch: draw the same permutation again
             assert p.epoch_start_shuffle is not None
             self.shuffle.set_state(p.epoch_start_shuffle)
-        order = self.shuffle if self.settings.shuffle else None
+        orders = [m.shuffle if self.settings.shuffle else None for m in self._model]
         collected = EpochLosses(p)
         losses, penalties, sq = collected.lists
-        self.models.train_mode()
+        n_batches = self.source.n_batches
         last_report = time.perf_counter()
-        epoch = self.one.epoch(order, size, p.batch, self.settings.reduction)
-        for b, (xb, yb, wb, divisor) in enumerate(epoch, start=p.batch):
-            out, mse, pen = self.models.step(xb, yb, None, divisor, wb)
+        epoch = self.source.epoch(orders, active, p.batch)
+        for b, (xb, yb, wb, batch, divisor) in enumerate(epoch, start=p.batch):
+            out, mse, pen = self.models.step(xb, yb, batch, divisor, wb)
             losses.append(mse)
             if pen is not None:
                 penalties.append(pen)
@@ -233,42 +263,22 @@ class Loop:
         collected.store(p, self.world)
         return True
 
-    def _train_stack_epoch(self, active: list[bool], should_stop: Callable[[], bool]) -> bool:
-        """One epoch of K > 1 models, each on its own rows in its own order: nothing is kept
-        when asked to stop (a cv or sweep starts that training again)."""
-        shuffle = self.settings.shuffle
-        batches = padded.epoch(
-            self.table,
-            [m.size for m in self._model],
-            [m.n for m in self._model],
-            [m.shuffle if shuffle else None for m in self._model],
-            active,
-            self.table_w,
-        )
-        losses, penalties = [], []
-        for xb, yb, wb, batch in batches:
-            _, mse, pen = self.models.step(xb, yb, batch, None, wb)
-            losses.append(mse)
-            if pen is not None:
-                penalties.append(pen)
-            if should_stop():
-                return False
-        self._stacked = [torch.stack(losses), torch.stack(penalties) if penalties else None]
-        return True
-
     def _finish_epoch(self, active: list[bool], started: float) -> list[EpochRecord]:
         """Read the epoch's numbers (one sync), score the weights, step the schedulers, keep score.
 
         Each model's watched loss is that of its weights as they are now, at the end of the
         epoch, so that best.pt holds exactly the weights its loss was measured on: on the
         validation rows, or else on the training rows. A model whose loss or weights are no
-        longer finite, or whose loss has grown by tracking.GROWTH_LIMIT, is marked diverged
-        and frozen (a run rolls back to the epoch before).
+        longer finite, or whose loss has grown by keeping.GROWTH_LIMIT, is marked diverged
+        and stops (a run rolls back to the epoch before).
         """
         train_loss, penalty, per_target = self._epoch_losses()
+        done = self.progress  # the epoch's per-batch numbers are read: none is unfinished now
+        done.partial_losses = done.partial_penalties = done.partial_sq = None
+        done.partial_seconds = 0.0
         norms = self.models.norms()
         has_val = self.val is not None
-        watched_t, val_sq = self._score()
+        watched_t, val_sq = self.source.score(self.models)
         stacked = torch.stack([train_loss, penalty, norms, watched_t])
         if self.world is not None:  # rank 0's numbers decide best, early stop and divergence for all
             distributed.from_main(stacked)
@@ -280,22 +290,17 @@ class Loop:
                 continue
             train_value, pen_value, _, watched = (row[i] for row in numbers)
             p = m.progress
-            m.reason = tracking.why_diverged([row[i] for row in numbers], watched, p, name)
+            m.reason = keeping.why_diverged([row[i] for row in numbers], watched, p, name)
             if m.reason:
                 m.status = Status.DIVERGED
-                self.models.freeze(i)
                 continue
-            lr = self.models.lr_of(i)
-            self.models.step_scheduler(i, watched)
-            tracking.end_epoch(p, watched)
-            if tracking.improved(p, watched):
+            lr = self.models.schedule(i, watched)
+            keeping.end_epoch(p, watched)
+            if keeping.improved(p, watched):
                 self.models.keep_best(i)
             m.stopping.update(p, watched)
             if p.stopped_early:
                 m.status = Status.EARLY_STOPPED
-                self.models.freeze(i)
-            p.partial_losses = p.partial_penalties = p.partial_sq = None
-            p.partial_seconds = 0.0
             record = EpochRecord(
                 epoch=p.epoch,
                 train_loss=train_value,
@@ -314,7 +319,6 @@ class Loop:
                 epoch = self._model[next(iter(still))].progress.epoch
                 for i in self.judge(epoch, still) & set(still):
                     self._model[i].status = Status.PRUNED
-                    self.models.freeze(i)
         if self.last_good is not None and self._model[0].status is not Status.DIVERGED:
             self.last_good.capture(self.progress)
         return records
@@ -323,12 +327,11 @@ class Loop:
         """Each model's epoch MSE (configured reduction), mean penalty and per-target SSE (one
         model), [K], on the device."""
         p = self.progress
-        stacked = (p.partial_losses, p.partial_penalties) if self.k == 1 else self._stacked
-        losses, penalties = stacked
+        losses, penalties = p.partial_losses, p.partial_penalties
         assert losses is not None
         losses = losses.reshape(len(losses), -1)
         if self._weights is None:  # each batch's rows over all rows: the same every epoch
-            weights = padded.batch_weights(
+            weights = batches.batch_weights(
                 [m.n for m in self._model], [m.size for m in self._model], self.settings.reduction
             )
             self._weights = weights.to(self.device)
@@ -337,38 +340,8 @@ class Loop:
         else:
             train = (losses * self._weights).sum(0)
         penalty = penalties.reshape(len(penalties), -1).mean(0) if penalties is not None else self._zero
-        per_target = p.partial_sq.sum(0) if self.k == 1 and p.partial_sq is not None else None
+        per_target = p.partial_sq.sum(0) if p.partial_sq is not None else None
         return train, penalty, per_target
-
-    def _score(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The watched loss of each model's current weights (eval mode), [K], and (one model)
-        its per-target SSE on the validation rows."""
-        if self.k > 1:
-            (x, y), counts = self.val_table if self.val_table is not None else (self.table, self._counts)
-            w = self.val_table_w if self.val_table is not None else self.table_w
-            sq = self.models.sse(x, y, counts, w)
-            amount = counts if w is None else w.sum(1)
-            return (
-                sq.sum(1) if self.settings.reduction == "sum" else sq.sum(1) / (amount * y.shape[-1])
-            ), None
-        rows = self.val if self.val is not None else self.one.scoring()
-        w = self.val_w if self.val is not None else self.one.w
-        if isinstance(rows, Rows):  # streamed: summed block by block
-            sq = torch.zeros(rows.outputs, device=self.device)
-            for xb, yb in rows.blocks():
-                sq += self.models.sse(
-                    torch.from_numpy(xb).to(self.device), torch.from_numpy(yb).to(self.device)
-                )[0]
-            numel = len(rows) * rows.outputs
-        else:
-            sq = self.models.sse(*rows, None, w)[0]
-            numel = int(rows[1].numel())
-            if w is not None:  # the rows count as their weights' sum
-                amount = w.sum() * rows[1].shape[1]
-                loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / amount
-                return loss.reshape(1), sq
-        loss = sq.sum() if self.settings.reduction == "sum" else sq.sum() / numel
-        return loss.reshape(1), sq
 
     def _per_target(self, train_sq: torch.Tensor | None, val_sq: torch.Tensor | None) -> dict[str, float]:
         """Per-target MSE in each target's own units, for several targets (one model); with
@@ -426,8 +399,3 @@ class Loop:
         self.progress = Progress.from_dict(state["progress"], self.device)
         self._model[0].history = list(state["history"])
         rng.set_state(state["rng"], self.shuffle, self.device)
-
-
-def _in_memory(data: Tensors | Rows | None) -> Tensors:
-    assert data is not None and not isinstance(data, Rows), "a stack of several models trains in memory"
-    return data

@@ -1,14 +1,26 @@
-"""The plain data the loop keeps and hands out: settings in, status and epoch records out,
-and its progress, which a checkpoint holds so that a run can continue exactly."""
+"""The plain records of training, in one module so that the loop and its two model axes
+(module.py, stack/) share them without importing each other: what one model trains on
+(`Member`, `Built`), what a step takes and gives (`Batch`, `StepResult`), settings in,
+status and epoch records out, and the progress a checkpoint holds so that a run can
+continue exactly."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
+
+if TYPE_CHECKING:  # for annotations only: this module stays cheap to import
+    from torch import nn
+
+    from mse_train.config.schema import Config
+    from mse_train.data.stream import Rows
+    from mse_train.training.optimizers import Scheduler
+
+Tensors = tuple[torch.Tensor, torch.Tensor]
 
 
 class Status(str, Enum):
@@ -32,6 +44,49 @@ class Settings:
     patience: int | None = None
     min_delta: float = 0.0
     penalized: bool = False  # an L1/L2 penalty is added to the loss (records report it)
+
+
+@dataclass
+class Member:
+    """One model's rows and settings (a fold of a cv, a trial of a sweep, or a run's one)."""
+
+    train: Tensors | Rows
+    val: Tensors | Rows | None
+    settings: Settings
+    seed: int
+    train_w: torch.Tensor | None = None  # each training row's sample weight (None: 1)
+    val_w: torch.Tensor | None = None  # each validation row's
+
+
+@dataclass
+class Built:
+    """What `run` builds for one model alone: the module, its optimizer and scheduler, its config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler | None
+    cfg: Config
+
+
+@dataclass
+class Batch:
+    """A batch of a stack whose models' rows differ (their own folds, or a frozen model).
+
+    `mask`: [K, rows], 1 for a model's real rows; `counts`: [K] its rows; `full`: every
+    model has rows in this batch (so every model's optimizer steps).
+    """
+
+    mask: torch.Tensor
+    counts: torch.Tensor
+    full: bool
+
+
+class StepResult(NamedTuple):
+    """What one step measured, before its update: outputs, MSE and penalty (detached)."""
+
+    out: torch.Tensor
+    mse: torch.Tensor
+    penalty: torch.Tensor | None
 
 
 @dataclass

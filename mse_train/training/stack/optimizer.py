@@ -1,4 +1,4 @@
-"""The optimizer of a stack (stack.py): SGD, Adam and AdamW for K models at once.
+"""The optimizer of a stack (stacked.py): SGD, Adam and AdamW for K models at once.
 
 Each model's settings (learning rate, weight decay, momentum, dampening, nesterov, betas,
 eps) are [K, 1] columns that broadcast over the stack's flat [K, P] parameters, so one
@@ -7,6 +7,10 @@ torch's own, step for step; models with one and the same Adam setting and no sch
 folds of a cv, a run) go through torch's fused Adam kernel itself. A model's state maps
 one to one onto its torch optimizer's, which is what a checkpoint holds (`to_torch`,
 `from_torch`).
+
+A model's learning rate lives in one place: its own torch optimizer's param group, which
+its scheduler moves and its checkpoint holds. The [K, 1] column the update multiplies by
+is that number in float32, refreshed by `follow_lr` whenever the param group changes.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ class StackedOptimizer:
     def __init__(
         self,
         opts: list[schema.OptimizerConfig],
-        lrs: list[float],
+        optimizers: list[torch.optim.Optimizer],
         flat: torch.Tensor,
         scheduled: bool,
         device: torch.device,
     ) -> None:
-        """`opts`: each model's optimizer settings; `lrs`: its lr now; `scheduled`: some
-        model's lr follows a schedule."""
+        """`opts`: each model's optimizer settings; `optimizers`: each one's (never stepped)
+        torch optimizer, where its lr lives; `scheduled`: some model's lr follows a schedule."""
         self.k = len(opts)
         self.device = device
         self.sgd = isinstance(opts[0], schema.SGDConfig)
@@ -39,7 +43,8 @@ class StackedOptimizer:
         def column(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
 
-        self.lr = column(lrs)  # the float32 copy of each model's torch optimizer's lr
+        self.optimizers = optimizers
+        self.lr = column([self._lr(i) for i in range(self.k)])  # float32 copies: see follow_lr
         self.wd = column([float(getattr(o, "weight_decay", 0.0) or 0.0) for o in opts])
         self.any_decay = bool(self.wd.any())
         self.steps = torch.zeros(self.k, 1, device=device)
@@ -72,8 +77,19 @@ class StackedOptimizer:
         )
 
     def state(self) -> tuple[torch.Tensor, ...]:
-        """The tensors that hold the optimizer's state (the current ones: updates replace them)."""
-        return (self.moments, self.squares, self.steps, self.lr)
+        """The tensors that hold the optimizer's state (the current ones: updates replace them);
+        the lr is not among them: it lives in the torch optimizers."""
+        return (self.moments, self.squares, self.steps)
+
+    def _lr(self, i: int) -> float:
+        return float(self.optimizers[i].param_groups[0]["lr"])
+
+    def follow_lr(self, i: int | None = None) -> None:
+        """Model i's (None: every model's) lr column from its torch optimizer, after its
+        scheduler, a restore or a checkpoint changed it there."""
+        with torch.no_grad():
+            for j in range(self.k) if i is None else (i,):
+                self.lr[j] = self._lr(j)
 
     def step(self, p: torch.Tensor, live: torch.Tensor, full: bool) -> None:
         """One optimizer step for the models with rows in this batch, as torch's would be."""
@@ -110,7 +126,7 @@ class StackedOptimizer:
             amsgrad=False,
             beta1=self.uniform.betas[0],
             beta2=self.uniform.betas[1],
-            lr=self.uniform.lr,
+            lr=self._lr(rows[0]),  # one setting, no schedule: every model's lr is this one
             weight_decay=float(self.uniform.weight_decay or 0.0),
             eps=self.uniform.eps,
             maximize=False,
@@ -168,5 +184,5 @@ class StackedOptimizer:
                     m[0].copy_(kept["momentum_buffer" if self.sgd else "exp_avg"])
                     if not self.sgd:
                         v[0].copy_(kept["exp_avg_sq"])
-            self.lr[0] = float(optimizer.param_groups[0]["lr"])
+        self.follow_lr(0)
         optimizer.state.clear()

@@ -1,4 +1,15 @@
-"""Which configs train as a stack (stack.py), and which of them can share one.
+"""The stack: an accelerator that trains many small models of one shape at once.
+
+Entered only through this module (tests/test_layout.py holds every other module to it): a
+reader who does not care about speed never opens the rest. The loop (training/loop.py)
+steps a `Stack` as it steps a torch module (training/module.py); `why_alone` and
+`pack_key` below say which configs it holds and which of them can share one.
+
+  stacked.py     `Stack`: K models' parameters side by side in one flat [K, P] tensor,
+                 the forward pass as batched matmuls, the backward pass written out
+                 (`BACKWARDS`: each activation's kernel; `AUTOGRAD_ONLY`: left to autograd)
+  embeddings.py  the numeric embeddings with a model axis, backward by hand
+  optimizer.py   SGD, Adam and AdamW for K models at once, as torch steps them
 
 A stack holds K models of one shape (linear, or an MLP without dropout, with or without a
 numeric embedding; resnet and tabm train as a module), one optimizer
@@ -15,6 +26,9 @@ import json
 
 from mse_train.config import schema
 from mse_train.config.schema import Config
+from mse_train.training.stack.stacked import AUTOGRAD_ONLY, BACKWARDS, Stack
+
+__all__ = ["AUTOGRAD_ONLY", "BACKWARDS", "Stack", "pack_key", "why_alone"]
 
 
 def why_alone(cfg: Config) -> str | None:

@@ -1,4 +1,4 @@
-"""Numeric embeddings with a model axis, for the stack (stack.py): forward and backward by hand.
+"""Numeric embeddings with a model axis, for the stack (stacked.py): forward and backward by hand.
 
 The formulas of models/embeddings.py, each model with its own parameters (views of the
 stack's flat tensor) and, for piecewise-linear, its own bins (from its own training rows).

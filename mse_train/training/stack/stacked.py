@@ -1,10 +1,9 @@
 """K small models of one shape held as one stack of tensors and stepped together.
 
-One of the loop's two model axes (the other is solo.py): a linear model, or an MLP without
-dropout, with or without a numeric embedding (stack_embeddings.py), trained with SGD, Adam
-or AdamW, K >= 1 at a time. `run` trains
-such a config as a stack of one; `cv` and `sweep` stack the folds of a cv and the trials
-that share a `packed.pack_key`.
+One of the loop's two model axes (the other is training/module.py): a linear model, or
+an MLP without dropout, with or without a numeric embedding (embeddings.py), trained with
+SGD, Adam or AdamW, K >= 1 at a time. `run` trains such a config as a stack of one; `cv`
+and `sweep` stack the folds of a cv and the trials that share a `pack_key` (__init__.py).
 
 Small tabular models leave a CPU or GPU mostly idle: at batch 64 a 64-64 MLP step is
 per-operation overhead. Every model's parameters sit side by side in one flat [K, P]
@@ -14,15 +13,15 @@ optimizer's update is a handful of elementwise operations, however deep the mode
 
 Each model keeps the module and the torch optimizer and scheduler `run` would build for it
 alone: they seed and initialise its weights, drive its learning rate, and give its
-checkpoint the very format a solo run writes (so last.pt resumes either way). Its own
-learning rate, weight decay, momentum or betas and L1/L2 are [K, 1] columns.
+checkpoint the very format a module's run writes (so last.pt resumes either way). Its
+learning rate lives in that torch optimizer (optimizer.py keeps a float32 column of it);
+its weight decay, momentum or betas and L1/L2 are [K, 1] columns.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,17 +30,17 @@ from torch import nn
 from mse_train.config import schema
 from mse_train.models import blocks, networks
 from mse_train.models.inference import EVAL_CHUNK
-from mse_train.training import optimizers, stack_embeddings
-from mse_train.training.optimizers import Scheduler
-from mse_train.training.stack_optimizer import StackedOptimizer
-from mse_train.training.step import Batch, StepResult
+from mse_train.training import optimizers
+from mse_train.training.records import Batch, Built, StepResult
+from mse_train.training.stack import embeddings as stack_embeddings
+from mse_train.training.stack.optimizer import StackedOptimizer
 
 # (gradient at the output, input, output) -> gradient at the input: the backward kernels
 # autograd itself calls for each activation (one fused pass over the activations).
 Backward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 _aten = torch.ops.aten
 
-_BACKWARDS: dict[str, Backward] = {
+BACKWARDS: dict[str, Backward] = {
     "none": lambda g, z, h: g,  # a linear model: one layer, never called
     "relu": lambda g, z, h: _aten.threshold_backward(g, h, 0),
     "tanh": lambda g, z, h: _aten.tanh_backward(g, h),
@@ -54,16 +53,6 @@ _BACKWARDS: dict[str, Backward] = {
 # forward): any other activation of models/networks.py must have a kernel above, or
 # building a stack of it fails (a test walks ACTIVATIONS and checks every gradient).
 AUTOGRAD_ONLY = frozenset({"gelu"})
-
-
-@dataclass
-class Built:
-    """What `run` builds for one model alone: the module, its optimizer and scheduler, its config."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Scheduler | None
-    cfg: schema.Config
 
 
 class Stack:
@@ -101,26 +90,25 @@ class Stack:
         # The activation's backward pass, for the backward pass by hand; None (GELU) leaves
         # the whole backward pass to autograd.
         name = mcfg.activation if isinstance(mcfg, schema.MLPModel) else "none"
-        if name not in _BACKWARDS and name not in AUTOGRAD_ONLY:
+        if name not in BACKWARDS and name not in AUTOGRAD_ONLY:
             raise NotImplementedError(
-                f"activation {name!r} has no stacked backward: add its kernel to _BACKWARDS in "
-                "training/stack.py, or its name to AUTOGRAD_ONLY (tests/test_stack_gradients.py)"
+                f"activation {name!r} has no stacked backward: add its kernel to BACKWARDS in "
+                "training/stack/stacked.py, or its name to AUTOGRAD_ONLY (tests/test_stack_gradients.py)"
             )
-        self.derivative = _BACKWARDS.get(name)
+        self.derivative = BACKWARDS.get(name)
         self._reads_input = name in ("leaky_relu", "elu")
         self.best = self.flat.detach().clone()
         self._has_best = [False] * self.k
-        self.live = torch.ones(self.k, 1, dtype=torch.bool, device=device)  # False: frozen
-        self._all_live = True
         self._penalties([s.cfg for s in builts])
-        lrs = [float(s.optimizer.param_groups[0]["lr"]) for s in builts]
         scheduled = any(s.cfg.scheduler.name != "none" for s in builts)
-        self.update = StackedOptimizer([s.cfg.optimizer for s in builts], lrs, self.flat, scheduled, device)
+        self.update = StackedOptimizer(
+            [s.cfg.optimizer for s in builts], [s.optimizer for s in builts], self.flat, scheduled, device
+        )
         self._kept: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ setup
     def _embedding(self, builts: Sequence[Built], where: dict[int, int], device: torch.device) -> None:
-        """A numeric embedding before the layers (stack_embeddings.py), each model's own."""
+        """A numeric embedding before the layers (embeddings.py), each model's own."""
         modules = [s.model for s in builts]
         first = modules[0]
         self._numeric = 0
@@ -150,9 +138,6 @@ class Stack:
         return out
 
     # ------------------------------------------------------------------ steps
-    def train_mode(self) -> None:
-        """Nothing to switch: the stack has no dropout or normalisation."""
-
     def step(
         self,
         xb: torch.Tensor,
@@ -161,9 +146,10 @@ class Stack:
         divisor: float | None = None,
         wb: torch.Tensor | None = None,
     ) -> StepResult:
-        """One update of every live model. `xb` is [K, rows, inputs], or [rows, inputs] for K = 1;
-        `batch` is None when every model has all the rows of the batch; `wb`, the rows' sample
-        weights ([K, rows], or [rows]), None when each weighs 1."""
+        """One update of every model with rows in the batch (a model that stopped has none).
+        `xb` is [K, rows, inputs], or [rows, inputs] for K = 1; `batch` is None when every
+        model has all the rows of the batch; `wb`, the rows' sample weights ([K, rows], or
+        [rows]), None when each weighs 1. (No dropout or normalisation: no training mode.)"""
         assert divisor is None, "a stack trains in one process"
         one = xb.dim() == 2
         if one:
@@ -186,8 +172,7 @@ class Stack:
         else:
             out, mse = self._autograd(xb, yb, weight, amount)
         with torch.no_grad():
-            live = (counts > 0)[:, None]
-            self.update.step(self.flat, live if self._all_live else live & self.live, full and self._all_live)
+            self.update.step(self.flat, (counts > 0)[:, None], full)
         return StepResult(out[0] if one else out, mse, pen)
 
     def _penalty(self) -> torch.Tensor:
@@ -338,28 +323,21 @@ class Stack:
         """Each model's sum of |weights|: not finite once a weight is not."""
         return self.flat.detach().abs().sum(1)
 
-    def lr_of(self, i: int) -> float:
-        """Model i's lr as its torch optimizer holds it (the column is its float32 copy)."""
-        return float(self.builts[i].optimizer.param_groups[0]["lr"])
-
-    def step_scheduler(self, i: int, watched: float) -> None:
-        """Model i's own scheduler moves the lr of its own (never stepped) torch optimizer."""
+    def schedule(self, i: int, watched: float) -> float:
+        """Model i's lr this epoch, where it lives: in its own (never stepped) torch optimizer,
+        whose scheduler then moves it (the update reads it from there: `follow_lr`)."""
         solo = self.builts[i]
-        if solo.scheduler is None:
-            return
-        solo.optimizer.step()  # no gradients: changes nothing, but a scheduler expects a step first
-        optimizers.step_scheduler(solo.scheduler, watched)
-        self.update.lr[i] = float(solo.optimizer.param_groups[0]["lr"])
+        lr = float(solo.optimizer.param_groups[0]["lr"])
+        if solo.scheduler is not None:
+            solo.optimizer.step()  # no gradients: changes nothing, but a scheduler expects a step first
+            optimizers.step_scheduler(solo.scheduler, watched)
+            self.update.follow_lr(i)
+        return lr
 
     def keep_best(self, i: int) -> None:
         with torch.no_grad():
             self.best[i] = self.flat[i]
         self._has_best[i] = True
-
-    def freeze(self, i: int) -> None:
-        """Model i stopped (early, or diverged): no more updates, whatever its rows."""
-        self.live[i] = False
-        self._all_live = False
 
     def best_state(self, i: int) -> dict[str, torch.Tensor] | None:
         """Model i's best weights by the solo module's names; None before one is kept."""
@@ -421,6 +399,7 @@ class Stack:
             if solo.scheduler is not None and (state := _copied(saved)) is not None:
                 solo.scheduler.load_state_dict(state)
             solo.optimizer.param_groups[0]["lr"] = lrs[i]
+        self.update.follow_lr()
 
 
 def _copied(state: dict[str, Any] | None) -> dict[str, Any] | None:
