@@ -271,8 +271,9 @@ def test_the_linear_candidate_races_with_a_short_patience_and_scores_what_the_wr
     csv = table(tmp_path, "lin.csv", linear_rows(400, seed=5))
     assert cli("init", csv, "-t", "y", "-o", tmp_path / "lin.yaml").code == 0
     written = loading.load(tmp_path / "lin.yaml")
-    assert written.model.type == "linear" and written.train.early_stopping.patience == 20
     short = dict(raced)["linear"]
+    assert written.train.early_stopping is not None and short.train.early_stopping is not None
+    assert written.model.type == "linear" and written.train.early_stopping.patience == 20
     assert short.train.early_stopping.patience == choose.LBFGS_RACE_PATIENCE
     loaded = prepare.load_training(written.data, written.targets)
     folds = [cv.cross_validate(c, race.FOLDS, torch.device("cpu"), loaded=loaded) for c in (short, written)]
