@@ -79,7 +79,8 @@ def main() -> None:
                     if c.optimizer.name == "lbfgs" and c.train.early_stopping is not None:
                         c.train.early_stopping.patience = choose.LBFGS_RACE_PATIENCE
                     result = cv.cross_validate(c, race.FOLDS, torch.device("cpu"), loaded=loaded)
-                    scores.append(float(cv.mean_std(result.per_fold)["r2"]["mean"]))
+                    r2 = cv.mean_std(result.per_fold)["r2"]["mean"]
+                    scores.append(float("nan") if r2 is None else r2)
                 cvs[kind] = scores
                 out = work / f"run-{kind}"
                 _cli(
