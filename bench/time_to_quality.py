@@ -1,6 +1,6 @@
 """Time to quality: `mse-train init` + `run` against a LightGBM-defaults script, whole processes.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/time_to_quality.py [--repeats 3] [--write]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/time_to_quality.py [--repeats 3] [--write] [--baseline DIR]
 
 On a seeded 80/20 split of data/diamonds.csv (43,152 training rows, 10,788 test rows; the
 categorical columns as categories on both sides), interleaved (A, B, A, B, ...) so that a
@@ -15,7 +15,9 @@ Each repeat starts with an empty data cache (MSE_TRAIN_CACHE_DIR), so A reads th
 first run does. Test R² of A comes from `mse-train eval best.pt test.csv --json` (not timed),
 that of B from the script. Also prints where A's time goes: init, and the run's own
 `summary.json` timings (reading the table, the training loop; the rest is start-up, the
-checkpoints and loss.png). Issue 23's target: A within 3x of B at the same or better R².
+checkpoints and loss.png). `--baseline DIR` times a second mse-train (another commit's
+`mse_train/` unpacked in DIR, first on PYTHONPATH) the same way in each repeat, A/B.
+Issue 23's target: A within 3x of B at the same or better R².
 LightGBM is needed only here: `.venv/bin/pip install lightgbm`.
 """
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +52,8 @@ def _mse_train() -> list[str]:
 
 def _timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    # not from REPO: `python -m` puts its folder first on sys.path, ahead of PYTHONPATH (--baseline)
+    done = subprocess.run(command, cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
@@ -73,46 +77,83 @@ def split(folder: Path) -> tuple[Path, Path]:
     return train, test
 
 
+def _ours(
+    version: Version, train: Path, test: Path, scratch: Path, i: int, env: dict[str, str]
+) -> dict[str, float]:
+    """One repeat of A for one version: init, run (its own timings), and the test R² (untimed)."""
+    env = {**env, **version.env}
+    tag = f"{version.tag}{i}"
+    config, out = scratch / f"config-{tag}.yaml", scratch / f"run-{tag}"
+    init_s, _ = _timed([*version.command, "init", str(train), "--target", TARGET, "-o", str(config)], env)
+    run_s, _ = _timed([*version.command, "run", str(config), "-o", str(out)], env)
+    summary = json.loads((out / "summary.json").read_text())
+    _, scored = _timed([*version.command, "eval", str(out / "best.pt"), str(test), "--json"], env)
+    model = next(line for line in config.read_text().splitlines() if line.startswith("  type:"))
+    version.model = model.split("#")[0].split(":", 1)[1].strip()
+    version.r2 = float(json.loads(scored)["r2"])
+    return {
+        "init": init_s,
+        "run": run_s,
+        "total": init_s + run_s,
+        "ingest": summary["timings"]["ingest_seconds"],
+        "train": summary["timings"]["train_seconds"],
+        "epochs": summary["epochs_run"],
+    }
+
+
+@dataclass
+class Version:
+    """An mse-train to time: this tree, or another source tree put first on PYTHONPATH."""
+
+    name: str
+    tag: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    times: list[dict[str, float]] = field(default_factory=list)
+    model: str = ""
+    r2: float = float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="also write bench/time_to_quality_results.md")
+    parser.add_argument(
+        "--baseline",
+        type=lambda text: Path(text).resolve(),
+        help="another mse-train source tree (an earlier commit: `git archive COMMIT mse_train | tar -x "
+        "-C DIR`), timed the same way in the same repeats, for an A/B of two versions",
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="mse-train-ttq-"))
     lightgbm = [sys.executable, str(REPO / "bench" / "lightgbm_script.py")]
-    ours: dict[str, list[float]] = {"init": [], "run": [], "ingest": [], "train": [], "epochs": []}
+    versions = [Version("mse-train", "a", _mse_train())]
+    if args.baseline is not None:  # both as `python -m mse_train`, so that they start alike
+        module = [sys.executable, "-m", "mse_train"]
+        versions = [
+            Version("mse-train (this tree)", "a", module),
+            Version(
+                f"mse-train ({args.baseline.name})", "b", module, {"PYTHONPATH": str(args.baseline.resolve())}
+            ),
+        ]
     theirs: list[float] = []
-    r2: dict[str, float] = {}
+    lightgbm_r2 = float("nan")
     try:
         train, test = split(scratch)
         load_before = _loadavg()
         for i in range(args.repeats):
             env = {**os.environ, "MSE_TRAIN_CACHE_DIR": str(scratch / f"cache{i}")}
-            config, out = scratch / f"config{i}.yaml", scratch / f"run{i}"
-            init = [*_mse_train(), "init", str(train), "--target", TARGET, "-o", str(config)]
-            init_s, _ = _timed(init, env)
-            run_s, _ = _timed([*_mse_train(), "run", str(config), "-o", str(out)], env)
-            summary = json.loads((out / "summary.json").read_text())
-            ours["init"].append(init_s)
-            ours["run"].append(run_s)
-            ours["ingest"].append(summary["timings"]["ingest_seconds"])
-            ours["train"].append(summary["timings"]["train_seconds"])
-            ours["epochs"].append(summary["epochs_run"])
-            _, scored = _timed([*_mse_train(), "eval", str(out / "best.pt"), str(test), "--json"], env)
-            r2["mse-train"] = float(json.loads(scored)["r2"])
-            model = next(line for line in config.read_text().splitlines() if line.startswith("  type:"))
-            model = model.split("#")[0]
+            for version in versions:
+                version.times.append(_ours(version, train, test, scratch, i, env))
             seconds, printed = _timed([*lightgbm, str(train), str(test), TARGET], env)
             theirs.append(seconds)
-            r2["LightGBM"] = float(printed.split()[-1])
+            lightgbm_r2 = float(printed.split()[-1])
         load_after = _loadavg()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    med = {name: statistics.median(values) for name, values in ours.items()}
-    total = [a + b for a, b in zip(ours["init"], ours["run"], strict=True)]
-    ours_s, theirs_s = statistics.median(total), statistics.median(theirs)
+    theirs_s = statistics.median(theirs)
     lines = [
         f"data/diamonds.csv, seeded 80/20 split ({TARGET}); whole processes, median of {args.repeats},"
         f" interleaved; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')};"
@@ -120,18 +161,38 @@ def main() -> None:
         "",
         "| program | median s | min s | max s | test R² |",
         "|---|---:|---:|---:|---:|",
-        f"| `mse-train init` + `mse-train run` ({model.split(':', 1)[1].strip()} starter)"
-        f" | {ours_s:.2f} | {min(total):.2f} | {max(total):.2f} | {r2['mse-train']:.4f} |",
-        f"| `bench/lightgbm_script.py` (LGBMRegressor defaults) | {theirs_s:.2f} | {min(theirs):.2f}"
-        f" | {max(theirs):.2f} | {r2['LightGBM']:.4f} |",
-        "",
-        f"mse-train / LightGBM: **{ours_s / theirs_s:.2f}x** (target 3x); each interleaved pair:"
-        f" {', '.join(f'{a / b:.2f}x' for a, b in zip(total, theirs, strict=True))}."
-        " Of mse-train's time (medians):"
-        f" init {med['init']:.2f} s; run {med['run']:.2f} s, of which reading the table"
-        f" {med['ingest']:.2f} s and the training loop {med['train']:.2f} s ({med['epochs']:.0f} epochs),"
-        f" the rest start-up, checkpoints and loss.png.",
     ]
+    for version in versions:
+        total = [t["total"] for t in version.times]
+        lines.append(
+            f"| `{version.name} init` + `run` ({version.model} starter)"
+            f" | {statistics.median(total):.2f} | {min(total):.2f} | {max(total):.2f} | {version.r2:.4f} |"
+        )
+    lines += [
+        f"| `bench/lightgbm_script.py` (LGBMRegressor defaults) | {theirs_s:.2f} | {min(theirs):.2f}"
+        f" | {max(theirs):.2f} | {lightgbm_r2:.4f} |",
+        "",
+    ]
+    for version in versions:
+        total = [t["total"] for t in version.times]
+        med = {key: statistics.median(t[key] for t in version.times) for key in version.times[0]}
+        lines.append(
+            f"{version.name} / LightGBM: **{med['total'] / theirs_s:.2f}x** (target 3x); each pair:"
+            f" {', '.join(f'{a / b:.2f}x' for a, b in zip(total, theirs, strict=True))}."
+            " Of its time (medians):"
+            f" init {med['init']:.2f} s; run {med['run']:.2f} s, of which reading the table"
+            f" {med['ingest']:.2f} s and the training loop {med['train']:.2f} s ({med['epochs']:.0f} epochs),"
+            " the rest start-up, checkpoints and loss.png."
+        )
+    if len(versions) == 2:
+        pairs = [a["total"] / b["total"] for a, b in zip(versions[0].times, versions[1].times, strict=True)]
+        ratio = statistics.median(t["total"] for t in versions[0].times) / statistics.median(
+            t["total"] for t in versions[1].times
+        )
+        lines.append(
+            f"\n{versions[0].name} / {versions[1].name}: **{ratio:.2f}x** (each interleaved pair: "
+            f"{', '.join(f'{r:.2f}x' for r in pairs)})."
+        )
     text = "\n".join(lines)
     print(text)
     if args.write:

@@ -212,3 +212,71 @@ def test_folds_of_different_widths_pack_one_stack_per_width(cli, tmp_path):
     made = cli("init", csv, "-t", "y", "-o", tmp_path / "rare.yaml")
     assert made.code == 0, made
     assert set(race_scores((tmp_path / "rare.yaml").read_text())) == {"linear", "mlp"}  # both finished
+
+
+def test_the_mlp_batch_grows_with_the_rows_and_small_tables_keep_theirs():
+    from mse_train.config.starter import LARGEST_BATCH, STEPS_PER_EPOCH, mlp_batch_size
+
+    assert mlp_batch_size(5000) == 64  # 4,000 fitted rows: fewer than 32 steps of 128
+    assert mlp_batch_size(None) == 64
+    for rows in (5120, 6000, 12_000, 43_152, 10**7):
+        batch = mlp_batch_size(rows)
+        fitted = round(rows * 0.8)
+        assert batch in (128, 256)
+        assert fitted // batch >= STEPS_PER_EPOCH  # every epoch still has 32+ steps
+        assert batch == LARGEST_BATCH or fitted // (2 * batch) < STEPS_PER_EPOCH
+    assert (mlp_batch_size(6000), mlp_batch_size(43_152)) == (128, 256)
+
+
+def test_a_larger_table_gets_larger_batches_the_race_sized_for_its_sample(cli, tmp_path, monkeypatch):
+    # The race runs on a sample (here 400 rows): its MLP trains with the batches of a
+    # 400-row table; the config written for the whole 6,000-row table has its own.
+    monkeypatch.setattr(race, "MAX_ROWS", 400)
+    raced = []
+    real_run = race.run
+
+    def spy(candidates, *args, **kwargs):
+        raced.extend(candidates)
+        return real_run(candidates, *args, **kwargs)
+
+    monkeypatch.setattr(race, "run", spy)
+    csv = table(tmp_path, "thr.csv", threshold_rows(6000))
+    made = cli("init", csv, "-t", "y", "-o", tmp_path / "big.yaml")
+    assert made.code == 0, made
+    mlp = dict(raced)["mlp"]
+    assert mlp.train.batch_size == 64
+    written = yaml.safe_load((tmp_path / "big.yaml").read_text())
+    assert written["model"]["type"] == "mlp" and written["train"]["batch_size"] == 128
+    ran = cli("run", tmp_path / "big.yaml", "-q", "--json", "--set", "train.epochs=1", "-o", tmp_path / "r")
+    assert ran.code == 0, ran
+    quick = tmp_path / "quick.yaml"
+    assert cli("init", csv, "-t", "y", "-o", quick, "--quick").code == 0
+    assert yaml.safe_load(quick.read_text())["train"]["batch_size"] == 128  # --quick: the same budget
+
+
+def test_the_linear_candidate_races_with_a_short_patience_and_scores_what_the_written_config_would(
+    cli, tmp_path, monkeypatch
+):
+    from mse_train.config import loading
+    from mse_train.selection import choose, cv
+
+    raced = []
+    real_run = race.run
+
+    def spy(candidates, *args, **kwargs):
+        raced.extend(candidates)
+        return real_run(candidates, *args, **kwargs)
+
+    monkeypatch.setattr(race, "run", spy)
+    csv = table(tmp_path, "lin.csv", linear_rows(400, seed=5))
+    assert cli("init", csv, "-t", "y", "-o", tmp_path / "lin.yaml").code == 0
+    written = loading.load(tmp_path / "lin.yaml")
+    short = dict(raced)["linear"]
+    assert written.train.early_stopping is not None and short.train.early_stopping is not None
+    assert written.model.type == "linear" and written.train.early_stopping.patience == 20
+    assert short.train.early_stopping.patience == choose.LBFGS_RACE_PATIENCE
+    loaded = prepare.load_training(written.data, written.targets)
+    folds = [cv.cross_validate(c, race.FOLDS, torch.device("cpu"), loaded=loaded) for c in (short, written)]
+    scores = [cv.mean_std(f.per_fold)["r2"]["mean"] for f in folds]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+    assert f"{scores[0]:.4f}" in (tmp_path / "lin.yaml").read_text()  # the race's score, as written

@@ -5,13 +5,17 @@ The rule (the README's "The starter model"):
 - a file over CHECK_MAX_BYTES: an MLP without numeric embeddings, which can stream;
 - else the race (race.py): the linear model (L-BFGS, with the L2 penalty ridge's
   leave-one-out error picks) and the MLP with piecewise-linear numeric embeddings, each
-  written as init would write it and scored by 5-fold CV within `budget` seconds. The
-  higher mean CV R² wins (the linear model on a tie); a candidate that did not finish
-  cannot win. If none finished, the MLP, as `--quick` writes it.
+  written as init would write it and scored by 5-fold CV within `budget` seconds (the
+  MLP with the batches of a table as large as the raced rows; the linear model stopped
+  after LBFGS_RACE_PATIENCE epochs without a better fold loss: L-BFGS has converged by
+  then, so it scores what 20 would, sooner). The higher mean CV R² wins (the linear
+  model on a tie); a candidate that did not finish cannot win. If none finished, the
+  MLP, as `--quick` writes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from mse_train.errors import UserError
 from mse_train.selection import race, ridge
 
 CHECK_MAX_BYTES = 256 << 20  # a larger file is not read by init (it may need streaming)
+LBFGS_RACE_PATIENCE = 3  # the linear candidate's patience in the race (bench/results.md, "Speed")
 MIN_ROWS = 20  # fewer rows: no race (5 folds of 4 rows say nothing); the starter is linear
 CANDIDATES = {  # what the comments call each candidate
     "linear": "linear, L-BFGS (ridge)",
@@ -81,9 +86,10 @@ def starter_model(
         )
         return Choice(True, why), None
     rows = race.sample(loaded, race.MAX_ROWS, cfg.seed)
-    linear = Choice(True, (), l2=ridge_l2(rows, cfg, n))
-    candidates = {"linear": linear, "mlp": MLP}
     m = rows.table.n_rows
+    linear = Choice(True, (), l2=ridge_l2(rows, cfg, n))
+    # the MLP races with the batches its config would have on the raced rows
+    candidates = {"linear": linear, "mlp": dataclasses.replace(MLP, rows=m)}
     say(
         f"init: racing a linear model and an MLP by {race.FOLDS}-fold CV on "
         + (f"{m:,} of {n:,} rows" if m < n else f"{n:,} rows")
@@ -91,7 +97,12 @@ def starter_model(
     )
     runtime.use_threads(cfg.train.threads)
     device = runtime.resolve_device(cfg.train.device)
-    entries = race.run([(name, config(c)) for name, c in candidates.items()], rows, budget, device)
+    raced = [(name, config(c)) for name, c in candidates.items()]
+    for _, cfg_raced in raced:
+        stopping = cfg_raced.train.early_stopping
+        if cfg_raced.optimizer.name == "lbfgs" and stopping is not None:  # converged: same score, sooner
+            stopping.patience = min(stopping.patience, LBFGS_RACE_PATIENCE)
+    entries = race.run(raced, rows, budget, device)
     best = race.winner(entries)
     head = (
         f"init's race: {race.FOLDS}-fold CV R² on "
