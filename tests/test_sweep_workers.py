@@ -166,3 +166,31 @@ def test_three_workers_share_a_postgresql_study_and_survive_a_killed_one(cli, tm
     outputs = _three_workers_one_killed(tmp_path, (postgres, postgres))
     study = optuna.load_study(study_name="sweep", storage=postgres)
     _check_study(study, outputs, tmp_path, cli, postgres)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep silences it too
+def test_a_worker_that_loses_the_race_to_create_the_study_joins_it_as_a_worker(tmp_path, monkeypatch):
+    # Workers started together each find no study and each create it: one wins, the others
+    # get DuplicatedStudyError. A loser that took itself for the creator seeded its sampler
+    # with the config's seed, as the creator did, and asked the creator's very points again.
+    from mse_train.config import load
+    from mse_train.selection import storage, study
+
+    cfg = load(_config(tmp_path))
+    fingerprint = study.fingerprint(cfg, 0)
+    where = storage.connect(str(tmp_path / "sweep.journal"), tmp_path, 10)
+    _, created = study.open_study(where, "sweep", False, False, fingerprint, "sweep.yaml", [])
+    assert created
+    looked: list[str] = []
+    load_study = optuna.load_study
+
+    def too_early(**kwargs: Any) -> Any:  # this worker looked before the other created it
+        if not looked:
+            looked.append(kwargs["study_name"])
+            raise KeyError(kwargs["study_name"])
+        return load_study(**kwargs)
+
+    monkeypatch.setattr(optuna, "load_study", too_early)
+    joined, created = study.open_study(where, "sweep", False, False, fingerprint, "sweep.yaml", [])
+    assert looked == ["sweep"] and joined.study_name == "sweep"
+    assert not created  # so it seeds its sampler on its own and checks the study's config

@@ -143,7 +143,7 @@ def open_study(
                     f"{where.shown}: holds no study '{name}', so there is nothing to report",
                     ["check --storage and --study (or sweep.storage / sweep.study)"],
                 ) from None
-            the_study, created = _create(where, name, fingerprint, grid, started), True
+            the_study, created = _create(where, name, fingerprint, grid, started)
     except (OutputError, ConfigError):
         raise
     except Exception as exc:
@@ -157,19 +157,22 @@ def open_study(
 
 def _create(
     where: Where, name: str, fingerprint: dict[str, Any], grid: list[dict[str, Any]], started: float | None
-) -> Any:
+) -> tuple[Any, bool]:
+    """The new study and True; or, when another worker created it a moment ago (workers
+    started together), that study and False: a joined study's worker checks its config
+    and seeds its sampler on its own, or it would ask the creator's very points again."""
     import optuna
 
     try:
         the_study = optuna.create_study(study_name=name, storage=where.storage, direction="minimize")
-    except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
-        return optuna.load_study(study_name=name, storage=where.storage)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=where.storage), False
     # The start first: a joining worker waits for the config (check_fingerprint), then reads it.
     the_study.set_user_attr(STARTED_ATTR, time.time() if started is None else started)
     the_study.set_user_attr(CONFIG_ATTR, fingerprint)
     for params in grid:
         the_study.enqueue_trial(params)
-    return the_study
+    return the_study, True
 
 
 def _check_agrees(where: Where, the_study: Any) -> None:
