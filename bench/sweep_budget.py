@@ -62,6 +62,9 @@ def one(name: str, work: Path, rows: int | None) -> dict[str, object]:
     process.wait()
     seconds = time.perf_counter() - started
     stderr = "\n".join(line for _, line in lines)
+    log = ROOT / "bench" / "out" / f"sweep_budget-{name}.log"  # bench/out/ is git-ignored
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(f"{at:8.1f} {line}\n" for at, line in lines))
     if process.returncode != 0:
         return {"table": name, "error": stderr[-2000:]}
     out = json.loads(stdout)

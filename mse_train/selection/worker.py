@@ -138,7 +138,8 @@ class Worker:
                     trials = self.study.get_trials(deepcopy=False)
                     up, busy = self._time_up(), any(t.state == TrialState.RUNNING for t in trials)
                     cut = sum(1 for t in trials if (result_of(t) or {}).get("status") == CUT)
-                    if up and not busy and (cut or finished(trials) < self.n_trials):
+                    ended = finished(trials) >= self.n_trials and not busy
+                    if (up and not busy) or (ended and cut):  # the time limit ended the search
                         note(
                             f"sweep.time_limit reached: {finished(trials) - cut} of {self.n_trials} "
                             f"trials finished"
