@@ -205,9 +205,9 @@ def whole_process(rounds: int, storages: list[str]) -> None:
         f"| storage | command | median s | min s | max s |\n|---|---|---:|---:|---:|"
     )
     for (storage, pack), seconds in times.items():
-        command = "`mse-train sweep`" if pack else "`mse-train sweep --no-pack`"
+        shown_command = "`mse-train sweep`" if pack else "`mse-train sweep --no-pack`"
         shown = f"{statistics.median(seconds):.2f} | {min(seconds):.2f} | {max(seconds):.2f}"
-        print(f"| {storage} | {command} | {shown} |")
+        print(f"| {storage} | {shown_command} | {shown} |")
     print()
     for storage in storages:
         packed, alone = statistics.median(times[storage, True]), statistics.median(times[storage, False])
