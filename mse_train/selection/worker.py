@@ -109,6 +109,7 @@ class Worker:
         self.out = out
         self.resume, self.resume_command = False, ""
         self.grid = the_space.method == "grid"
+        self.note: Callable[[str], None] = lambda text: None
 
     def search(
         self,
@@ -126,6 +127,7 @@ class Worker:
         from optuna.trial import TrialState
 
         self.resume, self.resume_command = resume, resume_command
+        self.note = note
 
         beats = storage.Heartbeats(self.where.storage, self.heartbeat)
         waited = False
@@ -232,19 +234,27 @@ class Worker:
         if results is None:  # interrupted: the trials run again, from their start
             self._queue_again(trials)
             interrupted(self.out, self.study, self.resume_command)
+        told = []
         for trial, (scored, dropped) in zip(trials, results, strict=True):
             kept = None
             if scored.predictions is not None and scored.status in (Status.COMPLETED, Status.EARLY_STOPPED):
                 kept = oof.write(
                     self.out, self.study.study_name, trial.number, scored.predictions, scored.data
                 )
-            _tell(self.study, trial, scored, dropped, kept)
+            if _tell(self.study, trial, scored, dropped, kept):
+                told.append(trial)
+            else:
+                self.note(
+                    f"trial {trial.number}: another worker gave it up (no heartbeat from this one for "
+                    f"{storage.MISSED * self.heartbeat} s: a busy machine?) and runs it again; this "
+                    "worker's result for it is dropped (a larger sweep.heartbeat avoids it)"
+                )
         # Read once per pack (the study's every trial, whoever ran it), not once per trial.
         rows = leaderboard(self.study, keys)
         tables.write_rows(self.out / "leaderboard.csv", columns(keys), rows)
         by_number = {r["trial"]: r for r in rows}
-        done = len(rows) - len(trials)
-        for trial in trials:
+        done = len(rows) - len(told)
+        for trial in told:
             done += 1
             watch.trial(done, self.n_trials, by_number[trial.number])
             tracked.trial(trial.number, swept(self.study, trial.number, self.space), by_number[trial.number])
@@ -530,9 +540,25 @@ def _combine(parts: list[Scored]) -> Scored:
 
 def _tell(
     study: Any, trial: Any, scored: Scored, dropped: list[str], kept: dict[str, Any] | None = None
-) -> None:
+) -> bool:
     """The score, and everything the leaderboard shows, in one user attr: one write
-    (`kept`: the record of its out-of-fold predictions' file, oof.py)."""
+    (`kept`: the record of its out-of-fold predictions' file, oof.py). False when the trial
+    is no longer this worker's to tell: another worker failed it as stale (its heartbeat was
+    late, optuna's fail_stale_trials) and queued it again, and the storage refuses the write."""
+    import optuna
+
+    try:
+        _tell_once(study, trial, scored, dropped, kept)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+        if trial_of(study, trial.number).state == optuna.trial.TrialState.RUNNING:
+            raise  # another problem than a trial given up
+        return False
+    return True
+
+
+def _tell_once(
+    study: Any, trial: Any, scored: Scored, dropped: list[str], kept: dict[str, Any] | None
+) -> None:
     result: dict[str, Any] = {
         "dropped": dropped,
         "epochs": scored.epochs,
@@ -576,6 +602,10 @@ def result_of(trial: Any) -> dict[str, Any] | None:
     attrs = trial.user_attrs
     found = attrs.get(RESULT)
     if isinstance(found, dict):
+        from optuna.trial import TrialState
+
+        if trial.state == TrialState.FAIL and found.get("status") != "diverged":
+            return None  # given up by another worker between its result's write and its tell
         return found
     return attrs if attrs.get("status") is not None else None
 
