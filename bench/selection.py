@@ -3,6 +3,7 @@
     .venv/bin/python bench/selection.py           # writes bench/selection_results.md
     .venv/bin/python bench/selection.py --quick   # fewer rounds, prints only
     .venv/bin/python bench/selection.py --whole   # only the sweep as a user runs it, prints only
+    .venv/bin/python bench/selection.py --whole --storages sqlite,journal  # and with a journal file
 
 On generated data (20,000 rows x 16 features, as bench/run.py makes it), an MLP
 16 -> 64 -> 64 -> 1 with Adam, 10 epochs, at batch 64 and at batch 1024:
@@ -168,8 +169,9 @@ def differ(a: list[float], b: list[float]) -> float:
     return max(abs(x / y - 1) for x, y in zip(a, b, strict=True))
 
 
-def whole_process(rounds: int) -> None:
-    """The 16-trial sweep at batch 64, `mse-train sweep` against `--no-pack`, whole processes."""
+def whole_process(rounds: int, storages: list[str]) -> None:
+    """The 16-trial sweep at batch 64, `mse-train sweep` against `--no-pack`, whole processes;
+    for each storage: `sqlite` (the default sweep.db), `journal` (--storage FILE.journal)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         csv_path = folder / "table.csv"
@@ -178,34 +180,38 @@ def whole_process(rounds: int) -> None:
         script = Path(sys.executable).parent / "mse-train"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "mse_train"]
 
-        def timed(name: str, trials: int, pack: bool) -> float:
+        def timed(name: str, trials: int, pack: bool, storage: str = "sqlite") -> float:
             path = folder / f"{name}.yaml"
             data = config(csv_path, 64, folder / name, 0)
             data["sweep"]["trials"] = trials
             path.write_text(json.dumps(data))
+            journal = ["--storage", str(folder / f"{name}.journal")] if storage == "journal" else []
             started = time.perf_counter()
-            args = [*command, "sweep", str(path), *([] if pack else ["--no-pack"])]
+            args = [*command, "sweep", str(path), *([] if pack else ["--no-pack"]), *journal]
             subprocess.run(args, env=env, check=True, capture_output=True)
             return time.perf_counter() - started
 
         timed("warm", 2, True)  # parses the table into the data cache, as an earlier command would
         load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        times: dict[bool, list[float]] = {True: [], False: []}
+        times: dict[tuple[str, bool], list[float]] = {(s, p): [] for s in storages for p in (True, False)}
         for r in range(rounds):
-            for pack in (True, False):
-                times[pack].append(timed(f"whole-{pack}-{r}", TRIALS, pack))
+            for storage, pack in times:
+                times[storage, pack].append(timed(f"whole-{storage}-{pack}-{r}", TRIALS, pack, storage))
         load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    packed, alone = statistics.median(times[True]), statistics.median(times[False])
     print(
         f"`mse-train sweep` ({TRIALS} random trials, holdout, batch 64, {EPOCHS} epochs, {ROWS:,} rows),"
         f" whole processes, median of {rounds} interleaved; load average {load_before} before,"
         f" {load_after} after.\n\n"
-        f"| command | median s | min s | max s |\n|---|---:|---:|---:|\n"
-        f"| `mse-train sweep` | {packed:.2f} | {min(times[True]):.2f} | {max(times[True]):.2f} |\n"
-        f"| `mse-train sweep --no-pack` | {alone:.2f} | {min(times[False]):.2f}"
-        f" | {max(times[False]):.2f} |\n\n"
-        f"whole-process speed-up of packing: **{alone / packed:.2f}x** (target 3x)"
+        f"| storage | command | median s | min s | max s |\n|---|---|---:|---:|---:|"
     )
+    for (storage, pack), seconds in times.items():
+        shown_command = "`mse-train sweep`" if pack else "`mse-train sweep --no-pack`"
+        shown = f"{statistics.median(seconds):.2f} | {min(seconds):.2f} | {max(seconds):.2f}"
+        print(f"| {storage} | {shown_command} | {shown} |")
+    print()
+    for storage in storages:
+        packed, alone = statistics.median(times[storage, True]), statistics.median(times[storage, False])
+        print(f"{storage}: whole-process speed-up of packing **{alone / packed:.2f}x** (target 3x)")
 
 
 def main() -> None:
@@ -215,9 +221,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one round, print only")
     parser.add_argument("--whole", action="store_true", help="only the sweep as whole processes, print only")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --whole")
+    parser.add_argument(
+        "--storages", default="sqlite", help="--whole: comma-separated, of sqlite (sweep.db) and journal"
+    )
     args = parser.parse_args()
     if args.whole:
-        whole_process(args.rounds)
+        whole_process(args.rounds, args.storages.split(","))
         return
     rounds = 1 if args.quick else 3
     lines: list[str] = []

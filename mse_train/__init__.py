@@ -4,9 +4,11 @@ Kept free of heavy imports so that `mse-train --help` and `--version` stay fast:
 Python API (`Regressor`, `load`, `train`, `cv`, `sweep`; mse_train/api/) is imported on first use.
 """
 
+import time
 from typing import Any
 
 __version__ = "0.1.0"
+STARTED = time.time()  # when this process began using mse-train: a sweep's time_limit counts from it
 
 _API = ("Regressor", "Model", "load", "train", "cv", "sweep")
 __all__ = ["__version__", *_API]

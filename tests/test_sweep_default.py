@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from rich.console import Console
 
@@ -20,7 +21,7 @@ from mse_train.config.schema import SweepRange
 from mse_train.selection import space, worker
 from mse_train.training.stack import why_alone
 
-from conftest import HANG_GUARD, leaderboard, start_process, sweep_config
+from conftest import HANG_GUARD, leaderboard, start_process, sweep_config, write_config
 
 # A choice with keys of its own: linear trials with one learning-rate range, MLP trials with
 # widths and another range, both with Adam in batches (so a base config's L-BFGS never trains).
@@ -153,7 +154,7 @@ def _as_linear_starter(config: Path) -> Path:
 def test_every_trial_of_inits_sweep_trains_packed_whatever_the_starter(cli, table, tmp_path):
     config = _init(cli, tmp_path, table)
     text = config.read_text()
-    assert "time_limit: " in text and "seconds for the search" in text  # the budget, stated
+    assert "time_limit: " in text and "the whole sweep, the refit of the winner included" in text  # stated
     for path in (config, _as_linear_starter(config)):
         doc = yamlio.read(path)
         cfg = load(path)
@@ -217,6 +218,73 @@ def test_a_time_limit_that_lets_no_trial_finish_refits_the_best_cut_one(cli, tab
     assert {r["status"] for r in leaderboard(tmp_path / "run-sweep")} == {"cut"}
     assert "no trial finished within sweep.time_limit" in result.stderr
     assert Path(json.loads(result.stdout)["checkpoint"]).exists()
+
+
+def test_the_time_limit_keeps_the_refits_time_so_a_costly_refit_cuts_the_search(
+    cli, table, tmp_path, monkeypatch
+):
+    # A refit that would take a million seconds per epoch: the search must stop after the
+    # first epoch it sees, not train its 40 epochs and then start a refit the limit cannot hold.
+    from mse_train.selection import budget
+
+    def very_slow(cfg: Any, prepared: Any, device: Any) -> float:
+        return 1.0e6 / len(prepared.train)
+
+    monkeypatch.setattr(budget, "seconds_per_row", very_slow)
+    sweep = {"method": "grid", "time_limit": 3000, "params": {"optimizer.lr": [0.01, 0.02]}}
+    cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 40})
+    result = cli("sweep", cfg, "--json")
+    assert result.code == 0, result
+    rows = leaderboard(tmp_path / "run-sweep")
+    assert {r["status"] for r in rows} == {"cut"}
+    assert all(int(r["epochs"]) < 40 for r in rows)
+    assert re.search(r"s left for the refit \(it needs about \d+ s\)", result.stderr), result.stderr
+
+
+def test_a_budget_reserves_the_refit_of_the_best_trial_or_of_one_in_flight():
+    from mse_train.selection import budget
+
+    plan = budget.Budget(time.time() + 100, read_seconds=2.0)
+    plan.per_row["mlp"] = 0.001
+    plan.best = plan.refit_seconds("mlp", 1000, 10)  # 10 epochs of 1,000 rows at 1 ms a row
+    assert plan.best == pytest.approx(10.0)
+    assert plan.reserve() == pytest.approx(budget.MARGIN * 10 + 2 + budget.WRITES)
+    assert not plan.time_up()
+    plan.live = 90.0  # a trial in flight whose refit would need more than is left
+    assert plan.time_up()
+    plan.members = 0  # no refit: only the sweep's own files
+    assert plan.reserve() == budget.WRITES and not plan.time_up()
+    assert budget.Budget(None).time_up() is False
+
+
+def test_a_shape_is_timed_alone_on_a_few_batches(table, tmp_path):
+    from mse_train.data import prepare
+    from mse_train.selection import budget
+
+    config = {
+        "data": {"train": str(table), "target": "y"},
+        "model": {"type": "mlp", "hidden": [8]},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "train": {"batch_size": 8},
+    }
+    cfg = load(write_config(tmp_path / "c.yaml", config))
+    prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+    per_row = budget.seconds_per_row(cfg, prepared, torch.device("cpu"))
+    assert 0 < per_row < 1
+    wider = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"lr": 0.5})})
+    assert budget.shape_key(wider) == budget.shape_key(cfg)  # a learning rate is not a shape
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep silences it too
+def test_a_new_study_counts_its_time_from_the_commands_start(tmp_path):
+    from mse_train.selection import storage, study
+
+    where = storage.connect(None, tmp_path, 10)
+    try:
+        the_study, created = study.open_study(where, "s", False, False, {}, "x.yaml", [], started=1000.0)
+        assert created and study.deadline(the_study, 300) == 1300.0
+    finally:
+        storage.close(where)
 
 
 # --------------------------------------------------------------- progress

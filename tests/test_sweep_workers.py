@@ -166,3 +166,61 @@ def test_three_workers_share_a_postgresql_study_and_survive_a_killed_one(cli, tm
     outputs = _three_workers_one_killed(tmp_path, (postgres, postgres))
     study = optuna.load_study(study_name="sweep", storage=postgres)
     _check_study(study, outputs, tmp_path, cli, postgres)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep silences it too
+def test_a_worker_that_loses_the_race_to_create_the_study_joins_it_as_a_worker(tmp_path, monkeypatch):
+    # Workers started together each find no study and each create it: one wins, the others
+    # get DuplicatedStudyError. A loser that took itself for the creator seeded its sampler
+    # with the config's seed, as the creator did, and asked the creator's very points again.
+    from mse_train.config import load
+    from mse_train.selection import storage, study
+
+    cfg = load(_config(tmp_path))
+    fingerprint = study.fingerprint(cfg, 0)
+    where = storage.connect(str(tmp_path / "sweep.journal"), tmp_path, 10)
+    _, created = study.open_study(where, "sweep", False, False, fingerprint, "sweep.yaml", [])
+    assert created
+    looked: list[str] = []
+    load_study = optuna.load_study
+
+    def too_early(**kwargs: Any) -> Any:  # this worker looked before the other created it
+        if not looked:
+            looked.append(kwargs["study_name"])
+            raise KeyError(kwargs["study_name"])
+        return load_study(**kwargs)
+
+    monkeypatch.setattr(optuna, "load_study", too_early)
+    joined, created = study.open_study(where, "sweep", False, False, fingerprint, "sweep.yaml", [])
+    assert looked == ["sweep"] and joined.study_name == "sweep"
+    assert not created  # so it seeds its sampler on its own and checks the study's config
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep silences both
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_result_for_a_trial_another_worker_gave_up_is_dropped_not_a_crash(tmp_path):
+    # A worker whose heartbeat came late (a busy machine) has its trial failed as stale by
+    # another worker (optuna's fail_stale_trials) and queued again; when it then tells its
+    # result, the storage refuses the write. The worker drops the result instead of crashing,
+    # and a result written just before the trial was failed is on no leaderboard.
+    from optuna.trial import TrialState
+
+    from mse_train.selection import storage, worker
+    from mse_train.selection.fit import Scored
+    from mse_train.training.records import Status
+
+    where = storage.connect(str(tmp_path / "sweep.journal"), tmp_path, 10)
+    the_study = optuna.create_study(study_name="sweep", storage=where.storage)
+    scored = Scored(Status.COMPLETED, 3, 1.0, {"mse": 1.0, "rmse": 1.0, "mae": 1.0, "r2": 0.5, "n": 10})
+    given_up = the_study.ask()
+    given_up.suggest_float("optimizer.lr", 0.001, 0.1)
+    where.storage.set_trial_state_values(given_up._trial_id, TrialState.FAIL)  # as fail_stale_trials does
+    assert worker._tell(the_study, given_up, scored, []) is False
+    late = the_study.ask()
+    late.suggest_float("optimizer.lr", 0.001, 0.1)
+    late.set_user_attr(worker.RESULT, {"status": "completed", "mse": 1.0})
+    where.storage.set_trial_state_values(late._trial_id, TrialState.FAIL)
+    mine = the_study.ask()
+    mine.suggest_float("optimizer.lr", 0.001, 0.1)
+    assert worker._tell(the_study, mine, scored, []) is True
+    assert [row["trial"] for row in worker.leaderboard(the_study, ["optimizer.lr"])] == [mine.number]

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
+import mse_train
 from mse_train import __version__
 from mse_train.cli import console as view
 
@@ -398,6 +400,8 @@ def sweep(
     Writes into its own folder: <output.dir>-sweep (runs/NAME-sweep), or --output-dir.
     """
 
+    started = _started.get("main", time.time())  # sweep.time_limit counts from the command's start
+
     def work() -> None:
         _one_process_only("sweep")
         from mse_train import config
@@ -434,6 +438,7 @@ def sweep(
             storage,
             study,
             report,
+            started,
         )
 
         watch = view.SweepProgress(console, quiet)
@@ -903,6 +908,9 @@ def _best_epoch(history: list[dict[str, Any]]) -> int:
     return int(best["epoch"])
 
 
+_started: dict[str, float] = {}  # "main": when the console command's process began (main sets it)
+
+
 def main() -> None:
     """Console-script entry point.
 
@@ -916,6 +924,7 @@ def main() -> None:
     collective's tensors). Every output is already written atomically and closed by then,
     so the teardown has nothing left to do.
     """
+    _started["main"] = mse_train.STARTED
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         app()
         return

@@ -140,7 +140,8 @@ class SweepProgress:
         )
         budget = "no time limit"
         if plan.time_limit is not None and plan.deadline is not None:
-            budget = f"budget {plan.time_limit:g} s ({max(0.0, plan.deadline - time.time()):.0f} s left)"
+            left = max(0.0, plan.deadline - time.time())
+            budget = f"budget {plan.time_limit:g} s in all, the refit included ({left:.0f} s left)"
         before = f" ({plan.done} finished before)" if plan.done else ""
         self.console.print(
             f"sweep: {plan.trials} trials{before}, each {scored}; {packs}; {budget} | {plan.folder}",

@@ -693,8 +693,10 @@ class SweepConfig(Section):
     )
     time_limit: PositiveFloat | None = Field(
         None,
-        description="Seconds for the whole study, from its start, shared by every worker: no "
-        "trial is asked after it, and trials still training then stop, kept with the score of their "
+        description="Seconds for the whole sweep, from the start of the command that began the "
+        "study to the end of its refit, shared by every worker. The search stops early enough to "
+        "leave the refit its time (measured: each model shape is timed alone on a few batches): no "
+        "trial is asked after that, and trials still training stop, kept with the score of their "
         "best epoch as status `cut` (Optuna: PRUNED); the refit takes the best finished trial. "
         "None: until `trials` have run.",
     )

@@ -137,8 +137,9 @@ sweep:                        # what `mse-train sweep` searches; run and cv igno
   method: tpe                 # {_options("sweep.method")}
   trials: 20
   folds: {folds}                    # {scored}
-  time_limit: {SWEEP_SECONDS}             # seconds for the search: trials still training then stop and
-                              # are kept as `cut`; the refit of the winner comes after
+  time_limit: {SWEEP_SECONDS}             # seconds for the whole sweep, the refit of the winner included:
+                              # trials still training when only the refit's time is left stop
+                              # and are kept as `cut`
   refit: true                 # retrain the winner on all rows into <output.dir>-sweep/best/
   params:                     # a list = the choices; a mapping = a range; choice: {{its own keys}}
 {_sweep_params(counted)}

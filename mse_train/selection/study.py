@@ -21,7 +21,7 @@ from mse_train.selection import storage, worker
 from mse_train.selection.storage import Where
 
 CONFIG_ATTR = "mse_train_config"  # the config every worker must run, data files as sha256
-STARTED_ATTR = "mse_train_started"  # when the study was created (epoch seconds): sweep.time_limit
+STARTED_ATTR = "mse_train_started"  # when its first worker's command began (epoch seconds): sweep.time_limit
 # Where results go, which device trains and how workers meet: may differ between workers.
 _LOCAL = {"output.dir", "output.mlflow", "output.mlflow_experiment", "output.plot", "data.cache",
           "train.device", "sweep.trials", "sweep.storage", "sweep.study", "sweep.heartbeat",
@@ -117,8 +117,10 @@ def open_study(
     fingerprint: dict[str, Any],
     source: str,
     grid: list[dict[str, Any]],
+    started: float | None = None,
 ) -> tuple[Any, bool]:
     """Load the study, or create it (queueing a grid's every combination); True if created.
+    `started`: when the command that creates it began (sweep.time_limit counts from then).
 
     A named storage is shared: its study is created by the first worker and joined by the
     rest. A grid is queued rather than given to Optuna's GridSampler: that sampler ends a
@@ -141,7 +143,7 @@ def open_study(
                     f"{where.shown}: holds no study '{name}', so there is nothing to report",
                     ["check --storage and --study (or sweep.storage / sweep.study)"],
                 ) from None
-            the_study, created = _create(where, name, fingerprint, grid), True
+            the_study, created = _create(where, name, fingerprint, grid, started)
     except (OutputError, ConfigError):
         raise
     except Exception as exc:
@@ -153,18 +155,24 @@ def open_study(
     return the_study, created
 
 
-def _create(where: Where, name: str, fingerprint: dict[str, Any], grid: list[dict[str, Any]]) -> Any:
+def _create(
+    where: Where, name: str, fingerprint: dict[str, Any], grid: list[dict[str, Any]], started: float | None
+) -> tuple[Any, bool]:
+    """The new study and True; or, when another worker created it a moment ago (workers
+    started together), that study and False: a joined study's worker checks its config
+    and seeds its sampler on its own, or it would ask the creator's very points again."""
     import optuna
 
     try:
         the_study = optuna.create_study(study_name=name, storage=where.storage, direction="minimize")
-    except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
-        return optuna.load_study(study_name=name, storage=where.storage)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=where.storage), False
+    # The start first: a joining worker waits for the config (check_fingerprint), then reads it.
+    the_study.set_user_attr(STARTED_ATTR, time.time() if started is None else started)
     the_study.set_user_attr(CONFIG_ATTR, fingerprint)
-    the_study.set_user_attr(STARTED_ATTR, time.time())
     for params in grid:
         the_study.enqueue_trial(params)
-    return the_study
+    return the_study, True
 
 
 def _check_agrees(where: Where, the_study: Any) -> None:
@@ -189,7 +197,8 @@ def _check_agrees(where: Where, the_study: Any) -> None:
 
 
 def deadline(the_study: Any, time_limit: float | None) -> float | None:
-    """When the study's time is up (epoch seconds), counted from its creation, for every worker."""
+    """When the study's time is up (epoch seconds), refit included, for every worker: counted
+    from the start of the command that created it."""
     if time_limit is None:
         return None
     started = the_study.user_attrs.get(STARTED_ATTR)

@@ -54,6 +54,9 @@ class Options:
     storage: str | None = None  # --storage, over $MSE_TRAIN_SWEEP_STORAGE and sweep.storage
     study: str | None = None  # --study, over sweep.study
     report: bool = False  # --report: write the leaderboard, best.yaml and sweep.png; train nothing
+    # When the command began (epoch seconds; None: when `run` is called): a new study's
+    # sweep.time_limit counts from then, so that start-up and reading the table are in it.
+    started: float | None = None
 
 
 @dataclass
@@ -133,7 +136,9 @@ def run(
             where = study.open_storage(spec, out, sweep.heartbeat, resume, report, options.resume_command)
             grid = the_space.grid() if sweep.method == "grid" else []
             fingerprint = study.fingerprint(cfg, folds)
-            opened = study.open_study(where, study_name, resume, report, fingerprint, doc.source, grid)
+            opened = study.open_study(
+                where, study_name, resume, report, fingerprint, doc.source, grid, options.started
+            )
             the_study, created = opened
             keys = the_space.keys()
 
@@ -161,10 +166,14 @@ def run(
             if alone is not None:
                 reporter.note(f"the sweep's trials train one at a time: {alone}")
             searcher = worker.Worker(the_study, where, the_space, n_trials, batch, sweep.heartbeat, out)
-            searcher.deadline = study.deadline(the_study, sweep.time_limit)
+            # The time limit is the whole command's: the search leaves the refit its time.
+            deadline = study.deadline(the_study, sweep.time_limit)
+            trainer.budget.deadline = deadline
+            trainer.budget.members = max(1, sweep.ensemble) if sweep.refit else 0
+            searcher.budget = trainer.budget
             the_study.pruner, searcher.pruning = _pruner(sweep.pruner), sweep.pruner != "none"
             before = worker.finished(the_study.get_trials(deepcopy=False))
-            plan = worker.Plan(n_trials, before, folds, batch, sweep.time_limit, searcher.deadline, out)
+            plan = worker.Plan(n_trials, before, folds, batch, sweep.time_limit, deadline, out)
             trainer.watch = watch
             watch.begin(plan)
             searcher.search(trainer, keys, watch, tracked, reporter.note, resume, options.resume_command)
@@ -246,25 +255,22 @@ def _results(
             ["wait for its workers to finish one, or start one: the same command without --report"],
         )
     tables.write_rows(out / "leaderboard.csv", worker.columns(keys), rows)
-    completed = [r for r in rows if r["status"] not in ("diverged", "pruned", worker.CUT)]
-    cut = [r for r in rows if r["status"] == worker.CUT and r["score_mean"] is not None]
-    if not completed and cut:  # the time limit ended every trial: the best of what they reached
+    best_row = worker.winner(rows)
+    if best_row is not None and best_row["status"] == worker.CUT:  # the time limit ended every trial
         note(
-            f"no trial finished within sweep.time_limit; the best is trial {min(cut, key=_score)['trial']}, "
+            f"no trial finished within sweep.time_limit; the best is trial {best_row['trial']}, "
             "cut short (a larger time_limit lets trials finish)"
         )
-        completed = cut
-    if not completed and any(r["status"] == worker.CUT for r in rows):
+    if best_row is None and any(r["status"] == worker.CUT for r in rows):
         raise TrainingDiverged(
             f"sweep.time_limit ended every trial before it could be scored; see {out / 'leaderboard.csv'}",
             ["raise sweep.time_limit, or lower train.epochs or the rows per trial"],
         )
-    if not completed:
+    if best_row is None:
         raise TrainingDiverged(
             f"every trial of the sweep diverged ({len(rows)}); see {out / 'leaderboard.csv'}",
             ["narrow the ranges (e.g. lower optimizer.lr) or set data.standardize: true"],
         )
-    best_row = min(completed, key=_score)
     best_values = _values_of(the_study, best_row["trial"], the_space)
     best_cfg = config_of(best_values)
     winner = worker.result_of(worker.trial_of(the_study, best_row["trial"])) or {}
@@ -285,10 +291,6 @@ def _results(
     fsio.write_text(out / "best.yaml", text + loading.to_yaml(best_cfg))
     _plot(out / "sweep.png", rows, the_space.flat(), best_row["trial"])  # ranges: log axes
     return rows, best_row, best_values, best_cfg
-
-
-def _score(row: dict[str, Any]) -> float:
-    return float(row["score_mean"])
 
 
 def _best(best_row: dict[str, Any], best_values: dict[str, Any], out: Path) -> dict[str, Any]:

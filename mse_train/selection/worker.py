@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -25,7 +26,7 @@ from mse_train.config.schema import Config
 from mse_train.data import prepare
 from mse_train.errors import ConfigError, TrainingInterrupted, UserError
 from mse_train.outputs import mlflow_log, mlflow_sweep, tables
-from mse_train.selection import cv, oof, space, storage
+from mse_train.selection import budget, cv, oof, space, storage
 from mse_train.selection.fit import CUT_REASON, Scored, train_and_score, train_and_score_packed
 from mse_train.training import signals
 from mse_train.training.records import Status
@@ -103,12 +104,13 @@ class Worker:
         out: Path,
     ) -> None:
         self.pruning = False  # report each epoch's loss to the study's pruner (sweep.pruner)
-        self.deadline: float | None = None  # epoch seconds after which no trial is asked (time_limit)
+        self.budget = budget.Budget(None)  # sweep.time_limit: when the search leaves the rest to the refit
         self.study, self.where, self.space = the_study, where, the_space
         self.n_trials, self.batch, self.heartbeat = n_trials, batch, heartbeat
         self.out = out
         self.resume, self.resume_command = False, ""
         self.grid = the_space.method == "grid"
+        self.note: Callable[[str], None] = lambda text: None
 
     def search(
         self,
@@ -126,6 +128,7 @@ class Worker:
         from optuna.trial import TrialState
 
         self.resume, self.resume_command = resume, resume_command
+        self.note = note
 
         beats = storage.Heartbeats(self.where.storage, self.heartbeat)
         waited = False
@@ -136,16 +139,21 @@ class Worker:
                         interrupted(self.out, self.study, self.resume_command)
                     optuna.storages.fail_stale_trials(self.study)  # a dead worker's trials run again
                     trials = self.study.get_trials(deepcopy=False)
+                    up, busy = self._time_up(), any(t.state == TrialState.RUNNING for t in trials)
+                    cut = sum(1 for t in trials if (result_of(t) or {}).get("status") == CUT)
+                    ended = finished(trials) >= self.n_trials and not busy
+                    if (up and not busy) or (ended and cut):  # the time limit ended the search
+                        note(
+                            f"sweep.time_limit reached: {finished(trials) - cut} of {self.n_trials} "
+                            f"trials finished"
+                            + (f", {cut} cut short (status `cut`)" if cut else "")
+                            + f"; {max(0.0, self.budget.left()):.0f} s left for the refit "
+                            f"(it needs about {self.budget.reserve():.0f} s)"
+                        )
+                        return
                     if finished(trials) >= self.n_trials:
                         return
-                    if self._time_up():
-                        if not any(t.state == TrialState.RUNNING for t in trials):
-                            cut = sum(1 for t in trials if (result_of(t) or {}).get("status") == CUT)
-                            note(
-                                f"sweep.time_limit reached: {finished(trials) - cut} of {self.n_trials} "
-                                f"trials finished" + (f", {cut} cut short (status `cut`)" if cut else "")
-                            )
-                            return
+                    if up:
                         time.sleep(min(2.0, self.heartbeat))  # packs in flight elsewhere are cut, then told
                         continue
                     if self.grid:
@@ -227,26 +235,42 @@ class Worker:
         if results is None:  # interrupted: the trials run again, from their start
             self._queue_again(trials)
             interrupted(self.out, self.study, self.resume_command)
+        told = []
         for trial, (scored, dropped) in zip(trials, results, strict=True):
             kept = None
             if scored.predictions is not None and scored.status in (Status.COMPLETED, Status.EARLY_STOPPED):
                 kept = oof.write(
                     self.out, self.study.study_name, trial.number, scored.predictions, scored.data
                 )
-            _tell(self.study, trial, scored, dropped, kept)
+            if _tell(self.study, trial, scored, dropped, kept):
+                told.append(trial)
+            else:
+                self.note(
+                    f"trial {trial.number}: another worker gave it up (no heartbeat from this one for "
+                    f"{storage.MISSED * self.heartbeat} s: a busy machine?) and runs it again; this "
+                    "worker's result for it is dropped (a larger sweep.heartbeat avoids it)"
+                )
         # Read once per pack (the study's every trial, whoever ran it), not once per trial.
         rows = leaderboard(self.study, keys)
         tables.write_rows(self.out / "leaderboard.csv", columns(keys), rows)
         by_number = {r["trial"]: r for r in rows}
-        done = len(rows) - len(trials)
-        for trial in trials:
+        done = len(rows) - len(told)
+        for trial in told:
             done += 1
             watch.trial(done, self.n_trials, by_number[trial.number])
             tracked.trial(trial.number, swept(self.study, trial.number, self.space), by_number[trial.number])
+        if self.budget.active:  # the refit the search must leave time for: the winner's so far
+            top = winner(rows)
+            found = result_of(trial_of(self.study, top["trial"])) if top is not None else None
+            if top is not None and found is not None:
+                params = self.space.decode(trial_of(self.study, top["trial"]).params)
+                self.budget.best = trainer.refit_seconds(params, found.get("best_epochs") or [])
+            self.budget.live = 0.0
 
     def _time_up(self) -> bool:
-        """sweep.time_limit has passed: packs in flight stop and tell what they have."""
-        return self.deadline is not None and time.time() >= self.deadline
+        """Only the refit's time is left of sweep.time_limit: packs in flight stop and tell what
+        they have, and no trial is asked."""
+        return self.budget.time_up()
 
     def _queue_again(self, trials: list[Any]) -> None:
         """Trials this worker cannot finish: failed, and queued with the same settings."""
@@ -295,14 +319,56 @@ class Trainer:
         self.folds, self.device, self.pack = folds, device, pack
         self._loaded: dict[str, prepare.Loaded] = {}
         self._prepared: dict[str, prepare.Prepared] = {}
+        self._rows: dict[str, int] = {}  # by `data:` section: the rows a refit trains on
         self.watch: Watch = Unwatched()  # told when a pack starts and as its epochs end
+        self.budget = budget.Budget(None)  # with sweep.time_limit: what a refit would cost
+
+    def refit_seconds(self, values: dict[str, Any], best_epochs: list[int]) -> float:
+        """The training time of a trial's refit (as sweep._refit_config sets it: the mean of
+        its best epochs, on every training row), by the probe of its shape."""
+        cfg = space.trial_config(self.doc, self.base, self.overrides, values, self.name)[0]
+        epochs = max(1, round(sum(best_epochs) / len(best_epochs))) if best_epochs else cfg.train.epochs
+        rows = self._rows.get(_data_key(cfg), 0)
+        return self.budget.refit_seconds(budget.shape_key(cfg), rows, epochs)
+
+    def _probe(self, jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]]) -> None:
+        """Time each shape of `jobs` trained alone, once per sweep (with sweep.time_limit)."""
+        for _, cfg, prepared, _ in jobs:
+            key = budget.shape_key(cfg)
+            if key not in self.budget.per_row:
+                self.budget.per_row[key] = budget.seconds_per_row(cfg, prepared, self.device)
+
+    def _live(
+        self, jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]]
+    ) -> Callable[[int, dict[int, float]], None]:
+        """Called as the epochs of a pack (model i: `jobs[i]`) end, with each model's watched
+        loss: the refit of any of its trials, for the best epoch it has reached, is what the
+        search must leave time for should it stop now."""
+        costs = [(budget.shape_key(cfg), self._rows.get(_data_key(cfg), 0)) for _, cfg, _, _ in jobs]
+        lowest: dict[int, float] = {}
+        best: dict[int, int] = {}
+
+        def at(epoch: int, losses: dict[int, float]) -> None:
+            for i, loss in losses.items():
+                if math.isfinite(loss) and loss < lowest.get(i, math.inf):
+                    lowest[i], best[i] = loss, epoch
+            most = max((self.budget.refit_seconds(*costs[i], e) for i, e in best.items()), default=0.0)
+            self.budget.live = max(self.budget.live, most)
+
+        return at
 
     def load(self, cfg: Config) -> prepare.Loaded:
         """The training table of `cfg`'s data section, read once per distinct section."""
-        key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+        key = _data_key(cfg)
         if key not in self._loaded:
+            started = time.perf_counter()
             self._loaded[key] = prepare.load_training(cfg.data, cfg.targets)
+            self._read(time.perf_counter() - started)
         return self._loaded[key]
+
+    def _read(self, seconds: float) -> None:
+        """A refit reads its table again: the longest read so far is its estimate."""
+        self.budget.read_seconds = max(self.budget.read_seconds, seconds)
 
     def score(
         self,
@@ -343,9 +409,12 @@ class Trainer:
                 continue
             numbers = [jobs[i][0] for i in members]
             epochs = jobs[members[0]][1].train.epochs
+            if self.budget.active:
+                self._probe([jobs[i] for i in members])
             if key is not None and len(members) > 1:
                 self.watch.pack(len(set(numbers)), len(members), epochs)
-                judge = _watched(_judge(numbers, asked), self.watch, epochs, len(members))
+                live = self._live([jobs[i] for i in members]) if self.budget.active else None
+                judge = _watched(_judge(numbers, asked), self.watch, epochs, len(members), live)
                 pack = [jobs[i][1:] for i in members]
                 together = train_and_score_packed(pack, self.device, should_stop, judge, cut)
                 if together is None:
@@ -356,7 +425,8 @@ class Trainer:
                 number, cfg, prepared, held = jobs[i]
                 self.watch.pack(1, 1, cfg.train.epochs)
                 pruner = _judge([number], asked) if self.folds == 0 else None  # a fold alone: no curve
-                judge = _watched(pruner, self.watch, cfg.train.epochs, 1)
+                live = self._live([jobs[i]]) if self.budget.active else None
+                judge = _watched(pruner, self.watch, cfg.train.epochs, 1, live)
                 scored = train_and_score(cfg, prepared, held, self.device, should_stop, self.pack, judge, cut)
                 if scored.status is Status.INTERRUPTED:
                     return None
@@ -371,11 +441,17 @@ class Trainer:
 
     def _splits(self, cfg: Config, values: dict[str, Any]) -> list[tuple[prepare.Prepared, prepare.Held]]:
         if self.folds >= 2:
-            return cv.fold_splits(self.load(cfg), cfg, self.folds)
+            splits = cv.fold_splits(self.load(cfg), cfg, self.folds)
+            self._rows[_data_key(cfg)] = len(splits[0][0].train) + len(splits[0][1].split)
+            return splits
         key = json.dumps([cfg.data.model_dump(mode="json"), cfg.seed], sort_keys=True)
         if key not in self._prepared:  # trials that do not change `data:` share one read
+            started = time.perf_counter()
             self._prepared[key] = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
+            self._read(time.perf_counter() - started)
         prepared = self._prepared[key]
+        rows = len(prepared.train) + (len(prepared.val) if prepared.val is not None else 0)
+        self._rows[_data_key(cfg)] = rows
         if prepared.val is None:
             raise ConfigError(
                 f"{self.doc.source}: a trial with {values} has no validation rows to be scored on",
@@ -383,6 +459,10 @@ class Trainer:
             )
         y_true = prepared.pre.unscale_targets(prepared.val.y).astype(np.float64)
         return [(prepared, prepare.Held(prepared.val, y_true))]
+
+
+def _data_key(cfg: Config) -> str:
+    return json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
 
 
 def _judge(numbers: list[int], asked: list[Any] | None) -> Callable[[int, dict[int, float]], set[int]] | None:
@@ -405,14 +485,20 @@ def _judge(numbers: list[int], asked: list[Any] | None) -> Callable[[int, dict[i
 
 
 def _watched(
-    judge: Callable[[int, dict[int, float]], set[int]] | None, watch: Watch, epochs: int, models: int
+    judge: Callable[[int, dict[int, float]], set[int]] | None,
+    watch: Watch,
+    epochs: int,
+    models: int,
+    live: Callable[[int, dict[int, float]], None] | None = None,
 ) -> Callable[[int, dict[int, float]], set[int]]:
     """The loop's per-epoch call (`Loop.judge`): the pruner's, if any, then the watch told the
-    pack's epoch and how many of its models still train."""
+    pack's epoch and how many of its models still train (and `live`, the budget, the epoch)."""
 
     def judged(epoch: int, losses: dict[int, float]) -> set[int]:
         pruned = judge(epoch, losses) if judge is not None else set()
         watch.epoch(epoch, epochs, len(set(losses) - pruned), models)
+        if live is not None:
+            live(epoch, losses)
         return pruned
 
     return judged
@@ -455,9 +541,25 @@ def _combine(parts: list[Scored]) -> Scored:
 
 def _tell(
     study: Any, trial: Any, scored: Scored, dropped: list[str], kept: dict[str, Any] | None = None
-) -> None:
+) -> bool:
     """The score, and everything the leaderboard shows, in one user attr: one write
-    (`kept`: the record of its out-of-fold predictions' file, oof.py)."""
+    (`kept`: the record of its out-of-fold predictions' file, oof.py). False when the trial
+    is no longer this worker's to tell: another worker failed it as stale (its heartbeat was
+    late, optuna's fail_stale_trials) and queued it again, and the storage refuses the write."""
+    import optuna
+
+    try:
+        _tell_once(study, trial, scored, dropped, kept)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial"
+        if trial_of(study, trial.number).state == optuna.trial.TrialState.RUNNING:
+            raise  # another problem than a trial given up
+        return False
+    return True
+
+
+def _tell_once(
+    study: Any, trial: Any, scored: Scored, dropped: list[str], kept: dict[str, Any] | None
+) -> None:
     result: dict[str, Any] = {
         "dropped": dropped,
         "epochs": scored.epochs,
@@ -486,12 +588,25 @@ def _tell(
     study.tell(trial, scored.overall["mse"])
 
 
+def winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The leaderboard row the refit trains: the best finished trial, or, when the time limit
+    cut every trial, the best of those cut (None: no trial scored)."""
+    done = [r for r in rows if r["status"] not in ("diverged", "pruned", CUT)]
+    if not done:
+        done = [r for r in rows if r["status"] == CUT and r["score_mean"] is not None]
+    return min(done, key=lambda r: float(r["score_mean"])) if done else None
+
+
 def result_of(trial: Any) -> dict[str, Any] | None:
     """A finished trial's result (None while it runs, or when it was interrupted); the
     separate attrs of sweeps written before mse-train kept them in one."""
     attrs = trial.user_attrs
     found = attrs.get(RESULT)
     if isinstance(found, dict):
+        from optuna.trial import TrialState
+
+        if trial.state == TrialState.FAIL and found.get("status") != "diverged":
+            return None  # given up by another worker between its result's write and its tell
         return found
     return attrs if attrs.get("status") is not None else None
 
