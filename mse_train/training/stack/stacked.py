@@ -176,10 +176,15 @@ class Stack:
         return StepResult(out[0] if one else out, mse, pen)
 
     def _penalty(self) -> torch.Tensor:
-        """Each model's l1 * sum|w| + l2 * sum w^2 over its weights (biases are left free), [K]."""
+        """The penalty as a number to report, [K] (no graph)."""
         with torch.no_grad():
-            weights = self.flat * self.is_weight
-            return self.l1 * weights.abs().sum(1) + self.l2 * weights.pow(2).sum(1)
+            return self._penalty_of(self.flat)
+
+    def _penalty_of(self, flat: torch.Tensor) -> torch.Tensor:
+        """Each model's l1 * sum|w| + l2 * sum w^2 over its weights (biases are left free, as
+        `run` leaves them), [K]; its gradient by hand is in `_by_hand`."""
+        weights = flat * self.is_weight
+        return self.l1 * weights.abs().sum(1) + self.l2 * weights.pow(2).sum(1)
 
     def _forward(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
         views = self._param_views if flat is None else self._views(flat)
@@ -218,8 +223,7 @@ class Stack:
         mse = sq / self._denominator(counts, yb.shape[-1])
         total = mse.sum()
         if self.penalized:
-            weights = self.flat * self.is_weight  # biases are left free, as `run` leaves them
-            total = total + (self.l1 * weights.abs().sum(1) + self.l2 * weights.pow(2).sum(1)).sum()
+            total = total + self._penalty_of(self.flat).sum()
         total.backward()  # type: ignore[no-untyped-call]
         return out.detach(), mse.detach()
 
