@@ -76,7 +76,10 @@ def sweep(config: Path, pruner: str, out: Path) -> dict[str, Any]:
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{out / 'sweep.db'}")
+        from optuna.storages.journal import JournalFileBackend
+
+        journal = optuna.storages.JournalStorage(JournalFileBackend(str(out / "sweep.journal")))
+        study = optuna.load_study(study_name="sweep", storage=journal)
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_complete is not None]
     first = min(t.datetime_start.timestamp() for t in trials if t.datetime_start is not None)
     finished = [

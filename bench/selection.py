@@ -171,7 +171,8 @@ def differ(a: list[float], b: list[float]) -> float:
 
 def whole_process(rounds: int, storages: list[str]) -> None:
     """The 16-trial sweep at batch 64, `mse-train sweep` against `--no-pack`, whole processes;
-    for each storage: `sqlite` (the default sweep.db), `journal` (--storage FILE.journal)."""
+    for each storage: `journal` (the default sweep.journal), `sqlite` (the SQLite sweep.db the
+    default was before, as `--storage sqlite:///FOLDER/sweep.db`)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         csv_path = folder / "table.csv"
@@ -180,14 +181,15 @@ def whole_process(rounds: int, storages: list[str]) -> None:
         script = Path(sys.executable).parent / "mse-train"
         command = [str(script)] if script.exists() else [sys.executable, "-m", "mse_train"]
 
-        def timed(name: str, trials: int, pack: bool, storage: str = "sqlite") -> float:
+        def timed(name: str, trials: int, pack: bool, storage: str = "journal") -> float:
             path = folder / f"{name}.yaml"
             data = config(csv_path, 64, folder / name, 0)
             data["sweep"]["trials"] = trials
             path.write_text(json.dumps(data))
-            journal = ["--storage", str(folder / f"{name}.journal")] if storage == "journal" else []
+            sqlite = f"sqlite:///{folder / name}-sweep/sweep.db"
+            chosen = ["--storage", sqlite] if storage == "sqlite" else []
             started = time.perf_counter()
-            args = [*command, "sweep", str(path), *([] if pack else ["--no-pack"]), *journal]
+            args = [*command, "sweep", str(path), *([] if pack else ["--no-pack"]), *chosen]
             subprocess.run(args, env=env, check=True, capture_output=True)
             return time.perf_counter() - started
 
@@ -222,7 +224,9 @@ def main() -> None:
     parser.add_argument("--whole", action="store_true", help="only the sweep as whole processes, print only")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --whole")
     parser.add_argument(
-        "--storages", default="sqlite", help="--whole: comma-separated, of sqlite (sweep.db) and journal"
+        "--storages",
+        default="journal",
+        help="--whole: comma-separated, of journal (the default sweep.journal) and sqlite (sweep.db)",
     )
     args = parser.parse_args()
     if args.whole:

@@ -178,6 +178,15 @@ def leaderboard(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def sweep_study(folder: Path, name: str = "sweep") -> Any:
+    """The Optuna study in a sweep folder's own journal file, sweep.journal."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(folder / "sweep.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def sweep_config(tmp_path: Path, table: Path, sweep: dict[str, Any], **sections: Any) -> Path:
     """A small MLP config with this `sweep:` section (and `sections` replaced), as sweep.yaml."""
     config: dict[str, Any] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from conftest import (
     linear_rows,
     start_process,
     sweep_config,
+    sweep_study,
     write_config,
     write_csv,
 )
@@ -136,12 +137,12 @@ def test_run_and_sweep_of_one_config_leave_each_other_s_files_alone(cli, small_c
     result = cli("sweep", cfg)
     assert result.code == 0, result
     assert files(run) == ran  # the sweep wrote nothing into the run folder
-    assert {"leaderboard.csv", "best.yaml", "sweep.db", "best/best.pt"} <= set(files(swept))
+    assert {"leaderboard.csv", "best.yaml", "sweep.journal", "best/best.pt"} <= set(files(swept))
     assert f"wrote {swept / 'leaderboard.csv'}" in result.stderr
     assert load(swept / "best.yaml").output.dir == str(swept / "best")
     searched = files(swept)
-    # the sweep lets go of its database when it ends: SQLite's write-ahead log is folded back
-    assert not {"sweep.db-wal", "sweep.db-shm"} & set(searched)
+    # the sweep lets go of its journal when it ends: no lock file left, no SQLite database made
+    assert not {"sweep.journal.lock", "sweep.db"} & set(searched)
     assert cli("run", cfg, "-q", "--overwrite").code == 0
     assert files(swept) == searched  # nor the run into the sweep's folder
     assert len(leaderboard(swept)) == 2
@@ -259,7 +260,7 @@ def test_an_invalid_combination_is_refused_before_any_training(cli, table, tmp_p
     result = cli("sweep", cfg)
     assert result.code == 2, result
     assert "optimizer.nesterov" in result.stderr and "momentum" in result.stderr
-    assert not (tmp_path / "run-sweep" / "sweep.db").exists()
+    assert not (tmp_path / "run-sweep" / "sweep.journal").exists()
 
 
 @pytest.mark.parametrize(
@@ -278,7 +279,7 @@ def test_bad_sweep_params_are_named_with_their_line(cli, table, tmp_path, params
     assert result.code == 2, result
     assert words in result.stderr, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert not (tmp_path / "run-sweep" / "sweep.db").exists()
+    assert not (tmp_path / "run-sweep" / "sweep.journal").exists()
 
 
 def test_a_config_without_a_sweep_section_says_so(cli, small_config):
@@ -355,7 +356,7 @@ def test_a_sweep_folder_is_not_started_twice_and_resume_needs_one(cli, table, tm
     assert len(leaderboard(tmp_path / "run-sweep")) == 3
 
 
-def test_resume_refuses_a_changed_sweep_or_a_damaged_database(cli, table, tmp_path):
+def test_resume_refuses_a_changed_sweep_or_a_damaged_journal(cli, table, tmp_path):
     cfg = sweep_config(tmp_path, table, {"method": "random", "trials": 1, "refit": False,
                                          "params": {"optimizer.lr": [0.01]}})  # fmt: skip
     assert cli("sweep", cfg, "-q").code == 0
@@ -363,16 +364,23 @@ def test_resume_refuses_a_changed_sweep_or_a_damaged_database(cli, table, tmp_pa
     assert changed.code == 2, changed
     assert "different config" in changed.stderr
     assert "optimizer.lr: 0.05 in the study, 0.2 now" in changed.stderr  # what differs, named
-    db = tmp_path / "run-sweep" / "sweep.db"
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TABLE trials")
+    journal = tmp_path / "run-sweep" / "sweep.journal"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b'{"op_code": 5, "half a line\n' + b"".join(lines[1:]))
     damaged = cli("sweep", cfg, "-q", "--resume")
     assert damaged.code == 2, damaged
+    assert f"{journal}: not a journal file mse-train can use, or a damaged one" in damaged.stderr
     assert "Traceback" not in damaged.stderr
-    db.write_bytes(b"not a database at all")
-    garbage = cli("sweep", cfg, "-q", "--resume")
-    assert garbage.code == 2, garbage
-    assert "SQLite" in garbage.stderr
+    study_only = [line for line in lines if json.loads(line)["op_code"] in (0, 2, 3)]  # no trial
+    journal.write_bytes(b"".join(study_only))  # a journal that lost the trial leaderboard.csv lists
+    lost = cli("sweep", cfg, "-q", "--resume")
+    assert lost.code == 2, lost
+    assert "does not hold trial(s) 0" in lost.stderr
+    for garbage in (b"not a journal at all\n", b"SQLite format 3\x00" + bytes(100), b'["op_code"]\n'):
+        journal.write_bytes(garbage)
+        refused = cli("sweep", cfg, "-q", "--resume")
+        assert refused.code == 2, refused
+        assert f"{journal}: not an Optuna journal file" in refused.stderr, refused.stderr
 
 
 def test_an_interrupted_sweep_resumes_without_running_finished_trials_again(tmp_path):
@@ -574,7 +582,7 @@ def test_a_trial_whose_data_fails_stops_the_sweep_and_leaves_nothing_to_resume(c
     result = cli("sweep", cfg)
     assert result.code == 2, result
     assert "nosuch" in result.stderr and "in the sweep's trial with" in result.stderr
-    assert not (tmp_path / "run-sweep" / "sweep.db").exists()
+    assert not (tmp_path / "run-sweep" / "sweep.journal").exists()
     good = {"data.features": [["x0", "x1"], ["x0", "x2"]]}
     fixed = sweep_config(tmp_path, table, {"method": "grid", "refit": False, "params": good})
     again = cli("sweep", fixed, "-q")
@@ -646,37 +654,40 @@ def test_resume_refuses_changed_data_naming_the_file(cli, table, tmp_path):
     assert len(leaderboard(tmp_path / "run-sweep")) == 1
 
 
-def test_a_sweep_db_that_is_a_folder_or_locked_is_told_cleanly(cli, table, tmp_path):
+def test_a_sweep_journal_that_is_a_folder_a_broken_link_or_unreadable_is_told_cleanly(cli, table, tmp_path):
     sweep = {"method": "random", "trials": 1, "refit": False, "params": {"optimizer.lr": [0.01]}}
     cfg = sweep_config(tmp_path, table, sweep)
-    (tmp_path / "run-sweep" / "sweep.db").mkdir(parents=True)
+    journal = tmp_path / "run-sweep" / "sweep.journal"
+    journal.mkdir(parents=True)
     for args in ((), ("--resume",)):
         folder = cli("sweep", cfg, "-q", *args)
         assert folder.code == 2, folder
-        assert "is a folder" in folder.stderr and "Traceback" not in folder.stderr
-    (tmp_path / "run-sweep" / "sweep.db").rmdir()
+        assert f"{journal}: is a folder" in folder.stderr and "Traceback" not in folder.stderr
+    journal.rmdir()
+    journal.symlink_to(tmp_path / "gone.journal")
+    broken = cli("sweep", cfg, "-q", "--resume")
+    assert broken.code == 2, broken
+    assert f"{journal}: is a broken link" in broken.stderr and "--output-dir" in broken.stderr
+    journal.unlink()
     assert cli("sweep", cfg, "-q").code == 0
-    holder = sqlite3.connect(tmp_path / "run-sweep" / "sweep.db", isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # another program holds it
-    try:
-        locked = cli("sweep", cfg, "-q", "--resume", "--trials", "2")
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
-    assert locked.code == 2, locked
-    assert "locked" in locked.stderr and "not a sweep database" not in locked.stderr
+    if os.geteuid() != 0:  # root reads any file
+        journal.chmod(0)
+        unreadable = cli("sweep", cfg, "-q", "--resume", "--trials", "2")
+        journal.chmod(0o644)
+        assert unreadable.code == 2, unreadable
+        assert f"{journal}: cannot read" in unreadable.stderr
     assert cli("sweep", cfg, "-q", "--resume", "--trials", "2").code == 0  # nothing was lost
+    assert len(leaderboard(tmp_path / "run-sweep")) == 2
 
 
 def test_the_refit_trains_the_epochs_its_folds_kept_as_best(cli, table, tmp_path):
-    import optuna
 
     sweep = {"method": "random", "trials": 2, "folds": 2, "params": {"optimizer.lr": [0.2, 0.3]}}
     cfg = sweep_config(tmp_path, table, sweep, train={"epochs": 60, "early_stopping": {"patience": 2}})
     result = cli("sweep", cfg, "--json")
     assert result.code == 0, result
     out = strict_json(result.stdout)
-    trial = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'run-sweep' / 'sweep.db'}")
+    trial = sweep_study(tmp_path / "run-sweep")
     best = next(t for t in trial.get_trials() if t.number == out["best"]["trial"])
     epochs = best.user_attrs["mse_train_result"]["best_epochs"]
     assert len(epochs) == 2 and max(epochs) < 60  # early stopped
@@ -705,7 +716,6 @@ def test_a_time_limit_stops_asking_for_trials_and_keeps_what_finished(cli, table
 
 @pytest.mark.parametrize(("pruner", "args", "trials"), [("median", (), 20), ("halving", ("--no-pack",), 8)])
 def test_a_pruner_stops_lagging_trials_early_and_never_picks_one(cli, table, tmp_path, pruner, args, trials):
-    import optuna
 
     lr = {"low": 1.0e-5, "high": 0.1, "log": True}
     sweep = {
@@ -723,7 +733,7 @@ def test_a_pruner_stops_lagging_trials_early_and_never_picks_one(cli, table, tmp
     pruned = [r for r in rows if r["status"] == "pruned"]
     assert pruned and all(int(r["epochs"]) < 30 for r in pruned)  # frozen when pruned
     assert all(int(r["epochs"]) == 30 for r in rows if r["status"] == "completed")
-    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'run-sweep' / 'sweep.db'}")
+    study = sweep_study(tmp_path / "run-sweep")
     states = {t.number: t.state for t in study.get_trials()}
     assert {int(r["trial"]) for r in pruned} == {n for n, s in states.items() if s.name == "PRUNED"}
     best = strict_json(result.stdout)["best"]["trial"]

@@ -21,7 +21,7 @@ from mse_train.config.schema import SweepRange
 from mse_train.selection import space, worker
 from mse_train.training.stack import why_alone
 
-from conftest import HANG_GUARD, leaderboard, start_process, sweep_config, write_config
+from conftest import HANG_GUARD, leaderboard, start_process, sweep_config, sweep_study, write_config
 
 # A choice with keys of its own: linear trials with one learning-rate range, MLP trials with
 # widths and another range, both with Adam in batches (so a base config's L-BFGS never trains).
@@ -60,7 +60,6 @@ def test_a_choice_with_keys_of_its_own_lists_each_branch_with_its_keys_only():
 
 
 def test_a_conditional_sweep_trains_each_trial_with_its_branchs_keys(cli, table, tmp_path):
-    import optuna
 
     base = {"model": {"type": "linear"}, "optimizer": {"name": "lbfgs", "lr": 1.0}}
     sweep = {"method": "random", "trials": 8, "folds": 2, "refit": False, "params": BRANCHES}
@@ -76,7 +75,7 @@ def test_a_conditional_sweep_trains_each_trial_with_its_branchs_keys(cli, table,
             assert row["model.hidden"] == "" and 0.01 <= lr <= 0.3
         else:
             assert row["model.hidden"] in ("[4]", "[8, 8]") and 0.001 <= lr <= 0.01
-    study = optuna.load_study(study_name="sweep", storage=f"sqlite:///{tmp_path / 'run-sweep' / 'sweep.db'}")
+    study = sweep_study(tmp_path / "run-sweep")
     for trial in study.get_trials():  # Optuna holds only the keys of the trial's branch
         assert ("model.hidden" in trial.params) == (trial.params["model.type"] == "mlp")
 
@@ -121,7 +120,7 @@ def test_bad_conditional_params_are_named_with_their_line(cli, table, tmp_path, 
             at = next(i for i, line in enumerate(lines, start=1) if line.strip().startswith(anchor))
             assert f"line {at}: " in result.stderr or f"line {at - 1}: " in result.stderr, result.stderr
         assert "Traceback" not in result.stderr + result.stdout
-    assert not (tmp_path / "run-sweep" / "sweep.db").exists()
+    assert not (tmp_path / "run-sweep" / "sweep.journal").exists()
 
 
 def test_the_config_reference_still_lists_a_ranges_keys():
@@ -196,8 +195,7 @@ def test_a_time_limit_cuts_the_trials_in_flight_keeps_the_finished_and_refits(cl
     assert out["best"]["trial"] == int(rows["1"]["trial"])  # the refit's is a finished trial
     assert Path(out["checkpoint"]).exists()
     assert "1 cut by sweep.time_limit" in result.stderr
-    db = f"sqlite:///{tmp_path / 'run-sweep' / 'sweep.db'}"
-    trials = optuna.load_study(study_name="sweep", storage=db).get_trials()
+    trials = sweep_study(tmp_path / "run-sweep").get_trials()
     states = {t.params["train.early_stopping.patience"]: t for t in trials}
     assert states[1].state == optuna.trial.TrialState.COMPLETE
     cut = states[100_000]
@@ -207,7 +205,7 @@ def test_a_time_limit_cuts_the_trials_in_flight_keeps_the_finished_and_refits(cl
     again = cli("sweep", cfg, "--resume", "--json", "--set", "sweep.time_limit=1000", *args)
     assert again.code == 0, again
     assert leaderboard(tmp_path / "run-sweep") == before  # nothing trained again
-    assert len(optuna.load_study(study_name="sweep", storage=db).get_trials()) == 2
+    assert len(sweep_study(tmp_path / "run-sweep").get_trials()) == 2
 
 
 def test_a_time_limit_that_lets_no_trial_finish_refits_the_best_cut_one(cli, table, tmp_path):

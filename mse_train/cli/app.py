@@ -270,7 +270,7 @@ SweepOutputDir = Annotated[
     typer.Option(
         "--output-dir",
         "-o",
-        help="Folder for the leaderboard, best.yaml, sweep.db and best/; default <output.dir>-sweep.",
+        help="Folder for the leaderboard, best.yaml, sweep.journal and best/; default <output.dir>-sweep.",
         show_default=False,
     ),
 ]
@@ -372,7 +372,7 @@ def sweep(
             metavar="URL",
             help="The study's storage, shared by every worker: an Optuna database URL "
             "(postgresql://..., sqlite:///...) or a journal file's path; over "
-            "$MSE_TRAIN_SWEEP_STORAGE and sweep.storage. Default: sweep.db in the sweep folder.",
+            "$MSE_TRAIN_SWEEP_STORAGE and sweep.storage. Default: sweep.journal in the sweep folder.",
             show_default=False,
         ),
     ] = None,

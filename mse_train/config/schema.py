@@ -682,8 +682,9 @@ class SweepConfig(Section):
     storage: Str | None = Field(
         None,
         description="Where the study lives, shared by every worker: an Optuna database URL "
-        "(postgresql://, mysql://, sqlite:///) or a journal file's path; default sweep.db in the "
-        "sweep folder (<output.dir>-sweep, or -o). --storage and $MSE_TRAIN_SWEEP_STORAGE override it.",
+        "(postgresql://, mysql://, sqlite:///) or a journal file's path; default sweep.journal (an "
+        "Optuna journal file) in the sweep folder (<output.dir>-sweep, or -o; a folder made before "
+        "holds sweep.db, which --resume continues). --storage and $MSE_TRAIN_SWEEP_STORAGE override it.",
     )
     study: Str = Field("sweep", description="The study's name in the storage (--study overrides it).")
     pruner: Literal["none", "median", "halving"] = Field(

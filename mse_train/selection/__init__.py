@@ -7,7 +7,7 @@
   worker.py   a worker's search: ask the study for trials, train them (packed), tell them
   study.py    the study opened or created; the config and data its workers must share
   budget.py   sweep.time_limit for the whole command: the refit's time, measured, kept back
-  storage.py  where studies live (sweep.db, a database URL, a journal file), heartbeats, claims
+  storage.py  where studies live (sweep.journal, a database URL, a journal file), heartbeats, claims
   oof.py      each cross-validated trial's out-of-fold predictions, kept and checked
   ensemble.py greedy ensemble selection over them (sweep.ensemble), refit into one checkpoint
   ridge.py    ridge regression's penalty by exact leave-one-out error (the linear starter's L2)

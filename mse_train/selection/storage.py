@@ -1,9 +1,10 @@
 """Where a sweep's study lives: Optuna storages, heartbeats, and claims.
 
 One study is shared by every worker of a sweep, on one machine or many: the sweep folder's
-`sweep.db` (SQLite) by default, or `--storage`: any database URL Optuna takes
-(postgresql://, mysql://, sqlite:///) or a journal file's path on a filesystem the workers
-share.
+`sweep.journal` (Optuna's journal file: opened in milliseconds, no SQLAlchemy to import) by
+default, or `--storage`: any database URL Optuna takes (postgresql://, mysql://, sqlite:///)
+or a journal file's path on a filesystem the workers share. A sweep folder made before the
+journal was the default holds `sweep.db` (SQLite): `--resume` and `--report` go on with it.
 
 A worker records a heartbeat for its trials in flight; one that stops (kill -9, a lost
 machine) has them failed by another worker after 3 missed heartbeats and run again, once
@@ -26,7 +27,9 @@ from mse_train.config.schema import SweepConfig
 from mse_train.errors import EnvironmentProblem, OutputError
 
 ENV = "MSE_TRAIN_SWEEP_STORAGE"
-DEFAULT_FILE = "sweep.db"
+DEFAULT_FILE = "sweep.journal"  # a new sweep's study, in its folder
+OLD_FILE = "sweep.db"  # the SQLite study of a sweep folder made before: continued, reported
+SQLITE_HEADER = b"SQLite format 3\x00"
 RETRIES = 1  # a trial of a worker that died runs again once (a trial that kills its worker stops)
 MISSED = 3  # heartbeats missed before a worker's trials count as lost
 HEARTBEAT_ATTR = "mse_train_heartbeat"  # the journal's heartbeat: a trial system attr, epoch seconds
@@ -38,48 +41,78 @@ class Where:
 
     storage: Any
     shown: str  # the URL without its password, or the file's path
-    default: bool  # the sweep folder's own sweep.db
+    default: bool  # the sweep folder's own study file (sweep.journal, or an older sweep.db)
 
 
 def storage_spec(option: str | None, sweep: SweepConfig) -> str | None:
-    """--storage, else $MSE_TRAIN_SWEEP_STORAGE, else `sweep.storage`; None: sweep.db in the sweep folder."""
+    """--storage, else $MSE_TRAIN_SWEEP_STORAGE, else `sweep.storage`; None: the sweep folder's own file."""
     return option or os.environ.get(ENV) or sweep.storage
+
+
+def default_file(out: Path) -> Path:
+    """The sweep folder's own study file: its sweep.journal, or the sweep.db of a folder made
+    before the journal was the default, or (neither there) the sweep.journal a new sweep makes."""
+    for name in (DEFAULT_FILE, OLD_FILE):
+        path = out / name
+        if path.exists() or path.is_symlink():
+            return path
+    return out / DEFAULT_FILE
 
 
 def connect(spec: str | None, out: Path, heartbeat: int) -> Where:
     """Open the storage (creating a new one's tables or file); clear errors for what is wrong."""
     if spec is None:
-        db = out / DEFAULT_FILE
-        if db.exists() or db.is_symlink():
-            check_database_file(db)
-        return Where(_rdb(f"sqlite:///{db}", str(db), heartbeat), str(db), True)
+        path = default_file(out)
+        if path.exists() or path.is_symlink():
+            check_default_file(path)
+        if path.name == OLD_FILE:
+            return Where(_rdb(f"sqlite:///{path}", str(path), heartbeat), str(path), True)
+        return Where(_journal(path, heartbeat, default=True), str(path), True)
     if "://" in spec:
         return Where(_rdb(spec, shown_url(spec), heartbeat), shown_url(spec), False)
     path = Path(spec).expanduser().resolve()
     return Where(_journal(path, heartbeat), str(path), False)
 
 
-def check_database_file(db: Path) -> None:
-    """sweep.db must be a readable SQLite file: say what it is instead, and what to do."""
-    what = "a folder" if db.is_dir() else "a broken link" if not db.exists() else "not a regular file"
-    if not db.is_file():
+def check_default_file(path: Path) -> None:
+    """The sweep folder's study file must be a readable journal (or an older folder's SQLite
+    sweep.db): say what it is instead, and what to do."""
+    what = "a folder" if path.is_dir() else "a broken link" if not path.exists() else "not a regular file"
+    if not path.is_file():
         raise OutputError(
-            f"{db}: is {what}, where the sweep's database should be",
+            f"{path}: is {what}, where the sweep's study should be",
             ["move it out of the way, or choose another folder with --output-dir"],
         )
     try:
-        with open(db, "rb") as f:
-            head = f.read(16)
+        with open(path, "rb") as f:
+            head = f.readline(1 << 16)  # the journal's first line: its study's creation
     except OSError as exc:
         raise OutputError(
-            f"{db}: cannot read the sweep's database: {exc.strerror or exc}",
+            f"{path}: cannot read the sweep's study: {exc.strerror or exc}",
             ["check its permissions, or choose another folder with --output-dir"],
         ) from None
-    if head and head != b"SQLite format 3\x00":
+    if path.name == OLD_FILE:
+        if head and not head.startswith(SQLITE_HEADER):
+            raise OutputError(
+                f"{path}: not an SQLite database, so not a sweep mse-train wrote",
+                ["start the sweep again in another folder with --output-dir"],
+            )
+    elif head and not _journal_line(head):
         raise OutputError(
-            f"{db}: not an SQLite database, so not a sweep mse-train wrote",
+            f"{path}: not an Optuna journal file, so not a sweep mse-train wrote",
             ["start the sweep again in another folder with --output-dir"],
         )
+
+
+def _journal_line(line: bytes) -> bool:
+    """Whether a line is one of an Optuna journal's operations (a JSON object with its op_code)."""
+    import json
+
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "op_code" in entry
 
 
 def _rdb(url: str, shown: str, heartbeat: int) -> Any:
@@ -143,6 +176,12 @@ def storage_error(exc: BaseException, shown: str) -> OutputError:
             "open, e.g. an `sqlite3` shell)",
             ["close that program and run the same command again; nothing of the sweep was lost"],
         )
+    if any(isinstance(e, OSError) for e in _chain(exc)) and "://" not in shown:  # a journal file
+        error = next(e for e in _chain(exc) if isinstance(e, OSError))
+        return OutputError(
+            f"{shown}: cannot read or write the study's journal file: {error.strerror or error}",
+            ["check its and its folder's permissions and free space, then run the same command again"],
+        )
     if "file is not a database" in text:
         return OutputError(
             f"{shown}: not an SQLite database, so not a sweep mse-train wrote",
@@ -173,7 +212,8 @@ def shown_url(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def _journal(path: Path, heartbeat: int) -> Any:
+def _journal(path: Path, heartbeat: int, default: bool = False) -> Any:
+    """A journal file's storage; `default`: the sweep folder's own sweep.journal (checked)."""
     if path.is_dir():
         raise OutputError(
             f"{path}: is a folder; --storage takes a journal file's path (or a database URL)",
@@ -190,9 +230,14 @@ def _journal(path: Path, heartbeat: int) -> Any:
         backend = JournalFileBackend(str(path))
         return _journal_class()(backend, heartbeat)
     except (OSError, ValueError, RuntimeError) as exc:
+        fix = (
+            "start the sweep again in another folder with --output-dir"
+            if default
+            else ("name a new file, or the journal this sweep was started with")
+        )
         raise OutputError(
-            f"{path}: not a journal file mse-train can use ({type(exc).__name__}: {exc})",
-            ["name a new file, or the journal this sweep was started with"],
+            f"{path}: not a journal file mse-train can use, or a damaged one ({type(exc).__name__}: {exc})",
+            [fix],
         ) from None
 
 
@@ -235,8 +280,9 @@ def _journal_class() -> type:
 
 
 def close(where: Where | None) -> None:
-    """Let go of the database: its connections closed, so SQLite folds its write-ahead log
-    back into sweep.db and removes sweep.db-wal/-shm now, not whenever the process ends."""
+    """Let go of a database: its connections closed, so SQLite folds its write-ahead log
+    back into its file and removes -wal/-shm now, not whenever the process ends. A journal
+    file holds nothing open (each write takes and releases its lock)."""
     engine = getattr(where.storage, "engine", None) if where is not None else None
     if where is not None and engine is not None:
         where.storage.remove_session()

@@ -2,8 +2,9 @@
 
 The study records the config its workers run (data files by their sha256, as `run --resume`
 compares them), so a worker or a resume with other settings or data is refused, naming
-what differs. The sweep folder's own sweep.db starts only without --resume / --report; a
-named storage's study is created by its first worker and joined by the others.
+what differs. The sweep folder's own study file (sweep.journal; sweep.db in a folder made
+before) starts only without --resume / --report; a named storage's study is created by its
+first worker and joined by the others.
 """
 
 from __future__ import annotations
@@ -89,21 +90,21 @@ def check_fingerprint(study: Any, now: dict[str, Any], where: Where, source: str
 def open_storage(
     spec: str | None, out: Path, heartbeat: int, resume: bool, report: bool, resume_command: str
 ) -> Where:
-    """The study's storage; the folder's own sweep.db starts only without --resume/--report."""
+    """The study's storage; the folder's own study file starts only without --resume/--report."""
     if spec is None:
-        db = out / storage.DEFAULT_FILE
-        there = db.exists() or db.is_symlink()
+        path = storage.default_file(out)
+        there = path.exists() or path.is_symlink()
         if there:
-            storage.check_database_file(db)
+            storage.check_default_file(path)
         if there and not (resume or report):
             raise OutputError(
-                f"{out}: already holds a sweep ({storage.DEFAULT_FILE})",
+                f"{out}: already holds a sweep ({path.name})",
                 [f"continue it with: {resume_command}", "or choose another folder with --output-dir"],
             )
         if not there and (resume or report):
             raise OutputError(
                 f"{out}: nothing to {'report' if report else 'resume'}: no {storage.DEFAULT_FILE} "
-                "in the folder",
+                f"(nor an older sweep's {storage.OLD_FILE}) in the folder",
                 ["run without --resume to start" if resume else "name the sweep's folder with -o"],
             )
     return storage.connect(spec, out, heartbeat)
@@ -135,7 +136,7 @@ def open_study(
         except KeyError:  # no study of that name
             if where.default and (resume or report):
                 raise OutputError(
-                    f"{where.shown}: not a sweep database mse-train can continue (no study '{name}')",
+                    f"{where.shown}: not a sweep mse-train can continue (it holds no study '{name}')",
                     ["start the sweep again in another folder with --output-dir"],
                 ) from None
             if report:
@@ -176,8 +177,8 @@ def _create(
 
 
 def _check_agrees(where: Where, the_study: Any) -> None:
-    """Every trial leaderboard.csv lists must be in sweep.db: a database that lost trials
-    (or was replaced by another) is not continued as if nothing happened."""
+    """Every trial leaderboard.csv lists must be in the folder's study file: one that lost
+    trials (or was replaced by another) is not continued as if nothing happened."""
     board = Path(where.shown).parent / "leaderboard.csv"
     if not board.exists():
         return
@@ -191,7 +192,7 @@ def _check_agrees(where: Where, the_study: Any) -> None:
     if lost:
         raise OutputError(
             f"{where.shown}: does not hold trial(s) {', '.join(map(str, lost[:10]))} that "
-            "leaderboard.csv lists; the database was damaged or replaced",
+            "leaderboard.csv lists; the study's file was damaged or replaced",
             ["start the sweep again in another folder with --output-dir"],
         )
 

@@ -1,10 +1,10 @@
 """`mse-train sweep`: search the `sweep:` section's space with Optuna, trial by trial.
 
 The sweep's folder is `<output.dir>-sweep` (runs/NAME-sweep, beside the run folder of `run`
-for the same config, never in it), or `--output-dir` itself. The study lives in `sweep.db`
-(Optuna's RDB storage, SQLite) in the sweep folder, so an
-interrupted sweep continues with `--resume` without re-running finished trials, and
-`optuna-dashboard sqlite:///.../sweep.db` can open it. After every finished trial the
+for the same config, never in it), or `--output-dir` itself. The study lives in
+`sweep.journal` (Optuna's journal file; `sweep.db`, SQLite, in a folder made before) in the
+sweep folder, so an interrupted sweep continues with `--resume` without re-running finished
+trials, and `optuna-dashboard .../sweep.journal` can open it. After every finished trial the
 leaderboard is rewritten atomically; at the end come best.yaml, sweep.png and, with
 `refit`, a normal run folder `best/` trained on all the training rows (with
 `sweep.ensemble`, ensemble.json and the ensemble's one checkpoint, ensemble/best.pt).
@@ -210,8 +210,8 @@ def run(
         return Outcome(best, len(rows), checkpoint, rows, keys, out, chosen.as_json() if chosen else None)
     except BaseException as exc:  # the parent run ends FAILED or KILLED, not left RUNNING
         tracked.abort(exc)
-        if _storage_failed(exc):  # the database failed midway (locked, server gone)
-            shown = storage.shown_url(spec) if spec else str(out / storage.DEFAULT_FILE)
+        if _storage_failed(exc):  # the storage failed midway (locked, server gone)
+            shown = storage.shown_url(spec) if spec else str(storage.default_file(out))
             raise storage.storage_error(exc, shown) from None
         raise
     finally:
@@ -232,10 +232,16 @@ def _alone(the_space: space.Space, config_of: Callable[[dict[str, Any]], Config]
 
 
 def _storage_failed(exc: BaseException) -> bool:
-    import optuna
-    from sqlalchemy.exc import SQLAlchemyError  # Optuna's own dependency
+    import sys
 
-    return isinstance(exc, (SQLAlchemyError, optuna.exceptions.StorageInternalError))
+    import optuna
+
+    # SQLAlchemy only when a database storage imported it: a journal file's sweep never does.
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    failures: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError,)
+    if sqlalchemy_exc is not None:
+        failures += (sqlalchemy_exc.SQLAlchemyError,)
+    return isinstance(exc, failures)
 
 
 def _results(
