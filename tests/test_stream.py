@@ -171,13 +171,9 @@ def test_the_epoch_order_is_a_seeded_shuffle_of_blocks_and_rows(tmp_path, mixed)
     np.testing.assert_array_equal(first[512 * 130 :], targets(1, 130))  # resuming at batch 130
 
 
-def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
-    cli, tmp_path, mixed, monkeypatch
-):
-    cfg = data_config(tmp_path, mixed, missing="mean")
-    run = cli("run", cfg, "-q", "-o", tmp_path / "s", "--set", "data.memory_budget=1KiB")
-    assert run.code == 0, run
-    calls = []
+def count_streamed_evals(monkeypatch) -> list[int]:
+    """A list that gets an item each time eval takes its streamed branch (stream_fit.eval_blocks)."""
+    calls: list[int] = []
     blocks = stream_fit.eval_blocks
 
     def spy(*args):
@@ -185,6 +181,16 @@ def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
         return blocks(*args)
 
     monkeypatch.setattr(stream_fit, "eval_blocks", spy)
+    return calls
+
+
+def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
+    cli, tmp_path, mixed, monkeypatch
+):
+    cfg = data_config(tmp_path, mixed, missing="mean")
+    run = cli("run", cfg, "-q", "-o", tmp_path / "s", "--set", "data.memory_budget=1KiB")
+    assert run.code == 0, run
+    calls = count_streamed_evals(monkeypatch)
     streamed = cli("eval", tmp_path / "s" / "best.pt", mixed, "--json")
     assert streamed.code == 0, streamed
     assert calls == [1]  # the checkpoint's budget (1KiB) made eval stream
@@ -203,8 +209,7 @@ def test_eval_of_a_table_over_the_budget_streams_and_equals_the_in_memory_eval(
     # A prediction that is not a finite number is named as in memory: the file's line and
     # the feature furthest out, wherever its block lies.
     monkeypatch.undo()  # streamed again
-    monkeypatch.setattr(stream_fit, "eval_blocks", spy)
-    calls.clear()
+    calls = count_streamed_evals(monkeypatch)
     far = pd.read_csv(mixed)
     far.loc[BLOCK_ROWS + 10, ["c", "y"]] = [3e38, 1.0]  # 3e40 standard deviations out
     far.to_csv(tmp_path / "far.csv", index=False)
@@ -302,14 +307,7 @@ def test_eval_of_a_gzip_table_over_the_budget_streams(cli, tmp_path, monkeypatch
     assert budget << 10 < need
     cfg = data_config(tmp_path, path, memory_budget=f"{budget}KiB", val_fraction=0.0)
     assert cli("run", cfg, "-q", "-o", tmp_path / "s").code == 0
-    calls = []
-    blocks = stream_fit.eval_blocks
-
-    def spy(*args):
-        calls.append(1)
-        return blocks(*args)
-
-    monkeypatch.setattr(stream_fit, "eval_blocks", spy)
+    calls = count_streamed_evals(monkeypatch)
     result = cli("eval", tmp_path / "s" / "best.pt", path, "--json")
     assert result.code == 0, result
     assert calls == [1]
