@@ -30,7 +30,7 @@ from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
 from mse_train.errors import CheckpointError, UserError
 from mse_train.models import blocks, networks
 from mse_train.use import onnx_embeddings
-from mse_train.use.onnx_nodes import Graph
+from mse_train.use.onnx_nodes import Graph, array
 
 if TYPE_CHECKING:
     import onnx
@@ -193,8 +193,8 @@ def _flag(g: Graph, code: str, value: int) -> str:
 
 def _linear(g: Graph, layer: nn.Module, x: str) -> str:
     assert isinstance(layer, nn.Linear)
-    weight = g.const("weight", layer.weight.detach().cpu().numpy().astype(np.float32))
-    bias = g.const("bias", layer.bias.detach().cpu().numpy().astype(np.float32))
+    weight = g.const("weight", array(layer.weight))
+    bias = g.const("bias", array(layer.bias))
     return g.op("Gemm", x, weight, bias, transB=1)  # x Wᵀ + b, as nn.Linear
 
 
