@@ -3,6 +3,7 @@ TabM inside a sweep's ensemble; the graph predicts what `mse-train predict` does
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from mse_train.models import blocks, networks
 from mse_train.use import evaluate, onnx_graph
 from mse_train.use.onnx_nodes import Graph
 
-from conftest import write_csv
+from conftest import write_config, write_csv
 from test_export import (
     HEADER,
     TOLERANCE,
@@ -164,6 +165,31 @@ def test_an_ensemble_with_tabm_members_exports_as_one_graph(cli, tmp_path):
     assert_close_to_predict(got, want, target_std(path))
     alone = predicted(cli, tmp_path / "m0" / "run" / "best.pt", new, tmp_path / "q.csv")
     assert np.abs(alone - want).max() > 1e-3  # the other members count
+
+
+def test_a_sweep_s_ensemble_of_tabm_trials_exports(cli, tmp_path):
+    """The real path: `sweep` with an ensemble over both sharing modes, then export --check."""
+    table = write_csv(tmp_path / "t.csv", HEADER, make_rows(160, 4))
+    cfg = write_config(
+        tmp_path / "sweep.yaml",
+        {"data": {"train": str(table), "target": ["y", "z"], "missing": "mean"},
+         "model": tabm("tabm", numeric_embedding="piecewise_linear", bins=8),
+         "optimizer": {"name": "adam", "lr": 0.02}, "train": {"epochs": 4, "batch_size": 32},
+         "output": {"dir": str(tmp_path / "run"), "plot": False},
+         "sweep": {"method": "grid", "folds": 2, "ensemble": 4,
+                   "params": {"model.sharing": ["tabm", "tabm_mini"], "model.width": [8, 16]}}},
+    )  # fmt: skip
+    swept = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert swept.code == 0, swept
+    members = json.loads(swept.stdout)["ensemble"]["members"]
+    ckpt = tmp_path / "sw" / "ensemble" / "best.pt"
+    out = tmp_path / "m.onnx"
+    result = cli("export", ckpt, "-o", out, "--check", table)
+    assert result.code == 0, result
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("ReduceMean") == len(members)
+    session = session_of(out)
+    got = session.run(["prediction"], feed_from_csv(session, table))[0]
+    assert_close_to_predict(got, predicted(cli, ckpt, table, tmp_path / "p.csv"), target_std(ckpt))
 
 
 @pytest.mark.parametrize("activation", list(networks.ACTIVATIONS))
