@@ -267,7 +267,7 @@ def test_resnet_with_everything_around_it(cli, tmp_path):
     assert {"progression_lo", "bmi_hi"} <= set(pd.read_csv(out).columns)
 
 
-def test_export_says_the_new_models_cannot_be_exported_yet(cli, tmp_path, mixed):
+def test_export_says_resnet_cannot_be_exported_yet_and_what_can(cli, tmp_path, mixed):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     cfg = config(tmp_path, mixed, OPTIONS["resnet"])
@@ -275,6 +275,7 @@ def test_export_says_the_new_models_cannot_be_exported_yet(cli, tmp_path, mixed)
     result = cli("export", tmp_path / "run" / "best.pt", "-o", tmp_path / "m.onnx")
     assert result.code == 2
     assert "model.type resnet cannot be exported to ONNX yet" in result.stderr
+    assert "export writes linear models, MLPs and TabM" in result.stderr
     assert not (tmp_path / "m.onnx").exists()
 
 

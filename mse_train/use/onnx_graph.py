@@ -3,7 +3,8 @@
 Written node by node with `onnx.helper` rather than traced with `torch.onnx.export`:
 the preprocessing takes string columns, which no torch tensor can carry, so a traced
 network would need the same hand-written nodes around it anyway, and the networks are
-only Linear layers and element-wise activations. It also keeps the export independent
+only Linear layers, element-wise activations and TabM's k members side by side (MatMul and
+Einsum on [batch, k, features], then their mean). It also keeps the export independent
 of which torch exporter is the default (TorchScript or dynamo with onnxscript), which
 changed across the torch releases we support.
 
@@ -30,7 +31,7 @@ from mse_train.data.preprocess import MISSING_CATEGORY, Preprocessor
 from mse_train.errors import CheckpointError, UserError
 from mse_train.models import blocks, networks
 from mse_train.use import onnx_embeddings
-from mse_train.use.onnx_nodes import Graph
+from mse_train.use.onnx_nodes import Graph, array
 
 if TYPE_CHECKING:
     import onnx
@@ -193,8 +194,8 @@ def _flag(g: Graph, code: str, value: int) -> str:
 
 def _linear(g: Graph, layer: nn.Module, x: str) -> str:
     assert isinstance(layer, nn.Linear)
-    weight = g.const("weight", layer.weight.detach().cpu().numpy().astype(np.float32))
-    bias = g.const("bias", layer.bias.detach().cpu().numpy().astype(np.float32))
+    weight = g.const("weight", array(layer.weight))
+    bias = g.const("bias", array(layer.bias))
     return g.op("Gemm", x, weight, bias, transB=1)  # x Wᵀ + b, as nn.Linear
 
 
@@ -216,7 +217,37 @@ def _elu(g: Graph, layer: nn.Module, x: str) -> str:
     return g.op("Elu", x, alpha=float(layer.alpha))
 
 
+def _tabm(g: Graph, model: nn.Module, x: str) -> str:
+    """[batch, in] -> [batch, out]: each member's view of the row, the backbone and heads on
+    [batch, k, ...], then the members' mean, as blocks.TabM does in eval mode."""
+    assert isinstance(model, blocks.TabM)
+    z = g.op("Unsqueeze", x, g.const("axes", np.array([1], np.int64)))  # [batch, 1, in]
+    z = g.op("Mul", z, g.const("start", array(model.start)))  # [batch, k, in]
+    z = _network(g, model.backbone, z)
+    z = _member_heads(g, model.head, z)  # [batch, k, out], reached only here
+    return g.op("ReduceMean", z, axes=[1], keepdims=0)  # opset 17: axes is an attribute
+
+
+def _ensemble_linear(g: Graph, layer: nn.Module, x: str) -> str:
+    """[batch, k, in] -> [batch, k, out]: ((x * r) Wᵀ) * s + b, as blocks.EnsembleLinear."""
+    assert isinstance(layer, blocks.EnsembleLinear)
+    if layer.r is not None:
+        x = g.op("Mul", x, g.const("r", array(layer.r)))
+    x = g.op("MatMul", x, g.const("weight_t", array(layer.weight.T)))  # shared by the members
+    if layer.s is not None:
+        x = g.op("Mul", x, g.const("s", array(layer.s)))
+    return g.op("Add", x, g.const("bias", array(layer.bias)))
+
+
+def _member_heads(g: Graph, layer: nn.Module, x: str) -> str:
+    """[batch, k, in] -> [batch, k, out]: member i's own linear head, as blocks.MemberHeads."""
+    assert isinstance(layer, blocks.MemberHeads)
+    x = g.op("Einsum", x, g.const("weight", array(layer.weight)), equation="bki,koi->bko")
+    return g.op("Add", x, g.const("bias", array(layer.bias)))
+
+
 # Each layer type models/networks.py builds -> its nodes (tied to ACTIVATIONS by a test).
+# Activations and dropout apply to [batch, features] and to TabM's [batch, k, features] alike.
 LAYERS: dict[type[nn.Module], Callable[[Graph, nn.Module, str], str]] = {
     nn.Linear: _linear,
     nn.ReLU: lambda g, _, x: g.op("Relu", x),
@@ -226,6 +257,8 @@ LAYERS: dict[type[nn.Module], Callable[[Graph, nn.Module, str], str]] = {
     nn.LeakyReLU: _leaky_relu,
     nn.ELU: _elu,
     nn.Dropout: lambda g, _, x: x,  # identity at inference
+    blocks.TabM: _tabm,
+    blocks.EnsembleLinear: _ensemble_linear,
 }
 
 
@@ -236,9 +269,12 @@ def _exportable(model: blocks.Embedded) -> nn.Module:
     known_embedding = model.embedding is None or isinstance(model.embedding, onnx_embeddings.EXPORTABLE)
     if not known_embedding or not all(type(layer) in LAYERS for layer in layers):
         raise UserError(
-            f"{model.kind} cannot be exported to ONNX yet: export writes linear models and MLPs "
-            "(with their numeric and categorical embeddings) only",
-            ["export a model trained with model.type linear or mlp; `mse-train predict` serves this one"],
+            f"{model.kind} cannot be exported to ONNX yet: export writes linear models, MLPs "
+            "and TabM (with their numeric and categorical embeddings) only",
+            [
+                "export a model trained with model.type linear, mlp or tabm; "
+                "`mse-train predict` serves this one"
+            ],
         )
     return network
 

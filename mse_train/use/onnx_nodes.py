@@ -13,6 +13,12 @@ import numpy as np
 
 if TYPE_CHECKING:
     import onnx
+    import torch
+
+
+def array(t: torch.Tensor) -> np.ndarray:
+    """A parameter or buffer as a float32 constant's value."""
+    return t.detach().cpu().numpy().astype(np.float32)
 
 
 class Graph:
