@@ -45,7 +45,7 @@ def test_the_ridge_matches_scikit_learns_ridgecv(columns):
 
 def race_scores(text: str) -> dict[str, float]:
     """The CV R² per candidate from the comments init writes above `model:`."""
-    found = re.findall(r"^#   (linear|MLP)[^:]*: +(-?[0-9.]+) \(", text, flags=re.MULTILINE)
+    found = re.findall(r"^#   (linear|MLP|TabM)[^:]*: +(-?[0-9.]+) \(", text, flags=re.MULTILINE)
     return {name.lower(): float(r2) for name, r2 in found}
 
 
@@ -61,7 +61,7 @@ def init_run_eval(cli, tmp_path, name, train, test):
     config = tmp_path / f"{name}.yaml"
     made = cli("init", table(tmp_path, f"{name}.csv", train), "-t", "y", "-o", config)
     assert made.code == 0, made
-    assert "racing a linear model and an MLP by 5-fold CV" in made.stderr
+    assert "racing a linear model, an MLP and TabM by 5-fold CV" in made.stderr
     ran = cli("run", config, "-q", "--set", "output.plot=false", "-o", tmp_path / name)
     assert ran.code == 0, ran
     scored = cli("eval", tmp_path / name / "best.pt", table(tmp_path, f"{name}-test.csv", test), "--json")
@@ -78,7 +78,7 @@ def test_a_linear_table_gets_the_linear_model_and_run_reproduces_the_race(cli, t
     assert parsed["regularization"]["l2"] > 0
     scores = race_scores(text)
     assert "5-fold CV R² on all 400 rows, within 60 s" in text
-    assert set(scores) == {"linear", "mlp"} and scores["linear"] >= scores["mlp"]
+    assert set(scores) == {"linear", "mlp", "tabm"} and scores["linear"] >= scores["tabm"]
     assert held_out == pytest.approx(scores["linear"], abs=0.02)
     ridge_r2 = RidgeCV(alphas=ridge.ALPHAS).fit(x[:400], y[:400, 0]).score(x[400:], y[400:, 0])
     assert held_out == pytest.approx(ridge_r2, abs=0.01)
@@ -88,13 +88,15 @@ def test_a_threshold_table_gets_the_mlp_and_run_reproduces_the_race(cli, tmp_pat
     x, y = threshold_rows(900)
     text, held_out = init_run_eval(cli, tmp_path, "thr", (x[:600], y[:600]), (x[600:], y[600:]))
     parsed = yaml.safe_load(text)
-    assert parsed["model"]["type"] == "mlp"
+    scores = race_scores(text)
+    standing = {k: v for k, v in scores.items() if k != "mlp"}  # TabM finished: it stands for the networks
+    winner = max(standing, key=lambda name: standing[name])
+    assert winner == "tabm" and parsed["model"]["type"] == "tabm"
     assert parsed["model"]["numeric_embedding"] == "piecewise_linear"
     assert parsed["optimizer"]["name"] == "adam" and parsed["train"]["batch_size"] == 64
-    scores = race_scores(text)
-    assert scores["mlp"] > scores["linear"] + 0.1
+    assert scores[winner] > scores["linear"] + 0.1
     assert "MLP, piecewise-linear embedding, folds packed:" in text  # the MLP's folds trained as one stack
-    assert held_out == pytest.approx(scores["mlp"], abs=0.04)
+    assert held_out == pytest.approx(scores[winner], abs=0.04)
 
 
 def test_a_candidate_cut_by_the_budget_is_reported_and_cannot_win(cli, tmp_path, monkeypatch):
@@ -109,8 +111,68 @@ def test_a_candidate_cut_by_the_budget_is_reported_and_cannot_win(cli, tmp_path,
     assert "within 60 s" in made.stderr and "within 60 s:" in text
     assert re.search(r"#   linear.*: +not finished in the budget", text)
     assert re.search(r"#   MLP.*: +not started: the budget was spent", text)
+    assert re.search(r"#   TabM.*: +not started: the budget was spent", text)
     assert "No candidate finished" in text and yaml.safe_load(text)["model"]["type"] == "mlp"
     assert cli("validate", tmp_path / "cut.yaml").code == 0
+
+
+def test_a_tabm_starter_runs_evals_and_sweeps_with_tabm_trials(cli, tmp_path, monkeypatch):
+    # TabM wins this race by fiat: what is tested is the config init writes for it.
+    monkeypatch.setattr(race, "winner", lambda entries: next(e for e in entries if e.name == "tabm"))
+    x, y = threshold_rows(400, seed=2)
+    csv = table(tmp_path, "thr.csv", (x[:300], y[:300]))
+    made = cli("init", csv, "-t", "y", "-o", tmp_path / "tabm.yaml")
+    assert made.code == 0, made
+    text = (tmp_path / "tabm.yaml").read_text()
+    parsed = yaml.safe_load(text)
+    assert parsed["model"]["type"] == "tabm" and parsed["model"]["k"] == 16
+    assert parsed["model"]["numeric_embedding"] == "piecewise_linear" and "So TabM:" in text
+    branches = parsed["sweep"]["params"]["model.type"]
+    assert set(branches) == {"linear", "mlp", "tabm"}
+    assert branches["mlp"]["model.dropout"] == [0.0]  # the TabM starter's dropout would unpack MLP trials
+    ran = cli("run", tmp_path / "tabm.yaml", "-q", "--set", "output.plot=false", "-o", tmp_path / "r")
+    assert ran.code == 0, ran
+    scored = cli(
+        "eval", tmp_path / "r" / "best.pt", table(tmp_path, "test.csv", (x[300:], y[300:])), "--json"
+    )
+    assert scored.code == 0 and yaml.safe_load(scored.stdout)["r2"] > 0.5, scored
+    swept = cli(
+        "sweep", tmp_path / "tabm.yaml", "--json", "--trials", "3", "--folds", "2",
+        "--set", "train.epochs=2", "--set", "output.plot=false",
+    )  # fmt: skip
+    assert swept.code == 0, swept
+    assert json.loads(swept.stdout)["trials"] == 3
+
+
+@pytest.mark.parametrize(
+    ("tabm", "written"),
+    [(0.80, "tabm"), (0.60, "linear"), (None, "mlp")],  # the MLP scores 0.90, the linear model 0.70
+)
+def test_tabm_once_finished_stands_for_the_networks(cli, tmp_path, monkeypatch, tabm, written):
+    def raced(candidates, loaded, budget, device):
+        scores = {"linear": 0.70, "mlp": 0.90, "tabm": tabm}
+        note = "not finished in the budget" if tabm is None else ""
+        return [
+            race.Entry(name, scores[name], 1.0, name == "mlp", note if name == "tabm" else "")
+            for name, _ in candidates
+        ]
+
+    monkeypatch.setattr(race, "run", raced)
+    made = cli("init", table(tmp_path, "lin.csv", linear_rows(100)), "-t", "y", "-o", tmp_path / "c.yaml")
+    assert made.code == 0, made
+    text = (tmp_path / "c.yaml").read_text()
+    assert yaml.safe_load(text)["model"]["type"] == written
+    assert ("TabM's stand-in" in text) == (tabm is not None)  # the MLP's line says why it cannot win
+
+
+def test_tables_above_tabms_rows_race_two_candidates(cli, tmp_path, monkeypatch):
+    from mse_train.selection import choose
+
+    monkeypatch.setattr(choose, "TABM_MOST_ROWS", 299)
+    made = cli("init", table(tmp_path, "lin.csv", linear_rows(300)), "-t", "y", "-o", tmp_path / "two.yaml")
+    assert made.code == 0, made
+    assert "racing a linear model and an MLP by 5-fold CV" in made.stderr
+    assert set(race_scores((tmp_path / "two.yaml").read_text())) == {"linear", "mlp"}
 
 
 def test_the_budget_stops_training_that_would_run_far_longer(tmp_path):
@@ -211,7 +273,7 @@ def test_folds_of_different_widths_pack_one_stack_per_width(cli, tmp_path):
     assert [f["r2"] for f in ours] == pytest.approx([f["r2"] for f in theirs], abs=1e-4)
     made = cli("init", csv, "-t", "y", "-o", tmp_path / "rare.yaml")
     assert made.code == 0, made
-    assert set(race_scores((tmp_path / "rare.yaml").read_text())) == {"linear", "mlp"}  # both finished
+    assert set(race_scores((tmp_path / "rare.yaml").read_text())) == {"linear", "mlp", "tabm"}  # all finished
 
 
 def test_the_mlp_batch_grows_with_the_rows_and_small_tables_keep_theirs():

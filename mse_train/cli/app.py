@@ -765,7 +765,7 @@ def init(
         bool,
         typer.Option(
             "--quick",
-            help="Do not race a linear model and an MLP on the table; write the MLP.",
+            help="Do not race the candidate models (linear, MLP, TabM on small tables); write the MLP.",
         ),
     ] = False,
     budget: Annotated[

@@ -22,14 +22,16 @@ class Choice:
     """The starter's model, as `init` chose it by a race on the table (selection/choose.py).
 
     `why` is written above the model section as comment lines. A linear choice is trained
-    as ridge regression is solved: L-BFGS on the whole table, L2 penalty `l2`.
+    as ridge regression is solved: L-BFGS on the whole table, L2 penalty `l2`. Otherwise
+    `network` is the network: "mlp", or "tabm" (TABM_*: a small TabM, 16 MLPs in one).
     """
 
     linear: bool
     why: tuple[str, ...]
     l2: float = 0.0
     numeric_embedding: str = "piecewise_linear"
-    rows: int | None = None  # rows the MLP's batches are sized for (None: the table's)
+    rows: int | None = None  # rows the network's batches are sized for (None: the table's)
+    network: str = "mlp"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Survey:
 
 
 MLP = Choice(False, ("an MLP: the default when the table has not been looked at",))
+TABM_K = 16  # the TabM starter's members (bench/quality_results.md, "TabM on small tables")
+TABM_WIDTH = 128
 
 
 def _options(key: str, limit: int = 0) -> str:
@@ -142,7 +146,7 @@ sweep:                        # what `mse-train sweep` searches; run and cv igno
                               # and are kept as `cut`
   refit: true                 # retrain the winner on all rows into <output.dir>-sweep/best/
   params:                     # a list = the choices; a mapping = a range; choice: {{its own keys}}
-{_sweep_params(counted)}
+{_sweep_params(counted, choice)}
 """
 
 
@@ -255,7 +259,21 @@ def _encoding(categories: dict[str, int]) -> str:
 def _model(choice: Choice) -> str:
     """The model, init, optimizer and regularization sections for `choice`."""
     why = "\n".join(f"# {line}" for line in choice.why)
-    if choice.linear:
+    if choice.network == "tabm" and not choice.linear:
+        model = f"""model:
+  type: tabm                  # {_options("model")}
+  k: {TABM_K:<24}# MLPs trained at once in one network, each on its own loss; predictions averaged
+  sharing: tabm               # {_options("model.sharing")}
+  width: {TABM_WIDTH:<20}# of each hidden layer
+  blocks: 2
+  activation: relu            # {_options("model.activation")}
+  dropout: 0.1
+  numeric_embedding: {choice.numeric_embedding}  # {_options("model.numeric_embedding")}"""
+        optimizer = f"""optimizer:
+  name: adam                  # {_options("optimizer")}
+  lr: 0.001
+  weight_decay: 0.0"""
+    elif choice.linear:
         model = f"""model:
   type: linear                # {_options("model")}"""
         optimizer = f"""optimizer:
@@ -330,23 +348,39 @@ SWEEP_SMALL = 4096  # up to this many rows, batches of 64 (a batch of 256 would 
 SWEEP_HOLDOUT_ROWS = 10_000  # above this many rows, trials are scored on the 20% validation rows
 
 
-def _sweep_params(rows: int | None) -> str:
+def _sweep_params(rows: int | None, choice: Choice = MLP) -> str:
     """The starter's search: every trial trains in a stack (packed), whatever the starter's
     model. Each model type brings its own optimizer settings, Adam for both: L-BFGS (the
     linear starter's solver) trains one model at a time and needs every row in each step.
     Two MLP widths: trials of one shape share a pack, and the packs of a batch of trials
     train one after another, so each shape more is a pack that the time limit may not reach.
-    `rows`: the table's (None: not counted, a large one)."""
+    A TabM starter (small tables only) adds TabM trials, which train one at a time: a search
+    without them could end below the starter. `rows`: the table's (None: not counted, a large one)."""
     batch = 64 if rows is not None and rows <= SWEEP_SMALL else SWEEP_BATCH
+    tabm = choice.network == "tabm" and not choice.linear
+    mlp_dropout = (
+        "\n        model.dropout: [0.0]    # the TabM starter's dropout off: MLPs with it do not pack"
+        if tabm
+        else ""
+    )
+    tabm_branch = (
+        """
+      tabm:                   # one trial at a time (TabM does not pack)
+        optimizer.name: [adam]
+        optimizer.lr: {low: 3.0e-4, high: 3.0e-3, log: true}"""
+        if tabm
+        else ""
+    )
+    comment = "both" if not tabm else "linear and MLP"
     return f"""    model.type:               # each type with settings of its own: Adam in batches for
-                              # both, so trials train side by side (L-BFGS: one at a time)
+                              # {comment}, so trials train side by side (L-BFGS: one at a time)
       linear:
         optimizer.name: [adam]
         optimizer.lr: {{low: 1.0e-3, high: 0.3, log: true}}
       mlp:
-        model.hidden: [[64, 64], [256, 256]]
+        model.hidden: [[64, 64], [256, 256]]{mlp_dropout}
         optimizer.name: [adam]
-        optimizer.lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}
+        optimizer.lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}{tabm_branch}
     regularization.l2: {{low: 1.0e-6, high: 1.0e-2, log: true}}
     train.batch_size: [{batch}]        # every trial's; trials of one shape share a pack"""
 
