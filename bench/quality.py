@@ -151,8 +151,10 @@ def starter(table: Table, train_csv: Path, work: Path) -> tuple[dict[str, Any], 
 
 def linear_sets(work: Path) -> tuple[str, ...]:
     """The `--set`s that turn quick.yaml (the MLP) into the linear model init would write:
-    its model and optimizer sections, and ridge's penalty from the rows init races on."""
+    its model and optimizer sections, every row trained on, its epochs and stopping, and
+    ridge's penalty from the rows init races on."""
     from mse_train.config import loading
+    from mse_train.config.starter import LBFGS_EPOCHS, LBFGS_PATIENCE
     from mse_train.data import prepare
     from mse_train.selection import choose, race
 
@@ -163,6 +165,9 @@ def linear_sets(work: Path) -> tuple[str, ...]:
         "model={type: linear}",
         "optimizer={name: lbfgs, lr: 1.0}",
         "train.batch_size=null",
+        "data.val_fraction=0.0",
+        f"train.epochs={LBFGS_EPOCHS}",
+        f"train.early_stopping={{patience: {LBFGS_PATIENCE}, min_delta: 0.0}}",
         f"regularization.l2={l2!r}",
     )
 
