@@ -16,10 +16,10 @@ row numbers to split.json). Then, on the same split:
     test.csv --json`;
   - linear / mlp / tabm: each candidate as init would write it, trained and scored
     the same way (the one init chose is the starter's own run; the MLP is the `init
-    --quick` config; the linear one that config with init's linear model section and
-    ridge's penalty; TabM that config with init's TabM model section, on tables where it
-    races). "better of" is the highest of the candidates' test R²s: what a perfect
-    choice between them would score;
+    --quick` config; the linear one that config with init's linear model section, every
+    row trained on (data.val_fraction 0, its epochs and patience) and ridge's penalty; TabM
+    that config with init's TabM model section, on tables where it races). "better of" is
+    the highest of the candidates' test R²s: what a perfect choice between them would score;
   - each variant in VARIANTS: the `mse-train init --quick` config (the MLP, unchecked) with
     its `--set` overrides. A variant whose key or choice the installed mse-train does not
     know is reported as n/a, not an error;
@@ -158,8 +158,10 @@ def starter(table: Table, train_csv: Path, work: Path) -> tuple[dict[str, Any], 
 
 def linear_sets(work: Path) -> tuple[str, ...]:
     """The `--set`s that turn quick.yaml (the MLP) into the linear model init would write:
-    its model and optimizer sections, and ridge's penalty from the rows init races on."""
+    its model and optimizer sections, every row trained on, its epochs and stopping, and
+    ridge's penalty from the rows init races on."""
     from mse_train.config import loading
+    from mse_train.config.starter import LBFGS_EPOCHS, LBFGS_PATIENCE
     from mse_train.data import prepare
     from mse_train.selection import choose, race
 
@@ -170,6 +172,9 @@ def linear_sets(work: Path) -> tuple[str, ...]:
         "model={type: linear}",
         "optimizer={name: lbfgs, lr: 1.0}",
         "train.batch_size=null",
+        "data.val_fraction=0.0",
+        f"train.epochs={LBFGS_EPOCHS}",
+        f"train.early_stopping={{patience: {LBFGS_PATIENCE}, min_delta: 0.0}}",
         f"regularization.l2={l2!r}",
     )
 

@@ -76,8 +76,6 @@ def main() -> None:
                 for repeat in range(args.repeats):
                     c = cfg.model_copy(deep=True)
                     c.seed = repeat
-                    if c.optimizer.name == "lbfgs" and c.train.early_stopping is not None:
-                        c.train.early_stopping.patience = choose.LBFGS_RACE_PATIENCE
                     result = cv.cross_validate(c, race.FOLDS, torch.device("cpu"), loaded=loaded)
                     r2 = cv.mean_std(result.per_fold)["r2"]["mean"]
                     scores.append(float("nan") if r2 is None else r2)

@@ -266,3 +266,100 @@ def test_float32_text_is_the_shortest_round_trip(value, text):
     from mse_train.use import predict
 
     assert predict.float32_text(value) == text
+
+
+# ------------------------------------------------- a linear model trained on every row
+def _linear_on_every_row(tmp_path: Path, rows: list[list[float]], header: list[str], **data: object) -> Path:
+    """A config that solves ridge regression on every row of `rows` (no validation rows)."""
+    table = write_csv(tmp_path / "t.csv", header, rows)
+    return write_config(
+        tmp_path / "c.yaml",
+        {"data": {"train": str(table), "target": "y", **data}, "model": {"type": "linear"},
+         "optimizer": {"name": "lbfgs"}, "regularization": {"l2": 0.01},
+         "train": {"epochs": 20, "early_stopping": {"patience": 3}},
+         "output": {"dir": str(tmp_path / "run"), "plot": False}},
+    )  # fmt: skip
+
+
+def test_a_linear_model_on_every_row_keeps_its_exact_leave_one_out_residuals(cli, tmp_path):
+    """The checkpoint's residuals are those of ridge refitted without each row in turn (in
+    the standardised inputs the run fitted on every row), in the target's units."""
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 3)) * [1.0, 5.0, 0.2] + [0.0, 3.0, -1.0]
+    y = x @ [2.0, -0.5, 4.0] + rng.normal(scale=0.7, size=60) + 10
+    rows = np.column_stack([x, y]).round(6)
+    assert cli("run", _linear_on_every_row(tmp_path, rows.tolist(), ["a", "b", "c", "y"]), "-q").code == 0
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(tmp_path / "run" / name, weights_only=True)
+        assert ckpt["residuals_from"] == "leave_one_out" and ckpt["residuals"].shape == (60, 1)
+        z = (rows[:, :3] - rows[:, :3].mean(0)) / rows[:, :3].std(0)
+        t = (rows[:, 3] - rows[:, 3].mean()) / rows[:, 3].std()
+        alpha = 0.01 * 60  # l2 x rows x targets: the mean loss's penalty, on the sum of squares
+        out = [
+            t[i] - Ridge(alpha=alpha).fit(np.delete(z, i, 0), np.delete(t, i)).predict(z[i : i + 1])[0]
+            for i in range(60)
+        ]
+        expected = np.sort(np.abs(out) * rows[:, 3].std())
+        np.testing.assert_allclose(ckpt["residuals"][:, 0].numpy(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_leave_one_out_intervals_of_the_linear_starter_cover_fresh_rows(cli, tmp_path):
+    """init's linear starter (every row trained on) gives `predict`/`eval --interval` from its
+    leave-one-out residuals: on 20,000 fresh rows of the same linear-plus-noise distribution,
+    coverage within 0.03 of each level (fixed seeds)."""
+    rng = np.random.default_rng(11)
+    beta = rng.normal(size=5)
+
+    def rows(n: int) -> list[list[float]]:
+        x = rng.normal(size=(n, 5))
+        out: list[list[float]] = (
+            np.column_stack([x, x @ beta + rng.normal(scale=0.8, size=n)]).round(6).tolist()
+        )
+        return out
+
+    header = [f"x{i}" for i in range(5)] + ["y"]
+    train = write_csv(tmp_path / "train.csv", header, rows(300))
+    fresh = write_csv(tmp_path / "fresh.csv", header, rows(20_000))
+    config = tmp_path / "lin.yaml"
+    assert cli("init", train, "-t", "y", "-o", config).code == 0
+    written = config.read_text()
+    assert "type: linear" in written and "val_fraction: 0.0" in written
+    assert cli("run", config, "-q", "--set", "output.plot=false", "-o", tmp_path / "run").code == 0
+    best = tmp_path / "run" / "best.pt"
+    for level in (0.5, 0.8, 0.9, 0.95):
+        result = cli("eval", best, fresh, "--interval", level, "--json")
+        assert result.code == 0, result
+        got = json.loads(result.stdout)["interval"]
+        assert got["residuals"] == "leave_one_out"
+        assert abs(got["coverage"] - level) <= 0.03, got
+    said = cli("eval", best, fresh, "--interval", 0.9)
+    assert "(calibrated on training rows, exact leave-one-out residuals)" in said.stdout
+    predicted = cli("predict", best, fresh, "--interval", 0.9, "-o", tmp_path / "p.csv")
+    assert predicted.code == 0, predicted
+    out = read_rows(tmp_path / "p.csv")
+    assert all(float(r["y_lo"]) < float(r["y_pred"]) < float(r["y_hi"]) for r in out)
+    refused = cli("predict", best, fresh, "--interval", 0.999)
+    assert refused.code == 2 and "calibrated on 300 (training rows, exact leave-one-out" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"data": {"weight": "w"}}, "weighted rows"),  # weighted leave-one-out: not kept
+        ({"regularization": {"l1": 0.01, "l2": 0.01}}, "not the ridge solution"),
+        ({"optimizer": {"name": "adam", "lr": 0.001}, "train": {"epochs": 2}}, "not the ridge solution"),
+    ],
+)
+def test_a_linear_model_on_every_row_without_leave_one_out_residuals_says_why(cli, tmp_path, change, words):
+    rng = np.random.default_rng(5)
+    rows = [[a, b, 1 + (i % 3), 3 * a - b + 0.1 * e] for i, (a, b, e) in enumerate(rng.normal(size=(80, 3)))]
+    config = _linear_on_every_row(tmp_path, rows, ["a", "b", "w", "y"], features=["a", "b"])
+    sets = [
+        f"{part}.{key}={json.dumps(value)}" for part, keys in change.items() for key, value in keys.items()
+    ]
+    assert cli("run", config, "-q", *[a for s in sets for a in ("--set", s)]).code == 0
+    result = cli("predict", tmp_path / "run" / "best.pt", tmp_path / "t.csv", "--interval", 0.9)
+    assert result.code == 2 and words in result.stderr and "data.val_fraction" in result.stderr, result
+    assert "Traceback" not in result.stderr

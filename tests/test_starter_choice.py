@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -10,10 +11,13 @@ import pytest
 import torch
 import yaml
 from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mse_train.config import yamlio
 from mse_train.data import prepare
-from mse_train.selection import race, ridge
+from mse_train.selection import race
+from mse_train.training import ridge
 
 from conftest import DATA, write_config, write_csv
 
@@ -84,6 +88,26 @@ def test_a_linear_table_gets_the_linear_model_and_run_reproduces_the_race(cli, t
     assert held_out == pytest.approx(ridge_r2, abs=0.01)
 
 
+def test_the_linear_starter_trains_on_every_row_and_predicts_as_ridgecv(cli, tmp_path):
+    """No rows held out (L-BFGS solves the ridge problem; no epoch to choose): the run is
+    scikit-learn's RidgeCV on the same standardised inputs, to float32 rounding."""
+    x, y = linear_rows(600, seed=3)
+    config = tmp_path / "lin.yaml"
+    assert cli("init", table(tmp_path, "lin.csv", (x[:400], y[:400])), "-t", "y", "-o", config).code == 0
+    parsed = yaml.safe_load(config.read_text())
+    assert parsed["model"] == {"type": "linear"} and parsed["data"]["val_fraction"] == 0.0
+    ran = cli("run", config, "-q", "--json", "--set", "output.plot=false", "-o", tmp_path / "run")
+    assert ran.code == 0, ran
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rows"] == {"train": 400, "val": 0} and summary["status"] == "early_stopped"
+    predicted = cli("predict", tmp_path / "run" / "best.pt", table(tmp_path, "test.csv", (x[400:], y[400:])))
+    assert predicted.code == 0, predicted
+    ours = np.loadtxt(io.StringIO(predicted.stdout), delimiter=",", skiprows=1)[:, -1]
+    theirs = make_pipeline(StandardScaler(), RidgeCV(alphas=ridge.ALPHAS)).fit(x[:400], y[:400, 0])
+    assert parsed["regularization"]["l2"] * 400 == pytest.approx(theirs[-1].alpha_, rel=0.02)  # 2 digits
+    np.testing.assert_allclose(ours, theirs.predict(x[400:]), atol=2e-3 * y.std())
+
+
 def test_a_threshold_table_gets_the_mlp_and_run_reproduces_the_race(cli, tmp_path):
     x, y = threshold_rows(900)
     text, held_out = init_run_eval(cli, tmp_path, "thr", (x[:600], y[:600]), (x[600:], y[600:]))
@@ -94,6 +118,7 @@ def test_a_threshold_table_gets_the_mlp_and_run_reproduces_the_race(cli, tmp_pat
     assert winner == "tabm" and parsed["model"]["type"] == "tabm"
     assert parsed["model"]["numeric_embedding"] == "piecewise_linear"
     assert parsed["optimizer"]["name"] == "adam" and parsed["train"]["batch_size"] == 64
+    assert parsed["data"]["val_fraction"] == 0.2  # the network's best epoch is chosen on held-out rows
     assert scores[winner] > scores["linear"] + 0.1
     assert "MLP, piecewise-linear embedding, folds packed:" in text  # the MLP's folds trained as one stack
     assert held_out == pytest.approx(scores[winner], abs=0.04)
@@ -316,11 +341,12 @@ def test_a_larger_table_gets_larger_batches_the_race_sized_for_its_sample(cli, t
     assert yaml.safe_load(quick.read_text())["train"]["batch_size"] == 128  # --quick: the same budget
 
 
-def test_the_linear_candidate_races_with_a_short_patience_and_scores_what_the_written_config_would(
-    cli, tmp_path, monkeypatch
-):
+def test_the_linear_candidate_races_as_the_written_config_trains_on_every_row(cli, tmp_path, monkeypatch):
+    """The race scores the linear model as `run` will train it: every row of each fold's
+    training rows (no validation split), stopped once L-BFGS's training loss stops falling."""
     from mse_train.config import loading
-    from mse_train.selection import choose, cv
+    from mse_train.config.starter import LBFGS_EPOCHS, LBFGS_PATIENCE
+    from mse_train.selection import cv
 
     raced = []
     real_run = race.run
@@ -334,11 +360,13 @@ def test_the_linear_candidate_races_with_a_short_patience_and_scores_what_the_wr
     assert cli("init", csv, "-t", "y", "-o", tmp_path / "lin.yaml").code == 0
     written = loading.load(tmp_path / "lin.yaml")
     short = dict(raced)["linear"]
-    assert written.train.early_stopping is not None and short.train.early_stopping is not None
-    assert written.model.type == "linear" and written.train.early_stopping.patience == 20
-    assert short.train.early_stopping.patience == choose.LBFGS_RACE_PATIENCE
+    assert written.model.type == "linear" and written.data.val_fraction == 0.0
+    assert written.train.epochs == LBFGS_EPOCHS and written.train.early_stopping is not None
+    assert written.train.early_stopping.patience == LBFGS_PATIENCE
+    for section in ("data", "model", "optimizer", "regularization", "train"):  # raced as written
+        assert getattr(short, section) == getattr(written, section), section
     loaded = prepare.load_training(written.data, written.targets)
-    folds = [cv.cross_validate(c, race.FOLDS, torch.device("cpu"), loaded=loaded) for c in (short, written)]
-    scores = [cv.mean_std(f.per_fold)["r2"]["mean"] for f in folds]
-    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+    result = cv.cross_validate(written, race.FOLDS, torch.device("cpu"), loaded=loaded)
+    assert all(e < LBFGS_EPOCHS for e in result.epochs)  # it converged and stopped early
+    scores = [cv.mean_std(result.per_fold)["r2"]["mean"]]
     assert f"{scores[0]:.4f}" in (tmp_path / "lin.yaml").read_text()  # the race's score, as written

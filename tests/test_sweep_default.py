@@ -139,22 +139,23 @@ def _init(cli: Any, tmp_path: Path, table: Path) -> Path:
     return config
 
 
-def _as_linear_starter(config: Path) -> Path:
-    """init's config with the linear starter's model: L-BFGS on every row at once."""
+def _linear_starter(cli: Any, tmp_path: Path, table: Path) -> Path:
+    """init's own config for `table` (a noisy linear one): the linear starter, L-BFGS on
+    every row at once."""
+    config = _init(cli, tmp_path, table)
     data = yaml.safe_load(config.read_text())
-    data["model"] = {"type": "linear"}
-    data["optimizer"] = {"name": "lbfgs", "lr": 1.0}
-    data["train"]["batch_size"] = None
-    linear = config.with_name("linear.yaml")
-    linear.write_text(yaml.safe_dump(data, sort_keys=False))
-    return linear
+    assert data["model"] == {"type": "linear"} and data["optimizer"]["name"] == "lbfgs"
+    assert data["data"]["val_fraction"] == 0.0
+    return config
 
 
 def test_every_trial_of_inits_sweep_trains_packed_whatever_the_starter(cli, table, tmp_path):
-    config = _init(cli, tmp_path, table)
-    text = config.read_text()
-    assert "time_limit: " in text and "the whole sweep, the refit of the winner included" in text  # stated
-    for path in (config, _as_linear_starter(config)):
+    mlp = tmp_path / "mlp.yaml"
+    assert cli("init", table, "--target", "y", "-o", mlp, "--quick").code == 0
+    linear = _linear_starter(cli, tmp_path, table)
+    for path in (mlp, linear):
+        text = path.read_text()
+        assert "time_limit: " in text and "the whole sweep, the refit of the winner included" in text
         doc = yamlio.read(path)
         cfg = load(path)
         assert cfg.sweep is not None and cfg.sweep.time_limit is not None
@@ -163,16 +164,26 @@ def test_every_trial_of_inits_sweep_trains_packed_whatever_the_starter(cli, tabl
         for values in the_space.combinations():  # every choice, each range's ends
             trial = space.trial_config(doc, path.parent, [], values, "t")[0]
             assert why_alone(trial) is None, (values, why_alone(trial))
+            # Adam in batches: validation rows to stop early, the MLP starter's epochs
+            assert trial.data.val_fraction == 0.2 and trial.train.epochs == 200
+            assert trial.train.early_stopping is not None and trial.train.early_stopping.patience == 20
             built += 1
         assert built >= 8 and {v["model.type"] for v in the_space.combinations()} == {"linear", "mlp"}
 
 
-def test_inits_sweep_runs_packed_from_a_linear_starter(cli, table, tmp_path):
-    linear = _as_linear_starter(_init(cli, tmp_path, table))
-    result = cli("sweep", linear, "--trials", "3", "--folds", "2", "--set", "train.epochs=2", "--json")
+@pytest.mark.parametrize("folds", ["2", "0"])  # 0: scored on the validation rows the trials hold out
+def test_inits_sweep_runs_packed_from_a_linear_starter_and_refits_on_every_row(cli, table, tmp_path, folds):
+    linear = _linear_starter(cli, tmp_path, table)
+    result = cli("sweep", linear, "--trials", "3", "--folds", folds, "--json")
     assert result.code == 0, result
     assert "one at a time" not in result.stderr
     assert json.loads(result.stdout)["trials"] == 3
+    rows = leaderboard(tmp_path / "runs" / "config-sweep")
+    assert {row["data.val_fraction"] for row in rows} == {"0.2"}
+    refit = tmp_path / "runs" / "config-sweep" / "best"
+    summary = json.loads((refit / "summary.json").read_text())
+    assert summary["rows"] == {"train": 200, "val": 0}  # the refit, like the starter, uses every row
+    assert cli("predict", refit / "best.pt", table).code == 0
 
 
 # ------------------------------------------------------------- time limit

@@ -101,7 +101,8 @@ Interval = Annotated[
     typer.Option(
         "--interval",
         metavar="P",
-        help="Split-conformal prediction intervals of coverage P (e.g. 0.9), from the validation rows.",
+        help="Split-conformal prediction intervals of coverage P (e.g. 0.9), from the validation rows' "
+        "residuals (a linear model trained on every row: its leave-one-out residuals).",
         show_default=False,
     ),
 ]

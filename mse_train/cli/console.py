@@ -315,10 +315,14 @@ def print_report(report: Report, title: str) -> None:
     if report.interval is not None:
         interval = report.interval
         per = interval.get("targets", {name: interval for name in report.targets})
+        from mse_train.outputs.checkpoint import RESIDUALS_FROM  # loaded by then: the eval read one
+
+        source = RESIDUALS_FROM.get(interval.get("residuals", "validation"), "validation rows")
         for name, got in per.items():
             console.print(
                 f"{interval['level']:.4g} prediction intervals for {name}: coverage "
-                f"{got['coverage']:.4f} of {n} rows, width {got['mean_width']:.6g}"
+                f"{got['coverage']:.4f} of {n} rows, width {got['mean_width']:.6g} "
+                f"(calibrated on {source})"
             )
 
 

@@ -90,6 +90,11 @@ def render(
             f"0.0           # only {rows} row{'s' if rows != 1 else ''}: too few to hold some out "
             "for validation"
         )
+    elif choice.linear:  # solved, not stopped: every row fits it
+        val_fraction = (
+            "0.0           # none held out: L-BFGS solves the ridge problem on every row, and there is\n"
+            "                              # no epoch to choose (intervals: leave-one-out residuals)"
+        )
     else:
         val_fraction = "0.2           # hold out 20% of the rows to choose the best epoch"
     folds = 5 if rows is None or rows >= MIN_ROWS_TO_HOLD_OUT else (2 if rows >= 2 else 0)
@@ -122,12 +127,10 @@ loss:
   reduction: mean             # {_options("loss.reduction")}
 
 train:
-  epochs: 200
+{_epochs(choice)}
   {_batch_size(choice, choice.rows if choice.rows is not None else counted)}
   device: auto                # auto | cpu | cuda
-  early_stopping:
-    patience: 20              # stop after 20 epochs without a better val loss
-    min_delta: 0.0
+{_early_stopping(choice)}
 
 output:
   dir: {flow(f"runs/{config_path.stem}")}
@@ -308,6 +311,36 @@ regularization:
 """
 
 
+MLP_EPOCHS = 200  # the MLP starter's epochs (and the sweep trials')
+MLP_PATIENCE = 20  # and its early stopping's patience, on validation rows
+LBFGS_EPOCHS = 20  # the linear starter's epochs: L-BFGS converged within 5 on 12 bench tables
+LBFGS_PATIENCE = 3  # epochs without a lower training loss that end the linear starter's run
+
+
+def _epochs(choice: Choice) -> str:
+    if choice.linear:  # bench: housing 3, diabetes 2, salaries 4, caschool 5, penguins 3, mpg 5
+        return (
+            f"  epochs: {LBFGS_EPOCHS:<20}# L-BFGS (20 iterations an epoch) reached its final training "
+            "loss\n                              # within 5 epochs on the bench tables; 4x that"
+        )
+    return f"  epochs: {MLP_EPOCHS}"
+
+
+def _early_stopping(choice: Choice) -> str:
+    if choice.linear:
+        return (
+            "  early_stopping:             # no validation rows: it watches the training loss\n"
+            f"    patience: {LBFGS_PATIENCE:<16}# stop after {LBFGS_PATIENCE} epochs without a lower one: "
+            "L-BFGS has converged\n"
+            "    min_delta: 0.0"
+        )
+    return (
+        "  early_stopping:\n"
+        f"    patience: {MLP_PATIENCE:<16}# stop after {MLP_PATIENCE} epochs without a better val loss\n"
+        "    min_delta: 0.0"
+    )
+
+
 def _batch_size(choice: Choice, rows: int | None) -> str:
     if choice.linear:
         return "batch_size: null            # all rows in each step, as L-BFGS needs"
@@ -355,7 +388,10 @@ def _sweep_params(rows: int | None, choice: Choice = MLP) -> str:
     Two MLP widths: trials of one shape share a pack, and the packs of a batch of trials
     train one after another, so each shape more is a pack that the time limit may not reach.
     A TabM starter (small tables only) adds TabM trials, which train one at a time: a search
-    without them could end below the starter. `rows`: the table's (None: not counted, a large one)."""
+    without them could end below the starter. `rows`: the table's (None: not counted, a
+    large one). Under the linear starter, which holds no rows out, the trials hold out the
+    MLP starter's share: Adam in batches needs validation rows to choose its epoch and stop
+    early (the refit then trains on every row)."""
     batch = 64 if rows is not None and rows <= SWEEP_SMALL else SWEEP_BATCH
     tabm = choice.network == "tabm" and not choice.linear
     mlp_dropout = (
@@ -372,6 +408,15 @@ def _sweep_params(rows: int | None, choice: Choice = MLP) -> str:
         else ""
     )
     comment = "both" if not tabm else "linear and MLP"
+    held = (
+        "\n    # the trials' own training, not the linear starter's (L-BFGS on every row): Adam needs"
+        "\n    # validation rows to stop early, and epochs; the refit, like the starter, uses every row"
+        f"\n    data.val_fraction: [{VAL_SHARE}]"
+        f"\n    train.epochs: [{MLP_EPOCHS}]"
+        f"\n    train.early_stopping.patience: [{MLP_PATIENCE}]"
+        if choice.linear
+        else ""
+    )
     return f"""    model.type:               # each type with settings of its own: Adam in batches for
                               # {comment}, so trials train side by side (L-BFGS: one at a time)
       linear:
@@ -382,7 +427,7 @@ def _sweep_params(rows: int | None, choice: Choice = MLP) -> str:
         optimizer.name: [adam]
         optimizer.lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}{tabm_branch}
     regularization.l2: {{low: 1.0e-6, high: 1.0e-2, log: true}}
-    train.batch_size: [{batch}]        # every trial's; trials of one shape share a pack"""
+    train.batch_size: [{batch}]        # every trial's; trials of one shape share a pack{held}"""
 
 
 def _number(value: float) -> str:

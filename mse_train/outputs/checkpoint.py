@@ -43,6 +43,13 @@ K_TRAINING = "training"  # Loop.state_dict(): optimizer, scheduler, progress, RN
 K_BEST = "best"  # {"epoch": int, "loss": float}
 # Optional (older checkpoints lack them):
 K_RESIDUALS = "residuals"  # |actual - predicted| of the validation rows, target units, sorted per target
+# Which rows' residuals those are: one of RESIDUALS_FROM's keys (absent: validation rows).
+K_RESIDUALS_FROM = "residuals_from"
+RESIDUALS_FROM = {
+    "validation": "validation rows",
+    "leave_one_out": "training rows, exact leave-one-out residuals",  # a linear model on every row
+    "out_of_fold": "training rows, out-of-fold residuals",  # a sweep's ensemble
+}
 K_PROFILE = "profile"  # fitting.fit's profile: each feature's training range and empty cells
 # Why the run's end stored no residuals: one of NO_RESIDUALS' keys. Absent with no residuals:
 # the checkpoint was written before its run ended (killed), or by an older mse-train.
@@ -53,6 +60,13 @@ NO_RESIDUALS = {
     "keeps no validation residuals",
     "not_finite": "the model's predictions overflowed on some validation rows, so its residuals "
     "are not finite numbers",
+    "weighted": "the linear model was trained on weighted rows (`data.weight`) without validation "
+    "rows, and leave-one-out residuals, which would stand in for them, are kept for unweighted rows only",
+    "not_solved": "the model was trained without validation rows, and its weights are not the "
+    "ridge solution that leave-one-out residuals are exact for (an L1 penalty, or training "
+    "stopped short of it)",
+    "too_large": "the model was trained without validation rows, and its training rows are too many "
+    "for exact leave-one-out residuals to be computed",
 }
 
 MIN_TORCH = (2, 6)  # earlier releases let weights_only=True be bypassed (CVE-2025-32434)
@@ -71,8 +85,10 @@ def build(
     residuals: torch.Tensor | None = None,
     profile: dict[str, Any] | None = None,
     no_residuals: str | None = None,
+    residuals_from: str = "validation",
 ) -> dict[str, Any]:
-    """Assemble a checkpoint dict; `no_residuals` says why the end of a run stored none."""
+    """Assemble a checkpoint dict; `no_residuals` says why the end of a run stored none,
+    `residuals_from` whose residuals it stored (a key of RESIDUALS_FROM)."""
     return {
         K_FORMAT: FORMAT,
         K_FORMAT_VERSION: FORMAT_VERSION,
@@ -89,6 +105,7 @@ def build(
         K_RESIDUALS: residuals,
         K_PROFILE: profile,
         K_NO_RESIDUALS: no_residuals,
+        K_RESIDUALS_FROM: residuals_from if residuals is not None else None,
     }
 
 
@@ -233,6 +250,11 @@ def _check_values(data: dict[str, Any]) -> list[str]:
     why = data.get(K_NO_RESIDUALS)
     if why is not None and why not in NO_RESIDUALS:
         problems.append(f"`{K_NO_RESIDUALS}` must be one of {', '.join(NO_RESIDUALS)}, got {_short(why)}")
+    source = data.get(K_RESIDUALS_FROM)
+    if source is not None and source not in RESIDUALS_FROM:
+        problems.append(
+            f"`{K_RESIDUALS_FROM}` must be one of {', '.join(RESIDUALS_FROM)}, got {_short(source)}"
+        )
     return problems + _check_residuals(data.get(K_RESIDUALS), len(pre.targets))
 
 

@@ -23,10 +23,14 @@ from mse_train.data.stream_fit import Streamed
 from mse_train.errors import OutputError
 from mse_train.models import inference, networks
 from mse_train.outputs import checkpoint, metrics
+from mse_train.training import ridge
 from mse_train.training.loop import Loop
 
 MLFLOW_RECORD = "mlflow.json"  # with output.mlflow: the MLflow run this folder logs into
 # What a run folder holds; a folder holding any of these is a previous run.
+# Exact leave-one-out residuals keep an [n, min(n, inputs)] float64 basis: above these, none
+LOO_MOST_SIDE = 4000  # inputs (or rows, when fewer): its eigendecomposition's side
+LOO_MOST_CELLS = 50_000_000  # rows x that side (400 MB a copy)
 RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json", "loss.png", MLFLOW_RECORD)
 
 
@@ -69,13 +73,18 @@ class Saver:
             out / "metrics.csv", metrics.columns_for(cfg.targets, prepared.val is not None)
         )
         self._best_written: int | None = None
+        self._config = cfg
+        self._ridge: ridge.Ridge | None = None  # the closed form, fitted once for best.pt and last.pt
 
     def checkpoint(self, loop: Loop, final: bool = False) -> None:
         """metrics.csv, then best.pt if it changed, then last.pt: each atomically.
 
         The `final` call, when the loop has stopped, also stores in each checkpoint the
         absolute residuals of the validation rows under its own weights, from which
-        `predict --interval` builds split-conformal intervals; best.pt is then rewritten.
+        `predict --interval` builds split-conformal intervals; best.pt is then rewritten. A
+        linear model trained on every row (no validation rows) stores instead its training
+        rows' exact leave-one-out residuals (the jackknife), where its weights are the ridge
+        solution they are exact for.
         """
         state = loop.state_dict()
         progress = loop.progress
@@ -90,19 +99,53 @@ class Saver:
         self._save("last", progress.epoch, weights, best, residuals, why, training=state)
 
     def _residuals(self, weights: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
-        """|actual - predicted| of the validation rows in the targets' units, sorted per target;
-        or None and why not (a key of checkpoint.NO_RESIDUALS)."""
+        """|actual - predicted| of the validation rows (or the leave-one-out residuals of the
+        training rows: `_leave_one_out`) in the targets' units, sorted per target; or None and
+        why not (a key of checkpoint.NO_RESIDUALS)."""
         val = self.prepared.val
-        if val is None:
-            return None, "no_validation"
-        if isinstance(val, Rows):  # streamed validation rows: no intervals (README)
-            return None, "streamed"
         model = networks.from_spec(self.model_spec)
         model.load_state_dict({k: v.detach().cpu() for k, v in weights.items()})
+        if val is None:
+            return self._leave_one_out(model)
+        if isinstance(val, Rows):  # streamed validation rows: no intervals (README)
+            return None, "streamed"
         predicted = inference.predict(model, torch.from_numpy(val.x)).numpy()
         pre = self.prepared.pre
         residuals = np.abs(pre.unscale_targets(predicted) - pre.unscale_targets(val.y))
         if not np.isfinite(residuals).all():  # weights that overflow on some row: no intervals
+            return None, "not_finite"
+        return torch.from_numpy(np.sort(residuals, axis=0)), None
+
+    def _leave_one_out(self, model: torch.nn.Module) -> tuple[torch.Tensor | None, str | None]:
+        """A linear model (`nn.Linear` on the inputs) trained on every row, unweighted: each
+        training row's residual under the fit on every other row, e_i / (1 - h_ii), with h_ii
+        the hat matrix's diagonal of the ridge problem its loss and `regularization.l2` define
+        (training/ridge.py). As with validation residuals, a new row drawn like the training
+        rows falls within the ceil((n + 1)P)-th smallest of them with probability about P
+        (the jackknife; Barber et al. 2021 bound its coverage for stable fits like ridge)."""
+        train, cfg = self.prepared.train, self._config
+        if not isinstance(model, torch.nn.Linear):
+            return None, "no_validation"
+        if isinstance(train, Rows):
+            return None, "streamed"
+        if train.w is not None:
+            return None, "weighted"
+        if cfg.regularization.l1 != 0:
+            return None, "not_solved"
+        n, p = train.x.shape
+        if min(n, p) > LOO_MOST_SIDE or n * min(n, p) > LOO_MOST_CELLS:
+            return None, "too_large"
+        y = train.y.astype(np.float64).reshape(n, -1)
+        alpha = ridge.alpha_of(cfg.regularization.l2, cfg.loss.reduction, n, y.shape[1], cfg.train.batch_size)
+        if self._ridge is None:
+            self._ridge = ridge.Ridge(train.x.astype(np.float64), y, alphas=(alpha,))
+        predicted = inference.predict(model, torch.from_numpy(train.x)).numpy().astype(np.float64)
+        loo = ridge.leave_one_out(self._ridge, y, predicted.reshape(n, -1), alpha)
+        if loo is None:
+            return None, "not_solved"
+        pre = self.prepared.pre
+        residuals = np.abs(pre.unscale_targets(y) - pre.unscale_targets(y - loo))
+        if not np.isfinite(residuals).all():
             return None, "not_finite"
         return torch.from_numpy(np.sort(residuals, axis=0)), None
 
@@ -131,6 +174,7 @@ class Saver:
                 residuals=residuals,
                 profile=self.prepared.profile,
                 no_residuals=no_residuals,
+                residuals_from="validation" if self.prepared.val is not None else "leave_one_out",
             ),
         )
 

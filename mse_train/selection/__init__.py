@@ -10,9 +10,9 @@
   storage.py  where studies live (sweep.journal, a database URL, a journal file), heartbeats, claims
   oof.py      each cross-validated trial's out-of-fold predictions, kept and checked
   ensemble.py greedy ensemble selection over them (sweep.ensemble), refit into one checkpoint
-  ridge.py    ridge regression's penalty by exact leave-one-out error (the linear starter's L2)
   race.py     the starter's candidates cross-validated on the table within a time budget
-  choose.py   `mse-train init`'s starter model: the race's winner, and comments that say why
+  choose.py   `mse-train init`'s starter model: the race's winner, and comments that say why;
+              the linear starter's L2 from ridge (training/ridge.py)
 
 Sits above recipe.py (it builds loops the way `run` does) and below cli/.
 """

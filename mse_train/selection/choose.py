@@ -7,10 +7,9 @@ The rule (the README's "The starter model"):
   leave-one-out error picks), the MLP with piecewise-linear numeric embeddings and, on
   tables of at most TABM_MOST_ROWS rows, a small TabM with the same embeddings, each
   written as init would write it and scored by 5-fold CV within `budget` seconds (the
-  networks with the batches of a table as large as the raced rows; the linear model
-  stopped after LBFGS_RACE_PATIENCE epochs without a better fold loss: L-BFGS has
-  converged by then, so it scores what 20 would, sooner). The higher mean CV R² wins
-  (the linear model on a tie); a candidate that did not finish cannot win. TabM, when it
+  networks with the batches of a table as large as the raced rows; the linear model on
+  all of each fold's training rows, as `run` trains it). The higher mean CV R² wins (the
+  linear model on a tie); a candidate that did not finish cannot win. TabM, when it
   finished, replaces the MLP in that choice: the MLP races as its stand-in, should the
   budget cut TabM. If none finished, the MLP, as `--quick` writes it.
 """
@@ -29,10 +28,10 @@ from mse_train.config.schema import Config
 from mse_train.config.starter import MLP, TABM_K, Choice
 from mse_train.data import prepare
 from mse_train.errors import UserError
-from mse_train.selection import race, ridge
+from mse_train.selection import race
+from mse_train.training import ridge
 
 CHECK_MAX_BYTES = 256 << 20  # a larger file is not read by init (it may need streaming)
-LBFGS_RACE_PATIENCE = 3  # the linear candidate's patience in the race (bench/results.md, "Speed")
 MIN_ROWS = 20  # fewer rows: no race (5 folds of 4 rows say nothing); the starter is linear
 TABM_MOST_ROWS = 2000  # TabM races on tables up to this many rows (bench/quality_results.md)
 CANDIDATES = {  # what the comments call each candidate
@@ -106,10 +105,6 @@ def starter_model(
     runtime.use_threads(cfg.train.threads)
     device = runtime.resolve_device(cfg.train.device)
     raced = [(name, config(c)) for name, c in candidates.items()]
-    for _, cfg_raced in raced:
-        stopping = cfg_raced.train.early_stopping
-        if cfg_raced.optimizer.name == "lbfgs" and stopping is not None:  # converged: same score, sooner
-            stopping.patience = min(stopping.patience, LBFGS_RACE_PATIENCE)
     entries = race.run(raced, rows, budget, device)
     # On small tables TabM, when it finished, stands for the networks: the MLP's score is one
     # network's, as noisy as the gap between them on a few hundred rows (README).
@@ -124,18 +119,18 @@ def starter_model(
     if best is None:
         return Choice(False, (*head, *_verdict(None))), None
     chosen = candidates[best.name]
-    why = (*head, *_verdict(best.name))
-    return Choice(chosen.linear, why, l2=chosen.l2, network=chosen.network), None
+    reasons = (*head, *_verdict(best.name))
+    return Choice(chosen.linear, reasons, l2=chosen.l2, network=chosen.network), None
 
 
 def ridge_l2(loaded: prepare.Loaded, cfg: Config, n: int) -> float:
     """`regularization.l2` for the linear model: ridge's penalty by leave-one-out error on
-    `loaded`, per element of the mean loss over the rows `run` trains on (of `n`)."""
+    `loaded` (preprocessed as `cfg.data` says), per element of the mean loss over the `n`
+    rows `run` trains the linear starter on: all of the table's (it holds none out)."""
     whole = prepare.whole_table(loaded, cfg.data)
     y = whole.y.astype(np.float64).reshape(len(whole.y), -1)
     alpha = ridge.Ridge(whole.x.astype(np.float64), y).alpha
-    fit_rows = n - round(n * cfg.data.val_fraction)
-    return alpha / (max(fit_rows, 1) * y.shape[1])
+    return alpha / (max(n, 1) * y.shape[1])
 
 
 def _line(entry: race.Entry, stand_in: bool = False) -> str:

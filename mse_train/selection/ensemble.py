@@ -188,6 +188,7 @@ def refit(
             {"epoch": max(epochs), "loss": None},
             residuals=torch.from_numpy(selection.residuals),
             profile=prepared.profile,
+            residuals_from="out_of_fold",
         )
         checkpoint.save(out / "best.pt", ckpt)
         described = [

@@ -111,7 +111,7 @@ def run(
     else:
         n_trials = options.trials or sweep.trials
     space.check_trials(doc, base, overrides, the_space, name)
-    if folds == 0 and cfg.data.val is None and cfg.data.val_fraction == 0:
+    if folds == 0 and cfg.data.val is None and cfg.data.val_fraction == 0 and not _holds_out(the_space):
         raise ConfigError(
             f"{doc.source}: the sweep scores trials on validation rows, but the config has none",
             ["set `sweep.folds: 5` for cross-validation, or `data.val_fraction: 0.2`"],
@@ -364,6 +364,15 @@ def require_optuna() -> None:
             "mse-train sweep needs Optuna, which is not installed",
             ["pip install 'mse-train[sweep]'"],
         ) from None
+
+
+def _holds_out(the_space: space.Space) -> bool:
+    """Every trial holds validation rows out: the sweep sets `data.val_fraction` above 0
+    (as init's sweep of a linear starter does, which trains on every row itself)."""
+    swept = the_space.flat().get("data.val_fraction")
+    if isinstance(swept, list):
+        return bool(swept) and all(isinstance(v, int | float) and v > 0 for v in swept)
+    return swept is not None and swept.low > 0
 
 
 def _values_of(the_study: Any, number: int, the_space: space.Space) -> dict[str, Any]:

@@ -20,6 +20,8 @@ The stack (K >= 1), an accelerator for many small models:
 
 Around them:
   optimizers.py  OPTIMIZERS and SCHEDULERS registries
+  ridge.py       the linear model's closed-form solution (ridge regression) and its exact
+                 leave-one-out residuals: init's L2 penalty, a linear run's intervals
   precision.py   `train.precision` on CUDA: TF32 switches, bf16 autocast of the forward pass
   footprint.py   the memory a config needs, checked before anything is allocated
   rng.py         seeding, and generator states as checkpoint-safe data

@@ -214,7 +214,9 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: flo
         y_pred,
         None
         if half is None
-        else intervals.coverage(y_true, y_pred, half, float(interval or 0), pre.target_names),
+        else intervals.coverage(
+            y_true, y_pred, half, float(interval or 0), pre.target_names, intervals.residuals_from(ckpt)
+        ),
         watch.findings() if watch is not None else [],
         weight if sums.weighted else None,
     )

@@ -1,7 +1,10 @@
 """Prediction intervals: split-conformal, from the validation rows' residuals.
 
 At the end of `run`, each checkpoint stores the absolute residuals |actual - predicted| of
-the validation rows under its own weights, in the targets' units (outputs/run_folder.py).
+the validation rows under its own weights, in the targets' units (outputs/run_folder.py);
+a linear model trained on every row stores its training rows' exact leave-one-out
+residuals instead (the jackknife), and a sweep's ensemble its out-of-fold residuals: the
+checkpoint says which (`residuals_from`), and the messages here name them.
 For a level P and n residuals, the half-width is the ceil((n + 1) P)-th smallest of them:
 if the new rows are drawn like the validation rows, the interval prediction ± half-width
 holds the actual value with probability at least P (and less than P + 1/(n + 1)), per
@@ -42,17 +45,31 @@ def half_widths(ckpt_path: Path, ckpt: dict[str, Any], level: float) -> np.ndarr
     sorted_residuals = residuals.numpy()
     n = len(sorted_residuals)
     if _rank(n, level) > n:
+        source = residuals_from(ckpt)
+        rows = "validation rows" if source == "validation" else "rows"
         raise UserError(
-            f"--interval {level:g} needs at least {_rows_needed(level)} validation rows; "
-            f"{ckpt_path} was calibrated on {n}",
+            f"--interval {level:g} needs at least {_rows_needed(level)} {rows}; "
+            f"{ckpt_path} was calibrated on {n} ({checkpoint.RESIDUALS_FROM[source]})",
             [f"{n} rows allow levels up to {n / (n + 1):.4g}; or hold out more validation rows"],
         )
     out: np.ndarray = sorted_residuals[_rank(n, level) - 1]
     return out
 
 
+def residuals_from(ckpt: dict[str, Any]) -> str:
+    """Whose residuals calibrate the checkpoint's intervals: a key of checkpoint.RESIDUALS_FROM
+    (validation rows where the checkpoint does not say: it was written before it could)."""
+    source = ckpt.get(checkpoint.K_RESIDUALS_FROM)
+    return source if isinstance(source, str) and source in checkpoint.RESIDUALS_FROM else "validation"
+
+
+_HOLD_OUT = "set `data.val` (a CSV) or `data.val_fraction` (e.g. 0.2) and train again"
 _FIXES = {
-    "no_validation": "set `data.val` (a CSV) or `data.val_fraction` (e.g. 0.2) and train again",
+    "no_validation": _HOLD_OUT,
+    "weighted": _HOLD_OUT,
+    "not_solved": "train it to the ridge solution (`optimizer.name: lbfgs`, `train.batch_size: null`, "
+    f"`regularization.l1: 0`), or {_HOLD_OUT}",
+    "too_large": _HOLD_OUT,
     "streamed": "train it in memory: raise `data.memory_budget` above the table's size (or train "
     "on fewer rows) and run again",
     "not_finite": "train a model whose predictions stay finite (a lower `optimizer.lr`, "
@@ -88,9 +105,15 @@ def _rows_needed(level: float) -> int:
 
 
 def coverage(
-    actual: np.ndarray, predicted: np.ndarray, half: np.ndarray, level: float, names: list[str]
+    actual: np.ndarray,
+    predicted: np.ndarray,
+    half: np.ndarray,
+    level: float,
+    names: list[str],
+    source: str = "validation",
 ) -> dict[str, Any]:
-    """Share of rows whose actual value lies in its interval, and the mean width, per target."""
+    """Share of rows whose actual value lies in its interval, and the mean width, per target;
+    `source`: whose residuals calibrated them (`residuals_from`)."""
     inside = np.abs(actual - predicted) <= half
     per = {
         name: {"coverage": float(inside[:, j].mean()), "mean_width": float(2 * half[j])}
@@ -100,6 +123,7 @@ def coverage(
         "level": level,
         "coverage": float(inside.mean()),
         "mean_width": float(np.mean(2 * half)),
+        "residuals": source,
     }
     if len(names) > 1:
         out["targets"] = per
