@@ -33,7 +33,8 @@ from mse_train.training import ridge
 
 CHECK_MAX_BYTES = 256 << 20  # a larger file is not read by init (it may need streaming)
 MIN_ROWS = 20  # fewer rows: no race (5 folds of 4 rows say nothing); the starter is linear
-TABM_MOST_ROWS = 2000  # TabM races on tables up to this many rows (bench/quality_results.md)
+TABM_MOST_ROWS = 600  # TabM races on tables up to this many rows: its 5 unpacked folds took 9-28 s on
+# 157-410 rows and were cut by the 60 s budget on 772 (bench/quality_results.md, "TabM")
 CANDIDATES = {  # what the comments call each candidate
     "linear": "linear, L-BFGS (ridge)",
     "mlp": "MLP, piecewise-linear embedding",
