@@ -138,7 +138,7 @@ def _line(entry: race.Entry, stand_in: bool = False) -> str:
     name = f"{CANDIDATES[entry.name]}{', folds packed' if entry.packed else ''}:"
     score = f"{entry.r2:.4f}" if entry.r2 is not None else entry.note
     aside = ", TabM's stand-in" if stand_in else ""
-    return f"  {name:<52} {score} ({entry.seconds:.1f} s{aside})"
+    return f"  {name:<52} {score} ({entry.seconds:.1f} s){aside}"
 
 
 def _verdict(name: str | None) -> tuple[str, ...]:
