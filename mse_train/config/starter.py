@@ -262,7 +262,14 @@ def _encoding(categories: dict[str, int]) -> str:
 def _model(choice: Choice) -> str:
     """The model, init, optimizer and regularization sections for `choice`."""
     why = "\n".join(f"# {line}" for line in choice.why)
-    if choice.network == "tabm" and not choice.linear:
+    if choice.linear:
+        model = f"""model:
+  type: linear                # {_options("model")}"""
+        optimizer = f"""optimizer:
+  name: lbfgs                 # whole-table steps solve a linear model to convergence; {_options("optimizer")}
+  lr: 1.0"""
+        return _sections(why, model, optimizer, choice.l2)
+    if choice.network == "tabm":
         model = f"""model:
   type: tabm                  # {_options("model")}
   k: {TABM_K:<24}# MLPs trained at once in one network, each on its own loss; predictions averaged
@@ -272,16 +279,6 @@ def _model(choice: Choice) -> str:
   activation: relu            # {_options("model.activation")}
   dropout: 0.1
   numeric_embedding: {choice.numeric_embedding}  # {_options("model.numeric_embedding")}"""
-        optimizer = f"""optimizer:
-  name: adam                  # {_options("optimizer")}
-  lr: 0.001
-  weight_decay: 0.0"""
-    elif choice.linear:
-        model = f"""model:
-  type: linear                # {_options("model")}"""
-        optimizer = f"""optimizer:
-  name: lbfgs                 # whole-table steps solve a linear model to convergence; {_options("optimizer")}
-  lr: 1.0"""
     else:
         model = f"""model:
   type: mlp                   # {_options("model")}
@@ -289,10 +286,15 @@ def _model(choice: Choice) -> str:
   activation: relu            # {_options("model.activation")}
   dropout: 0.0
   numeric_embedding: {choice.numeric_embedding}  # {_options("model.numeric_embedding")}"""
-        optimizer = f"""optimizer:
+    optimizer = f"""optimizer:
   name: adam                  # {_options("optimizer")}
   lr: 0.001
   weight_decay: 0.0"""
+    return _sections(why, model, optimizer, choice.l2)
+
+
+def _sections(why: str, model: str, optimizer: str, l2: float) -> str:
+    """The model, init, optimizer and regularization sections around `model` and `optimizer`."""
     return f"""{why}
 {model}
 
@@ -307,7 +309,7 @@ scheduler:
 
 regularization:
   l1: 0.0                     # added to the loss: l1 * sum|w| over weights
-  l2: {_number(choice.l2):<24}# added to the loss: l2 * sum w^2 over weights
+  l2: {_number(l2):<24}# added to the loss: l2 * sum w^2 over weights
 """
 
 
