@@ -336,12 +336,31 @@ def test_a_read_only_store_prints_only_our_message(small_config, tmp_path, exper
     writable.create_experiment("existing")
     read_only = f"sqlite:///file:{database}?mode=ro&uri=true"  # read-only even for root
     cfg = small_config(output={"mlflow": True, "mlflow_experiment": experiment})
-    done = run_process("run", cfg, env={**os.environ, "MLFLOW_TRACKING_URI": read_only})
+    here = tmp_path / "here"  # MLflow makes a folder "file:" for SQLite's URI form, wherever it runs
+    here.mkdir()
+    done = run_process("run", cfg, env={**os.environ, "MLFLOW_TRACKING_URI": read_only}, cwd=here)
     assert done.returncode == 2, done
     assert done.stderr.startswith("error: "), done.stderr
     assert "readonly database" in done.stderr and "read-only: make both writable" in done.stderr
     assert "[SQL:" not in done.stderr and "raised as a result" not in done.stderr
     assert not (tmp_path / "run" / "best.pt").exists()  # stopped before training
+
+
+@pytest.mark.parametrize(
+    ("uri", "database"),
+    [
+        ("sqlite:////data/mlflow.db", "/data/mlflow.db"),
+        ("sqlite:///runs/mlflow.db", "runs/mlflow.db"),
+        ("sqlite:///file:/data/mlflow.db?mode=ro&uri=true", "/data/mlflow.db"),
+        ("sqlite:///file:///data/mlflow.db?uri=true", "/data/mlflow.db"),
+        ("sqlite:///:memory:", None),
+        ("postgresql://host/db", None),
+    ],
+)
+def test_the_artifact_folder_goes_beside_the_sqlite_file_in_either_form(uri, database):
+    from mse_train.outputs.mlflow_log import _sqlite_file
+
+    assert _sqlite_file(uri) == (None if database is None else Path(database))
 
 
 # ------------------------------------------------------------------ the MLflow Model

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -103,9 +104,10 @@ def _create_experiment(client: Any, name: str, uri: str) -> str:
     # With a local SQLite store MLflow would put artifacts in ./mlruns of whichever folder a
     # run starts from; beside the database, the store is one folder wherever runs start.
     location = None
-    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+    database = _sqlite_file(uri)
+    if database is not None:
         folder = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / folder).resolve().as_uri()
+        location = (database.parent / "mlruns" / folder).resolve().as_uri()
     try:
         return str(client.create_experiment(name, artifact_location=location))
     except Exception:
@@ -113,6 +115,18 @@ def _create_experiment(client: Any, name: str, uri: str) -> str:
         if found is None:
             raise
         return str(found.experiment_id)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, also in SQLite's URI form
+    (`sqlite:///file:PATH?mode=ro&uri=true`, which read it as a folder named `file:`);
+    None for another store or an in-memory one."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if database.startswith("file:"):
+        database = urllib.parse.urlparse(database).path
+    return Path(database) if database and database != ":memory:" and "mode=memory" not in uri else None
 
 
 class Store:
