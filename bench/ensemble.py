@@ -1,16 +1,22 @@
-"""Test R² of a sweep's ensemble (sweep.ensemble) against its best single trial and the
-scikit-learn references, on real tables, side by side on the same splits.
+"""Test R² of a sweep's refit ensemble (sweep.ensemble, sweep.refit_seeds) against its best
+single trial and the references, on real tables, side by side on the same splits.
 
     .venv/bin/python bench/ensemble.py                                  # concrete, diabetes; 2 splits
     .venv/bin/python bench/ensemble.py --tables concrete --splits 3 --trials 16 --ensemble 20
+    .venv/bin/python bench/ensemble.py --config starter --ensemble 0 --seeds 5   # init's own sweep
 
 For each table and split (bench/quality.py's seeded 75/25 split, seeds 0, 1, ...):
-  - `mse-train init --quick` on the training rows (the MLP starter and the sweep section
-    init writes), with `sweep.trials`, `sweep.ensemble` set from the options;
-  - `mse-train sweep` with its refit: the ensemble's checkpoint, ensemble/best.pt;
+  - `mse-train init` on the training rows: `--config quick` sweeps `init --quick`'s config
+    (the MLP starter and the sweep section init writes), `--config starter` the config init
+    writes (the race's winner, its sweep section and its budget, `sweep.time_limit`);
+    `sweep.ensemble` and `sweep.refit_seeds` set from the options, and `sweep.trials` with
+    --trials;
+  - `mse-train sweep` with its refit: the ensemble's checkpoint, ensemble/best.pt (the chosen
+    trials, or the winner alone with --ensemble 0, each trained --seeds times);
   - `mse-train run best.yaml`: the sweep's best single trial on all training rows, as the
     sweep without an ensemble refits it (the same trials: one sweep serves both);
-  - the references of bench/references.py (RidgeCV, HistGradientBoosting, MLPRegressor).
+  - the references of bench/references.py (RidgeCV, HistGradientBoosting, LightGBM, XGBoost,
+    MLPRegressor).
 Every mse-train number is `mse-train eval ... test.csv --json` on the held-out rows. The
 out-of-fold MSE of the ensemble and of the best trial come from the sweep's ensemble.json.
 """
@@ -42,13 +48,14 @@ def _r2(ckpt: Path, test_csv: Path) -> float:
     return float(json.loads(done.stdout)["r2"])
 
 
-def measure(name: str, seed: int, trials: int, steps: int) -> dict[str, Any]:
+def measure(name: str, seed: int, trials: int | None, steps: int, seeds: int, base: str) -> dict[str, Any]:
     table = TABLES[name]
     work = WORK.parent / "ensemble" / f"{name}-split{seed}"
     train_csv, test_csv = split(table, work, seed)
-    config, _ = starter(table, train_csv, work)
-    sets = [f"sweep.trials={trials}", f"sweep.ensemble={steps}", *table.sets]
-    args: list[str | Path] = ["sweep", work / "quick.yaml", "-o", work / "sweep", "--json", "-q"]
+    config, chose = starter(table, train_csv, work)
+    sets = [f"sweep.ensemble={steps}", f"sweep.refit_seeds={seeds}", *table.sets]
+    sets += [f"sweep.trials={trials}"] if trials is not None else []
+    args: list[str | Path] = ["sweep", work / f"{base}.yaml", "-o", work / "sweep", "--json", "-q"]
     for item in sets:
         args += ["--set", item]
     started = time.perf_counter()
@@ -56,7 +63,8 @@ def measure(name: str, seed: int, trials: int, steps: int) -> dict[str, Any]:
     sweep_seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"sweep on {name}: {done.stderr.strip()[-500:]}")
-    chosen = json.loads(done.stdout)["ensemble"]
+    found = json.loads(done.stdout)
+    chosen = found["ensemble"]
     single = _cli("run", work / "sweep" / "best.yaml", "-q", "--overwrite")
     if single.returncode != 0:
         raise RuntimeError(f"run best.yaml on {name}: {single.stderr.strip()[-300:]}")
@@ -68,6 +76,8 @@ def measure(name: str, seed: int, trials: int, steps: int) -> dict[str, Any]:
         "best_trial": _r2(work / "sweep" / "best" / "best.pt", test_csv),
         "refs": {k: refs[k].r2 for k in REFERENCES},
         "members": len(chosen["members"]),
+        "trials": found["trials"],  # on the leaderboard (cut ones too)
+        "starter": chose,
         "oof_ensemble": chosen["oof_mse"],
         "oof_best": chosen["best_trial"]["oof_mse"],
         "sweep_seconds": sweep_seconds,
@@ -78,27 +88,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default="concrete,diabetes")
     parser.add_argument("--splits", type=int, default=2)
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--ensemble", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=16, help="sweep.trials; 0 = the config's own")
+    parser.add_argument("--ensemble", type=int, default=20, help="sweep.ensemble (0: the winner alone)")
+    parser.add_argument("--seeds", type=int, default=1, help="sweep.refit_seeds")
+    parser.add_argument("--config", choices=("quick", "starter"), default="quick")
     args = parser.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}", flush=True)
     print(
         "| table | split | ensemble R² | best trial R² | best reference R² (which) | members | "
-        "OOF MSE ensemble / best trial | sweep s |",
+        "OOF MSE ensemble / best trial | trials | sweep s |",
         flush=True,
     )
-    print("|---|---|---|---|---|---|---|---|", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     rows = []
     for name in args.tables.split(","):
         for seed in range(args.splits):
-            row = measure(name, seed, args.trials, args.ensemble)
+            trials = args.trials or None
+            row = measure(name, seed, trials, args.ensemble, args.seeds, args.config)
             rows.append(row)
             refs = {k: v for k, v in row["refs"].items() if v is not None}
             best = max(refs, key=lambda k: refs[k])
             print(
                 f"| {name} | {seed} | {row['ensemble']:.4f} | {row['best_trial']:.4f} | "
                 f"{refs[best]:.4f} ({best}) | {row['members']} | "
-                f"{row['oof_ensemble']:.4g} / {row['oof_best']:.4g} | {row['sweep_seconds']:.0f} |",
+                f"{row['oof_ensemble']:.4g} / {row['oof_best']:.4g} | {row['trials']} | "
+                f"{row['sweep_seconds']:.0f} |",
                 flush=True,
             )
     gain = [r["ensemble"] - r["best_trial"] for r in rows]

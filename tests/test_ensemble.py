@@ -219,3 +219,43 @@ def test_a_single_model_checkpoint_is_written_as_before_without_an_ensemble(cli,
     spec = torch.load(found["checkpoint"], weights_only=True)["model"]
     assert spec["type"] == "mlp" and "members" not in spec
     assert yaml.safe_load((tmp_path / "sw" / "best" / "config.yaml").read_text())["model"]["type"] == "mlp"
+
+
+# ------------------------------------------------------------------ sweep.refit_seeds
+def test_refit_seeds_train_the_winner_once_per_seed_into_one_checkpoint_of_their_mean(cli, tmp_path):
+    table = _table(tmp_path)
+    cfg = _config(tmp_path, table, ensemble=0, refit_seeds=3, params={"optimizer.lr": [0.01, 0.05]})
+    out = tmp_path / "sw"
+    result = cli("sweep", cfg, "-o", out, "--json")
+    assert result.code == 0, result
+    found = json.loads(result.stdout)
+    best = found["best"]["trial"]
+    assert found["checkpoint"] == str(out / "ensemble" / "best.pt") and not (out / "best").exists()
+    assert found["ensemble"]["members"] == [{"trial": best, "count": 1, "weight": 1.0}]
+    assert found["ensemble"]["seeds"] == 3
+    assert "the ensemble's 1 distinct trial(s) x 3 seeds train on all training rows" in result.stderr
+    trained = json.loads((out / "ensemble" / "ensemble.json").read_text())["trained"]
+    assert [(m["trial"], m["seed"]) for m in trained] == [(best, 0), (best, 1), (best, 2)]
+    assert [m["weight"] for m in trained] == pytest.approx([1 / 3] * 3)
+    mixed = _predictions(cli, out / "ensemble" / "best.pt", table, tmp_path / "mix.csv")
+    alone = []
+    for member in trained:
+        config = member["config"]
+        config["output"]["dir"] = str(tmp_path / f"s{member['seed']}")
+        assert cli("run", write_config(tmp_path / f"s{member['seed']}.yaml", config)).code == 0
+        alone.append(_predictions(cli, tmp_path / f"s{member['seed']}" / "best.pt", table, tmp_path / "p.csv"))
+    assert not np.allclose(alone[0], alone[1], atol=1e-3)  # another seed, another model
+    np.testing.assert_allclose(mixed, np.mean(alone, axis=0), rtol=1e-4, atol=1e-5)
+    report = json.loads(cli("eval", out / "ensemble" / "best.pt", table, "--json", "--interval", "0.8").stdout)
+    assert 0.6 <= report["interval"]["coverage"] <= 1.0  # the winner's out-of-fold residuals
+    shown = cli("sweep", cfg, "-o", out, "--report")
+    assert f"ensemble: trial {best} (1/1), each refit with 3 seeds;" in shown.stderr
+
+
+def test_refit_seeds_need_out_of_fold_residuals(cli, tmp_path):
+    cfg = _config(tmp_path, _table(tmp_path), folds=0, ensemble=0, refit_seeds=5)
+    result = cli("sweep", cfg, "-o", tmp_path / "sw")
+    assert result.code == 2
+    assert "sweep.refit_seeds is 5, but the trials are scored on validation rows (folds 0)" in result.stderr
+    assert "set `sweep.folds: 5` (or --folds 5), or `sweep.refit_seeds: 1`" in result.stderr
+    assert not (tmp_path / "sw").exists()

@@ -236,7 +236,7 @@ def test_the_time_limit_keeps_the_refits_time_so_a_costly_refit_cuts_the_search(
     # first epoch it sees, not train its 40 epochs and then start a refit the limit cannot hold.
     from mse_train.selection import budget
 
-    def very_slow(cfg: Any, prepared: Any, device: Any) -> float:
+    def very_slow(cfg: Any, prepared: Any, device: Any, copies: int = 1, pack: bool = True) -> float:
         return 1.0e6 / len(prepared.train)
 
     monkeypatch.setattr(budget, "seconds_per_row", very_slow)

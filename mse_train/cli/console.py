@@ -407,8 +407,10 @@ def print_ensemble(console: Console, chosen: dict[str, Any]) -> None:
     """`sweep`'s ensemble (sweep.ensemble): its trials and weights, its score beside the winner's."""
     mix = ", ".join(f"{m['trial']} ({m['count']}/{chosen['steps']})" for m in chosen["members"])
     best = chosen["best_trial"]
+    seeds = chosen.get("seeds", 1)
+    each = f", each refit with {seeds} seeds" if seeds > 1 else ""
     console.print(
-        f"ensemble: trial {mix}; out-of-fold MSE {chosen['oof_mse']:.6g}, "
+        f"ensemble: trial {mix}{each}; out-of-fold MSE {chosen['oof_mse']:.6g}, "
         f"best single trial ({best['trial']}) {best['oof_mse']:.6g}"
     )
 

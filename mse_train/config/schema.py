@@ -679,6 +679,16 @@ class SweepConfig(Section):
         "weighted by times chosen / N. 0 = off, the default: on bench tables it lowered the "
         "out-of-fold MSE, but the held-out one on 2 of 5 splits (bench/results.md).",
     )
+    refit_seeds: Annotated[Int, Field(ge=1, le=100)] = Field(
+        1,
+        description="The refit trains each model it refits (the winner, or each of `ensemble`'s "
+        "trials) this many times, with seeds seed, seed + 1, ... (each its own initial weights and "
+        "batch order; side by side in one stack where they pack), into one checkpoint, "
+        "<sweep folder>/ensemble/best.pt, predicting their mean (needs `folds` >= 2: its intervals "
+        "come from the out-of-fold residuals). 1 = one training each, the winner into best/. "
+        "init writes 5 where its sweep uses folds: measured, the mean of 5 seeds beat one on every "
+        "table and split tried (bench/results.md).",
+    )
     storage: Str | None = Field(
         None,
         description="Where the study lives, shared by every worker: an Optuna database URL "

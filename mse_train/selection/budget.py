@@ -42,12 +42,24 @@ def shape_key(cfg: Config) -> str:
     )
 
 
-def seconds_per_row(cfg: Config, prepared: Prepared, device: torch.device) -> float:
+def seconds_per_row(
+    cfg: Config, prepared: Prepared, device: torch.device, copies: int = 1, pack: bool = True
+) -> float:
     """One model of `cfg` trained alone (as `run` trains it): seconds per training row and
-    epoch, timed on a few of its batches."""
+    epoch, timed on a few of its batches. `copies` > 1: that many, seeded apart, as the
+    refit trains sweep.refit_seeds' copies (side by side in one stack where they pack)."""
     from mse_train import recipe
+    from mse_train.training.loop import Loop
+    from mse_train.training.stack import Stack, pack_key
 
-    loop = recipe.build_loop(cfg, prepared, device)
+    if copies > 1 and not (pack and pack_key(cfg) is not None):
+        return copies * seconds_per_row(cfg, prepared, device)
+    if copies > 1:
+        cfgs = [cfg.model_copy(update={"seed": cfg.seed + j}) for j in range(copies)]
+        builts = [recipe.build_one(c, prepared, device) for c in cfgs]
+        loop = Loop(Stack(builts, device), [recipe.member(c, prepared, device) for c in cfgs])
+    else:
+        loop = recipe.build_loop(cfg, prepared, device)
     batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))
     seen, timed, start = 0, 0, 0.0
 
@@ -78,6 +90,7 @@ class Budget:
 
     deadline: float | None
     members: int = 1
+    copies: int = 1  # sweep.refit_seeds: each member trains this many times (per_row holds them all)
     read_seconds: float = 0.0  # reading and preparing the table, as the refit does again
     per_row: dict[str, float] = field(default_factory=dict)  # by shape_key
     best: float = 0.0  # seconds to refit the best trial told so far

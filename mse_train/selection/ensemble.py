@@ -9,10 +9,13 @@ number of times it was chosen over the steps. Only trials whose predictions are 
 winner's data (the same `data:` section and targets, so one preprocessing serves them all)
 take part.
 
-Refit: each chosen trial trains on all training rows as `best.yaml` would, those that pack
-side by side in one stack (training/stack/); the checkpoint holds the members as one
-`networks.WeightedMean`, its intervals calibrated on the residuals of the ensemble's
-out-of-fold predictions (rows that no member's fold trained on).
+With `sweep.refit_seeds` S > 1 and no `sweep.ensemble`, the selection is the winner alone.
+
+Refit: each chosen trial trains on all training rows as `best.yaml` would, S times with
+seeds seed, seed + 1, ... (weight: its trial's / S), those that pack side by side in one
+stack (training/stack/); the checkpoint holds the members as one `networks.WeightedMean`,
+its intervals calibrated on the residuals of the ensemble's out-of-fold predictions (rows
+that no member's fold trained on; of one seed each, so the seeds' mean can only do better).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Selection:
     candidates: int
     residuals: np.ndarray = field(repr=False)  # |y - ensemble's out-of-fold prediction|, sorted per target
     left_out: list[int] = field(default_factory=list)  # trials whose predictions' file is gone
+    seeds: int = 1  # sweep.refit_seeds: each chosen trial's trainings in the refit
 
     def weights(self) -> dict[int, float]:
         return {trial: count / self.steps for trial, count in self.counts.items()}
@@ -87,6 +91,7 @@ class Selection:
             "best_trial": {"trial": self.best_trial, "oof_mse": self.best_score},
             "candidates": self.candidates,
             "left_out": self.left_out,
+            "seeds": self.seeds,
         }
 
 
@@ -99,9 +104,11 @@ def select(
     fix: str,
     note: Callable[[str], None],
     w: np.ndarray | None = None,
+    seeds: int = 1,
 ) -> Selection | None:
-    """The ensemble of the study's trials, or None (said in a note) when the winner kept no
-    out-of-fold predictions. A file that does not match its trial's record is refused."""
+    """The ensemble of the study's trials (`steps` 0: the winner alone, for `seeds`), or None
+    (said in a note) when the winner kept no out-of-fold predictions. A file that does not
+    match its trial's record is refused."""
     results = {t.number: worker.result_of(t) for t in the_study.get_trials(deepcopy=False)}
     record = (results.get(best_trial) or {}).get(oof.KEY)
     if not isinstance(record, dict):
@@ -128,7 +135,10 @@ def select(
         shown = ", ".join(map(str, left_out))
         note(f"trial(s) {shown} left out of the ensemble: their out-of-fold predictions are gone")
     predictions = np.stack(arrays)
-    counts = greedy(predictions, y_true, steps, w)
+    if steps:
+        counts = greedy(predictions, y_true, steps, w)
+    else:
+        steps, counts = 1, [int(number == best_trial) for number in numbers]
     mixed = np.tensordot(np.array(counts, dtype=np.float64) / steps, predictions, axes=1)
     best = predictions[numbers.index(best_trial)]
     return Selection(
@@ -140,6 +150,7 @@ def select(
         len(numbers),
         np.sort(np.abs(y_true - mixed), axis=0),
         left_out,
+        seeds,
     )
 
 
@@ -155,17 +166,20 @@ def refit(
     pack: bool,
     note: Callable[[str], None],
 ) -> Path:
-    """Train each chosen trial's refit config (`members`, by trial) on all training rows and
-    write their weighted mean as one checkpoint, `out`/best.pt; returns its path."""
-    numbers = sorted(members)
-    cfgs = [members[n] for n in numbers]
+    """Train each chosen trial's refit config (`members`, by trial) on all training rows,
+    once per seed, and write their weighted mean as one checkpoint, `out`/best.pt; returns
+    its path."""
+    numbers = [n for n in sorted(members) for _ in range(selection.seeds)]
+    cfgs = [_seeded(members[n], j % selection.seeds) for j, n in enumerate(numbers)]
     first = cfgs[0]
     prepared = prepare.prepare(first.data, first.targets, first.seed)
     fsio.ensure_writable_dir(out)
     with run_folder.lock(out):
         fix = f"the best single trial trains with: mse-train run {out.parent / 'best.yaml'}"
-        modules, epochs = _train(cfgs, prepared, device, pack, fix, note)
-        weights = [selection.weights()[n] for n in numbers]
+        trials = f"{len(members)} distinct trial(s)"
+        what = trials if selection.seeds == 1 else f"{trials} x {selection.seeds} seeds"
+        modules, epochs = _train(cfgs, prepared, device, pack, fix, note, what)
+        weights = [selection.weights()[n] / selection.seeds for n in numbers]
         model = networks.WeightedMean(modules, weights).cpu()
         specs = [
             networks.spec(
@@ -192,11 +206,20 @@ def refit(
         )
         checkpoint.save(out / "best.pt", ckpt)
         described = [
-            {"trial": n, "weight": w, "epochs": e, "config": config.to_dict(c)}
+            {"trial": n, "seed": c.seed, "weight": w, "epochs": e, "config": config.to_dict(c)}
             for n, w, e, c in zip(numbers, weights, epochs, cfgs, strict=True)
         ]
         metrics.write_json(out / REPORT, {**selection.as_json(), "trained": described})
     return out / "best.pt"
+
+
+def _seeded(cfg: Config, offset: int) -> Config:
+    """`cfg` with its seed moved by `offset` (0: itself): other initial weights and batches."""
+    if offset == 0:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.seed += offset
+    return cfg
 
 
 def _train(
@@ -206,6 +229,7 @@ def _train(
     pack: bool,
     fix: str,
     note: Callable[[str], None],
+    what: str,
 ) -> tuple[list[torch.nn.Module], list[int]]:
     """Each config trained on `prepared`: those with one pack key side by side in a stack."""
     groups: dict[str | None, list[int]] = {}
@@ -213,7 +237,7 @@ def _train(
         groups.setdefault(pack_key(cfg) if pack else None, []).append(i)
     stacks = [len(g) for key, g in groups.items() if key is not None and len(g) > 1]
     how = f" ({' + '.join(map(str, stacks))} side by side)" if stacks else ""
-    note(f"the ensemble's {len(cfgs)} distinct trial(s) train on all training rows{how}")
+    note(f"the ensemble's {what} train on all training rows{how}")
     modules: dict[int, torch.nn.Module] = {}
     epochs: dict[int, int] = {}
     with signals.on_signals() as stop:
@@ -245,5 +269,8 @@ def _check(status: Status, ends: list[tuple[Status, int, str]], fix: str) -> Non
         if end is Status.DIVERGED:
             raise TrainingDiverged(
                 f"a member of the ensemble diverged at epoch {epoch} on all training rows: {reason}",
-                ["set sweep.ensemble: 0 to refit the best trial alone, or narrow the sweep's ranges"],
+                [
+                    "set sweep.ensemble: 0 and sweep.refit_seeds: 1 to refit the best trial alone "
+                    "once, or narrow the sweep's ranges"
+                ],
             )

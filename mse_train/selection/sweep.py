@@ -100,6 +100,13 @@ def run(
             "validation rows (folds 0): the ensemble is chosen on out-of-fold predictions",
             ["set `sweep.folds: 5` (or --folds 5), or `sweep.ensemble: 0`"],
         )
+    if sweep.refit_seeds > 1 and folds < 2:
+        raise ConfigError(
+            f"{doc.source}: sweep.refit_seeds is {sweep.refit_seeds}, but the trials are scored on "
+            "validation rows (folds 0): the seeds' checkpoint takes its intervals from the "
+            "out-of-fold residuals",
+            ["set `sweep.folds: 5` (or --folds 5), or `sweep.refit_seeds: 1`"],
+        )
     the_space = space.space_of(sweep, doc, sweep.method)
     if sweep.method == "grid":
         n_trials = the_space.grid_size()
@@ -170,6 +177,7 @@ def run(
             deadline = study.deadline(the_study, sweep.time_limit)
             trainer.budget.deadline = deadline
             trainer.budget.members = max(1, sweep.ensemble) if sweep.refit else 0
+            trainer.budget.copies = sweep.refit_seeds
             searcher.budget = trainer.budget
             the_study.pruner, searcher.pruning = _pruner(sweep.pruner), sweep.pruner != "none"
             before = worker.finished(the_study.get_trials(deepcopy=False))
@@ -319,14 +327,23 @@ def _select(
     reporter: recipe.Reporter,
 ) -> ensemble.Selection | None:
     """With `sweep.ensemble`: the greedy selection over the trials' out-of-fold predictions,
-    written to ensemble.json in the sweep folder."""
-    if not sweep.ensemble:
+    written to ensemble.json in the sweep folder; with `sweep.refit_seeds` alone, the winner."""
+    if not sweep.ensemble and sweep.refit_seeds == 1:
         return None
     loaded = trainer.load(best_cfg)
     y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)
-    fix = f"or set sweep.ensemble: 0; then: {options.resume_command.replace(' --resume', ' --report')}"
+    off = "sweep.ensemble: 0" if sweep.ensemble else "sweep.refit_seeds: 1"
+    fix = f"or set {off}; then: {options.resume_command.replace(' --resume', ' --report')}"
     chosen = ensemble.select(
-        the_study, out, y_true, sweep.ensemble, best_row["trial"], fix, reporter.note, loaded.weights()
+        the_study,
+        out,
+        y_true,
+        sweep.ensemble,
+        best_row["trial"],
+        fix,
+        reporter.note,
+        loaded.weights(),
+        sweep.refit_seeds,
     )
     if chosen is not None:
         ensemble.write_report(out, chosen)

@@ -332,11 +332,14 @@ class Trainer:
         return self.budget.refit_seconds(budget.shape_key(cfg), rows, epochs)
 
     def _probe(self, jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]]) -> None:
-        """Time each shape of `jobs` trained alone, once per sweep (with sweep.time_limit)."""
+        """Time each shape of `jobs` trained alone (or its refit's seeds together), once per
+        sweep (with sweep.time_limit)."""
         for _, cfg, prepared, _ in jobs:
             key = budget.shape_key(cfg)
             if key not in self.budget.per_row:
-                self.budget.per_row[key] = budget.seconds_per_row(cfg, prepared, self.device)
+                self.budget.per_row[key] = budget.seconds_per_row(
+                    cfg, prepared, self.device, self.budget.copies, self.pack
+                )
 
     def _live(
         self, jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]]
