@@ -243,10 +243,12 @@ def test_refit_seeds_train_the_winner_once_per_seed_into_one_checkpoint_of_their
         config = member["config"]
         config["output"]["dir"] = str(tmp_path / f"s{member['seed']}")
         assert cli("run", write_config(tmp_path / f"s{member['seed']}.yaml", config)).code == 0
-        alone.append(_predictions(cli, tmp_path / f"s{member['seed']}" / "best.pt", table, tmp_path / "p.csv"))
+        ckpt = tmp_path / f"s{member['seed']}" / "best.pt"
+        alone.append(_predictions(cli, ckpt, table, tmp_path / "p.csv"))
     assert not np.allclose(alone[0], alone[1], atol=1e-3)  # another seed, another model
     np.testing.assert_allclose(mixed, np.mean(alone, axis=0), rtol=1e-4, atol=1e-5)
-    report = json.loads(cli("eval", out / "ensemble" / "best.pt", table, "--json", "--interval", "0.8").stdout)
+    scored = cli("eval", out / "ensemble" / "best.pt", table, "--json", "--interval", "0.8")
+    report = json.loads(scored.stdout)
     assert 0.6 <= report["interval"]["coverage"] <= 1.0  # the winner's out-of-fold residuals
     shown = cli("sweep", cfg, "-o", out, "--report")
     assert f"ensemble: trial {best} (1/1), each refit with 3 seeds;" in shown.stderr

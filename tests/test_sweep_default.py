@@ -282,6 +282,22 @@ def test_a_shape_is_timed_alone_on_a_few_batches(table, tmp_path):
     assert 0 < per_row < 1
     wider = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"lr": 0.5})})
     assert budget.shape_key(wider) == budget.shape_key(cfg)  # a learning rate is not a shape
+    # sweep.refit_seeds: the copies timed together, as the refit trains them (a stack), or
+    # one alone times the copies where they would train one at a time
+    assert budget.seconds_per_row(cfg, prepared, torch.device("cpu"), copies=3) > 0
+    calls: list[int] = []
+    real = budget.seconds_per_row
+
+    def counted(*args: Any, **kwargs: Any) -> float:
+        calls.append(kwargs.get("copies", args[3] if len(args) > 3 else 1))
+        return real(*args, **kwargs)
+
+    budget.seconds_per_row = counted  # type: ignore[assignment]
+    try:
+        alone = budget.seconds_per_row(cfg, prepared, torch.device("cpu"), copies=3, pack=False)
+    finally:
+        budget.seconds_per_row = real  # type: ignore[assignment]
+    assert alone > 0 and calls == [3, 1]  # one model timed, then counted three times
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the sweep silences it too
