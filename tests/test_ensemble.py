@@ -254,10 +254,18 @@ def test_refit_seeds_train_the_winner_once_per_seed_into_one_checkpoint_of_their
     assert f"ensemble: trial {best} (1/1), each refit with 3 seeds;" in shown.stderr
 
 
-def test_refit_seeds_need_out_of_fold_residuals(cli, tmp_path):
-    cfg = _config(tmp_path, _table(tmp_path), folds=0, ensemble=0, refit_seeds=5)
-    result = cli("sweep", cfg, "-o", tmp_path / "sw")
-    assert result.code == 2
-    assert "sweep.refit_seeds is 5, but the trials are scored on validation rows (folds 0)" in result.stderr
-    assert "set `sweep.folds: 5` (or --folds 5), or `sweep.refit_seeds: 1`" in result.stderr
-    assert not (tmp_path / "sw").exists()
+def test_refit_seeds_without_folds_average_the_winner_and_say_why_there_are_no_intervals(cli, tmp_path):
+    table = _table(tmp_path)
+    cfg = _config(tmp_path, table, folds=0, ensemble=0, refit_seeds=2, params={"optimizer.lr": [0.01, 0.05]})
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert result.code == 0, result
+    found = json.loads(result.stdout)
+    assert found["checkpoint"] == str(tmp_path / "sw" / "ensemble" / "best.pt")
+    trained = json.loads((tmp_path / "sw" / "ensemble" / "ensemble.json").read_text())["trained"]
+    assert [m["seed"] for m in trained] == [0, 1]
+    assert {m["trial"] for m in trained} == {found["best"]["trial"]}
+    assert cli("eval", found["checkpoint"], table).code == 0
+    refused = cli("eval", found["checkpoint"], table, "--interval", "0.9")
+    assert refused.code == 2
+    assert "scored its trials on validation rows (folds 0), so it kept no out-of-fold" in refused.stderr
+    assert "sweep with `sweep.folds: 5`" in refused.stderr

@@ -296,6 +296,23 @@ def test_a_sweep_logs_a_parent_a_child_per_trial_and_the_refit(cli, table, tmp_p
     assert {"leaderboard.csv", "best.yaml"} <= {f.path for f in store.list_artifacts(parent.info.run_id)}
 
 
+def test_a_sweeps_ensemble_refit_is_logged_on_its_parent_as_an_mlflow_model(cli, table, tmp_path, store):
+    seeds = {"method": "grid", "folds": 2, "refit_seeds": 2, "params": {"optimizer.lr": [0.01, 0.1]}}
+    result = cli("sweep", sweep_config(tmp_path, table, seeds), "-q", "--json")
+    assert result.code == 0, result
+    folder = tmp_path / "run-sweep"
+    ckpt = Path(json.loads(result.stdout)["checkpoint"])
+    assert ckpt == folder / "ensemble" / "best.pt"
+    rid = run_id(folder)
+    assert {"ensemble.json", "ensemble-model"} <= {f.path for f in store.list_artifacts(rid)}
+    out = tmp_path / "p.csv"
+    assert cli("predict", ckpt, table, "-o", out).code == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's notes on loading (type hints, environment)
+        got = pyfunc().load_model(f"runs:/{rid}/ensemble-model").predict(pd.read_csv(table).drop(columns="y"))
+    np.testing.assert_allclose(got["y_pred"].to_numpy(), pd.read_csv(out)["y_pred"].to_numpy(), rtol=2**-23)
+
+
 def test_a_resumed_sweep_continues_its_parent_run_and_logs_each_trial_once(cli, table, tmp_path, store):
     random = {"method": "random", "trials": 2, "refit": False, "params": {"optimizer.lr": [0.01, 0.03, 0.1]}}
     cfg = sweep_config(tmp_path, table, random)

@@ -684,10 +684,9 @@ class SweepConfig(Section):
         description="The refit trains each model it refits (the winner, or each of `ensemble`'s "
         "trials) this many times, with seeds seed, seed + 1, ... (each its own initial weights and "
         "batch order; side by side in one stack where they pack), into one checkpoint, "
-        "<sweep folder>/ensemble/best.pt, predicting their mean (needs `folds` >= 2: its intervals "
-        "come from the out-of-fold residuals). 1 = one training each, the winner into best/. "
-        "init writes 5 where its sweep uses folds: measured, the mean of 5 seeds beat one on every "
-        "table and split tried (bench/results.md).",
+        "<sweep folder>/ensemble/best.pt, predicting their mean (its intervals from the out-of-fold "
+        "residuals, with `folds` >= 2). 1 = one training each, the winner into best/. init writes "
+        "5 where its sweep uses folds (bench/results.md measures what it buys).",
     )
     storage: Str | None = Field(
         None,

@@ -67,6 +67,8 @@ NO_RESIDUALS = {
     "stopped short of it)",
     "too_large": "the model was trained without validation rows, and its training rows are too many "
     "for exact leave-one-out residuals to be computed",
+    "sweep_holdout": "the sweep that refit this model on every row scored its trials on validation "
+    "rows (folds 0), so it kept no out-of-fold residuals",
 }
 
 MIN_TORCH = (2, 6)  # earlier releases let weights_only=True be bypassed (CVE-2025-32434)

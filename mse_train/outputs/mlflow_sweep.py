@@ -4,12 +4,14 @@ run per trial) and `mse-train cv` (one run: the folds' metrics, their mean and s
 A trial is logged as a whole when its result is known (packed trials finish together):
 its swept params, its score and metrics, status and epochs; there are no per-epoch curves
 for trials, which train without files. The refit of the winner is a normal tracked run,
-nested under the parent too. `--resume` continues the parent run that the sweep folder's
+nested under the parent too; an ensemble's refit (sweep.ensemble, sweep.refit_seeds) is
+logged on the parent, as its MLflow Model. `--resume` continues the parent run that the sweep folder's
 mlflow.json names, and logs any finished trial it does not yet have.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ from mse_train.outputs import mlflow_log
 
 TRIAL_TAG = "mse_train.trial"
 TRIAL_METRICS = ("score_mean", "score_std", "rmse", "mae", "r2", "epochs", "seconds")
-SWEEP_FILES = ("leaderboard.csv", "best.yaml", "sweep.png", mlflow_log.RECORD)
+SWEEP_FILES = ("leaderboard.csv", "best.yaml", "sweep.png", "ensemble.json", mlflow_log.RECORD)
+ENSEMBLE_MODEL = "ensemble-model"  # the parent run's artifact folder: the ensemble refit's MLflow Model
 
 
 class Tracked:
@@ -57,13 +60,23 @@ class Tracked:
             return {}
         return {mlflow_log.PARENT_TAG: self.parent.run_id, "mse_train.refit_of_trial": str(trial)}
 
-    def finish(self, folder: Path, best: dict[str, Any], trials: int) -> None:
-        """The best trial and score, the sweep's files; the parent run FINISHED."""
+    def finish(
+        self,
+        folder: Path,
+        best: dict[str, Any],
+        trials: int,
+        ensemble: Callable[[Path], None] | None = None,
+    ) -> None:
+        """The best trial and score, the sweep's files, and with `ensemble` (which saves the
+        ensemble refit's MLflow Model into a folder: that refit is no run of its own) its
+        model as ENSEMBLE_MODEL; the parent run FINISHED."""
         if self.parent is None:
             return
         self.parent.metrics({"best.score": best["score"], "trials": trials})
         self.parent.tags({"mse_train.best_trial": str(best["trial"])})
         self.parent.artifacts(folder, SWEEP_FILES)
+        if ensemble is not None:
+            self.parent.model(ensemble, ENSEMBLE_MODEL)
         self.parent.end("FINISHED")
 
     def abort(self, exc: BaseException) -> None:

@@ -74,7 +74,8 @@ class Selection:
     best_trial: int
     best_score: float  # the sweep's best single trial's out-of-fold MSE (all rows at once)
     candidates: int
-    residuals: np.ndarray = field(repr=False)  # |y - ensemble's out-of-fold prediction|, sorted per target
+    # |y - the ensemble's out-of-fold prediction|, sorted per target (None: folds 0, no such rows)
+    residuals: np.ndarray | None = field(repr=False)
     left_out: list[int] = field(default_factory=list)  # trials whose predictions' file is gone
     seeds: int = 1  # sweep.refit_seeds: each chosen trial's trainings in the refit
 
@@ -154,6 +155,12 @@ def select(
     )
 
 
+def winner(best_trial: int, score: float, seeds: int) -> Selection:
+    """The winner alone, for `seeds`, where the trials kept no out-of-fold predictions
+    (scored on validation rows): no residuals to calibrate intervals with."""
+    return Selection(1, {best_trial: 1}, score, best_trial, score, 1, None, [], seeds)
+
+
 def write_report(out: Path, selection: Selection) -> None:
     metrics.write_json(out / REPORT, selection.as_json())
 
@@ -200,7 +207,8 @@ def refit(
             config.to_dict(members.get(selection.best_trial, first)),
             prepared.digests,
             {"epoch": max(epochs), "loss": None},
-            residuals=torch.from_numpy(selection.residuals),
+            residuals=None if selection.residuals is None else torch.from_numpy(selection.residuals),
+            no_residuals="sweep_holdout" if selection.residuals is None else None,
             profile=prepared.profile,
             residuals_from="out_of_fold",
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import itertools
 import logging
@@ -99,13 +100,6 @@ def run(
             f"{doc.source}: sweep.ensemble is {sweep.ensemble}, but the trials are scored on "
             "validation rows (folds 0): the ensemble is chosen on out-of-fold predictions",
             ["set `sweep.folds: 5` (or --folds 5), or `sweep.ensemble: 0`"],
-        )
-    if sweep.refit_seeds > 1 and folds < 2:
-        raise ConfigError(
-            f"{doc.source}: sweep.refit_seeds is {sweep.refit_seeds}, but the trials are scored on "
-            "validation rows (folds 0): the seeds' checkpoint takes its intervals from the "
-            "out-of-fold residuals",
-            ["set `sweep.folds: 5` (or --folds 5), or `sweep.refit_seeds: 1`"],
         )
     the_space = space.space_of(sweep, doc, sweep.method)
     if sweep.method == "grid":
@@ -195,13 +189,14 @@ def run(
                 n: _member_config(the_study, n, the_space, config_of, out)
                 for n in (chosen.counts if chosen else {})
             }
-        checkpoint = None
+        checkpoint, logged = None, None
         if sweep.refit and storage.claim(where, f"{study_name}:refit-after-{n_trials}"):
             if chosen is not None:  # the ensemble's members, into <sweep folder>/ensemble/
                 found = ensemble.refit(
                     members, chosen, out / ensemble.FOLDER, device, options.pack, reporter.note
                 )
                 checkpoint = str(found)
+                logged = functools.partial(_save_model, found)
             else:
                 refit_options = recipe.Options(
                     overwrite=True,
@@ -214,7 +209,7 @@ def run(
         elif sweep.refit:
             reporter.note(f"another worker of the study refits the winner (trial {best_row['trial']})")
         best = _best(best_row, best_values, out)
-        tracked.finish(out, best, len(rows))
+        tracked.finish(out, best, len(rows), logged)
         return Outcome(best, len(rows), checkpoint, rows, keys, out, chosen.as_json() if chosen else None)
     except BaseException as exc:  # the parent run ends FAILED or KILLED, not left RUNNING
         tracked.abort(exc)
@@ -224,6 +219,12 @@ def run(
         raise
     finally:
         storage.close(where)
+
+
+def _save_model(ckpt: Path, folder: Path) -> None:
+    from mse_train.use import mlflow_model
+
+    mlflow_model.save(ckpt, folder)
 
 
 def _alone(the_space: space.Space, config_of: Callable[[dict[str, Any]], Config]) -> str | None:
@@ -330,6 +331,8 @@ def _select(
     written to ensemble.json in the sweep folder; with `sweep.refit_seeds` alone, the winner."""
     if not sweep.ensemble and sweep.refit_seeds == 1:
         return None
+    if not sweep.ensemble and trainer.folds < 2:  # no out-of-fold predictions: no residuals
+        return ensemble.winner(best_row["trial"], best_row["score_mean"], sweep.refit_seeds)
     loaded = trainer.load(best_cfg)
     y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)
     off = "sweep.ensemble: 0" if sweep.ensemble else "sweep.refit_seeds: 1"

@@ -70,6 +70,8 @@ _FIXES = {
     "not_solved": "train it to the ridge solution (`optimizer.name: lbfgs`, `train.batch_size: null`, "
     f"`regularization.l1: 0`), or {_HOLD_OUT}",
     "too_large": _HOLD_OUT,
+    "sweep_holdout": "sweep with `sweep.folds: 5` (or --folds 5): its refit's intervals come from "
+    "the out-of-fold residuals",
     "streamed": "train it in memory: raise `data.memory_budget` above the table's size (or train "
     "on fewer rows) and run again",
     "not_finite": "train a model whose predictions stay finite (a lower `optimizer.lr`, "
