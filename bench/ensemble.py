@@ -3,7 +3,7 @@ single trial and the references, on real tables, side by side on the same splits
 
     .venv/bin/python bench/ensemble.py                                  # concrete, diabetes; 2 splits
     .venv/bin/python bench/ensemble.py --tables concrete --splits 3 --trials 16 --ensemble 20
-    .venv/bin/python bench/ensemble.py --config starter --ensemble 0 --seeds 5   # init's own sweep
+    .venv/bin/python bench/ensemble.py --config starter --trials 0 --ensemble 0 --seeds 5 --members
 
 For each table and split (bench/quality.py's seeded 75/25 split, seeds 0, 1, ...):
   - `mse-train init` on the training rows: `--config quick` sweeps `init --quick`'s config
@@ -17,6 +17,7 @@ For each table and split (bench/quality.py's seeded 75/25 split, seeds 0, 1, ...
     sweep without an ensemble refits it (the same trials: one sweep serves both);
   - the references of bench/references.py (RidgeCV, HistGradientBoosting, LightGBM, XGBoost,
     MLPRegressor).
+  - with --members, each model the refit trained (ensemble.json's `trained`), run alone.
 Every mse-train number is `mse-train eval ... test.csv --json` on the held-out rows. The
 out-of-fold MSE of the ensemble and of the best trial come from the sweep's ensemble.json.
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,7 +50,26 @@ def _r2(ckpt: Path, test_csv: Path) -> float:
     return float(json.loads(done.stdout)["r2"])
 
 
-def measure(name: str, seed: int, trials: int | None, steps: int, seeds: int, base: str) -> dict[str, Any]:
+def _members(work: Path, test_csv: Path) -> list[float]:
+    """Test R² of each model the refit trained (ensemble.json's `trained`), run alone."""
+    r2 = []
+    trained = json.loads((work / "sweep" / "ensemble" / "ensemble.json").read_text())["trained"]
+    for i, member in enumerate(trained):
+        cfg = member["config"]
+        cfg["output"].update(dir=str(work / "members" / str(i)), plot=False)
+        path = work / "members" / f"{i}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg))
+        done = _cli("run", path, "-q", "--overwrite")
+        if done.returncode != 0:
+            raise RuntimeError(f"run {path}: {done.stderr.strip()[-300:]}")
+        r2.append(_r2(work / "members" / str(i) / "best.pt", test_csv))
+    return r2
+
+
+def measure(
+    name: str, seed: int, trials: int | None, steps: int, seeds: int, base: str, members: bool
+) -> dict[str, Any]:
     table = TABLES[name]
     work = WORK.parent / "ensemble" / f"{name}-split{seed}"
     train_csv, test_csv = split(table, work, seed)
@@ -69,6 +90,7 @@ def measure(name: str, seed: int, trials: int | None, steps: int, seeds: int, ba
     if single.returncode != 0:
         raise RuntimeError(f"run best.yaml on {name}: {single.stderr.strip()[-300:]}")
     refs = references(config, train_csv, test_csv, 10_000)
+    alone = _members(work, test_csv) if members else []
     return {
         "table": name,
         "seed": seed,
@@ -81,6 +103,7 @@ def measure(name: str, seed: int, trials: int | None, steps: int, seeds: int, ba
         "oof_ensemble": chosen["oof_mse"],
         "oof_best": chosen["best_trial"]["oof_mse"],
         "sweep_seconds": sweep_seconds,
+        "alone": alone,
     }
 
 
@@ -92,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble", type=int, default=20, help="sweep.ensemble (0: the winner alone)")
     parser.add_argument("--seeds", type=int, default=1, help="sweep.refit_seeds")
     parser.add_argument("--config", choices=("quick", "starter"), default="quick")
+    parser.add_argument("--members", action="store_true", help="also each refit model's R² alone")
     args = parser.parse_args(argv)
     print(f"load average at start: {os.getloadavg()}", flush=True)
     print(
@@ -104,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.tables.split(","):
         for seed in range(args.splits):
             trials = args.trials or None
-            row = measure(name, seed, trials, args.ensemble, args.seeds, args.config)
+            row = measure(name, seed, trials, args.ensemble, args.seeds, args.config, args.members)
             rows.append(row)
             refs = {k: v for k, v in row["refs"].items() if v is not None}
             best = max(refs, key=lambda k: refs[k])
@@ -115,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['sweep_seconds']:.0f} |",
                 flush=True,
             )
+            if row["alone"]:
+                shown = ", ".join(f"{r:.4f}" for r in row["alone"])
+                print(f"|  | members alone: {shown}; their mean {np.mean(row['alone']):.4f} |", flush=True)
     gain = [r["ensemble"] - r["best_trial"] for r in rows]
     ref_gap = [r["ensemble"] - max(v for v in r["refs"].values() if v is not None) for r in rows]
     print(f"\nmean test R² gain of the ensemble over the best trial: {np.mean(gain):+.4f} (per split {gain})")

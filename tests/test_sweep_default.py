@@ -180,12 +180,9 @@ def test_inits_sweep_runs_packed_from_a_linear_starter_and_refits_on_every_row(c
     assert json.loads(result.stdout)["trials"] == 3
     rows = leaderboard(tmp_path / "runs" / "config-sweep")
     assert {row["data.val_fraction"] for row in rows} == {"0.2"}
-    # init's refit_seeds: the winner trained 5 times, seeds apart, into one checkpoint
-    refit = tmp_path / "runs" / "config-sweep" / "ensemble"
-    trained = json.loads((refit / "ensemble.json").read_text())["trained"]
-    assert [m["seed"] for m in trained] == [0, 1, 2, 3, 4]
-    # the refit, like the starter, uses every row
-    assert all(m["config"]["data"]["val_fraction"] == 0 for m in trained)
+    refit = tmp_path / "runs" / "config-sweep" / "best"
+    summary = json.loads((refit / "summary.json").read_text())
+    assert summary["rows"] == {"train": 200, "val": 0}  # the refit, like the starter, uses every row
     assert cli("predict", refit / "best.pt", table).code == 0
 
 

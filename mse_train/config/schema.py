@@ -685,8 +685,9 @@ class SweepConfig(Section):
         "trials) this many times, with seeds seed, seed + 1, ... (each its own initial weights and "
         "batch order; side by side in one stack where they pack), into one checkpoint, "
         "<sweep folder>/ensemble/best.pt, predicting their mean (its intervals from the out-of-fold "
-        "residuals, with `folds` >= 2). 1 = one training each, the winner into best/. init writes "
-        "5 where its sweep uses folds (bench/results.md measures what it buys).",
+        "residuals, with `folds` >= 2). 1 = one training each, the winner into best/. The mean's "
+        "test MSE is at most its members' mean (measured 0.001-0.014 R² above it), but against "
+        "the seed-0 refit, 5 seeds measured a wash on 14 splits of 5 small tables (bench/results.md).",
     )
     storage: Str | None = Field(
         None,

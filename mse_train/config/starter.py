@@ -104,7 +104,6 @@ def render(
     if uncounted or (counted is not None and counted > SWEEP_HOLDOUT_ROWS):
         folds = 0
         scored = "score each trial on the validation rows: plenty here, and 5x less work than 5 folds"
-    refit_into = "ensemble/" if folds >= 2 else "best/"
     return f"""\
 # Starter config for {csv_path.name}, written by `mse-train init`.
 # Every section is here with its default; change what you need, delete what you don't.
@@ -148,8 +147,9 @@ sweep:                        # what `mse-train sweep` searches; run and cv igno
   time_limit: {SWEEP_SECONDS}             # seconds for the whole sweep, the refit of the winner included:
                               # trials still training when only the refit's time is left stop
                               # and are kept as `cut`
-  refit: true                 # retrain the winner on all rows into <output.dir>-sweep/{refit_into}
-{_refit_seeds(folds)}
+  refit: true                 # retrain the winner on all rows into <output.dir>-sweep/best/
+  refit_seeds: {REFIT_SEEDS}              # > 1: the mean of that many trainings of the winner, seeds apart
+                              # (into .../ensemble/; 5 measured a wash against 1 on small tables)
   params:                     # a list = the choices; a mapping = a range; choice: {{its own keys}}
 {_sweep_params(counted, choice)}
 """
@@ -380,23 +380,7 @@ def mlp_batch_size(rows: int | None) -> int:
 
 
 SWEEP_SECONDS = 300  # init's sweep.time_limit (bench/sweep_budget.py measures what it buys)
-REFIT_SEEDS = 5  # init's sweep.refit_seeds with folds (bench/ensemble.py measures what it buys)
-
-
-def _refit_seeds(folds: int) -> str:
-    """init's `sweep.refit_seeds`: the winner's mean over seeds, where folds give its intervals."""
-    if folds >= 2:
-        return (
-            f"  refit_seeds: {REFIT_SEEDS}              # ... {REFIT_SEEDS} times, seeds apart, predicting "
-            "their mean:\n"
-            "                              # steadier than one training (bench/results.md)"
-        )
-    return (
-        "  refit_seeds: 1              # > 1: the mean of that many trainings of the winner (on this\n"
-        "                              # many rows one varies less from seed to seed, and costs more)"
-    )
-
-
+REFIT_SEEDS = 1  # init's sweep.refit_seeds: 5 measured a wash against 1 (bench/results.md)
 SWEEP_BATCH = 256  # every trial's batch above SWEEP_SMALL rows: fewer steps per epoch on large tables
 SWEEP_SMALL = 4096  # up to this many rows, batches of 64 (a batch of 256 would be most of the table)
 SWEEP_HOLDOUT_ROWS = 10_000  # above this many rows, trials are scored on the 20% validation rows

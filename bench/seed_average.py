@@ -1,0 +1,73 @@
+"""Test R² of one config trained with several seeds: each seed alone, and the mean of their
+predictions, on bench/quality.py's seeded 75/25 splits.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/seed_average.py concrete,cpus 3 5 [quick|starter]
+
+TABLES SPLITS SEEDS [CONFIG]: for each table and split, `mse-train init` (and `init --quick`)
+on the training rows, then `mse-train run CONFIG.yaml --set seed=S` for S in 0..SEEDS-1 and
+`mse-train predict` on the held-out rows. Prints one JSON line per split: each seed's R², their
+mean, and the R² of the mean prediction of the first 3 and of all seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import WORK, _cli, split, starter
+from tables import TABLES
+
+
+def _r2(y: np.ndarray, predicted: np.ndarray) -> float:
+    return float(1 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+
+
+def main(argv: list[str]) -> int:
+    names, splits, seeds = argv[0].split(","), int(argv[1]), int(argv[2])
+    base = argv[3] if len(argv) > 3 else "quick"
+    for name in names:
+        table = TABLES[name]
+        for seed in range(splits):
+            work = WORK.parent / "seed_average" / f"{name}-split{seed}"
+            train_csv, test_csv = split(table, work, seed)
+            _, chose = starter(table, train_csv, work)
+            y = pd.read_csv(test_csv)[table.target].to_numpy(float)
+            predictions = []
+            for s in range(seeds):
+                out = work / "runs" / f"{base}-seed{s}"
+                config = work / f"{base}.yaml"
+                done = _cli("run", config, "-q", "-o", out, "--overwrite", "--set", f"seed={s}")
+                if done.returncode != 0:
+                    raise RuntimeError(f"run on {name}: {done.stderr.strip()[-300:]}")
+                written = work / f"predicted-{s}.csv"
+                done = _cli("predict", out / "best.pt", test_csv, "-o", written)
+                if done.returncode != 0:
+                    raise RuntimeError(f"predict on {name}: {done.stderr.strip()[-300:]}")
+                predictions.append(pd.read_csv(written)[f"{table.target}_pred"].to_numpy(float))
+            alone = [_r2(y, p) for p in predictions]
+            print(
+                json.dumps(
+                    {
+                        "table": name,
+                        "split": seed,
+                        "config": base,
+                        "starter": chose,
+                        "seeds": [round(r, 4) for r in alone],
+                        "seeds_mean": round(float(np.mean(alone)), 4),
+                        "mean_of_3": round(_r2(y, np.mean(predictions[:3], axis=0)), 4),
+                        "mean_of_all": round(_r2(y, np.mean(predictions, axis=0)), 4),
+                    }
+                ),
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
