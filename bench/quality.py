@@ -112,6 +112,14 @@ VARIANTS: list[Variant] = [
     Variant("periodic", ("model.numeric_embedding=periodic",)),
     Variant("resnet", ("model={type: resnet, numeric_embedding: piecewise_linear}",)),
     Variant("tabm", ("model={type: tabm, numeric_embedding: piecewise_linear}",)),
+    # the MLP starter 5 times in one network (no weight shared), each from its own weights
+    Variant(
+        "tabm_packed",
+        (
+            "model={type: tabm, sharing: packed, k: 5, width: 64, blocks: 2, dropout: 0.0, "
+            "numeric_embedding: piecewise_linear}",
+        ),
+    ),
 ]
 QUICK_TABLES = ("concrete", "housing", "diabetes")
 

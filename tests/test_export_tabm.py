@@ -47,6 +47,7 @@ CASES = {
         "embedding", tabm("tabm_mini", numeric_embedding="periodic", frequencies=4, activation="gelu")
     ),
     "tabm-embedding-none": ("embedding", tabm("tabm", activation="elu")),
+    "packed-onehot-piecewise": ("onehot", tabm("packed", numeric_embedding="piecewise_linear", bins=6)),
     "mini-onehot-lite": (
         "onehot",
         tabm("tabm_mini", numeric_embedding="periodic", periodic_lite=True, frequencies=3,
@@ -193,7 +194,7 @@ def test_a_sweep_s_ensemble_of_tabm_trials_exports(cli, tmp_path):
 
 
 @pytest.mark.parametrize("activation", list(networks.ACTIVATIONS))
-@pytest.mark.parametrize("sharing", ["tabm", "tabm_mini"])
+@pytest.mark.parametrize("sharing", ["tabm", "tabm_mini", "packed"])
 def test_the_tabm_nodes_compute_what_the_module_does(sharing, activation):
     """LAYERS[TabM] alone, in onnxruntime, against blocks.TabM in eval mode: every activation,
     both sharing modes, dropout as identity, k members with their own scalings and biases."""

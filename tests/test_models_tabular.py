@@ -32,6 +32,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "tabm": {"type": "tabm", "k": 4, "width": 16, "blocks": 2},
     "tabm-mini-piecewise": {"type": "tabm", "k": 4, "width": 16, "sharing": "tabm_mini",
                             "numeric_embedding": "piecewise_linear", "bins": 6, "embedding_size": 4},
+    "tabm-packed-piecewise": {"type": "tabm", "k": 4, "width": 16, "sharing": "packed",
+                              "numeric_embedding": "piecewise_linear", "bins": 6, "embedding_size": 4},
 }  # fmt: skip
 
 
@@ -157,6 +159,26 @@ def test_tabm_members_differ_from_the_start_and_share_their_weights(sharing):
     shared = [m for m in net.modules() if isinstance(m, blocks.EnsembleLinear)]
     assert shared and all(m.weight.shape == (16, m.weight.shape[1]) for m in shared)
     assert all((m.s is None) == (sharing == "tabm_mini") for m in shared)
+
+
+def test_packed_tabm_members_share_no_weight_and_each_trains_alone():
+    """sharing: packed is k independent MLPs: member 0's output moves with member 0's weights
+    only, and their own initial weights (not a start scaling) set them apart."""
+    torch.manual_seed(0)
+    net = networks.build(model_cfg({**OPTIONS["tabm"], "sharing": "packed", "k": 3}), 3, 1, 3)
+    assert not any(isinstance(m, blocks.EnsembleLinear) for m in net.modules())
+    layers = [m for m in net.modules() if isinstance(m, blocks.MemberHeads)]
+    assert len(layers) == 3 and all(m.weight.shape[0] == 3 for m in layers)  # 2 hidden + head
+    assert torch.equal(net.network.start.detach(), torch.ones(3, 3))
+    assert not torch.allclose(layers[0].weight[0], layers[0].weight[1])
+    net.train()
+    x = torch.randn(7, 3)
+    out = net(x)
+    assert not torch.allclose(out[:, 0], out[:, 1])
+    out[:, 0].sum().backward()
+    for layer in layers:
+        assert layer.weight.grad is not None
+        assert layer.weight.grad[0].abs().sum() > 0 and layer.weight.grad[1:].abs().sum() == 0
 
 
 def test_init_schemes_reach_the_new_layers_but_not_scalings_or_embeddings():
@@ -316,7 +338,7 @@ def test_edited_bins_or_sizes_in_a_checkpoint_are_refused(cli, tmp_path, mixed):
         (["model.type=mlp", "model.numeric_embedding=piecewise_linear", "model.bins=1"], "model.bins"),
         (["model.type=resnet", "model.norm=group_norm"], "model.norm"),
         (["model.type=resnet", "model.hidden_multiplier=0"], "model.hidden_multiplier"),
-        (["model.type=tabm", "model.sharing=packed"], "model.sharing"),
+        (["model.type=tabm", "model.sharing=batch"], "model.sharing"),
         (["model.type=tabm", "model.k=0"], "model.k"),
         (["model.type=linear", "model.numeric_embedding=periodic"], "model.numeric_embedding"),
     ],

@@ -305,10 +305,12 @@ class TabMModel(EmbeddedModel):
         "MSE, predictions averaged."
     )
     k: PositiveInt = Field(32, description="Ensemble members trained at once in one network.")
-    sharing: Literal["tabm", "tabm_mini"] = Field(
+    sharing: Literal["tabm", "tabm_mini", "packed"] = Field(
         "tabm",
         description="tabm: every layer has per-member scalings and biases (BatchEnsemble); "
-        "tabm_mini: only one per-member scaling of the inputs, the rest shared.",
+        "tabm_mini: only one per-member scaling of the inputs, the rest shared; packed: no weight "
+        "shared, k independent MLPs, each from its own initial weights (TabM-packed: the mean of "
+        "k trainings in one).",
     )
     blocks: PositiveInt | None = Field(
         None, description="Hidden layers; null = 3, or 2 with a numeric embedding."

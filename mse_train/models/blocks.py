@@ -139,7 +139,8 @@ class EnsembleLinear(nn.Module):
 
 
 class MemberHeads(nn.Module):
-    """k separate linear heads, (rows, k, in) -> (rows, k, out)."""
+    """k separate linear layers, (rows, k, in) -> (rows, k, out): TabM's heads, and every layer
+    of the packed sharing mode."""
 
     def __init__(self, n_in: int, n_out: int, k: int) -> None:
         super().__init__()
@@ -167,7 +168,7 @@ class TabM(nn.Module):
         n_in: int,
         n_out: int,
         k: int,
-        mini: bool,
+        sharing: str,
         width: int,
         blocks: int,
         act: Callable[[], nn.Module],
@@ -179,18 +180,25 @@ class TabM(nn.Module):
         self.k = k
         # The very first per-member scaling is random, one value per input feature (`chunks`:
         # the widths of each feature's embedding); the rest start at 1 ("TabM init").
+        # packed: the members share nothing, their own first weights set them apart; `start`
+        # stays 1 (a per-member input scaling their first layer could learn anyway).
         self.start = nn.Parameter(torch.ones(k, n_in))
         with torch.no_grad():
             at = 0
-            for chunk in chunks:
+            for chunk in chunks if sharing != "packed" else []:
                 value = torch.randn(k, 1) if normal_start else torch.randint(0, 2, (k, 1)) * 2.0 - 1.0
                 self.start[:, at : at + chunk] = value
                 at += chunk
         layers: list[nn.Module] = []
         for i in range(blocks):
             # tabm: every layer a BatchEnsemble one (its first input scaling is `start`);
-            # tabm_mini: all shared, the members differ only by `start`.
-            layers += [EnsembleLinear(width if i else n_in, width, k, not mini, scale_inputs=i > 0), act()]
+            # tabm_mini: all shared, the members differ only by `start`; packed: k layers.
+            n = width if i else n_in
+            if sharing == "packed":
+                layers.append(MemberHeads(n, width, k))
+            else:
+                layers.append(EnsembleLinear(n, width, k, sharing == "tabm", scale_inputs=i > 0))
+            layers.append(act())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
         self.backbone = nn.Sequential(*layers)

@@ -115,7 +115,7 @@ def _tabm(cfg: TabMModel, n_outputs: int, inputs: Inputs) -> nn.Module:
         _network_inputs(cfg, inputs),
         n_outputs,
         cfg.k,
-        cfg.sharing == "tabm_mini",
+        cfg.sharing,
         cfg.width,
         int(cfg.blocks or (3 if cfg.numeric_embedding == "none" else 2)),
         ACTIVATIONS[cfg.activation],

@@ -259,6 +259,7 @@ LAYERS: dict[type[nn.Module], Callable[[Graph, nn.Module, str], str]] = {
     nn.Dropout: lambda g, _, x: x,  # identity at inference
     blocks.TabM: _tabm,
     blocks.EnsembleLinear: _ensemble_linear,
+    blocks.MemberHeads: _member_heads,  # the packed sharing mode's layers
 }
 
 
