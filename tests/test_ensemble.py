@@ -269,3 +269,9 @@ def test_refit_seeds_without_folds_average_the_winner_and_say_why_there_are_no_i
     assert refused.code == 2
     assert "scored its trials on validation rows (folds 0), so it kept no out-of-fold" in refused.stderr
     assert "sweep with `sweep.folds: 5`" in refused.stderr
+    shown = cli("sweep", cfg, "-o", tmp_path / "sw", "--report")
+    assert shown.code == 0, shown
+    score = f"{found['best']['score']:.6g}"
+    best = found["best"]["trial"]
+    said = f"each refit with 2 seeds; validation MSE {score}, best single trial ({best}) {score}"
+    assert said in shown.stderr

@@ -409,8 +409,9 @@ def print_ensemble(console: Console, chosen: dict[str, Any]) -> None:
     best = chosen["best_trial"]
     seeds = chosen.get("seeds", 1)
     each = f", each refit with {seeds} seeds" if seeds > 1 else ""
+    scored = "validation" if chosen.get("scored_on") == "validation" else "out-of-fold"
     console.print(
-        f"ensemble: trial {mix}{each}; out-of-fold MSE {chosen['oof_mse']:.6g}, "
+        f"ensemble: trial {mix}{each}; {scored} MSE {chosen['oof_mse']:.6g}, "
         f"best single trial ({best['trial']}) {best['oof_mse']:.6g}"
     )
 

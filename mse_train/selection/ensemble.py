@@ -78,6 +78,7 @@ class Selection:
     residuals: np.ndarray | None = field(repr=False)
     left_out: list[int] = field(default_factory=list)  # trials whose predictions' file is gone
     seeds: int = 1  # sweep.refit_seeds: each chosen trial's trainings in the refit
+    scored_on: str = "out_of_fold"  # what `score` is the MSE of: or "validation" (folds 0)
 
     def weights(self) -> dict[int, float]:
         return {trial: count / self.steps for trial, count in self.counts.items()}
@@ -93,6 +94,7 @@ class Selection:
             "candidates": self.candidates,
             "left_out": self.left_out,
             "seeds": self.seeds,
+            "scored_on": self.scored_on,
         }
 
 
@@ -158,7 +160,7 @@ def select(
 def winner(best_trial: int, score: float, seeds: int) -> Selection:
     """The winner alone, for `seeds`, where the trials kept no out-of-fold predictions
     (scored on validation rows): no residuals to calibrate intervals with."""
-    return Selection(1, {best_trial: 1}, score, best_trial, score, 1, None, [], seeds)
+    return Selection(1, {best_trial: 1}, score, best_trial, score, 1, None, [], seeds, "validation")
 
 
 def write_report(out: Path, selection: Selection) -> None:
