@@ -169,7 +169,8 @@ def test_packed_tabm_members_share_no_weight_and_each_trains_alone():
     assert not any(isinstance(m, blocks.EnsembleLinear) for m in net.modules())
     layers = [m for m in net.modules() if isinstance(m, blocks.MemberHeads)]
     assert len(layers) == 3 and all(m.weight.shape[0] == 3 for m in layers)  # 2 hidden + head
-    assert torch.equal(net.network.start.detach(), torch.ones(3, 3))
+    tabm = next(m for m in net.modules() if isinstance(m, blocks.TabM))
+    assert torch.equal(tabm.start.detach(), torch.ones(3, 3))
     assert not torch.allclose(layers[0].weight[0], layers[0].weight[1])
     net.train()
     x = torch.randn(7, 3)
