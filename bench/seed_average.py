@@ -10,7 +10,8 @@ rows (`data.val_fraction`), so each seed trains on other rows; with `fixed`, eve
 trains on the same 80 % and stops early on the same 20 % (`data.train`, `data.val` set to a
 seeded split of the training rows made once), so only the initial weights, the batch order
 and dropout differ. Prints one JSON line per split: each seed's R², their
-mean, and the R² of the mean prediction of the first 3 and of all seeds.
+mean, the R² of the mean prediction of the first 3 and of all seeds, and the best of the
+references (bench/references.py) on the same rows.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import WORK, _cli, split, starter
+from references import references
 from tables import TABLES
 
 
@@ -52,7 +54,7 @@ def main(argv: list[str]) -> int:
         for seed in range(splits):
             work = WORK.parent / "seed_average" / f"{name}-split{seed}"
             train_csv, test_csv = split(table, work, seed)
-            _, chose = starter(table, train_csv, work)
+            starter_config, chose = starter(table, train_csv, work)
             y = pd.read_csv(test_csv)[table.target].to_numpy(float)
             predictions = []
             sets = _fixed(train_csv, work) if fixed else []
@@ -68,6 +70,8 @@ def main(argv: list[str]) -> int:
                     raise RuntimeError(f"predict on {name}: {done.stderr.strip()[-300:]}")
                 predictions.append(pd.read_csv(written)[f"{table.target}_pred"].to_numpy(float))
             alone = [_r2(y, p) for p in predictions]
+            refs = {k: r.r2 for k, r in references(starter_config, train_csv, test_csv, 10_000).items()}
+            best = max((k for k in refs if refs[k] is not None), key=lambda k: refs[k] or 0.0)
             print(
                 json.dumps(
                     {
@@ -80,6 +84,7 @@ def main(argv: list[str]) -> int:
                         "seeds_mean": round(float(np.mean(alone)), 4),
                         "mean_of_3": round(_r2(y, np.mean(predictions[:3], axis=0)), 4),
                         "mean_of_all": round(_r2(y, np.mean(predictions, axis=0)), 4),
+                        "best_reference": [best, round(refs[best] or 0.0, 4)],
                     }
                 ),
                 flush=True,
