@@ -443,6 +443,21 @@ def build_loop(
     return Loop(models, [member(cfg, prepared, device)], world)
 
 
+def seeded(cfg: Config, offset: int) -> Config:
+    """`cfg` with its seed moved by `offset` (0: itself): other initial weights and batches."""
+    if offset == 0:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.seed += offset
+    return cfg
+
+
+def build_stack_loop(cfgs: list[Config], prepared: Prepared, device: torch.device) -> Loop:
+    """Configs of one pack key trained side by side on the same rows: one stack, one loop."""
+    stack = Stack([build_one(cfg, prepared, device) for cfg in cfgs], device)
+    return Loop(stack, [member(cfg, prepared, device) for cfg in cfgs])
+
+
 def member(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> Member:
     """The rows and loop settings of one model trained on `prepared`."""
     train = _tensors(prepared.train, device)

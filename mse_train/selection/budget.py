@@ -49,15 +49,12 @@ def seconds_per_row(
     epoch, timed on a few of its batches. `copies` > 1: that many, seeded apart, as the
     refit trains sweep.refit_seeds' copies (side by side in one stack where they pack)."""
     from mse_train import recipe
-    from mse_train.training.loop import Loop
-    from mse_train.training.stack import Stack, pack_key
+    from mse_train.training.stack import pack_key
 
     if copies > 1 and not (pack and pack_key(cfg) is not None):
         return copies * seconds_per_row(cfg, prepared, device)
     if copies > 1:
-        cfgs = [cfg.model_copy(update={"seed": cfg.seed + j}) for j in range(copies)]
-        builts = [recipe.build_one(c, prepared, device) for c in cfgs]
-        loop = Loop(Stack(builts, device), [recipe.member(c, prepared, device) for c in cfgs])
+        loop = recipe.build_stack_loop([recipe.seeded(cfg, j) for j in range(copies)], prepared, device)
     else:
         loop = recipe.build_loop(cfg, prepared, device)
     batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))

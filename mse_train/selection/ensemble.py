@@ -36,9 +36,8 @@ from mse_train.models import networks
 from mse_train.outputs import checkpoint, fsio, metrics, run_folder
 from mse_train.selection import oof, worker
 from mse_train.training import signals
-from mse_train.training.loop import Loop
 from mse_train.training.records import Status
-from mse_train.training.stack import Stack, pack_key
+from mse_train.training.stack import pack_key
 
 FOLDER = "ensemble"  # <sweep folder>/ensemble/best.pt
 REPORT = "ensemble.json"  # in the sweep folder: the selection; in FOLDER: the members trained
@@ -179,7 +178,7 @@ def refit(
     once per seed, and write their weighted mean as one checkpoint, `out`/best.pt; returns
     its path."""
     numbers = [n for n in sorted(members) for _ in range(selection.seeds)]
-    cfgs = [_seeded(members[n], j % selection.seeds) for j, n in enumerate(numbers)]
+    cfgs = [recipe.seeded(members[n], j % selection.seeds) for j, n in enumerate(numbers)]
     first = cfgs[0]
     prepared = prepare.prepare(first.data, first.targets, first.seed)
     fsio.ensure_writable_dir(out)
@@ -223,15 +222,6 @@ def refit(
     return out / "best.pt"
 
 
-def _seeded(cfg: Config, offset: int) -> Config:
-    """`cfg` with its seed moved by `offset` (0: itself): other initial weights and batches."""
-    if offset == 0:
-        return cfg
-    cfg = cfg.model_copy(deep=True)
-    cfg.seed += offset
-    return cfg
-
-
 def _train(
     cfgs: list[Config],
     prepared: prepare.Prepared,
@@ -253,12 +243,11 @@ def _train(
     with signals.on_signals() as stop:
         for key, group in groups.items():
             if key is not None and len(group) > 1:
-                stack = Stack([recipe.build_one(cfgs[i], prepared, device) for i in group], device)
-                loop = Loop(stack, [recipe.member(cfgs[i], prepared, device) for i in group])
+                loop = recipe.build_stack_loop([cfgs[i] for i in group], prepared, device)
                 status = loop.run(lambda record: None, stop.requested)
                 _check(status, [loop.status_of(j) for j in range(len(group))], fix)
                 for j, i in enumerate(group):
-                    modules[i], epochs[i] = stack.best_model(j), loop.best_epoch_of(j)
+                    modules[i], epochs[i] = loop.models.best_model(j), loop.best_epoch_of(j)
                 continue
             for i in group:
                 one = recipe.build_loop(cfgs[i], prepared, device, stack=pack)
