@@ -275,3 +275,12 @@ def test_refit_seeds_without_folds_average_the_winner_and_say_why_there_are_no_i
     best = found["best"]["trial"]
     said = f"each refit with 2 seeds; validation MSE {score}, best single trial ({best}) {score}"
     assert said in shown.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "101", "two"])
+def test_a_bad_refit_seeds_is_a_config_error_naming_the_key(cli, tmp_path, value):
+    cfg = _config(tmp_path, _table(tmp_path), ensemble=0)
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--set", f"sweep.refit_seeds={value}")
+    assert result.code == 2, result
+    assert "sweep.refit_seeds" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "sw").exists()
