@@ -23,6 +23,7 @@ import torch
 
 from mse_train import config, runtime
 from mse_train.config import Config, schema
+from mse_train.data import bags as data_bags
 from mse_train.data import stream_fit
 from mse_train.data.prepare import Prepared, Split
 from mse_train.data.stream import Rows
@@ -30,6 +31,7 @@ from mse_train.data.stream_fit import Streamed
 from mse_train.errors import ConfigError, MseTrainError, SaveError, TrainingDiverged, TrainingInterrupted
 from mse_train.models import embeddings, init, networks
 from mse_train.outputs import (
+    bags,
     checkpoint,
     fsio,
     metrics,
@@ -270,9 +272,12 @@ def _train(
     an `--overwrite`n previous run was put back because this one diverged.
     """
     started = time.perf_counter()
+    check_bags(cfg, options.resume)
     resumed = run_folder.check(out, options.resume, options.overwrite)
     if device is None:
         device = runtime.resolve_device(cfg.train.device)
+    if cfg.train.bags > 1:
+        return _train_bags(cfg, options, reporter, out, device, tracked, started)
     prepared = stream_fit.prepare_run(cfg.data, cfg.targets, cfg.seed, cfg.train.batch_size)
     for text in prepared.notes:
         reporter.note(text)
@@ -406,6 +411,212 @@ def _train_and_save(
     return status, result
 
 
+# --------------------------------------------------------------- a bagged run
+def check_bags(cfg: Config, resume: bool = False) -> None:
+    """What `train.bags` > 1 needs: every problem in one ConfigError."""
+    if cfg.train.bags == 1:
+        return
+    problems = []
+    if cfg.data.val is not None:
+        problems.append(
+            "data.val names a validation file, and each bag draws its own validation rows from "
+            "data.train: remove data.val (its rows may join data.train), or set train.bags: 1"
+        )
+    elif cfg.data.val_fraction <= 0:
+        problems.append(
+            "data.val_fraction is 0, and each bag stops early on validation rows of its own: "
+            "set data.val_fraction (e.g. 0.2), or train.bags: 1"
+        )
+    if resume:
+        problems.append(
+            "--resume: a bagged run writes no last.pt to continue from; run again without "
+            "--resume (with --overwrite to replace the folder's run)"
+        )
+    if problems:
+        raise ConfigError(f"train.bags is {cfg.train.bags}, and this run cannot bag", problems)
+
+
+def _train_bags(
+    cfg: Config,
+    options: Options,
+    reporter: Reporter,
+    out: Path,
+    device: torch.device,
+    tracked: _Tracked,
+    started: float,
+) -> tuple[Status, Summary, list[dict[str, float | None]], str, bool]:
+    """`train.bags` models, each stopped on its own validation rows (data/bags.py), side by
+    side in one stack where the config stacks (one at a time otherwise); best.pt holds their
+    mean (outputs/bags.py). Nothing is written until every bag has trained: a bagged run that
+    is interrupted or diverges leaves the folder as it was (an `--overwrite`n run put back)."""
+    k = cfg.train.bags
+    bagged = data_bags.prepare_bags(cfg.data, cfg.targets, cfg.seed, k)
+    shared = bagged.shared
+    for text in shared.notes:
+        reporter.note(text)
+    jobs = [(seeded(cfg, j), bagged.bags[j]) for j in range(k)]
+    _check_fits(cfg, shared, device)
+    together = options.pack and why_alone(cfg) is None
+    loops = (
+        [stack_loop(jobs, device)]
+        if together
+        else [build_loop(c, p, device, stack=options.pack) for c, p in jobs]
+    )
+    replacement = run_folder.Replacement(out)
+    if options.overwrite:
+        replacement.move_aside()
+    try:
+        if tracked.store is not None:
+            tracked.run = mlflow_log.start_training(
+                tracked.store, out, cfg, False, [], options.mlflow_tags, reporter.note
+            )
+        assert shared.val is not None
+        reporter.start(
+            RunInfo(
+                str(out),
+                str(device),
+                len(shared.train),
+                len(shared.val),
+                shared.train.inputs,
+                cfg.targets,
+                cfg.train.epochs,
+                0,
+                torch.get_num_threads(),
+            )
+        )
+        how = "side by side in one stack" if together else "one after another"
+        reporter.note(
+            f"{k} bags (seeds {cfg.seed}..{cfg.seed + k - 1}), each trains on {len(shared.train)} rows "
+            f"and stops on its own {len(shared.val)}, {how}; best.pt predicts their mean"
+        )
+        scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard else None
+        epochs = _MeanEpochs(reporter, cfg.train.epochs, scalars, tracked.run)
+        train_started = time.perf_counter()
+        trained: list[bags.Bag] = []
+        with signals.on_signals() as stop:
+            for loop in loops:
+                status = loop.run(epochs.add, should_stop=stop.requested, on_batch=reporter.batch)
+                epochs.flush()
+                if status is Status.INTERRUPTED:
+                    raise TrainingInterrupted(
+                        f"interrupted while bag {len(trained) + 1} of {k} trained; a bagged run keeps "
+                        "no last.pt, so nothing was written",
+                        [f"start again: {options.overwrite_command}"],
+                    )
+                trained += _bags_of(loop, len(trained))
+        train_seconds = time.perf_counter() - train_started
+        reporter.finish()
+        if scalars is not None:
+            scalars.close()
+        oob = bags.out_of_bag(trained, bagged)
+        fsio.remove_stale_temporaries(out)
+        fsio.write_text(out / "config.yaml", config.to_yaml(cfg))
+        bags.write(out, cfg, bagged, trained, oob)
+        history = bags.mean_history([b.history for b in trained])
+        everything = all(b.status == Status.COMPLETED.value for b in trained)
+        status = Status.COMPLETED if everything else Status.EARLY_STOPPED
+        result = summary.build(
+            cfg,
+            status,
+            history,
+            0,
+            time.perf_counter() - started,
+            {"train": len(shared.train), "val": len(shared.val)},
+            shared.pre.input_names,
+            device,
+            shared.notes,
+            {"ingest_seconds": shared.ingest_seconds, "train_seconds": train_seconds},
+        )
+        result["best"] = {
+            "epoch": None,
+            "train_loss": None,
+            "val_loss": oob.mse,
+            "train_end_loss": None,
+            "watched": "val_loss",
+        }
+        result["bags"] = {
+            "count": k,
+            "oob_mse": oob.mse,
+            "oob_rows": oob.rows,
+            "best_epochs": [b.best_epoch for b in trained],
+        }
+        metrics.write_json(out / "summary.json", dict(result))
+    except BaseException:
+        replacement.undo()
+        raise
+    replacement.done()
+    return status, result, history, "", False
+
+
+def _bags_of(loop: Loop, first: int) -> list[bags.Bag]:
+    """The bags `loop` trained (bag numbers from `first`), each at its best epoch; a bag
+    that diverged fails the run."""
+    out = []
+    for i in range(loop.k):
+        status, epochs, reason = loop.status_of(i)
+        if status is Status.DIVERGED:
+            raise TrainingDiverged(
+                f"bag {first + i} of the bagged run diverged at epoch {epochs + 1}: {reason}; "
+                "nothing was written",
+                [_DIVERGENCE_FIX],
+            )
+        out.append(
+            bags.Bag(
+                loop.models.best_model(i),
+                loop.members[i].seed,
+                epochs,
+                loop.best_epoch_of(i),
+                loop.best_loss_of(i),
+                status.value,
+                loop.history_of(i),
+            )
+        )
+    return out
+
+
+class _MeanEpochs:
+    """The bags' epoch records, shown and logged as one: each epoch's mean over the bags
+    that trained it (outputs/bags.mean_history), once the next epoch begins or the loop ends."""
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        total: int,
+        scalars: tensorboard_log.Scalars | None,
+        tracked: mlflow_log.Run | None,
+    ) -> None:
+        self.reporter, self.total, self.scalars, self.tracked = reporter, total, scalars, tracked
+        self.pending: list[EpochRecord] = []
+
+    def add(self, record: EpochRecord) -> None:
+        if self.pending and self.pending[0].epoch != record.epoch:
+            self.flush()
+        self.pending.append(record)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        (row,) = bags.mean_history([[r.row()] for r in self.pending])
+        row["epoch"] = self.pending[0].epoch
+        first = self.pending[0]
+        mean = EpochRecord(
+            epoch=first.epoch,
+            train_loss=row["train_loss"],
+            val_loss=row["val_loss"],
+            train_end_loss=None,
+            lr=row["lr"],
+            penalty=row.get("penalty"),
+            seconds=row["seconds"],
+            per_target={key: row[key] for key in first.per_target},
+        )
+        self.pending = []
+        self.reporter.epoch(mean, self.total)
+        if self.scalars is not None:
+            self.scalars.epoch(mean.row())
+        if self.tracked is not None:
+            self.tracked.epoch(mean.row())
+
+
 # --------------------------------------------------------------------- setup
 def build_loop(
     cfg: Config,
@@ -418,13 +629,7 @@ def build_loop(
     stack of one when its config can stack (training/stack/) and `stack` allows, else as
     a module with its torch optimizer.
     """
-    n_inputs, n_outputs = prepared.train.inputs, prepared.train.outputs
-    batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))
-    needs = footprint.estimate(
-        cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric), model_categories(cfg, prepared)
-    )
-    footprint.check_fits(needs, runtime.available_memory(device), device)
-    _check_batch_norm(cfg, len(prepared.train), batch_rows)
+    _check_fits(cfg, prepared, device)
     built = build_one(cfg, prepared, device)
     models: Models
     if stack and world is None and why_alone(cfg) is None:  # a stack of one: see training/stack/
@@ -443,6 +648,17 @@ def build_loop(
     return Loop(models, [member(cfg, prepared, device)], world)
 
 
+def _check_fits(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> None:
+    """One model of `cfg` on `prepared`'s rows fits the device's memory, and its batches suit it."""
+    n_inputs, n_outputs = prepared.train.inputs, prepared.train.outputs
+    batch_rows = min(cfg.train.batch_size or len(prepared.train), len(prepared.train))
+    needs = footprint.estimate(
+        cfg, n_inputs, n_outputs, batch_rows, len(prepared.pre.numeric), model_categories(cfg, prepared)
+    )
+    footprint.check_fits(needs, runtime.available_memory(device), device)
+    _check_batch_norm(cfg, len(prepared.train), batch_rows)
+
+
 def seeded(cfg: Config, offset: int) -> Config:
     """`cfg` with its seed moved by `offset` (0: itself): other initial weights and batches."""
     if offset == 0:
@@ -454,8 +670,13 @@ def seeded(cfg: Config, offset: int) -> Config:
 
 def build_stack_loop(cfgs: list[Config], prepared: Prepared, device: torch.device) -> Loop:
     """Configs of one pack key trained side by side on the same rows: one stack, one loop."""
-    stack = Stack([build_one(cfg, prepared, device) for cfg in cfgs], device)
-    return Loop(stack, [member(cfg, prepared, device) for cfg in cfgs])
+    return stack_loop([(cfg, prepared) for cfg in cfgs], device)
+
+
+def stack_loop(jobs: list[tuple[Config, Prepared]], device: torch.device) -> Loop:
+    """Configs of one pack key trained side by side, each on its own rows: one stack, one loop."""
+    stack = Stack([build_one(cfg, prepared, device) for cfg, prepared in jobs], device)
+    return Loop(stack, [member(cfg, prepared, device) for cfg, prepared in jobs])
 
 
 def member(cfg: Config, prepared: Prepared | Streamed, device: torch.device) -> Member:

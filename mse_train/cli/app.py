@@ -706,6 +706,7 @@ def validate(config_file: ConfigPath, overrides: Overrides = None, debug: Debug 
             mlflow_log.check_available(mlflow_log.tracking_uri())
         device = runtime.resolve_device(cfg.train.device)
         runtime.resolve_threads(cfg.train.threads)  # a bad MSE_TRAIN_THREADS stops run too
+        recipe.check_bags(cfg)
         prepared = prepare.prepare(cfg.data, cfg.targets, cfg.seed)
         recipe.build_loop(cfg, prepared, device)  # what run builds: validate passing means run starts
         checked = 0

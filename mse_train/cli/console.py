@@ -252,18 +252,37 @@ def _remaining_column(progress: SweepProgress) -> Any:
 
 
 # What a run may write, in the order the summary line names them (loss.png only with output.plot).
-WRITTEN = ("best.pt", "last.pt", "metrics.csv", "summary.json", "config.yaml", "loss.png", "mlflow.json")
+WRITTEN = (
+    "best.pt",
+    "last.pt",
+    "metrics.csv",
+    "bags.csv",
+    "summary.json",
+    "config.yaml",
+    "loss.png",
+    "mlflow.json",
+)
 
 
 def print_run_summary(console: Console, summary: Summary) -> None:
     best, final = summary["best"], summary["final"]
     watched = best["watched"]
-    console.print(
-        f"{summary['status']}: {summary['epochs_run']} epochs in {summary['wall_seconds']:.2f} s; "
-        f"final train_loss {_fmt(final['train_loss'])}"
-        + (f", val_loss {_fmt(final['val_loss'])}" if final["val_loss"] is not None else "")
-        + f"; best {watched} {_fmt(best[watched])} at epoch {best['epoch']}"
-    )
+    bagged = summary.get("bags")
+    if bagged is not None:
+        epochs = bagged["best_epochs"]
+        console.print(
+            f"{summary['status']}: {bagged['count']} bags, {summary['epochs_run']} epochs at most, in "
+            f"{summary['wall_seconds']:.2f} s; out-of-bag val_loss of their mean "
+            f"{_fmt(bagged['oob_mse'])} over {bagged['oob_rows']} rows; bags' best epochs "
+            f"{min(epochs)}-{max(epochs)}"
+        )
+    else:
+        console.print(
+            f"{summary['status']}: {summary['epochs_run']} epochs in {summary['wall_seconds']:.2f} s; "
+            f"final train_loss {_fmt(final['train_loss'])}"
+            + (f", val_loss {_fmt(final['val_loss'])}" if final["val_loss"] is not None else "")
+            + f"; best {watched} {_fmt(best[watched])} at epoch {best['epoch']}"
+        )
     out = _relative(summary["output_dir"])
     written = [name for name in WRITTEN if (Path(summary["output_dir"]) / name).is_file()]
     console.print(f"wrote {out}/: {', '.join(written)}")

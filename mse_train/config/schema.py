@@ -585,6 +585,16 @@ class TrainConfig(Section):
         "float32; trains as a module, not a stack). tf32 and bf16 need a CUDA device (exit 2 on a "
         "CPU). Validation, eval and predict score in float32.",
     )
+    bags: Annotated[Int, Field(ge=1, le=50)] = Field(
+        1,
+        description="Train this many models, each on its own draw of `data.val_fraction` "
+        "validation rows (bag j: seed + j, so its own rows, initial weights and batch order), each "
+        "stopped early and kept at its best epoch on its own validation rows, side by side in one "
+        "stack where the config stacks; best.pt predicts their mean (as AutoGluon bags), its "
+        "intervals from the out-of-bag residuals. One preprocessing, fitted on all training rows, "
+        "serves them all. Needs `data.val_fraction` > 0 and no `data.val`; writes no last.pt (no "
+        "--resume). 1 = one model.",
+    )
     threads: Threads = Field(
         "auto",
         description="CPU threads torch uses within each operation: a whole number, or auto = "

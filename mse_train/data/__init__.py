@@ -30,6 +30,8 @@ fitted preprocessing out, through a binary cache of parsed tables.
                  one fold's split (`fit_split`) for cross-validation; the holdout draw
                  and the held-out category check that streamed tables share
   folds.py       K-fold row numbers, shuffled with the seed
+  bags.py        a bagged run's rows (`train.bags`): one preprocessing fitted on every
+                 training row, and each bag's own draw of validation rows
   stream.py      rows of a memory-mapped cache entry in blocks: shuffled epochs of batches
                  and scoring, through preprocess.py's Encoder, for tables larger than memory
   stream_fit.py  `run`'s and `eval`'s data: in memory when it fits `data.memory_budget`,

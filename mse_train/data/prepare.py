@@ -236,6 +236,19 @@ def holdout(n: int, cfg: DataConfig, seed: int, split_name: str | None = None) -
     return np.random.default_rng(seed).permutation(n), n - n_val
 
 
+def fit_all(loaded: Loaded, cfg: DataConfig) -> tuple[Split, Preprocessor, dict[str, Any]]:
+    """Every row of `loaded` as arrays, the preprocessing and drift profile fitted on all of
+    them: for the bags of a bagged run (data/bags.py), which share one preprocessing."""
+    pre, profile = _fit(loaded.table, None, loaded.features, loaded.targets, cfg)
+    w = loaded.weights()
+    split = Split(
+        pre.features_array(loaded.table),
+        pre.targets_array(loaded.table.frame),
+        None if w is None else w.astype(np.float32),
+    )
+    return split, pre, profile
+
+
 def whole_table(loaded: Loaded, cfg: DataConfig) -> Split:
     """Every row of `loaded`, the preprocessing fitted on all of them: for `init`'s look at a
     table before any split (ridge's penalty), never for training or scoring a model."""

@@ -7,6 +7,8 @@
   metrics.py          metrics.csv and JSON files
   tables.py           cv.csv and a sweep's leaderboard.csv
   summary.py          summary.json, typed
+  bags.py             a bagged run's best.pt (the bags' mean), out-of-bag score and
+                      residuals, bags.csv and the bags' mean curve
   plots.py            loss.png and overlays (matplotlib, imported only when plotting)
   tensorboard_log.py  TensorBoard scalars (an optional extra)
   mlflow_log.py       MLflow tracking of a run: params, per-epoch metrics, summary, artifacts

@@ -49,6 +49,7 @@ RESIDUALS_FROM = {
     "validation": "validation rows",
     "leave_one_out": "training rows, exact leave-one-out residuals",  # a linear model on every row
     "out_of_fold": "training rows, out-of-fold residuals",  # a sweep's ensemble
+    "out_of_bag": "training rows, out-of-bag residuals",  # a bagged run (train.bags)
 }
 K_PROFILE = "profile"  # fitting.fit's profile: each feature's training range and empty cells
 # Why the run's end stored no residuals: one of NO_RESIDUALS' keys. Absent with no residuals:

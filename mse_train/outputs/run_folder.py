@@ -31,7 +31,16 @@ MLFLOW_RECORD = "mlflow.json"  # with output.mlflow: the MLflow run this folder 
 # Exact leave-one-out residuals keep an [n, min(n, inputs)] float64 basis: above these, none
 LOO_MOST_SIDE = 4000  # inputs (or rows, when fewer): its eigendecomposition's side
 LOO_MOST_CELLS = 50_000_000  # rows x that side (400 MB a copy)
-RUN_FILES = ("config.yaml", "metrics.csv", "last.pt", "best.pt", "summary.json", "loss.png", MLFLOW_RECORD)
+RUN_FILES = (
+    "config.yaml",
+    "metrics.csv",
+    "last.pt",
+    "best.pt",
+    "summary.json",
+    "loss.png",
+    MLFLOW_RECORD,
+    "bags.csv",  # a bagged run's (outputs/bags.py)
+)
 
 
 def check(out: Path, resume: bool, overwrite: bool) -> bool:
@@ -45,12 +54,10 @@ def check(out: Path, resume: bool, overwrite: bool) -> bool:
             )
         return True
     if present and not overwrite:
+        go_on = "continue it with --resume, " if "last.pt" in present else ""
         raise OutputError(
             f"{out}: already holds a run ({', '.join(present)})",
-            [
-                "continue it with --resume, replace it with --overwrite, or choose another "
-                "folder with --output-dir"
-            ],
+            [f"{go_on}replace it with --overwrite, or choose another folder with --output-dir"],
         )
     return False
 

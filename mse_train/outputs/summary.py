@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,15 @@ class Versions(TypedDict):
     pandas: str
 
 
+class Bags(TypedDict):
+    """A bagged run's (`train.bags`): the out-of-bag score best.pt's mean earns."""
+
+    count: int
+    oob_mse: float  # each row some bag held out, predicted by the mean of those bags (as val_loss)
+    oob_rows: int
+    best_epochs: list[int]  # each bag's
+
+
 class Summary(TypedDict):
     status: str  # a Status value
     epochs_run: int
@@ -67,6 +76,7 @@ class Summary(TypedDict):
     data: DataFiles
     notes: list[str]
     versions: Versions
+    bags: NotRequired[Bags]  # only for a bagged run
 
 
 def build(

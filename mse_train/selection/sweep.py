@@ -406,6 +406,7 @@ def _refit_config(cfg: Config, out: Path, best_epochs: list[int]) -> Config:
     rows, so the refit's more rows already take more steps per epoch)."""
     cfg = cfg.model_copy(deep=True)
     cfg.data.val_fraction = 0.0
+    cfg.train.bags = 1  # no validation rows to bag with: `sweep.refit_seeds` averages the refit
     cfg.output.dir = str(out / "best")
     if best_epochs:
         cfg.train.epochs = max(1, round(sum(best_epochs) / len(best_epochs)))

@@ -86,6 +86,11 @@ def check_config(cfg: Config, world: World) -> None:
             "own rows only (so the run would not be the one-process run); "
             "use model.norm: layer_norm under torchrun"
         )
+    if cfg.train.bags > 1:
+        problems.append(
+            f"train.bags is {cfg.train.bags}, and a bagged run trains in one process (its bags "
+            "side by side); run it without torchrun, or set train.bags: 1"
+        )
     if problems:
         raise ConfigError(f"this config cannot train in {world.size} processes", problems)
 

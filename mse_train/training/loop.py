@@ -190,6 +190,14 @@ class Loop:
         """The epoch whose weights model i keeps as its best (0 before any)."""
         return self._model[i].progress.best_epoch
 
+    def best_loss_of(self, i: int) -> float:
+        """Model i's watched loss at its best epoch (inf before any)."""
+        return self._model[i].progress.best_loss
+
+    def history_of(self, i: int) -> list[dict[str, Any]]:
+        """Model i's epoch records (metrics.csv rows), as `history` is model 0's."""
+        return list(self._model[i].history)
+
     # ------------------------------------------------------------------ the loop
     def run(
         self,

@@ -1,0 +1,80 @@
+"""The rows of a bagged run (`train.bags`): one preprocessing, K draws of validation rows.
+
+Bag j holds out its own `data.val_fraction` of the training rows, drawn as `run` draws them
+with seed + j (bag 0's are exactly those of a run with the same seed), trains on the rest
+and stops early on its own. The preprocessing (means, scales, fill values, categories) is
+fitted once on all training rows and shared, as AutoGluon's bagged models share theirs:
+every bag needs the same input columns to be averaged in one checkpoint. So a bag's
+validation rows take part in the statistics, never in the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mse_train.config.schema import DataConfig
+from mse_train.data import prepare, stream_fit, table, weights
+from mse_train.data.prepare import Prepared, Split
+from mse_train.errors import DataError
+
+
+@dataclass
+class Bagged:
+    """Every training row (`rows`), each bag's arrays (`bags[j]`: its training and validation
+    rows), and which rows each bag held out (indices into `rows`, for the out-of-bag scores)."""
+
+    rows: Split
+    bags: list[Prepared]
+    held_out: list[np.ndarray]
+
+    @property
+    def shared(self) -> Prepared:
+        """Bag 0: its preprocessing, notes, digests and profile are every bag's."""
+        return self.bags[0]
+
+
+def prepare_bags(cfg: DataConfig, targets: list[str], seed: int, k: int) -> Bagged:
+    """Read the training table into memory, fit the preprocessing on all its rows, and draw
+    `k` validation splits (seeds seed, ..., seed + k - 1)."""
+    path = Path(cfg.train)
+    header = table.read_header(path, cfg.delimiter)
+    if not stream_fit.surely_fits(path, header, len(targets), stream_fit.budget(cfg)):
+        raise DataError(
+            f"{path}: the table may need more memory than `data.memory_budget`, and a bagged run "
+            "(`train.bags`) holds its rows in memory",
+            ["raise `data.memory_budget`, or set `train.bags: 1` to stream the table"],
+        )
+    loaded = prepare.load_training(cfg, targets)
+    whole, pre, profile = prepare.fit_all(loaded, cfg)
+    n = len(whole)
+    bags, held_out = [], []
+    for j in range(k):
+        order, cut = prepare.holdout(n, cfg, seed + j)
+        fit_rows, val_rows = order[:cut], order[cut:]
+        if whole.w is not None:
+            for rows, what in ((fit_rows, "training"), (val_rows, "validation")):
+                weights.check_not_all_zero(whole.w[rows], path, str(cfg.weight), f"{what} rows of bag {j}")
+        bags.append(
+            Prepared(
+                _rows(whole, fit_rows),
+                _rows(whole, val_rows),
+                pre,
+                loaded.digests,
+                loaded.notes,
+                profile,
+                loaded.ingest_seconds,
+            )
+        )
+        held_out.append(val_rows)
+    return Bagged(whole, bags, held_out)
+
+
+def _rows(whole: Split, index: np.ndarray) -> Split:
+    return Split(
+        np.ascontiguousarray(whole.x[index]),
+        np.ascontiguousarray(whole.y[index]),
+        None if whole.w is None else np.ascontiguousarray(whole.w[index]),
+    )

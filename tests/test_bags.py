@@ -1,0 +1,235 @@
+"""A bagged run (`train.bags`): K models, each stopped on validation rows of its own, saved as
+one checkpoint of their mean, scored and calibrated out of bag."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mse_train import config, recipe
+from mse_train.data import bags as data_bags
+from mse_train.data import prepare
+from mse_train.errors import TrainingInterrupted
+from mse_train.models import inference, networks
+from mse_train.outputs import checkpoint
+from mse_train.training import distributed
+from mse_train.training.distributed import World
+
+from conftest import linear_rows, read_json, read_metrics, signal_at_step, sweep_config, write_csv
+
+MLP = {"type": "mlp", "hidden": [16], "activation": "relu"}
+
+
+def _bagged(small_config: Any, bags: int = 3, **sections: Any) -> Path:
+    train = {"epochs": 30, "bags": bags, "batch_size": 32, "early_stopping": {"patience": 5}}
+    data = {"val_fraction": 0.25, **sections.pop("data", {})}
+    path: Path = small_config(model=MLP, train={**train, **sections.pop("train", {})}, data=data, **sections)
+    return path
+
+
+def _members(path: Path) -> list[torch.nn.Module]:
+    model = checkpoint.model(path, checkpoint.load(path))
+    assert isinstance(model, networks.WeightedMean)
+    return list(model.members)
+
+
+def test_a_bagged_run_writes_one_checkpoint_of_its_bags_mean_scored_out_of_bag(cli, small_config, tmp_path):
+    cfg = _bagged(small_config)
+    result = cli("run", cfg, "--json")
+    assert result.code == 0, result
+    out = tmp_path / "run"
+    summary = json.loads(result.stdout)
+    assert summary["bags"]["count"] == 3 and summary == read_json(out / "summary.json")
+    assert summary["rows"] == {"train": 150, "val": 50}
+    assert "3 bags (seeds 0..2), each trains on 150 rows and stops on its own 50" in result.stderr
+    assert not (out / "last.pt").exists()  # no resume: nothing to continue from
+    rows = read_metrics(out / "bags.csv")
+    assert [(r["bag"], r["seed"], r["val_rows"]) for r in rows] == [
+        ("0", "0", "50"),
+        ("1", "1", "50"),
+        ("2", "2", "50"),
+    ]
+    members = _members(out / "best.pt")
+    assert (
+        len(members) == 3 and checkpoint.load(out / "best.pt")[checkpoint.K_MODEL]["weights"] == [1 / 3] * 3
+    )
+
+    # Out of bag, computed here row by row: each row held out by some bag, predicted by the
+    # mean of the bags that held it out.
+    loaded = config.load(cfg)
+    bagged = data_bags.prepare_bags(loaded.data, loaded.targets, loaded.seed, 3)
+    n = len(bagged.rows)
+    held = [set(prepare.holdout(n, loaded.data, j)[0][150:].tolist()) for j in range(3)]
+    assert [set(h.tolist()) for h in bagged.held_out] == held
+    assert held[0] != held[1] != held[2]
+    x = torch.from_numpy(bagged.rows.x)
+    each = [inference.predict(m, x).numpy()[:, 0] for m in members]
+    errors = []
+    for row in range(n):
+        by = [each[j][row] for j in range(3) if row in held[j]]
+        if by:
+            errors.append((np.mean(by) - bagged.rows.y[row, 0]) ** 2)
+    assert summary["bags"]["oob_rows"] == len(errors) == len(set().union(*held))
+    assert summary["bags"]["oob_mse"] == pytest.approx(float(np.mean(errors)), rel=1e-5)
+    assert summary["best"]["val_loss"] == summary["bags"]["oob_mse"]
+
+    # The mean curve: per epoch, the mean over the bags that trained it.
+    curve = read_metrics(out / "metrics.csv")
+    epochs = [int(r["epochs"]) for r in rows]
+    assert len(curve) == max(epochs) and curve[0]["bags"] == "3"
+    assert [int(r["bags"]) for r in curve] == [sum(e > i for e in epochs) for i in range(max(epochs))]
+
+    predicted = tmp_path / "p.csv"
+    done = cli("predict", out / "best.pt", tmp_path / "table.csv", "-o", predicted, "--interval", "0.8")
+    assert done.code == 0, done
+    scored = cli("eval", out / "best.pt", tmp_path / "table.csv", "--json", "--interval", "0.8")
+    report = json.loads(scored.stdout)
+    assert 0.6 <= report["interval"]["coverage"] <= 1.0
+
+
+def test_the_bags_prediction_is_the_mean_of_its_members(cli, small_config, tmp_path):
+    assert cli("run", _bagged(small_config, bags=2), "-q").code == 0
+    path = tmp_path / "run" / "best.pt"
+    members = _members(path)
+    x = torch.randn(20, 3)
+    mean = (inference.predict(members[0], x) + inference.predict(members[1], x)) / 2
+    torch.testing.assert_close(inference.predict(checkpoint.model(path, checkpoint.load(path)), x), mean)
+    assert not torch.allclose(inference.predict(members[0], x), inference.predict(members[1], x), atol=1e-3)
+
+
+def test_bags_trained_one_after_another_equal_bags_side_by_side(cli, small_config, tmp_path):
+    cfg = _bagged(small_config, bags=2)
+    assert cli("run", cfg, "-q", "-o", tmp_path / "packed").code == 0
+    apart = cli("run", cfg, "--no-pack", "-o", tmp_path / "apart")
+    assert apart.code == 0, apart
+    assert "one after another" in apart.stderr
+    x = torch.randn(50, 3)
+    for a, b in zip(
+        _members(tmp_path / "packed" / "best.pt"), _members(tmp_path / "apart" / "best.pt"), strict=True
+    ):
+        torch.testing.assert_close(inference.predict(a, x), inference.predict(b, x), rtol=1e-3, atol=1e-4)
+    packed, apart_rows = (read_metrics(tmp_path / name / "bags.csv") for name in ("packed", "apart"))
+    for row, other in zip(packed, apart_rows, strict=True):
+        assert float(row.pop("best_val_loss")) == pytest.approx(float(other.pop("best_val_loss")), rel=1e-4)
+        assert row == other
+
+
+@pytest.mark.parametrize("case", ["no_fraction", "val_file"])
+def test_a_bagged_run_without_validation_rows_of_its_own_is_a_config_error(cli, small_config, tmp_path, case):
+    if case == "no_fraction":
+        cfg, said = _bagged(small_config, data={"val_fraction": 0.0}), "data.val_fraction is 0"
+    else:
+        cfg, said = (
+            _bagged(small_config, data={"val": str(tmp_path / "table.csv"), "val_fraction": 0.0}),
+            "data.val names a validation file",
+        )
+    result = cli("run", cfg)
+    assert result.code == 2, result
+    assert "train.bags is 3, and this run cannot bag" in result.stderr and said in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "51", "three"])
+def test_a_bad_bags_value_is_a_config_error_naming_the_key(cli, small_config, tmp_path, value):
+    result = cli("run", _bagged(small_config), "--set", f"train.bags={value}")
+    assert result.code == 2, result
+    assert "train.bags" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bagged_run_has_no_resume_and_says_so(cli, small_config, tmp_path):
+    cfg = _bagged(small_config)
+    assert cli("run", cfg, "-q").code == 0
+    again = cli("run", cfg)
+    assert again.code == 2 and "--overwrite" in again.stderr and "--resume" not in again.stderr, again
+    resumed = cli("run", cfg, "--resume")
+    assert resumed.code == 2 and "a bagged run writes no last.pt" in resumed.stderr, resumed
+
+
+def test_an_interrupted_bagged_run_writes_nothing_and_keeps_the_run_it_would_replace(
+    monkeypatch, small_config, tmp_path
+):
+    cfg = config.load(_bagged(small_config))
+    recipe.run(cfg, recipe.Options(), recipe.Silent())
+    before = (tmp_path / "run" / "best.pt").read_bytes()
+    restore = signal_at_step(monkeypatch, 7)
+    with pytest.raises(TrainingInterrupted, match=r"a bagged run keeps no last\.pt, so nothing was written"):
+        recipe.run(cfg, recipe.Options(overwrite=True), recipe.Silent())
+    restore()
+    assert (tmp_path / "run" / "best.pt").read_bytes() == before
+    assert not (tmp_path / "run" / ".previous-run").exists()
+
+
+def test_a_bag_that_diverges_fails_the_run_and_writes_nothing(cli, small_config, tmp_path):
+    cfg = _bagged(small_config, optimizer={"name": "sgd", "lr": 1.0e30})
+    result = cli("run", cfg)
+    assert result.code == 1, result
+    assert (
+        "bag 0 of the bagged run diverged at epoch 1" in result.stderr
+        and "nothing was written" in result.stderr
+    )
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.pt"))
+
+
+def test_a_plain_run_over_a_bagged_one_leaves_no_bags_file(cli, small_config, tmp_path):
+    cfg = _bagged(small_config)
+    assert cli("run", cfg, "-q").code == 0 and (tmp_path / "run" / "bags.csv").exists()
+    assert cli("run", cfg, "-q", "--overwrite", "--set", "train.bags=1").code == 0
+    assert not (tmp_path / "run" / "bags.csv").exists() and (tmp_path / "run" / "last.pt").exists()
+
+
+def test_torchrun_refuses_a_bagged_run_before_it_starts(small_config):
+    cfg = config.load(_bagged(small_config))
+    with pytest.raises(Exception, match="a bagged run trains in one process"):
+        distributed.check_config(cfg, World(rank=0, size=2, local_rank=0))
+
+
+def test_bags_with_sample_weights_score_out_of_bag_by_weight(cli, tmp_path):
+    header, values = linear_rows(120, seed=3)
+    weights = np.where(np.arange(120) % 2 == 0, 1.0, 3.0)
+    table = write_csv(
+        tmp_path / "w.csv", [*header, "w"], np.column_stack([values, weights]).round(6).tolist()
+    )
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text(
+        f"data: {{train: {table}, target: y, weight: w, val_fraction: 0.3}}\n"
+        "model: {type: mlp, hidden: [8]}\n"
+        f"optimizer: {{name: adam, lr: 0.01}}\ntrain: {{epochs: 5, bags: 2}}\n"
+        f"output: {{dir: {tmp_path / 'wr'}, plot: false}}\n"
+    )
+    result = cli("run", cfg, "--json")
+    assert result.code == 0, result
+    loaded = config.load(cfg)
+    bagged = data_bags.prepare_bags(loaded.data, loaded.targets, 0, 2)
+    members = _members(tmp_path / "wr" / "best.pt")
+    total, count = np.zeros(120), np.zeros(120)
+    for m, held in zip(members, bagged.held_out, strict=True):
+        total[held] += inference.predict(m, torch.from_numpy(bagged.rows.x[held])).numpy()[:, 0]
+        count[held] += 1
+    seen = count > 0
+    assert bagged.rows.w is not None
+    squared = (total[seen] / count[seen] - bagged.rows.y[seen, 0]) ** 2
+    expected = float(np.average(squared, weights=bagged.rows.w[seen]))
+    assert json.loads(result.stdout)["bags"]["oob_mse"] == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(float(squared.mean()), rel=1e-3)  # the weights count
+
+
+def test_validate_refuses_a_bagged_config_that_run_would_refuse(cli, small_config):
+    result = cli("validate", _bagged(small_config, data={"val_fraction": 0.0}))
+    assert result.code == 2 and "train.bags is 3, and this run cannot bag" in result.stderr, result
+
+
+def test_a_sweep_over_a_bagged_config_refits_its_winner_on_every_row_unbagged(cli, tmp_path, table):
+    sweep = {"trials": 2, "folds": 2, "params": {"optimizer.lr": [0.01, 0.05]}}
+    cfg = sweep_config(tmp_path, table, sweep, model=MLP, train={"epochs": 3, "bags": 3})
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert result.code == 0, result
+    best = yaml.safe_load((tmp_path / "sw" / "best.yaml").read_text())
+    assert best["train"]["bags"] == 1 and best["data"]["val_fraction"] == 0.0
+    assert (tmp_path / "sw" / "best" / "last.pt").exists()  # a plain run of the winner
