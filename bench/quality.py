@@ -246,7 +246,8 @@ def measure(
         elif variant.only and not set(variant.only) & set(table.tags):
             results[variant.name] = Result(None, None, "-")
         elif variant.base == "starter" and config["model"]["type"] == "linear":
-            results[variant.name] = Result(None, None, "- (linear starter)")
+            # a linear starter trains on every row and does not bag: the starter as it is
+            results[variant.name] = results["starter"]
         else:
             sets = (*table.sets, *variant.sets)
             results[variant.name] = train(work, variant.name, sets, test_csv, base=variant.base)

@@ -509,3 +509,37 @@ def test_mlflow_models_serve_answers_as_predict_does(cli, small_config, tmp_path
     np.testing.assert_allclose(
         [row["y_pred"] for row in predictions], pd.read_csv(out)["y_pred"].to_numpy(), rtol=2**-23, atol=0
     )
+
+
+def test_a_bagged_run_logs_the_bags_mean_curve_out_of_bag_score_and_model(cli, small_config, tmp_path, store):
+    cfg = small_config(
+        output={"mlflow": True},
+        data={"val_fraction": 0.25},
+        model={"type": "mlp", "hidden": [8]},
+        train={"epochs": 6, "bags": 3},
+    )
+    result = cli("run", cfg, "--json")
+    assert result.code == 0, result
+    folder = tmp_path / "run"
+    rid = run_id(folder)
+    run = store.get_run(rid)
+    assert run.info.status == "FINISHED"
+    rows = read_metrics(folder / "metrics.csv")
+    assert [int(r["bags"]) for r in rows] == [3] * 6
+    for column in ("train_loss", "val_loss"):
+        assert history(store, rid, column) == [(int(r["epoch"]), float(r[column])) for r in rows], column
+    assert run.data.metrics["best.val_loss"] == json.loads(result.stdout)["bags"]["oob_mse"]
+    listed = {f.path for f in store.list_artifacts(rid)}
+    assert {"best.pt", "bags.csv", "metrics.csv", "model"} <= listed and "last.pt" not in listed
+    out = tmp_path / "p.csv"
+    assert cli("predict", folder / "best.pt", tmp_path / "table.csv", "-o", out).code == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = (
+            pyfunc()
+            .load_model(f"runs:/{rid}/model")
+            .predict(pd.read_csv(tmp_path / "table.csv").drop(columns="y"))
+        )
+    np.testing.assert_allclose(
+        got["y_pred"].to_numpy(), pd.read_csv(out)["y_pred"].to_numpy(), rtol=2**-23, atol=0
+    )

@@ -32,6 +32,7 @@ class Choice:
     numeric_embedding: str = "piecewise_linear"
     rows: int | None = None  # rows the network's batches are sized for (None: the table's)
     network: str = "mlp"
+    bags: int = 1  # train.bags: the network's bags (init: BAGS on tables of up to BAG_MOST_ROWS rows)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Survey:
 
 
 MLP = Choice(False, ("an MLP: the default when the table has not been looked at",))
+BAGS = 5  # the network starter's bags, each on its own validation rows (bench/quality_results.md)
+BAG_MOST_ROWS = 10_000  # above: 1 (diamonds' 43k rows: 3.5x the time for +0.0006 R²)
 TABM_K = 16  # the TabM starter's members (bench/quality_results.md, "TabM on small tables")
 TABM_WIDTH = 128
 
@@ -129,6 +132,7 @@ loss:
 train:
 {_epochs(choice)}
   {_batch_size(choice, choice.rows if choice.rows is not None else counted)}
+{_bags(choice)}
   device: auto                # auto | cpu | cuda
 {_early_stopping(choice)}
 
@@ -342,6 +346,22 @@ def _early_stopping(choice: Choice) -> str:
         "  early_stopping:\n"
         f"    patience: {MLP_PATIENCE:<16}# stop after {MLP_PATIENCE} epochs without a better val loss\n"
         "    min_delta: 0.0"
+    )
+
+
+def _bags(choice: Choice) -> str:
+    if choice.linear:
+        return "  bags: 1                     # a linear model solved on every row: nothing to bag"
+    if choice.bags > 1:
+        return (
+            f"  bags: {choice.bags:<22}# {choice.bags} networks, each stopping on its own 20% of the rows "
+            "(seeds\n"
+            f"                              # seed..seed+{choice.bags - 1}); best.pt predicts their mean"
+        )
+    return (
+        "  bags: 1                     # > 1: that many networks, each stopping on its own validation\n"
+        f"                              # rows, best.pt their mean (init's race writes {BAGS} up to "
+        f"{BAG_MOST_ROWS:,} rows)"
     )
 
 

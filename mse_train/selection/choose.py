@@ -25,7 +25,7 @@ import numpy as np
 from mse_train import runtime
 from mse_train.config import loading, yamlio
 from mse_train.config.schema import Config
-from mse_train.config.starter import MLP, TABM_K, Choice
+from mse_train.config.starter import BAG_MOST_ROWS, BAGS, MLP, TABM_K, Choice
 from mse_train.data import prepare
 from mse_train.errors import UserError
 from mse_train.selection import race
@@ -117,11 +117,13 @@ def starter_model(
         + f", within {budget:g} s:",
         *(_line(e, stands_in and e.name == "mlp") for e in entries),
     )
+    bags = BAGS if n <= BAG_MOST_ROWS else 1  # for a network: what it gains shrinks with the rows
     if best is None:
-        return Choice(False, (*head, *_verdict(None))), None
+        return Choice(False, (*head, *_verdict(None)), bags=bags), None
     chosen = candidates[best.name]
     reasons = (*head, *_verdict(best.name))
-    return Choice(chosen.linear, reasons, l2=chosen.l2, network=chosen.network), None
+    bags = 1 if chosen.linear else bags
+    return Choice(chosen.linear, reasons, l2=chosen.l2, network=chosen.network, bags=bags), None
 
 
 def ridge_l2(loaded: prepare.Loaded, cfg: Config, n: int) -> float:
