@@ -96,6 +96,7 @@ def test_the_linear_starter_trains_on_every_row_and_predicts_as_ridgecv(cli, tmp
     assert cli("init", table(tmp_path, "lin.csv", (x[:400], y[:400])), "-t", "y", "-o", config).code == 0
     parsed = yaml.safe_load(config.read_text())
     assert parsed["model"] == {"type": "linear"} and parsed["data"]["val_fraction"] == 0.0
+    assert parsed["train"]["bags"] == 1  # solved on every row: nothing to bag
     ran = cli("run", config, "-q", "--json", "--set", "output.plot=false", "-o", tmp_path / "run")
     assert ran.code == 0, ran
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -120,6 +121,7 @@ def test_a_threshold_table_gets_the_mlp_and_run_reproduces_the_race(cli, tmp_pat
     assert parsed["model"]["numeric_embedding"] == "piecewise_linear"
     assert parsed["optimizer"]["name"] == "adam" and parsed["train"]["batch_size"] == 64
     assert parsed["data"]["val_fraction"] == 0.2  # the network's best epoch is chosen on held-out rows
+    assert parsed["train"]["bags"] == 5  # each network on its own validation rows, best.pt their mean
     assert scores[winner] > scores["linear"] + 0.1
     assert "MLP, piecewise-linear embedding, folds packed:" in text  # the MLP's folds trained as one stack
     assert held_out == pytest.approx(scores[winner], abs=0.04)
@@ -240,7 +242,8 @@ def test_a_bad_budget_is_refused(cli, tmp_path, value):
 def test_init_quick_skips_the_race_and_tiny_tables_get_a_linear_model(cli, tmp_path):
     csv = table(tmp_path, "lin.csv", linear_rows(300))
     assert cli("init", csv, "-t", "y", "-o", tmp_path / "q.yaml", "--quick").code == 0
-    assert yaml.safe_load((tmp_path / "q.yaml").read_text())["model"]["type"] == "mlp"
+    quick = yaml.safe_load((tmp_path / "q.yaml").read_text())
+    assert quick["model"]["type"] == "mlp" and quick["train"]["bags"] == 1
     assert cli("init", DATA / "linear.csv", "-t", "y", "-o", tmp_path / "tiny.yaml").code == 0
     tiny = yaml.safe_load((tmp_path / "tiny.yaml").read_text())
     assert tiny["model"] == {"type": "linear"} and tiny["regularization"]["l2"] == 0.0
@@ -371,3 +374,20 @@ def test_the_linear_candidate_races_as_the_written_config_trains_on_every_row(cl
     assert all(e < LBFGS_EPOCHS for e in result.epochs)  # it converged and stopped early
     scores = [cv.mean_std(result.per_fold)["r2"]["mean"]]
     assert f"{scores[0]:.4f}" in (tmp_path / "lin.yaml").read_text()  # the race's score, as written
+
+
+def test_a_network_starter_bags_only_on_tables_up_to_bag_most_rows(cli, tmp_path, monkeypatch):
+    from mse_train.config import starter
+    from mse_train.selection import choose
+
+    monkeypatch.setattr(race, "winner", lambda entries: next(e for e in entries if e.name == "mlp"))
+    monkeypatch.setattr(choose, "TABM_MOST_ROWS", 0)
+    csv = table(tmp_path, "thr.csv", threshold_rows(300))
+    written = {}
+    for most in (300, 299):
+        monkeypatch.setattr(choose, "BAG_MOST_ROWS", most)
+        config = tmp_path / f"b{most}.yaml"
+        assert cli("init", csv, "-t", "y", "-o", config).code == 0
+        written[most] = yaml.safe_load(config.read_text())
+        assert written[most]["model"]["type"] == "mlp"
+    assert written[300]["train"]["bags"] == starter.BAGS and written[299]["train"]["bags"] == 1
