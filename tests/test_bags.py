@@ -225,11 +225,47 @@ def test_validate_refuses_a_bagged_config_that_run_would_refuse(cli, small_confi
     assert result.code == 2 and "train.bags is 3, and this run cannot bag" in result.stderr, result
 
 
-def test_a_sweep_over_a_bagged_config_refits_its_winner_on_every_row_unbagged(cli, tmp_path, table):
-    sweep = {"trials": 2, "folds": 2, "params": {"optimizer.lr": [0.01, 0.05]}}
+def test_a_sweep_over_a_bagged_config_refits_its_winner_as_run_bags_it(cli, tmp_path, table):
+    sweep = {"trials": 2, "folds": 2, "time_limit": 600, "params": {"optimizer.lr": [0.01, 0.05]}}
     cfg = sweep_config(tmp_path, table, sweep, model=MLP, train={"epochs": 3, "bags": 3})
     result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
     assert result.code == 0, result
+    text = (tmp_path / "sw" / "best.yaml").read_text()
+    assert "It trains as 3 bags (train.bags), each stopped on its own" in text
+    best = yaml.safe_load(text)
+    assert best["train"]["bags"] == 3 and best["data"]["val_fraction"] == 0.25
+    refit = tmp_path / "sw" / "best"
+    assert len(read_metrics(refit / "bags.csv")) == 3 and not (refit / "last.pt").exists()
+    assert json.loads(result.stdout)["checkpoint"] == str(refit / "best.pt")
+
+
+def test_a_sweep_refit_over_seeds_trains_a_bagged_config_unbagged_on_every_row(cli, tmp_path, table):
+    sweep = {"trials": 2, "folds": 2, "refit_seeds": 2, "params": {"optimizer.lr": [0.01, 0.05]}}
+    cfg = sweep_config(tmp_path, table, sweep, model=MLP, train={"epochs": 3, "bags": 3})
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert result.code == 0, result
+    trained = json.loads((tmp_path / "sw" / "ensemble" / "ensemble.json").read_text())["trained"]
+    assert [(m["config"]["train"]["bags"], m["config"]["data"]["val_fraction"]) for m in trained] == [
+        (1, 0.0)
+    ] * 2
     best = yaml.safe_load((tmp_path / "sw" / "best.yaml").read_text())
     assert best["train"]["bags"] == 1 and best["data"]["val_fraction"] == 0.0
-    assert (tmp_path / "sw" / "best" / "last.pt").exists()  # a plain run of the winner
+
+
+def test_a_bagged_refit_is_timed_as_its_bags_side_by_side(cli, tmp_path, table, monkeypatch):
+    from mse_train.selection import budget
+
+    copies: list[int] = []
+    real = budget.seconds_per_row
+
+    def spy(cfg: Any, prepared: Any, device: Any, copies_: int = 1, pack: bool = True) -> float:
+        copies.append(copies_)
+        return real(cfg, prepared, device, copies_, pack)
+
+    monkeypatch.setattr(budget, "seconds_per_row", spy)
+    sweep = {"trials": 2, "folds": 2, "time_limit": 600, "params": {"optimizer.lr": [0.01, 0.05]}}
+    for bags in (3, 1):
+        copies.clear()
+        cfg = sweep_config(tmp_path, table, sweep, model=MLP, train={"epochs": 3, "bags": bags})
+        assert cli("sweep", cfg, "-o", tmp_path / f"sw{bags}").code == 0
+        assert copies and set(copies) == {bags}

@@ -88,6 +88,7 @@ class Budget:
     deadline: float | None
     members: int = 1
     copies: int = 1  # sweep.refit_seeds: each member trains this many times (per_row holds them all)
+    bagged: bool = False  # the copies are the winner's bags (train.bags), each on its share of rows
     read_seconds: float = 0.0  # reading and preparing the table, as the refit does again
     per_row: dict[str, float] = field(default_factory=dict)  # by shape_key
     best: float = 0.0  # seconds to refit the best trial told so far

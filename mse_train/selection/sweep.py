@@ -148,7 +148,7 @@ def run(
 
             if report:
                 rows, best_row, best_values, best_cfg = _results(
-                    the_study, where, the_space, config_of, keys, out, reporter.note
+                    the_study, where, the_space, config_of, keys, out, reporter.note, _alone_refit(sweep)
                 )
                 chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
                 mix = chosen.as_json() if chosen is not None else None
@@ -171,7 +171,9 @@ def run(
             deadline = study.deadline(the_study, sweep.time_limit)
             trainer.budget.deadline = deadline
             trainer.budget.members = max(1, sweep.ensemble) if sweep.refit else 0
-            trainer.budget.copies = sweep.refit_seeds
+            # the refit's copies side by side: its seeds, or the bags of a winner refit as run bags
+            trainer.budget.bagged = _alone_refit(sweep) and bags_kept(cfg)
+            trainer.budget.copies = cfg.train.bags if trainer.budget.bagged else sweep.refit_seeds
             searcher.budget = trainer.budget
             the_study.pruner, searcher.pruning = _pruner(sweep.pruner), sweep.pruner != "none"
             before = worker.finished(the_study.get_trials(deepcopy=False))
@@ -182,7 +184,9 @@ def run(
             trials = the_study.get_trials(deepcopy=False)
             cut = sum(1 for t in trials if (worker.result_of(t) or {}).get("status") == worker.CUT)
             watch.end(worker.finished(trials) - cut, cut)  # before the refit shows its own progress
-            results = _results(the_study, where, the_space, config_of, keys, out, reporter.note)
+            results = _results(
+                the_study, where, the_space, config_of, keys, out, reporter.note, _alone_refit(sweep)
+            )
             rows, best_row, best_values, best_cfg = results
             chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
             members = {
@@ -261,8 +265,10 @@ def _results(
     keys: list[str],
     out: Path,
     note: Callable[[str], None],
+    alone: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], Config]:
-    """leaderboard.csv, best.yaml and sweep.png from the study (any worker, or --report)."""
+    """leaderboard.csv, best.yaml and sweep.png from the study (any worker, or --report);
+    `alone`: the winner is refit by `run` (no ensemble, no seeds), so a bagged one bags."""
     rows = worker.leaderboard(the_study, keys)
     if not rows:
         raise OutputError(
@@ -290,18 +296,25 @@ def _results(
     best_cfg = config_of(best_values)
     winner = worker.result_of(worker.trial_of(the_study, best_row["trial"])) or {}
     best_epochs = winner.get("best_epochs") or []
-    best_cfg = _refit_config(best_cfg, out, best_epochs)
+    bagged = alone and bags_kept(best_cfg)
+    best_cfg = _refit_config(best_cfg, out, best_epochs, bagged)
     epochs_said = (
         f"for {best_cfg.train.epochs} epochs, the mean of the epochs its validated training kept as best "
         f"({', '.join(map(str, best_epochs))}), "
         if best_epochs
         else ""
     )
+    how = (
+        f"as {best_cfg.train.bags} bags (train.bags), each stopped on its own "
+        f"data.val_fraction of the training rows, "
+        if bagged
+        else f"on all training rows (data.val_fraction: 0) {epochs_said}"
+    )
     text = (
         f"# The best trial ({best_row['trial']}) of the sweep in {out}, score (validation MSE in "
         "target units) "
-        f"{best_row['score_mean']:.6g}.\n# It trains on all training rows (data.val_fraction: 0) "
-        f"{epochs_said}into {best_cfg.output.dir}: mse-train run {out / 'best.yaml'}\n"
+        f"{best_row['score_mean']:.6g}.\n# It trains {how}"
+        f"into {best_cfg.output.dir}: mse-train run {out / 'best.yaml'}\n"
     )
     fsio.write_text(out / "best.yaml", text + loading.to_yaml(best_cfg))
     _plot(out / "sweep.png", rows, the_space.flat(), best_row["trial"])  # ranges: log axes
@@ -399,15 +412,29 @@ def _values_of(the_study: Any, number: int, the_space: space.Space) -> dict[str,
     return the_space.decode(worker.trial_of(the_study, number).params)
 
 
-def _refit_config(cfg: Config, out: Path, best_epochs: list[int]) -> Config:
-    """The winner on all training rows. With no validation rows left to choose an epoch or
-    stop early, it trains for as many epochs as its validated trainings kept as best (their
-    mean over the folds: each fold saw (k-1)/k of the rows, and an epoch is a pass over the
-    rows, so the refit's more rows already take more steps per epoch)."""
+def _alone_refit(sweep: SweepConfig) -> bool:
+    """The winner alone is refit, by `run` (no `sweep.ensemble`, no `sweep.refit_seeds`)."""
+    return not sweep.ensemble and sweep.refit_seeds == 1
+
+
+def bags_kept(cfg: Config) -> bool:
+    """A refit of `cfg` by `run` trains its bags as `run` would: each stopped on its own
+    validation rows, which together see every row (README, "A bagged run")."""
+    return cfg.train.bags > 1 and cfg.data.val is None and cfg.data.val_fraction > 0
+
+
+def _refit_config(cfg: Config, out: Path, best_epochs: list[int], bagged: bool = False) -> Config:
+    """The winner on all training rows: `bagged`, as its `train.bags` bags, each stopped on
+    its own validation rows; else as one model. With no validation rows left to choose an
+    epoch or stop early, that one trains for as many epochs as its validated trainings kept
+    as best (their mean over the folds: each fold saw (k-1)/k of the rows, and an epoch is a
+    pass over the rows, so the refit's more rows already take more steps per epoch)."""
     cfg = cfg.model_copy(deep=True)
+    cfg.output.dir = str(out / "best")
+    if bagged:
+        return cfg
     cfg.data.val_fraction = 0.0
     cfg.train.bags = 1  # no validation rows to bag with: `sweep.refit_seeds` averages the refit
-    cfg.output.dir = str(out / "best")
     if best_epochs:
         cfg.train.epochs = max(1, round(sum(best_epochs) / len(best_epochs)))
     return cfg

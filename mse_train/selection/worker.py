@@ -325,10 +325,15 @@ class Trainer:
 
     def refit_seconds(self, values: dict[str, Any], best_epochs: list[int]) -> float:
         """The training time of a trial's refit (as sweep._refit_config sets it: the mean of
-        its best epochs, on every training row), by the probe of its shape."""
+        its best epochs, on every training row; or bags, with `budget.copies` > 1, each on
+        its share of the rows for those epochs and its patience's), by the probe of its shape."""
         cfg = space.trial_config(self.doc, self.base, self.overrides, values, self.name)[0]
         epochs = max(1, round(sum(best_epochs) / len(best_epochs))) if best_epochs else cfg.train.epochs
         rows = self._rows.get(_data_key(cfg), 0)
+        if self.budget.bagged and cfg.data.val_fraction > 0:
+            stop = cfg.train.early_stopping
+            epochs = min(cfg.train.epochs, epochs + (stop.patience if stop else cfg.train.epochs))
+            rows = round(rows * (1 - cfg.data.val_fraction))
         return self.budget.refit_seconds(budget.shape_key(cfg), rows, epochs)
 
     def _probe(self, jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]]) -> None:
