@@ -121,6 +121,7 @@ def run(cfg: Config, options: Options, reporter: Reporter) -> Summary:
     world = distributed.from_environment()
     if world is not None:
         distributed.check_config(cfg, world)
+    check_bags(cfg, options.resume)  # before the run folder is made: a refusal writes nothing
     out = Path(str(cfg.output.dir))
     run_folder.check_not_a_system_folder(out)
     if cfg.output.tensorboard:
@@ -272,7 +273,6 @@ def _train(
     an `--overwrite`n previous run was put back because this one diverged.
     """
     started = time.perf_counter()
-    check_bags(cfg, options.resume)
     resumed = run_folder.check(out, options.resume, options.overwrite)
     if device is None:
         device = runtime.resolve_device(cfg.train.device)
