@@ -4,6 +4,7 @@ single trial and the references, on real tables, side by side on the same splits
     .venv/bin/python bench/ensemble.py                                  # concrete, diabetes; 2 splits
     .venv/bin/python bench/ensemble.py --tables concrete --splits 3 --trials 16 --ensemble 20
     .venv/bin/python bench/ensemble.py --config starter --trials 0 --ensemble 0 --seeds 5 --members
+    .venv/bin/python bench/ensemble.py --config starter --trials 0 --ensemble 0 --seeds 1  # as init writes it
 
 For each table and split (bench/quality.py's seeded 75/25 split, seeds 0, 1, ...):
   - `mse-train init` on the training rows: `--config quick` sweeps `init --quick`'s config
@@ -18,6 +19,9 @@ For each table and split (bench/quality.py's seeded 75/25 split, seeds 0, 1, ...
   - the references of bench/references.py (RidgeCV, HistGradientBoosting, LightGBM, XGBoost,
     MLPRegressor).
   - with --members, each model the refit trained (ensemble.json's `trained`), run alone.
+  - with --ensemble 0 --seeds 1 (the sweep init writes) there is no ensemble: the refit is
+    `run` of best.yaml (the winner's bags, when its config bags), scored beside `run` of the
+    config the sweep started from (the starter, as `init` + `run` give it).
 Every mse-train number is `mse-train eval ... test.csv --json` on the held-out rows. The
 out-of-fold MSE of the ensemble and of the best trial come from the sweep's ensemble.json.
 """
@@ -86,6 +90,26 @@ def measure(
         raise RuntimeError(f"sweep on {name}: {done.stderr.strip()[-500:]}")
     found = json.loads(done.stdout)
     chosen = found["ensemble"]
+    if chosen is None:  # the winner alone, refit by `run` of best.yaml
+        refit = _r2(Path(found["checkpoint"]), test_csv)
+        ran = _cli("run", work / f"{base}.yaml", "-q", "--overwrite", "-o", work / "start")
+        if ran.returncode != 0:
+            raise RuntimeError(f"run {base}.yaml on {name}: {ran.stderr.strip()[-300:]}")
+        refs = references(config, train_csv, test_csv, 10_000)
+        return {
+            "table": name,
+            "seed": seed,
+            "ensemble": refit,
+            "best_trial": _r2(work / "start" / "best.pt", test_csv),  # here: the config it started from
+            "refs": {k: refs[k].r2 for k in REFERENCES},
+            "members": 1,
+            "trials": found["trials"],
+            "starter": chose,
+            "oof_ensemble": float("nan"),
+            "oof_best": float("nan"),
+            "sweep_seconds": sweep_seconds,
+            "alone": [],
+        }
     single = _cli("run", work / "sweep" / "best.yaml", "-q", "--overwrite")
     if single.returncode != 0:
         raise RuntimeError(f"run best.yaml on {name}: {single.stderr.strip()[-300:]}")
@@ -142,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             if row["alone"]:
                 shown = ", ".join(f"{r:.4f}" for r in row["alone"])
                 print(f"|  | members alone: {shown}; their mean {np.mean(row['alone']):.4f} |", flush=True)
+    if args.ensemble == 0 and args.seeds == 1:
+        print(
+            "\n(no ensemble: 'ensemble R²' is the refit of the winner, "
+            "'best trial R²' the starting config's run)"
+        )
     gain = [r["ensemble"] - r["best_trial"] for r in rows]
     ref_gap = [r["ensemble"] - max(v for v in r["refs"].values() if v is not None) for r in rows]
     print(f"\nmean test R² gain of the ensemble over the best trial: {np.mean(gain):+.4f} (per split {gain})")
