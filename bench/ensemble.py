@@ -89,7 +89,7 @@ def measure(
     if done.returncode != 0:
         raise RuntimeError(f"sweep on {name}: {done.stderr.strip()[-500:]}")
     found = json.loads(done.stdout)
-    chosen = found["ensemble"]
+    chosen = found.get("ensemble")
     if chosen is None:  # the winner alone, refit by `run` of best.yaml
         refit = _r2(Path(found["checkpoint"]), test_csv)
         ran = _cli("run", work / f"{base}.yaml", "-q", "--overwrite", "-o", work / "start")
