@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,7 @@ def measure(
     args: list[str | Path] = ["sweep", work / f"{base}.yaml", "-o", work / "sweep", "--json", "-q"]
     for item in sets:
         args += ["--set", item]
+    shutil.rmtree(work / "sweep", ignore_errors=True)  # a sweep of an earlier run is not resumed
     started = time.perf_counter()
     done = _cli(*args)
     sweep_seconds = time.perf_counter() - started
