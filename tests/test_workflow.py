@@ -117,12 +117,14 @@ def test_plot_one_run_and_compare_several(cli, small_config, tmp_path, monkeypat
 @pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra is not installed"
 )
-def test_tensorboard_scalars(cli, small_config, tmp_path):
+@pytest.mark.parametrize("bags", [1, 3])  # a bagged run logs the bags' mean curve, as metrics.csv holds it
+def test_tensorboard_scalars(cli, small_config, tmp_path, bags):
     from tensorboard.backend.event_processing.event_accumulator import (  # type: ignore[import-untyped]
         EventAccumulator,
     )
 
-    cfg = small_config(output={"tensorboard": True}, data={"val_fraction": 0.2}, train={"epochs": 4})
+    train_section = {"epochs": 4, "bags": bags}
+    cfg = small_config(output={"tensorboard": True}, data={"val_fraction": 0.2}, train=train_section)
     assert cli("run", cfg, "-q").code == 0
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()

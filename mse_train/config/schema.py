@@ -593,7 +593,8 @@ class TrainConfig(Section):
         "stack where the config stacks; best.pt predicts their mean (as AutoGluon bags), its "
         "intervals from the out-of-bag residuals. One preprocessing, fitted on all training rows, "
         "serves them all. Needs `data.val_fraction` > 0 and no `data.val`; writes no last.pt (no "
-        "--resume). 1 = one model.",
+        "--resume; `output.checkpoint_every` writes nothing) and writes its files once every bag "
+        "has trained. 1 = one model. `init` writes 5 for a network on tables of up to 10,000 rows.",
     )
     threads: Threads = Field(
         "auto",
