@@ -59,8 +59,8 @@ def prepare_bags(cfg: DataConfig, targets: list[str], seed: int, k: int) -> Bagg
                 weights.check_not_all_zero(whole.w[rows], path, str(cfg.weight), f"{what} rows of bag {j}")
         bags.append(
             Prepared(
-                _rows(whole, fit_rows),
-                _rows(whole, val_rows),
+                whole.take(fit_rows),
+                whole.take(val_rows),
                 pre,
                 loaded.digests,
                 loaded.notes,
@@ -70,11 +70,3 @@ def prepare_bags(cfg: DataConfig, targets: list[str], seed: int, k: int) -> Bagg
         )
         held_out.append(val_rows)
     return Bagged(whole, bags, held_out)
-
-
-def _rows(whole: Split, index: np.ndarray) -> Split:
-    return Split(
-        np.ascontiguousarray(whole.x[index]),
-        np.ascontiguousarray(whole.y[index]),
-        None if whole.w is None else np.ascontiguousarray(whole.w[index]),
-    )

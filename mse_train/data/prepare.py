@@ -41,6 +41,14 @@ class Split:
     def inputs(self) -> int:
         return int(self.x.shape[1])
 
+    def take(self, index: np.ndarray) -> Split:
+        """The rows `index` names, as a Split of their own (copies, C-contiguous)."""
+        return Split(
+            np.ascontiguousarray(self.x[index]),
+            np.ascontiguousarray(self.y[index]),
+            None if self.w is None else np.ascontiguousarray(self.w[index]),
+        )
+
     @property
     def outputs(self) -> int:
         return int(self.y.shape[1])
@@ -202,12 +210,8 @@ def fit_split(
             weights.check_not_all_zero(w[val_rows], cfg.train, str(cfg.weight), where)
         weights.check_not_all_zero(w[test_rows], cfg.train, str(cfg.weight), f"held-out rows of {split_name}")
 
-    def rows(index: np.ndarray) -> Split:
-        return Split(
-            np.ascontiguousarray(x[index]),
-            np.ascontiguousarray(y[index]),
-            None if w is None else w[index].astype(np.float32),
-        )
+    whole = Split(x, y, None if w is None else w.astype(np.float32))
+    rows = whole.take
 
     y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)[test_rows]
     prepared = Prepared(

@@ -24,7 +24,7 @@ from mse_train import config
 from mse_train.config import Config
 from mse_train.data.bags import Bagged
 from mse_train.models import inference, networks
-from mse_train.outputs import checkpoint, metrics, tables
+from mse_train.outputs import checkpoint, metrics, run_folder, tables
 
 BAGS_FILE = "bags.csv"
 BAG_COLUMNS = ["bag", "seed", "train_rows", "val_rows", "epochs", "best_epoch", "best_val_loss", "status"]
@@ -75,13 +75,7 @@ def write(out: Path, cfg: Config, bagged: Bagged, bags: Sequence[Bag], oob: OutO
     """best.pt (the bags' equal-weight mean, as one `networks.WeightedMean`), bags.csv and
     metrics.csv (the bags' mean curve: `mean_history`)."""
     shared = bagged.shared
-    spec = networks.spec(
-        cfg.model,
-        shared.train.inputs,
-        shared.train.outputs,
-        len(shared.pre.numeric),
-        **networks.category_sizes(shared.pre.category_counts, cfg.data.category_embedding_size),
-    )
+    spec = run_folder.model_spec(cfg, shared)
     weights = [1.0 / len(bags)] * len(bags)
     model = networks.WeightedMean([b.module.cpu() for b in bags], weights)
     epoch = max(b.best_epoch for b in bags)

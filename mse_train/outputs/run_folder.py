@@ -62,6 +62,17 @@ def check(out: Path, resume: bool, overwrite: bool) -> bool:
     return False
 
 
+def model_spec(cfg: Config, prepared: Prepared | Streamed) -> dict[str, Any]:
+    """`networks.spec` of `cfg`'s model on `prepared`'s inputs: what a checkpoint stores."""
+    return networks.spec(
+        cfg.model,
+        prepared.train.inputs,
+        prepared.train.outputs,
+        len(prepared.pre.numeric),
+        **networks.category_sizes(prepared.pre.category_counts, cfg.data.category_embedding_size),
+    )
+
+
 class Saver:
     """Writes last.pt, best.pt and metrics.csv for one run."""
 
@@ -69,13 +80,7 @@ class Saver:
         self.out = out
         self.cfg = config.to_dict(cfg)
         self.prepared = prepared
-        self.model_spec = networks.spec(
-            cfg.model,
-            prepared.train.inputs,
-            prepared.train.outputs,
-            len(prepared.pre.numeric),
-            **networks.category_sizes(prepared.pre.category_counts, cfg.data.category_embedding_size),
-        )
+        self.model_spec = model_spec(cfg, prepared)
         self.metrics = metrics.MetricsFile(
             out / "metrics.csv", metrics.columns_for(cfg.targets, prepared.val is not None)
         )

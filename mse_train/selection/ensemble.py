@@ -189,16 +189,7 @@ def refit(
         modules, epochs = _train(cfgs, prepared, device, pack, fix, note, what)
         weights = [selection.weights()[n] / selection.seeds for n in numbers]
         model = networks.WeightedMean(modules, weights).cpu()
-        specs = [
-            networks.spec(
-                cfg.model,
-                prepared.train.inputs,
-                prepared.train.outputs,
-                len(prepared.pre.numeric),
-                **networks.category_sizes(prepared.pre.category_counts, cfg.data.category_embedding_size),
-            )
-            for cfg in cfgs
-        ]
+        specs = [run_folder.model_spec(cfg, prepared) for cfg in cfgs]
         ckpt = checkpoint.build(
             "best",
             max(epochs),
