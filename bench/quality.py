@@ -124,6 +124,10 @@ VARIANTS: list[Variant] = [
     # init's own config with 5 bags, each on its own validation rows, best.pt their mean
     # (a network starter; a linear starter, trained on every row, does not bag)
     Variant("starter_bags5", ("train.bags=5",), base="starter"),
+    # each network candidate as init writes it on a small table, with its 5 bags: the MLP
+    # (whose bags train side by side) and TabM (one after another)
+    Variant("mlp_bags5", ("train.bags=5",), only=("small",)),
+    Variant("tabm_bags5", (*TABM_SETS, "train.bags=5"), only=("small",)),
 ]
 QUICK_TABLES = ("concrete", "housing", "diabetes")
 
