@@ -7,6 +7,8 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -293,3 +295,27 @@ def test_no_temporary_files_are_left_behind(cli, small_config, tmp_path):
     # The lock file stays (filelock keeps it so that every locker meets the same inode); it
     # holds no lock once the run has ended.
     assert [p.name for p in (tmp_path / "run").glob(".*")] == [run_folder.LOCK_FILE]
+
+
+def test_a_sigterm_during_the_error_report_ends_the_process_after_the_whole_report(tmp_path):
+    """torchrun's agent sends SIGTERM to the surviving processes at about the moment they
+    find out that one died and start to say so; the report still comes out whole."""
+    script = tmp_path / "report.py"
+    script.write_text(
+        "import importlib, os, signal\n"
+        "from mse_train.cli import console\n"
+        "app = importlib.import_module('mse_train.cli.app')\n"
+        "from mse_train.errors import UserError\n"
+        "real = console.stderr\n"
+        "def stderr():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # as the report begins\n"
+        "    return real()\n"
+        "console.stderr = stderr\n"
+        "def work():\n"
+        "    raise UserError('another process died', ['last.pt is intact', 'continue with: resume'])\n"
+        "app._guard(False, work)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "error: another process died" in done.stderr
+    assert "  - last.pt is intact\n  - continue with: resume" in done.stderr

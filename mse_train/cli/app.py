@@ -111,6 +111,7 @@ Interval = Annotated[
 def _guard(debug: bool, work: Callable[[], T]) -> T:
     """Run a command; known errors become a message on stderr and their exit code."""
     from mse_train.errors import MseTrainError, TrainingDiverged, TrainingInterrupted
+    from mse_train.training import signals
 
     if debug or os.environ.get("MSE_TRAIN_DEBUG"):
         return work()
@@ -119,10 +120,11 @@ def _guard(debug: bool, work: Callable[[], T]) -> T:
     except MseTrainError as exc:
         if _quiet_rank() and isinstance(exc, (TrainingDiverged, TrainingInterrupted)):
             raise typer.Exit(exc.exit_code) from None  # rank 0 says how the run ended
-        err = view.stderr()
-        err.print(Text("error: ", style="bold red") + Text(exc.summary))
-        for problem in exc.problems:
-            err.print(Text(f"  - {problem}"))
+        with signals.report_first():  # one write, not cut short by torchrun's SIGTERM
+            report = Text("error: ", style="bold red") + Text(exc.summary)
+            for problem in exc.problems:
+                report.append(f"\n  - {problem}")
+            view.stderr().print(report)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         view.stderr().print(Text("interrupted", style="yellow"))

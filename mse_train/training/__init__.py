@@ -25,7 +25,8 @@ Around them:
   precision.py   `train.precision` on CUDA: TF32 switches, bf16 autocast of the forward pass
   footprint.py   the memory a config needs, checked before anything is allocated
   rng.py         seeding, and generator states as checkpoint-safe data
-  signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved
+  signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved; a
+                 command's report of how it ended written whole before SIGTERM ends it
   distributed.py torchrun: ranks, the process group, DDP with summed gradients, collectives
 
 Imports config/ and models/; knows nothing of files (outputs/ saves what it hands out).
