@@ -327,8 +327,12 @@ def test_progress_shows_on_stderr_before_the_first_trial_ends_and_json_stays_one
         lines.append(line)
         if line.startswith("trial "):
             break
-    stdout, rest = process.communicate(timeout=HANG_GUARD)
-    assert process.returncode == 0, rest
+    # read on from the stream: communicate() would read the pipe past the lines readline() buffered
+    with process:  # closes the pipes
+        rest = process.stderr.read()
+        assert process.stdout is not None
+        stdout = process.stdout.read()
+    assert process.wait(timeout=HANG_GUARD) == 0, rest
     first_trial = next(i for i, line in enumerate(lines) if line.startswith("trial "))
     before = "".join(lines[:first_trial])
     assert before.startswith("sweep: 2 trials, each scored on its validation rows;"), before
