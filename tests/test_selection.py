@@ -297,6 +297,36 @@ def test_a_holdout_sweep_needs_validation_rows(cli, table, tmp_path):
     assert "sweep.folds" in result.stderr
 
 
+@pytest.mark.parametrize("method", ["tpe", "random"])
+def test_a_search_tries_the_config_it_was_started_from_first(cli, table, tmp_path, method):
+    # lr 0.05 and hidden [8] are the config's; its l2 (0) is below the range, so its low end
+    params = {
+        "model.type": {"mlp": {"model.hidden": [[4], [8]]}, "linear": None},
+        "optimizer.lr": {"low": 0.001, "high": 0.1, "log": True},
+        "regularization.l2": {"low": 1.0e-5, "high": 0.01, "log": True},
+    }
+    sweep = {"method": method, "trials": 3, "refit": False, "params": params}
+    result = cli("sweep", sweep_config(tmp_path, table, sweep))
+    assert result.code == 0, result
+    assert "the first trial is the config's own values" in result.stderr
+    first = next(r for r in leaderboard(tmp_path / "run-sweep") if r["trial"] == "0")
+    assert first["model.type"] == "mlp" and first["model.hidden"] == "[8]"
+    assert float(first["optimizer.lr"]) == pytest.approx(0.05)
+    assert float(first["regularization.l2"]) == pytest.approx(1.0e-5)
+    # resumed, it is not queued again
+    longer = cli("sweep", sweep_config(tmp_path, table, sweep), "-q", "--resume", "--trials", "5")
+    assert longer.code == 0, longer
+    rows = leaderboard(tmp_path / "run-sweep")
+    assert len(rows) == 5 and sum(r["optimizer.lr"] == first["optimizer.lr"] for r in rows) == 1
+
+
+def test_a_config_that_is_no_point_of_its_space_is_not_tried_first(cli, table, tmp_path):
+    sweep = {"method": "tpe", "trials": 2, "refit": False, "params": {"optimizer.name": ["sgd"]}}
+    result = cli("sweep", sweep_config(tmp_path, table, sweep))  # the config's optimizer is adam
+    assert result.code == 0, result
+    assert "own values" not in result.stderr
+
+
 def test_the_same_config_and_seed_give_the_same_leaderboard(cli, table, tmp_path):
     lr = {"low": 0.001, "high": 0.1, "log": True}
     sweep = {"method": "tpe", "trials": 4, "folds": 2, "refit": False,
@@ -738,3 +768,33 @@ def test_a_pruner_stops_lagging_trials_early_and_never_picks_one(cli, table, tmp
     assert {int(r["trial"]) for r in pruned} == {n for n, s in states.items() if s.name == "PRUNED"}
     best = strict_json(result.stdout)["best"]["trial"]
     assert next(r for r in rows if int(r["trial"]) == best)["status"] == "completed"
+
+
+def test_the_start_of_a_space_is_the_config_s_own_values_moved_into_its_ranges(tmp_path):
+    from mse_train.config.schema import SweepRange
+    from mse_train.selection.space import Space
+
+    written = {
+        "data": {"train": "t.csv", "target": "y"},
+        "model": {"type": "mlp", "hidden": [64, 64]},
+        "optimizer": {"name": "adam", "lr": 0.0125},
+        "train": {"epochs": 7, "batch_size": 64},
+    }
+    cfg = load(write_config(tmp_path / "c.yaml", written))
+    ranged = Space(
+        {
+            "optimizer.lr": SweepRange(low=0.01, high=0.1, step=0.01),  # 0.0125: the nearest step, 0.01
+            "train.epochs": SweepRange(low=10, high=50, integer=True),  # 7: below, so 10
+            "regularization.l2": SweepRange(low=1e-6, high=1e-2, log=True),  # 0: below, so 1e-6
+            "model.type": {"mlp": {"model.hidden": [[64, 64], [256, 256]]}, "tabm": {"model.k": [8]}},
+        }
+    )
+    start = ranged.start(cfg)
+    assert start == {"optimizer.lr": pytest.approx(0.01), "train.epochs": 10,
+                     "regularization.l2": 1e-6, "model.type": "mlp", "model.hidden": "[64, 64]"}  # fmt: skip
+    assert isinstance(start["train.epochs"], int)
+    assert ranged.decode(start)["model.hidden"] == [64, 64]
+    # a value not among its choices, or a key this config's model does not have: no start
+    assert Space({"train.batch_size": [128, 256]}).start(cfg) is None
+    assert Space({"model.type": {"tabm": None}}).start(cfg) is None
+    assert Space({"model.k": [8, 16]}).start(cfg) is None

@@ -63,6 +63,16 @@ class Space:
         a choice with branches combines each choice with its own keys' combinations."""
         return list(_combos(self.params, lambda v: [_label(p) for p in _points(v)], labels=True))
 
+    def start(self, cfg: Config) -> dict[str, Any] | None:
+        """The point of `cfg`'s own values (labels, as Optuna stores them), for the search's
+        first trial: so a sweep scores the config it was started from beside what it finds.
+        A value below or above a range is taken at the range's end (`regularization.l2: 0`
+        in a range from 1.0e-6); None when a value is not among its key's choices (the
+        config is not a point of this space)."""
+        values = cfg.model_dump(mode="json")
+        point: dict[str, Any] = {}
+        return point if _start(self.params, values, point) else None
+
     def grid_size(self) -> int:
         return _size(self.params)
 
@@ -105,6 +115,40 @@ def _decode(space: dict[str, Values], params: dict[str, Any], out: dict[str, Any
             raise ValueError(f"{key}: {label!r} is not a number of its range")
         else:
             out[key] = int(label) if values.integer else float(label)
+
+
+def _start(space: dict[str, Values], values: dict[str, Any], point: dict[str, Any]) -> bool:
+    for key, choices in space.items():
+        value: Any = values
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return False  # not a setting of this config (a key of another model type)
+            value = value[part]
+        if isinstance(choices, dict):
+            choice = next((c for c in choices if _label(c) == _label(value)), _MISSING)
+            if choice is _MISSING or not _start(choices[choice] or {}, values, point):
+                return False
+            point[key] = _label(choice)
+        elif isinstance(choices, list):
+            if _label(value) not in [_label(c) for c in choices]:
+                return False
+            point[key] = _label(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        else:
+            point[key] = _nearest(choices, value)
+    return True
+
+
+def _nearest(values: SweepRange, value: float) -> float | int:
+    """The point of the range `values` nearest to `value` (its step's, where it has one)."""
+    near = min(max(float(value), values.low), values.high)
+    if values.step is not None:
+        near = min(values.low + round((near - values.low) / values.step) * values.step, values.high)
+    return round(near) if values.integer else near
+
+
+_MISSING = object()
 
 
 def _flatten(space: dict[str, Values], out: dict[str, list[Any] | SweepRange]) -> None:

@@ -117,10 +117,11 @@ def open_study(
     report: bool,
     fingerprint: dict[str, Any],
     source: str,
-    grid: list[dict[str, Any]],
+    queued: list[dict[str, Any]],
     started: float | None = None,
 ) -> tuple[Any, bool]:
-    """Load the study, or create it (queueing a grid's every combination); True if created.
+    """Load the study, or create it, queueing the points in `queued` (a grid's every
+    combination, or the config's own values to try first); True if created.
     `started`: when the command that creates it began (sweep.time_limit counts from then).
 
     A named storage is shared: its study is created by the first worker and joined by the
@@ -144,7 +145,7 @@ def open_study(
                     f"{where.shown}: holds no study '{name}', so there is nothing to report",
                     ["check --storage and --study (or sweep.storage / sweep.study)"],
                 ) from None
-            the_study, created = _create(where, name, fingerprint, grid, started)
+            the_study, created = _create(where, name, fingerprint, queued, started)
     except (OutputError, ConfigError):
         raise
     except Exception as exc:
@@ -157,7 +158,7 @@ def open_study(
 
 
 def _create(
-    where: Where, name: str, fingerprint: dict[str, Any], grid: list[dict[str, Any]], started: float | None
+    where: Where, name: str, fingerprint: dict[str, Any], queued: list[dict[str, Any]], started: float | None
 ) -> tuple[Any, bool]:
     """The new study and True; or, when another worker created it a moment ago (workers
     started together), that study and False: a joined study's worker checks its config
@@ -171,7 +172,7 @@ def _create(
     # The start first: a joining worker waits for the config (check_fingerprint), then reads it.
     the_study.set_user_attr(STARTED_ATTR, time.time() if started is None else started)
     the_study.set_user_attr(CONFIG_ATTR, fingerprint)
-    for params in grid:
+    for params in queued:
         the_study.enqueue_trial(params)
     return the_study, True
 

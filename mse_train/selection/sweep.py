@@ -135,12 +135,16 @@ def run(
                 trainer.load(cfg)  # bad data is found before the sweep folder holds anything
             resume, report = options.resume, options.report
             where = study.open_storage(spec, out, sweep.heartbeat, resume, report, options.resume_command)
-            grid = the_space.grid() if sweep.method == "grid" else []
+            # a grid queues its every point; a search first tries the config's own values
+            start = the_space.start(cfg) if sweep.method != "grid" else None
+            queued = the_space.grid() if sweep.method == "grid" else [start] if start is not None else []
             fingerprint = study.fingerprint(cfg, folds)
             opened = study.open_study(
-                where, study_name, resume, report, fingerprint, doc.source, grid, options.started
+                where, study_name, resume, report, fingerprint, doc.source, queued, options.started
             )
             the_study, created = opened
+            if created and start is not None:
+                reporter.note("the first trial is the config's own values (the nearest point of the space)")
             keys = the_space.keys()
 
             def config_of(values: dict[str, Any]) -> Config:
