@@ -15,6 +15,7 @@ import yaml
 from mse_train import config, recipe
 from mse_train.data import bags as data_bags
 from mse_train.data import prepare
+from mse_train.data.folds import kfold as folds_of
 from mse_train.errors import TrainingInterrupted
 from mse_train.models import inference, networks
 from mse_train.outputs import checkpoint
@@ -269,3 +270,37 @@ def test_a_bagged_refit_is_timed_as_its_bags_side_by_side(cli, tmp_path, table, 
         cfg = sweep_config(tmp_path, table, sweep, model=MLP, train={"epochs": 3, "bags": bags})
         assert cli("sweep", cfg, "-o", tmp_path / f"sw{bags}").code == 0
         assert copies and set(copies) == {bags}
+
+
+# ------------------------------------------------------------------ cv of a bagged config
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "one-at-a-time"])
+def test_cv_scores_each_fold_as_a_bagged_run_on_its_rows_would(cli, small_config, table, tmp_path, pack):
+    cfg = _bagged(small_config, bags=3, train={"epochs": 12})
+    args = ["cv", cfg, "-k", "2", "--json", "-o", tmp_path / "cv", *([] if pack else ["--no-pack"])]
+    result = cli(*args)
+    assert result.code == 0, result
+    folds_scored = json.loads(result.stdout)["per_fold"]
+    # fold 1, by hand: `run` of the same bagged config on its training rows, `eval` on the rest
+    frame = np.genfromtxt(table, delimiter=",", names=True)
+    header = list(frame.dtype.names or ())
+    values = np.array(frame.tolist())
+    train_rows, test_rows = folds_of(len(values), 2, seed=0)[0]
+    write_csv(tmp_path / "fold_train.csv", header, values[train_rows].tolist())
+    write_csv(tmp_path / "fold_test.csv", header, values[test_rows].tolist())
+    run = cli("run", cfg, "-q", "--set", f"data.train={tmp_path / 'fold_train.csv'}", "-o", tmp_path / "fold")
+    assert run.code == 0, run
+    scored = cli("eval", tmp_path / "fold" / "best.pt", tmp_path / "fold_test.csv", "--json")
+    assert scored.code == 0, scored
+    assert folds_scored[0]["n"] == len(test_rows)
+    assert folds_scored[0]["mse"] == pytest.approx(json.loads(scored.stdout)["mse"], rel=1e-4)
+    # and not as one model would: the same cv with one bag scores otherwise
+    single = cli("cv", cfg, "-k", "2", "--json", "-o", tmp_path / "cv1", "--set", "train.bags=1")
+    assert single.code == 0, single
+    assert json.loads(single.stdout)["per_fold"][0]["mse"] != pytest.approx(folds_scored[0]["mse"], rel=1e-3)
+
+
+def test_cv_of_a_bagged_config_without_validation_rows_is_refused(cli, small_config, tmp_path):
+    cfg = _bagged(small_config, data={"val_fraction": 0.0})
+    result = cli("cv", cfg, "-k", "2", "-o", tmp_path / "cv")
+    assert result.code == 2 and "data.val_fraction is 0" in result.stderr, result
+    assert not (tmp_path / "cv").exists()

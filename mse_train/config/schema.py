@@ -594,7 +594,8 @@ class TrainConfig(Section):
         "intervals from the out-of-bag residuals. One preprocessing, fitted on all training rows, "
         "serves them all. Needs `data.val_fraction` > 0 and no `data.val`; writes no last.pt (no "
         "--resume; `output.checkpoint_every` writes nothing) and writes its files once every bag "
-        "has trained. 1 = one model. `init` writes 5 for a network on tables of up to 10,000 rows.",
+        "has trained. `cv` bags each fold the same way and scores the bags' mean. 1 = one model. "
+        "`init` writes 5 for a network on tables of up to 10,000 rows.",
     )
     threads: Threads = Field(
         "auto",

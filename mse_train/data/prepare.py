@@ -196,10 +196,8 @@ def fit_split(
         order, cut = holdout(len(train_rows), cfg, seed, split_name)
         fit_rows, val_rows = train_rows[order[:cut]], train_rows[order[cut:]]
     pre, _ = _fit(loaded.table, fit_rows, loaded.features, loaded.targets, cfg)
-    if cfg.unknown_category == "error":
-        _check_split_categories(loaded.table, pre, test_rows, cfg, split_name)
-        if val_rows is not None:
-            _check_split_categories(loaded.table, pre, val_rows, cfg, f"the validation rows of {split_name}")
+    if cfg.unknown_category == "error" and val_rows is not None:
+        _check_split_categories(loaded.table, pre, val_rows, cfg, f"the validation rows of {split_name}")
     x = pre.features_array(loaded.table)
     y = pre.targets_array(loaded.table.frame)
     w = loaded.weights()
@@ -208,16 +206,27 @@ def fit_split(
         if val_rows is not None:
             where = f"validation rows of {split_name}"
             weights.check_not_all_zero(w[val_rows], cfg.train, str(cfg.weight), where)
-        weights.check_not_all_zero(w[test_rows], cfg.train, str(cfg.weight), f"held-out rows of {split_name}")
 
     whole = Split(x, y, None if w is None else w.astype(np.float32))
     rows = whole.take
-
-    y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)[test_rows]
     prepared = Prepared(
         rows(fit_rows), rows(val_rows) if val_rows is not None else None, pre, loaded.digests, []
     )
-    return prepared, Held(rows(test_rows), y_true, test_rows)
+    return prepared, held_out(loaded, cfg, pre, whole, test_rows, split_name)
+
+
+def held_out(
+    loaded: Loaded, cfg: DataConfig, pre: Preprocessor, whole: Split, test_rows: np.ndarray, split_name: str
+) -> Held:
+    """A fold's held-out rows of `whole` (every row of `loaded`, preprocessed by `pre`),
+    checked as its training rows are: categories `pre` never saw, weights all zero."""
+    if cfg.unknown_category == "error":
+        _check_split_categories(loaded.table, pre, test_rows, cfg, split_name)
+    if whole.w is not None:
+        where = f"held-out rows of {split_name}"
+        weights.check_not_all_zero(whole.w[test_rows], cfg.train, str(cfg.weight), where)
+    y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)[test_rows]
+    return Held(whole.take(test_rows), y_true, test_rows)
 
 
 def holdout(n: int, cfg: DataConfig, seed: int, split_name: str | None = None) -> tuple[np.ndarray, int]:
@@ -240,10 +249,13 @@ def holdout(n: int, cfg: DataConfig, seed: int, split_name: str | None = None) -
     return np.random.default_rng(seed).permutation(n), n - n_val
 
 
-def fit_all(loaded: Loaded, cfg: DataConfig) -> tuple[Split, Preprocessor, dict[str, Any]]:
-    """Every row of `loaded` as arrays, the preprocessing and drift profile fitted on all of
-    them: for the bags of a bagged run (data/bags.py), which share one preprocessing."""
-    pre, profile = _fit(loaded.table, None, loaded.features, loaded.targets, cfg)
+def fit_all(
+    loaded: Loaded, cfg: DataConfig, rows: np.ndarray | None = None
+) -> tuple[Split, Preprocessor, dict[str, Any]]:
+    """Every row of `loaded` as arrays, the preprocessing and drift profile fitted on `rows`
+    of them (None: all): for the bags of a bagged run, or of a fold (data/bags.py), which
+    share one preprocessing."""
+    pre, profile = _fit(loaded.table, rows, loaded.features, loaded.targets, cfg)
     w = loaded.weights()
     split = Split(
         pre.features_array(loaded.table),

@@ -18,15 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from mse_train import recipe
 from mse_train.config.schema import Config
-from mse_train.data import folds, prepare
+from mse_train.data import bags, folds, prepare
 from mse_train.errors import TrainingDiverged, TrainingInterrupted
 from mse_train.outputs import fsio, metrics, mlflow_log, mlflow_sweep, run_folder, tables
 from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
 from mse_train.training.records import Status
 from mse_train.training.stack import pack_key
+from mse_train.use.evaluate import regression_metrics
 
 METRICS = ("mse", "rmse", "mae", "r2")
 FOLDER_SUFFIX = "-cv"  # runs/NAME-cv beside the run folder runs/NAME, never inside it
@@ -85,24 +88,34 @@ def cross_validate(
     """Train and score `cfg` on each of `k` folds (shuffled with `cfg.seed`).
 
     With `pack`, the folds train side by side as one stack when the config allows it
-    (training/stack/), each as it would alone.
+    (training/stack/), each as it would alone. A bagged config (`train.bags` > 1) is scored
+    as `run` trains it: in each fold its bags, on the fold's training rows (data/bags.py),
+    the held-out rows predicted by their mean.
     """
+    recipe.check_bags(cfg)
     loaded = loaded or prepare.load_training(cfg.data, cfg.targets)
-    jobs = [(cfg, prepared, held) for prepared, held in fold_splits(loaded, cfg, k)]
+    groups = _folds(loaded, cfg, k)
     together = None
     if pack and pack_key(cfg) is not None:
+        jobs = [(recipe.seeded(cfg, j), one, held) for split, held in groups for j, one in enumerate(split)]
         together = train_and_score_packed(jobs, device, should_stop)
         if together is None:
             return CVResult(k, [], Status.INTERRUPTED, 1)
+    trained = iter(together or [])
     rows: list[dict[str, Any]] = []
     epochs: list[int] = []
     seconds: list[float] = []
-    for i, (_, prepared, held) in enumerate(jobs, start=1):
-        scored = (
-            together[i - 1]
-            if together is not None
-            else train_and_score(cfg, prepared, held, device, should_stop, stack=pack)
-        )
+    for i, (split, held) in enumerate(groups, start=1):
+        members: list[Scored] = []
+        for j, prepared in enumerate(split):
+            if together is not None:
+                members.append(next(trained))
+            else:
+                bag_cfg = recipe.seeded(cfg, j)
+                members.append(train_and_score(bag_cfg, prepared, held, device, should_stop, stack=pack))
+            if members[-1].overall is None:
+                break
+        scored = members[0] if len(members) == 1 else mean_of(members, held)
         on_fold(i, scored)
         epochs.append(scored.epochs)
         seconds.append(scored.seconds)
@@ -110,6 +123,36 @@ def cross_validate(
             return CVResult(k, rows, scored.status, i, scored.reason, epochs, seconds)
         rows.append(fold_row(scored, loaded.targets))
     return CVResult(k, rows, Status.COMPLETED, None, "", epochs, seconds)
+
+
+def _folds(loaded: prepare.Loaded, cfg: Config, k: int) -> list[tuple[list[prepare.Prepared], prepare.Held]]:
+    """Each fold's training rows (one split, or a bagged config's bags) and its held-out rows."""
+    if cfg.train.bags == 1:
+        return [([prepared], held) for prepared, held in fold_splits(loaded, cfg, k)]
+    out = []
+    for i, (train_rows, test_rows) in enumerate(folds.kfold(loaded.table.n_rows, k, cfg.seed), start=1):
+        bagged, held = bags.fold_bags(
+            loaded, cfg.data, train_rows, test_rows, f"fold {i} of {k}", cfg.seed, cfg.train.bags
+        )
+        out.append((bagged.bags, held))
+    return out
+
+
+def mean_of(members: list[Scored], held: prepare.Held) -> Scored:
+    """A fold's bags as one model: their mean prediction scored on the held-out rows (any
+    bag that diverged makes the fold's result diverged)."""
+    seconds = sum(m.seconds for m in members)
+    epochs = max(m.epochs for m in members)
+    for m in members:
+        if m.overall is None or m.predictions is None:
+            return Scored(m.status, epochs, seconds, reason=m.reason)
+    y_pred = np.mean([m.predictions for m in members if m.predictions is not None], axis=0)
+    overall, per_target = regression_metrics(held.y_true, y_pred, held.split.w)
+    best_epochs = [e for m in members for e in m.best_epochs]
+    return Scored(
+        Status.COMPLETED, epochs, seconds, overall, per_target,
+        best_epochs=best_epochs, predictions=y_pred, rows=held.rows,
+    )  # fmt: skip
 
 
 def fold_splits(loaded: prepare.Loaded, cfg: Config, k: int) -> list[tuple[prepare.Prepared, prepare.Held]]:
