@@ -15,9 +15,9 @@ row numbers to split.json). Then, on the same split:
     through the installed CLI as a user runs it; test R² from `mse-train eval best.pt
     test.csv --json`;
   - linear / mlp / tabm: each candidate as init would write it, trained and scored
-    the same way (the one init chose is the starter's own run; the MLP is the `init
-    --quick` config; the linear one that config with init's linear model section, every
-    row trained on (data.val_fraction 0, its epochs and patience) and ridge's penalty; TabM
+    the same way (the one init chose is the starter's own run; the networks with init's
+    5 bags on tables of up to 10,000 training rows; the MLP is the `init --quick` config;
+    the linear one that config with init's linear model section, every row trained on (data.val_fraction 0, its epochs and patience) and ridge's penalty; TabM
     that config with init's TabM model section, on tables where it races). "better of" is
     the highest of the candidates' test R²s: what a perfect choice between them would score;
   - each variant in VARIANTS: the `mse-train init --quick` config (the MLP, unchecked) with
@@ -230,9 +230,12 @@ def measure(
     train_csv, test_csv = split(table, work, seed)
     config, chose = starter(table, train_csv, work)
     results = {"starter": train(work, "starter", table.sets, test_csv, base="starter")}
+    from mse_train.config import starter as written
     from mse_train.selection import choose
 
-    raced = [k for k in CANDIDATES if k != "tabm" or len(pd.read_csv(train_csv)) <= choose.TABM_MOST_ROWS]
+    rows = len(pd.read_csv(train_csv))
+    raced = [k for k in CANDIDATES if k != "tabm" or rows <= choose.TABM_MOST_ROWS]
+    bags = written.BAGS if rows <= written.BAG_MOST_ROWS else 1
     for kind in CANDIDATES:  # the one init chose is the starter itself (the same config and seed)
         if kind not in raced:
             results[kind] = Result(None, None, "-")
@@ -240,6 +243,8 @@ def measure(
             results[kind] = results["starter"]
         else:
             sets = {"linear": linear_sets(work), "mlp": (), "tabm": TABM_SETS}[kind]
+            if kind != "linear":  # a network as init writes it: with its bags on smaller tables
+                sets = (*sets, f"train.bags={bags}")
             results[kind] = train(work, kind, (*table.sets, *sets), test_csv)
     scores = [results[k].r2 for k in raced]
     better = max(scores) if None not in scores else None  # type: ignore[type-var]
