@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -309,6 +310,9 @@ def test_a_search_tries_the_config_it_was_started_from_first(cli, table, tmp_pat
     result = cli("sweep", sweep_config(tmp_path, table, sweep))
     assert result.code == 0, result
     assert "the first trial is the config's own values" in result.stderr
+    # and where it ranked, once the search ended
+    ranked = r"trial 0, the config's own values, (scored best|ranked [23] of 3 finished)"
+    assert re.search(ranked, result.stderr), result.stderr
     first = next(r for r in leaderboard(tmp_path / "run-sweep") if r["trial"] == "0")
     assert first["model.type"] == "mlp" and first["model.hidden"] == "[8]"
     assert float(first["optimizer.lr"]) == pytest.approx(0.05)

@@ -22,6 +22,7 @@ from mse_train.selection import storage, worker
 from mse_train.selection.storage import Where
 
 CONFIG_ATTR = "mse_train_config"  # the config every worker must run, data files as sha256
+START_ATTR = "mse_train_start"  # the number of the trial queued with the config's own values
 STARTED_ATTR = "mse_train_started"  # when its first worker's command began (epoch seconds): sweep.time_limit
 # Where results go, which device trains and how workers meet: may differ between workers.
 _LOCAL = {"output.dir", "output.mlflow", "output.mlflow_experiment", "output.plot", "data.cache",

@@ -144,6 +144,7 @@ def run(
             )
             the_study, created = opened
             if created and start is not None:
+                the_study.set_user_attr(study.START_ATTR, 0)  # queued first, so numbered 0
                 reporter.note("the first trial is the config's own values (the nearest point of the space)")
             keys = the_space.keys()
 
@@ -296,6 +297,9 @@ def _results(
             f"every trial of the sweep diverged ({len(rows)}); see {out / 'leaderboard.csv'}",
             ["narrow the ranges (e.g. lower optimizer.lr) or set data.standardize: true"],
         )
+    start = the_study.user_attrs.get(study.START_ATTR)
+    if isinstance(start, int) and (said := _start_rank(rows, start, best_row)):
+        note(said)
     best_values = _values_of(the_study, best_row["trial"], the_space)
     best_cfg = config_of(best_values)
     winner = worker.result_of(worker.trial_of(the_study, best_row["trial"])) or {}
@@ -442,6 +446,25 @@ def _refit_config(cfg: Config, out: Path, best_epochs: list[int], bagged: bool =
     if best_epochs:
         cfg.train.epochs = max(1, round(sum(best_epochs) / len(best_epochs)))
     return cfg
+
+
+def _start_rank(rows: list[dict[str, Any]], start: int, best: dict[str, Any]) -> str:
+    """Where the trial of the config's own values ranks among the finished ones ('' if it
+    did not finish)."""
+    done = sorted(
+        (r for r in rows if r["status"] not in ("diverged", "pruned", worker.CUT)),
+        key=lambda r: float(r["score_mean"]),
+    )
+    rank = next((i for i, r in enumerate(done, start=1) if r["trial"] == start), None)
+    if rank is None:
+        return ""
+    mine = float(done[rank - 1]["score_mean"])
+    if rank == 1:
+        return f"trial {start}, the config's own values, scored best ({mine:.6g})"
+    return (
+        f"trial {start}, the config's own values, ranked {rank} of {len(done)} finished trials "
+        f"(score {mine:.6g}; the best, trial {best['trial']}, {float(best['score_mean']):.6g})"
+    )
 
 
 def _sweep_section(cfg: Config, doc: yamlio.Document) -> SweepConfig:
