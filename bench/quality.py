@@ -17,9 +17,10 @@ row numbers to split.json). Then, on the same split:
   - linear / mlp / tabm: each candidate as init would write it, trained and scored
     the same way (the one init chose is the starter's own run; the networks with init's
     5 bags on tables of up to 10,000 training rows; the MLP is the `init --quick` config;
-    the linear one that config with init's linear model section, every row trained on (data.val_fraction 0, its epochs and patience) and ridge's penalty; TabM
-    that config with init's TabM model section, on tables where it races). "better of" is
-    the highest of the candidates' test R²s: what a perfect choice between them would score;
+    the linear one that config with init's linear model section, every row trained on
+    (data.val_fraction 0, its epochs and patience) and ridge's penalty; TabM that config
+    with init's TabM model section, on tables where it races). "better of" is the highest
+    of the candidates' test R²s: what a perfect choice between them would score;
   - each variant in VARIANTS: the `mse-train init --quick` config (the MLP, unchecked) with
     its `--set` overrides. A variant whose key or choice the installed mse-train does not
     know is reported as n/a, not an error;
