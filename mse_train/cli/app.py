@@ -120,7 +120,7 @@ def _guard(debug: bool, work: Callable[[], T]) -> T:
     except MseTrainError as exc:
         if _quiet_rank() and isinstance(exc, (TrainingDiverged, TrainingInterrupted)):
             raise typer.Exit(exc.exit_code) from None  # rank 0 says how the run ended
-        with signals.report_first():  # one write, not cut short by torchrun's SIGTERM
+        with signals.report_first():  # one write, and exit_code, despite torchrun's SIGTERM
             report = Text("error: ", style="bold red") + Text(exc.summary)
             for problem in exc.problems:
                 report.append(f"\n  - {problem}")

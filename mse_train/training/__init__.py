@@ -26,7 +26,7 @@ Around them:
   footprint.py   the memory a config needs, checked before anything is allocated
   rng.py         seeding, and generator states as checkpoint-safe data
   signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved; a
-                 command's report of how it ended written whole before SIGTERM ends it
+                 command's report of how it ended written whole, with its exit code, under SIGTERM
   distributed.py torchrun: ranks, the process group, DDP with summed gradients, collectives
 
 Imports config/ and models/; knows nothing of files (outputs/ saves what it hands out).

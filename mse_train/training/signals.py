@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM: ask the loop to stop after the current batch, so the run can be saved;
-and let a command's report of how it ended be written whole before a SIGTERM ends it."""
+and let a command's report of how it ended be written whole, with its exit code, under a SIGTERM."""
 
 from __future__ import annotations
 
@@ -47,25 +47,20 @@ def on_signals(second_stops: bool = True) -> Iterator[StopFlag]:
 
 @contextmanager
 def report_first() -> Iterator[None]:
-    """A SIGTERM that arrives in the block ends the process after it, as it would have.
+    """For a process's last words: a SIGTERM that arrives in the block waits until it ends,
+    and is then let go, as the caller exits right after with the command's own exit code.
 
-    For writing how a command ended. When one torchrun process dies, torchrun's agent sends
-    SIGTERM to the others at about the moment they find out themselves; a survivor ended
-    between two lines of its report would leave out the lines that matter (which checkpoint
-    is intact, how to resume). In the main thread only (elsewhere the block runs as is).
+    When one torchrun process dies, torchrun's agent sends SIGTERM to the others at about the
+    moment they find out themselves; a survivor ended between two lines of its report would
+    leave out the lines that matter (which checkpoint is intact, how to resume), and one
+    ended by the signal would exit -15 where its exit code says what happened (3: another
+    process died). In the main thread only (elsewhere the block runs as is).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    pending: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        pending.append(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if pending:
-            signal.raise_signal(signal.SIGTERM)
