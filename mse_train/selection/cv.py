@@ -143,10 +143,12 @@ def mean_of(members: list[Scored], held: prepare.Held) -> Scored:
     bag that diverged makes the fold's result diverged)."""
     seconds = sum(m.seconds for m in members)
     epochs = max(m.epochs for m in members)
+    predictions = []
     for m in members:
         if m.overall is None or m.predictions is None:
             return Scored(m.status, epochs, seconds, reason=m.reason)
-    y_pred = np.mean([m.predictions for m in members if m.predictions is not None], axis=0)
+        predictions.append(m.predictions)
+    y_pred = np.mean(predictions, axis=0)
     overall, per_target = regression_metrics(held.y_true, y_pred, held.split.w)
     best_epochs = [e for m in members for e in m.best_epochs]
     return Scored(

@@ -451,10 +451,7 @@ def _refit_config(cfg: Config, out: Path, best_epochs: list[int], bagged: bool =
 def _start_rank(rows: list[dict[str, Any]], start: int, best: dict[str, Any]) -> str:
     """Where the trial of the config's own values ranks among the finished ones ('' if it
     did not finish)."""
-    done = sorted(
-        (r for r in rows if r["status"] not in ("diverged", "pruned", worker.CUT)),
-        key=lambda r: float(r["score_mean"]),
-    )
+    done = worker.finished_best_first(rows)
     rank = next((i for i, r in enumerate(done, start=1) if r["trial"] == start), None)
     if rank is None:
         return ""

@@ -599,10 +599,16 @@ def _tell_once(
 def winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The leaderboard row the refit trains: the best finished trial, or, when the time limit
     cut every trial, the best of those cut (None: no trial scored)."""
-    done = [r for r in rows if r["status"] not in ("diverged", "pruned", CUT)]
+    done = finished_best_first(rows)
     if not done:
         done = [r for r in rows if r["status"] == CUT and r["score_mean"] is not None]
     return min(done, key=lambda r: float(r["score_mean"])) if done else None
+
+
+def finished_best_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leaderboard rows of trials that finished (not diverged, pruned or cut), best first."""
+    done = [r for r in rows if r["status"] not in ("diverged", "pruned", CUT)]
+    return sorted(done, key=lambda r: float(r["score_mean"]))
 
 
 def result_of(trial: Any) -> dict[str, Any] | None:
