@@ -193,6 +193,32 @@ def test_tabm_once_finished_stands_for_the_networks(cli, tmp_path, monkeypatch, 
     assert ("TabM's stand-in" in text) == (tabm is not None)  # the MLP's line says why it cannot win
 
 
+@pytest.mark.parametrize(
+    ("linear", "written"),
+    # the network scores 0.70, so an error of 0.30: the linear model wins below 0.27 (10% less)
+    [(0.75, "linear"), (0.72, "tabm"), (0.70, "tabm"), (0.60, "tabm")],
+)
+def test_the_linear_model_wins_only_by_a_tenth_of_the_network_error(
+    cli, tmp_path, monkeypatch, linear, written
+):
+    from mse_train.selection import choose
+
+    def raced(candidates, loaded, budget, device):
+        scores = {"linear": linear, "mlp": 0.65, "tabm": 0.70}
+        return [race.Entry(name, scores[name], 1.0, name == "mlp") for name, _ in candidates]
+
+    monkeypatch.setattr(race, "run", raced)
+    made = cli("init", table(tmp_path, "lin.csv", linear_rows(100)), "-t", "y", "-o", tmp_path / "c.yaml")
+    assert made.code == 0, made
+    text = (tmp_path / "c.yaml").read_text()
+    assert yaml.safe_load(text)["model"]["type"] == written
+    assert choose.LINEAR_EDGE == 0.1
+    # the comments say why a network won with the lower CV score
+    assert ("The linear model scored higher, but its CV error" in text) == (
+        written == "tabm" and linear > 0.70
+    )
+
+
 def test_tables_above_tabms_rows_race_two_candidates(cli, tmp_path, monkeypatch):
     from mse_train.selection import choose
 
