@@ -322,6 +322,49 @@ def test_a_plain_run_does_not_import_the_optional_extras(tmp_path, command, writ
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+STACKED_MLP = (  # an MLP with Adam and a schedule: trained by the stack, as init's MLP starter is
+    "model={type: mlp, hidden: [4]}",
+    "optimizer={name: adam, lr: 0.01}",
+    "scheduler={name: step, step_size: 1, gamma: 0.5}",
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "sets"),
+    [(["run"], ()), (["run"], STACKED_MLP), (["cv", "--folds", "2"], STACKED_MLP)],
+    ids=["sgd", "adam-steplr", "cv"],
+)
+def test_a_run_the_stack_trains_does_not_import_torch_dynamo(tmp_path, command, sets):
+    """torch.optim's first optimizer imports torch._dynamo (1.7 s of a 4 s run here) unless
+    training/optimizers.py's `_eager_only` says the process compiles nothing; the stack never
+    steps a torch optimizer, whose `step` imports it anyway. Then a resume (load_state_dict)."""
+    code = (
+        "import sys\n"
+        "from mse_train.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = tmp_path / "out"
+    args = [*command, CONFIGS / "linear.yaml", "--set", "train.epochs=3", "-o", out]
+    args += [part for value in sets for part in ("--set", value)]
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert "lr_scheduler.step()" not in done.stderr  # the stack's scheduler steps without torch's warning
+    if command == ["run"]:
+        resumed = [
+            *args[: args.index("train.epochs=3")],
+            "train.epochs=5",
+            *args[args.index("train.epochs=3") + 1 :],
+        ]
+        again = subprocess.run(
+            [sys.executable, "-c", code, *map(str, resumed), "--resume"], capture_output=True, text=True
+        )
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip().splitlines()[-1] == "False"
+        assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 5
+
+
 def test_a_run_without_loss_png_does_not_import_matplotlib(tmp_path):
     """matplotlib (~0.3-1 s of imports) is loaded to draw loss.png, after training, and only then."""
     code = (

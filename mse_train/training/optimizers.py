@@ -7,6 +7,7 @@ Literal, defaults and one-line description, a builder here, and an entry in OPTI
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -90,8 +91,34 @@ OPTIMIZERS: dict[str, Choice[Any, torch.optim.Optimizer]] = {
 
 def build_optimizer(params: Params, cfg: schema.OptimizerConfig) -> torch.optim.Optimizer:
     """The optimizer named by `cfg.name`, with its own settings."""
+    _eager_only()
     optimizer: torch.optim.Optimizer = OPTIMIZERS[cfg.name].build(cfg, params)
     return optimizer
+
+
+# torch.optim.Optimizer's methods that torch wraps in `torch._disable_dynamo` (torch/_compile.py)
+_NOT_COMPILED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+
+
+def _eager_only() -> None:
+    """Keep `torch._dynamo` unimported where nothing compiles. torch wraps the optimizer
+    methods in _NOT_COMPILED in `torch._disable_dynamo`, whose wrapper imports torch._dynamo
+    (sympy, torch.fx: 1.7 s of a 4 s run on this machine) at its first call, only to mark the
+    method as one that compiled code must not trace; it caches the marked method on the
+    original function (`__dynamo_disable`) and calls that from then on. mse-train never
+    compiles, so the method itself is cached here: the call is the same in eager mode, and
+    the import is skipped for every run the stack trains (it calls no optimizer's `step`,
+    whose wrapper imports torch._dynamo without a cache). Where the wrapper or its cache is
+    not there (another torch), nothing is changed; once torch._dynamo is loaded, neither."""
+    if "torch._dynamo" in sys.modules:
+        return
+    for name in _NOT_COMPILED:
+        original = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
+        if callable(original) and not hasattr(original, _CACHE):
+            setattr(original, _CACHE, original)
+
+
+_CACHE = "__dynamo_disable"  # the attribute torch/_compile.py's wrapper caches the marked function in
 
 
 SCHEDULERS: dict[str, Choice[Any, Scheduler | None]] = {

@@ -21,6 +21,7 @@ its weight decay, momentum or betas and L1/L2 are [K, 1] columns.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ BACKWARDS: dict[str, Backward] = {
 # forward): any other activation of models/networks.py must have a kernel above, or
 # building a stack of it fails (a test walks ACTIVATIONS and checks every gradient).
 AUTOGRAD_ONLY = frozenset({"gelu"})
+_STEP_FIRST = r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"  # torch's warning
 
 
 class Stack:
@@ -333,8 +335,12 @@ class Stack:
         solo = self.builts[i]
         lr = float(solo.optimizer.param_groups[0]["lr"])
         if solo.scheduler is not None:
-            solo.optimizer.step()  # no gradients: changes nothing, but a scheduler expects a step first
-            optimizers.step_scheduler(solo.scheduler, watched)
+            with warnings.catch_warnings():
+                # the torch optimizer never steps (the stack updates the weights), which the
+                # scheduler's first step warns of; a step without gradients would change nothing,
+                # but import torch._dynamo (1.7 s: training/optimizers.py, `_eager_only`)
+                warnings.filterwarnings("ignore", _STEP_FIRST, UserWarning)
+                optimizers.step_scheduler(solo.scheduler, watched)
             self.update.follow_lr(i)
         return lr
 
