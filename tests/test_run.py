@@ -345,20 +345,18 @@ def test_a_run_the_stack_trains_does_not_import_torch_dynamo(tmp_path, command, 
         "print('torch._dynamo' in sys.modules)"
     )
     out = tmp_path / "out"
-    args = [*command, CONFIGS / "linear.yaml", "--set", "train.epochs=3", "-o", out]
-    args += [part for value in sets for part in ("--set", value)]
-    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+
+    def args(epochs: int) -> list[str]:
+        sets_ = [part for value in (f"train.epochs={epochs}", *sets) for part in ("--set", value)]
+        return [*command, str(CONFIGS / "linear.yaml"), *sets_, "-o", str(out)]
+
+    done = subprocess.run([sys.executable, "-c", code, *args(3)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert "lr_scheduler.step()" not in done.stderr  # the stack's scheduler steps without torch's warning
     if command == ["run"]:
-        resumed = [
-            *args[: args.index("train.epochs=3")],
-            "train.epochs=5",
-            *args[args.index("train.epochs=3") + 1 :],
-        ]
         again = subprocess.run(
-            [sys.executable, "-c", code, *map(str, resumed), "--resume"], capture_output=True, text=True
+            [sys.executable, "-c", code, *args(5), "--resume"], capture_output=True, text=True
         )
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip().splitlines()[-1] == "False"

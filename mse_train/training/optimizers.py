@@ -98,6 +98,7 @@ def build_optimizer(params: Params, cfg: schema.OptimizerConfig) -> torch.optim.
 
 # torch.optim.Optimizer's methods that torch wraps in `torch._disable_dynamo` (torch/_compile.py)
 _NOT_COMPILED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+_CACHE = "__dynamo_disable"  # the attribute torch/_compile.py's wrapper caches the marked function in
 
 
 def _eager_only() -> None:
@@ -116,9 +117,6 @@ def _eager_only() -> None:
         original = getattr(getattr(torch.optim.Optimizer, name, None), "__wrapped__", None)
         if callable(original) and not hasattr(original, _CACHE):
             setattr(original, _CACHE, original)
-
-
-_CACHE = "__dynamo_disable"  # the attribute torch/_compile.py's wrapper caches the marked function in
 
 
 SCHEDULERS: dict[str, Choice[Any, Scheduler | None]] = {
