@@ -1,10 +1,11 @@
 """Time to quality: `mse-train init` + `run` against a LightGBM-defaults script, whole processes.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/time_to_quality.py [--repeats 3] [--write] [--baseline DIR]
+        [--table CSV --target COLUMN]
 
 On a seeded 80/20 split of data/diamonds.csv (43,152 training rows, 10,788 test rows; the
-categorical columns as categories on both sides), interleaved (A, B, A, B, ...) so that a
-change in the machine's load falls on both alike:
+categorical columns as categories on both sides; `--table`: another CSV), interleaved
+(A, B, A, B, ...) so that a change in the machine's load falls on both alike:
 
 - A: `mse-train init train.csv --target price` then `mse-train run` of the config it wrote,
   with nothing changed, each a fresh process, as a new user types them;
@@ -60,6 +61,11 @@ def _timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
     return seconds, done.stdout
 
 
+def _shown(table: Path) -> str:
+    table = table.resolve()
+    return str(table.relative_to(REPO)) if table.is_relative_to(REPO) else table.name
+
+
 def _loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -67,8 +73,8 @@ def _loadavg() -> str:
         return "unknown"
 
 
-def split(folder: Path) -> tuple[Path, Path]:
-    frame = pd.read_csv(TABLE)
+def split(folder: Path, table: Path) -> tuple[Path, Path]:
+    frame = pd.read_csv(table)
     order = np.random.default_rng(SEED).permutation(len(frame))
     cut = int(len(frame) * TRAIN_SHARE)
     train, test = folder / "train.csv", folder / "test.csv"
@@ -78,13 +84,13 @@ def split(folder: Path) -> tuple[Path, Path]:
 
 
 def _ours(
-    version: Version, train: Path, test: Path, scratch: Path, i: int, env: dict[str, str]
+    version: Version, train: Path, test: Path, target: str, scratch: Path, i: int, env: dict[str, str]
 ) -> dict[str, float]:
     """One repeat of A for one version: init, run (its own timings), and the test R² (untimed)."""
     env = {**env, **version.env}
     tag = f"{version.tag}{i}"
     config, out = scratch / f"config-{tag}.yaml", scratch / f"run-{tag}"
-    init_s, _ = _timed([*version.command, "init", str(train), "--target", TARGET, "-o", str(config)], env)
+    init_s, _ = _timed([*version.command, "init", str(train), "--target", target, "-o", str(config)], env)
     run_s, _ = _timed([*version.command, "run", str(config), "-o", str(out)], env)
     summary = json.loads((out / "summary.json").read_text())
     _, scored = _timed([*version.command, "eval", str(out / "best.pt"), str(test), "--json"], env)
@@ -124,6 +130,8 @@ def main() -> None:
         help="another mse-train source tree (an earlier commit: `git archive COMMIT mse_train | tar -x "
         "-C DIR`), timed the same way in the same repeats, for an A/B of two versions",
     )
+    parser.add_argument("--table", type=Path, default=TABLE, help="the CSV to split (default: diamonds)")
+    parser.add_argument("--target", default=TARGET, help="its target column (default: price)")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="mse-train-ttq-"))
@@ -140,13 +148,13 @@ def main() -> None:
     theirs: list[float] = []
     lightgbm_r2 = float("nan")
     try:
-        train, test = split(scratch)
+        train, test = split(scratch, args.table)
         load_before = _loadavg()
         for i in range(args.repeats):
             env = {**os.environ, "MSE_TRAIN_CACHE_DIR": str(scratch / f"cache{i}")}
             for version in versions:
-                version.times.append(_ours(version, train, test, scratch, i, env))
-            seconds, printed = _timed([*lightgbm, str(train), str(test), TARGET], env)
+                version.times.append(_ours(version, train, test, args.target, scratch, i, env))
+            seconds, printed = _timed([*lightgbm, str(train), str(test), args.target], env)
             theirs.append(seconds)
             lightgbm_r2 = float(printed.split()[-1])
         load_after = _loadavg()
@@ -155,7 +163,8 @@ def main() -> None:
 
     theirs_s = statistics.median(theirs)
     lines = [
-        f"data/diamonds.csv, seeded 80/20 split ({TARGET}); whole processes, median of {args.repeats},"
+        f"{_shown(args.table)}, seeded 80/20 split ({args.target}); whole processes,"
+        f" median of {args.repeats},"
         f" interleaved; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')};"
         f" load average {load_before} before, {load_after} after.",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -94,3 +95,58 @@ def test_init_schemes_do_what_they_say():
     assert kaiming.std().item() == pytest.approx(math.sqrt(2 / 64), rel=0.05)  # relu gain, fan_in
     kaiming_max = _layer({"scheme": "kaiming_uniform"}).weight.abs().max()
     assert 0.9 * math.sqrt(6 / 64) < kaiming_max <= math.sqrt(6 / 64)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        schema.AdamConfig(name="adam", lr=0.01, weight_decay=0.1),
+        schema.AdamConfig(name="adamw", lr=0.01, weight_decay=0.1),
+        schema.SGDConfig(name="sgd", lr=0.01, momentum=0.9, nesterov=True),
+        schema.RMSpropConfig(name="rmsprop", lr=0.01, momentum=0.5, centered=True),
+    ],
+    ids=lambda cfg: cfg.name,
+)
+def test_the_eager_step_updates_as_torchs_step_does(cfg):
+    """`optimizers.step` calls the optimizer's own step under torch's wrappers: the weights,
+    the optimizer's state and its step count come out bit for bit as `optimizer.step()`'s."""
+
+    def train(stepper):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+        opt = optimizers.build_optimizer(list(model.parameters()), cfg)
+        schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)  # wraps opt.step
+        assert optimizers._step_unchanged(opt)  # that wrapper is one the eager step steps past
+        x, y = torch.randn(16, 3), torch.randn(16, 1)
+        for _ in range(5):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            stepper(opt)
+            assert torch.is_grad_enabled()  # the grad mode is given back
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()"
+                schedule.step()
+        return model.state_dict(), opt.state_dict()
+
+    own = optimizers._own_step(type(optimizers.build_optimizer([torch.nn.Parameter(torch.ones(1))], cfg)))
+    assert own is not None  # this torch's wrappers are the two it skips: the test compares something
+    (weights, state), (ours, our_state) = train(lambda opt: opt.step()), train(optimizers.step)
+    assert all(torch.equal(weights[name], ours[name]) for name in weights)
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            other = our_state["state"][index][key]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other
+
+
+def test_the_eager_step_leaves_step_hooks_to_torch():
+    """With a step hook registered, `optimizers.step` calls `optimizer.step()`, hooks and all."""
+    model = torch.nn.Linear(2, 1)
+    opt = optimizers.build_optimizer(list(model.parameters()), schema.SGDConfig(name="sgd", lr=0.1))
+    seen: list[str] = []
+    opt.register_step_pre_hook(lambda *_: seen.append("pre"))
+    opt.register_step_post_hook(lambda *_: seen.append("post"))
+    model(torch.ones(1, 2)).sum().backward()
+    before = model.weight.detach().clone()
+    optimizers.step(opt)
+    assert seen == ["pre", "post"]
+    assert not torch.equal(before, model.weight)

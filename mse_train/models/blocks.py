@@ -185,7 +185,10 @@ class TabM(nn.Module):
         self.start = nn.Parameter(torch.ones(k, n_in))
         with torch.no_grad():
             at = 0
-            for chunk in chunks if sharing != "packed" else []:
+            # On the meta device (footprint.py counts parameters there) no values are drawn:
+            # torch draws them there through its Python reference ops, whose checks import
+            # sympy (0.3 s; `normal_` there imports torch._dynamo too) for values that do not exist.
+            for chunk in chunks if sharing != "packed" and not self.start.is_meta else []:
                 value = torch.randn(k, 1) if normal_start else torch.randint(0, 2, (k, 1)) * 2.0 - 1.0
                 self.start[:, at : at + chunk] = value
                 at += chunk

@@ -179,7 +179,7 @@ class Step:
         if self._lbfgs:
             return self._lbfgs_step(xb, yb, wb)
         _, result = self._loss(xb, yb, divisor, wb)
-        self.optimizer.step()
+        optimizers.step(self.optimizer)
         return result
 
     def _loss(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
+from torch.optim import optimizer as _optim_module
 
 from mse_train.config import schema
 from mse_train.config.registry import Choice
@@ -108,9 +109,10 @@ def _eager_only() -> None:
     method as one that compiled code must not trace; it caches the marked method on the
     original function (`__dynamo_disable`) and calls that from then on. mse-train never
     compiles, so the method itself is cached here: the call is the same in eager mode, and
-    the import is skipped for every run the stack trains (it calls no optimizer's `step`,
-    whose wrapper imports torch._dynamo without a cache). Where the wrapper or its cache is
-    not there (another torch), nothing is changed; once torch._dynamo is loaded, neither."""
+    the import is skipped. (`step`'s own wrapper imports torch._dynamo without a cache: the
+    stack calls no optimizer's `step`, and a module steps through `step` below.) Where the
+    wrapper or its cache is not there (another torch), nothing is changed; once
+    torch._dynamo is loaded, neither."""
     if "torch._dynamo" in sys.modules:
         return
     for name in _NOT_COMPILED:
@@ -156,3 +158,75 @@ def step_scheduler(scheduler: Scheduler, watched: float) -> None:
         scheduler.step(watched)
     else:
         scheduler.step()
+
+
+def step(optimizer: torch.optim.Optimizer) -> None:
+    """`optimizer.step()`, without importing `torch._dynamo` where nothing compiles.
+
+    torch wraps every optimizer's `step` twice: in `Optimizer.profile_hook_step` (a profiler
+    label and the step hooks) and, for Adam, AdamW, SGD and RMSprop, in
+    `_use_grad_for_differentiable`, which imports torch._dynamo on every call (1.2-1.7 s at
+    the first, the same cost as in `_eager_only`) only to mark graph breaks for the compiler,
+    and steps with grad mode set to the optimizer's `differentiable` flag. Where no hook is
+    registered, no profiler runs, nothing compiles and the optimizer is not differentiable,
+    this calls the optimizer's own step under `torch.no_grad()`, as that wrapper does in eager
+    mode. In any other case (hooks, a profiler, torch.compile, another torch whose wrappers
+    differ) it calls `optimizer.step()` as it is."""
+    own = _own_step(type(optimizer))
+    if (
+        own is None
+        or not _step_unchanged(optimizer)
+        or torch.compiler.is_compiling()
+        or optimizer.defaults.get("differentiable", False)
+        or optimizer._optimizer_step_pre_hooks
+        or optimizer._optimizer_step_post_hooks
+        or _optim_module._global_optimizer_pre_hooks
+        or _optim_module._global_optimizer_post_hooks
+        or torch.autograd.profiler._is_profiler_enabled
+    ):
+        optimizer.step()
+        return
+    with torch.no_grad():
+        own(optimizer)
+    optimizer._optimizer_step_code()  # the profiler's step marker, as torch's wrapper calls it
+    optimizer._opt_called = True  # type: ignore[attr-defined]  # as a scheduler's wrapper marks it
+
+
+def _step_unchanged(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer.step` is its class's, or a learning-rate scheduler's wrapper of it
+    (torch's LRScheduler wraps the instance's `step` to mark `_opt_called`, which it checks
+    to warn about a scheduler stepped before its optimizer: `step` marks it likewise)."""
+    bound = vars(optimizer).get("step")
+    if bound is None:
+        return True
+    return bool(getattr(bound, "_wrapped_by_lr_sched", False)) and (
+        getattr(bound, "__wrapped__", None) is type(optimizer).step
+    )
+
+
+_OWN_STEPS: dict[type, Any] = {}
+
+
+def _own_step(cls: type) -> Any:
+    """The class's own `step` under torch's two wrappers, or None when the wrappers are not
+    the two this torch's `Optimizer.profile_hook_step` and `_use_grad_for_differentiable`
+    make (compared by their code objects, so no other wrapper is ever skipped)."""
+    if cls not in _OWN_STEPS:
+        outer = getattr(cls, "step", None)
+        middle = getattr(outer, "__wrapped__", None)
+        own = getattr(middle, "__wrapped__", None)
+        profiled = getattr(torch.optim.Optimizer, "profile_hook_step", None)
+        use_grad = getattr(_optim_module, "_use_grad_for_differentiable", None)
+        matches = (
+            callable(own)
+            and callable(profiled)
+            and callable(use_grad)
+            and getattr(outer, "__code__", None) is profiled(_noop).__code__
+            and getattr(middle, "__code__", None) is use_grad(_noop).__code__
+        )
+        _OWN_STEPS[cls] = own if matches else None
+    return _OWN_STEPS[cls]
+
+
+def _noop() -> None:
+    """A function to wrap, to read the code object of torch's wrappers."""
