@@ -42,7 +42,7 @@ from mse_train.outputs import (
     tensorboard_log,
 )
 from mse_train.outputs.summary import Summary
-from mse_train.training import distributed, footprint, module, optimizers, precision, rng, signals
+from mse_train.training import apart, distributed, footprint, module, optimizers, precision, rng, signals
 from mse_train.training.distributed import World
 from mse_train.training.loop import WORLD_SIZE, Loop, Models
 from mse_train.training.module import build_penalty
@@ -457,11 +457,11 @@ def _train_bags(
     jobs = [(seeded(cfg, j), bagged.bags[j]) for j in range(k)]
     _check_fits(cfg, shared, device)
     together = options.pack and why_alone(cfg) is None
-    loops = (
-        [stack_loop(jobs, device)]
-        if together
-        else [build_loop(c, p, device, stack=options.pack) for c, p in jobs]
-    )
+    loops: list[Loop] = [stack_loop(jobs, device)] if together else []
+    starts: list[torch.Tensor] = []  # each module's draws (dropout) from where its build left them
+    for c, p in [] if together else jobs:
+        loops.append(build_loop(c, p, device, stack=options.pack))
+        starts.append(apart.start_state())
     replacement = run_folder.Replacement(out)
     if options.overwrite:
         replacement.move_aside()
@@ -484,26 +484,49 @@ def _train_bags(
                 torch.get_num_threads(),
             )
         )
-        how = "side by side in one stack" if together else "one after another"
+        scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard else None
+        processes = apart.workers(cfg.train.processes, len(loops), device)  # once its threads run
+        how = (
+            "side by side in one stack"
+            if together
+            else f"in {processes} processes side by side"
+            if processes > 1
+            else "one after another"
+        )
         reporter.note(
             f"{k} bags (seeds {cfg.seed}..{cfg.seed + k - 1}), each trains on {len(shared.train)} rows "
             f"and stops on its own {len(shared.val)}, {how}; best.pt predicts their mean"
         )
-        scalars = tensorboard_log.Scalars(out) if cfg.output.tensorboard else None
         epochs = _MeanEpochs(reporter, cfg.train.epochs, scalars, tracked.run)
         train_started = time.perf_counter()
         trained: list[bags.Bag] = []
         with signals.on_signals() as stop:
-            for loop in loops:
-                status = loop.run(epochs.add, should_stop=stop.requested, on_batch=reporter.batch)
-                epochs.flush()
-                if status is Status.INTERRUPTED:
-                    raise TrainingInterrupted(
-                        f"interrupted while bag {len(trained) + 1} of {k} trained; a bagged run keeps "
-                        "no last.pt, so nothing was written",
-                        [f"start again: {options.overwrite_command}"],
-                    )
-                trained += _bags_of(loop, len(trained))
+            if processes > 1:
+
+                def work(j: int) -> apart.Outcome:
+                    return apart.train_loop(loops[j], starts[j])
+
+                with contextlib.closing(apart.map(work, len(loops), processes, stop.requested)) as outcomes:
+                    for loop, outcome in zip(loops, outcomes, strict=False):  # fewer when stopped
+                        for record in outcome.records:  # shown as one after another shows them
+                            epochs.add(record)
+                        epochs.flush()
+                        trained += _bags_of(loop, len(trained), outcome.models)
+            else:
+                for j, loop in enumerate(loops):
+                    if starts:
+                        torch.set_rng_state(starts[j])
+                    status = loop.run(epochs.add, should_stop=stop.requested, on_batch=reporter.batch)
+                    epochs.flush()
+                    if status is Status.INTERRUPTED:
+                        break
+                    trained += _bags_of(loop, len(trained))
+            if len(trained) < k:
+                raise TrainingInterrupted(
+                    f"interrupted while bag {len(trained) + 1} of {k} trained; a bagged run keeps "
+                    "no last.pt, so nothing was written",
+                    [f"start again: {options.overwrite_command}"],
+                )
         train_seconds = time.perf_counter() - train_started
         reporter.finish()
         if scalars is not None:
@@ -548,27 +571,34 @@ def _train_bags(
     return status, result, history, "", False
 
 
-def _bags_of(loop: Loop, first: int) -> list[bags.Bag]:
+def _bags_of(loop: Loop, first: int, apart_: list[apart.Trained] | None = None) -> list[bags.Bag]:
     """The bags `loop` trained (bag numbers from `first`), each at its best epoch; a bag
-    that diverged fails the run."""
+    that diverged fails the run. `apart_`: how its models ended where the loop trained in
+    another process (training/apart.py), their best weights loaded into this one's modules."""
     out = []
     for i in range(loop.k):
-        status, epochs, reason = loop.status_of(i)
-        if status is Status.DIVERGED:
+        model = apart_[i] if apart_ is not None else apart.trained(loop, i)
+        if model.status is Status.DIVERGED:
             raise TrainingDiverged(
-                f"bag {first + i} of the bagged run diverged at epoch {epochs + 1}: {reason}; "
-                "nothing was written",
+                f"bag {first + i} of the bagged run diverged at epoch {model.epochs + 1}: "
+                f"{model.reason}; nothing was written",
                 [_DIVERGENCE_FIX],
             )
+        if model.weights is not None:
+            assert isinstance(loop.models, module.Module)  # only modules train apart
+            loop.models.model.load_state_dict(model.weights)
+            best = loop.models.model
+        else:
+            best = loop.models.best_model(i)
         out.append(
             bags.Bag(
-                loop.models.best_model(i),
+                best,
                 loop.members[i].seed,
-                epochs,
-                loop.best_epoch_of(i),
-                loop.best_loss_of(i),
-                status.value,
-                loop.history_of(i),
+                model.epochs,
+                model.best_epoch,
+                model.best_loss,
+                model.status.value,
+                model.history,
             )
         )
     return out

@@ -30,7 +30,10 @@ MLP = {"type": "mlp", "hidden": [16], "activation": "relu"}
 def _bagged(small_config: Any, bags: int = 3, **sections: Any) -> Path:
     train = {"epochs": 30, "bags": bags, "batch_size": 32, "early_stopping": {"patience": 5}}
     data = {"val_fraction": 0.25, **sections.pop("data", {})}
-    path: Path = small_config(model=MLP, train={**train, **sections.pop("train", {})}, data=data, **sections)
+    model = sections.pop("model", MLP)
+    path: Path = small_config(
+        model=model, train={**train, **sections.pop("train", {})}, data=data, **sections
+    )
     return path
 
 
@@ -104,12 +107,15 @@ def test_the_bags_prediction_is_the_mean_of_its_members(cli, small_config, tmp_p
     assert not torch.allclose(inference.predict(members[0], x), inference.predict(members[1], x), atol=1e-3)
 
 
-def test_bags_trained_one_after_another_equal_bags_side_by_side(cli, small_config, tmp_path):
-    cfg = _bagged(small_config, bags=2)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bags_trained_one_after_another_equal_bags_side_by_side(cli, small_config, tmp_path, processes):
+    """As modules (`--no-pack`), one after another or in processes of their own, the bags
+    equal those of the stack."""
+    cfg = _bagged(small_config, bags=2, train={"processes": processes})
     assert cli("run", cfg, "-q", "-o", tmp_path / "packed").code == 0
     apart = cli("run", cfg, "--no-pack", "-o", tmp_path / "apart")
     assert apart.code == 0, apart
-    assert "one after another" in apart.stderr
+    assert ("one after another" if processes == 1 else "in 2 processes side by side") in apart.stderr
     x = torch.randn(50, 3)
     for a, b in zip(
         _members(tmp_path / "packed" / "best.pt"), _members(tmp_path / "apart" / "best.pt"), strict=True
@@ -304,3 +310,75 @@ def test_cv_of_a_bagged_config_without_validation_rows_is_refused(cli, small_con
     result = cli("cv", cfg, "-k", "2", "-o", tmp_path / "cv")
     assert result.code == 2 and "data.val_fraction is 0" in result.stderr, result
     assert not (tmp_path / "cv").exists()
+
+
+TABM = {"type": "tabm", "k": 2, "width": 8, "blocks": 1, "dropout": 0.2}
+
+
+def test_module_bags_in_processes_equal_the_same_bags_one_after_another(cli, small_config, tmp_path):
+    """TabM with dropout does not stack: its bags train as modules, in processes side by side
+    (`train.processes`). Each bag draws its dropout masks from where its own build left
+    the generator, so the checkpoint is the same, bit for bit, as one after another."""
+    cfg = _bagged(small_config, bags=3, model=TABM)
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        done = cli("run", cfg, "--set", f"train.processes={processes}", "-o", out)
+        assert done.code == 0, done
+        said = "in 2 processes side by side" if processes == 2 else "one after another"
+        assert said in done.stderr
+        runs[processes] = out
+    one, two = (checkpoint.load(runs[p] / "best.pt") for p in (1, 2))
+    assert one["weights"].keys() == two["weights"].keys()
+    assert all(torch.equal(one["weights"][k], two["weights"][k]) for k in one["weights"])
+    assert (runs[1] / "bags.csv").read_text() == (runs[2] / "bags.csv").read_text()
+    drop = ("seconds",)
+    rows = [
+        [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(runs[p] / "metrics.csv")]
+        for p in (1, 2)
+    ]
+    assert rows[0] == rows[1]
+    # the bags differ from each other: each its own seed and masks
+    members = _members(runs[2] / "best.pt")
+    x = torch.randn(20, 3)
+    assert not torch.allclose(inference.predict(members[0], x), inference.predict(members[1], x), atol=1e-4)
+
+
+def test_a_bagged_run_in_processes_interrupted_writes_nothing(monkeypatch, small_config, tmp_path):
+    """Ctrl-C reaches the run, not the bags' processes: the run kills them and writes nothing."""
+    import os
+    import signal
+
+    from mse_train.training.module import Module
+
+    cfg = config.load(_bagged(small_config, bags=3, model=TABM, train={"processes": 2, "epochs": 200}))
+    parent, real = os.getpid(), Module.step
+
+    marker = tmp_path / "signalled"
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent:  # in a bag's process: one Ctrl-C to the run, from the first
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(parent, signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Module, "step", step)
+    with pytest.raises(TrainingInterrupted, match=r"a bagged run keeps no last\.pt, so nothing was written"):
+        recipe.run(cfg, recipe.Options(), recipe.Silent())
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.pt"))
+
+
+def test_a_bag_that_diverges_in_its_process_fails_the_run(cli, small_config, tmp_path):
+    cfg = _bagged(small_config, model=TABM, optimizer={"name": "sgd", "lr": 1.0e30}, train={"processes": 2})
+    result = cli("run", cfg)
+    assert result.code == 1, result
+    assert "in 2 processes side by side" in result.stderr
+    assert (
+        "bag 0 of the bagged run diverged at epoch 1" in result.stderr
+        and "nothing was written" in result.stderr
+    )
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.pt"))

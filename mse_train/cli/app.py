@@ -332,10 +332,13 @@ def cv(
                 )
 
         if not no_pack and not quiet:
+            from mse_train.training import apart
             from mse_train.training.stack import why_alone
 
             if (alone := why_alone(cfg)) is not None:
-                view.notes(console, [f"the folds train one at a time: {alone}"])
+                n = apart.workers(cfg.train.processes, folds * cfg.train.bags, device)
+                how = f"in {n} processes side by side" if n > 1 else "one at a time"
+                view.notes(console, [f"the folds train {how}, not in one stack: {alone}"])
         with signals.on_signals() as stop:
             summary = cross.run(
                 cfg, folds, out, device, on_fold, stop.requested, not no_pack, store, console.print

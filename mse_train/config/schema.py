@@ -597,6 +597,16 @@ class TrainConfig(Section):
         "has trained. `cv` bags each fold the same way and scores the bags' mean. 1 = one model. "
         "`init` writes 5 for a network on tables of up to 10,000 rows.",
     )
+    processes: Threads = Field(
+        "auto",
+        description="Processes that train a config's bags (`train.bags`) or its folds (`cv`, "
+        "init's race) side by side where they train as torch modules (TabM, ResNet, dropout, "
+        "L-BFGS, `--no-pack`: configs that do not stack): auto = one per usable CPU; 1 = one "
+        "after another. Only on a CPU under Linux with `train.threads` 1 and no other thread at "
+        "work (MLflow's, TensorBoard's: a fork beside threads is not safe); otherwise one after "
+        "another. Each training draws from its "
+        "own random state, so its model is the same either way.",
+    )
     threads: Threads = Field(
         "auto",
         description="CPU threads torch uses within each operation: a whole number, or auto = "

@@ -27,6 +27,7 @@ from mse_train.data import bags, folds, prepare
 from mse_train.errors import TrainingDiverged, TrainingInterrupted
 from mse_train.outputs import fsio, metrics, mlflow_log, mlflow_sweep, run_folder, tables
 from mse_train.selection.fit import Scored, train_and_score, train_and_score_packed
+from mse_train.training import apart
 from mse_train.training.records import Status
 from mse_train.training.stack import pack_key
 from mse_train.use.evaluate import regression_metrics
@@ -101,27 +102,38 @@ def cross_validate(
         together = train_and_score_packed(jobs, device, should_stop)
         if together is None:
             return CVResult(k, [], Status.INTERRUPTED, 1)
-    trained = iter(together or [])
-    rows: list[dict[str, Any]] = []
-    epochs: list[int] = []
-    seconds: list[float] = []
-    for i, (split, held) in enumerate(groups, start=1):
-        members: list[Scored] = []
-        for j, prepared in enumerate(split):
-            if together is not None:
-                members.append(next(trained))
-            else:
-                bag_cfg = recipe.seeded(cfg, j)
-                members.append(train_and_score(bag_cfg, prepared, held, device, should_stop, stack=pack))
-            if members[-1].overall is None:
-                break
-        scored = members[0] if len(members) == 1 else mean_of(members, held)
-        on_fold(i, scored)
-        epochs.append(scored.epochs)
-        seconds.append(scored.seconds)
-        if scored.overall is None:
-            return CVResult(k, rows, scored.status, i, scored.reason, epochs, seconds)
-        rows.append(fold_row(scored, loaded.targets))
+    alone = [(j, one, held) for split, held in groups for j, one in enumerate(split)]
+
+    def train(n: int) -> Scored:  # training n alone: fold by fold, bag by bag
+        j, one, held = alone[n]
+        return train_and_score(recipe.seeded(cfg, j), one, held, device, should_stop, stack=pack)
+
+    processes = 1 if together is not None else apart.workers(cfg.train.processes, len(alone), device)
+    with contextlib.ExitStack() as closing:
+        if together is not None:
+            trained: Iterator[Scored] = iter(together)
+        elif processes > 1:  # side by side in processes of their own (training/apart.py)
+            trained = closing.enter_context(
+                contextlib.closing(apart.map(train, len(alone), processes, should_stop))
+            )
+        else:
+            trained = (train(n) for n in range(len(alone)))
+        rows: list[dict[str, Any]] = []
+        epochs: list[int] = []
+        seconds: list[float] = []
+        for i, (split, held) in enumerate(groups, start=1):
+            members: list[Scored] = []
+            for _ in split:
+                members.append(next(trained, None) or Scored(Status.INTERRUPTED, 0, 0.0))  # None: stopped
+                if members[-1].overall is None:
+                    break
+            scored = members[0] if len(members) == 1 else mean_of(members, held)
+            on_fold(i, scored)
+            epochs.append(scored.epochs)
+            seconds.append(scored.seconds)
+            if scored.overall is None:
+                return CVResult(k, rows, scored.status, i, scored.reason, epochs, seconds)
+            rows.append(fold_row(scored, loaded.targets))
     return CVResult(k, rows, Status.COMPLETED, None, "", epochs, seconds)
 
 

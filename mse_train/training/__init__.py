@@ -28,6 +28,7 @@ Around them:
   signals.py     Ctrl-C / SIGTERM: stop after the batch, so the run can be saved; a
                  command's report of how it ended written whole, with its exit code, under SIGTERM
   distributed.py torchrun: ranks, the process group, DDP with summed gradients, collectives
+  apart.py       trainings that do not stack (bags, folds) in forked processes side by side
 
 Imports config/ and models/; knows nothing of files (outputs/ saves what it hands out).
 """

@@ -1,0 +1,147 @@
+"""Torch modules trained side by side in forked processes: bags and folds that do not stack.
+
+A config that does not stack (TabM, ResNet, dropout, L-BFGS) trains one torch module at a
+time, with one CPU thread, and leaves the other CPUs idle. Its bags (`run`) and its folds
+(`cv`, init's race) are independent trainings, so `map` runs them in processes of their
+own, forked from the command (the children share its rows copy-on-write and import
+nothing), up to `workers` at once, and hands back what each returns, in order.
+
+A training's result does not depend on where it runs: a fold builds and trains in one
+call, in a child as in the parent; a bag trains from `start_state()`, the global torch
+generator (dropout's) as its own build left it, so bag j draws the same masks whichever
+bags trained before it or beside it.
+
+Forked only from a process that runs torch with one thread (a fork after OpenMP ran
+several is not safe) and no other Python thread (MLflow's, TensorBoard's, Optuna's
+heartbeat: a lock one of them held would stay locked in the child), on Linux (on macOS a
+fork after torch's libraries loaded is not safe either), on a CPU; `train.processes` caps
+the count (1: one after another). The one other thread such a process has is the
+allocator's (pyarrow's jemalloc), which prepares itself for a fork.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import sys
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from mse_train import runtime
+from mse_train.training.loop import Loop
+from mse_train.training.records import EpochRecord, Status
+
+T = TypeVar("T")
+
+
+def workers(setting: int | str, tasks: int, device: torch.device) -> int:
+    """How many processes run `tasks` trainings: `train.processes` (auto: one per usable
+    CPU), at most one per task; 1 where forking is not safe (see the module's docstring)."""
+    if tasks < 2 or device.type != "cpu" or not sys.platform.startswith("linux"):
+        return 1
+    if torch.get_num_threads() != 1 or threading.active_count() > 1:
+        return 1
+    count = runtime.usable_cpus() if setting == "auto" else int(setting)
+    return max(1, min(tasks, count))
+
+
+def map(
+    work: Callable[[int], T], tasks: int, count: int, should_stop: Callable[[], bool]
+) -> Generator[T, None, None]:
+    """`work(0)`, ..., `work(tasks - 1)`, each in a forked process, `count` at a time; yields
+    what each returned (it must pickle), in order, as soon as it is ready. `should_stop` is
+    polled while waiting: when it says so, nothing more is yielded. Closing the generator
+    (or leaving it early) kills the processes still running. A task that raises fails the
+    command, with the child's traceback."""
+    global _WORK
+    _WORK = work
+    with warnings.catch_warnings():  # Python 3.12+ warns of any other OS thread (see the docstring)
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pool = multiprocessing.get_context("fork").Pool(count, initializer=_child_signals)
+    try:
+        pending = [pool.apply_async(_child, (j,)) for j in range(tasks)]
+        for result in pending:
+            while not result.ready():
+                if should_stop():
+                    return
+                result.wait(0.1)
+            kind, value = result.get()
+            if kind == "error":
+                raise RuntimeError(f"a training in a process of its own failed:\n{value}")
+            yield value
+    finally:
+        pool.terminate()
+        pool.join()
+        _WORK = None
+
+
+_WORK: Callable[[int], Any] | None = None  # set before the fork; the children call it
+
+
+def _child_signals() -> None:
+    """A child leaves Ctrl-C to the command (which kills it) and dies at SIGTERM (the pool's)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _child(j: int) -> tuple[str, Any]:
+    try:
+        assert _WORK is not None
+        return "ok", _WORK(j)
+    except BaseException:  # shown by the command as a bug, with this traceback
+        return "error", traceback.format_exc()
+
+
+# ------------------------------------------------------------------ bags
+@dataclass
+class Trained:
+    """How one model of a loop ended, with its best weights (state_dict) where it trained apart."""
+
+    status: Status
+    epochs: int
+    reason: str
+    best_epoch: int
+    best_loss: float
+    history: list[dict[str, Any]]
+    weights: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class Outcome:
+    """One loop's run in a process: how it ended, its epoch records, each model's record."""
+
+    status: Status
+    records: list[EpochRecord]
+    models: list[Trained]
+
+
+def trained(loop: Loop, i: int) -> Trained:
+    """Model i of a loop that has run, as it ended (its weights stay in the loop)."""
+    status, epochs, reason = loop.status_of(i)
+    return Trained(status, epochs, reason, loop.best_epoch_of(i), loop.best_loss_of(i), loop.history_of(i))
+
+
+def start_state() -> torch.Tensor:
+    """The global torch generator's state now: right after a loop is built, what it trains from."""
+    return torch.get_rng_state()
+
+
+def train_loop(loop: Loop, start: torch.Tensor) -> Outcome:
+    """In a child: train `loop` from `start`; its outcome, with each model's best weights
+    (a diverged model has none: it fails the run)."""
+    torch.set_rng_state(start)
+    records: list[EpochRecord] = []
+    status = loop.run(records.append)
+    models = []
+    for i in range(loop.k):
+        model = trained(loop, i)
+        if model.status is not Status.DIVERGED:
+            model.weights = {k: v.clone() for k, v in loop.models.best_model(i).state_dict().items()}
+        models.append(model)
+    return Outcome(status, records, models)
