@@ -4,6 +4,9 @@ one checkpoint of their mean, scored and calibrated out of bag."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,16 @@ from mse_train.outputs import checkpoint
 from mse_train.training import distributed
 from mse_train.training.distributed import World
 
-from conftest import linear_rows, read_json, read_metrics, signal_at_step, sweep_config, write_csv
+from conftest import (
+    HANG_GUARD,
+    linear_rows,
+    read_json,
+    read_metrics,
+    run_process,
+    signal_at_step,
+    sweep_config,
+    write_csv,
+)
 
 MLP = {"type": "mlp", "hidden": [16], "activation": "relu"}
 
@@ -113,8 +125,8 @@ def test_bags_trained_one_after_another_equal_bags_side_by_side(cli, small_confi
     equal those of the stack."""
     cfg = _bagged(small_config, bags=2, train={"processes": processes})
     assert cli("run", cfg, "-q", "-o", tmp_path / "packed").code == 0
-    apart = cli("run", cfg, "--no-pack", "-o", tmp_path / "apart")
-    assert apart.code == 0, apart
+    apart = alone("run", cfg, "--no-pack", "-o", tmp_path / "apart")
+    assert apart.returncode == 0, apart.stderr
     assert ("one after another" if processes == 1 else "in 2 processes side by side") in apart.stderr
     x = torch.randn(50, 3)
     for a, b in zip(
@@ -323,8 +335,8 @@ def test_module_bags_in_processes_equal_the_same_bags_one_after_another(cli, sma
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
-        done = cli("run", cfg, "--set", f"train.processes={processes}", "-o", out)
-        assert done.code == 0, done
+        done = alone("run", cfg, "--set", f"train.processes={processes}", "-o", out)
+        assert done.returncode == 0, done.stderr
         said = "in 2 processes side by side" if processes == 2 else "one after another"
         assert said in done.stderr
         runs[processes] = out
@@ -344,41 +356,66 @@ def test_module_bags_in_processes_equal_the_same_bags_one_after_another(cli, sma
     assert not torch.allclose(inference.predict(members[0], x), inference.predict(members[1], x), atol=1e-4)
 
 
-def test_a_bagged_run_in_processes_interrupted_writes_nothing(monkeypatch, small_config, tmp_path):
+_INTERRUPTED = """
+import os, signal, sys
+from pathlib import Path
+from mse_train import config, recipe, runtime
+from mse_train.errors import TrainingInterrupted
+from mse_train.training.module import Module
+
+runtime.use_threads()
+parent, real, marker = os.getpid(), Module.step, sys.argv[2]
+
+def step(self, *args, **kwargs):
+    if os.getpid() != parent:  # in a bag's process: one Ctrl-C to the run, from the first
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(parent, signal.SIGINT)
+    return real(self, *args, **kwargs)
+
+Module.step = step
+try:
+    recipe.run(config.load(Path(sys.argv[1])), recipe.Options(), recipe.Silent())
+except TrainingInterrupted as exc:
+    print("interrupted:", exc)
+"""
+
+
+def test_a_bagged_run_in_processes_interrupted_writes_nothing(small_config, tmp_path):
     """Ctrl-C reaches the run, not the bags' processes: the run kills them and writes nothing."""
-    import os
-    import signal
-
-    from mse_train.training.module import Module
-
-    cfg = config.load(_bagged(small_config, bags=3, model=TABM, train={"processes": 2, "epochs": 200}))
-    parent, real = os.getpid(), Module.step
-
-    marker = tmp_path / "signalled"
-
-    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if os.getpid() != parent:  # in a bag's process: one Ctrl-C to the run, from the first
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-            except FileExistsError:
-                pass
-            else:
-                os.kill(parent, signal.SIGINT)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Module, "step", step)
-    with pytest.raises(TrainingInterrupted, match=r"a bagged run keeps no last\.pt, so nothing was written"):
-        recipe.run(cfg, recipe.Options(), recipe.Silent())
+    cfg = _bagged(small_config, bags=3, model=TABM, train={"processes": 2, "epochs": 200})
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED, str(cfg), str(tmp_path / "signalled")],
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+        timeout=HANG_GUARD,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "interrupted: " in done.stdout and "a bagged run keeps no last.pt" in done.stdout
+    assert (tmp_path / "signalled").exists()
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.pt"))
 
 
-def test_a_bag_that_diverges_in_its_process_fails_the_run(cli, small_config, tmp_path):
+def test_a_bag_that_diverges_in_its_process_fails_the_run(small_config, tmp_path):
     cfg = _bagged(small_config, model=TABM, optimizer={"name": "sgd", "lr": 1.0e30}, train={"processes": 2})
-    result = cli("run", cfg)
-    assert result.code == 1, result
+    result = alone("run", cfg)
+    assert result.returncode == 1, result.stderr
     assert "in 2 processes side by side" in result.stderr
     assert (
         "bag 0 of the bagged run diverged at epoch 1" in result.stderr
         and "nothing was written" in result.stderr
     )
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.pt"))
+
+
+ONE_THREAD = {**os.environ, "MSE_TRAIN_THREADS": "1"}
+
+
+def alone(*args: Any) -> subprocess.CompletedProcess[str]:
+    """The CLI in a fresh process with one torch thread and no other thread: where a
+    config's bags or folds train in processes (training/apart.py forks only there)."""
+    return run_process(*args, env=ONE_THREAD)

@@ -23,6 +23,7 @@ from conftest import (
     HANG_GUARD,
     leaderboard,
     linear_rows,
+    run_process,
     start_process,
     sweep_config,
     sweep_study,
@@ -805,7 +806,7 @@ def test_the_start_of_a_space_is_the_config_s_own_values_moved_into_its_ranges(t
     assert Space({"model.k": [8, 16]}).start(cfg) is None
 
 
-def test_cv_folds_in_processes_score_as_folds_one_after_another(cli, small_config, tmp_path):
+def test_cv_folds_in_processes_score_as_folds_one_after_another(small_config, tmp_path):
     """Folds that do not stack (TabM with dropout) train in processes side by side
     (`train.processes`), each built and trained in one call as one after another: the
     same scores, to the last digit."""
@@ -813,7 +814,7 @@ def test_cv_folds_in_processes_score_as_folds_one_after_another(cli, small_confi
     cfg = small_config(model=tabm, data={"val_fraction": 0.25}, train={"epochs": 4})
     scores = {}
     for processes in (1, 2):
-        done = cli(
+        done = run_process(
             "cv",
             cfg,
             "--folds",
@@ -823,8 +824,9 @@ def test_cv_folds_in_processes_score_as_folds_one_after_another(cli, small_confi
             f"train.processes={processes}",
             "-o",
             tmp_path / str(processes),
+            env={**os.environ, "MSE_TRAIN_THREADS": "1"},  # a fresh process, one thread: it forks
         )
-        assert done.code == 0, done
+        assert done.returncode == 0, done.stderr
         said = "in 2 processes side by side" if processes == 2 else "one at a time"
         assert f"the folds train {said}, not in one stack" in done.stderr
         scores[processes] = json.loads(done.stdout)
