@@ -458,10 +458,10 @@ def _train_bags(
     _check_fits(cfg, shared, device)
     together = options.pack and why_alone(cfg) is None
     loops: list[Loop] = [stack_loop(jobs, device)] if together else []
-    starts: list[torch.Tensor] = []  # each module's draws (dropout) from where its build left them
+    starts: list[apart.Start] = []  # each module's draws (dropout) from where its build left them
     for c, p in [] if together else jobs:
         loops.append(build_loop(c, p, device, stack=options.pack))
-        starts.append(apart.start_state())
+        starts.append(apart.start_state(device))
     replacement = run_folder.Replacement(out)
     if options.overwrite:
         replacement.move_aside()
@@ -515,7 +515,7 @@ def _train_bags(
             else:
                 for j, loop in enumerate(loops):
                     if starts:
-                        torch.set_rng_state(starts[j])
+                        apart.set_start(starts[j], device)
                     status = loop.run(epochs.add, should_stop=stop.requested, on_batch=reporter.batch)
                     epochs.flush()
                     if status is Status.INTERRUPTED:
@@ -571,13 +571,13 @@ def _train_bags(
     return status, result, history, "", False
 
 
-def _bags_of(loop: Loop, first: int, apart_: list[apart.Trained] | None = None) -> list[bags.Bag]:
+def _bags_of(loop: Loop, first: int, ended: list[apart.Trained] | None = None) -> list[bags.Bag]:
     """The bags `loop` trained (bag numbers from `first`), each at its best epoch; a bag
-    that diverged fails the run. `apart_`: how its models ended where the loop trained in
+    that diverged fails the run. `ended`: how its models ended where the loop trained in
     another process (training/apart.py), their best weights loaded into this one's modules."""
     out = []
     for i in range(loop.k):
-        model = apart_[i] if apart_ is not None else apart.trained(loop, i)
+        model = ended[i] if ended is not None else apart.trained(loop, i)
         if model.status is Status.DIVERGED:
             raise TrainingDiverged(
                 f"bag {first + i} of the bagged run diverged at epoch {model.epochs + 1}: "

@@ -127,15 +127,27 @@ def trained(loop: Loop, i: int) -> Trained:
     return Trained(status, epochs, reason, loop.best_epoch_of(i), loop.best_loss_of(i), loop.history_of(i))
 
 
-def start_state() -> torch.Tensor:
-    """The global torch generator's state now: right after a loop is built, what it trains from."""
-    return torch.get_rng_state()
+Start = tuple[torch.Tensor, torch.Tensor | None]  # the CPU generator's state, and the device's
 
 
-def train_loop(loop: Loop, start: torch.Tensor) -> Outcome:
+def start_state(device: torch.device) -> Start:
+    """The global torch generators' state now (the CPU's, and on CUDA the device's, which
+    draws its dropout there): right after a loop is built, what it trains from."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_start(start: Start, device: torch.device) -> None:
+    """Put the generators back to `start` before its loop trains."""
+    cpu, cuda = start
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def train_loop(loop: Loop, start: Start) -> Outcome:
     """In a child: train `loop` from `start`; its outcome, with each model's best weights
     (a diverged model has none: it fails the run)."""
-    torch.set_rng_state(start)
+    set_start(start, torch.device("cpu"))  # children train on the CPU only (`workers`)
     records: list[EpochRecord] = []
     status = loop.run(records.append)
     models = []
