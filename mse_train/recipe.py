@@ -458,10 +458,10 @@ def _train_bags(
     _check_fits(cfg, shared, device)
     together = options.pack and why_alone(cfg) is None
     loops: list[Loop] = [stack_loop(jobs, device)] if together else []
-    starts: list[apart.Start] = []  # each module's draws (dropout) from where its build left them
+    starts: list[rng.Torch] = []  # each module's draws (dropout) from where its build left them
     for c, p in [] if together else jobs:
         loops.append(build_loop(c, p, device, stack=options.pack))
-        starts.append(apart.start_state(device))
+        starts.append(rng.torch_state(device))
     replacement = run_folder.Replacement(out)
     if options.overwrite:
         replacement.move_aside()
@@ -515,7 +515,7 @@ def _train_bags(
             else:
                 for j, loop in enumerate(loops):
                     if starts:
-                        apart.set_start(starts[j], device)
+                        rng.set_torch_state(starts[j], device)
                     status = loop.run(epochs.add, should_stop=stop.requested, on_batch=reporter.batch)
                     epochs.flush()
                     if status is Status.INTERRUPTED:

@@ -154,6 +154,14 @@ def test_a_bagged_run_without_validation_rows_of_its_own_is_a_config_error(cli, 
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "1.5", "many"])
+def test_a_bad_processes_value_is_a_config_error_naming_the_key(cli, small_config, tmp_path, value):
+    result = cli("run", _bagged(small_config), "--set", f"train.processes={value}")
+    assert result.code == 2, result
+    assert "train.processes" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("value", ["0", "51", "three"])
 def test_a_bad_bags_value_is_a_config_error_naming_the_key(cli, small_config, tmp_path, value):
     result = cli("run", _bagged(small_config), "--set", f"train.bags={value}")

@@ -7,7 +7,7 @@ own, forked from the command (the children share its rows copy-on-write and impo
 nothing), up to `workers` at once, and hands back what each returns, in order.
 
 A training's result does not depend on where it runs: a fold builds and trains in one
-call, in a child as in the parent; a bag trains from `start_state()`, the global torch
+call, in a child as in the parent; a bag trains from `rng.torch_state`, the global torch
 generator (dropout's) as its own build left it, so bag j draws the same masks whichever
 bags trained before it or beside it.
 
@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import torch
 
 from mse_train import runtime
+from mse_train.training import rng
 from mse_train.training.loop import Loop
 from mse_train.training.records import EpochRecord, Status
 
@@ -114,9 +115,8 @@ class Trained:
 
 @dataclass
 class Outcome:
-    """One loop's run in a process: how it ended, its epoch records, each model's record."""
+    """One loop's run in a process: its epoch records, and each model's record."""
 
-    status: Status
     records: list[EpochRecord]
     models: list[Trained]
 
@@ -127,33 +127,17 @@ def trained(loop: Loop, i: int) -> Trained:
     return Trained(status, epochs, reason, loop.best_epoch_of(i), loop.best_loss_of(i), loop.history_of(i))
 
 
-Start = tuple[torch.Tensor, torch.Tensor | None]  # the CPU generator's state, and the device's
-
-
-def start_state(device: torch.device) -> Start:
-    """The global torch generators' state now (the CPU's, and on CUDA the device's, which
-    draws its dropout there): right after a loop is built, what it trains from."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def set_start(start: Start, device: torch.device) -> None:
-    """Put the generators back to `start` before its loop trains."""
-    cpu, cuda = start
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
-
-
-def train_loop(loop: Loop, start: Start) -> Outcome:
-    """In a child: train `loop` from `start`; its outcome, with each model's best weights
-    (a diverged model has none: it fails the run)."""
-    set_start(start, torch.device("cpu"))  # children train on the CPU only (`workers`)
+def train_loop(loop: Loop, start: rng.Torch) -> Outcome:
+    """In a child: train `loop` from `start`, torch's generators right after the loop was
+    built (`rng.torch_state`); its outcome, with each model's best weights (a diverged model
+    has none: it fails the run)."""
+    rng.set_torch_state(start, torch.device("cpu"))  # children train on the CPU only (`workers`)
     records: list[EpochRecord] = []
-    status = loop.run(records.append)
+    loop.run(records.append)
     models = []
     for i in range(loop.k):
         model = trained(loop, i)
         if model.status is not Status.DIVERGED:
             model.weights = {k: v.clone() for k, v in loop.models.best_model(i).state_dict().items()}
         models.append(model)
-    return Outcome(status, records, models)
+    return Outcome(records, models)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
-from mse_train.training import distributed
+from mse_train.training import distributed, rng
 from mse_train.training.distributed import World
 from mse_train.training.records import PARTIAL, Progress
 
@@ -134,17 +134,14 @@ class LastGood:
 
     def capture(self, progress: Progress) -> None:
         self.models.capture()
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        self._rest = (copy.copy(progress), torch.get_rng_state(), self.shuffle.get_state(), cuda)
+        self._rest = (copy.copy(progress), rng.torch_state(self.device), self.shuffle.get_state())
 
     def restore(self) -> Progress:
         """Put weights, optimizer, scheduler and RNGs back; returns the progress of then."""
         assert self._rest is not None, "capture() runs before the first epoch"
-        kept, rng, shuffle, cuda = self._rest
+        kept, generators, shuffle = self._rest
         progress: Progress = copy.copy(kept)
         self.models.restore()
-        torch.set_rng_state(rng)
+        rng.set_torch_state(generators, self.device)
         self.shuffle.set_state(shuffle)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda, self.device)
         return progress

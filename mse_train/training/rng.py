@@ -42,3 +42,20 @@ def set_state(state: dict[str, Any], shuffle: torch.Generator, device: torch.dev
     random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+Torch = tuple[torch.Tensor, torch.Tensor | None]  # the CPU generator's state, and the CUDA device's
+
+
+def torch_state(device: torch.device) -> Torch:
+    """torch's global generators now: the CPU's, and on CUDA the device's (which draws
+    dropout there)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_torch_state(state: Torch, device: torch.device) -> None:
+    """Put torch's global generators back to `state` (`torch_state`)."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
