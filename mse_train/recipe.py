@@ -506,11 +506,11 @@ def _train_bags(
                 def work(j: int) -> apart.Outcome:
                     return apart.train_loop(loops[j], starts[j])
 
-                with contextlib.closing(apart.map(work, len(loops), processes, stop.requested)) as outcomes:
+                shown = _InTurn(epochs)  # as one after another shows them, as they come
+                outcomes = apart.map(work, len(loops), processes, stop.requested, shown.heard)
+                with contextlib.closing(outcomes):
                     for loop, outcome in zip(loops, outcomes, strict=False):  # fewer when stopped
-                        for record in outcome.records:  # shown as one after another shows them
-                            epochs.add(record)
-                        epochs.flush()
+                        shown.ended(outcome.records)
                         trained += _bags_of(loop, len(trained), outcome.models)
             else:
                 for j, loop in enumerate(loops):
@@ -645,6 +645,34 @@ class _MeanEpochs:
             self.scalars.epoch(mean.row())
         if self.tracked is not None:
             self.tracked.epoch(mean.row())
+
+
+class _InTurn:
+    """The epoch records of bags training in processes side by side, shown as one after
+    another shows them: bag 0's as they end, bag 1's (held until then) once bag 0 has ended, ..."""
+
+    def __init__(self, epochs: _MeanEpochs) -> None:
+        self.epochs = epochs
+        self.turn = 0  # the bag whose records are shown as they come
+        self.held: dict[int, list[EpochRecord]] = {}
+        self.shown = 0  # of the bag in turn
+
+    def heard(self, bag: int, record: EpochRecord) -> None:
+        if bag == self.turn:
+            self.epochs.add(record)
+            self.shown += 1
+        else:
+            self.held.setdefault(bag, []).append(record)
+
+    def ended(self, records: list[EpochRecord]) -> None:
+        """The bag in turn has ended with `records`: the rest of them, then the next bag's so far."""
+        for record in records[self.shown :]:
+            self.epochs.add(record)
+        self.epochs.flush()
+        self.turn += 1
+        self.shown = 0
+        for record in self.held.pop(self.turn, []):
+            self.heard(self.turn, record)
 
 
 # --------------------------------------------------------------------- setup

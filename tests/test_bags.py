@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from mse_train.data.folds import kfold as folds_of
 from mse_train.errors import TrainingInterrupted
 from mse_train.models import inference, networks
 from mse_train.outputs import checkpoint
-from mse_train.training import distributed
+from mse_train.training import apart, distributed
 from mse_train.training.distributed import World
 
 from conftest import (
@@ -340,14 +341,14 @@ def test_module_bags_in_processes_equal_the_same_bags_one_after_another(cli, sma
     (`train.processes`). Each bag draws its dropout masks from where its own build left
     the generator, so the checkpoint is the same, bit for bit, as one after another."""
     cfg = _bagged(small_config, bags=3, model=TABM)
-    runs = {}
+    runs, stderr = {}, {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
         done = alone("run", cfg, "--set", f"train.processes={processes}", "-o", out)
         assert done.returncode == 0, done.stderr
         said = "in 2 processes side by side" if processes == 2 else "one after another"
         assert said in done.stderr
-        runs[processes] = out
+        runs[processes], stderr[processes] = out, done.stderr
     one, two = (checkpoint.load(runs[p] / "best.pt") for p in (1, 2))
     assert one["weights"].keys() == two["weights"].keys()
     assert all(torch.equal(one["weights"][k], two["weights"][k]) for k in one["weights"])
@@ -358,10 +359,52 @@ def test_module_bags_in_processes_equal_the_same_bags_one_after_another(cli, sma
         for p in (1, 2)
     ]
     assert rows[0] == rows[1]
+    # the same epoch lines, in the same order: bag 0's as they come, then bag 1's, ...
+    lines = [[line for line in said.splitlines() if line.startswith("epoch ")] for said in stderr.values()]
+    assert lines[0] == lines[1] and len(lines[0]) >= 3
     # the bags differ from each other: each its own seed and masks
     members = _members(runs[2] / "best.pt")
     x = torch.randn(20, 3)
     assert not torch.allclose(inference.predict(members[0], x), inference.predict(members[1], x), atol=1e-4)
+
+
+def test_what_a_process_tells_reaches_the_command_while_it_trains(tmp_path):
+    """`apart.tell` is heard while the child still works, not when it has ended: each task
+    waits until the command has heard its first message (a file the command writes), then
+    tells a second; each result comes after all that its task told."""
+    heard: list[tuple[int, Any]] = []
+    events: list[str] = []
+
+    def on_heard(j: int, message: Any) -> None:
+        heard.append((j, message))
+        events.append(f"heard {j} {message}")
+        (tmp_path / f"heard-{j}-{message}").touch()
+
+    def work(j: int) -> bool:
+        apart.tell("first")
+        waited = _until((tmp_path / f"heard-{j}-first").exists)
+        apart.tell("second")
+        return waited
+
+    done = []
+    for j, waited in enumerate(apart.map(work, 3, 2, lambda: False, on_heard)):
+        events.append(f"result {j}")
+        done.append(waited)
+    assert done == [True, True, True]  # no child gave up waiting to be heard
+    for j in range(3):
+        assert [m for i, m in heard if i == j] == ["first", "second"]
+        assert events.index(f"heard {j} second") < events.index(f"result {j}")
+    apart.tell("outside a task: nobody hears it, nothing fails")
+
+
+def _until(condition: Any, seconds: float = 60.0) -> bool:
+    """Poll `condition` until it holds (True) or `seconds` pass (False: a guard, not a timing)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 _INTERRUPTED = """

@@ -4,7 +4,9 @@ A config that does not stack (TabM, ResNet, dropout, L-BFGS) trains one torch mo
 time, with one CPU thread, and leaves the other CPUs idle. Its bags (`run`) and its folds
 (`cv`, init's race) are independent trainings, so `map` runs them in processes of their
 own, forked from the command (the children share its rows copy-on-write and import
-nothing), up to `workers` at once, and hands back what each returns, in order.
+nothing), up to `workers` at once, and hands back what each returns, in order. What a
+child `tell`s on the way (a bag's epoch records) reaches the command while it waits, so
+its progress is shown as it happens, not when the training has ended.
 
 A training's result does not depend on where it runs: a fold builds and trains in one
 call, in a child as in the parent; a bag trains from `rng.torch_state`, the global torch
@@ -53,36 +55,62 @@ def workers(setting: int | str, tasks: int, device: torch.device) -> int:
 
 
 def map(
-    work: Callable[[int], T], tasks: int, count: int, should_stop: Callable[[], bool]
+    work: Callable[[int], T],
+    tasks: int,
+    count: int,
+    should_stop: Callable[[], bool],
+    heard: Callable[[int, Any], None] | None = None,
 ) -> Generator[T, None, None]:
     """`work(0)`, ..., `work(tasks - 1)`, each in a forked process, `count` at a time; yields
     what each returned (it must pickle), in order, as soon as it is ready. `should_stop` is
     polled while waiting: when it says so, nothing more is yielded. Closing the generator
     (or leaving it early) kills the processes still running. A task that raises fails the
-    command, with the child's traceback."""
-    global _WORK
+    command, with the child's traceback. `heard(j, message)` gets what task j `tell`s, in
+    the order told, while the command waits, and all of it before task j's result."""
+    global _WORK, _TOLD
+    context = multiprocessing.get_context("fork")
     _WORK = work
+    _TOLD = context.SimpleQueue() if heard is not None else None
+    told = _TOLD
+
+    def listen() -> None:
+        while told is not None and heard is not None and not told.empty():
+            heard(*told.get())
+
     with warnings.catch_warnings():  # Python 3.12+ warns of any other OS thread (see the docstring)
         warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
-        pool = multiprocessing.get_context("fork").Pool(count, initializer=_child_signals)
+        pool = context.Pool(count, initializer=_child_signals)
     try:
         pending = [pool.apply_async(_child, (j,)) for j in range(tasks)]
         for result in pending:
             while not result.ready():
+                listen()
                 if should_stop():
                     return
                 result.wait(0.1)
             kind, value = result.get()
+            listen()  # a child tells before it returns: all it told is here by now
             if kind == "error":
                 raise RuntimeError(f"a training in a process of its own failed:\n{value}")
             yield value
     finally:
         pool.terminate()
         pool.join()
-        _WORK = None
+        if told is not None:
+            told.close()
+        _WORK = _TOLD = None
+
+
+def tell(message: Any) -> None:
+    """In a task of `map`: hand `message` (it must pickle) to the command's `heard` now;
+    anywhere else, nothing."""
+    if _TOLD is not None and _TASK is not None:
+        _TOLD.put((_TASK, message))
 
 
 _WORK: Callable[[int], Any] | None = None  # set before the fork; the children call it
+_TOLD: Any = None  # the queue to the command, made before the fork
+_TASK: int | None = None  # in a child: the task it runs
 
 
 def _child_signals() -> None:
@@ -92,11 +120,15 @@ def _child_signals() -> None:
 
 
 def _child(j: int) -> tuple[str, Any]:
+    global _TASK
+    _TASK = j
     try:
         assert _WORK is not None
         return "ok", _WORK(j)
     except BaseException:  # shown by the command as a bug, with this traceback
         return "error", traceback.format_exc()
+    finally:
+        _TASK = None
 
 
 # ------------------------------------------------------------------ bags
@@ -129,11 +161,16 @@ def trained(loop: Loop, i: int) -> Trained:
 
 def train_loop(loop: Loop, start: rng.Torch) -> Outcome:
     """In a child: train `loop` from `start`, torch's generators right after the loop was
-    built (`rng.torch_state`); its outcome, with each model's best weights (a diverged model
-    has none: it fails the run)."""
+    built (`rng.torch_state`), telling each epoch's record as it ends; its outcome, with each
+    model's best weights (a diverged model has none: it fails the run)."""
     rng.set_torch_state(start, torch.device("cpu"))  # children train on the CPU only (`workers`)
     records: list[EpochRecord] = []
-    loop.run(records.append)
+
+    def ended(record: EpochRecord) -> None:
+        records.append(record)
+        tell(record)  # shown by the command as the epoch ends
+
+    loop.run(ended)
     models = []
     for i in range(loop.k):
         model = trained(loop, i)
