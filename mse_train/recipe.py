@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -500,13 +500,17 @@ def _train_bags(
         epochs = _MeanEpochs(reporter, cfg.train.epochs, scalars, tracked.run)
         train_started = time.perf_counter()
         trained: list[bags.Bag] = []
+
+        def announce(j: int) -> None:  # bag j's epochs follow (each bag counts from epoch 1)
+            reporter.note(f"bag {j} (seed {cfg.seed + j}), {j + 1} of {k}")
+
         with signals.on_signals() as stop:
             if processes > 1:
 
                 def work(j: int) -> apart.Outcome:
                     return apart.train_loop(loops[j], starts[j])
 
-                shown = _InTurn(epochs)  # as one after another shows them, as they come
+                shown = _InTurn(epochs, k, announce)  # as one after another shows them, as they come
                 outcomes = apart.map(work, len(loops), processes, stop.requested, shown.heard)
                 with contextlib.closing(outcomes):
                     for loop, outcome in zip(loops, outcomes, strict=False):  # fewer when stopped
@@ -515,6 +519,7 @@ def _train_bags(
             else:
                 for j, loop in enumerate(loops):
                     if starts:
+                        announce(j)
                         rng.set_torch_state(starts[j], device)
                     status = loop.run(epochs.add, should_stop=stop.requested, on_batch=reporter.batch)
                     epochs.flush()
@@ -651,11 +656,12 @@ class _InTurn:
     """The epoch records of bags training in processes side by side, shown as one after
     another shows them: bag 0's as they end, bag 1's (held until then) once bag 0 has ended, ..."""
 
-    def __init__(self, epochs: _MeanEpochs) -> None:
-        self.epochs = epochs
+    def __init__(self, epochs: _MeanEpochs, bags: int, announce: Callable[[int], None]) -> None:
+        self.epochs, self.bags, self.announce = epochs, bags, announce
         self.turn = 0  # the bag whose records are shown as they come
         self.held: dict[int, list[EpochRecord]] = {}
         self.shown = 0  # of the bag in turn
+        announce(0)
 
     def heard(self, bag: int, record: EpochRecord) -> None:
         if bag == self.turn:
@@ -671,6 +677,8 @@ class _InTurn:
         self.epochs.flush()
         self.turn += 1
         self.shown = 0
+        if self.turn < self.bags:
+            self.announce(self.turn)
         for record in self.held.pop(self.turn, []):
             self.heard(self.turn, record)
 

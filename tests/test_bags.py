@@ -360,8 +360,14 @@ def test_module_bags_in_processes_equal_the_same_bags_one_after_another(cli, sma
     ]
     assert rows[0] == rows[1]
     # the same epoch lines, in the same order: bag 0's as they come, then bag 1's, ...
-    lines = [[line for line in said.splitlines() if line.startswith("epoch ")] for said in stderr.values()]
+    lines = [
+        [line for line in said.splitlines() if line.startswith(("epoch ", "note: bag "))]
+        for said in stderr.values()
+    ]
     assert lines[0] == lines[1] and len(lines[0]) >= 3
+    bags = [line for line in lines[1] if line.startswith("note: bag ")]
+    assert bags == [f"note: bag {j} (seed {j}), {j + 1} of 3" for j in range(3)]  # each before its epochs
+    assert all(lines[1][lines[1].index(b) + 1].startswith("epoch 1/") for b in bags)
     # the bags differ from each other: each its own seed and masks
     members = _members(runs[2] / "best.pt")
     x = torch.randn(20, 3)
