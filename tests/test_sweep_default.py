@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -21,7 +22,15 @@ from mse_train.config.schema import SweepRange
 from mse_train.selection import space, worker
 from mse_train.training.stack import why_alone
 
-from conftest import HANG_GUARD, leaderboard, start_process, sweep_config, sweep_study, write_config
+from conftest import (
+    HANG_GUARD,
+    leaderboard,
+    run_process,
+    start_process,
+    sweep_config,
+    sweep_study,
+    write_config,
+)
 
 # A choice with keys of its own: linear trials with one learning-rate range, MLP trials with
 # widths and another range, both with Adam in batches (so a base config's L-BFGS never trains).
@@ -359,3 +368,47 @@ def test_on_a_terminal_progress_is_a_live_bar_with_trials_best_and_time_left():
     assert "best 0.25" in text and "left" in text and "1/4" in text
     assert "search ended: 1 trial finished" in text
     assert progress.bar is None  # stopped, so the refit's own bar can start
+
+
+# ------------------------------------------------- trials that do not pack, in processes
+TABM = {"type": "tabm", "k": 2, "width": 8, "blocks": 1, "dropout": 0.2}  # dropout: no pack
+ONE_THREAD = {**os.environ, "MSE_TRAIN_THREADS": "1"}  # where training/apart.py may fork
+
+
+def test_trials_that_do_not_pack_train_their_folds_in_processes_with_the_same_scores(table, tmp_path):
+    """TabM's folds train as torch modules: in processes side by side (`train.processes`),
+    beside the sweep's heartbeat thread, with the scores of one at a time, bit for bit."""
+    sweep = {"method": "grid", "folds": 2, "refit": False, "params": {"optimizer.lr": [0.01, 0.02]}}
+    cfg = sweep_config(tmp_path, table, sweep, model=TABM, train={"epochs": 6})
+    boards, said = {}, {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        args = ("sweep", cfg, "-o", out, "--set", f"train.processes={processes}")
+        done = run_process(*args, env=ONE_THREAD)
+        assert done.returncode == 0, done.stderr
+        boards[processes] = [{k: v for k, v in r.items() if k != "seconds"} for r in leaderboard(out)]
+        said[processes] = done.stderr
+    assert boards[1] == boards[2] and len(boards[1]) == 2
+    assert "1 trial (2 models) start in 2 processes side by side" in said[2]  # asked one at a time
+    assert "processes side by side" not in said[1]
+    assert "Traceback" not in said[2]
+
+
+def test_a_time_limit_cuts_trials_training_in_processes_and_keeps_the_finished(table, tmp_path):
+    """As one at a time (above): the trial with patience 1 ends, the other is cut in flight in
+    its processes and scored on its best epoch so far."""
+    sweep = {
+        "method": "grid",
+        "folds": 2,
+        "time_limit": 8,
+        "params": {"train.early_stopping.patience": [1, 100_000]},
+    }
+    train = {"epochs": 100_000, "early_stopping": {"min_delta": 1000.0}}
+    cfg = sweep_config(tmp_path, table, sweep, model=TABM, train=train)
+    done = run_process("sweep", cfg, "--json", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert "start in 2 processes side by side" in done.stderr
+    rows = {r["train.early_stopping.patience"]: r for r in leaderboard(tmp_path / "run-sweep")}
+    assert rows["1"]["status"] == "early_stopped" and rows["100000"]["status"] == "cut"
+    assert rows["100000"]["score_mean"] != "" and 2 < int(rows["100000"]["epochs"]) < 100_000
+    assert Path(json.loads(done.stdout)["checkpoint"]).exists()

@@ -165,7 +165,7 @@ class SweepProgress:
             self.bar.start()
             self.task = self.bar.add_task("sweep", total=plan.trials, completed=plan.done, best="", pack="")
 
-    def pack(self, trials: int, models: int, epochs: int) -> None:
+    def pack(self, trials: int, models: int, epochs: int, processes: int = 1) -> None:
         if self.quiet:
             return
         what = f"{trials} trial{'s' if trials != 1 else ''}"
@@ -173,7 +173,11 @@ class SweepProgress:
         if self.bar is not None:
             self.bar.update(self.task, pack=f"| {what}: starting")
             return
-        self.console.print(f"pack of {what} starts, up to {epochs} epochs{self._times()}", markup=False)
+        if processes > 1:  # models that do not pack, in processes of their own (training/apart.py)
+            text = f"{what} start in {processes} processes side by side, up to {epochs} epochs"
+        else:
+            text = f"pack of {what} starts, up to {epochs} epochs"
+        self.console.print(f"{text}{self._times()}", markup=False)
         self._printed_at = time.monotonic()
 
     def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None:

@@ -600,11 +600,12 @@ class TrainConfig(Section):
     processes: Threads = Field(
         "auto",
         description="Processes that train a config's bags (`train.bags`) or its folds (`cv`, "
-        "init's race) side by side where they train as torch modules (TabM, ResNet, dropout, "
-        "L-BFGS, `--no-pack`: configs that do not stack): auto = one per usable CPU; 1 = one "
-        "after another. Only on a CPU under Linux with `train.threads` 1 and no other thread at "
-        "work (MLflow's, TensorBoard's: a fork beside threads is not safe); otherwise one after "
-        "another. Each training draws from its "
+        "init's race, a sweep's trials) side by side where they train as torch modules (TabM, "
+        "ResNet, dropout, L-BFGS: configs that do not stack; `--no-pack` too, but for a sweep's, "
+        "which it trains one at a time): auto = one "
+        "per usable CPU; 1 = one after another. Only on a CPU under Linux with `train.threads` 1 "
+        "and no other thread at work (MLflow's, TensorBoard's: a fork beside threads is not "
+        "safe); otherwise one after another. Each training draws from its "
         "own random state, so its model is the same either way.",
     )
     threads: Threads = Field(

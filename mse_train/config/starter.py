@@ -412,8 +412,9 @@ def _sweep_params(rows: int | None, choice: Choice = MLP) -> str:
     linear starter's solver) trains one model at a time and needs every row in each step.
     Two MLP widths: trials of one shape share a pack, and the packs of a batch of trials
     train one after another, so each shape more is a pack that the time limit may not reach.
-    A TabM starter (small tables only) adds TabM trials, which train one at a time: a search
-    without them could end below the starter. `rows`: the table's (None: not counted, a
+    A TabM starter (small tables only) adds TabM trials, which do not pack (their folds
+    train in processes side by side, training/apart.py): a search without them could end
+    below the starter. `rows`: the table's (None: not counted, a
     large one). Under the linear starter, which holds no rows out, the trials hold out the
     MLP starter's share: Adam in batches needs validation rows to choose its epoch and stop
     early (the refit then trains on every row)."""
@@ -426,7 +427,7 @@ def _sweep_params(rows: int | None, choice: Choice = MLP) -> str:
     )
     tabm_branch = (
         """
-      tabm:                   # one trial at a time (TabM does not pack)
+      tabm:                   # no pack: its folds train in processes side by side
         optimizer.name: [adam]
         optimizer.lr: {low: 3.0e-4, high: 3.0e-3, log: true}"""
         if tabm

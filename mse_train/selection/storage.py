@@ -301,6 +301,15 @@ def claim(where: Where, name: str) -> bool:
     return True
 
 
+# Held while a heartbeat is written, and by any fork (os.register_at_fork): a process forked
+# to train beside the sweep (training/apart.py) never starts in the middle of a write, so no
+# lock of the storage's client is held in it (it never touches the storage either).
+_WRITING = threading.Lock()
+os.register_at_fork(
+    before=_WRITING.acquire, after_in_parent=_WRITING.release, after_in_child=_WRITING.release
+)
+
+
 class Heartbeats:
     """Records a heartbeat for this worker's trials in flight, every interval, in a thread."""
 
@@ -310,6 +319,9 @@ class Heartbeats:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="sweep-heartbeat")
+        from mse_train.training import apart  # torch: only where a sweep trains
+
+        apart.fork_safe(self._thread)
         self._thread.start()
 
     def track(self, trial_ids: list[int]) -> None:
@@ -320,9 +332,10 @@ class Heartbeats:
     def _beat(self) -> None:
         with self._lock:
             ids = list(self._ids)
-        for trial_id in ids:
-            with contextlib.suppress(Exception):  # a storage hiccup: the next beat tries again
-                self.storage.record_heartbeat(trial_id)
+        with _WRITING:
+            for trial_id in ids:
+                with contextlib.suppress(Exception):  # a storage hiccup: the next beat tries again
+                    self.storage.record_heartbeat(trial_id)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

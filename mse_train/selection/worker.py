@@ -28,7 +28,7 @@ from mse_train.errors import ConfigError, TrainingInterrupted, UserError
 from mse_train.outputs import mlflow_log, mlflow_sweep, tables
 from mse_train.selection import budget, cv, oof, space, storage
 from mse_train.selection.fit import CUT_REASON, Scored, train_and_score, train_and_score_packed
-from mse_train.training import signals
+from mse_train.training import apart, signals
 from mse_train.training.records import Status
 from mse_train.training.stack import pack_key
 
@@ -55,7 +55,7 @@ class Watch(Protocol):
     """Receives a sweep's progress as it happens; the CLI shows it (cli/console.py)."""
 
     def begin(self, plan: Plan) -> None: ...
-    def pack(self, trials: int, models: int, epochs: int) -> None: ...
+    def pack(self, trials: int, models: int, epochs: int, processes: int = 1) -> None: ...
     def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None: ...
     def trial(self, done: int, total: int, row: dict[str, Any]) -> None: ...
     def end(self, finished: int, cut: int) -> None: ...
@@ -71,7 +71,7 @@ class Unwatched:
     def begin(self, plan: Plan) -> None:
         pass
 
-    def pack(self, trials: int, models: int, epochs: int) -> None:
+    def pack(self, trials: int, models: int, epochs: int, processes: int = 1) -> None:
         pass
 
     def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None:
@@ -83,6 +83,13 @@ class Unwatched:
 
     def end(self, finished: int, cut: int) -> None:
         pass
+
+
+class _Told(Unwatched):
+    """A job's watch in a child of `Trainer._apart`: each epoch's end told to the command."""
+
+    def epoch(self, epoch: int, epochs: int, training: int, models: int) -> None:
+        apart.tell(epoch)
 
 
 class Worker:
@@ -429,6 +436,15 @@ class Trainer:
                     return None
                 scores.update(zip(members, together, strict=True))
                 continue
+            apart_jobs = [jobs[i] for i in members]
+            processes = self._processes(apart_jobs, asked)
+            if processes > 1:
+                self.watch.pack(len(set(numbers)), len(members), epochs, processes)
+                scored_apart = self._apart(apart_jobs, processes, should_stop, cut)
+                if scored_apart is None:
+                    return None
+                scores.update(zip(members, scored_apart, strict=True))
+                continue
             for i in members:
                 number, cfg, prepared, held = jobs[i]
                 self.watch.pack(1, 1, cfg.train.epochs)
@@ -446,6 +462,48 @@ class Trainer:
             combined.data = oof.data_key(configs[number])
             out.append((combined, dropped))
         return out
+
+    def _processes(self, group: list[tuple[int, Config, prepare.Prepared, prepare.Held]], asked: Any) -> int:
+        """How many processes train `group`, jobs that do not pack (TabM, dropout, L-BFGS)
+        side by side (training/apart.py): each a fold of its trial, with no pruner to report
+        its epochs to from there; one at a time under `--no-pack`, as that option says."""
+        if not self.pack or len(group) < 2 or (asked is not None and self.folds < 2):
+            return 1
+        return apart.workers(min(cfg.train.processes for _, cfg, _, _ in group), len(group), self.device)
+
+    def _apart(
+        self,
+        group: list[tuple[int, Config, prepare.Prepared, prepare.Held]],
+        processes: int,
+        should_stop: Callable[[], bool],
+        cut: Callable[[], bool],
+    ) -> list[Scored] | None:
+        """`group` trained in `processes` processes side by side, each job as one at a time
+        trains it; None when asked to stop. A child keeps its own copy of the budget, told of
+        its own epochs: it is cut as its job alone would be. Each job's progress is told to
+        the command as its epochs end."""
+        models = len(group)
+
+        def train(n: int) -> Scored:  # in a child
+            _, cfg, prepared, held = group[n]
+            live = self._live([group[n]]) if self.budget.active else None
+            judge = _watched(None, _Told(), cfg.train.epochs, 1, live)
+            return train_and_score(cfg, prepared, held, self.device, should_stop, self.pack, judge, cut)
+
+        training: dict[int, int] = {}  # job -> its latest epoch, while it trains
+
+        def heard(n: int, epoch: int) -> None:
+            training[n] = epoch
+            self.watch.epoch(max(training.values()), group[n][1].train.epochs, len(training), models)
+
+        out: list[Scored] = []
+        with contextlib.closing(apart.map(train, models, processes, should_stop, heard)) as trained:
+            for n, scored in enumerate(trained):
+                training.pop(n, None)
+                if scored.status is Status.INTERRUPTED:
+                    return None
+                out.append(scored)
+        return out if len(out) == models else None
 
     def _splits(self, cfg: Config, values: dict[str, Any]) -> list[tuple[prepare.Prepared, prepare.Held]]:
         if self.folds >= 2:

@@ -14,8 +14,8 @@ generator (dropout's) as its own build left it, so bag j draws the same masks wh
 bags trained before it or beside it.
 
 Forked only from a process that runs torch with one thread (a fork after OpenMP ran
-several is not safe) and no other Python thread (MLflow's, TensorBoard's, Optuna's
-heartbeat: a lock one of them held would stay locked in the child), on Linux (on macOS a
+several is not safe) and no other Python thread (MLflow's, TensorBoard's: a lock one of
+them held would stay locked in the child) but those made `fork_safe`, on Linux (on macOS a
 fork after torch's libraries loaded is not safe either), on a CPU; `train.processes` caps
 the count (1: one after another). The one other thread such a process has is the
 allocator's (pyarrow's jemalloc), which prepares itself for a fork.
@@ -29,6 +29,7 @@ import sys
 import threading
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -48,10 +49,24 @@ def workers(setting: int | str, tasks: int, device: torch.device) -> int:
     CPU), at most one per task; 1 where forking is not safe (see the module's docstring)."""
     if tasks < 2 or device.type != "cpu" or not sys.platform.startswith("linux"):
         return 1
-    if torch.get_num_threads() != 1 or threading.active_count() > 1:
+    if torch.get_num_threads() != 1 or any(t not in _FORK_SAFE for t in _other_threads()):
         return 1
     count = runtime.usable_cpus() if setting == "auto" else int(setting)
     return max(1, min(tasks, count))
+
+
+def fork_safe(thread: threading.Thread) -> None:
+    """Let `map` fork beside `thread`: one that prepares itself for a fork (it takes a lock
+    that `os.register_at_fork` takes before any fork, so no fork lands in the middle of its
+    work) and whose state no child touches (the sweep's heartbeat, selection/storage.py)."""
+    _FORK_SAFE.add(thread)
+
+
+_FORK_SAFE: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def _other_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t is not threading.current_thread()]
 
 
 def map(
