@@ -469,7 +469,7 @@ class Trainer:
         its epochs to from there; one at a time under `--no-pack`, as that option says."""
         if not self.pack or len(group) < 2 or (asked is not None and self.folds < 2):
             return 1
-        return apart.workers(min(cfg.train.processes for _, cfg, _, _ in group), len(group), self.device)
+        return apart.workers(group[0][1].train.processes, len(group), self.device)  # the base config's
 
     def _apart(
         self,
