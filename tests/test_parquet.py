@@ -117,8 +117,33 @@ def test_init_writes_the_same_working_config(cli, tmp_path, three):
         text = out.read_text().replace(path.name, "TABLE").replace(out.stem, "OUT")
         texts[kind] = re.sub(r"\([0-9.]+ s\)", "(SECONDS)", text)  # the race's times vary
         assert cli("validate", out).code == 0
+        ran = cli("run", out, "-q", "--set", "train.epochs=2", "-o", tmp_path / f"ran_{kind}")
+        assert ran.code == 0, ran
     assert texts["csv"] == texts["gz"] == texts["parquet"]
     assert 'categorical: ["c"]' in texts["parquet"]
+
+
+def test_a_bagged_run_reads_every_format_alike(cli, tmp_path, three):
+    """A bagged run holds its rows in memory: a Parquet footer's row count and a .gz file's
+    decompressed size show that they fit (their file sizes bound nothing), as a CSV's size does."""
+    losses = {}
+    for kind, path in three.items():
+        cfg = _config(tmp_path, path, f"bag_{kind}", val_fraction=0.25)
+        result = cli("run", cfg, "-q", "--set", "train.bags=3")
+        assert result.code == 0, result
+        losses[kind] = _losses(tmp_path / f"bag_{kind}" / "metrics.csv")
+    assert losses["csv"] == losses["gz"] == losses["parquet"]
+
+
+@pytest.mark.parametrize("kind", ["csv", "gz", "parquet"])
+def test_a_bagged_run_of_a_table_beyond_the_memory_budget_is_refused_in_every_format(
+    cli, tmp_path, three, kind
+):
+    cfg = _config(tmp_path, three[kind], f"b_{kind}", memory_budget="1KB", val_fraction=0.25)
+    result = cli("run", cfg, "--set", "train.bags=3")
+    assert result.code == 2, result
+    assert "may need more memory than `data.memory_budget`" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / f"b_{kind}" / "best.pt").exists()
 
 
 def test_only_needed_columns_are_read(cli, tmp_path):

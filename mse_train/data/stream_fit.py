@@ -162,13 +162,33 @@ def prepare_run(
 
 
 def surely_fits(path: Path, header: list[str], targets: int, limit: int) -> bool:
-    """True when even the most rows a plain CSV of this size could hold (a row takes at least
-    one byte per column) fit `limit` bytes in memory: decided without reading it. The size
-    of a Parquet or gzip file bounds nothing."""
-    if parquet.is_parquet(path) or csvscan.is_gzip(path):
-        return False
-    most_rows = path.stat().st_size // max(1, len(header))
-    return in_memory_bytes(most_rows, len(header), len(header), targets) <= limit
+    """True when even the most rows the table could hold fit `limit` bytes in memory, decided
+    without parsing it: a CSV's row takes at least one byte per column, so its size (a .gz
+    file's once decompressed, counted only as far as the limit) bounds its rows; a Parquet
+    file's footer holds its row count."""
+
+    def fits(rows: int) -> bool:
+        return in_memory_bytes(rows, len(header), len(header), targets) <= limit
+
+    if parquet.is_parquet(path):
+        return fits(sum(parquet.row_groups(path)))
+    if csvscan.is_gzip(path):
+        return _gunzipped_fits(path, lambda size: fits(size // max(1, len(header))))
+    return fits(path.stat().st_size // max(1, len(header)))
+
+
+def _gunzipped_fits(path: Path, fits: Callable[[int], bool]) -> bool:
+    """`fits(bytes)` of a .gz file's decompressed size, counted in chunks; False as soon as
+    the count so far does not fit (a large file is not decompressed whole to find out)."""
+    import gzip
+
+    size = 0
+    with csvscan.gzip_errors(path), gzip.open(path, "rb") as data:
+        while chunk := data.read(1 << 20):
+            size += len(chunk)
+            if not fits(size):
+                return False
+    return True
 
 
 def mapped_over(
