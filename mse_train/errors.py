@@ -42,6 +42,11 @@ class DataError(UserError):
     """A CSV file cannot be used as configured."""
 
 
+class NotNumbers(DataError):
+    """A target (or weight) column holds cells that are not numbers: no setting reads it, so
+    no config could train on the table (`init` refuses it rather than write one)."""
+
+
 class CheckpointError(UserError):
     """A checkpoint file is missing, damaged, unsafe or inconsistent."""
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+from mse_train.data import csvscan
+
 from conftest import write_config
 
 
@@ -183,3 +187,20 @@ def test_semicolon_delimiter(cli, tmp_path):
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     run_on(cli, wrong, "x;y\n1;2\n2;4\n", "`y` (target) is not a column", "columns in the file: x;y")
+
+
+@pytest.mark.parametrize(
+    ("values", "said"),
+    [
+        (["$12,345.50", "$7.00", "(1,200)"], "currency signs"),
+        (["45%", "3.5 %"], "currency signs, %"),
+        (["1,5", "-12,25"], "decimal commas"),
+        (["1,234", "5,678"], "thousands separators"),  # three digits after the comma: thousands
+        (["rotary", "12"], ""),
+        (["inf", "1,0"], ""),
+        ([], ""),
+    ],
+)
+def test_numbers_written_with_signs_or_separators_are_recognised(values, said):
+    found = csvscan.formatted_numbers(values)
+    assert (said in found and found != "") if said else found == ""

@@ -168,3 +168,39 @@ def test_a_stored_non_numeric_policy_is_checked():
         "`preprocess.non_numeric` must be one of error, missing"
         in stored.problems({**base, "non_numeric": "maybe"})[0]
     )
+
+
+# ------------------------------------------------ a target that is not numbers
+@pytest.mark.parametrize(
+    ("cell", "hint"),
+    [
+        (lambda y: f"${y * 1000:,.0f}", "currency signs, % or thousands separators"),
+        (lambda y: f"{y:.2f}".replace(".", ","), "decimal commas"),
+        (lambda y: "high" if y > 0 else "low", "write plain numbers there, or drop those rows"),
+    ],
+)
+def test_init_refuses_a_target_of_words_naming_it_and_how_to_write_it(cli, tmp_path, cell, hint):
+    """No setting reads a target's words (a row without one teaches nothing): `init` writes no
+    config that `run` would refuse, and `run` of a config that reads stray words as empty
+    still names the target's cells, not "no rows left"."""
+    table = [[r[1], r[3], cell(r[5] + 100)] for r in rows(60, 3)]
+    train = write_csv(tmp_path / "train.csv", ["x", "cyl", "y"], table)
+    out = tmp_path / "starter.yaml"
+    made = cli("init", train, "-t", "y", "-o", out)
+    assert made.code == 2, made
+    assert "column `y`: not a number at line 2" in made.stderr and hint in made.stderr
+    assert "Traceback" not in made.stderr and not out.exists()
+    cfg = write_config(
+        tmp_path / "loose.yaml",
+        {"data": {"train": str(train), "target": "y", "non_numeric": "missing"}, "train": {"epochs": 2}},
+    )
+    ran = cli("run", cfg, "-o", tmp_path / "run")
+    assert ran.code == 2 and "column `y`: not a number at line 2" in ran.stderr, ran
+    assert "no rows left" not in ran.stderr
+
+
+def test_a_features_stray_words_still_read_as_empty_beside_a_numeric_target(cli, tmp_path):
+    table = rows(80, 3)
+    table[5][3] = "rotary"  # among `cyl`'s counts
+    cfg = init_run_eval(cli, tmp_path, *split(tmp_path, table))
+    assert cfg["data"]["non_numeric"] == "missing"

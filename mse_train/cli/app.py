@@ -795,11 +795,10 @@ def init(
     """
 
     def work() -> None:
-        import contextlib
 
         from mse_train.config import starter
         from mse_train.data import prepare
-        from mse_train.errors import DataError, OutputError
+        from mse_train.errors import DataError, NotNumbers, OutputError
         from mse_train.outputs import fsio
         from mse_train.selection import choose
 
@@ -811,9 +810,14 @@ def init(
         if csv_file.stat().st_size <= choose.CHECK_MAX_BYTES:
             # Every row, so that the settings fit categories, IDs and words the first rows miss;
             # a table `run` cannot read either is written from the first rows, and the
-            # choice below says what to fix.
-            with contextlib.suppress(DataError):
+            # choice below says what to fix. A target that holds words fits no setting: no
+            # config is written for it.
+            try:
                 survey = prepare.survey(csv_file, table.features, target, delimiter)
+            except NotNumbers:
+                raise
+            except DataError:
+                pass
 
         def render(choice: starter.Choice = starter.MLP) -> str:
             return starter.render(

@@ -15,7 +15,7 @@ import csv
 import gzip
 import itertools
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import IO
 
 import numpy as np
 
-from mse_train.errors import EXAMPLES, DataError, examples
+from mse_train.errors import EXAMPLES, DataError, NotNumbers, examples
 
 # The csv module refuses cells over 128 KiB by default, which pandas reads without a word;
 # a long text cell is not an error. 2**31 - 1 fits the C long of every platform.
@@ -112,22 +112,57 @@ class Scan:
             ],
         )
 
-    def raise_bad_numbers(self, path: Path, may_be_categorical: set[str]) -> None:
+    def raise_bad_numbers(
+        self, path: Path, may_be_categorical: set[str], features: set[str] | None = None
+    ) -> None:
+        """Name every cell that is not a number. `features`: the columns that are features
+        (None: all); words in any other column (a target, a weight) are never read as
+        empty, so they raise NotNumbers, whose fix is to write numbers."""
         problems = []
         for name, cells in self.bad_cells.items():
             shown = examples(
                 [f"line {line}: {shown_cell(value)}" for line, value in cells], self.bad_counts[name]
             )
             problems.append(f"column `{name}`: not a number at {shown}")
-        if problems:
-            fix = "fix those cells"
-            if may_be_categorical & set(self.bad_cells):
-                fix += ", or list the column in `data.categorical` to treat its values as categories"
-            fix += (
-                ", or set `data.non_numeric: missing` to read them as empty cells "
-                "(for eval/predict: in the config the model is trained with)"
+        if not problems:
+            return
+        values = [value for cells in self.bad_cells.values() for _, value in cells]
+        written = formatted_numbers(values)
+        if features is not None and not set(self.bad_cells) & features:
+            fix = f"write plain numbers there{f' ({written})' if written else ''}, or drop those rows"
+            raise NotNumbers(
+                f"{path}: a target or weight column holds cells that are not numbers", [*problems, fix]
             )
-            raise DataError(f"{path}: non-numeric values in numeric columns", [*problems, fix])
+        fix = f"fix those cells{f' ({written})' if written else ''}"
+        if may_be_categorical & set(self.bad_cells):
+            fix += ", or list the column in `data.categorical` to treat its values as categories"
+        fix += (
+            ", or set `data.non_numeric: missing` to read them as empty cells "
+            "(for eval/predict: in the config the model is trained with)"
+        )
+        raise DataError(f"{path}: non-numeric values in numeric columns", [*problems, fix])
+
+
+_DECORATION = str.maketrans("", "", "$€£¥%, \u00a0'")
+
+
+def formatted_numbers(values: Sequence[str]) -> str:
+    """When every one of `values` is a number once currency signs, %, spaces and thousands
+    separators are gone ('$12,345.50', '45%', '1,5'), what to write instead; else ""."""
+
+    def number(text: str) -> bool:
+        plain = text.strip().translate(_DECORATION).strip("()")
+        try:
+            float(plain)
+        except ValueError:
+            return False
+        return plain != "" and plain.lower().lstrip("+-") not in ("inf", "infinity", "nan")
+
+    if not values or not all(number(v) for v in values):
+        return ""
+    if all(v.count(",") == 1 and "." not in v and len(v.rsplit(",", 1)[1]) != 3 for v in values):
+        return "these look like decimal commas: write 1.5 for 1,5"
+    return "these are numbers with currency signs, % or thousands separators: write 12345.5 for $12,345.50"
 
 
 def scan(path: Path, header: list[str], delimiter: str, numeric: dict[str, bool]) -> Scan:

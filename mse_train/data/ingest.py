@@ -35,6 +35,9 @@ class _Irregular(Exception):
     """The chunked parse met something only the exact reader can judge."""
 
 
+PARSE = 2  # raised when a change reads some file differently (2: a target's words are errors)
+
+
 def read(
     path: Path,
     columns: Sequence[str],
@@ -185,9 +188,9 @@ def settings(
     """Everything besides the file's bytes that changes what a read gives: part of the key.
 
     The mse-train and pandas versions are in it so that an upgrade that parses a cell
-    differently can never be served an older parse. `non_numeric` is in it only when it
-    is "missing" (a strict read of a file with stray words is never cached), so keys
-    written before it existed stay valid.
+    differently can never be served an older parse, and PARSE for a change between
+    releases. `non_numeric` is in it only when it is "missing" (a strict read of a file
+    with stray words is never cached), so keys written before it existed stay valid.
     """
     extra = {"non_numeric": non_numeric} if non_numeric != "error" else {}
     return {
@@ -201,6 +204,7 @@ def settings(
         "missing_values": list(MISSING_VALUES),
         "mse_train": __version__,
         "pandas": pd.__version__,
+        "parse": PARSE,
     }
 
 

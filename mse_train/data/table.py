@@ -235,13 +235,16 @@ def _read_csv(
             text_cols |= wordy
             frame, found = _parse(path, header, columns, text_cols, delimiter)
     if found is not None and non_numeric == "missing":
-        # Stray words in numeric columns are read as text, then as numbers with the words empty.
-        stray = set(found.bad_cells)
-        frame, found = _parse(path, header, columns, text_cols | stray, delimiter)
-        for name in stray:
-            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float32)
+        # Stray words in numeric features are read as text, then as numbers with the words
+        # empty; in training (`infer_from`: its features) a target's or weight's are errors
+        # still: a row without one teaches nothing.
+        stray = set(found.bad_cells) & set(infer_from) if infer_from else set(found.bad_cells)
+        if stray:
+            frame, found = _parse(path, header, columns, text_cols | stray, delimiter)
+            for name in stray:
+                frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float32)
     if found is not None:
-        found.raise_bad_numbers(path, inferable)
+        found.raise_bad_numbers(path, inferable, set(infer_from) if infer_from else None)
     for name in sorted(text_cols & inferable):
         if non_numeric == "missing" and _mostly_numbers(frame[name]):
             # The first rows showed a word, but the column is numbers: the words read as empty.
