@@ -204,3 +204,38 @@ def test_semicolon_delimiter(cli, tmp_path):
 def test_numbers_written_with_signs_or_separators_are_recognised(values, said):
     found = csvscan.formatted_numbers(values)
     assert (said in found and found != "") if said else found == ""
+
+
+@pytest.mark.parametrize(("separator", "typed", "said"), [(";", ";", "';'"), ("\t", "\\t", "tab")])
+def test_a_header_read_as_one_column_names_the_separator_to_pass(cli, tmp_path, separator, typed, said):
+    path = tmp_path / "t.csv"
+    path.write_text(
+        separator.join(["a", "b", "y"]) + "\n" + "".join(f"{i}{separator}1{separator}2\n" for i in range(9))
+    )
+    result = cli("init", path, "--target", "y", "-o", tmp_path / "c.yaml")
+    assert result.code == 2, result
+    assert f"the header looks {said}-separated: pass --delimiter '{typed}'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_eval_and_predict_read_a_file_with_another_separator_than_trainings(
+    cli, small_config, table, tmp_path
+):
+    """Trained on a comma CSV, scored on the same rows written with `;`: `--delimiter ';'`
+    gives the comma file's numbers; without it the error says to pass it."""
+    assert cli("run", small_config(), "-q").code == 0
+    best = tmp_path / "run" / "best.pt"
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text(table.read_text().replace(",", ";"))
+    plain = cli("eval", best, table, "--json")
+    assert plain.code == 0, plain
+    refused = cli("eval", best, semicolons)
+    assert refused.code == 2 and "pass --delimiter ';'" in refused.stderr, refused
+    scored = cli("eval", best, semicolons, "--json", "--delimiter", ";")
+    assert scored.code == 0 and scored.stdout == plain.stdout, scored
+    out = tmp_path / "p.csv"
+    predicted = cli("predict", best, semicolons, "--delimiter", ";", "-o", out)
+    assert predicted.code == 0, predicted
+    assert out.read_text().splitlines()[0] == "x0;x1;x2;y;y_pred"
+    bad = cli("eval", best, semicolons, "--delimiter", ";;")
+    assert bad.code == 2 and "give one" in bad.stderr

@@ -468,6 +468,21 @@ def sweep(
 
 
 # ----------------------------------------------------------------------- eval
+def _one_character_or_none(value: str | None) -> str | None:
+    return None if value is None else _one_character(value)
+
+
+ScoredDelimiter = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--delimiter",
+        callback=_one_character_or_none,
+        help="Field separator of the CSV: one character (\\t for a tab); default: the training CSV's.",
+        show_default=False,
+    ),
+]
+
+
 @app.command("eval", cls=_Command)
 def eval_(
     checkpoint_file: CheckpointArg,
@@ -484,6 +499,7 @@ def eval_(
         ),
     ] = None,
     interval: Interval = None,
+    delimiter: ScoredDelimiter = None,
     debug: Debug = False,
 ) -> None:
     """Score a checkpoint on a CSV: MSE, RMSE, MAE and R² in the target's own units.
@@ -503,7 +519,7 @@ def eval_(
 
         if plot is not None:
             fsio.check_not_an_input(plot, [csv_file, checkpoint_file])
-        report = evaluate.evaluate(checkpoint_file, csv_file, device, interval)
+        report = evaluate.evaluate(checkpoint_file, csv_file, device, interval, delimiter)
         view.print_drift(report.drift, str(csv_file))
         if plot is not None:
             from mse_train.outputs import plots
@@ -587,6 +603,7 @@ def predict(
         typer.Option("--json", help="With -o: print rows written and drift as one JSON object on stdout."),
     ] = False,
     device: Device = "cpu",
+    delimiter: ScoredDelimiter = None,
     debug: Debug = False,
 ) -> None:
     """Write CSV's rows with a <target>_pred column per target appended.
@@ -612,7 +629,7 @@ def predict(
             )
         if output is not None:
             fsio.check_not_an_input(output, [csv_file, checkpoint_file])
-        result = predicting.predict(checkpoint_file, csv_file, output, device, interval)
+        result = predicting.predict(checkpoint_file, csv_file, output, device, interval, delimiter)
         view.print_drift(result.drift, str(csv_file))
         if as_json:
             found = [finding.as_json() for finding in result.drift]

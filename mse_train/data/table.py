@@ -173,10 +173,25 @@ def check_columns(path: Path, header: Sequence[str], wanted: Sequence[str], role
             problems.append(f"`{name}` ({role}) is not a column{hint}")
     if problems:
         shown = ", ".join(header) if len(header) <= 30 else ", ".join(header[:30]) + ", ..."
-        raise DataError(
-            f"{path}: missing column{'s' if len(problems) > 1 else ''}",
-            [*problems, f"columns in the file: {shown}"],
-        )
+        found = [*problems, f"columns in the file: {shown}"]
+        separator = _other_separator(header)
+        if separator is not None:
+            typed = "\\t" if separator == "\t" else separator
+            found.append(
+                f"the header looks {'tab' if separator == chr(9) else repr(separator)}-separated: pass "
+                f"--delimiter '{typed}' (init, eval, predict), or set data.delimiter in the config"
+            )
+        raise DataError(f"{path}: missing column{'s' if len(problems) > 1 else ''}", found)
+
+
+def _other_separator(header: Sequence[str]) -> str | None:
+    """The separator a header read as one or two columns seems to use instead (`;`, a tab, `|`,
+    `,`): the one found most often inside its names; None when none is."""
+    if len(header) > 2:
+        return None
+    counts = {sep: sum(name.count(sep) for name in header) for sep in (";", "\t", "|", ",")}
+    sep, count = max(counts.items(), key=lambda item: item[1])
+    return sep if count > 0 else None
 
 
 # ----------------------------------------------------------------------- reading

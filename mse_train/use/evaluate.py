@@ -150,9 +150,16 @@ def drift_watch(ckpt: dict[str, Any], pre: Preprocessor) -> Watch | None:
     return Watch(profile, pre) if profile is not None else None
 
 
-def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: float | None = None) -> Report:
+def evaluate(
+    ckpt_path: Path,
+    csv_path: Path,
+    device: str = "cpu",
+    interval: float | None = None,
+    delimiter: str | None = None,
+) -> Report:
     """Metrics of a checkpoint on a CSV, in the targets' own units; with `interval`, the
-    coverage and width of its prediction intervals at that level.
+    coverage and width of its prediction intervals at that level. `delimiter`: the CSV's
+    field separator (None: the one the model was trained with).
 
     A table whose arrays fit the run's `data.memory_budget` is scored as one block; a larger
     one a block at a time from the data cache (memory-mapped), keeping the first PLOT_ROWS
@@ -160,7 +167,8 @@ def evaluate(ckpt_path: Path, csv_path: Path, device: str = "cpu", interval: flo
     unscale(scale(y)): scaling a far-out target in float32 overflows.
     """
     dev = runtime.resolve_device(device, "--device")
-    ckpt, pre, model, delimiter = load(ckpt_path)
+    ckpt, pre, model, trained_with = load(ckpt_path)
+    delimiter = delimiter or trained_with
     half = intervals.half_widths(ckpt_path, ckpt, interval) if interval is not None else None
     watch = drift_watch(ckpt, pre)
     notes: list[str] = []

@@ -45,17 +45,24 @@ class Predicted:
 
 
 def predict(
-    ckpt_path: Path, csv_path: Path, out_path: Path | None, device: str = "cpu", interval: float | None = None
+    ckpt_path: Path,
+    csv_path: Path,
+    out_path: Path | None,
+    device: str = "cpu",
+    interval: float | None = None,
+    delimiter: str | None = None,
 ) -> Predicted:
     """Write the rows of `csv_path` with a `<target>_pred` column per target (and, with
-    `interval`, `<target>_lo` and `<target>_hi`); returns the rows and any drift found."""
+    `interval`, `<target>_lo` and `<target>_hi`); returns the rows and any drift found.
+    `delimiter`: the CSV's field separator, also the output's (None: the training CSV's)."""
     if out_path is not None and out_path.suffix.lower() in (".parquet", ".gz"):
         raise UserError(
             f"{out_path}: predict writes CSV text, which a name ending in {out_path.suffix} misdescribes",
             ["name the output .csv (then convert it if you need Parquet or gzip)"],
         )
     dev = runtime.resolve_device(device, "--device")
-    ckpt, pre, model, delimiter = load(ckpt_path)
+    ckpt, pre, model, trained_with = load(ckpt_path)
+    delimiter = delimiter or trained_with
     half = intervals.half_widths(ckpt_path, ckpt, interval) if interval is not None else None
     header = table.read_header(csv_path, delimiter)
     table.check_columns(csv_path, header, pre.features, "feature the model was trained on")
