@@ -204,3 +204,33 @@ def test_a_features_stray_words_still_read_as_empty_beside_a_numeric_target(cli,
     table[5][3] = "rotary"  # among `cyl`'s counts
     cfg = init_run_eval(cli, tmp_path, *split(tmp_path, table))
     assert cfg["data"]["non_numeric"] == "missing"
+
+
+# ------------------------------------------------ columns with no name
+@pytest.mark.parametrize("layout", ["pandas index", "spreadsheet"])
+def test_columns_with_no_name_are_left_out_and_said(cli, tmp_path, layout):
+    """`DataFrame.to_csv()` writes its index as a first column with no name; a spreadsheet
+    leaves empty columns at the end of each row (`x,y,,`). init leaves them out, says so, and
+    the config it writes runs and scores its held-out rows (which have them too)."""
+    table = rows(120, 3)
+    header = ["name", "x", "zip", "cyl", "grp", "y"]
+    if layout == "pandas index":
+        header, table = ["", *header], [[i, *row] for i, row in enumerate(table)]
+        said = "left out column(s) 1: no name in the header"
+    else:
+        header, table = [*header, "", ""], [[*row, "", ""] for row in table]
+        said = "left out column(s) 7, 8: no name in the header"
+    train = write_csv(tmp_path / "train.csv", header, table[:-30])
+    test = write_csv(tmp_path / "test.csv", header, table[-30:])
+    out = tmp_path / "starter.yaml"
+    made = cli("init", train, "-t", "y", "-o", out)
+    assert made.code == 0 and said in made.stderr, made
+    cfg = yaml.safe_load(out.read_text())
+    assert "" not in cfg["data"]["features"] and "x" in cfg["data"]["features"]
+    assert cli("run", out, "-q", "-o", tmp_path / "run", *FAST).code == 0
+    for command in (
+        ("eval", tmp_path / "run" / "best.pt", test),
+        ("predict", tmp_path / "run" / "best.pt", test),
+    ):
+        done = cli(*command)
+        assert done.code == 0, done

@@ -860,6 +860,14 @@ def init(
         fsio.write_text(output, text)
         for name, kind in table.left_out.items():
             view.stderr().print(f"left out column `{name}`: Parquet type {kind} cannot be read")
+        if table.unnamed:
+            numbers = ", ".join(map(str, table.unnamed))
+            view.stderr().print(
+                f"left out column(s) {numbers}: no name in the header (an index written by pandas' "
+                "to_csv(), which index=False leaves out? empty columns from a spreadsheet?); name "
+                "one and add it to data.features to use it",
+                markup=False,
+            )
         view.stderr().print(f"wrote {output}; check it with: mse-train validate {output}")
 
     _guard(debug, work)

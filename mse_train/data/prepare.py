@@ -474,6 +474,7 @@ class Sketch:
     empty_columns: list[str]  # hold empty cells in their first rows
     rows: int | None  # rows in the first 1000 (so the whole table when fewer); None: unknown
     left_out: dict[str, str] = field(default_factory=dict)  # Parquet columns of unreadable types
+    unnamed: list[int] = field(default_factory=list)  # columns (from 1) with no name in the header
 
 
 def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
@@ -481,10 +482,17 @@ def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
 
     A Parquet column of a type that cannot be read (a list, a date, ...) is left out of
     the features, so that the starter config works; a target of such a type is an error.
+    So is a column with no name in the header (the index `DataFrame.to_csv()` writes, the
+    empty columns a spreadsheet leaves at the end of each row): the config lists its
+    features by name.
     """
     header = table.read_header(path, delimiter)
     table.check_columns(path, header, targets, "target")
-    features = feature_names(None, header, list(targets), path)
+    unnamed = [i + 1 for i, name in enumerate(header) if not name]
+    named = [name for name in header if name and name not in targets]
+    features = feature_names(named if unnamed else None, header, list(targets), path)
+    if not features:
+        raise DataError(f"{path}: no feature columns with a name: the file holds only the target(s)")
     text, empty, rows, unusable = table.sniff(path, [*features, *targets], delimiter)
     bad_targets = [t for t in targets if t in unusable]
     if bad_targets:
@@ -497,7 +505,9 @@ def sketch(path: Path, targets: Sequence[str], delimiter: str) -> Sketch:
     if not features:
         raise DataError(f"{path}: no feature column of a type that can be read (numbers, strings, booleans)")
     left_out = {f: unusable[f] for f in unusable}
-    return Sketch(features, sorted(text & set(features)), sorted(empty - set(unusable)), rows, left_out)
+    return Sketch(
+        features, sorted(text & set(features)), sorted(empty - set(unusable)), rows, left_out, unnamed
+    )
 
 
 MIN_ROWS_FOR_ID = 20  # below this, a column of distinct values is no evidence of an ID

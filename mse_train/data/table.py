@@ -349,13 +349,24 @@ def _parse(
     return frame, None
 
 
+def pandas_names(header: list[str], columns: Sequence[str]) -> list[str]:
+    """The header's (stripped) names for pandas, which refuses a name twice: a column not
+    read whose name is empty or repeated (a spreadsheet's trailing `,,`, `to_csv()`'s index
+    beside another unnamed column) gets a placeholder no column can have."""
+    wanted = set(columns)
+    return [
+        f"\0column {i + 1}" if name not in wanted and (not name or header.count(name) > 1) else name
+        for i, name in enumerate(header)
+    ]
+
+
 def parse_options(
     header: list[str], columns: Sequence[str], text_cols: set[str], delimiter: str
 ) -> dict[str, Any]:
     """pandas.read_csv's arguments for `columns`: text columns as text, the rest float32."""
     return {
         "usecols": list(columns) if len(columns) < len(header) else None,
-        "names": header,  # stripped names; the file's own header line is skipped
+        "names": pandas_names(header, columns),  # the file's own header line is skipped
         "header": 0,
         "dtype": {c: (object if c in text_cols else np.float32) for c in columns},
         "keep_default_na": False,
@@ -458,7 +469,7 @@ def _csv_chunks(
     chunk_rows: int,
     non_numeric: str,
 ) -> Iterator[tuple[Table, pd.DataFrame]]:
-    text_options = {**_AS_TEXT, "names": header, "header": 0}
+    text_options = {**_AS_TEXT, "names": pandas_names(header, columns), "header": 0}
     numeric = [c for c in columns if c not in categorical]
     offset = 0
     try:
