@@ -234,3 +234,25 @@ def test_columns_with_no_name_are_left_out_and_said(cli, tmp_path, layout):
     ):
         done = cli(*command)
         assert done.code == 0, done
+
+
+# ------------------------------------------------ text that is numbers or dates
+def test_init_says_which_text_columns_hold_formatted_numbers_or_dates(cli, tmp_path):
+    """Read as categories (or left out as IDs), such columns are lost as quantities: init
+    says which, with one of their values, on stderr and in the config's comments."""
+    rng = np.random.default_rng(0)
+    table = []
+    for i in range(120):
+        income, day = float(rng.uniform(500, 50_000)), int(rng.integers(0, 700))
+        table.append(
+            [f"{income:,.0f}", f"2022-{1 + day % 12:02d}-{1 + day % 28:02d}", i % 7, income / 1e4 + day / 100]
+        )
+    train = write_csv(tmp_path / "train.csv", ["income", "sold", "grp", "y"], table)
+    out = tmp_path / "starter.yaml"
+    made = cli("init", train, "-t", "y", "-o", out, "--quick")
+    assert made.code == 0, made
+    assert "`income` holds numbers with signs or separators (" in made.stderr
+    assert "`sold` holds dates or times ('2022-" in made.stderr
+    assert "`grp`" not in made.stderr  # integer codes: numbers already
+    written = out.read_text()
+    assert "# `income` holds numbers" in written and "# `sold` holds dates" in written

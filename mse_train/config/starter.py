@@ -46,6 +46,24 @@ class Survey:
     stray: dict[str, int]  # numeric feature -> cells that are not numbers (read as empty)
     empty: list[str]  # features or targets with empty cells anywhere
     blank: list[str] = field(default_factory=list)  # features with no value in any row
+    # text feature -> ("numbers" written with signs or separators, or "dates"; one of its values)
+    looks: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def text_that_is_not_words(survey: Survey | None, features: Sequence[str]) -> list[str]:
+    """A sentence per text feature whose values are numbers in a format or dates (`looks`):
+    read as categories (or left out as IDs), a model cannot use them as quantities."""
+    if survey is None:
+        return []
+    out = []
+    for name, (kind, example) in sorted(survey.looks.items()):
+        how = "left out as an ID" if name in survey.ids or name not in features else "read as categories"
+        if kind == "numbers":
+            what = f"numbers with signs or separators ({example!r}), {how}; write plain numbers there"
+        else:
+            what = f"dates or times ({example!r}), {how}; add a column of numbers (days since, year, hour)"
+        out.append(f"`{name}` holds {what} for a model to use it as a quantity")
+    return out
 
 
 MLP = Choice(False, ("an MLP: the default when the table has not been looked at",))
@@ -231,6 +249,9 @@ def _data_section(
         "  non_numeric: missing        # a word in a numeric column (`rotary` among numbers): an empty\n"
         f"                              # cell; error refuses the file instead\n{words}"
     )
+    looks = text_that_is_not_words(survey, features)
+    if looks:
+        categorical_note += "".join(f"\n  # {sentence}" for sentence in looks)
     return _Data(features, left_out, text, categorical_note, encoding, policies)
 
 

@@ -7,13 +7,16 @@ training rows alone.
 
 from __future__ import annotations
 
+import re
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from mse_train import runtime
 from mse_train.config.schema import DataConfig
@@ -546,4 +549,30 @@ def survey(path: Path, features: Sequence[str], targets: Sequence[str], delimite
         header = table.read_header(path, delimiter)
         found = csvscan.scan(path, header, delimiter, dict.fromkeys(numeric_empty, True))
         stray = {c: found.bad_counts[c] for c in numeric_empty if found.bad_counts.get(c)}
-    return Survey(n, categories, ids, stray, empty, blank)
+    looks = {name: _looks_like(frame[name]) for name in features if name in data.categorical}
+    return Survey(n, categories, ids, stray, empty, blank, {k: v for k, v in looks.items() if v})
+
+
+LOOKS_SAMPLE = 200  # distinct values a text column is judged by
+
+
+def _looks_like(values: pd.Series) -> tuple[str, str] | None:
+    """What a text column's values are when they are not words, and one of them: "numbers"
+    written with signs or separators, or "dates" (and times); None otherwise. Judged on up
+    to LOOKS_SAMPLE of its distinct values, every one of which must read so."""
+    sample = [str(v) for v in values.dropna().unique()[:LOOKS_SAMPLE]]
+    if not sample:
+        return None
+    if csvscan.formatted_numbers(sample):
+        return "numbers", sample[0]
+    if all(_DATE.match(v) for v in sample):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas' "could not infer format": then not dates
+            parsed = pd.to_datetime(pd.Series(sample), errors="coerce", format="mixed")
+        if bool(parsed.notna().all()):
+            return "dates", sample[0]
+    return None
+
+
+# A date first (2021-03-04, 04/03/2021, 2021/3/4), then anything (a time, a zone).
+_DATE = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})([ T].*)?$")
