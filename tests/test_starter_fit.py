@@ -8,6 +8,7 @@ defaults stay strict, and their refusals name the key to change.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,13 @@ def test_a_word_in_a_numeric_column_of_the_eval_file(cli, tmp_path):
     predicted = cli("predict", tmp_path / "run" / "best.pt", tmp_path / "test.csv", "-o", tmp_path / "p.csv")
     assert predicted.code == 0, predicted
     assert "rotary" in (tmp_path / "p.csv").read_text()  # the row is predicted, its cell echoed
+    # read as empty, but said: on stderr and in eval's drift, naming the column, place and word
+    said = "`cyl`: 1 of 40 cell(s) hold words where training had numbers ("
+    assert said + "row 38: 'rotary'); read as empty cells" in predicted.stderr
+    scored = cli("eval", tmp_path / "run" / "best.pt", tmp_path / "test.csv", "--json")
+    assert scored.code == 0 and said + "line 39: 'rotary')" in scored.stderr, scored
+    drift = json.loads(scored.stdout)["drift"]
+    assert {"column": "cyl", "kind": "words", "rows": 1, "of": 40, "examples": {"line 39": "rotary"}} in drift
 
 
 def test_words_among_numbers_in_the_training_file_are_read_as_empty(cli, tmp_path):

@@ -78,7 +78,7 @@ class Finding:
     """One column's drift: what, how many rows of how many, and a sentence saying so."""
 
     column: str
-    kind: str  # "range", "category" or "missing"
+    kind: str  # "range", "words", "category" or "missing"
     rows: int
     of: int
     message: str
@@ -107,6 +107,14 @@ class Watch:
         self.ranges = {c.name: _Range() for c in pre.numeric}
         self.missing = dict.fromkeys(pre.features, 0)
         self.unseen: dict[str, dict[str, int]] = {c.name: {} for c in pre.categorical}
+        # numeric feature -> cells that held words (read as empty), and the first few: (where, word)
+        self.words: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+
+    def observe_words(self, name: str, count: int, examples: list[tuple[str, str]]) -> None:
+        """`count` cells of numeric feature `name` held words (`data.non_numeric: missing` read
+        them as empty); `examples`: (where, word) of some, "line 7" or "row 6"."""
+        before, shown = self.words.get(name, (0, []))
+        self.words[name] = (before + count, (shown + examples)[:EXAMPLES])
 
     def observe(self, frame: pd.DataFrame) -> None:
         """Count one chunk of raw rows (before empty cells are dropped or filled)."""
@@ -141,6 +149,7 @@ class Watch:
         for name in self.pre.features:
             if name in self.ranges:
                 found += self._range(name)
+            found += self._words(name)
             found += self._unseen(name)
             found += self._missing(name, n)
         return found
@@ -179,6 +188,25 @@ class Watch:
                     "furthest": furthest,
                     "ranges_beyond": beyond / width if width > 0 else None,
                 },
+            )
+        ]
+
+    def _words(self, name: str) -> list[Finding]:
+        """Words where training had numbers: always reported, as an unseen category is."""
+        count, examples = self.words.get(name, (0, []))
+        if not count:
+            return []
+        shown = ", ".join(f"{where}: {word!r}" for where, word in examples)
+        more = f" and {count - len(examples)} more" if count > len(examples) else ""
+        return [
+            Finding(
+                name,
+                "words",
+                count,
+                self.rows,
+                f"`{name}`: {count} of {self.rows} cell(s) hold words where training had numbers "
+                f"({shown}{more}); read as empty cells (`data.non_numeric: missing`)",
+                {"examples": {where: word for where, word in examples}},
             )
         ]
 

@@ -423,6 +423,24 @@ def _held_out(rows: np.ndarray, n: int, block_rows: int | None) -> Iterator[np.n
         yield start + np.flatnonzero(rows[start : start + step])
 
 
+def _watch_words(
+    watch: drift.Watch, path: Path, header: list[str], delimiter: str, frame: pd.DataFrame, pre: Preprocessor
+) -> None:
+    """Under `data.non_numeric: missing`, tell `watch` which numeric features' empty cells were
+    words in the file (a second, exact pass over a CSV; only when such a column has empty
+    cells; a Parquet column of numbers holds none)."""
+    if pre.non_numeric != "missing" or parquet.is_parquet(path):
+        return
+    empty = [c.name for c in pre.numeric if bool(frame[c.name].isna().any())]
+    if not empty:
+        return
+    found = csvscan.scan(path, header, delimiter, dict.fromkeys(empty, True))
+    for name in empty:
+        if found.bad_counts.get(name):
+            cells = [(f"line {line}", word) for line, word in found.bad_cells.get(name, [])]
+            watch.observe_words(name, found.bad_counts[name], cells)
+
+
 def prepare_eval(
     path: Path,
     pre: Preprocessor,
@@ -454,6 +472,7 @@ def prepare_eval(
     )
     if watch is not None:
         watch.observe(data.frame)
+        _watch_words(watch, path, header, delimiter, data.frame, pre)
     for name in weighted:
         weights.read(data, name)
     policy = pre.missing

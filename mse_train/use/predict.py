@@ -29,7 +29,7 @@ from mse_train.data import files, frames, table
 from mse_train.data.drift import Finding, Watch
 from mse_train.data.missing import handle_missing
 from mse_train.data.preprocess import Preprocessor
-from mse_train.errors import DataError, SaveError, UserError
+from mse_train.errors import EXAMPLES, DataError, SaveError, UserError
 from mse_train.outputs import fsio
 from mse_train.use import intervals, scoring
 from mse_train.use.evaluate import drift_watch, load
@@ -152,6 +152,21 @@ def float32_text(value: float) -> str:
     return np.format_float_scientific(number, unique=True, trim="-")
 
 
+def _watch_words(
+    watch: Watch, frame: pd.DataFrame, cells: pd.DataFrame, numeric: list[str], before: int
+) -> None:
+    """Tell `watch` of the cells of numeric features that held words (read as empty under
+    `data.non_numeric: missing`): empty as numbers, not as read. `before`: rows in earlier
+    chunks, so that a cell is named by its data row."""
+    for name in numeric:
+        raw = cells[name]
+        words = frame[name].isna().to_numpy() & raw.notna().to_numpy()
+        if words.any():
+            at = np.flatnonzero(words)
+            shown = [(f"row {before + i + 1}", str(raw.iloc[i]).strip()) for i in at[:EXAMPLES]]
+            watch.observe_words(name, len(at), shown)
+
+
 def _predict_to(
     sink: IO[str],
     csv_path: Path,
@@ -172,6 +187,8 @@ def _predict_to(
     ):
         if watch is not None:
             watch.observe(view.frame)
+            if pre.non_numeric == "missing":
+                _watch_words(watch, view.frame, cells, [c.name for c in pre.numeric], rows)
         empty = np.asarray(view.frame[pre.features].isna().to_numpy().any(axis=1), dtype=bool)
         if empty.any() and pre.missing == "error":
             handle_missing(view, pre.features, [], "error")
