@@ -264,3 +264,22 @@ def test_init_says_which_text_columns_hold_formatted_numbers_or_dates(cli, tmp_p
     assert "`grp`" not in made.stderr  # integer codes: numbers already
     written = out.read_text()
     assert "# `income` holds numbers" in written and "# `sold` holds dates" in written
+
+
+def test_init_names_a_target_value_far_from_all_the_others_and_not_a_heavy_tail(cli, tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    for name, y, said in [
+        ("slip", np.where(np.arange(200) == 7, 1e9, 2 * x), "data row 8: 1e+09"),
+        ("incomes", np.exp(1.5 * rng.normal(size=200)), None),  # lognormal: a real heavy tail
+    ]:
+        train = write_csv(tmp_path / f"{name}.csv", ["x", "y"], [[a, b] for a, b in zip(x, y, strict=True)])
+        made = cli("init", train, "-t", "y", "-o", tmp_path / f"{name}.yaml", "--quick")
+        assert made.code == 0, made
+        if said:
+            assert (
+                "`y` has value(s) over 1000 median absolute deviations from its median (" + said
+                in made.stderr
+            )
+        else:
+            assert "median absolute deviations" not in made.stderr

@@ -860,7 +860,9 @@ def init(
         fsio.write_text(output, text)
         for name, kind in table.left_out.items():
             view.stderr().print(f"left out column `{name}`: Parquet type {kind} cannot be read")
-        for sentence in starter.text_that_is_not_words(survey, table.features):
+        for sentence in starter.far_out_targets(survey) + starter.text_that_is_not_words(
+            survey, table.features
+        ):
             view.stderr().print(f"note: {sentence}", markup=False)
         if table.unnamed:
             numbers = ", ".join(map(str, table.unnamed))

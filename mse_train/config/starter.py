@@ -48,6 +48,20 @@ class Survey:
     blank: list[str] = field(default_factory=list)  # features with no value in any row
     # text feature -> ("numbers" written with signs or separators, or "dates"; one of its values)
     looks: dict[str, tuple[str, str]] = field(default_factory=dict)
+    far: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # target -> (row, value) far out
+
+
+def far_out_targets(survey: Survey | None) -> list[str]:
+    """A sentence per target with values far from all the others (`far`): the squared error
+    follows them, so one typing slip can wreck the model."""
+    if survey is None:
+        return []
+    return [
+        f"`{name}` has value(s) over 1000 median absolute deviations from its median ("
+        + ", ".join(f"data row {row}: {value:g}" for row, value in found)
+        + "): check them; squared error follows them (a slip: drop the row; real: a log may learn better)"
+        for name, found in sorted(survey.far.items())
+    ]
 
 
 def text_that_is_not_words(survey: Survey | None, features: Sequence[str]) -> list[str]:

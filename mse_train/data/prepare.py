@@ -569,7 +569,37 @@ def survey(path: Path, features: Sequence[str], targets: Sequence[str], delimite
         found = csvscan.scan(path, header, delimiter, dict.fromkeys(numeric_empty, True))
         stray = {c: found.bad_counts[c] for c in numeric_empty if found.bad_counts.get(c)}
     looks = {name: _looks_like(frame[name]) for name in features if name in data.categorical}
-    return Survey(n, categories, ids, stray, empty, blank, {k: v for k, v in looks.items() if v})
+    far = {name: _far_out(frame[name]) for name in targets}
+    return Survey(
+        n,
+        categories,
+        ids,
+        stray,
+        empty,
+        blank,
+        {k: v for k, v in looks.items() if v},
+        {k: v for k, v in far.items() if v},
+    )
+
+
+FAR_OUT = 1000.0  # a target value this many median absolute deviations from the median is named
+
+
+def _far_out(values: pd.Series) -> list[tuple[int, float]]:
+    """The rows (from 1) and values of a target that lie FAR_OUT median absolute deviations or
+    more from its median: a typing slip (1e9 among values near 1) that a squared error
+    follows; a heavy tail of real values (incomes) stays within it. The first EXAMPLES."""
+    y = values.to_numpy(dtype=np.float64)
+    y = y[np.isfinite(y)] if len(y) else y
+    if len(y) < MIN_ROWS_FOR_ID:
+        return []
+    column = values.to_numpy(dtype=np.float64)
+    median = float(np.median(y))
+    spread = float(np.median(np.abs(y - median)))
+    if spread == 0:
+        return []
+    out = np.flatnonzero(np.abs(column - median) >= FAR_OUT * spread)
+    return [(int(i) + 1, float(column[i])) for i in out[:EXAMPLES]]
 
 
 LOOKS_SAMPLE = 200  # distinct values a text column is judged by
