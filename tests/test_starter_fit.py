@@ -283,3 +283,23 @@ def test_init_names_a_target_value_far_from_all_the_others_and_not_a_heavy_tail(
             )
         else:
             assert "median absolute deviations" not in made.stderr
+
+
+def test_init_says_a_target_of_one_value_has_nothing_to_learn(cli, tmp_path):
+    train = write_csv(tmp_path / "const.csv", ["x", "y"], [[i, 3] for i in range(40)])
+    made = cli("init", train, "-t", "y", "-o", tmp_path / "const.yaml", "--quick")
+    assert made.code == 0, made
+    assert "`y` is 3 in every row: there is nothing to learn" in made.stderr
+
+
+def test_eval_json_says_on_stderr_which_rows_it_did_not_score(cli, tmp_path):
+    table = rows(120, 3)
+    train, test = split(tmp_path, table)
+    lines = test.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:-1] + [""])  # a held-out row without its target
+    test.write_text("\n".join(lines) + "\n")
+    init_run_eval(cli, tmp_path, train, train)
+    scored = cli("eval", tmp_path / "run" / "best.pt", test, "--json")
+    assert scored.code == 0, scored
+    assert json.loads(scored.stdout)["n"] == 39
+    assert "test.csv: dropped 1 row(s) with an empty target" in scored.stderr

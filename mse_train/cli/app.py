@@ -528,6 +528,7 @@ def eval_(
             written = plots.write_fit_plots(plot, list(report.targets), report.actual, report.predicted)
             view.stderr().print(f"wrote {', '.join(str(p) for p in written)}")
         if as_json:
+            view.notes(view.stderr(), report.notes)  # e.g. rows not scored: stdout is the JSON alone
             sys.stdout.write(json.dumps(report.as_json(), allow_nan=False) + "\n")  # strict JSON
             return
         view.print_report(report, f"{checkpoint_file} (epoch {report.checkpoint_epoch}) on {csv_file}")

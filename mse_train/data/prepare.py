@@ -588,9 +588,12 @@ FAR_OUT = 1000.0  # a target value this many median absolute deviations from the
 def _far_out(values: pd.Series) -> list[tuple[int, float]]:
     """The rows (from 1) and values of a target that lie FAR_OUT median absolute deviations or
     more from its median: a typing slip (1e9 among values near 1) that a squared error
-    follows; a heavy tail of real values (incomes) stays within it. The first EXAMPLES."""
+    follows; a heavy tail of real values (incomes) stays within it. The first EXAMPLES.
+    A target of one value in every row: [(0, that value)]."""
     y = values.to_numpy(dtype=np.float64)
     y = y[np.isfinite(y)] if len(y) else y
+    if len(y) > 1 and float(y.min()) == float(y.max()):
+        return [(0, float(y[0]))]
     if len(y) < MIN_ROWS_FOR_ID:
         return []
     column = values.to_numpy(dtype=np.float64)
