@@ -195,6 +195,7 @@ def test_semicolon_delimiter(cli, tmp_path):
         (["$12,345.50", "$7.00", "(1,200)"], "currency signs"),
         (["45%", "3.5 %"], "currency signs, %"),
         (["1,5", "-12,25"], "decimal commas"),
+        (["-1,129", "0,594", "-3,371"], "decimal commas"),  # 0,594 is no thousands separator
         (["1,234", "5,678"], "thousands separators"),  # three digits after the comma: thousands
         (["rotary", "12"], ""),
         (["inf", "1,0"], ""),

@@ -296,7 +296,7 @@ def test_eval_json_says_on_stderr_which_rows_it_did_not_score(cli, tmp_path):
     table = rows(120, 3)
     train, test = split(tmp_path, table)
     lines = test.read_text().splitlines()
-    lines[3] = ",".join(lines[3].split(",")[:-1] + [""])  # a held-out row without its target
+    lines[3] = ",".join([*lines[3].split(",")[:-1], ""])  # a held-out row without its target
     test.write_text("\n".join(lines) + "\n")
     init_run_eval(cli, tmp_path, train, train)
     scored = cli("eval", tmp_path / "run" / "best.pt", test, "--json")

@@ -160,7 +160,12 @@ def formatted_numbers(values: Sequence[str]) -> str:
 
     if not values or not all(number(v) for v in values):
         return ""
-    if all(v.count(",") == 1 and "." not in v and len(v.rsplit(",", 1)[1]) != 3 for v in values):
+
+    def not_thousands(text: str) -> bool:  # 1,5 or 0,594: no thousands separator reads so
+        head, tail = text.strip().lstrip("+-").split(",")
+        return len(tail.strip()) != 3 or head.strip() in ("0", "")
+
+    if all(v.count(",") == 1 and "." not in v for v in values) and any(not_thousands(v) for v in values):
         return "these look like decimal commas: write 1.5 for 1,5"
     return "these are numbers with currency signs, % or thousands separators: write 12345.5 for $12,345.50"
 
