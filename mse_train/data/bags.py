@@ -46,7 +46,7 @@ def prepare_bags(cfg: DataConfig, targets: list[str], seed: int, k: int) -> Bagg
     `k` validation splits (seeds seed, ..., seed + k - 1)."""
     path = Path(cfg.train)
     header = table.read_header(path, cfg.delimiter)
-    if not stream_fit.surely_fits(path, header, len(targets), stream_fit.budget(cfg)):
+    if not stream_fit.surely_fits(path, header, len(targets), stream_fit.budget(cfg), gunzip=True):
         raise DataError(
             f"{path}: the table may need more memory than `data.memory_budget`, and a bagged run "
             "(`train.bags`) holds its rows in memory",

@@ -161,11 +161,12 @@ def prepare_run(
     return Streamed(train, val, pre, digests, notes, profile, seconds)
 
 
-def surely_fits(path: Path, header: list[str], targets: int, limit: int) -> bool:
+def surely_fits(path: Path, header: list[str], targets: int, limit: int, gunzip: bool = False) -> bool:
     """True when even the most rows the table could hold fit `limit` bytes in memory, decided
-    without parsing it: a CSV's row takes at least one byte per column, so its size (a .gz
-    file's once decompressed, counted only as far as the limit) bounds its rows; a Parquet
-    file's footer holds its row count."""
+    without parsing it: a CSV's row takes at least one byte per column, so its size bounds
+    its rows; a Parquet file's footer holds its row count. A .gz file's size bounds nothing:
+    False, or with `gunzip` (where the alternative is to refuse), its decompressed size,
+    counted only as far as the limit."""
 
     def fits(rows: int) -> bool:
         return in_memory_bytes(rows, len(header), len(header), targets) <= limit
@@ -173,7 +174,7 @@ def surely_fits(path: Path, header: list[str], targets: int, limit: int) -> bool
     if parquet.is_parquet(path):
         return fits(sum(parquet.row_groups(path)))
     if csvscan.is_gzip(path):
-        return _gunzipped_fits(path, lambda size: fits(size // max(1, len(header))))
+        return gunzip and _gunzipped_fits(path, lambda size: fits(size // max(1, len(header))))
     return fits(path.stat().st_size // max(1, len(header)))
 
 
