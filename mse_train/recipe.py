@@ -514,7 +514,7 @@ def _train_bags(
                 outcomes = apart.map(work, len(loops), processes, stop.requested, shown.heard)
                 with contextlib.closing(outcomes):
                     for loop, outcome in zip(loops, outcomes, strict=False):  # fewer when stopped
-                        shown.ended(outcome.records)
+                        shown.ended()  # every record it told was heard before its outcome
                         trained += _bags_of(loop, len(trained), outcome.models)
             else:
                 for j, loop in enumerate(loops):
@@ -660,23 +660,18 @@ class _InTurn:
         self.epochs, self.bags, self.announce = epochs, bags, announce
         self.turn = 0  # the bag whose records are shown as they come
         self.held: dict[int, list[EpochRecord]] = {}
-        self.shown = 0  # of the bag in turn
         announce(0)
 
     def heard(self, bag: int, record: EpochRecord) -> None:
         if bag == self.turn:
             self.epochs.add(record)
-            self.shown += 1
         else:
             self.held.setdefault(bag, []).append(record)
 
-    def ended(self, records: list[EpochRecord]) -> None:
-        """The bag in turn has ended with `records`: the rest of them, then the next bag's so far."""
-        for record in records[self.shown :]:
-            self.epochs.add(record)
+    def ended(self) -> None:
+        """The bag in turn has ended (all its records heard): the next bag's so far follow."""
         self.epochs.flush()
         self.turn += 1
-        self.shown = 0
         if self.turn < self.bags:
             self.announce(self.turn)
         for record in self.held.pop(self.turn, []):

@@ -48,8 +48,8 @@ class Survey:
     blank: list[str] = field(default_factory=list)  # features with no value in any row
     # text feature -> ("numbers" written with signs or separators, or "dates"; one of its values)
     looks: dict[str, tuple[str, str]] = field(default_factory=dict)
-    # target -> (data row, value) far out; [(0, v)]: v in every row
-    far: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    far: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # target -> (data row, value)
+    constant: dict[str, float] = field(default_factory=dict)  # target -> its one value in every row
 
 
 def far_out_targets(survey: Survey | None) -> list[str]:
@@ -57,14 +57,12 @@ def far_out_targets(survey: Survey | None) -> list[str]:
     follows them, so one typing slip can wreck the model."""
     if survey is None:
         return []
-    out = []
+    out = [
+        f"`{name}` is {value:g} in every row: there is nothing to learn (R² is undefined); "
+        "check that it is the column to predict"
+        for name, value in sorted(survey.constant.items())
+    ]
     for name, found in sorted(survey.far.items()):
-        if found[0][0] == 0:  # one value in every row
-            out.append(
-                f"`{name}` is {found[0][1]:g} in every row: there is nothing to learn (R² is undefined); "
-                "check that it is the column to predict"
-            )
-            continue
         out.append(
             f"`{name}` has value(s) over 1000 median absolute deviations from its median ("
             + ", ".join(f"data row {row}: {value:g}" for row, value in found)

@@ -570,6 +570,11 @@ def survey(path: Path, features: Sequence[str], targets: Sequence[str], delimite
         stray = {c: found.bad_counts[c] for c in numeric_empty if found.bad_counts.get(c)}
     looks = {name: _looks_like(frame[name]) for name in features if name in data.categorical}
     far = {name: _far_out(frame[name]) for name in targets}
+    constant = {}
+    for name in targets:
+        y = frame[name].dropna().to_numpy(dtype=np.float64)
+        if len(y) > 1 and float(y.min()) == float(y.max()):
+            constant[name] = float(y[0])
     return Survey(
         n,
         categories,
@@ -579,6 +584,7 @@ def survey(path: Path, features: Sequence[str], targets: Sequence[str], delimite
         blank,
         {k: v for k, v in looks.items() if v},
         {k: v for k, v in far.items() if v},
+        constant,
     )
 
 
@@ -588,15 +594,11 @@ FAR_OUT = 1000.0  # a target value this many median absolute deviations from the
 def _far_out(values: pd.Series) -> list[tuple[int, float]]:
     """The rows (from 1) and values of a target that lie FAR_OUT median absolute deviations or
     more from its median: a typing slip (1e9 among values near 1) that a squared error
-    follows; a heavy tail of real values (incomes) stays within it. The first EXAMPLES.
-    A target of one value in every row: [(0, that value)]."""
-    y = values.to_numpy(dtype=np.float64)
-    y = y[np.isfinite(y)] if len(y) else y
-    if len(y) > 1 and float(y.min()) == float(y.max()):
-        return [(0, float(y[0]))]
+    follows; a heavy tail of real values (incomes) stays within it. The first EXAMPLES."""
+    column = values.to_numpy(dtype=np.float64)
+    y = column[np.isfinite(column)]
     if len(y) < MIN_ROWS_FOR_ID:
         return []
-    column = values.to_numpy(dtype=np.float64)
     median = float(np.median(y))
     spread = float(np.median(np.abs(y - median)))
     if spread == 0:

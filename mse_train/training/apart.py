@@ -39,7 +39,7 @@ import torch
 from mse_train import runtime
 from mse_train.training import rng
 from mse_train.training.loop import Loop
-from mse_train.training.records import EpochRecord, Status
+from mse_train.training.records import Status
 
 T = TypeVar("T")
 
@@ -162,9 +162,8 @@ class Trained:
 
 @dataclass
 class Outcome:
-    """One loop's run in a process: its epoch records, and each model's record."""
+    """One loop's run in a process: each model's record (its epoch records were told)."""
 
-    records: list[EpochRecord]
     models: list[Trained]
 
 
@@ -179,17 +178,11 @@ def train_loop(loop: Loop, start: rng.Torch) -> Outcome:
     built (`rng.torch_state`), telling each epoch's record as it ends; its outcome, with each
     model's best weights (a diverged model has none: it fails the run)."""
     rng.set_torch_state(start, torch.device("cpu"))  # children train on the CPU only (`workers`)
-    records: list[EpochRecord] = []
-
-    def ended(record: EpochRecord) -> None:
-        records.append(record)
-        tell(record)  # shown by the command as the epoch ends
-
-    loop.run(ended)
+    loop.run(tell)  # each epoch's record, shown by the command as the epoch ends
     models = []
     for i in range(loop.k):
         model = trained(loop, i)
         if model.status is not Status.DIVERGED:
             model.weights = {k: v.clone() for k, v in loop.models.best_model(i).state_dict().items()}
         models.append(model)
-    return Outcome(records, models)
+    return Outcome(models)
