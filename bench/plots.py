@@ -28,7 +28,7 @@ import time
 
 from matplotlib.figure import Figure
 
-from mse_train.outputs import plots
+from mse_train.outputs import metrics, plots
 
 
 def history(epochs: int) -> list[dict[str, float]]:
@@ -42,7 +42,7 @@ def seconds(epochs: int, layout: bool, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        fig: Figure = plots.loss_figure(history(epochs), 1, plots.loss_label("mean", "target units"))
+        fig: Figure = plots.loss_figure(history(epochs), 1, metrics.loss_label("mean", "target units"))
         if not layout:
             fig.set_layout_engine("none")
         fig.savefig(io.BytesIO(), format="png")
@@ -53,10 +53,10 @@ def seconds(epochs: int, layout: bool, repeats: int) -> float:
 FIRST = """
 import io, sys, time
 from matplotlib.ticker import LogFormatterSciNotation
-from mse_train.outputs import plots
+from mse_train.outputs import metrics, plots
 history = [{"epoch": 1, "train_loss": 0.8, "val_loss": 0.9, "lr": 0.01}]
 start = time.perf_counter()
-fig = plots.loss_figure(history, 1, plots.loss_label("mean", "target units"))
+fig = plots.loss_figure(history, 1, metrics.loss_label("mean", "target units"))
 if sys.argv[1] == "mathtext":
     for axis in (ax.yaxis for ax in fig.axes):
         axis.set_major_formatter(LogFormatterSciNotation())

@@ -41,6 +41,7 @@ from mse_train.outputs import (
     summary,
     tensorboard_log,
 )
+from mse_train.outputs.drawer import Drawer
 from mse_train.outputs.summary import Summary
 from mse_train.training import apart, distributed, footprint, module, optimizers, precision, rng, signals
 from mse_train.training.distributed import World
@@ -103,6 +104,7 @@ class Options:
     overwrite_command: str = "mse-train run CONFIG --overwrite"  # shown when starting again is the fix
     mlflow_tags: dict[str, str] = field(default_factory=dict)  # e.g. a sweep's refit: its parent run
     pack: bool = True  # --no-pack: train as a torch module even where a stack of one could
+    drawer: Drawer = field(default_factory=Drawer)  # draws loss.png (drawer.beside: in a process beside)
 
 
 _DIVERGENCE_FIX = (
@@ -217,11 +219,9 @@ def _run(
     runtime.release_freed_memory()
     writes = world is None or world.main
     if writes and cfg.output.plot and history and not restored:
-        from mse_train.outputs import plots  # matplotlib costs ~0.3 s; import only when plotting
-
         units = metrics.loss_units(bool(cfg.data.standardize_target))
-        label = plots.loss_label(cfg.loss.reduction, units)
-        plots.write_loss_plot(out / "loss.png", history, result["best"]["epoch"] or 0, label)
+        label = metrics.loss_label(cfg.loss.reduction, units)
+        options.drawer.draw("write_loss_plot", out / "loss.png", history, result["best"]["epoch"] or 0, label)
     if tracked.run is not None and not restored and status in (Status.COMPLETED, Status.EARLY_STOPPED):
         from mse_train.use import mlflow_model  # imports mlflow.pyfunc: only when logging
 

@@ -19,7 +19,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
 from mse_train.config.schema import SweepRange
-from mse_train.outputs import plots
+from mse_train.outputs import metrics, plots
 
 from conftest import write_config
 
@@ -113,7 +113,7 @@ HISTORIES = {
 
 @pytest.mark.parametrize("name", list(HISTORIES))
 def test_loss_png_keeps_every_label_inside_and_apart(name):
-    label = plots.loss_label("sum", "standardised targets")
+    label = metrics.loss_label("sum", "standardised targets")
     texts = check_readable(plots.loss_figure(HISTORIES[name], 1, label))
     assert any(t.get_text().replace("\n", " ") == label for t, _ in texts)
 
@@ -149,7 +149,7 @@ def test_log_axes_are_labelled_in_plain_text_not_mathtext():
 
 
 def test_loss_png_legend_covers_no_curve():
-    fig = plots.loss_figure(stepped(), 25, plots.loss_label("mean", "standardised targets"))
+    fig = plots.loss_figure(stepped(), 25, metrics.loss_label("mean", "standardised targets"))
     assert legends(fig)
     assert hidden_points(fig) == []
 
@@ -170,7 +170,7 @@ def test_one_epoch_is_drawn_and_epochs_are_whole():
      (None, None, "units unknown")],
 )  # fmt: skip
 def test_the_loss_label_names_the_reduction_and_units(reduction, units, words):
-    assert words in plots.loss_label(reduction, units)
+    assert words in metrics.loss_label(reduction, units)
 
 
 class Saved:

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,6 +24,10 @@ from typer.core import TyperCommand, TyperGroup
 import mse_train
 from mse_train import __version__
 from mse_train.cli import console as view
+from mse_train.outputs import drawer
+
+if TYPE_CHECKING:
+    from mse_train.config import Config
 
 
 class _NoFlagMetavar:
@@ -214,13 +218,17 @@ def run(
         from mse_train import config
 
         cfg = config.load(config_file, overrides or [])  # before torch: a config error answers at once
+        silent = _quiet_rank()  # under torchrun only rank 0 reports
+        with drawer.beside(cfg.output.plot and not silent) as draws:  # imports matplotlib beside torch
+            _run(cfg, draws, silent)
+
+    def _run(cfg: Config, draws: drawer.Drawer, silent: bool) -> None:
         from mse_train import recipe, runtime
 
         runtime.use_threads(cfg.train.threads)  # before any torch work (runtime.use_threads)
 
         if output_dir is not None:
             cfg.output.dir = str(output_dir.resolve())
-        silent = _quiet_rank()  # under torchrun only rank 0 reports
         # Progress and notes on stderr, as in every command: stdout is for the result.
         reporter = recipe.Silent() if silent else view.Progress(view.stderr(), quiet)
         again = ["mse-train", "run", str(config_file)]
@@ -237,6 +245,7 @@ def run(
             shlex.join([*again, "--resume"]),
             shlex.join([*again, "--overwrite"]),
             pack=not no_pack,
+            drawer=draws,
         )
         summary = recipe.run(cfg, options, reporter)
         if silent:
@@ -918,7 +927,7 @@ def plot(
             history = metrics.read_history(path)
             if not history:
                 raise UserError(f"{path}: holds no epochs yet")
-            label = plots.loss_label(*metrics.read_loss_kind(folder))
+            label = metrics.loss_label(*metrics.read_loss_kind(folder))
             runs.append((folder.name or str(folder), history, label))
         if output is not None:
             fsio.check_not_an_input(output, [d / "metrics.csv" for d in run_dirs])

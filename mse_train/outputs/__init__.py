@@ -10,6 +10,8 @@
   bags.py             a bagged run's best.pt (the bags' mean), out-of-bag score and
                       residuals, bags.csv and the bags' mean curve
   plots.py            loss.png and overlays (matplotlib, imported only when plotting)
+  drawer.py           a run's loss.png drawn by a process beside the command, which imports
+                      matplotlib while the command imports torch and trains
   tensorboard_log.py  TensorBoard scalars (an optional extra)
   mlflow_log.py       MLflow tracking of a run: params, per-epoch metrics, summary, artifacts
                       (an optional extra, imported only when used)

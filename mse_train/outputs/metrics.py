@@ -128,6 +128,18 @@ def loss_units(standardize_target: bool) -> LossUnits:
     return "standardised targets" if standardize_target else "target units"
 
 
+# What `loss.reduction` makes of the squared errors; the units are summary.json's `loss_units`.
+_REDUCTION = {"mean": "MSE", "sum": "squared error summed over rows"}
+
+
+def loss_label(reduction: str | None, units: str | None) -> str:
+    """A loss axis's label: which loss (`loss.reduction`) in which units (`loss_units`);
+    plain "loss (units unknown)" when the run does not say."""
+    if reduction not in _REDUCTION or not units:
+        return "loss (units unknown)"
+    return f"loss: {_REDUCTION[reduction]}, {units}"
+
+
 def read_loss_kind(folder: Path) -> tuple[str | None, str | None]:
     """(`loss.reduction`, `loss_units`) of the run in `folder`, from its config.yaml (written
     when the run starts); None for what it does not say (no config.yaml, an edited one)."""

@@ -34,17 +34,6 @@ LAYOUT: Final = "constrained"
 MARKED_EPOCHS = 20  # up to this many epochs each one gets a dot: one epoch is a dot, not nothing
 WRAP = 60  # characters per line of a title or a label built from a (column) name
 
-# What `loss.reduction` makes of the squared errors; the units are summary.json's `loss_units`.
-_REDUCTION = {"mean": "MSE", "sum": "squared error summed over rows"}
-
-
-def loss_label(reduction: str | None, units: str | None) -> str:
-    """The loss axis's label: which loss (`loss.reduction`) in which units (`loss_units`);
-    plain "loss (units unknown)" when the run does not say."""
-    if reduction not in _REDUCTION or not units:
-        return "loss (units unknown)"
-    return f"loss: {_REDUCTION[reduction]}, {units}"
-
 
 def _positive(values: Sequence[Any]) -> list[float]:
     out = []
@@ -139,7 +128,7 @@ def write_loss_plot(
 
 def loss_figure(history: Sequence[dict[str, Any]], best_epoch: int, ylabel: str) -> Figure:
     """Train and val loss per epoch on a log scale, lr on a second axis, best epoch marked;
-    `ylabel` names the loss and its units (`loss_label`)."""
+    `ylabel` names the loss and its units (`metrics.loss_label`)."""
     epochs = [int(r["epoch"]) for r in history]
     fig = Figure(figsize=SIZE, dpi=DPI, layout=LAYOUT)
     ax = fig.add_subplot()
@@ -173,7 +162,7 @@ def loss_figure(history: Sequence[dict[str, Any]], best_epoch: int, ylabel: str)
     return fig
 
 
-Run = tuple[str, Sequence[dict[str, Any]], str]  # name, metrics.csv rows, `loss_label`
+Run = tuple[str, Sequence[dict[str, Any]], str]  # name, metrics.csv rows, `metrics.loss_label`
 
 
 def write_comparison(path: Path, runs: Sequence[Run]) -> None:
@@ -182,7 +171,7 @@ def write_comparison(path: Path, runs: Sequence[Run]) -> None:
 
 
 def comparison_figure(runs: Sequence[Run]) -> Figure:
-    """Overlay the loss curves of several runs (name, history, `loss_label`): solid train,
+    """Overlay the loss curves of several runs (name, history, `metrics.loss_label`): solid train,
     dashed val. Runs whose losses are in different units (a summed loss, standardised
     targets) are not comparable on one axis: each unit gets its own panel."""
     panels: dict[str, list[tuple[int, str, Sequence[dict[str, Any]]]]] = {}
