@@ -207,6 +207,30 @@ def test_init_refuses_a_target_of_words_naming_it_and_how_to_write_it(cli, tmp_p
     assert "no rows left" not in ran.stderr
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_word_in_the_target_of_data_val_or_an_eval_file_is_an_error_under_the_policy(
+    cli, tmp_path, streamed
+):
+    """`data.non_numeric: missing` reads a feature's stray words as empty, never a target's:
+    in `data.val` and in the file `eval` scores, as in the training file, the word is named
+    (before, the row was dropped as one "with an empty target")."""
+    table = rows(200, 5)
+    table[-3][3] = "rotary"  # a feature's word: read as empty
+    table[-5][5] = "unknown"  # a target's word: line 37 of the held-out file
+    train, test = split(tmp_path, table)
+    budget = {"memory_budget": "1KiB"} if streamed else {}
+    kind = hand_written(tmp_path, train, non_numeric="missing", missing="mean", **budget)
+    assert cli("run", kind, "-q", "-o", tmp_path / "run").code == 0
+    scored = cli("eval", tmp_path / "run" / "best.pt", test)
+    assert scored.code == 2, scored
+    assert "column `y`: not a number at line 37: 'unknown'" in scored.stderr, scored.stderr
+    assert "write plain numbers there, or drop those rows" in scored.stderr and "cyl" not in scored.stderr
+    with_val = hand_written(tmp_path, train, non_numeric="missing", missing="mean", val=str(test), **budget)
+    ran = cli("run", with_val, "-q", "-o", tmp_path / "val")
+    assert ran.code == 2 and "column `y`: not a number at line 37: 'unknown'" in ran.stderr, ran
+    assert "empty target" not in ran.stderr and "Traceback" not in ran.stderr
+
+
 def test_a_features_stray_words_still_read_as_empty_beside_a_numeric_target(cli, tmp_path):
     table = rows(80, 3)
     table[5][3] = "rotary"  # among `cyl`'s counts

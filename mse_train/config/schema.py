@@ -178,8 +178,8 @@ class DataConfig(Section):
         "error",
         description="A cell that is not a number (e.g. `rotary`) in a numeric column, in any file "
         "(train, val, eval, predict): error, naming the cells; or missing (read it as an empty "
-        "cell, then handled by `missing`). Stored in the checkpoint. A column mostly of words is "
-        "categorical either way.",
+        "cell, then handled by `missing`); a target's or weight's words are errors either way. "
+        "Stored in the checkpoint. A column mostly of words is categorical either way.",
     )
     missing: Literal["error", "drop", "mean", "median"] = Field(
         "error",

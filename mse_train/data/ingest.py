@@ -47,18 +47,31 @@ def read(
     delimiter: str = ",",
     store: Store | None = None,
     non_numeric: str = "error",
+    numbers: Sequence[str] = (),
 ) -> table.Table:
     """`table.read`, through `store` when there is one (same arguments, same frame)."""
-    if store is None:
-        return table.read(
-            path, columns, categorical, infer_from=infer_from, delimiter=delimiter, non_numeric=non_numeric
+    entry, sha = None, ""
+    if store is not None:
+        entry, sha = _entry(
+            path,
+            columns,
+            categorical,
+            infer_from,
+            store,
+            mapped=False,
+            delimiter=delimiter,
+            non_numeric=non_numeric,
+            numbers=numbers,
         )
-    entry, sha = _entry(
-        path, columns, categorical, infer_from, delimiter, store, mapped=False, non_numeric=non_numeric
-    )
-    if entry is None:  # the cache could not be written: parse without it
+    if entry is None:  # no cache, or one that could not be written: parse without it
         return table.read(
-            path, columns, categorical, infer_from=infer_from, delimiter=delimiter, non_numeric=non_numeric
+            path,
+            columns,
+            categorical,
+            infer_from=infer_from,
+            delimiter=delimiter,
+            non_numeric=non_numeric,
+            numbers=numbers,
         )
     return table.Table(
         path,
@@ -81,11 +94,20 @@ def mapped(
     delimiter: str,
     store: Store,
     non_numeric: str = "error",
+    numbers: Sequence[str] = (),
 ) -> tuple[Entry, str] | None:
     """The table's cache entry with its columns memory-mapped, and the file's sha256; the
     entry is built first when needed. None when the cache cannot be written."""
     entry, sha = _entry(
-        path, columns, categorical, infer_from, delimiter, store, mapped=True, non_numeric=non_numeric
+        path,
+        columns,
+        categorical,
+        infer_from,
+        store,
+        mapped=True,
+        delimiter=delimiter,
+        non_numeric=non_numeric,
+        numbers=numbers,
     )
     return None if entry is None else (entry, sha)
 
@@ -95,14 +117,16 @@ def _entry(
     columns: Sequence[str],
     categorical: Sequence[str],
     infer_from: Sequence[str],
-    delimiter: str,
     store: Store,
     mapped: bool,
-    non_numeric: str = "error",
+    *,
+    delimiter: str,
+    non_numeric: str,
+    numbers: Sequence[str],
 ) -> tuple[Entry | None, str]:
     header = table.read_header(path, delimiter)  # every check on the path itself comes first
     table.check_columns(path, header, columns, "needed")
-    wanted = settings(path, header, columns, categorical, infer_from, delimiter, non_numeric)
+    wanted = settings(path, header, columns, categorical, infer_from, delimiter, non_numeric, numbers)
     resolved = path.resolve()
     started = time.time_ns()
     try:
@@ -118,7 +142,9 @@ def _entry(
         found = _Found(store, Digest(resolved), wanted, columns, before, mapped)
     entry = found.entry()
     if entry is None:
-        entry = _build(store, found, path, header, columns, categorical, infer_from, delimiter, non_numeric)
+        entry = _build(
+            store, found, path, header, columns, categorical, infer_from, delimiter, non_numeric, numbers
+        )
     if sha is None:
         store.remember_sha256(resolved, before, found.sha256(), started)
     return entry, found.sha256()
@@ -184,15 +210,19 @@ def settings(
     infer_from: Sequence[str],
     delimiter: str,
     non_numeric: str = "error",
+    numbers: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Everything besides the file's bytes that changes what a read gives: part of the key.
 
     The mse-train and pandas versions are in it so that an upgrade that parses a cell
     differently can never be served an older parse, and PARSE for a change between
-    releases. `non_numeric` is in it only when it is "missing" (a strict read of a file
-    with stray words is never cached), so keys written before it existed stay valid.
+    releases. `non_numeric` (and with it `numbers`, the columns it leaves strict) is in it
+    only when it is "missing" (a strict read of a file with stray words is never cached),
+    so keys written before it existed stay valid.
     """
-    extra = {"non_numeric": non_numeric} if non_numeric != "error" else {}
+    extra: dict[str, Any] = {}
+    if non_numeric != "error":
+        extra = {"non_numeric": non_numeric, "numbers": sorted(set(numbers))}
     return {
         **extra,
         "format": "parquet" if parquet.is_parquet(path) else "csv.gz" if csvscan.is_gzip(path) else "csv",
@@ -218,6 +248,7 @@ def _build(
     infer_from: Sequence[str],
     delimiter: str,
     non_numeric: str = "error",
+    numbers: Sequence[str] = (),
 ) -> Entry | None:
     """Parse the file into a new entry, publish it and read it back; None if the cache cannot be written."""
     groups: tuple[int, ...] | None = None
@@ -243,6 +274,7 @@ def _build(
                 infer_from=infer_from,
                 delimiter=delimiter,
                 non_numeric=non_numeric,
+                numbers=numbers,
             )
             groups = exact.row_groups
             builder = store.builder(columns, exact.categorical)

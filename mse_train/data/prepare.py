@@ -140,6 +140,7 @@ def load_training(cfg: DataConfig, targets: list[str]) -> Loaded:
         delimiter=cfg.delimiter,
         store=store,
         non_numeric=cfg.non_numeric,
+        numbers=[*targets, *weight],
     )
     seconds = time.perf_counter() - started
     notes += _cache_notes(store)
@@ -303,6 +304,7 @@ def prepare(cfg: DataConfig, targets: list[str], seed: int) -> Prepared:
             delimiter=cfg.delimiter,
             store=loaded.store,
             non_numeric=cfg.non_numeric,
+            numbers=[*targets, *weight],
         )
         ingest_seconds += time.perf_counter() - started
         notes += _cache_notes(loaded.store)
@@ -469,6 +471,7 @@ def prepare_eval(
         delimiter=delimiter,
         store=store,
         non_numeric=pre.non_numeric,
+        numbers=[*targets, *weighted],
     )
     if watch is not None:
         watch.observe(data.frame)
@@ -540,7 +543,9 @@ def survey(path: Path, features: Sequence[str], targets: Sequence[str], delimite
     what its settings must allow: how many categories, which columns are IDs, where
     numeric columns hold stray words. Raises DataError when `run` could not read it either."""
     columns = [*features, *targets]
-    data = table.read(path, columns, infer_from=features, delimiter=delimiter, non_numeric="missing")
+    data = table.read(
+        path, columns, infer_from=features, delimiter=delimiter, non_numeric="missing", numbers=targets
+    )
     frame, n = data.frame, data.n_rows
     categories: dict[str, int] = {}
     ids: list[str] = []

@@ -134,6 +134,7 @@ def prepare_run(
             delimiter=cfg.delimiter,
             store=store,
             non_numeric=cfg.non_numeric,
+            numbers=targets,
         )
         if vfound is None:
             raise DataError(f"{vpath}: cannot be streamed: the data cache could not be written")
@@ -216,6 +217,7 @@ def mapped_over(
         delimiter=delimiter,
         store=store,
         non_numeric=non_numeric,
+        numbers=columns[len(columns) - targets :],  # the last `targets` columns
     )
     if found is None:
         return None

@@ -203,13 +203,16 @@ def read(
     infer_from: Sequence[str] = (),
     delimiter: str = ",",
     non_numeric: str = "error",
+    numbers: Sequence[str] = (),
 ) -> Table:
     """Read `columns` of a CSV or Parquet file.
 
     `categorical` columns are read as text. A column in `infer_from` whose values are
     mostly not numbers is categorical too; a column of numbers with a few stray words
     is an error naming the cells, or (`non_numeric` "missing", `data.non_numeric`) reads
-    those cells as empty. Every other column must hold numbers.
+    those cells as empty, but in the columns of `numbers` (targets, weights: a row's label
+    or weight is never guessed), where words are always errors. Every other column must
+    hold numbers.
     """
     header = read_header(path, delimiter)
     check_columns(path, header, columns, "needed")
@@ -222,7 +225,7 @@ def read(
         _check_cells(table)
         return table
     with csvscan.gzip_errors(path):
-        return _read_csv(path, header, columns, categorical, infer_from, delimiter, non_numeric)
+        return _read_csv(path, header, columns, categorical, infer_from, delimiter, non_numeric, numbers)
 
 
 def _read_csv(
@@ -233,6 +236,7 @@ def _read_csv(
     infer_from: Sequence[str],
     delimiter: str,
     non_numeric: str,
+    numbers: Sequence[str] = (),
 ) -> Table:
     # Reading only some columns needs the delimiter count, so it runs alongside the parse;
     # otherwise the hash is only needed later, and runs while the data is prepared.
@@ -249,17 +253,18 @@ def _read_csv(
         if wordy:
             text_cols |= wordy
             frame, found = _parse(path, header, columns, text_cols, delimiter)
+    strict = set(numbers)
     if found is not None and non_numeric == "missing":
         # Stray words in numeric features are read as text, then as numbers with the words
-        # empty; in training (`infer_from`: its features) a target's or weight's are errors
-        # still: a row without one teaches nothing.
-        stray = set(found.bad_cells) & set(infer_from) if infer_from else set(found.bad_cells)
+        # empty; a target's or weight's are errors still: a row without one teaches nothing.
+        stray = set(found.bad_cells) - strict
         if stray:
             frame, found = _parse(path, header, columns, text_cols | stray, delimiter)
-            for name in stray:
-                frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float32)
+            if found is None:  # else a target's or weight's words are left: raised below
+                for name in stray:
+                    frame[name] = pd.to_numeric(frame[name], errors="coerce").astype(np.float32)
     if found is not None:
-        found.raise_bad_numbers(path, inferable, set(infer_from) if infer_from else None)
+        found.raise_bad_numbers(path, inferable, set(columns) - strict if strict else None)
     for name in sorted(text_cols & inferable):
         if non_numeric == "missing" and _mostly_numbers(frame[name]):
             # The first rows showed a word, but the column is numbers: the words read as empty.
