@@ -150,6 +150,10 @@ def test_strict_defaults_refuse_a_word_at_eval_and_the_policy_reads_it_as_empty(
     assert ("streams it from the data cache" in ran.stdout + ran.stderr) == streamed
     scored = cli("eval", tmp_path / "kind" / "best.pt", test, "--json")
     assert scored.code == 0, scored
+    # read as empty, and said, whether eval reads the file whole or a block at a time
+    assert ("scored a block at a time" in scored.stderr) == streamed, scored.stderr
+    drift = json.loads(scored.stdout)["drift"]
+    assert {"column": "cyl", "kind": "words", "rows": 1, "of": 40, "examples": {"line 39": "rotary"}} in drift
 
 
 def test_strict_run_refuses_a_word_in_the_training_file_naming_the_key(cli, tmp_path):

@@ -425,15 +425,14 @@ def _held_out(rows: np.ndarray, n: int, block_rows: int | None) -> Iterator[np.n
         yield start + np.flatnonzero(rows[start : start + step])
 
 
-def _watch_words(
-    watch: drift.Watch, path: Path, header: list[str], delimiter: str, frame: pd.DataFrame, pre: Preprocessor
-) -> None:
-    """Under `data.non_numeric: missing`, tell `watch` which numeric features' empty cells were
-    words in the file (a second, exact pass over a CSV; only when such a column has empty
-    cells; a Parquet column of numbers holds none)."""
+def watch_words(watch: drift.Watch, path: Path, header: list[str], delimiter: str) -> None:
+    """Under `data.non_numeric: missing`, tell `watch` (which has seen every row) which numeric
+    features' empty cells were words in the file: a second, exact pass over a CSV, only when
+    such a column has empty cells (a Parquet column of numbers holds no words)."""
+    pre = watch.pre
     if pre.non_numeric != "missing" or parquet.is_parquet(path):
         return
-    empty = [c.name for c in pre.numeric if bool(frame[c.name].isna().any())]
+    empty = [c.name for c in pre.numeric if watch.missing.get(c.name)]
     if not empty:
         return
     found = csvscan.scan(path, header, delimiter, dict.fromkeys(empty, True))
@@ -475,7 +474,7 @@ def prepare_eval(
     )
     if watch is not None:
         watch.observe(data.frame)
-        _watch_words(watch, path, header, delimiter, data.frame, pre)
+        watch_words(watch, path, header, delimiter)
     for name in weighted:
         weights.read(data, name)
     policy = pre.missing

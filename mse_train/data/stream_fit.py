@@ -261,10 +261,12 @@ def eval_blocks(
     pre: Preprocessor,
     watch: drift.Watch | None,
     notes: list[str],
+    delimiter: str,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, None, table.Table]]:
     """`prepare.prepare_eval` for a mapped table, a block at a time: each block's inputs, its
     targets as read (float64), no weights, and its rows (numeric features as read, indexed
-    by place in the file) for messages. `watch` sees every row as read first."""
+    by place in the file) for messages. `watch` sees every row as read first, and the words
+    read as empty (`prepare.watch_words`)."""
     notes.append(
         f"{path.name}: scored a block at a time from the data cache (larger than data.memory_budget)"
     )
@@ -272,6 +274,7 @@ def eval_blocks(
     if watch is not None:
         for start in source.slices():
             watch.observe(source.frame(pre.features, slice(start, min(start + BLOCK_ROWS, entry.rows))))
+        prepare.watch_words(watch, path, header, delimiter)
     rows = Rows(
         Encoder(pre, entry, source.table()), source.keep(pre.features, pre.target_names, pre.missing, notes)
     )

@@ -204,7 +204,7 @@ def evaluate(
                 f"{csv_path}: --interval is not scored on a table larger than data.memory_budget",
                 ["evaluate without --interval, or on a sample of the rows"],
             )
-        blocks = stream_fit.eval_blocks(csv_path, entry, header, pre, watch, notes)
+        blocks = stream_fit.eval_blocks(csv_path, entry, header, pre, watch, notes, delimiter)
         sums = Sums(len(pre.targets), keep=PLOT_ROWS)
     for x, y_true, w, rows in blocks:
         sums.add(y_true, scoring.predictions(model, x, dev, pre, rows), w)
