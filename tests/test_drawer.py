@@ -53,6 +53,17 @@ def test_the_child_draws_the_same_file_as_the_command(tmp_path, monkeypatch):
     assert (tmp_path / "beside.png").read_bytes() == (tmp_path / "here.png").read_bytes()
 
 
+def test_the_child_does_not_import_from_the_current_folder(tmp_path, monkeypatch):
+    """`python -c` puts the current folder first on the path: a matplotlib.py there (a user's
+    script beside their data) must not be what the child imports."""
+    (tmp_path / "matplotlib.py").write_text("raise SystemExit('the wrong matplotlib')\n")
+    monkeypatch.chdir(tmp_path)
+    beside = _child()
+    handed = _spy(beside, monkeypatch)
+    beside.draw("write_loss_plot", tmp_path / "loss.png", HISTORY, 1, "loss")
+    assert handed == [True]
+
+
 def test_a_drawing_that_fails_in_the_child_fails_here_with_the_commands_own_error(tmp_path):
     target = tmp_path / "no such folder" / "loss.png"
     with pytest.raises(MseTrainError) as here:

@@ -41,8 +41,11 @@ OK: Final = b"ok"
 ENVIRONMENT: Final = "MSE_TRAIN_DRAWER"  # "0": draw in the command's process
 _LENGTH: Final = struct.Struct("<Q")
 DRAWN: Final = "matplotlib.backends.backend_agg"  # imported by a process's first PNG drawing
+# The child's path: this mse_train's folder first, and not the current folder (which `-c`
+# puts first, where a stray matplotlib.py would be imported).
 _CHILD: Final = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from mse_train.outputs import drawer; drawer.main()"
+    "import sys; sys.path[:] = [sys.argv[1], *filter(None, sys.path)]; "
+    "from mse_train.outputs import drawer; drawer.main()"
 )
 
 
