@@ -90,7 +90,8 @@ class Drawer:
             answer, _ = child.communicate(_LENGTH.pack(len(payload)) + payload, timeout=WAIT)
         except _UNANSWERED:
             answer = b""
-        _end(child)
+        finally:  # a Ctrl-C while waiting leaves no child behind either
+            _end(child)
         return answer == OK
 
     def close(self) -> None:
