@@ -24,9 +24,11 @@ allocator's (pyarrow's jemalloc), which prepares itself for a fork.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 import threading
+import time
 import traceback
 import warnings
 import weakref
@@ -42,6 +44,7 @@ from mse_train.training.loop import Loop
 from mse_train.training.records import Status
 
 T = TypeVar("T")
+ORPHAN_POLL = 0.2  # seconds between a child's checks that the command is still there
 
 
 def workers(setting: int | str, tasks: int, device: torch.device) -> int:
@@ -129,9 +132,21 @@ _TASK: int | None = None  # in a child: the task it runs
 
 
 def _child_signals() -> None:
-    """A child leaves Ctrl-C to the command (which kills it) and dies at SIGTERM (the pool's)."""
+    """A child leaves Ctrl-C to the command (which kills it), dies at SIGTERM (the pool's),
+    and ends itself, quietly, once the command is gone: killed by SIGKILL, the command
+    terminates no pool, and a child would train its task to the end, then print a
+    BrokenPipeError traceback from its pool's result pipe into the user's terminal."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    command = os.getppid()
+    threading.Thread(target=_end_with, args=(command,), name="apart-command-watch", daemon=True).start()
+
+
+def _end_with(command: int) -> None:
+    """End this process once its parent, `command`, is gone (it is then another's child)."""
+    while os.getppid() == command:
+        time.sleep(ORPHAN_POLL)
+    os._exit(1)
 
 
 def _child(j: int) -> tuple[str, Any]:
