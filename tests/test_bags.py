@@ -403,6 +403,48 @@ def test_what_a_process_tells_reaches_the_command_while_it_trains(tmp_path):
     apart.tell("outside a task: nobody hears it, nothing fails")
 
 
+_KILLED_COMMAND = """
+import os, sys, time
+from pathlib import Path
+from mse_train.training import apart
+
+out = Path(sys.argv[1])
+
+def work(j):
+    (out / f"child-{os.getpid()}").touch()
+    time.sleep(20)  # a long bag: the command is killed meanwhile
+    return j
+
+for _ in apart.map(work, 2, 2, lambda: False):
+    pass
+"""
+
+
+def test_children_end_quietly_when_the_command_is_killed(tmp_path):
+    """SIGKILL ends the command with no cleanup: its forked children end themselves soon
+    after, rather than training their task to the end and printing a BrokenPipeError
+    traceback into the user's terminal when they hand back its result."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _KILLED_COMMAND, str(tmp_path)], stderr=subprocess.PIPE, text=True
+    ) as command:
+        assert _until(lambda: len(list(tmp_path.glob("child-*"))) == 2)
+        children = [int(p.name.split("-")[1]) for p in tmp_path.glob("child-*")]
+        command.kill()
+        command.wait(timeout=HANG_GUARD)
+        assert command.stderr is not None
+        stderr = command.stderr.read()  # its end: once every child holding the pipe has exited
+    assert "Traceback" not in stderr, stderr
+    assert _until(lambda: not any(_running(pid) for pid in children), 10.0)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _until(condition: Any, seconds: float = 60.0) -> bool:
     """Poll `condition` until it holds (True) or `seconds` pass (False: a guard, not a timing)."""
     deadline = time.monotonic() + seconds
@@ -455,6 +497,45 @@ def test_a_bagged_run_in_processes_interrupted_writes_nothing(small_config, tmp_
     assert "interrupted: " in done.stdout and "a bagged run keeps no last.pt" in done.stdout
     assert (tmp_path / "signalled").exists()
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("*.pt"))
+
+
+_SIGNAL_WHILE_WRITING = """
+import os, signal, sys
+from mse_train.outputs import bags
+
+real, sig = bags.write, getattr(signal, sys.argv[1])
+
+def write(out, *args, **kwargs):  # the bags have trained; their files are being written
+    (out / "config.yaml").exists() or sys.exit("config.yaml is written first")
+    os.kill(os.getpid(), sig)
+    return real(out, *args, **kwargs)
+
+bags.write = write
+sys.argv = ["mse-train", *sys.argv[2:]]
+from mse_train.cli.app import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_bagged_run_signalled_while_its_files_are_written_leaves_none(small_config, tmp_path, sig):
+    """After training, outside its Ctrl-C handling, a signal leaves no half-written run folder
+    (config.yaml and no best.pt, a temporary file) and says how to start again; SIGTERM,
+    which would kill the process where it stands, is a Ctrl-C too."""
+    cfg = _bagged(small_config, bags=2)
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_WRITING, sig, "run", str(cfg), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=ONE_THREAD,
+        timeout=HANG_GUARD,
+    )
+    assert done.returncode == 130, done.stderr
+    assert "a bagged run keeps no last.pt, so nothing was written" in done.stderr
+    assert "start again: mse-train run" in done.stderr and "--overwrite" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in out.iterdir() if p.name != ".mse-train.lock") == []
 
 
 def test_a_bag_that_diverges_in_its_process_fails_the_run(small_config, tmp_path):
