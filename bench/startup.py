@@ -20,6 +20,9 @@ so that a change in the machine's load falls on all of them alike:
   matplotlib and draws a first figure while the command imports torch and trains. G / B is
   what that buys, A/B in one run. (Until 2026-12-07 G was B with `torch._dynamo` imported
   first, which measured what `_eager_only` buys: bench/results.md.)
+- H: B through `app()` instead of the console script's `main()`: the same command, ending
+  with Python's interpreter teardown, which `main` skips once torch is loaded (cli/app.py
+  `_exit_quickly`). H / B is what skipping it buys.
 
 The data cache lives in a temporary folder, warmed by one untimed run, so B times a
 second run of the table as a user sees it. Prints medians, the ratio B / A (issue 23's
@@ -43,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 OPTIM = "import torch; torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)"
 LIBRARIES = "import torch, pandas, matplotlib.figure"
+THROUGH_APP = "import sys; from mse_train.cli.app import app; sys.argv[0] = 'mse-train'; app()"
 
 
 def _mse_train() -> list[str]:
@@ -83,6 +87,14 @@ def main() -> None:
         "the run, --set output.plot=false": lambda i: [*no_plot, "-o", f"{scratch}/noplot{i}"],
         "python -c <import torch; torch.optim.SGD(...)>": lambda i: [sys.executable, "-c", OPTIM],
         "python -c <import torch, pandas, matplotlib.figure>": lambda i: [sys.executable, "-c", LIBRARIES],
+        "the run through app(), ending with Python's teardown": lambda i: [
+            sys.executable,
+            "-c",
+            THROUGH_APP,
+            *run[len(_mse_train()) :],
+            "-o",
+            f"{scratch}/app{i}",
+        ],
         "MSE_TRAIN_DRAWER=0 (loss.png drawn in the command)": lambda i: [
             "MSE_TRAIN_DRAWER=0",
             *run,
@@ -103,7 +115,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
-    torch_s, run_s, help_s, no_plot_s, optim_s, libraries_s, inside_s = medians.values()
+    torch_s, run_s, help_s, no_plot_s, optim_s, libraries_s, teardown_s, inside_s = medians.values()
     lines = [
         f"Whole processes, median of {args.repeats}, interleaved;"
         f" OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')};"
@@ -117,7 +129,8 @@ def main() -> None:
         ),
         "",
         f"run / import torch: **{run_s / torch_s:.2f}x** (target 1.6x); with loss.png drawn in the"
-        f" command: {inside_s / torch_s:.2f}x, **{inside_s / run_s:.2f}x** the run;"
+        f" command: {inside_s / torch_s:.2f}x, **{inside_s / run_s:.2f}x** the run; with Python's"
+        f" teardown: {teardown_s / torch_s:.2f}x, **{teardown_s / run_s:.2f}x** the run;"
         f" torch + one stock optimizer / import torch: {optim_s / torch_s:.2f}x;"
         f" torch, pandas and matplotlib: {libraries_s / torch_s:.2f}x;"
         f" run / those libraries: {run_s / libraries_s:.2f}x; loss.png: {run_s - no_plot_s:.2f} s;"

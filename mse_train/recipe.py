@@ -569,8 +569,14 @@ def _train_bags(
             "best_epochs": [b.best_epoch for b in trained],
         }
         metrics.write_json(out / "summary.json", dict(result))
-    except BaseException:
-        replacement.undo()
+    except BaseException as exc:
+        if not replacement.undo():
+            replacement.discard()  # nothing half-written: a bagged run keeps nothing unfinished
+        if isinstance(exc, KeyboardInterrupt):  # a second Ctrl-C, or one while the files were written
+            raise TrainingInterrupted(
+                "interrupted; a bagged run keeps no last.pt, so nothing was written",
+                [f"start again: {options.overwrite_command}"],
+            ) from None
         raise
     replacement.done()
     return status, result, history, "", False

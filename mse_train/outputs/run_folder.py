@@ -22,7 +22,7 @@ from mse_train.data.stream import Rows
 from mse_train.data.stream_fit import Streamed
 from mse_train.errors import OutputError
 from mse_train.models import inference, networks
-from mse_train.outputs import checkpoint, metrics
+from mse_train.outputs import checkpoint, fsio, metrics
 from mse_train.training import ridge
 from mse_train.training.loop import Loop
 
@@ -293,6 +293,19 @@ class Replacement:
 
     def done(self) -> None:
         shutil.rmtree(self.aside, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove the new run's files, where no old run was put aside (a folder without a run
+        before: `check` refused any other), for a run that keeps nothing unless it finishes."""
+        if self.aside.exists():
+            return
+        for name in (*RUN_FILES, "tensorboard"):
+            path = self.out / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        fsio.remove_stale_temporaries(self.out)
 
     def undo(self) -> bool:
         """Put the old run back in place of the new one; False when there was none aside."""
