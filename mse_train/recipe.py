@@ -377,6 +377,8 @@ def _train_and_save(
             saver.metrics.maybe_write(loop.history)
 
     train_started = time.perf_counter()
+    # The final checkpoint and summary.json are written inside the block too: a Ctrl-C or
+    # SIGTERM there (training has ended) only asks to stop, and they are written whole.
     with signals.on_signals(second_stops=loop.world is None) as stop:
         should_stop = stop.requested
         if loop.world is not None:  # a signal on any rank stops every rank at the same batch
@@ -385,29 +387,29 @@ def _train_and_save(
                 return distributed.any_rank(stop.requested(), device)
 
         status = loop.run(on_epoch, should_stop=should_stop, on_batch=reporter.batch)
-    train_seconds = time.perf_counter() - train_started
-    reporter.finish()
-    if scalars is not None:
-        scalars.close()
+        train_seconds = time.perf_counter() - train_started
+        reporter.finish()
+        if scalars is not None:
+            scalars.close()
 
-    if status is Status.DIVERGED:
-        loop.rollback()
-    if writes:
-        saver.checkpoint(loop, final=True)
-    result = summary.build(
-        cfg,
-        status,
-        loop.history,
-        loop.progress.best_epoch,
-        time.perf_counter() - started,
-        {"train": len(prepared.train), "val": len(prepared.val) if prepared.val is not None else 0},
-        prepared.pre.input_names,
-        device,
-        prepared.notes,
-        {"ingest_seconds": prepared.ingest_seconds, "train_seconds": train_seconds},
-    )
-    if writes:
-        metrics.write_json(out / "summary.json", dict(result))
+        if status is Status.DIVERGED:
+            loop.rollback()
+        if writes:
+            saver.checkpoint(loop, final=True)
+        result = summary.build(
+            cfg,
+            status,
+            loop.history,
+            loop.progress.best_epoch,
+            time.perf_counter() - started,
+            {"train": len(prepared.train), "val": len(prepared.val) if prepared.val is not None else 0},
+            prepared.pre.input_names,
+            device,
+            prepared.notes,
+            {"ingest_seconds": prepared.ingest_seconds, "train_seconds": train_seconds},
+        )
+        if writes:
+            metrics.write_json(out / "summary.json", dict(result))
     return status, result
 
 

@@ -19,7 +19,16 @@ import torch
 from mse_train.outputs import checkpoint
 from mse_train.use import evaluate
 
-from conftest import DATA, HANG_GUARD, read_metrics, signal_at_step, start_process, write_config, write_csv
+from conftest import (
+    CONFIGS,
+    DATA,
+    HANG_GUARD,
+    read_metrics,
+    signal_at_step,
+    start_process,
+    write_config,
+    write_csv,
+)
 
 
 @pytest.fixture
@@ -322,3 +331,41 @@ def test_a_sigterm_during_the_error_report_waits_for_the_whole_report_and_its_ex
     assert done.returncode == 2, done.stderr  # the command's own exit code, not the signal's
     assert "error: another process died" in done.stderr
     assert "  - last.pt is intact\n  - continue with: resume" in done.stderr
+
+
+_SIGNAL_WHILE_SAVING = """
+import os, signal, sys
+from mse_train.outputs import run_folder
+
+real, sig = run_folder.Saver.checkpoint, getattr(signal, sys.argv[1])
+
+def checkpoint(self, loop, final=False):
+    if final:  # training has ended: the run's last files are being written
+        os.kill(os.getpid(), sig)
+    return real(self, loop, final)
+
+run_folder.Saver.checkpoint = checkpoint
+sys.argv = ["mse-train", *sys.argv[2:]]
+from mse_train.cli.app import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_last_files_are_written_lets_them_be_written_whole(tmp_path, sig):
+    """Training has ended: a Ctrl-C or SIGTERM then only asks to stop, and the final
+    checkpoints and summary.json are written whole (SIGTERM used to kill the process there,
+    leaving a first run without its only last.pt)."""
+    out = tmp_path / "run"
+    args = ["run", str(CONFIGS / "linear.yaml"), "--set", "train.epochs=3", "-o", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_SAVING, sig, *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+    )
+    assert done.returncode == 0, done.stderr
+    assert checkpoint.load(out / "last.pt") and checkpoint.load(out / "best.pt")
+    summary = (out / "summary.json").read_text()
+    assert '"status": "completed"' in summary
+    assert not list(out.glob(".*.tmp"))
