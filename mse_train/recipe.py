@@ -12,6 +12,7 @@ only rank 0 locks the run folder and writes to it, after every rank has read it.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -221,7 +222,16 @@ def _run(
     if writes and cfg.output.plot and history and not restored:
         units = metrics.loss_units(bool(cfg.data.standardize_target))
         label = metrics.loss_label(cfg.loss.reduction, units)
-        options.drawer.draw("write_loss_plot", out / "loss.png", history, result["best"]["epoch"] or 0, label)
+        best_epoch = result["best"]["epoch"] or 0
+        try:
+            options.drawer.draw("write_loss_plot", out / "loss.png", history, best_epoch, label)
+        except KeyboardInterrupt:
+            if status not in (Status.COMPLETED, Status.EARLY_STOPPED):
+                raise
+            raise TrainingInterrupted(
+                f"interrupted while loss.png was drawn; the run itself is complete in {out}",
+                [f"draw loss.png again: mse-train plot {shlex.quote(str(out))}"],
+            ) from None
     if tracked.run is not None and not restored and status in (Status.COMPLETED, Status.EARLY_STOPPED):
         from mse_train.use import mlflow_model  # imports mlflow.pyfunc: only when logging
 

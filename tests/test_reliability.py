@@ -369,3 +369,36 @@ def test_a_signal_while_the_last_files_are_written_lets_them_be_written_whole(tm
     summary = (out / "summary.json").read_text()
     assert '"status": "completed"' in summary
     assert not list(out.glob(".*.tmp"))
+
+
+_SIGNAL_WHILE_DRAWING = """
+import os, signal, sys
+from mse_train.outputs import drawer
+
+real = drawer.Drawer.draw
+
+def draw(self, job, *args):
+    os.kill(os.getpid(), signal.SIGINT)  # the run has ended and saved; loss.png is next
+    return real(self, job, *args)
+
+drawer.Drawer.draw = draw
+sys.argv = ["mse-train", *sys.argv[1:]]
+from mse_train.cli.app import main
+main()
+"""
+
+
+def test_a_ctrl_c_while_loss_png_is_drawn_says_the_run_is_complete(tmp_path):
+    """The run is saved whole by then: the message says so and how to draw the picture."""
+    out = tmp_path / "run"
+    args = ["run", str(CONFIGS / "linear.yaml"), "--set", "train.epochs=3", "-o", str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_DRAWING, *args],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+    )
+    assert done.returncode == 130, done.stderr
+    assert f"interrupted while loss.png was drawn; the run itself is complete in {out}" in done.stderr
+    assert f"draw loss.png again: mse-train plot {out}" in done.stderr
+    assert '"status": "completed"' in (out / "summary.json").read_text()
