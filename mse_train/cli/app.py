@@ -128,10 +128,8 @@ def _guard(debug: bool, work: Callable[[], T]) -> T:
 def _sigterm_interrupts() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt in the block, in the main thread of a process not
     under torchrun (whose agent's SIGTERM `signals.report_first` waits out instead)."""
-    if threading.current_thread() is not threading.main_thread() or os.environ.get("WORLD_SIZE", "1") not in (
-        "",
-        "1",
-    ):
+    under_torchrun = os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+    if under_torchrun or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _interrupt)
