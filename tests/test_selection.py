@@ -377,6 +377,34 @@ def test_the_sweeps_own_settings_can_be_set_on_the_command_line(cli, table, tmp_
     assert len(leaderboard(tmp_path / "run-sweep")) == 2
 
 
+def test_an_interrupted_refit_is_redone_by_resume(cli, table, tmp_path, monkeypatch):
+    """The refit is claimed in the study so that one worker of many does it; a refit that
+    was interrupted gives its claim back, and `sweep --resume` refits the winner (before, it
+    said another worker did, and best/ stayed without best.pt)."""
+    from mse_train import recipe
+
+    cfg = sweep_config(
+        tmp_path, table, {"method": "random", "trials": 2, "params": {"optimizer.lr": [0.01, 0.05]}}
+    )
+    real = recipe.run
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # a Ctrl-C as the refit starts
+
+    monkeypatch.setattr(recipe, "run", interrupted)
+    stopped = cli("sweep", cfg, "-q")
+    assert stopped.code == 130, stopped
+    best = tmp_path / "run-sweep" / "best" / "best.pt"
+    assert not best.exists()
+    monkeypatch.setattr(recipe, "run", real)
+    resumed = cli("sweep", cfg, "--resume")
+    assert resumed.code == 0, resumed
+    assert "another worker" not in resumed.stderr and best.exists()
+    assert len(leaderboard(tmp_path / "run-sweep")) == 2  # no trial ran again
+    again = cli("sweep", cfg, "--resume")  # the refit is done and claimed: not done twice
+    assert again.code == 0 and f"is refitted already: {best}" in again.stderr, again
+
+
 def test_a_sweep_folder_is_not_started_twice_and_resume_needs_one(cli, table, tmp_path):
     cfg = sweep_config(tmp_path, table, {"method": "random", "trials": 1, "refit": False,
                                          "params": {"optimizer.lr": [0.01]}})  # fmt: skip

@@ -301,6 +301,14 @@ def claim(where: Where, name: str) -> bool:
     return True
 
 
+def release(where: Where, name: str) -> None:
+    """Undo `claim(where, name)`: the claimed work was not done (a refit interrupted or
+    failed), so the next worker or `--resume` that asks claims it. Best effort: the error
+    that stopped the work is the one to report, not this one's."""
+    with contextlib.suppress(Exception):
+        where.storage.delete_study(where.storage.get_study_id_from_name(name))
+
+
 # Held while a heartbeat is written, and by any fork (os.register_at_fork): a process forked
 # to train beside the sweep (training/apart.py) never starts in the middle of a write, so no
 # lock of the storage's client is held in it (it never touches the storage either).

@@ -199,24 +199,37 @@ def run(
                 for n in (chosen.counts if chosen else {})
             }
         checkpoint, logged = None, None
-        if sweep.refit and storage.claim(where, f"{study_name}:refit-after-{n_trials}"):
-            if chosen is not None:  # the ensemble's members, into <sweep folder>/ensemble/
-                found = ensemble.refit(
-                    members, chosen, out / ensemble.FOLDER, device, options.pack, reporter.note
-                )
-                checkpoint = str(found)
-                logged = functools.partial(_save_model, found)
-            else:
-                refit_options = recipe.Options(
-                    overwrite=True,
-                    resume_command=f"mse-train run {out / 'best.yaml'} --resume",
-                    overwrite_command=f"mse-train run {out / 'best.yaml'} --overwrite",
-                    mlflow_tags=tracked.refit_tags(best_row["trial"]),
-                )
-                recipe.run(best_cfg, refit_options, reporter)
-                checkpoint = str(Path(str(best_cfg.output.dir)) / "best.pt")
+        refit_claim = f"{study_name}:refit-after-{n_trials}"
+        if sweep.refit and storage.claim(where, refit_claim):
+            try:
+                if chosen is not None:  # the ensemble's members, into <sweep folder>/ensemble/
+                    found = ensemble.refit(
+                        members, chosen, out / ensemble.FOLDER, device, options.pack, reporter.note
+                    )
+                    checkpoint = str(found)
+                    logged = functools.partial(_save_model, found)
+                else:
+                    refit_options = recipe.Options(
+                        overwrite=True,
+                        resume_command=f"mse-train run {out / 'best.yaml'} --resume",
+                        overwrite_command=f"mse-train run {out / 'best.yaml'} --overwrite",
+                        mlflow_tags=tracked.refit_tags(best_row["trial"]),
+                    )
+                    recipe.run(best_cfg, refit_options, reporter)
+                    checkpoint = str(Path(str(best_cfg.output.dir)) / "best.pt")
+            except BaseException:  # not refitted: `--resume` (or another worker) refits it
+                storage.release(where, refit_claim)
+                raise
         elif sweep.refit:
-            reporter.note(f"another worker of the study refits the winner (trial {best_row['trial']})")
+            refitted = (
+                out / ensemble.FOLDER if chosen is not None else Path(str(best_cfg.output.dir))
+            ) / "best.pt"
+            reporter.note(
+                f"the winner (trial {best_row['trial']}) is refitted already: {refitted}"
+                if refitted.exists()
+                else f"another worker of the study refits the winner (trial {best_row['trial']}); if "
+                f"none does (one was killed during its refit): mse-train run {out / 'best.yaml'} --overwrite"
+            )
         best = _best(best_row, best_values, out)
         tracked.finish(out, best, len(rows), logged)
         return Outcome(best, len(rows), checkpoint, rows, keys, out, chosen.as_json() if chosen else None)
