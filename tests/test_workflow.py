@@ -194,3 +194,29 @@ def test_predict_into_a_pipe_closed_early_stops_quietly(cli, small_config, tmp_p
     )
     assert piped.returncode == 141, piped  # 128 + SIGPIPE, as any writer cut off by `head`
     assert piped.stderr == "" and piped.stdout == "x0,x1,x2,y,y_pred\n"
+
+
+@pytest.mark.parametrize("command", ["eval", "cv"])
+def test_a_table_printed_into_a_pipe_closed_early_stops_quietly_with_141(
+    cli, small_config, tmp_path, command
+):
+    """eval's and cv's tables go through rich, whose own broken-pipe handling exits 1: they
+    end as `predict` does, 141 and nothing on stderr but their progress."""
+    import subprocess
+    import sys
+
+    cfg = small_config()
+    assert cli("run", cfg, "-q").code == 0
+    exe, ckpt = Path(sys.executable).with_name("mse-train"), tmp_path / "run" / "best.pt"
+    header, values = linear_rows(200)
+    table = write_csv(tmp_path / "t.csv", header, values.round(4).tolist())
+    args = f"eval '{ckpt}' '{table}'" if command == "eval" else f"cv '{cfg}' -o '{tmp_path / 'cv'}'"
+    piped = subprocess.run(  # the reader closes its end before anything is written
+        ["bash", "-c", f"set -o pipefail; '{exe}' {args} | (exec 0<&-; sleep 1)"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+    )
+    assert piped.returncode == 141, piped
+    assert "Traceback" not in piped.stderr and "Exception ignored" not in piped.stderr, piped.stderr
+    assert "error" not in piped.stderr, piped.stderr  # cv's fold lines are its progress, as ever

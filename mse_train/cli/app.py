@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
-from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
@@ -283,7 +282,7 @@ def run(
         if as_json:
             sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
         elif not quiet:
-            view.print_run_summary(Console(highlight=False, soft_wrap=True), summary)
+            view.print_run_summary(view.Output(highlight=False, soft_wrap=True), summary)
 
     _guard(debug, work)
 
@@ -356,7 +355,7 @@ def cv(
 
         out = cross.folder(cfg, output_dir)
         device = runtime.resolve_device(cfg.train.device)
-        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        console = view.Output(stderr=True, highlight=False, soft_wrap=True)
         store = None
         if cfg.output.mlflow:  # before training: a store that cannot be used is exit 2 at once
             from mse_train.outputs import mlflow_log
@@ -385,7 +384,8 @@ def cv(
         if as_json:
             sys.stdout.write(json.dumps(summary, allow_nan=False) + "\n")  # strict JSON
         elif not quiet:
-            view.print_cv(Console(highlight=False), summary, f"{config_file}: {folds}-fold cross-validation")
+            title = f"{config_file}: {folds}-fold cross-validation"
+            view.print_cv(view.Output(highlight=False), summary, title)
             console.print(f"wrote {out / 'cv.csv'} and {out / 'cv.json'}")
 
     _guard(debug, work)
@@ -457,7 +457,7 @@ def sweep(
 
         runtime.use_threads(cfg.train.threads)  # every trial and the refit
 
-        console = Console(stderr=True, highlight=False, soft_wrap=True)
+        console = view.Output(stderr=True, highlight=False, soft_wrap=True)
         again = ["mse-train", "sweep", str(config_file)]
         for item in overrides or []:
             again += ["--set", item]
@@ -495,7 +495,7 @@ def sweep(
         if as_json:
             sys.stdout.write(json.dumps(outcome.as_json(), allow_nan=False) + "\n")  # strict JSON
         elif not quiet:
-            view.print_leaderboard(Console(highlight=False), outcome.leaderboard, outcome.keys)
+            view.print_leaderboard(view.Output(highlight=False), outcome.leaderboard, outcome.keys)
             console.print(f"best: trial {outcome.best['trial']}, score {outcome.best['score']:.6g}")
             if outcome.ensemble is not None:
                 view.print_ensemble(console, outcome.ensemble)

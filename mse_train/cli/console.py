@@ -5,6 +5,7 @@ Only this module and app.py know rich; the recipe reports through `Reporter` cal
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,8 +27,19 @@ if TYPE_CHECKING:
     from mse_train.use.export import Exported
 
 
-def stderr() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+class Output(Console):
+    """rich's Console, but a reader of its output that went away (`mse-train eval ... | head`)
+    is the command's BrokenPipeError, which app.py ends with exit 141 as for any other
+    output, where rich's own `on_broken_pipe` (which its docs invite a subclass to change)
+    exits 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader of the output went away")
+
+
+def stderr() -> Output:
+    return Output(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Progress:
@@ -321,7 +333,7 @@ def notes(console: Console, texts: list[str]) -> None:
 
 def print_report(report: Report, title: str) -> None:
     """`eval`'s table: one row per target, and their average when there are several."""
-    console = Console(highlight=False)
+    console = Output(highlight=False)
     notes(console, report.notes)
     table = Table(title=title)
     for column in ("target", "MSE", "RMSE", "MAE", "R²", "rows"):
@@ -363,7 +375,7 @@ def print_drift(findings: list[Finding], source: str) -> None:
 
 def print_validated(prepared: Prepared, title: str, run_folder: str) -> None:
     """`validate`'s table: every column the run would use, its role and kind."""
-    console = Console(highlight=False)
+    console = Output(highlight=False)
     notes(console, prepared.notes)
     table = Table(title=title)
     for column in ("column", "role", "kind"):
@@ -441,7 +453,7 @@ def print_ensemble(console: Console, chosen: dict[str, Any]) -> None:
 
 def print_importance(result: Importance, title: str) -> None:
     """`explain`'s table: columns by how much shuffling them raises the MSE."""
-    console = Console(highlight=False)
+    console = Output(highlight=False)
     table = Table(title=f"{title}: permutation importance, {result.repeats} repeats, {result.rows} rows")
     for column in ("column", "MSE increase", "± std", "share"):
         table.add_column(column, justify="left" if column == "column" else "right")
@@ -456,7 +468,7 @@ def print_importance(result: Importance, title: str) -> None:
 
 def print_export(result: Exported) -> None:
     """`export`'s answer: where, the inputs, and how close the graph came to predict."""
-    console = Console(highlight=False, soft_wrap=True, markup=False)  # "[batch, 1]" is text
+    console = Output(highlight=False, soft_wrap=True, markup=False)  # "[batch, 1]" is text
     console.print(f"wrote {result.path}")
     console.print("inputs, each [batch, 1]: " + ", ".join(f"{k} ({v})" for k, v in result.inputs.items()))
     console.print(f"output: prediction, float32 [batch, {len(result.targets)}]: {', '.join(result.targets)}")
