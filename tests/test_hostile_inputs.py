@@ -1021,3 +1021,39 @@ def test_predict_to_a_file_with_a_late_bad_cell_writes_nothing(cli, trained, tmp
     assert result.code == 2, result
     assert not out.exists()
     assert list(tmp_path.glob(".pred.csv*")) == []
+
+
+def _take_the_folder(folder: str, start: Any, said: Any) -> None:
+    """In a forked process: try the run folder's lock the moment the other process does."""
+    from mse_train.errors import OutputError
+    from mse_train.outputs import run_folder
+
+    start.wait()
+    try:
+        with run_folder.lock(Path(folder)):
+            said.put("held")
+            time.sleep(0.3)  # longer than the other one waits (CONTENTION, lowered below)
+    except OutputError:
+        said.put("refused")
+
+
+def test_of_two_processes_that_lock_a_folder_at_once_exactly_one_holds_it(tmp_path, monkeypatch):
+    """The lock's database opened by two processes at the same moment: one holds the folder
+    and the other is refused, every time (a lock that never waited refused both about once
+    in ten pairs)."""
+    import multiprocessing
+
+    from mse_train.outputs import run_folder
+
+    monkeypatch.setattr(run_folder, "CONTENTION", 0.1)  # the children inherit it
+    context = multiprocessing.get_context("fork")
+    for pair in range(30):
+        folder = tmp_path / f"run{pair}"
+        folder.mkdir()
+        start, said = context.Barrier(2), context.SimpleQueue()
+        takers = [context.Process(target=_take_the_folder, args=(str(folder), start, said)) for _ in range(2)]
+        for taker in takers:
+            taker.start()
+        for taker in takers:
+            taker.join(HANG_GUARD)
+        assert sorted([said.get(), said.get()]) == ["held", "refused"], f"pair {pair}"
