@@ -112,8 +112,16 @@ def map(
                 raise RuntimeError(f"a training in a process of its own failed:\n{value}")
             yield value
     finally:
-        pool.terminate()
-        pool.join()
+        try:
+            pool.terminate()
+            pool.join()
+        except AssertionError:
+            # CPython's Pool refuses to terminate when its result thread has ended with
+            # results pending ("Cannot have cache with result_hander not alive"; seen once,
+            # in CI, on an interrupted bagged run): end its processes directly.
+            for child in multiprocessing.active_children():
+                child.kill()
+                child.join()
         if told is not None:
             told.close()
         _WORK = _TOLD = None
