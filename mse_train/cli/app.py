@@ -6,6 +6,7 @@ them, so `mse-train --help` and `--version` answer at once.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -1045,9 +1046,6 @@ def _exit_quickly(code: int) -> None:
     """End the process with `code` without the interpreter's teardown (see `main`), where
     torch was imported, no other non-daemon thread runs and stdout and stderr flush; else
     return, and the caller exits as Python does."""
-    import atexit
-    import threading
-
     if "torch" not in sys.modules:  # without torch the teardown is quick
         return
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):

@@ -194,7 +194,8 @@ class Saver:
 # ------------------------------------------------------------------ one run at a time
 # Seconds a run waits for the folder's lock: a holder keeps it for its whole run, so this
 # only rides out the moment two processes open the lock's database together, where a
-# lock that never waited refused both (10% of 150 simultaneous pairs, /tmp/lockrace.py).
+# lock that never waited refused both (15 of 150 pairs of processes forked to take it at
+# once; tests/test_hostile_inputs.py takes 30 such pairs).
 CONTENTION = 1.0
 LOCK_FILE = ".mse-train.lock"  # in the folder; it stays after release, holding no lock
 
@@ -303,24 +304,23 @@ class Replacement:
         before: `check` refused any other), for a run that keeps nothing unless it finishes."""
         if self.aside.exists():
             return
+        self._remove_new(ignore_errors=True)
+        fsio.remove_stale_temporaries(self.out)
+
+    def _remove_new(self, ignore_errors: bool = False) -> None:
+        """The new run's files, gone."""
         for name in (*RUN_FILES, "tensorboard"):
             path = self.out / name
             if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=ignore_errors)
             else:
                 path.unlink(missing_ok=True)
-        fsio.remove_stale_temporaries(self.out)
 
     def undo(self) -> bool:
         """Put the old run back in place of the new one; False when there was none aside."""
         if not self.aside.is_dir():
             return False
-        for name in (*RUN_FILES, "tensorboard"):
-            path = self.out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+        self._remove_new()
         for saved in self.aside.iterdir():
             os.replace(saved, self.out / saved.name)
         self.aside.rmdir()
