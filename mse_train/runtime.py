@@ -11,6 +11,7 @@ import ctypes
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -250,15 +251,62 @@ def cpu_quota(root: Path = CGROUP_ROOT, own: Path = Path("/proc/self/cgroup")) -
     return min(found) if found else None
 
 
-def use_threads(setting: int | str = "auto", where: str = "train.threads") -> int:
+_found: list[bool] = []  # the mode that `zero_denormals` found, while it is to be put back
+
+
+def zero_denormals() -> None:
+    """Compute floats below float32's normal range (~1.2e-38) as zero from now on
+    (torch.set_flush_denormal: the CPU's flush-to-zero and denormals-are-zero modes), noting
+    the mode found for `restore_denormals`. Arithmetic on such numbers runs many times
+    slower on x86, and a long training reaches them: a bagged run's epochs went from 0.075 s
+    to 0.43 s after its 95th (bench/results.md, "Denormal numbers"). Called before torch's
+    worker threads start, it holds for them too: a thread's floating-point environment is
+    its creator's."""
+    import torch
+
+    if not _found:
+        _found.append(bool((torch.tensor([1e-39]) * 1.0).item() == 0.0))  # flushed already
+    torch.set_flush_denormal(True)  # False where the CPU cannot: nothing changes then
+
+
+def restore_denormals() -> None:
+    """After a command or a Python API call: the floating-point mode `zero_denormals` found
+    put back (a command's process ends anyway; a test's, or the API's caller's, goes on with
+    its own mode)."""
+    if _found and not _found.pop():
+        import torch
+
+        torch.set_flush_denormal(False)
+
+
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Denormal numbers computed as zero inside, as every command computes them, and the
+    caller's mode put back after: the Python API trains as the commands do (the same
+    weights) without changing its caller's floating-point environment."""
+    zero_denormals()
+    try:
+        yield
+    finally:
+        restore_denormals()
+
+
+def use_threads(
+    setting: int | str = "auto", where: str = "train.threads", flush_denormals: bool = True
+) -> int:
     """Resolve the thread count (`resolve_threads`) and give it to torch, before any work.
 
     torch's inter-op pool can only be sized before its first parallel work; where that has
     happened (a second call in one process) it keeps its size and only the intra-op count
     changes.
+
+    `flush_denormals` (every command; the Python API passes False and flushes only while
+    it trains): denormal numbers are computed as zero (`zero_denormals`), before any work.
     """
     import torch
 
+    if flush_denormals:
+        zero_denormals()
     count = resolve_threads(setting, where)
     torch.set_num_threads(count)
     with contextlib.suppress(RuntimeError):  # "cannot set number of interop threads after ..."

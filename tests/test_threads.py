@@ -236,3 +236,46 @@ def test_auto_honours_a_cgroup_quota(tmp_path, monkeypatch):
     assert runtime.auto_threads(tmp_path) == 1
     monkeypatch.setattr(runtime, "cpu_quota", lambda root=None: None)
     assert runtime.auto_threads(tmp_path) == len(os.sched_getaffinity(0))
+
+
+# ------------------------------------------------------------- denormal numbers
+_DENORMAL_PROBE = """
+import sys, torch
+from mse_train import runtime
+def kept():
+    tiny = torch.full((4_000_000,), 1e-39)  # below float32's normal range; large: torch splits it
+    return int(((tiny * 1.0) != 0).sum())
+if sys.argv[1] == "command":  # before any torch work, as every command calls it
+    runtime.use_threads(2)
+    print(kept(), torch.get_num_threads())
+else:  # the Python API (one thread, `auto`): flushed while it trains, the caller's mode after
+    runtime.use_threads(1, flush_denormals=False)
+    before = kept()
+    with runtime.denormals_flushed():
+        inside = kept()
+    print(before, inside, kept(), torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize(("caller", "kept"), [("command", [0]), ("api", [4_000_000, 0, 4_000_000])])
+def test_denormal_numbers_are_computed_as_zero_where_mse_train_trains(caller, kept):
+    # A long training's weights reach them (units no data reaches, shrunk by the L2 penalty),
+    # and arithmetic on them is several times slower on x86: every command flushes them, in
+    # torch's worker threads too; the Python API only while it trains.
+    done = subprocess.run(
+        [sys.executable, "-c", _DENORMAL_PROBE, caller],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=HANG_GUARD,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    *found, threads = map(int, done.stdout.split())
+    assert threads == (2 if caller == "command" else 1) and found == kept
+
+
+def test_a_command_run_in_process_puts_the_callers_floating_point_mode_back(cli, tmp_path):
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0  # pytest's process: gradual underflow
+    assert cli("run", config(tmp_path)).code == 0
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0  # as it was (hypothesis refuses otherwise)

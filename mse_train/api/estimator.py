@@ -131,13 +131,14 @@ class Regressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
                 "output.plot": False,
             }
             cfg = resolve(self.config, {**self._settings, **run}, LABEL)
-            runtime.use_threads(cfg.train.threads)
+            runtime.use_threads(cfg.train.threads, flush_denormals=False)
             options = recipe.Options(
                 resume_command="fit again (a fit has no resume)",
                 overwrite_command="fit again",
             )
             reporter = Callbacks(self.progress)
-            summary = recipe.run(cfg, options, reporter)
+            with runtime.denormals_flushed():
+                summary = recipe.run(cfg, options, reporter)
             out = Path(str(cfg.output.dir))
             self.model_ = Model((out / "best.pt").read_bytes(), "Regressor.fit")
             self.history_ = pd.read_csv(out / "metrics.csv")

@@ -116,7 +116,7 @@ def train(
     holds a run: pass `overwrite=True` or `resume=True`), TrainingDiverged, ...
     """
     cfg = resolve(config, settings)
-    runtime.use_threads(cfg.train.threads)
+    runtime.use_threads(cfg.train.threads, flush_denormals=False)
     reporter = Callbacks(progress)
     options = recipe.Options(
         resume=resume,
@@ -124,7 +124,8 @@ def train(
         resume_command="mse_train.train(config, resume=True)",
         overwrite_command="mse_train.train(config, overwrite=True)",
     )
-    summary = recipe.run(cfg, options, reporter)
+    with runtime.denormals_flushed():
+        summary = recipe.run(cfg, options, reporter)
     return TrainResult(summary, Path(str(cfg.output.dir)), reporter.notes)
 
 
@@ -159,7 +160,7 @@ def cv(
     if folds < 2:  # the command's own check on --folds
         kfold.kfold(2, folds, 0, "folds")
     cfg = resolve(config, settings)
-    runtime.use_threads(cfg.train.threads)
+    runtime.use_threads(cfg.train.threads, flush_denormals=False)
     out = cross.folder(cfg, Path(output_dir) if output_dir is not None else None)
     device = runtime.resolve_device(cfg.train.device)
     store = None
@@ -172,7 +173,7 @@ def cv(
         if on_fold is not None and fold.overall is not None:
             on_fold(i, dict(fold.overall))
 
-    with signals.on_signals() as stop:
+    with signals.on_signals() as stop, runtime.denormals_flushed():
         summary = cross.run(cfg, folds, out, device, scored, stop.requested, pack, store, lambda text: None)
     return CVResult(summary, out)
 
@@ -221,8 +222,9 @@ def sweep(
         Path(output_dir) if output_dir is not None else None,
         "mse_train.sweep(config, resume=True)",
     )
-    runtime.use_threads(resolve(path, settings).train.threads)
-    outcome = search.run(path, overrides, options, worker.Unwatched(on_trial), Callbacks(progress))
+    runtime.use_threads(resolve(path, settings).train.threads, flush_denormals=False)
+    with runtime.denormals_flushed():
+        outcome = search.run(path, overrides, options, worker.Unwatched(on_trial), Callbacks(progress))
     return SweepResult(
         dict(outcome.best),
         pd.DataFrame(outcome.leaderboard),

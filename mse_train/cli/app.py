@@ -120,8 +120,20 @@ def _guard(debug: bool, work: Callable[[], T]) -> T:
     is a Ctrl-C throughout (training already stops at either, saving what it can): outside
     training it would kill the process where it stands, past every cleanup (a bagged run's
     half-written folder, a temporary file)."""
-    with _sigterm_interrupts():
+    with _sigterm_interrupts(), _denormals_put_back():
         return _reported(debug, work)
+
+
+@contextlib.contextmanager
+def _denormals_put_back() -> Iterator[None]:
+    """After the command, the floating-point mode it found (runtime.zero_denormals): an
+    in-process caller (a test) goes on with its own."""
+    try:
+        yield
+    finally:
+        found = sys.modules.get("mse_train.runtime")  # not imported: nothing was changed
+        if found is not None:
+            found.restore_denormals()
 
 
 @contextlib.contextmanager
