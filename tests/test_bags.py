@@ -267,17 +267,57 @@ def test_a_sweep_over_a_bagged_config_refits_its_winner_as_run_bags_it(cli, tmp_
     assert json.loads(result.stdout)["checkpoint"] == str(refit / "best.pt")
 
 
-def test_a_sweep_refit_over_seeds_trains_a_bagged_config_unbagged_on_every_row(cli, tmp_path, table):
+def _predicted(cli: Any, ckpt: Path, table: Path, out: Path) -> np.ndarray:
+    assert cli("predict", ckpt, table, "-o", out).code == 0
+    return np.loadtxt(out, delimiter=",", skiprows=1, usecols=-1)
+
+
+def test_a_sweep_refit_over_seeds_trains_each_seed_as_the_bagged_config_s_bags(cli, tmp_path, table):
+    # refit_seeds 2 x bags 3: six networks, each stopped on its own validation rows, as a
+    # bagged run of six bags trains them
     sweep = {"trials": 2, "folds": 2, "refit_seeds": 2, "params": {"optimizer.lr": [0.01, 0.05]}}
     cfg = sweep_config(tmp_path, table, sweep, model=MLP, train={"epochs": 3, "bags": 3})
     result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
     assert result.code == 0, result
+    assert "1 distinct trial(s) x 6 bags train on all training rows" in result.stderr
     trained = json.loads((tmp_path / "sw" / "ensemble" / "ensemble.json").read_text())["trained"]
     assert [(m["config"]["train"]["bags"], m["config"]["data"]["val_fraction"]) for m in trained] == [
-        (1, 0.0)
-    ] * 2
+        (3, 0.25)
+    ] * 6
+    assert [m["seed"] for m in trained] == list(range(6))
     best = yaml.safe_load((tmp_path / "sw" / "best.yaml").read_text())
-    assert best["train"]["bags"] == 1 and best["data"]["val_fraction"] == 0.0
+    assert best["train"]["bags"] == 3 and best["data"]["val_fraction"] == 0.25
+    best["train"]["bags"] = 6
+    best["output"]["dir"] = str(tmp_path / "six")
+    path = tmp_path / "six.yaml"
+    path.write_text(yaml.safe_dump(best))
+    assert cli("run", path).code == 0
+    mixed = _predicted(cli, tmp_path / "sw" / "ensemble" / "best.pt", table, tmp_path / "mix.csv")
+    six = _predicted(cli, tmp_path / "six" / "best.pt", table, tmp_path / "six.csv")
+    np.testing.assert_allclose(mixed, six, rtol=1e-4, atol=1e-5)
+
+
+def test_a_sweep_ensemble_of_a_bagged_config_trains_each_member_as_run_bags_it(cli, tmp_path, table):
+    sweep = {"method": "grid", "folds": 2, "ensemble": 4, "params": {"optimizer.lr": [0.003, 0.05]}}
+    cfg = sweep_config(tmp_path, table, sweep, model=MLP, train={"epochs": 4, "bags": 2})
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert result.code == 0, result
+    chosen = json.loads(result.stdout)["ensemble"]
+    trials = len(chosen["members"])
+    assert f"{trials} distinct trial(s) x 2 bags train on all training rows" in result.stderr
+    trained = json.loads((tmp_path / "sw" / "ensemble" / "ensemble.json").read_text())["trained"]
+    assert len(trained) == 2 * trials
+    mixed = _predicted(cli, tmp_path / "sw" / "ensemble" / "best.pt", table, tmp_path / "mix.csv")
+    alone = np.zeros_like(mixed)
+    for member in chosen["members"]:  # each trial run alone, as its bagged config: its bags' mean
+        config = next(m["config"] for m in trained if m["trial"] == member["trial"] and m["seed"] == 0)
+        config["output"]["dir"] = str(tmp_path / f"t{member['trial']}")
+        path = tmp_path / f"t{member['trial']}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert cli("run", path).code == 0
+        ckpt = tmp_path / f"t{member['trial']}" / "best.pt"
+        alone += member["weight"] * _predicted(cli, ckpt, table, tmp_path / "p.csv")
+    np.testing.assert_allclose(mixed, alone, rtol=1e-4, atol=1e-5)
 
 
 def test_a_bagged_refit_is_timed_as_its_bags_side_by_side(cli, tmp_path, table, monkeypatch):

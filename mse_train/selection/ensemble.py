@@ -11,11 +11,13 @@ take part.
 
 With `sweep.refit_seeds` S > 1 and no `sweep.ensemble`, the selection is the winner alone.
 
-Refit: each chosen trial trains on all training rows as `best.yaml` would, S times with
-seeds seed, seed + 1, ... (weight: its trial's / S), those that pack side by side in one
-stack (training/stack/); the checkpoint holds the members as one `networks.WeightedMean`,
-its intervals calibrated on the residuals of the ensemble's out-of-fold predictions (rows
-that no member's fold trained on; of one seed each, so the seeds' mean can only do better).
+Refit: each chosen trial trains as `best.yaml` would, S times with seeds seed, seed + 1,
+... (weight: its trial's / S): on all training rows, or, for a config that bags
+(`train.bags` K), as S x K bags, copy j of every trial on bag j's rows as a bagged `run`
+of S x K bags draws them; those that pack side by side in one stack (training/stack/).
+The checkpoint holds the members as one `networks.WeightedMean`, its intervals calibrated
+on the residuals of the ensemble's out-of-fold predictions (rows that no member's fold
+trained on; of one seed each, so the seeds' mean can only do better).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 
 from mse_train import config, recipe
 from mse_train.config.schema import Config
+from mse_train.data import bags as data_bags
 from mse_train.data import prepare
 from mse_train.errors import TrainingDiverged, TrainingInterrupted
 from mse_train.models import networks
@@ -61,6 +64,22 @@ def greedy(predictions: np.ndarray, y: np.ndarray, steps: int, w: np.ndarray | N
         counts[chosen] += 1
         total += predictions[chosen]
     return counts
+
+
+def chooser(
+    y: np.ndarray, steps: int, w: np.ndarray | None = None
+) -> Callable[[dict[int, np.ndarray]], list[int]]:
+    """What `steps` greedy steps would choose among {trial: out-of-fold predictions of `y`}:
+    the sweep's budget asks it as trials are told, to keep the time their refit needs."""
+
+    def chosen(predictions: dict[int, np.ndarray]) -> list[int]:
+        numbers = [n for n in sorted(predictions) if predictions[n].shape == y.shape]
+        if not numbers:
+            return []
+        counts = greedy(np.stack([predictions[n] for n in numbers]), y, steps, w)
+        return [n for n, c in zip(numbers, counts, strict=True) if c]
+
+    return chosen
 
 
 @dataclass
@@ -177,17 +196,24 @@ def refit(
     """Train each chosen trial's refit config (`members`, by trial) on all training rows,
     once per seed, and write their weighted mean as one checkpoint, `out`/best.pt; returns
     its path."""
-    numbers = [n for n in sorted(members) for _ in range(selection.seeds)]
-    cfgs = [recipe.seeded(members[n], j % selection.seeds) for j, n in enumerate(numbers)]
-    first = cfgs[0]
-    prepared = prepare.prepare(first.data, first.targets, first.seed)
+    first = members[min(members)]
+    bagged = all(bags_kept(c) for c in members.values())
+    copies = selection.seeds * (first.train.bags if bagged else 1)
+    numbers = [n for n in sorted(members) for _ in range(copies)]
+    cfgs = [recipe.seeded(members[n], j % copies) for j, n in enumerate(numbers)]
+    if bagged:  # copy j of every member trains on bag j's rows, as `run` trains bag j
+        drawn = data_bags.prepare_bags(first.data, first.targets, first.seed, copies)
+        prepared, rows = drawn.shared, [drawn.bags[j % copies] for j in range(len(cfgs))]
+    else:
+        prepared = prepare.prepare(first.data, first.targets, first.seed)
+        rows = [prepared] * len(cfgs)
     fsio.ensure_writable_dir(out)
     with run_folder.lock(out):
         fix = f"the best single trial trains with: mse-train run {out.parent / 'best.yaml'}"
         trials = f"{len(members)} distinct trial(s)"
-        what = trials if selection.seeds == 1 else f"{trials} x {selection.seeds} seeds"
-        modules, epochs = _train(cfgs, prepared, device, pack, fix, note, what)
-        weights = [selection.weights()[n] / selection.seeds for n in numbers]
+        what = trials if copies == 1 else f"{trials} x {copies} " + ("bags" if bagged else "seeds")
+        modules, epochs = _train(cfgs, rows, numbers, device, pack, fix, note, what)
+        weights = [selection.weights()[n] / copies for n in numbers]
         model = networks.WeightedMean(modules, weights).cpu()
         specs = [run_folder.model_spec(cfg, prepared) for cfg in cfgs]
         ckpt = checkpoint.build(
@@ -213,35 +239,46 @@ def refit(
     return out / "best.pt"
 
 
+def bags_kept(cfg: Config) -> bool:
+    """A refit of `cfg` trains its bags as `run` would: each stopped on its own validation
+    rows, which together see every row (README, "A bagged run")."""
+    return cfg.train.bags > 1 and cfg.data.val is None and cfg.data.val_fraction > 0
+
+
 def _train(
     cfgs: list[Config],
-    prepared: prepare.Prepared,
+    rows: list[prepare.Prepared],
+    trials: list[int],
     device: torch.device,
     pack: bool,
     fix: str,
     note: Callable[[str], None],
     what: str,
 ) -> tuple[list[torch.nn.Module], list[int]]:
-    """Each config trained on `prepared`: those with one pack key side by side in a stack."""
-    groups: dict[str | None, list[int]] = {}
+    """Each config trained on its rows: the copies of one trial (`trials[i]`: config i's)
+    side by side in a stack where they pack, one trial after another. One stack per trial,
+    not one for all: a stack trains every model until its last one stops, so a trial that
+    stops early would wait for the slowest; and the sweep's budget times each trial's
+    copies side by side, as they train here (budget.py)."""
+    groups: dict[tuple[str | None, int], list[int]] = {}
     for i, cfg in enumerate(cfgs):
-        groups.setdefault(pack_key(cfg) if pack else None, []).append(i)
-    stacks = [len(g) for key, g in groups.items() if key is not None and len(g) > 1]
-    how = f" ({' + '.join(map(str, stacks))} side by side)" if stacks else ""
+        groups.setdefault((pack_key(cfg) if pack else None, trials[i]), []).append(i)
+    stacks = [len(g) for key, g in groups.items() if key[0] is not None and len(g) > 1]
+    how = f" (side by side: {' then '.join(map(str, stacks))})" if stacks else ""
     note(f"the ensemble's {what} train on all training rows{how}")
     modules: dict[int, torch.nn.Module] = {}
     epochs: dict[int, int] = {}
     with signals.on_signals() as stop:
         for key, group in groups.items():
-            if key is not None and len(group) > 1:
-                loop = recipe.build_stack_loop([cfgs[i] for i in group], prepared, device)
+            if key[0] is not None and len(group) > 1:
+                loop = recipe.stack_loop([(cfgs[i], rows[i]) for i in group], device)
                 status = loop.run(lambda record: None, stop.requested)
                 _check(status, [loop.status_of(j) for j in range(len(group))], fix)
                 for j, i in enumerate(group):
                     modules[i], epochs[i] = loop.models.best_model(j), loop.best_epoch_of(j)
                 continue
             for i in group:
-                one = recipe.build_loop(cfgs[i], prepared, device, stack=pack)
+                one = recipe.build_loop(cfgs[i], rows[i], device, stack=pack)
                 status = one.run(lambda record: None, stop.requested)
                 _check(status, [one.status_of(0)], fix)
                 modules[i], epochs[i] = one.models.best_model(0), one.progress.best_epoch

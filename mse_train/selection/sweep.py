@@ -153,7 +153,7 @@ def run(
 
             if report:
                 rows, best_row, best_values, best_cfg = _results(
-                    the_study, where, the_space, config_of, keys, out, reporter.note, _alone_refit(sweep)
+                    the_study, where, the_space, config_of, keys, out, reporter.note
                 )
                 chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
                 mix = chosen.as_json() if chosen is not None else None
@@ -176,10 +176,15 @@ def run(
             deadline = study.deadline(the_study, sweep.time_limit)
             trainer.budget.deadline = deadline
             trainer.budget.members = max(1, sweep.ensemble) if sweep.refit else 0
-            # the refit's copies side by side: its seeds, or the bags of a winner refit as run bags
-            trainer.budget.bagged = _alone_refit(sweep) and bags_kept(cfg)
-            trainer.budget.copies = cfg.train.bags if trainer.budget.bagged else sweep.refit_seeds
+            # the refit's copies of each member side by side: its seeds, times its bags where
+            # the config bags (a refit trains the bags `run` would)
+            trainer.budget.bagged = ensemble.bags_kept(cfg)
+            trainer.budget.copies = sweep.refit_seeds * (cfg.train.bags if trainer.budget.bagged else 1)
             searcher.budget = trainer.budget
+            if sweep.ensemble and sweep.refit and folds >= 2 and trainer.budget.active:
+                loaded = trainer.load(cfg)
+                y = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)
+                trainer.choose = ensemble.chooser(y, sweep.ensemble, loaded.weights())
             the_study.pruner, searcher.pruning = _pruner(sweep.pruner), sweep.pruner != "none"
             before = worker.finished(the_study.get_trials(deepcopy=False))
             plan = worker.Plan(n_trials, before, folds, batch, sweep.time_limit, deadline, out)
@@ -189,9 +194,7 @@ def run(
             trials = the_study.get_trials(deepcopy=False)
             cut = sum(1 for t in trials if (worker.result_of(t) or {}).get("status") == worker.CUT)
             watch.end(worker.finished(trials) - cut, cut)  # before the refit shows its own progress
-            results = _results(
-                the_study, where, the_space, config_of, keys, out, reporter.note, _alone_refit(sweep)
-            )
+            results = _results(the_study, where, the_space, config_of, keys, out, reporter.note)
             rows, best_row, best_values, best_cfg = results
             chosen = _select(sweep, trainer, the_study, best_cfg, best_row, out, options, reporter)
             members = {
@@ -283,10 +286,9 @@ def _results(
     keys: list[str],
     out: Path,
     note: Callable[[str], None],
-    alone: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], Config]:
     """leaderboard.csv, best.yaml and sweep.png from the study (any worker, or --report);
-    `alone`: the winner is refit by `run` (no ensemble, no seeds), so a bagged one bags."""
+    best.yaml trains the winner as `run` would, so a bagged one bags."""
     rows = worker.leaderboard(the_study, keys)
     if not rows:
         raise OutputError(
@@ -317,7 +319,7 @@ def _results(
     best_cfg = config_of(best_values)
     winner = worker.result_of(worker.trial_of(the_study, best_row["trial"])) or {}
     best_epochs = winner.get("best_epochs") or []
-    bagged = alone and bags_kept(best_cfg)
+    bagged = ensemble.bags_kept(best_cfg)
     best_cfg = _refit_config(best_cfg, out, best_epochs, bagged)
     epochs_said = (
         f"for {best_cfg.train.epochs} epochs, the mean of the epochs its validated training kept as best "
@@ -394,11 +396,11 @@ def _member_config(
     config_of: Callable[[dict[str, Any]], Config],
     out: Path,
 ) -> Config:
-    """Trial `number` as the ensemble's refit trains it (as best.yaml trains the winner)."""
+    """Trial `number` as the ensemble's refit trains it (as best.yaml trains the winner:
+    a bagged config as its bags)."""
     found = worker.result_of(worker.trial_of(the_study, number)) or {}
-    cfg = _refit_config(
-        config_of(_values_of(the_study, number, the_space)), out, found.get("best_epochs") or []
-    )
+    cfg = config_of(_values_of(the_study, number, the_space))
+    cfg = _refit_config(cfg, out, found.get("best_epochs") or [], ensemble.bags_kept(cfg))
     cfg.output.dir = str(out / ensemble.FOLDER)
     return cfg
 
@@ -431,17 +433,6 @@ def _holds_out(the_space: space.Space) -> bool:
 
 def _values_of(the_study: Any, number: int, the_space: space.Space) -> dict[str, Any]:
     return the_space.decode(worker.trial_of(the_study, number).params)
-
-
-def _alone_refit(sweep: SweepConfig) -> bool:
-    """The winner alone is refit, by `run` (no `sweep.ensemble`, no `sweep.refit_seeds`)."""
-    return not sweep.ensemble and sweep.refit_seeds == 1
-
-
-def bags_kept(cfg: Config) -> bool:
-    """A refit of `cfg` by `run` trains its bags as `run` would: each stopped on its own
-    validation rows, which together see every row (README, "A bagged run")."""
-    return cfg.train.bags > 1 and cfg.data.val is None and cfg.data.val_fraction > 0
 
 
 def _refit_config(cfg: Config, out: Path, best_epochs: list[int], bagged: bool = False) -> Config:
