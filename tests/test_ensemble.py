@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,54 @@ def test_a_bad_refit_seeds_is_a_config_error_naming_the_key(cli, tmp_path, value
     assert result.code == 2, result
     assert "sweep.refit_seeds" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "sw").exists()
+
+
+# ------------------------------------------------------------------ the time its refit needs
+def test_an_ensembles_reserve_is_the_refit_of_the_trials_it_would_choose_and_one_in_flight():
+    from mse_train.selection import budget
+
+    plan = budget.Budget(time.time() + 100, members=20, read_seconds=2.0)
+    plan.best = 10.0  # nothing chosen yet: the winner's refit, not 20 of them
+    assert plan.reserve() == pytest.approx(budget.MARGIN * 10 + 2 + budget.WRITES)
+    plan.chosen, plan.live = 25.0, 5.0  # the trials chosen so far, and one of the pack in flight
+    assert plan.reserve() == pytest.approx(budget.MARGIN * 30 + 2 + budget.WRITES)
+    plan.members = 1  # the winner alone: the larger of the two
+    assert plan.reserve() == pytest.approx(budget.MARGIN * 10 + 2 + budget.WRITES)
+
+
+def test_the_chooser_picks_as_the_selection_does_among_predictions_of_the_rows():
+    y = np.array([[0.0], [1.0], [2.0], [3.0]])
+    below, above = y - 0.5, y + 0.5
+    chosen = ensemble.chooser(y, 4)
+    assert chosen({3: below, 5: above, 7: y + 2.0}) == [3, 5]  # their mean is exact
+    assert chosen({3: below, 4: np.zeros((3, 1))}) == [3]  # another table's rows take no part
+    assert chosen({}) == []
+
+
+def test_a_sweep_with_an_ensemble_keeps_time_for_the_trials_it_chooses(cli, tmp_path, monkeypatch):
+    from mse_train.selection import worker
+
+    seen: list[float] = []
+    real = worker.Trainer._choose
+
+    def spy(self: Any, *args: Any) -> None:
+        real(self, *args)
+        seen.append(self.budget.chosen)
+
+    monkeypatch.setattr(worker.Trainer, "_choose", spy)
+    refits: dict[int, float] = {}
+    real_refit = worker.Trainer.refit_seconds
+
+    def refit(self: Any, values: dict[str, Any], best_epochs: list[int]) -> float:
+        seconds = real_refit(self, values, best_epochs)
+        refits[len(refits)] = seconds
+        return seconds
+
+    monkeypatch.setattr(worker.Trainer, "refit_seconds", refit)
+    cfg = _config(tmp_path, _table(tmp_path), time_limit=600)
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert result.code == 0, result
+    members = [m["trial"] for m in json.loads(result.stdout)["ensemble"]["members"]]
+    # after the last pack, the time kept is the refit of the trials the ensemble chose, one
+    # after another: the grid's 6 trials are pooled in order, each refit timed as it joins
+    assert seen and seen[-1] == pytest.approx(sum(refits[n] for n in members)) and seen[-1] > 0

@@ -79,14 +79,17 @@ def seconds_per_row(
 class Budget:
     """When the search must stop so that the refit ends by the deadline (epoch seconds).
 
-    `members`: the models the refit trains (sweep.ensemble's, in one stack: at most their
-    sum alone; 0 without a refit). The reserve covers the refit of the best trial told so
-    far and, while a pack trains, of any of its trials at the best epoch it has reached (a
-    refit trains the epochs its trial kept as best).
+    `members`: 0 without a refit, 1 for the winner alone, more for sweep.ensemble's steps.
+    The reserve covers the refit of the best trial told so far and, while a pack trains, of
+    any of its trials at the best epoch it has reached (a refit trains the epochs its trial
+    kept as best). An ensemble's refit trains the trials the selection over the trials
+    scored so far chooses, one after another (`chosen`: the sum of their refits), and any
+    trial of the pack in flight may join them.
     """
 
     deadline: float | None
     members: int = 1
+    chosen: float = 0.0  # with an ensemble: seconds to refit the trials it would choose now
     copies: int = 1  # sweep.refit_seeds: each member trains this many times (per_row holds them all)
     bagged: bool = False  # the copies are the winner's bags (train.bags), each on its share of rows
     read_seconds: float = 0.0  # reading and preparing the table, as the refit does again
@@ -107,7 +110,8 @@ class Budget:
         no refit, only the sweep's own files)."""
         if self.members == 0:
             return WRITES
-        return MARGIN * self.members * max(self.best, self.live) + self.read_seconds + WRITES
+        refit = max(self.best, self.chosen) + self.live if self.members > 1 else max(self.best, self.live)
+        return MARGIN * refit + self.read_seconds + WRITES
 
     def left(self) -> float:
         """Seconds until the deadline (infinite without one)."""

@@ -329,11 +329,17 @@ class Trainer:
         self._rows: dict[str, int] = {}  # by `data:` section: the rows a refit trains on
         self.watch: Watch = Unwatched()  # told when a pack starts and as its epochs end
         self.budget = budget.Budget(None)  # with sweep.time_limit: what a refit would cost
+        # With sweep.ensemble under a time limit: the trials greedy selection would choose
+        # among {index in `_pool`: out-of-fold predictions}, and the pool of this worker's
+        # trials scored so far (data key, score, predictions, refit seconds), which
+        # `budget.chosen` is kept from as each pack ends.
+        self.choose: Callable[[dict[int, np.ndarray]], list[int]] | None = None
+        self._pool: list[tuple[str, float, np.ndarray, float]] = []
 
     def refit_seconds(self, values: dict[str, Any], best_epochs: list[int]) -> float:
         """The training time of a trial's refit (as sweep._refit_config sets it: the mean of
-        its best epochs, on every training row; or bags, with `budget.copies` > 1, each on
-        its share of the rows for those epochs and its patience's), by the probe of its shape."""
+        its best epochs, on every training row; or bags, with `budget.bagged`, each on its
+        share of the rows for those epochs and its patience's), by the probe of its shape."""
         cfg = space.trial_config(self.doc, self.base, self.overrides, values, self.name)[0]
         epochs = max(1, round(sum(best_epochs) / len(best_epochs))) if best_epochs else cfg.train.epochs
         rows = self._rows.get(_data_key(cfg), 0)
@@ -416,7 +422,9 @@ class Trainer:
             key = pack_key(cfg) if self.pack else None
             groups.setdefault(key, []).append(index)
         scores: dict[int, Scored] = {}
+        pooled: set[int] = set()
         for key, members in groups.items():
+            self._choose(trials, configs, jobs, scores, pooled)  # from the packs ended so far
             if cut():  # the time is up before this pack started: its trials are cut untrained
                 why = f"{CUT_REASON} (before it started)"
                 unstarted = Scored(Status.PRUNED, 0, 0.0, reason=why, cut=True)
@@ -455,6 +463,7 @@ class Trainer:
                 if scored.status is Status.INTERRUPTED:
                     return None
                 scores[i] = scored
+        self._choose(trials, configs, jobs, scores, pooled)
         out = []
         for number, dropped in enumerate(dropped_of):
             parts = [scores[i] for i, job in enumerate(jobs) if job[0] == number]
@@ -462,6 +471,37 @@ class Trainer:
             combined.data = oof.data_key(configs[number])
             out.append((combined, dropped))
         return out
+
+    def _choose(
+        self,
+        trials: list[dict[str, Any]],
+        configs: list[Config],
+        jobs: list[tuple[int, Config, prepare.Prepared, prepare.Held]],
+        scores: dict[int, Scored],
+        pooled: set[int],
+    ) -> None:
+        """With an ensemble under a time limit: the trials of this batch whose every split has
+        been scored (and not yet `pooled`) join the pool, and `budget.chosen` becomes the
+        refit time of what the selection chooses from it now (among the trials of the best
+        one's data), so a pack that starts next leaves that time free."""
+        if self.choose is None:
+            return
+        for number, values in enumerate(trials):
+            parts = [scores.get(i) for i, job in enumerate(jobs) if job[0] == number]
+            if number in pooled or None in parts:
+                continue
+            pooled.add(number)
+            combined = _combine([p for p in parts if p is not None])
+            finished = combined.status in (Status.COMPLETED, Status.EARLY_STOPPED) and not combined.cut
+            if finished and combined.predictions is not None and combined.overall is not None:
+                seconds = self.refit_seconds(values, combined.best_epochs)
+                data = oof.data_key(configs[number])
+                self._pool.append((data, combined.overall["mse"], combined.predictions, seconds))
+        if self._pool:
+            data = min(self._pool, key=lambda entry: entry[1])[0]
+            kin = [entry for entry in self._pool if entry[0] == data]
+            chosen = self.choose({i: entry[2] for i, entry in enumerate(kin)})
+            self.budget.chosen = sum((kin[i][3] for i in chosen), 0.0)  # refit one after another
 
     def _processes(self, group: list[tuple[int, Config, prepare.Prepared, prepare.Held]], asked: Any) -> int:
         """How many processes train `group`, jobs that do not pack (TabM, dropout, L-BFGS)
