@@ -169,7 +169,12 @@ def test_a_tabm_starter_runs_evals_and_sweeps_with_tabm_trials(cli, tmp_path, mo
         "--set", "train.epochs=2", "--set", "output.plot=false",
     )  # fmt: skip
     assert swept.code == 0, swept
-    assert json.loads(swept.stdout)["trials"] == 3
+    found = json.loads(swept.stdout)
+    assert found["trials"] == 3
+    # a bagged network starter's sweep ends in an ensemble of its trials, each refit as its bags
+    assert parsed["sweep"]["ensemble"] == 20 and parsed["train"]["bags"] == 5
+    assert found["checkpoint"].endswith("ensemble/best.pt") and found["ensemble"]["members"]
+    assert cli("eval", found["checkpoint"], csv, "--json").code == 0
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,7 @@ def test_every_trial_of_inits_sweep_trains_packed_whatever_the_starter(cli, tabl
     for path in (mlp, linear):
         text = path.read_text()
         assert "time_limit: " in text and "the whole sweep, the refit of the winner included" in text
+        assert yaml.safe_load(text)["sweep"]["ensemble"] == 0  # nothing bagged: the best trial alone
         doc = yamlio.read(path)
         cfg = load(path)
         assert cfg.sweep is not None and cfg.sweep.time_limit is not None

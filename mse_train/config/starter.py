@@ -190,9 +190,10 @@ sweep:                        # what `mse-train sweep` searches; run and cv igno
   time_limit: {SWEEP_SECONDS}             # seconds for the whole sweep, the refit of the winner included:
                               # trials still training when only the refit's time is left stop
                               # and are kept as `cut`
-  refit: true                 # retrain the winner on all rows into <output.dir>-sweep/best/
-  refit_seeds: {REFIT_SEEDS}              # > 1: the mean of that many trainings of the winner, seeds apart
-                              # (into .../ensemble/; 5 measured a wash against 1 on small tables)
+  refit: true                 # retrain the winner (or the ensemble below) on all training rows
+{_ensemble(choice, folds)}
+  refit_seeds: {REFIT_SEEDS}              # > 1: the mean of that many trainings of each refit model, seeds
+                              # apart (into .../ensemble/; 5 measured a wash against 1 on small tables)
   params:                     # a list = the choices; a mapping = a range; choice: {{its own keys}}
 {_sweep_params(counted, choice)}
 """
@@ -439,6 +440,28 @@ def mlp_batch_size(rows: int | None) -> int:
     while batch * 2 * STEPS_PER_EPOCH <= fitted and batch < LARGEST_BATCH:
         batch *= 2
     return batch
+
+
+ENSEMBLE = 20  # init's sweep.ensemble for a bagged network starter (bench/results.md, "A sweep's
+# ensemble of bagged trials": +0.003 test R² over the best trial's bagged refit, 16 of 24 splits)
+
+
+def _ensemble(choice: Choice, folds: int) -> str:
+    """The sweep's ensemble: on for a bagged network starter scored by K-fold CV (measured
+    there); off for the linear starter and on tables too large to bag or to score by folds."""
+    if not choice.linear and choice.bags > 1 and folds >= 2:
+        return (
+            f"  ensemble: {ENSEMBLE:<18}# greedy selection over the trials' out-of-fold predictions: "
+            "the refit\n"
+            "                              # trains the chosen trials (their bags) into .../ensemble/"
+            "best.pt,\n"
+            "                              # their weighted mean; 0 = the best trial alone, into best/"
+        )
+    return (
+        "  ensemble: 0                 # > 0: greedy selection of that many steps over the trials' "
+        "out-of-fold\n"
+        "                              # predictions (needs folds >= 2), refit into .../ensemble/best.pt"
+    )
 
 
 SWEEP_SECONDS = 300  # init's sweep.time_limit (bench/sweep_budget.py measures what it buys)
