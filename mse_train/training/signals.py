@@ -3,6 +3,7 @@ and let a command's report of how it ended be written whole, with its exit code,
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -54,7 +55,10 @@ def report_first() -> Iterator[None]:
     moment they find out themselves; a survivor ended between two lines of its report would
     leave out the lines that matter (which checkpoint is intact, how to resume), and one
     ended by the signal would exit -15 where its exit code says what happened (3: another
-    process died). In the main thread only (elsewhere the block runs as is).
+    process died). So a rank of a torchrun job (WORLD_SIZE > 1) keeps ignoring SIGTERM
+    after the block too, up to its exit (the agent's SIGKILL still ends one that hangs):
+    one arriving between the report and the exit (the exit's cleanup) made a survivor exit
+    -15 in CI. In the main thread only (elsewhere the block runs as is).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -63,4 +67,5 @@ def report_first() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+            signal.signal(signal.SIGTERM, previous)
