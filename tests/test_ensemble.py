@@ -303,7 +303,7 @@ def test_an_ensembles_reserve_is_the_refit_of_the_trials_it_would_choose_and_one
 def test_the_chooser_picks_as_the_selection_does_among_predictions_of_the_rows():
     y = np.array([[0.0], [1.0], [2.0], [3.0]])
     below, above = y - 0.5, y + 0.5
-    chosen = ensemble.chooser(y, 4)
+    chosen = ensemble.chooser(y, None, 4)
     assert chosen({3: below, 5: above, 7: y + 2.0}) == [3, 5]  # their mean is exact
     assert chosen({3: below, 4: np.zeros((3, 1))}) == [3]  # another table's rows take no part
     assert chosen({}) == []

@@ -66,9 +66,7 @@ def greedy(predictions: np.ndarray, y: np.ndarray, steps: int, w: np.ndarray | N
     return counts
 
 
-def chooser(
-    y: np.ndarray, steps: int, w: np.ndarray | None = None
-) -> Callable[[dict[int, np.ndarray]], list[int]]:
+def chooser(y: np.ndarray, w: np.ndarray | None, steps: int) -> Callable[[dict[int, np.ndarray]], list[int]]:
     """What `steps` greedy steps would choose among {trial: out-of-fold predictions of `y`}:
     the sweep's budget asks it as trials are told, to keep the time their refit needs."""
 

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mse_train import recipe, runtime
 from mse_train.config import loading, yamlio
 from mse_train.config.schema import Config, SweepConfig
@@ -182,9 +180,7 @@ def run(
             trainer.budget.copies = sweep.refit_seeds * (cfg.train.bags if trainer.budget.bagged else 1)
             searcher.budget = trainer.budget
             if sweep.ensemble and sweep.refit and folds >= 2 and trainer.budget.active:
-                loaded = trainer.load(cfg)
-                y = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)
-                trainer.choose = ensemble.chooser(y, sweep.ensemble, loaded.weights())
+                trainer.choose = ensemble.chooser(*trainer.targets(cfg), steps=sweep.ensemble)
             the_study.pruner, searcher.pruning = _pruner(sweep.pruner), sweep.pruner != "none"
             before = worker.finished(the_study.get_trials(deepcopy=False))
             plan = worker.Plan(n_trials, before, folds, batch, sweep.time_limit, deadline, out)
@@ -369,8 +365,7 @@ def _select(
         return None
     if not sweep.ensemble and trainer.folds < 2:  # no out-of-fold predictions: no residuals
         return ensemble.winner(best_row["trial"], best_row["score_mean"], sweep.refit_seeds)
-    loaded = trainer.load(best_cfg)
-    y_true = loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64)
+    y_true, w = trainer.targets(best_cfg)
     off = "sweep.ensemble: 0" if sweep.ensemble else "sweep.refit_seeds: 1"
     fix = f"or set {off}; then: {options.resume_command.replace(' --resume', ' --report')}"
     chosen = ensemble.select(
@@ -381,7 +376,7 @@ def _select(
         best_row["trial"],
         fix,
         reporter.note,
-        loaded.weights(),
+        w,
         sweep.refit_seeds,
     )
     if chosen is not None:

@@ -378,6 +378,12 @@ class Trainer:
 
         return at
 
+    def targets(self, cfg: Config) -> tuple[np.ndarray, np.ndarray | None]:
+        """The training rows' targets ([rows, targets], float64) and sample weights (None
+        without `data.weight`): what out-of-fold predictions are scored against."""
+        loaded = self.load(cfg)
+        return loaded.table.frame[loaded.targets].to_numpy(dtype=np.float64), loaded.weights()
+
     def load(self, cfg: Config) -> prepare.Loaded:
         """The training table of `cfg`'s data section, read once per distinct section."""
         key = _data_key(cfg)
