@@ -203,6 +203,55 @@ def test_a_finished_sweep_without_an_ensemble_can_be_given_one_afterwards(cli, t
     assert said in shown.stderr
 
 
+def test_an_ensemble_of_more_trials_than_fit_in_memory_chooses_among_the_best_that_fit(
+    cli, tmp_path, monkeypatch
+):
+    from mse_train.selection import oof
+
+    cfg = _config(tmp_path, _table(tmp_path), ensemble=0, refit=False)
+    out = tmp_path / "sw"
+    assert cli("sweep", cfg, "-o", out).code == 0  # the grid's 6 trials
+    with open(out / "leaderboard.csv", newline="") as f:
+        scores = {int(r["trial"]): float(r["rmse"]) for r in csv.DictReader(f)}
+    # room for 3 trials' predictions of the table's 160 rows
+    monkeypatch.setattr(oof, "MEMORY", 3 * 160 * 8)
+    result = cli("sweep", cfg, "-o", out, "--report", "--json", "--set", "sweep.ensemble=6")
+    assert result.code == 0, result
+    assert "chooses among the 3 trials of lowest out-of-fold MSE" in result.stderr
+    assert "(3 left out)" in result.stderr
+    chosen = json.loads(result.stdout)["ensemble"]
+    assert chosen["candidates"] == 3
+    best3 = sorted(scores, key=scores.__getitem__)[:3]
+    assert {m["trial"] for m in chosen["members"]} <= set(best3)
+    monkeypatch.setattr(oof, "MEMORY", 1 << 30)
+    whole = cli("sweep", cfg, "-o", out, "--report", "--json", "--set", "sweep.ensemble=6")
+    assert json.loads(whole.stdout)["ensemble"]["candidates"] == 6
+    assert "chooses among" not in whole.stderr
+
+
+def test_the_budget_s_pool_of_predictions_keeps_only_the_best_that_fit(cli, tmp_path, monkeypatch):
+    from mse_train.selection import oof, worker
+
+    pools: list[list[float]] = []
+    real = worker.Trainer._choose
+
+    def spy(self: Any, *args: Any) -> None:
+        real(self, *args)
+        pools.append([entry[1] for entry in self._pool])
+
+    monkeypatch.setattr(worker.Trainer, "_choose", spy)
+    monkeypatch.setattr(oof, "MEMORY", 2 * 160 * 8)  # room for 2 trials' predictions
+    cfg = _config(tmp_path, _table(tmp_path), time_limit=600)
+    result = cli("sweep", cfg, "-o", tmp_path / "sw", "--json")
+    assert result.code == 0, result
+    assert pools and max(len(p) for p in pools) == 2
+    y = np.loadtxt(tmp_path / "t.csv", delimiter=",", skiprows=1, usecols=3)[:, None]
+    mse = [float(np.mean((np.load(f) - y) ** 2)) for f in (tmp_path / "sw" / "oof").glob("*.npy")]
+    # the two best (the pool's scores are the loop's own, float32: within 0.5% of the files')
+    assert len(mse) == 6 and sorted(pools[-1]) == pytest.approx(sorted(mse)[:2], rel=5e-3)
+    assert sorted(mse)[2] > 1.01 * sorted(mse)[1]  # so the third could not pass for the second
+
+
 def test_an_ensemble_needs_out_of_fold_predictions(cli, tmp_path):
     cfg = _config(tmp_path, _table(tmp_path), folds=0)
     result = cli("sweep", cfg, "-o", tmp_path / "sw")

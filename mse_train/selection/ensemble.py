@@ -7,7 +7,7 @@ already in) the trial whose addition gives the mean prediction with the lowest o
 MSE, the sweep's objective; ties go to the lower trial number. A trial's weight is the
 number of times it was chosen over the steps. Only trials whose predictions are of the
 winner's data (the same `data:` section and targets, so one preprocessing serves them all)
-take part.
+take part, and no more than fit in `oof.MEMORY`: those of lowest out-of-fold MSE.
 
 With `sweep.refit_seeds` S > 1 and no `sweep.ensemble`, the selection is the winner alone.
 
@@ -133,7 +133,7 @@ def select(
     if not isinstance(record, dict):
         note(f"no ensemble: the best trial ({best_trial}) kept no out-of-fold predictions")
         return None
-    numbers, arrays, left_out = [], [], []
+    eligible = []
     for number in sorted(results):
         result = results[number] or {}
         kept = result.get(oof.KEY)
@@ -141,6 +141,18 @@ def select(
             continue
         if kept.get("data") != record.get("data") or kept.get("rows") != len(y_true):
             continue  # predictions of other rows or another preprocessing
+        eligible.append(number)
+    fits = oof.room(*y_true.shape)
+    if len(eligible) > fits:  # the best that fit in MEMORY, the winner first
+        ranked = sorted(eligible, key=lambda n: (n != best_trial, _score(results[n]), n))
+        eligible = sorted(ranked[:fits])
+        note(
+            f"the ensemble chooses among the {fits} trials of lowest out-of-fold MSE, whose "
+            f"predictions fit in {oof.MEMORY >> 20} MiB ({len(ranked) - fits} left out)"
+        )
+    numbers, arrays, left_out = [], [], []
+    for number in eligible:
+        kept = (results[number] or {})[oof.KEY]
         array = oof.read(out, kept, number, fix)
         if array is None:
             left_out.append(number)
@@ -171,6 +183,12 @@ def select(
         left_out,
         seeds,
     )
+
+
+def _score(result: dict[str, Any] | None) -> float:
+    """A trial's out-of-fold MSE as its result records it (inf when it does not)."""
+    mse = (result or {}).get("mse")
+    return float(mse) if isinstance(mse, int | float) and not isinstance(mse, bool) else float("inf")
 
 
 def winner(best_trial: int, score: float, seeds: int) -> Selection:

@@ -25,6 +25,17 @@ from mse_train.outputs import fsio
 
 FOLDER = "oof"
 KEY = "oof"  # in a trial's result: {"file", "sha256", "rows", "targets", "data"}
+# The out-of-fold predictions an ensemble's selection holds in memory at most (float64
+# bytes): beyond it, only the trials of lowest out-of-fold MSE that fit take part (as
+# Caruana et al. 2004 prune the model library to its best), so a sweep of many trials on
+# many rows does not run out of memory. 1 GiB: 134 trials of a million rows, every trial of
+# the sweeps init writes.
+MEMORY = 1 << 30
+
+
+def room(rows: int, targets: int) -> int:
+    """How many trials' predictions of `rows` x `targets` fit in MEMORY (at least 2)."""
+    return max(2, MEMORY // max(1, rows * targets * 8))
 
 
 def data_key(cfg: Config) -> str:

@@ -503,6 +503,10 @@ class Trainer:
                 seconds = self.refit_seconds(values, combined.best_epochs)
                 data = oof.data_key(configs[number])
                 self._pool.append((data, combined.overall["mse"], combined.predictions, seconds))
+                # as the final selection: only the best that fit in its memory take part
+                fits = oof.room(*combined.predictions.shape)
+                if len(self._pool) > fits:
+                    self._pool.remove(max(self._pool, key=lambda entry: entry[1]))
         if self._pool:
             data = min(self._pool, key=lambda entry: entry[1])[0]
             kin = [entry for entry in self._pool if entry[0] == data]
