@@ -702,8 +702,8 @@ class SweepConfig(Section):
         "lowers the ensemble's out-of-fold MSE most; the refit trains the chosen trials as best.yaml "
         "trains the winner (on all training rows, or as its bags) into one checkpoint, "
         "<sweep folder>/ensemble/best.pt, predicting their mean weighted by times chosen / N. 0 = off, "
-        "the default; `init` writes 20 for a bagged network starter: +0.003 test R² over the best single "
-        "trial's bagged refit on 24 splits of 8 tables, ahead on 16 (bench/results.md).",
+        "the default; `init` writes 20 for a bagged network starter: +0.0038 test R² over the best single "
+        "trial's bagged refit on 34 splits of 12 tables, ahead on 24 (bench/results.md).",
     )
     refit_seeds: Annotated[Int, Field(ge=1, le=100)] = Field(
         1,
